@@ -1,0 +1,190 @@
+"""An Artifactory-compatible front for a plain registry, for the demo and the tests (never the mirror).
+
+It serves `/artifactory/api/docker/<repository>/v2/...` (and `/v2/...` when `front_root_v2` is set, for
+direct pulls), demands credentials like Artifactory (Basic, a static Bearer access token, or the Docker
+token flow with expiring tokens), and counts what it sends: `GET /_front/stats` answers JSON.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from mitmproxy import ctx, exceptions, http
+
+log = logging.getLogger(__name__)
+
+SERVICE = "artifactory-front"
+MAX_RECORDS = 20000
+
+
+class ArtifactoryFront:
+    def __init__(self) -> None:
+        self.username = self.password = self.static_token = ""
+        self.tokens: dict[str, tuple[str, float]] = {}  # token -> (repository name it grants, expiry)
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.records: list[dict] = []
+        self.body_bytes = 0
+        self.tokens_issued = 0
+
+    def load(self, loader) -> None:
+        loader.add_option("front_repository", str, "docker-local", "Repository key served under the prefix.")
+        loader.add_option("front_auth", str, "token", "Upstream auth: token, basic, bearer or none.")
+        loader.add_option("front_secrets", str, "", "YAML file with username, password, static_token.")
+        loader.add_option("front_token_ttl", int, 300, "expires_in of issued tokens, in seconds.")
+        loader.add_option("front_realm", str, "", "Advertise this token realm instead of our own.")
+        loader.add_option("front_root_v2", bool, False, "Also serve /v2/ at the root (direct pulls).")
+
+    def configure(self, updated: set[str]) -> None:
+        if ctx.options.front_auth not in ("token", "basic", "bearer", "none"):
+            raise exceptions.OptionsError(f"front_auth {ctx.options.front_auth!r}: expected token, basic, "
+                                          f"bearer or none")
+        if "front_secrets" in updated and ctx.options.front_secrets:
+            data = yaml.safe_load(Path(ctx.options.front_secrets).read_text()) or {}
+            self.username = str(data.get("username", ""))
+            self.password = str(data.get("password", ""))
+            self.static_token = str(data.get("static_token", ""))
+
+    @property
+    def prefix(self) -> str:
+        return f"/artifactory/api/docker/{ctx.options.front_repository}"
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        self._route(flow)
+        if flow.response is not None:
+            flow.metadata["front.record"] = {"method": flow.request.method, "path": flow.request.path,
+                                             "status": flow.response.status_code,
+                                             "bytes": len(flow.response.raw_content or b"")}
+            if flow.request.method == "HEAD":
+                flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        path = flow.request.path
+        flow.metadata["front.path"] = path
+        if path.startswith("/_front/"):
+            flow.response = self._control(flow.request.method, path)
+            return
+        if path.startswith(self.prefix + "/v2/token"):
+            flow.response = self._issue_token(flow)
+            return
+        if path.startswith(self.prefix + "/v2"):
+            v2_path = path[len(self.prefix):]
+        elif ctx.options.front_root_v2 and path.startswith("/v2"):
+            v2_path = path
+        else:
+            flow.response = _json(404, {"errors": [{"code": "NOT_FOUND", "message": "no such repository path"}]})
+            return
+        name = _repository_of(v2_path)
+        denial = self._check_auth(flow, name)
+        if denial:
+            flow.response = denial
+            return
+        flow.request.headers.pop("Authorization", None)
+        flow.request.path = v2_path
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = {"method": flow.request.method, "path": flow.metadata.get("front.path", flow.request.path),
+                  "status": flow.response.status_code, "bytes": 0}
+        flow.metadata["front.record"] = record
+
+        def count(chunk: bytes) -> bytes:
+            record["bytes"] += len(chunk)
+            with self.lock:
+                self.body_bytes += len(chunk)
+            return chunk
+        flow.response.stream = count
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        record = flow.metadata.pop("front.record", None)
+        if record is not None and not record["path"].startswith("/_front/"):
+            with self.lock:
+                self.records.append(record)
+                del self.records[:-MAX_RECORDS]
+
+    def _control(self, method: str, path: str) -> http.Response:
+        if path == "/_front/stats":
+            with self.lock:
+                return _json(200, {"body_bytes": self.body_bytes, "tokens_issued": self.tokens_issued,
+                                   "requests": list(self.records)})
+        if path == "/_front/reset" and method == "POST":
+            with self.lock:
+                self.reset()
+            return _json(200, {"reset": True})
+        if path == "/_front/revoke" and method == "POST":
+            self.tokens.clear()
+            return _json(200, {"revoked": True})
+        return _json(404, {"error": "unknown control path"})
+
+    def _check_auth(self, flow: http.HTTPFlow, name: str) -> http.Response | None:
+        mode = ctx.options.front_auth
+        given = flow.request.headers.get("Authorization", "")
+        if mode == "none":
+            return None
+        if mode == "basic":
+            if given == _basic(self.username, self.password):
+                return None
+            return _unauthorized('Basic realm="Artifactory Realm"')
+        if mode == "bearer":
+            if self.static_token and secrets.compare_digest(given, f"Bearer {self.static_token}"):
+                return None
+            return _unauthorized('Bearer realm="Artifactory Realm"')
+        token = given[len("Bearer "):] if given.startswith("Bearer ") else ""
+        granted = self.tokens.get(token)
+        if granted and granted[1] > time.time() and (not name or granted[0] == name):
+            return None
+        host, port = flow.client_conn.sockname[:2]  # the Host header is already rewritten in reverse mode
+        realm = ctx.options.front_realm or f"http://{host}:{port}{self.prefix}/v2/token"
+        scope = f',scope="repository:{name}:pull"' if name else ""
+        return _unauthorized(f'Bearer realm="{realm}",service="{SERVICE}"{scope}')
+
+    def _issue_token(self, flow: http.HTTPFlow) -> http.Response:
+        if flow.request.headers.get("Authorization", "") != _basic(self.username, self.password):
+            return _json(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
+        scope = flow.request.query.get("scope", "")
+        parts = scope.split(":")
+        name = parts[1] if len(parts) == 3 and parts[0] == "repository" else ""
+        token = secrets.token_urlsafe(24)
+        ttl = ctx.options.front_token_ttl
+        self.tokens[token] = (name, time.time() + ttl)
+        self.tokens_issued += 1
+        return _json(200, {"token": token, "access_token": token, "expires_in": ttl,
+                           "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def _repository_of(v2_path: str) -> str:
+    rest = v2_path.partition("?")[0][len("/v2/"):]
+    for marker in ("/manifests/", "/blobs/", "/tags/"):
+        if marker in rest:
+            return rest.rpartition(marker)[0] if marker != "/tags/" else rest.partition(marker)[0]
+    return ""
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _unauthorized(challenge: str) -> http.Response:
+    resp = _json(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+    resp.headers["WWW-Authenticate"] = challenge
+    resp.headers["Docker-Distribution-Api-Version"] = "registry/2.0"
+    return resp
+
+
+def _json(status: int, data: dict) -> http.Response:
+    return http.Response.make(status, json.dumps(data).encode(), {"Content-Type": "application/json"})

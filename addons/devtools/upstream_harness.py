@@ -1,0 +1,82 @@
+"""Start and stop an Artifactory-like upstream: a plain docker-registry behind the front addon."""
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from registry_mirror import processes
+from registry_mirror.registry_config import plain_registry_config
+
+FRONT_ADDON = Path(__file__).resolve().parent.parent / "artifactory_front.py"
+
+
+@dataclass
+class UpstreamHarness:
+    workdir: Path
+    auth: str = "token"  # token, basic, bearer or none
+    username: str = "deployer"
+    password: str = "s3cret-Pa55word"
+    static_token: str = "static-access-token-0123456789"
+    token_ttl: int = 300
+    repository: str = "docker-local"
+    realm: str = ""
+    host: str = "127.0.0.1"
+    front_port: int = 0
+    registry_port: int = 0
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.front_port}"
+
+    @property
+    def registry_url(self) -> str:
+        """The plain registry itself: for seeding, never for the mirror."""
+        return f"http://127.0.0.1:{self.registry_port}"
+
+    def start(self) -> "UpstreamHarness":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.registry_port = self.registry_port or processes.free_port()
+        self.front_port = self.front_port or processes.free_port(self.host)
+        cfg = self.workdir / "upstream-registry.yml"
+        cfg.write_text(yaml.safe_dump(plain_registry_config(f"127.0.0.1:{self.registry_port}",
+                                                            str(self.workdir / "upstream-storage"))))
+        log = self.workdir / "upstream-registry.log"
+        reg = processes.start([processes.registry_binary(), "serve", str(cfg)], log)
+        self.procs.append(reg)
+        processes.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log)
+        secrets_file = self.workdir / "front-secrets.yml"
+        secrets_file.write_text(yaml.safe_dump({"username": self.username, "password": self.password,
+                                                "static_token": self.static_token}))
+        secrets_file.chmod(0o600)
+        args = [processes.venv_tool("mitmdump"), "-s", str(FRONT_ADDON), "--mode",
+                f"reverse:http://127.0.0.1:{self.registry_port}@{self.host}:{self.front_port}",
+                "--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
+                "--set", f"front_auth={self.auth}", "--set", f"front_secrets={secrets_file}",
+                "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_repository={self.repository}",
+                "--set", "front_root_v2=true"]
+        if self.realm:
+            args += ["--set", f"front_realm={self.realm}"]
+        log = self.workdir / "upstream-front.log"
+        front = processes.start(args, log)
+        self.procs.append(front)
+        processes.wait_for_port(self.host, self.front_port, front, what="upstream front", log_path=log)
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            processes.stop(proc)
+        self.procs.clear()
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/_front/stats", timeout=10) as resp:
+            return json.load(resp)
+
+    def control(self, action: str) -> None:
+        req = urllib.request.Request(f"{self.url}/_front/{action}", method="POST", data=b"")
+        urllib.request.urlopen(req, timeout=10).close()

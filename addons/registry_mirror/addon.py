@@ -1,0 +1,124 @@
+"""The mitmproxy addon: turns the stock registry's Docker Hub-style requests into the upstream's.
+
+Each request is classified once (requests.classify). The ping is answered here; manifests, tags and blob
+HEADs are small exchanges done by the upstream client and answered with `Response.make`; blob GETs are
+routed to the in-process blob endpoint, whose answer mitmproxy streams on. Credentials never enter a flow:
+the upstream client adds them, and the flow shows a redacted marker where they went.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import ctx, exceptions, http
+
+from . import config as config_mod
+from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
+from .requests import Kind, RegistryRequest, Refusal, classify
+from .responses import (CACHE_HEADER, error_response, passed_headers, ping_response, small_response,
+                        upstream_status_error)
+from .upstream import Upstream, UpstreamError
+from .upstream_auth import AuthError
+
+log = logging.getLogger(__name__)
+
+REDACTED = "<redacted by artifactory-mirror>"
+# options the mirror cannot work without; see docs/field-notes: eager connects drop local answers, and
+# unstreamed bodies are held whole in memory
+REQUIRED_OPTIONS = {"connection_strategy": "lazy", "stream_large_bodies": "1m"}
+
+
+class RegistryMirror:
+    def __init__(self) -> None:
+        self.config: config_mod.Config | None = None
+        self.upstream: Upstream | None = None
+        self.blobs: BlobServer | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("mirror_config", str, "",
+                          f"Path of the mirror's YAML configuration (default: ${config_mod.ENV_PATH} or "
+                          f"./{config_mod.DEFAULT_PATH}).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "mirror_config" in updated or self.config is None:
+            path = config_mod.config_path(ctx.options.mirror_config)
+            try:
+                self.config = config_mod.load(path)
+            except config_mod.ConfigError as e:
+                raise exceptions.OptionsError(f"mirror_config {path}: {e}") from e
+            log.info("mirror configured from %s: upstream %s, prefix %s", path, self.config.upstream.origin,
+                     self.config.upstream.prefix)
+        for name, value in REQUIRED_OPTIONS.items():
+            if getattr(ctx.options, name) != value:
+                ctx.options.update(**{name: value})
+
+    async def running(self) -> None:
+        if self.config is None:
+            return
+        self.upstream = Upstream(self.config.upstream)
+        await self.upstream.start()
+        self.blobs = BlobServer(self.upstream)
+        await self.blobs.start()
+
+    async def done(self) -> None:
+        if self.blobs:
+            await self.blobs.close()
+        if self.upstream:
+            await self.upstream.close()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        req = classify(flow.request.method, flow.request.path)
+        if isinstance(req, Refusal):
+            log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)
+            flow.response = error_response(req.status, req.code, req.message)
+        elif req.kind is Kind.PING:
+            flow.response = ping_response()
+        elif self.upstream is None:
+            flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
+        elif req.kind is Kind.BLOB and flow.request.method == "GET":
+            flow.metadata["mirror.kind"] = req.kind.value
+            self._route_to_blob_server(flow)
+        else:
+            flow.response = await self._small_exchange(flow, req)
+        if flow.response is not None and flow.request.method == "HEAD":
+            flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get("mirror.kind") == Kind.BLOB.value and flow.request.method == "GET":
+            flow.response.stream = True  # never hold a blob in memory, whatever stream_large_bodies says
+            self._show_upstream(flow, flow.response.headers.pop(AUTH_HEADER, ""))
+            flow.request.headers.pop(KEY_HEADER, None)
+
+    def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
+        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.blobs.port
+        flow.request.headers[KEY_HEADER] = self.blobs.key
+        flow.request.headers.pop("Authorization", None)
+
+    async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
+        method, started = flow.request.method, time.monotonic()
+        what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
+        try:
+            up = await self.upstream.fetch_small(method, req, flow.request.headers)
+        except (UpstreamError, AuthError) as e:
+            log.warning("upstream %s %s failed: %s", method, what, e)
+            return error_response(503, "UNAVAILABLE", str(e))
+        log.info("upstream %s %s -> %d %d bytes (%.0f ms)", method, what, up.status, len(up.body),
+                 (time.monotonic() - started) * 1000)
+        self._show_upstream(flow, up.authorized)
+        mapped = upstream_status_error(up.status, what)
+        if mapped:
+            return error_response(*mapped)
+        resp = small_response(up.status, passed_headers(up.headers), up.body, is_head=method == "HEAD")
+        resp.headers[CACHE_HEADER] = "MISS"
+        return resp
+
+    def _show_upstream(self, flow: http.HTTPFlow, scheme: str) -> None:
+        """Make the flow show where the request really went, with the credential as a redacted marker."""
+        req = classify("GET", flow.request.path)
+        if isinstance(req, RegistryRequest) and self.upstream:
+            flow.request.url = self.upstream.url_for(req)
+        flow.request.headers.pop("Authorization", None)
+        if scheme:
+            flow.request.headers["Authorization"] = f"{scheme} {REDACTED}"

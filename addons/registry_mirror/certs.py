@@ -1,0 +1,53 @@
+"""The mirror's TLS certificate: a self-signed one is generated on first use (cryptography ships with mitmproxy)."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ...] = ()) -> bool:
+    """Create cert and key unless both exist; True when created. Names: localhost, 127.0.0.1, this host."""
+    cert, key = Path(cert_path), Path(key_path)
+    if cert.exists() and key.exists():
+        return False
+    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), *extra_names} - {"", "0.0.0.0", "::"}
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname() or "artifactory-mirror")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt_names = []
+    for name in sorted(names):
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(name))
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(private_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private_key, hashes.SHA256())
+    )
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return True
+
+
+def trust_hint(cert_path: str, host: str, port: int) -> str:
+    shown = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    return (f"clients must trust {cert_path}: for docker, copy it to /etc/docker/certs.d/{shown}:{port}/ca.crt; "
+            f"for podman/skopeo/containerd, to /etc/containers/certs.d/{shown}:{port}/ca.crt "
+            f"(or skopeo --src-cert-dir {Path(cert_path).parent})")

@@ -1,0 +1,170 @@
+"""`python -m registry_mirror.cli up|web|check`: validate the configuration, then run the mirror's two processes.
+
+The configuration is checked completely before any process starts. mitmdump (or mitmweb) with the addon
+starts first, because the stock registry pings its remote at start and panics if nothing listens; if either
+process dies the other is stopped and the exit status is non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import argon2
+import yaml
+
+from . import certs, processes
+from .config import Config, ConfigError, config_path, load
+from .registry_config import proxy_registry_config
+
+ADDON = Path(__file__).resolve().parent.parent / "mirror.py"
+
+
+class Mirror:
+    """The running pair: the addon's mitmproxy and the stock registry."""
+
+    def __init__(self, cfg: Config, log_dir: Path, web: bool = False, dump: str | None = None,
+                 extra_mitm_args: tuple[str, ...] = ()):
+        self.cfg, self.log_dir, self.web, self.dump = cfg, log_dir, web, dump
+        self.extra_mitm_args = extra_mitm_args
+        self.mitm: subprocess.Popen | None = None
+        self.registry: subprocess.Popen | None = None
+
+    def mitm_args(self) -> list[str]:
+        rw = self.cfg.rewriter
+        args = [processes.venv_tool("mitmweb" if self.web else "mitmdump"), "-s", str(ADDON),
+                "--mode", f"reverse:{self.cfg.upstream.origin}@{rw.listen.host}:{rw.listen.port}",
+                "--set", f"mirror_config={self.cfg.source}", "--set", "connection_strategy=lazy",
+                "--set", "stream_large_bodies=1m", "--set", "flow_detail=0"]
+        if self.web:
+            args += ["--set", f"web_host={rw.web_listen.host}", "--set", f"web_port={rw.web_listen.port}",
+                     "--set", "web_open_browser=false"]
+            if rw.web_password:  # an argon2 hash: the command line (visible in ps) never holds the password
+                args += ["--set", f"web_password={argon2.PasswordHasher().hash(rw.web_password)}"]
+        if self.dump:
+            args += ["-w", self.dump]
+        return args + list(self.extra_mitm_args)
+
+    def start(self) -> None:
+        cfg = self.cfg
+        rw = cfg.rewriter
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        mitm_log = self.log_dir / "mitmproxy.log"
+        self.mitm = processes.start(self.mitm_args(), mitm_log)
+        processes.wait_for_port(rw.listen.host, rw.listen.port, self.mitm, what="mitmproxy with the addon",
+                                log_path=mitm_log)
+        Path(cfg.mirror.storage).mkdir(parents=True, exist_ok=True)
+        registry_yml = self.log_dir / "registry.yml"
+        registry_yml.write_text(yaml.safe_dump(proxy_registry_config(cfg, f"http://{rw.listen}")))
+        registry_yml.chmod(0o600)
+        registry_log = self.log_dir / "registry.log"
+        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log)
+        processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
+                                what="the stock registry", log_path=registry_log)
+
+    def wait(self) -> int:
+        """Block until one process exits; return non-zero naming it."""
+        while True:
+            for name, proc in (("mitmproxy", self.mitm), ("registry", self.registry)):
+                if proc is not None and proc.poll() is not None:
+                    print(f"mirror: {name} exited with status {proc.returncode}; stopping the other "
+                          f"(logs in {self.log_dir})", file=sys.stderr)
+                    return proc.returncode or 1
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        processes.stop(self.registry)
+        processes.stop(self.mitm)
+
+
+def preflight(cfg: Config, web: bool) -> list[str]:
+    """Problems that would stop start-up, found before any process starts."""
+    problems = []
+    listens = [("mirror.listen", cfg.mirror.listen), ("rewriter.listen", cfg.rewriter.listen)]
+    if web:
+        listens.append(("rewriter.web_listen", cfg.rewriter.web_listen))
+    for key, addr in listens:
+        if processes.port_in_use(addr.host, addr.port):
+            problems.append(f"{key}: {addr} is already in use; stop what listens there or choose another port")
+    try:
+        processes.registry_binary()
+        processes.venv_tool("mitmweb" if web else "mitmdump")
+    except processes.ProcessError as e:
+        problems.append(str(e))
+    return problems
+
+
+def _load_or_exit(path: str) -> Config:
+    p = config_path(path)
+    try:
+        return load(p)
+    except ConfigError as e:
+        print(f"mirror: configuration error in {p}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_check(args) -> int:
+    cfg = _load_or_exit(args.config)
+    print(f"{cfg.source}: OK; upstream {cfg.upstream.origin}{cfg.upstream.prefix}/v2/, mirror on "
+          f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
+    return 0
+
+
+def cmd_up(args) -> int:
+    cfg = _load_or_exit(args.config)
+    problems = preflight(cfg, args.web)
+    if problems:
+        for p in problems:
+            print(f"mirror: {p}", file=sys.stderr)
+        return 2
+    if cfg.mirror.tls and certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key):
+        print(f"mirror: generated a self-signed certificate {cfg.mirror.tls_cert}")
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="artifactory-mirror-"))
+    mirror = Mirror(cfg, log_dir, web=args.web, dump=args.dump)
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        mirror.start()
+        scheme = "https" if cfg.mirror.tls else "http"
+        print(f"mirror: serving {scheme}://{cfg.mirror.listen} -> addon {cfg.rewriter.listen} -> "
+              f"{cfg.upstream.origin}{cfg.upstream.prefix}/v2/ (logs in {log_dir})", flush=True)
+        if cfg.mirror.tls:
+            print("mirror: " + certs.trust_hint(cfg.mirror.tls_cert, cfg.mirror.listen.host, cfg.mirror.listen.port))
+        if args.web:
+            print(f"mirror: mitmweb on http://{cfg.rewriter.web_listen}/ "
+                  f"({'password from rewriter.web_password' if cfg.rewriter.web_password else 'token in ' + str(log_dir / 'mitmproxy.log')})")
+        return mirror.wait()
+    except KeyboardInterrupt:
+        print("mirror: stopping", file=sys.stderr)
+        return 0
+    except processes.ProcessError as e:
+        print(f"mirror: {e}", file=sys.stderr)
+        return 1
+    finally:
+        mirror.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh", description=__doc__)
+    parser.add_argument("--config", default="", help="mirror.yaml path (default: $MIRROR_CONFIG or ./mirror.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
+    for name, web in (("up", False), ("web", True)):
+        p = sub.add_parser(name, help="run the mirror" + (" with mitmweb" if web else ""))
+        p.add_argument("--log-dir", help="where the processes' logs go (default: a new temporary folder)")
+        p.add_argument("--dump", help="also write flows to this file (mitmdump -w); credentials are never in them")
+        p.set_defaults(func=cmd_up, web=web)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

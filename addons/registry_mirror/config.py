@@ -1,0 +1,294 @@
+"""Load mirror.yaml into frozen dataclasses; every error names the key and what would be right.
+
+The key names are a contract with operators' automation: add keys, never rename them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_PATH = "mirror.yaml"
+ENV_PATH = "MIRROR_CONFIG"
+ARTIFACTORY_PREFIX = "/artifactory/api/docker/{repository}"
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and what would be right."""
+
+
+class Secret(str):
+    """A credential: a str whose repr never shows it, so it cannot leak through logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str
+    repository: str
+    path_prefix: str
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    token: Secret | None = field(default=None, repr=False)
+    anonymous: bool = False
+    ca_file: str | None = None
+    tls_verify: bool = True
+    allowed_realm_hosts: tuple[str, ...] = ()
+    connect_timeout: float = 5.0
+    request_timeout: float = 20.0
+    blob_stall_timeout: float = 60.0
+
+    @property
+    def origin(self) -> str:
+        return self.url.rstrip("/")
+
+    @property
+    def prefix(self) -> str:
+        """The path under which the upstream serves /v2/ for the configured repository."""
+        return self.path_prefix.format(repository=self.repository).rstrip("/")
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    listen: Address = Address("0.0.0.0", 5000)
+    storage: str = "./data/registry"
+    tls: bool = True
+    tls_cert: str = "certs/mirror.crt"
+    tls_key: str = "certs/mirror.key"
+
+
+@dataclass(frozen=True)
+class RewriterConfig:
+    listen: Address = Address("127.0.0.1", 8081)
+    web_listen: Address = Address("127.0.0.1", 8082)
+    web_password: Secret | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: UpstreamConfig
+    mirror: MirrorConfig
+    rewriter: RewriterConfig
+    source: str = "<memory>"
+
+
+# key -> (type, default); None as a default means optional. A nested dict is a section.
+_UPSTREAM_KEYS = {
+    "url": str, "repository": str, "path_prefix": str, "username": str, "password": str, "password_file": str,
+    "token": str, "token_file": str, "anonymous": bool, "ca_file": str, "tls_verify": bool,
+    "allowed_realm_hosts": list, "connect_timeout": (int, float), "request_timeout": (int, float),
+    "blob_stall_timeout": (int, float),
+}
+_MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
+_REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str}
+_SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS}
+
+
+def config_path(option_value: str = "") -> Path:
+    """The file to read: the option if set, else $MIRROR_CONFIG, else ./mirror.yaml."""
+    return Path(option_value or os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read the configuration file {path}: {e.strerror}; set {ENV_PATH} or "
+                          f"--set mirror_config=<path> to a readable mirror.yaml") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    return parse(data, base_dir=path.parent, environ=os.environ if environ is None else environ, source=str(path))
+
+
+def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | None = None,
+          source: str = "<memory>") -> Config:
+    environ = {} if environ is None else environ
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with the sections "
+                          f"{', '.join(_SECTIONS)}, not {type(data).__name__}")
+    sections = {}
+    for key, value in data.items():
+        if key not in _SECTIONS:
+            raise ConfigError(f"unknown key {key!r}: the sections are {', '.join(_SECTIONS)}")
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping of keys, not {type(value).__name__}")
+        sections[key] = _check_section(key, value, _SECTIONS[key], environ)
+    if "upstream" not in sections:
+        raise ConfigError("upstream: missing; it needs at least url and repository")
+    resolve = lambda p: str((base_dir / p).resolve()) if p else p  # noqa: E731 - paths are relative to the file
+    return Config(
+        upstream=_upstream(sections["upstream"], resolve),
+        mirror=_mirror(sections.get("mirror", {}), resolve),
+        rewriter=_rewriter(sections.get("rewriter", {}), resolve),
+        source=source,
+    )
+
+
+def _check_section(section: str, values: dict, schema: dict, environ: dict[str, str]) -> dict:
+    checked = {}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown key {name}: valid keys are {', '.join(schema)}")
+        expected = schema[key]
+        if isinstance(value, str):
+            value = expand(name, value, environ)
+        elif isinstance(value, list):
+            value = [expand(name, v, environ) if isinstance(v, str) else v for v in value]
+        if isinstance(value, bool) and expected is not bool:
+            raise ConfigError(f"{name}: expected {_type_name(expected)}, got a boolean")
+        if not isinstance(value, expected):
+            raise ConfigError(f"{name}: expected {_type_name(expected)}, got {type(value).__name__} {value!r}"
+                              if not _is_secret_key(key) else f"{name}: expected {_type_name(expected)}")
+        checked[key] = value
+    return checked
+
+
+def expand(name: str, value: str, environ: dict[str, str]) -> str:
+    """Replace ${VAR} with the environment's value; an unset variable is an error naming the key."""
+    def replace(match: re.Match) -> str:
+        var = match.group(1)
+        if var not in environ:
+            raise ConfigError(f"{name}: environment variable {var} is not set; export it or put the value in the file")
+        return environ[var]
+    return _VAR_RE.sub(replace, value)
+
+
+def _upstream(v: dict, resolve) -> UpstreamConfig:
+    url = v.get("url")
+    if not url:
+        raise ConfigError("upstream.url: missing; expected scheme://host[:port], e.g. https://artifactory.example.com")
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError as e:
+        raise ConfigError(f"upstream.url: {url!r} has a bad port: {e}") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"upstream.url: {_safe_url(url)!r} is not scheme://host[:port] with scheme http or https "
+                          f"(put the repository path in upstream.repository / upstream.path_prefix, credentials in "
+                          f"upstream.username and upstream.password)")
+    path_prefix = v.get("path_prefix", ARTIFACTORY_PREFIX)
+    if path_prefix and not path_prefix.startswith("/"):
+        raise ConfigError(f"upstream.path_prefix: {path_prefix!r} must start with / (or be empty for the root)")
+    repository = v.get("repository", "")
+    if "{repository}" in path_prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", repository or ""):
+        raise ConfigError(f"upstream.repository: {'missing' if not repository else repr(repository)}; expected the "
+                          f"Artifactory Docker repository key, e.g. docker-local (letters, digits, . _ -)")
+    if re.search(r"[?#%\s]|\.\.", path_prefix.replace("{repository}", "")):
+        raise ConfigError(f"upstream.path_prefix: {path_prefix!r} may not contain ?, #, %, whitespace or ..")
+    password = _secret(v, "password", resolve)
+    token = _secret(v, "token", resolve)
+    username = v.get("username")
+    anonymous = v.get("anonymous", False)
+    if username and token:
+        raise ConfigError("upstream.token: set either username + password (Basic or the token flow) or token "
+                          "(a static Bearer access token), not both")
+    if username and password is None:
+        raise ConfigError("upstream.password: missing for upstream.username; set password or password_file "
+                          "(an Artifactory password or identity token)")
+    if password is not None and not username:
+        raise ConfigError("upstream.username: missing; a password needs the user it belongs to")
+    if not (username or token or anonymous):
+        raise ConfigError("upstream: no credential; set username + password (or password_file), or token "
+                          "(or token_file), or anonymous: true for an upstream that needs none")
+    ca_file = resolve(v.get("ca_file"))
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"upstream.ca_file: cannot load {ca_file}: {e}; expected a readable PEM CA bundle") from e
+    realms = v.get("allowed_realm_hosts", [])
+    for host in realms:
+        if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", host):
+            raise ConfigError(f"upstream.allowed_realm_hosts: {host!r} is not a host or host:port")
+    timeouts = {k: float(v[k]) for k in ("connect_timeout", "request_timeout", "blob_stall_timeout") if k in v}
+    for key, seconds in timeouts.items():
+        if not 0 < seconds <= 3600:
+            raise ConfigError(f"upstream.{key}: {seconds} is out of range; expected seconds in (0, 3600]")
+    return UpstreamConfig(url=url.rstrip("/"), repository=repository, path_prefix=path_prefix, username=username,
+                          password=password, token=token, anonymous=anonymous, ca_file=ca_file,
+                          tls_verify=v.get("tls_verify", True), allowed_realm_hosts=tuple(h.lower() for h in realms),
+                          **timeouts)
+
+
+def _mirror(v: dict, resolve) -> MirrorConfig:
+    return MirrorConfig(
+        listen=parse_address("mirror.listen", v.get("listen", "0.0.0.0:5000")),
+        storage=resolve(v.get("storage", "./data/registry")),
+        tls=v.get("tls", True),
+        tls_cert=resolve(v.get("tls_cert", "certs/mirror.crt")),
+        tls_key=resolve(v.get("tls_key", "certs/mirror.key")),
+    )
+
+
+def _rewriter(v: dict, resolve) -> RewriterConfig:
+    return RewriterConfig(
+        listen=parse_address("rewriter.listen", v.get("listen", "127.0.0.1:8081")),
+        web_listen=parse_address("rewriter.web_listen", v.get("web_listen", "127.0.0.1:8082")),
+        web_password=_secret(v, "web_password", resolve, "rewriter"),
+    )
+
+
+def parse_address(name: str, value: str) -> Address:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: {value!r} is not host:port, e.g. 127.0.0.1:8081")
+    return Address(host, int(port))
+
+
+def _secret(v: dict, key: str, resolve, section: str = "upstream") -> Secret | None:
+    """A secret given inline or in `<key>_file` (trailing newline stripped), never both."""
+    inline, path = v.get(key), resolve(v.get(f"{key}_file"))
+    if inline is not None and path:
+        raise ConfigError(f"{section}.{key}: set {key} or {key}_file, not both")
+    if path:
+        try:
+            inline = Path(path).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"{section}.{key}_file: cannot read {path}: {e.strerror}; expected a readable file "
+                              f"holding only the secret") from e
+        if not inline:
+            raise ConfigError(f"{section}.{key}_file: {path} is empty; expected the secret on its first line")
+    if inline is not None and not inline:
+        raise ConfigError(f"{section}.{key}: empty; expected the secret, or remove the key")
+    return Secret(inline) if inline is not None else None
+
+
+def _is_secret_key(key: str) -> bool:
+    return key in ("password", "token", "web_password")
+
+
+def _type_name(expected) -> str:
+    names = {str: "a string", bool: "true or false", list: "a list", (int, float): "a number of seconds"}
+    return names.get(expected, str(expected))
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(parts.password, "<redacted>")
+    return url

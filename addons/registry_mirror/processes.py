@@ -1,0 +1,98 @@
+"""Start, watch and stop the processes the mirror is made of (and the demo's and tests' ones)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ProcessError(RuntimeError):
+    pass
+
+
+def venv_tool(name: str) -> str:
+    """A console script of this Python's environment (mitmdump, mitmweb), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ProcessError(f"{name} not found next to {sys.executable} or on PATH; run ./run.sh to set up .venv")
+    return found
+
+
+def registry_binary() -> str:
+    """The stock registry: Debian's docker-registry, or `registry` as in the registry:2 image."""
+    for name in ("docker-registry", "registry"):
+        if found := shutil.which(name):
+            return found
+    raise ProcessError("the stock registry is not installed: apt-get install docker-registry "
+                       "(or run ./run.sh, which installs it when run as root)")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), output to a file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
+                  what: str = "process", log_path: Path | None = None) -> None:
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = _tail(log_path) if log_path else ""
+            raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
+        try:
+            with socket.create_connection((connect_host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ProcessError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a process by its PID: SIGTERM, then SIGKILL after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "; its last output:\n  " + "\n  ".join(text) if text else ""

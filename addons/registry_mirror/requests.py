@@ -1,0 +1,124 @@
+"""Classify the stock registry's requests and rewrite them for the upstream.
+
+Every request is classified once; its class decides the policy (answered locally, small exchange, streamed
+blob, refused). Names and references follow Distribution's reference grammar, so `..`, encoded slashes and
+other tricks never reach the upstream's path.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+# distribution/reference/regexp.go
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+NAME_MAX_LENGTH = 255
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class Kind(enum.Enum):
+    PING = "ping"
+    MANIFEST_BY_TAG = "manifest-by-tag"
+    MANIFEST_BY_DIGEST = "manifest-by-digest"
+    BLOB = "blob"
+    TAGS = "tags"
+    TOKEN = "token"  # upstream token exchanges, for logs and stats
+
+
+@dataclass(frozen=True)
+class RegistryRequest:
+    kind: Kind
+    name: str = ""
+    reference: str = ""  # tag or digest
+    query: str = ""
+
+    @property
+    def v2_path(self) -> str:
+        """The request's path under /v2/, rebuilt from validated parts only."""
+        if self.kind is Kind.PING:
+            return "/v2/"
+        if self.kind is Kind.TAGS:
+            return f"/v2/{self.name}/tags/list"
+        segment = "blobs" if self.kind is Kind.BLOB else "manifests"
+        return f"/v2/{self.name}/{segment}/{self.reference}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the mirror answers itself with a registry-style error, never forwarding it."""
+    status: int
+    code: str
+    message: str
+
+
+def valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX_LENGTH and NAME_RE.fullmatch(name) is not None
+
+
+def valid_digest(digest: str) -> bool:
+    if not DIGEST_RE.fullmatch(digest):
+        return False
+    return not digest.startswith("sha256:") or SHA256_RE.fullmatch(digest) is not None
+
+
+def classify(method: str, raw_path: str) -> RegistryRequest | Refusal:
+    """Sort a request by method and raw path (as sent, with its query) into a class, or refuse it."""
+    path, _, query = raw_path.partition("?")
+    if method not in READ_METHODS:
+        return Refusal(405, "UNSUPPORTED", f"the mirror is read-only: {method} is not supported, only GET and HEAD")
+    if path in ("/v2", "/v2/"):
+        return RegistryRequest(Kind.PING)
+    if not path.startswith("/v2/"):
+        return Refusal(404, "NOT_FOUND", "only the registry API under /v2/ is served")
+    if "%" in path or "\\" in path:
+        return Refusal(400, "NAME_INVALID", "percent-encoded or backslash characters are not allowed in the path")
+    rest = path[len("/v2/"):]
+    if "/blobs/uploads" in f"/{rest}":
+        return Refusal(405, "UNSUPPORTED", "the mirror is read-only: blob uploads are not supported")
+    for segment, kind in (("/manifests/", None), ("/blobs/", Kind.BLOB)):
+        name, sep, ref = rest.rpartition(segment)
+        if sep:
+            return _reference_request(name, ref, kind, query)
+    if rest.endswith("/tags/list"):
+        name = rest[: -len("/tags/list")]
+        if not valid_name(name):
+            return _bad_name(name)
+        return RegistryRequest(Kind.TAGS, name, query=query)
+    return Refusal(404, "NOT_FOUND", f"unknown registry API path: /v2/{rest[:100]}")
+
+
+def _reference_request(name: str, ref: str, kind: Kind | None, query: str) -> RegistryRequest | Refusal:
+    if not valid_name(name):
+        return _bad_name(name)
+    if kind is Kind.BLOB:
+        if not valid_digest(ref):
+            return Refusal(400, "DIGEST_INVALID", f"invalid blob digest {ref[:100]!r}: expected algorithm:hex")
+        return RegistryRequest(Kind.BLOB, name, ref, query)
+    if ":" in ref:
+        if not valid_digest(ref):
+            return Refusal(400, "DIGEST_INVALID", f"invalid manifest digest {ref[:100]!r}: expected algorithm:hex")
+        return RegistryRequest(Kind.MANIFEST_BY_DIGEST, name, ref, query)
+    if not TAG_RE.fullmatch(ref):
+        return Refusal(400, "MANIFEST_INVALID",
+                       f"invalid tag {ref[:100]!r}: up to 128 of [A-Za-z0-9_.-], not starting with . or -")
+    return RegistryRequest(Kind.MANIFEST_BY_TAG, name, ref, query)
+
+
+def _bad_name(name: str) -> Refusal:
+    return Refusal(400, "NAME_INVALID",
+                   f"invalid repository name {name[:100]!r}: lowercase components of [a-z0-9] joined by . _ __ -, "
+                   f"separated by /, at most {NAME_MAX_LENGTH} characters")
+
+
+def upstream_path(prefix: str, request: RegistryRequest) -> str:
+    """The upstream path for a request: `<prefix>/v2/<rest>`, the query string kept."""
+    path = prefix.rstrip("/") + request.v2_path
+    return f"{path}?{request.query}" if request.query else path
+
+
+def default_scope(name: str) -> str:
+    return f"repository:{name}:pull"

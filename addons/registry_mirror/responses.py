@@ -1,0 +1,53 @@
+"""Answers the mirror builds itself: registry-style errors, the ping, and upstream answers passed on."""
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
+CACHE_HEADER = "X-Mirror-Cache"
+# upstream response headers the stock registry needs; everything else (cookies, Artifactory ids) stays behind
+PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges",
+                           "Docker-Content-Digest", "ETag", "Last-Modified")
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+
+
+def error_response(status: int, code: str, message: str) -> http.Response:
+    return http.Response.make(status, error_body(code, message),
+                              {"Content-Type": "application/json", **API_VERSION, CACHE_HEADER: "REFUSED"})
+
+
+def ping_response() -> http.Response:
+    # A Basic challenge (not 200) makes the stock registry record a challenge for its remote: with none it
+    # re-pings /v2/ before every operation under one global lock. It has no Basic handler, so it sends no
+    # credential; the mirror owns upstream authentication.
+    return http.Response.make(401, b'{"errors":[]}', {
+        "Content-Type": "application/json", **API_VERSION, CACHE_HEADER: "LOCAL",
+        "WWW-Authenticate": 'Basic realm="artifactory-mirror (credentials are added by the mirror)"'})
+
+
+def passed_headers(upstream_headers) -> dict[str, str]:
+    return {k: v for k in PASSED_RESPONSE_HEADERS if (v := upstream_headers.get(k)) is not None}
+
+
+def upstream_status_error(status: int, what: str) -> tuple[int, str, str] | None:
+    """The error the mirror gives for an upstream status it must not pass on as is, else None."""
+    if status == 401:
+        return 401, "UNAUTHORIZED", (f"the upstream refused the mirror's credentials for {what}; check "
+                                     f"upstream.username / password / token in the mirror's configuration")
+    if status == 403:
+        return 403, "DENIED", f"the upstream denied access to {what} for the mirror's user"
+    if status >= 500:
+        return 502, "UNAVAILABLE", f"the upstream answered {status} for {what}"
+    return None
+
+
+def small_response(status: int, headers: dict[str, str], body: bytes, is_head: bool) -> http.Response:
+    resp = http.Response.make(status, b"" if is_head else body, {**headers, **API_VERSION})
+    if is_head and "Content-Length" in headers:
+        resp.headers["Content-Length"] = headers["Content-Length"]  # make() set it to 0 for the empty body
+    return resp

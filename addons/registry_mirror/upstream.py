@@ -1,0 +1,156 @@
+"""The HTTP client toward the upstream: credentials, one retry on 401, redirects, bounded timeouts.
+
+Only GET and HEAD ever leave here. Redirects to another host (Artifactory's signed cloud-storage URLs) are
+followed without the upstream's `Authorization`.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from .config import UpstreamConfig
+from .requests import RegistryRequest, upstream_path
+from .upstream_auth import AuthError, UpstreamAuth
+
+log = logging.getLogger(__name__)
+
+MAX_SMALL_BODY = 8 * 1024 * 1024  # manifests and error bodies; Distribution caps manifests at 4 MiB
+MAX_REDIRECTS = 3
+# request headers worth passing on from the stock registry; everything else (Authorization included) stays
+FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Range")
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered nonsense; the message carries no secret."""
+
+
+@dataclass
+class SmallResponse:
+    status: int
+    headers: CIMultiDict
+    body: bytes
+    authorized: str  # the scheme of the credential that was sent ("Basic", "Bearer" or "")
+    url: str
+
+
+class Upstream:
+    def __init__(self, cfg: UpstreamConfig):
+        self.cfg = cfg
+        self.auth = UpstreamAuth(cfg, self._fetch_token)
+        self._session: aiohttp.ClientSession | None = None
+        self._origin = urlsplit(cfg.origin)
+
+    async def start(self) -> None:
+        ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=self.cfg.ca_file)
+        if not self.cfg.tls_verify:
+            ssl_ctx = False
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": "artifactory-mirror"}, skip_auto_headers=("Accept-Encoding",),
+        )
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    def url_for(self, request: RegistryRequest) -> str:
+        return self.cfg.origin + upstream_path(self.cfg.prefix, request)
+
+    async def fetch_small(self, method: str, request: RegistryRequest, headers) -> SmallResponse:
+        """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
+        async with self.open(method, request, headers, timeout) as (resp, authorized):
+            body = b""
+            if method != "HEAD":
+                body = await resp.content.read(MAX_SMALL_BODY + 1)
+                if len(body) > MAX_SMALL_BODY:
+                    raise UpstreamError(f"upstream answered more than {MAX_SMALL_BODY} bytes for "
+                                        f"{request.kind.value} {request.name}:{request.reference}")
+            return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
+
+    @asynccontextmanager
+    async def open(self, method: str, request: RegistryRequest, headers, timeout: aiohttp.ClientTimeout | None = None):
+        """Yield (response, credential scheme) with its body unread; blobs stream from it."""
+        if timeout is None:  # blobs: a stall, not a total, bounds them
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout,
+                                            sock_read=self.cfg.blob_stall_timeout)
+        assert self._session is not None, "Upstream.start() was not awaited"
+        base = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k))}
+        url = self.url_for(request)
+        for attempt in range(2):
+            sent = await self.auth.authorization(request.name)
+            resp = await self._send(method, url, base, sent, timeout)
+            if resp.status != 401 or attempt == 1:
+                break
+            try:
+                retry = await self.auth.on_unauthorized(
+                    request.name, resp.headers.getall("WWW-Authenticate", []), sent)
+            except AuthError:
+                resp.release()
+                raise
+            if not retry:
+                break
+            resp.release()
+        try:
+            yield resp, (sent or "").partition(" ")[0]
+        finally:
+            resp.release()
+
+    async def _send(self, method: str, url: str, headers: dict, authorization: str | None,
+                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        for _hop in range(MAX_REDIRECTS + 1):
+            h = dict(headers)
+            if authorization and self._same_origin(url):
+                h["Authorization"] = authorization
+            try:
+                resp = await self._session.request(method, url, headers=h, allow_redirects=False, timeout=timeout)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                url = urljoin(url, resp.headers["Location"])
+                resp.release()
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise UpstreamError(f"upstream redirected to a non-http URL {_display(url)}")
+                continue
+            return resp
+        raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {_display(url)}")
+
+    def _same_origin(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.hostname, parts.port) == (
+            self._origin.scheme, self._origin.hostname, self._origin.port)
+
+    async def _fetch_token(self, realm: str, params: dict[str, str], authorization: str | None) -> tuple[int, bytes]:
+        started = time.monotonic()
+        headers = {"Authorization": authorization} if authorization else {}
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
+        try:
+            async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
+                                         allow_redirects=False) as resp:
+                body = await resp.content.read(64 * 1024 + 1)
+                log.info("upstream token GET %s -> %d (%.0f ms)", _display(realm), resp.status,
+                         (time.monotonic() - started) * 1000)
+                return resp.status, body
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise AuthError(f"token endpoint {_display(realm)}: {_describe(e)}") from e
+
+
+def _display(url: str) -> str:
+    """A URL for logs: no query string (signed URLs carry credentials there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
