@@ -40,7 +40,7 @@ class RegistryMirror:
                           f"./{config_mod.DEFAULT_PATH}).")
 
     def configure(self, updated: set[str]) -> None:
-        if "mirror_config" in updated or self.config is None:
+        if "mirror_config" in updated:
             path = config_mod.config_path(ctx.options.mirror_config)
             try:
                 self.config = config_mod.load(path)
@@ -49,7 +49,7 @@ class RegistryMirror:
             log.info("mirror configured from %s: upstream %s, prefix %s", path, self.config.upstream.origin,
                      self.config.upstream.prefix)
         for name, value in REQUIRED_OPTIONS.items():
-            if getattr(ctx.options, name) != value:
+            if name in ctx.options and getattr(ctx.options, name) != value:
                 ctx.options.update(**{name: value})
 
     async def running(self) -> None:

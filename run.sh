@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# artifactory-mirror: one entry point for operators, the demo and the tests.
+#   ./run.sh up      run the mirror (stock registry + mitmdump with the addon) in the foreground
+#   ./run.sh web     the same with mitmweb for inspecting flows (loopback, password protected)
+#   ./run.sh check   validate the configuration ($MIRROR_CONFIG or ./mirror.yaml) and exit
+#   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
+#   ./run.sh test    the test suite (pytest arguments may follow)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+DEBIAN_PACKAGES=(docker-registry skopeo)
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+find_python() {
+  local candidates=(python3.13 python3.12 python3)
+  local c
+  for c in "${candidates[@]}" "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python /root/.pyenv/versions/3.1[2-9]*/bin/python \
+           /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9]; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$c"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_debian_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "run.sh: installing Debian packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # the docker-registry package enables a system service on :5000; the mirror runs its own
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+  else
+    die "missing Debian packages; run: sudo apt-get install -y ${missing[*]}"
+  fi
+}
+
+ensure_venv() {
+  local py stamp="$VENV/.installed"
+  if [ ! -x "$VENV/bin/python" ]; then
+    py="$(find_python)" || die "mitmproxy 12 needs Python >= 3.12 and none was found; install one, e.g.
+  pyenv install 3.12 (then re-run), or: apt-get install python3.12 python3.12-venv on a distribution that has it"
+    echo "run.sh: creating $VENV with $py"
+    "$py" -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    echo "run.sh: installing Python dependencies into $VENV"
+    # the dependency list lives once, in pyproject.toml
+    mapfile -t deps < <("$VENV/bin/python" -c '
+import tomllib, sys
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' "$ROOT/pyproject.toml")
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    touch "$stamp"
+  fi
+}
+
+run_python() { cd "$ROOT" && PYTHONPATH="$ROOT/addons" exec "$VENV/bin/python" "$@"; }
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  up|web|check)
+    ensure_debian_packages docker-registry
+    ensure_venv
+    run_python -m registry_mirror.cli "$cmd" "$@" ;;
+  demo)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python -m devtools.demo "$@" ;;
+  test)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python -m pytest "$@" ;;
+  *)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
+esac

@@ -1,0 +1,83 @@
+"""The addon's hooks, called directly inside mitmproxy's test context."""
+import asyncio
+import json
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+
+from registry_mirror.addon import RegistryMirror
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    f = tmp_path / "mirror.yaml"
+    # port 9 (discard) on loopback: nothing the refused requests could reach anyway
+    f.write_text("upstream:\n  url: http://127.0.0.1:9\n  repository: docker-local\n  anonymous: true\n")
+    return f
+
+
+def flow_for(method, path, headers=()):
+    return tflow.tflow(req=tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=8081,
+                                       headers=list(headers) or [(b"host", b"127.0.0.1:8081")]))
+
+
+def run_request(addon, config_file, method, path):
+    async def scenario():
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, mirror_config=str(config_file))
+            f = flow_for(method, path)
+            await addon.request(f)
+            return f
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("method,path,status,code", [
+    ("PUT", "/v2/app/manifests/1.0", 405, "UNSUPPORTED"),
+    ("POST", "/v2/app/blobs/uploads/", 405, "UNSUPPORTED"),
+    ("DELETE", "/v2/app/manifests/1.0", 405, "UNSUPPORTED"),
+    ("GET", "/v2/../secret/manifests/1.0", 400, "NAME_INVALID"),
+    ("GET", "/v2/a%2F..%2Fb/manifests/1.0", 400, "NAME_INVALID"),
+    ("GET", "/v2/app/blobs/md5:xyz", 400, "DIGEST_INVALID"),
+    ("GET", "/admin", 404, "NOT_FOUND"),
+])
+def test_refusals_are_answered_locally(config_file, method, path, status, code):
+    f = run_request(RegistryMirror(), config_file, method, path)
+    assert f.response.status_code == status
+    assert json.loads(f.response.content)["errors"][0]["code"] == code
+    assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+    assert f.request.host == "127.0.0.1" and f.request.port == 8081  # never re-targeted upstream
+
+
+def test_ping_answered_locally_with_a_challenge(config_file):
+    f = run_request(RegistryMirror(), config_file, "GET", "/v2/")
+    assert f.response.status_code == 401
+    assert f.response.headers["WWW-Authenticate"].startswith("Basic ")
+    assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+
+
+def test_head_answer_has_no_body(config_file):
+    f = run_request(RegistryMirror(), config_file, "HEAD", "/v2/Bad/manifests/x")
+    assert f.response.status_code == 400
+    assert f.response.raw_content == b""
+    assert int(f.response.headers["Content-Length"]) > 0
+
+
+def test_required_options_are_enforced(config_file):
+    addon = RegistryMirror()
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("connection_strategy", str, "eager", "core option")
+        tctx.options.add_option("stream_large_bodies", str | None, None, "core option")
+        tctx.configure(addon, mirror_config=str(config_file))
+        assert tctx.options.connection_strategy == "lazy"
+        assert tctx.options.stream_large_bodies == "1m"
+
+
+def test_bad_config_is_an_options_error(tmp_path, config_file, monkeypatch):
+    monkeypatch.setenv("MIRROR_CONFIG", str(config_file))  # what the rollback returns to
+    bad = tmp_path / "mirror.yaml"
+    bad.write_text("upstream:\n  url: ftp://x\n  repository: r\n  anonymous: true\n")
+    addon = RegistryMirror()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="upstream.url"):
+            tctx.configure(addon, mirror_config=str(bad))

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from registry_mirror.config import ConfigError, Secret, load, parse
+
+BASE = {"upstream": {"url": "https://art.example.com", "repository": "docker-local",
+                     "username": "u", "password": "p"}}
+
+
+def with_upstream(**changes):
+    up = {**BASE["upstream"], **changes}
+    return {"upstream": {k: v for k, v in up.items() if v is not None}}
+
+
+def test_defaults_and_contract_keys():
+    cfg = parse({**BASE, "mirror": {"listen": "0.0.0.0:5000", "storage": "./data/registry"},
+                 "rewriter": {"listen": "127.0.0.1:8081"}}, base_dir=Path("/srv/mirror"))
+    assert cfg.upstream.prefix == "/artifactory/api/docker/docker-local"
+    assert cfg.upstream.origin == "https://art.example.com"
+    assert str(cfg.mirror.listen) == "0.0.0.0:5000"
+    assert cfg.mirror.storage == "/srv/mirror/data/registry"
+    assert str(cfg.rewriter.listen) == "127.0.0.1:8081"
+    assert isinstance(cfg.upstream.password, Secret)
+    assert repr(cfg.upstream.password) == "Secret('<redacted>')"
+
+
+def test_env_expansion_and_password_file(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    f = tmp_path / "mirror.yaml"
+    f.write_text("upstream:\n  url: ${ART_URL}\n  repository: docker-${REPO}\n  username: ${ART_USER}\n"
+                 f"  password_file: {secret.name}\n")
+    cfg = load(f, environ={"ART_URL": "http://127.0.0.1:9", "REPO": "remote", "ART_USER": "ci"})
+    assert (cfg.upstream.url, cfg.upstream.repository, cfg.upstream.username) == ("http://127.0.0.1:9", "docker-remote", "ci")
+    assert cfg.upstream.password == "from-file"
+
+
+def test_root_prefix_for_other_registries():
+    cfg = parse(with_upstream(path_prefix="", repository=None))
+    assert cfg.upstream.prefix == ""
+    cfg = parse(with_upstream(path_prefix="/repository/{repository}", repository="docker-hosted"))
+    assert cfg.upstream.prefix == "/repository/docker-hosted"
+
+
+def test_static_token_and_anonymous():
+    assert parse(with_upstream(username=None, password=None, token="t0k")).upstream.token == "t0k"
+    assert parse(with_upstream(username=None, password=None, anonymous=True)).upstream.anonymous
+
+
+@pytest.mark.parametrize("data,fragment", [
+    ("just a string", "top level must be a mapping"),
+    ({"upstream": {**BASE["upstream"]}, "mirrors": {}}, "unknown key 'mirrors'"),
+    (with_upstream(passwd="x"), "unknown key upstream.passwd: valid keys are url, repository"),
+    (with_upstream(url=None), "upstream.url: missing"),
+    (with_upstream(url="artifactory.example.com"), "upstream.url: 'artifactory.example.com' is not scheme://host[:port]"),
+    (with_upstream(url="https://a.example/artifactory"), "put the repository path in upstream.repository"),
+    (with_upstream(url="https://u:hunter2@a.example"), "<redacted>"),
+    (with_upstream(url="https://a.example:99999"), "upstream.url"),
+    (with_upstream(url=5000), "upstream.url: expected a string, got int"),
+    (with_upstream(repository=None), "upstream.repository: missing"),
+    (with_upstream(repository="bad/key"), "upstream.repository: 'bad/key'"),
+    (with_upstream(password=None), "upstream.password: missing for upstream.username"),
+    (with_upstream(username=None), "upstream.username: missing"),
+    (with_upstream(username=None, password=None), "upstream: no credential"),
+    (with_upstream(token="t"), "not both"),
+    (with_upstream(password=None, password_file="/nonexistent/secret"), "upstream.password_file: cannot read"),
+    (with_upstream(ca_file="/nonexistent/ca.pem"), "upstream.ca_file: cannot load"),
+    (with_upstream(tls_verify="yes"), "upstream.tls_verify: expected true or false"),
+    (with_upstream(connect_timeout=0), "upstream.connect_timeout: 0.0 is out of range"),
+    (with_upstream(connect_timeout=True), "upstream.connect_timeout: expected a number of seconds, got a boolean"),
+    (with_upstream(allowed_realm_hosts=["https://x/"]), "upstream.allowed_realm_hosts"),
+    (with_upstream(path_prefix="artifactory"), "upstream.path_prefix: 'artifactory' must start with /"),
+    (with_upstream(path_prefix="/a/../b"), "may not contain"),
+    ({**BASE, "mirror": {"listen": "5000"}}, "mirror.listen: '5000' is not host:port"),
+    ({**BASE, "rewriter": {"listen": "127.0.0.1:http"}}, "rewriter.listen"),
+    ({**BASE, "mirror": "yes"}, "mirror: must be a mapping"),
+    (with_upstream(url="${UNSET_VARIABLE_FOR_TEST}"), "environment variable UNSET_VARIABLE_FOR_TEST is not set"),
+])
+def test_errors_name_the_key(data, fragment):
+    with pytest.raises(ConfigError) as e:
+        parse(data)
+    assert fragment in str(e.value)
+
+
+def test_secret_never_in_type_error():
+    with pytest.raises(ConfigError) as e:
+        parse(with_upstream(password=["hunter2"]))
+    assert "hunter2" not in str(e.value) and "upstream.password" in str(e.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstream: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)
+    empty = tmp_path / "empty-secret"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        parse(with_upstream(password=None, password_file=str(empty)))
