@@ -18,7 +18,7 @@ from registry_mirror.config import load
 
 from . import seed
 from .skopeo import ca_dir, pull
-from .upstream_harness import UpstreamHarness
+from .upstream_harness import UpstreamHarness, wait_until_quiet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +78,7 @@ def run(workdir: Path, layer_cache: Path, big: tuple[int, int]) -> int:
                           creds=f"{upstream.username}:{upstream.password}")
             upstream.control("reset")
             cold = pull(f"{cfg.mirror.listen}/{ref}", workdir / "pulled", cert_dir=trust)
+            wait_until_quiet(upstream)  # the stock registry's background fetches end after the client's pull
             cold_bytes = upstream.stats()["body_bytes"]
             upstream.control("reset")
             warm = pull(f"{cfg.mirror.listen}/{ref}", workdir / "pulled", cert_dir=trust)

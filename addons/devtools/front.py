@@ -27,6 +27,8 @@ class ArtifactoryFront:
     def __init__(self) -> None:
         self.username = self.password = self.static_token = ""
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (repository name it grants, expiry)
+        self.token_uses: dict[str, int] = {}
+        self.issued: list[str] = []  # for the tests' leak checks; this front is a test tool
         self.lock = threading.Lock()
         self.reset()
 
@@ -41,6 +43,7 @@ class ArtifactoryFront:
         loader.add_option("front_secrets", str, "", "YAML file with username, password, static_token.")
         loader.add_option("front_token_ttl", int, 300, "expires_in of issued tokens, in seconds.")
         loader.add_option("front_realm", str, "", "Advertise this token realm instead of our own.")
+        loader.add_option("front_token_uses", int, 0, "A token expires after this many requests (0: never).")
         loader.add_option("front_root_v2", bool, False, "Also serve /v2/ at the root (direct pulls).")
 
     def configure(self, updated: set[str]) -> None:
@@ -121,6 +124,7 @@ class ArtifactoryFront:
         if path == "/_front/stats":
             with self.lock:
                 return _json(200, {"body_bytes": self.body_bytes, "tokens_issued": self.tokens_issued,
+                                   "issued_tokens": list(self.issued),
                                    "requests": list(self.records)})
         if path == "/_front/reset" and method == "POST":
             with self.lock:
@@ -147,7 +151,10 @@ class ArtifactoryFront:
         token = given[len("Bearer "):] if given.startswith("Bearer ") else ""
         granted = self.tokens.get(token)
         if granted and granted[1] > time.time() and (not name or granted[0] == name):
-            return None
+            self.token_uses[token] = self.token_uses.get(token, 0) + 1
+            if not ctx.options.front_token_uses or self.token_uses[token] <= ctx.options.front_token_uses:
+                return None
+            self.tokens.pop(token, None)  # used up: expired in the middle of whatever it was serving
         host, port = flow.client_conn.sockname[:2]  # the Host header is already rewritten in reverse mode
         realm = ctx.options.front_realm or f"http://{host}:{port}{self.prefix}/v2/token"
         scope = f',scope="repository:{name}:pull"' if name else ""
@@ -163,6 +170,7 @@ class ArtifactoryFront:
         ttl = ctx.options.front_token_ttl
         self.tokens[token] = (name, time.time() + ttl)
         self.tokens_issued += 1
+        self.issued.append(token)
         return _json(200, {"token": token, "access_token": token, "expires_in": ttl,
                            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ class UpstreamHarness:
     password: str = "s3cret-Pa55word"
     static_token: str = "static-access-token-0123456789"
     token_ttl: int = 300
+    token_uses: int = 0
     repository: str = "docker-local"
     realm: str = ""
     host: str = "127.0.0.1"
@@ -58,7 +60,7 @@ class UpstreamHarness:
                 f"reverse:http://127.0.0.1:{self.registry_port}@{self.host}:{self.front_port}",
                 "--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", f"front_auth={self.auth}", "--set", f"front_secrets={secrets_file}",
-                "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_repository={self.repository}",
+                "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_token_uses={self.token_uses}", "--set", f"front_repository={self.repository}",
                 "--set", "front_root_v2=true"]
         if self.realm:
             args += ["--set", f"front_realm={self.realm}"]
@@ -80,3 +82,17 @@ class UpstreamHarness:
     def control(self, action: str) -> None:
         req = urllib.request.Request(f"{self.url}/_front/{action}", method="POST", data=b"")
         urllib.request.urlopen(req, timeout=10).close()
+
+
+def wait_until_quiet(harness: UpstreamHarness, quiet: float = 1.0, timeout: float = 30.0) -> None:
+    """Wait until the upstream saw no new request for `quiet` seconds: the stock registry finishes its
+    background fetches (storeLocal) after the client's pull has returned."""
+    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        stats = harness.stats()
+        count = (len(stats["requests"]), stats["body_bytes"])
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)

@@ -1,0 +1,132 @@
+"""Fixtures that start real processes on loopback and always stop them, by PID, even when a test fails."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devtools import seed
+from devtools.skopeo import ca_dir
+from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: F401 (re-exported)
+from registry_mirror import certs, processes
+from registry_mirror.cli import Mirror
+from registry_mirror.config import load
+
+pytestmark = pytest.mark.integration
+
+if not shutil.which("skopeo") or not shutil.which("docker-registry"):
+    pytest.skip("integration tests need Debian's skopeo and docker-registry; ./run.sh test installs them",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def layer_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("layers")
+
+
+@pytest.fixture
+def upstream_factory(tmp_path):
+    started: list[UpstreamHarness] = []
+
+    def make(**kwargs) -> UpstreamHarness:
+        harness = UpstreamHarness(tmp_path / f"upstream{len(started)}", **kwargs)
+        started.append(harness)
+        return harness.start()
+    yield make
+    for harness in started:
+        harness.stop()
+
+
+@pytest.fixture
+def upstream(upstream_factory):
+    return upstream_factory()
+
+
+class RunningMirror:
+    def __init__(self, mirror: Mirror, trust: Path):
+        self.mirror, self.cfg, self.trust = mirror, mirror.cfg, trust
+
+    @property
+    def address(self) -> str:
+        return str(self.cfg.mirror.listen)
+
+    @property
+    def rewriter(self) -> str:
+        return f"http://{self.cfg.rewriter.listen}"
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.mirror.log_dir.glob("*.log"))
+
+
+@pytest.fixture
+def mirror_factory(tmp_path):
+    started: list[Mirror] = []
+
+    def make(upstream_keys: dict, dump: bool = True) -> RunningMirror:
+        workdir = tmp_path / f"mirror{len(started)}"
+        workdir.mkdir()
+        cfg_path = workdir / "mirror.yaml"
+        cfg_path.write_text(yaml.safe_dump({
+            "upstream": {"repository": "docker-local", **upstream_keys},
+            "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(workdir / "storage"),
+                       "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
+            "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
+        }))
+        cfg = load(cfg_path)
+        certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
+        mirror = Mirror(cfg, workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
+        started.append(mirror)
+        mirror.start()
+        return RunningMirror(mirror, ca_dir(cfg.mirror.tls_cert, workdir / "client-ca"))
+    yield make
+    for mirror in started:
+        mirror.stop()
+
+
+def credentials_of(harness: UpstreamHarness) -> dict:
+    """The mirror.yaml upstream keys for a harness, the way an operator writes them."""
+    keys = {"url": harness.url}
+    if harness.auth == "bearer":
+        keys["token"] = harness.static_token
+    elif harness.auth == "none":
+        keys["anonymous"] = True
+    else:
+        keys.update(username=harness.username, password=harness.password)
+    return keys
+
+
+def small_image(cache: Path, name: str = "team/app", tag: str = "1.0", seed_base: int = 10) -> seed.Image:
+    """Three layers (3 MiB, 1 MiB, 10 KiB): multi-layer, quick to pull."""
+    sizes = (3 * seed.MIB, seed.MIB, 10 * 1024)
+    return seed.build_image(name, tag, [seed.random_layer(cache, s, seed_base + i) for i, s in enumerate(sizes)])
+
+
+def assert_pulled_identical(dest: Path, image: seed.Image) -> None:
+    """Every file skopeo wrote matches the upstream's bytes: the manifest exactly, blobs by digest and size."""
+    assert (dest / "manifest.json").read_bytes() == image.manifest
+    for blob in (*image.layers, image.config):
+        data = (dest / blob.digest.split(":")[1]).read_bytes()
+        assert len(data) == blob.size
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
+
+
+def raw_request(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = resp.read()
+            return resp.status, json.loads(body) if body.startswith(b"{") else {}
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, json.loads(body) if body.startswith(b"{") else {}
+
+
+def blob_gets(stats: dict) -> list[dict]:
+    return [r for r in stats["requests"] if r["method"] == "GET" and "/blobs/" in r["path"]]
+
