@@ -41,6 +41,16 @@ def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, 
     pull(by_digest, tmp_path / "by-digest", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "by-digest", image)
 
+    # the ping is answered locally with a challenge, so the registry pings at start and once more to
+    # establish it, instead of before every operation
+    mirror.mirror.stop()
+    with open(mirror.mirror.dump, "rb") as f:
+        flows = list(mitm_io.FlowReader(f).stream())
+    pings = [fl for fl in flows if fl.request.path == "/v2/"]
+    assert 1 <= len(pings) <= 2 and all(fl.response.headers["X-Mirror-Cache"] == "LOCAL" for fl in pings)
+    assert upstream.stats()["requests"] == [] or all(
+        not r["path"].endswith("/v2/") for r in upstream.stats()["requests"])
+
 
 @pytest.mark.parametrize("auth", ["basic", "bearer", "token"])
 def test_each_upstream_auth_kind(upstream_factory, mirror_factory, layer_cache, tmp_path, auth):
