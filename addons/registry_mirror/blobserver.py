@@ -1,18 +1,21 @@
 """A loopback endpoint inside the addon's process that streams blobs from the upstream.
 
-mitmproxy routes blob GETs here (so the flow still shows in mitmweb) and streams the answer on; this
-endpoint owns the upstream fetch: credentials, redirects without them, and a stall timeout. Bytes pass
-through in chunks, never whole, so memory stays flat whatever the blob's size.
+mitmproxy routes blob GETs here (so the flow still shows in mitmweb) and streams the answer on. Every
+request is served from a shared transfer (coalesce.py): one upstream fetch per digest in flight, teed into
+a spool file, so bytes pass in chunks, never whole, and memory stays flat whatever the blob's size.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import sys
 import time
 
 import aiohttp
 from aiohttp import web
 
+from .coalesce import BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .upstream import Upstream, UpstreamError
@@ -26,8 +29,9 @@ AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the fl
 
 
 class BlobServer:
-    def __init__(self, upstream: Upstream):
+    def __init__(self, upstream: Upstream, spool_dir: str | None = None):
         self.upstream = upstream
+        self.coalescer = BlobCoalescer(self._fetch, spool_dir)
         self.key = secrets.token_urlsafe(16)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -42,6 +46,7 @@ class BlobServer:
         self.port = site._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        await self.coalescer.close()
         if self._runner:
             await self._runner.cleanup()
 
@@ -54,34 +59,66 @@ class BlobServer:
         return await self._stream(request, req)
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
-        started, sent = time.monotonic(), 0
+        transfer, following = self.coalescer.join(req.reference, req.name)
         what = f"blob {req.name}@{req.reference}"
         try:
-            async with self.upstream.open("GET", req, request.headers) as (up, scheme):
-                if up.status not in (200, 206):
-                    body = await up.content.read(64 * 1024)
-                    mapped = upstream_status_error(up.status, what)
-                    log.info("upstream GET %s -> %d (%.0f ms)", what, up.status, _ms(started))
-                    if mapped:
-                        return _error(*mapped)
-                    return web.Response(status=up.status, body=body, headers=passed_headers(up.headers))
-                out = web.StreamResponse(status=up.status, headers={
-                    **passed_headers(up.headers), CACHE_HEADER: "MISS", AUTH_HEADER: scheme})
-                await out.prepare(request)
-                async for chunk in up.content.iter_chunked(CHUNK):
-                    await out.write(chunk)
-                    sent += len(chunk)
-                await out.write_eof()
-                log.info("upstream GET %s -> %d %d bytes (%.0f ms)", what, up.status, sent, _ms(started))
-                return out
-        except (UpstreamError, AuthError) as e:
-            log.warning("upstream GET %s failed after %d bytes: %s", what, sent, e)
-            if sent:
-                raise  # headers are out: dropping the connection tells the client the body is short
+            head = await asyncio.wait_for(asyncio.shield(transfer.head), self.upstream.cfg.request_timeout)
+        except TimeoutError:
+            return _error(504, "UNAVAILABLE", f"the upstream did not answer for {what} within "
+                                              f"{self.upstream.cfg.request_timeout:g} s")
+        except TransferFailed as e:
             return _error(503, "UNAVAILABLE", str(e))
+        if head.status != 200:
+            mapped = upstream_status_error(head.status, what)
+            return _error(*mapped) if mapped else web.Response(status=head.status, body=head.body,
+                                                              headers=head.headers)
+        size = transfer.size
+        wanted = parse_range(request.headers.get("Range"), size) if size is not None else None
+        first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
+        outcome = "COALESCED" if following else "MISS"
+        headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.headers.get(AUTH_HEADER, "")}
+        if size is not None:
+            headers["Content-Length"] = str(last - first + 1)
+        if wanted:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        out = web.StreamResponse(status=206 if wanted else 200, headers=headers)
+        await out.prepare(request)
+        sent, started = 0, time.monotonic()
+        try:
+            async for chunk in self.coalescer.read(transfer, first, last):
+                await out.write(chunk)
+                sent += len(chunk)
+        except TransferFailed as e:
+            log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
+            raise  # headers are out: dropping the connection tells the client the body is short
+        await out.write_eof()
+        log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
+        return out
+
+    async def _fetch(self, transfer: Transfer):
+        """Fill a transfer from the upstream: the whole blob, so that its digest can be checked."""
+        req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
+        what = f"blob {req.name}@{req.reference}"
+        started = time.monotonic()
+        try:
+            async with self.upstream.open("GET", req, {}) as (up, scheme):
+                if up.status != 200:
+                    body = await up.content.read(64 * 1024)
+                    transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
+                    log.info("upstream GET %s -> %d (%.0f ms)", what, up.status, _ms(started))
+                    raise TransferFailed(f"upstream answered {up.status} for {what}")
+                length = up.headers.get("Content-Length")
+                transfer.size = int(length) if length and length.isdigit() else None
+                headers = {k: v for k, v in passed_headers(up.headers).items()
+                           if k not in ("Content-Length", "Content-Range")}
+                transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
+                async for chunk in up.content.iter_chunked(CHUNK):
+                    yield chunk
+                log.info("upstream GET %s -> 200 %d bytes (%.0f ms)", what, transfer.written, _ms(started))
+        except (UpstreamError, AuthError) as e:
+            raise TransferFailed(str(e)) from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            log.warning("upstream GET %s interrupted after %d bytes: %s", what, sent, type(e).__name__)
-            raise
+            raise TransferFailed(f"upstream GET {what} interrupted: {type(e).__name__}") from e
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

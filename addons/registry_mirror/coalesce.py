@@ -1,0 +1,191 @@
+"""Blob coalescing: requests for the same digest that overlap in time share one upstream fetch.
+
+The stock registry fetches every blob twice on a cold pull (one stream for the client, one in the
+background to fill its store) and once more per concurrent pull (distribution#1334, #3969). Here the first
+request for a digest starts a transfer that tees the upstream's bytes into a spool file; every request,
+the first included, is served from the growing spool, so followers get bytes as they arrive. The last byte
+is handed on only after the digest has been checked: a corrupt blob ends every stream short, and the stock
+registry, which verifies what it stores, stores nothing. Finished spools are kept briefly for stragglers,
+within a bound in bytes, then deleted.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+class TransferFailed(Exception):
+    """The shared upstream fetch failed; its message carries no secret."""
+
+
+@dataclass
+class UpstreamHead:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""  # for error answers only
+
+
+@dataclass
+class Transfer:
+    digest: str
+    name: str  # the repository of the request that started it: its credentials fetch the blob
+    path: Path
+    started: float = field(default_factory=time.monotonic)
+    head: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    size: int | None = None
+    written: int = 0
+    verified: bool = False
+    error: str | None = None
+    readers: int = 0
+    served: int = 0  # requests served from this transfer, the first included
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.verified or self.error is not None
+
+    def notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_for_progress(self, seen: int) -> None:
+        if self.written == seen and not self.finished:
+            await self._progress.wait()
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range within `size`, or None to send the whole blob."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes="):].strip().partition("-")
+    try:
+        if first == "":  # suffix range: the last N bytes
+            n = int(last)
+            return (max(0, size - n), size - 1) if n > 0 else None
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start > end or start >= size:
+        return None
+    return start, min(end, size - 1)
+
+
+class BlobCoalescer:
+    """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
+
+    def __init__(self, fetch, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
+                 keep_seconds: float = 30.0):
+        self._fetch = fetch
+        self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.max_spool_bytes = max_spool_bytes
+        self.keep_seconds = keep_seconds
+        self.transfers: OrderedDict[str, Transfer] = OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
+
+    def join(self, digest: str, name: str) -> tuple[Transfer, bool]:
+        """The transfer for `digest` and whether this request follows one already under way.
+
+        Keyed by digest alone: the bytes are checked against it, and a base layer shared by many
+        repositories then crosses the WAN once."""
+        self._expire()
+        current = self.transfers.get(digest)
+        if current is not None and current.error is None:
+            current.served += 1
+            return current, True
+        fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
+        os.close(fd)
+        transfer = Transfer(digest, name, Path(path))
+        transfer.served = 1
+        self.transfers[digest] = transfer
+        task = asyncio.create_task(self._run(transfer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return transfer, False
+
+    async def _run(self, transfer: Transfer) -> None:
+        hasher = hashlib.new(transfer.digest.split(":", 1)[0])
+        try:
+            with open(transfer.path, "wb") as spool:
+                async for chunk in self._fetch(transfer):
+                    spool.write(chunk)
+                    spool.flush()
+                    hasher.update(chunk)
+                    transfer.written += len(chunk)
+                    transfer.notify()
+            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            if transfer.size is not None and transfer.written != transfer.size:
+                raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
+            if actual != transfer.digest:
+                raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
+            transfer.verified = True
+        except Exception as e:  # every failure must reach the waiting readers
+            transfer.error = str(e) or type(e).__name__
+            log.warning("blob %s transfer failed after %d bytes: %s", transfer.digest, transfer.written,
+                        transfer.error)
+            if not transfer.head.done():
+                transfer.head.set_exception(TransferFailed(transfer.error))
+            transfer.path.unlink(missing_ok=True)
+        finally:
+            transfer.notify()
+            self._expire()
+
+    async def read(self, transfer: Transfer, first: int, last: int):
+        """Yield bytes first..last (inclusive) of the spool as they arrive; the final byte only once verified."""
+        transfer.readers += 1
+        try:
+            with open(transfer.path, "rb") as spool:
+                position = first
+                while position <= last and not (transfer.verified and position >= transfer.written):
+                    if transfer.error:
+                        raise TransferFailed(transfer.error)
+                    # hold the blob's last byte back until the digest is checked
+                    available = transfer.written if transfer.verified else min(transfer.written, last)
+                    if position < available:
+                        spool.seek(position)
+                        chunk = spool.read(min(CHUNK, available - position, last + 1 - position))
+                        position += len(chunk)
+                        yield chunk
+                    else:
+                        await transfer.wait_for_progress(transfer.written)
+        finally:
+            transfer.readers -= 1
+            self._expire()
+
+    def _expire(self) -> None:
+        """Drop finished transfers nobody reads once they are old, or when the spool is over its bound."""
+        now = time.monotonic()
+        total = sum(t.written for t in self.transfers.values())
+        for digest, t in list(self.transfers.items()):
+            if not t.finished or t.readers:
+                continue
+            if t.error or total > self.max_spool_bytes or now - t.started > self.keep_seconds:
+                total -= t.written
+                del self.transfers[digest]
+                t.path.unlink(missing_ok=True)
+
+    def spool_bytes(self) -> int:
+        return sum(t.written for t in self.transfers.values())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for t in self.transfers.values():
+            t.path.unlink(missing_ok=True)
+        self.transfers.clear()
+        try:
+            self._dir.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,59 @@
+"""Each layer crosses the upstream link once, however many pulls overlap; corrupt bytes are never kept."""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from devtools import seed
+from devtools.skopeo import PullError, pull
+
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_until_quiet
+
+
+def stored_blobs(storage: Path) -> dict[str, Path]:
+    root = storage / "docker/registry/v2/blobs"
+    return {f"{p.parent.parent.parent.name}:{p.parent.name}": p for p in root.glob("*/*/*/data")}
+
+
+def test_concurrent_cold_pulls_make_one_upstream_get_per_blob(upstream, mirror_factory, layer_cache, tmp_path):
+    layers = [seed.random_layer(layer_cache, 32 * seed.MIB, 40), seed.random_layer(layer_cache, 8 * seed.MIB, 41)]
+    image = seed.build_image("team/big", "1.0", layers)
+    seed.push(upstream.registry_url, image)
+    mirror = mirror_factory(credentials_of(upstream), dump=False)
+    ref = f"{mirror.address}/{image.name}:{image.tag}"
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: pull(ref, tmp_path / f"out{i}", cert_dir=mirror.trust), range(6)))
+    for i in range(6):
+        assert_pulled_identical(tmp_path / f"out{i}", image)
+    wait_until_quiet(upstream)
+    gets = [r["path"].rsplit("/", 1)[1] for r in blob_gets(upstream.stats())]
+    assert sorted(gets) == sorted(b.digest for b in (*layers, image.config))  # once each, not 2x or 7x
+    assert upstream.stats()["body_bytes"] <= image.size * 1.001
+    assert "COALESCED" in mirror.logs()
+
+
+def test_bytes_not_matching_their_digest_are_never_stored_or_served(upstream, mirror_factory, layer_cache,
+                                                                    tmp_path):
+    image = small_image(layer_cache, name="team/corrupt")
+    seed.push(upstream.registry_url, image)
+    victim = image.layers[1]
+    data = upstream.workdir / "upstream-storage/docker/registry/v2/blobs/sha256" / victim.digest[7:9] / \
+        victim.digest[7:] / "data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # the upstream now serves wrong bytes under this digest
+    data.write_bytes(bytes(raw))
+    mirror = mirror_factory(credentials_of(upstream), dump=False)
+    for attempt in range(2):
+        with pytest.raises(PullError):
+            pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / f"out{attempt}", cert_dir=mirror.trust)
+    wait_until_quiet(upstream)
+    stored = stored_blobs(Path(mirror.cfg.mirror.storage))
+    assert victim.digest not in stored
+    for digest, path in stored.items():
+        assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert "do not match" in mirror.logs()
+    # two attempts, two upstream fetches: a failed transfer is never served again
+    assert [r for r in blob_gets(upstream.stats()) if r["path"].endswith(victim.digest)]

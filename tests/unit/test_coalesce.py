@@ -1,0 +1,127 @@
+import asyncio
+import hashlib
+
+import pytest
+
+from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.mark.parametrize("header,size,expected", [
+    (None, 100, None),
+    ("bytes=0-", 100, (0, 99)),
+    ("bytes=10-19", 100, (10, 19)),
+    ("bytes=90-200", 100, (90, 99)),
+    ("bytes=-10", 100, (90, 99)),
+    ("bytes=100-", 100, None),
+    ("bytes=5-1", 100, None),
+    ("bytes=0-1,5-6", 100, None),
+    ("items=0-1", 100, None),
+    ("bytes=a-b", 100, None),
+])
+def test_parse_range(header, size, expected):
+    assert parse_range(header, size) == expected
+
+
+def make_fetch(data: bytes, gate: asyncio.Event | None = None, fail_after: int | None = None, calls=None):
+    async def fetch(transfer):
+        if calls is not None:
+            calls.append(transfer.digest)
+        transfer.size = len(data)
+        transfer.head.set_result(UpstreamHead(200, {"Content-Type": "application/octet-stream"}))
+        for i in range(0, len(data), 65536):
+            if fail_after is not None and i >= fail_after:
+                raise ConnectionResetError("reset by peer")
+            if gate is not None and i == len(data) // 2:
+                await gate.wait()  # the upstream stalls half-way until the test lets it go on
+            yield data[i:i + 65536]
+            await asyncio.sleep(0)
+    return fetch
+
+
+async def collect(coalescer, transfer, first=0, last=None):
+    await transfer.head
+    out = bytearray()
+    async for chunk in coalescer.read(transfer, first, len(DATA) - 1 if last is None else last):
+        out += chunk
+    return bytes(out)
+
+
+def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_path):
+    async def scenario():
+        gate, calls = asyncio.Event(), []
+        c = BlobCoalescer(make_fetch(DATA, gate, calls=calls), str(tmp_path))
+        leader, following = c.join(DIGEST, "app")
+        assert not following
+        first_bytes = asyncio.get_running_loop().create_future()
+
+        async def follower():
+            t, following = c.join(DIGEST, "other/app")
+            assert following and t is leader
+            await t.head
+            out = bytearray()
+            async for chunk in c.read(t, 0, len(DATA) - 1):
+                if not first_bytes.done():
+                    first_bytes.set_result(len(chunk))
+                out += chunk
+            return bytes(out)
+        tasks = [asyncio.create_task(collect(c, leader)), asyncio.create_task(follower())]
+        assert await asyncio.wait_for(first_bytes, 5) > 0  # while the upstream is still stalled
+        assert not leader.finished
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert results == [DATA, DATA] and calls == [DIGEST] and leader.verified
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_range_from_the_spool(tmp_path):
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        assert await collect(c, t, 1000, 70000) == DATA[1000:70001]
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_wrong_bytes_are_never_handed_on_whole(tmp_path):
+    async def scenario():
+        corrupt = bytes([DATA[0] ^ 1]) + DATA[1:]
+        c = BlobCoalescer(make_fetch(corrupt), str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        got = bytearray()
+        with pytest.raises(TransferFailed, match="do not match"):
+            await t.head
+            async for chunk in c.read(t, 0, len(DATA) - 1):
+                got += chunk
+        assert len(got) < len(DATA)  # the last byte is held back until the digest is checked
+        assert not t.path.exists()
+        t2, following = c.join(DIGEST, "app")  # a failed transfer is not reused
+        assert not following and t2 is not t
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_leader_failure_fails_followers_cleanly(tmp_path):
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA, fail_after=300000), str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        t2, following = c.join(DIGEST, "app")
+        assert following
+        results = await asyncio.gather(collect(c, t), collect(c, t2), return_exceptions=True)
+        assert all(isinstance(r, TransferFailed) and "reset" in str(r) for r in results)
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_finished_spools_expire_and_are_deleted(tmp_path):
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0)
+        t, _ = c.join(DIGEST, "app")
+        assert await collect(c, t) == DATA
+        c._expire()
+        assert c.transfers == {} and not t.path.exists()
+        await c.close()
+    asyncio.run(scenario())
