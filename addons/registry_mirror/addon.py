@@ -79,6 +79,7 @@ class RegistryMirror:
             flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
             flow.metadata["mirror.kind"] = req.kind.value
+            flow.metadata["mirror.upstream_url"] = self.upstream.url_for(req)
             self._route_to_blob_server(flow)
         else:
             flow.response = await self._small_exchange(flow, req)
@@ -88,7 +89,8 @@ class RegistryMirror:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("mirror.kind") == Kind.BLOB.value and flow.request.method == "GET":
             flow.response.stream = True  # never hold a blob in memory, whatever stream_large_bodies says
-            self._show_upstream(flow, flow.response.headers.pop(AUTH_HEADER, ""))
+            scheme = flow.response.headers.pop(AUTH_HEADER, "")
+            self._show_upstream(flow, flow.metadata["mirror.upstream_url"], scheme)
             flow.request.headers.pop(KEY_HEADER, None)
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
@@ -106,7 +108,7 @@ class RegistryMirror:
             return error_response(503, "UNAVAILABLE", str(e))
         log.info("upstream %s %s -> %d %d bytes (%.0f ms)", method, what, up.status, len(up.body),
                  (time.monotonic() - started) * 1000)
-        self._show_upstream(flow, up.authorized)
+        self._show_upstream(flow, self.upstream.url_for(req), up.authorized)
         mapped = upstream_status_error(up.status, what)
         if mapped:
             return error_response(*mapped)
@@ -114,11 +116,10 @@ class RegistryMirror:
         resp.headers[CACHE_HEADER] = "MISS"
         return resp
 
-    def _show_upstream(self, flow: http.HTTPFlow, scheme: str) -> None:
+    @staticmethod
+    def _show_upstream(flow: http.HTTPFlow, upstream_url: str, scheme: str) -> None:
         """Make the flow show where the request really went, with the credential as a redacted marker."""
-        req = classify("GET", flow.request.path)
-        if isinstance(req, RegistryRequest) and self.upstream:
-            flow.request.url = self.upstream.url_for(req)
+        flow.request.url = upstream_url
         flow.request.headers.pop("Authorization", None)
         if scheme:
             flow.request.headers["Authorization"] = f"{scheme} {REDACTED}"

@@ -204,3 +204,19 @@ def test_no_secret_in_logs_or_flow_dumps(upstream_factory, mirror_factory, layer
     assert upstream_flows, "flows show the upstream URL they were sent to"
     markers = {fl.request.headers.get("Authorization") for fl in upstream_flows}
     assert markers <= {"Basic <redacted by artifactory-mirror>", "Bearer <redacted by artifactory-mirror>"}
+
+
+def test_hung_upstream_fails_within_the_timeout(mirror_factory, tmp_path):
+    import socket
+    with socket.socket() as hung:  # accepts TCP (backlog), never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        port = hung.getsockname()[1]
+        mirror = mirror_factory({"url": f"http://127.0.0.1:{port}", "anonymous": True, "request_timeout": 2,
+                                 "connect_timeout": 1}, dump=False)
+        started = time.monotonic()
+        with pytest.raises(PullError):
+            pull(f"{mirror.address}/team/app:1.0", tmp_path / "out", cert_dir=mirror.trust, timeout=60)
+        assert time.monotonic() - started < 20  # the stock registry alone would wait for ever
+        assert "timed out" in mirror.logs()
+        assert mirror.mirror.registry.poll() is None and mirror.mirror.mitm.poll() is None
