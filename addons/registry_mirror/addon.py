@@ -14,9 +14,9 @@ from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
 from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
+from .manifests import ManifestMismatch, ManifestService
 from .requests import Kind, RegistryRequest, Refusal, classify
-from .responses import (CACHE_HEADER, error_response, passed_headers, ping_response, small_response,
-                        upstream_status_error)
+from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
 
@@ -33,6 +33,7 @@ class RegistryMirror:
         self.config: config_mod.Config | None = None
         self.upstream: Upstream | None = None
         self.blobs: BlobServer | None = None
+        self.manifests: ManifestService | None = None
 
     def load(self, loader) -> None:
         loader.add_option("mirror_config", str, "",
@@ -57,7 +58,8 @@ class RegistryMirror:
             return
         self.upstream = Upstream(self.config.upstream)
         await self.upstream.start()
-        self.blobs = BlobServer(self.upstream)
+        self.manifests = ManifestService(self.upstream, self.config.cache)
+        self.blobs = BlobServer(self.upstream, self.config.cache)
         await self.blobs.start()
 
     async def done(self) -> None:
@@ -102,18 +104,19 @@ class RegistryMirror:
         method, started = flow.request.method, time.monotonic()
         what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
         try:
-            up = await self.upstream.fetch_small(method, req, flow.request.headers)
-        except (UpstreamError, AuthError) as e:
-            log.warning("upstream %s %s failed: %s", method, what, e)
+            answer = await self.manifests.answer(req, flow.request.headers)
+        except (UpstreamError, AuthError, ManifestMismatch) as e:
+            log.warning("%s %s failed: %s", method, what, e)
             return error_response(503, "UNAVAILABLE", str(e))
-        log.info("upstream %s %s -> %d %d bytes (%.0f ms)", method, what, up.status, len(up.body),
+        log.info("%s %s %s -> %d %d bytes (%.0f ms)", answer.outcome, method, what, answer.status, len(answer.body),
                  (time.monotonic() - started) * 1000)
-        self._show_upstream(flow, self.upstream.url_for(req), up.authorized)
-        mapped = upstream_status_error(up.status, what)
+        if answer.outcome != "HIT":
+            self._show_upstream(flow, self.upstream.url_for(req), answer.auth_scheme)
+        mapped = upstream_status_error(answer.status, what)
         if mapped:
             return error_response(*mapped)
-        resp = small_response(up.status, passed_headers(up.headers), up.body, is_head=method == "HEAD")
-        resp.headers[CACHE_HEADER] = "MISS"
+        resp = small_response(answer.status, answer.headers, answer.body, is_head=method == "HEAD")
+        resp.headers[CACHE_HEADER] = answer.outcome
         return resp
 
     @staticmethod

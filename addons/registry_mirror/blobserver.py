@@ -15,6 +15,7 @@ import time
 import aiohttp
 from aiohttp import web
 
+from .config import CacheConfig
 from .coalesce import BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
@@ -29,9 +30,9 @@ AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the fl
 
 
 class BlobServer:
-    def __init__(self, upstream: Upstream, spool_dir: str | None = None):
+    def __init__(self, upstream: Upstream, cache: CacheConfig):
         self.upstream = upstream
-        self.coalescer = BlobCoalescer(self._fetch, spool_dir)
+        self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.key = secrets.token_urlsafe(16)
         self.port = 0
         self._runner: web.AppRunner | None = None

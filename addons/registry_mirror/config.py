@@ -82,10 +82,20 @@ class RewriterConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    tag_ttl: float = 30.0  # seconds a tag's digest is trusted without asking the upstream
+    manifest_bytes: int = 64 * 1024 * 1024  # LRU bound of manifests by digest, in bytes
+    spool_dir: str | None = None  # blob spools; default: a new folder under the system's temp dir
+    spool_max_bytes: int = 8 * 1024 ** 3  # finished spools kept for stragglers, at most this many bytes
+    spool_keep: float = 30.0  # seconds a finished spool is kept
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig
     mirror: MirrorConfig
     rewriter: RewriterConfig
+    cache: CacheConfig = CacheConfig()
     source: str = "<memory>"
 
 
@@ -98,7 +108,9 @@ _UPSTREAM_KEYS = {
 }
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str}
-_SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS}
+_CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
+               "spool_keep": (int, float)}
+_SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS}
 
 
 def config_path(option_value: str = "") -> Path:
@@ -142,6 +154,7 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         upstream=_upstream(sections["upstream"], resolve),
         mirror=_mirror(sections.get("mirror", {}), resolve),
         rewriter=_rewriter(sections.get("rewriter", {}), resolve),
+        cache=_cache(sections.get("cache", {}), resolve),
         source=source,
     )
 
@@ -252,6 +265,17 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
     )
 
 
+def _cache(v: dict, resolve) -> CacheConfig:
+    bounds = {"tag_ttl": (0, 86400), "spool_keep": (0, 3600), "manifest_bytes": (0, 2 ** 40),
+              "spool_max_bytes": (0, 2 ** 50)}
+    for key, (low, high) in bounds.items():
+        if key in v and not low <= v[key] <= high:
+            raise ConfigError(f"cache.{key}: {v[key]} is out of range; expected {low} to {high}")
+    return CacheConfig(tag_ttl=float(v.get("tag_ttl", 30.0)), manifest_bytes=v.get("manifest_bytes", 64 * 1024 ** 2),
+                       spool_dir=resolve(v.get("spool_dir")), spool_max_bytes=v.get("spool_max_bytes", 8 * 1024 ** 3),
+                       spool_keep=float(v.get("spool_keep", 30.0)))
+
+
 def parse_address(name: str, value: str) -> Address:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
@@ -283,7 +307,8 @@ def _is_secret_key(key: str) -> bool:
 
 
 def _type_name(expected) -> str:
-    names = {str: "a string", bool: "true or false", list: "a list", (int, float): "a number of seconds"}
+    names = {str: "a string", bool: "true or false", list: "a list", (int, float): "a number of seconds",
+             int: "a whole number of bytes"}
     return names.get(expected, str(expected))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,3 +58,34 @@ def test_bytes_not_matching_their_digest_are_never_stored_or_served(upstream, mi
     assert "do not match" in mirror.logs()
     # two attempts, two upstream fetches: a failed transfer is never served again
     assert [r for r in blob_gets(upstream.stats()) if r["path"].endswith(victim.digest)]
+
+
+def test_warm_pull_by_tag_within_the_ttl_makes_no_upstream_request(upstream, mirror_factory, layer_cache,
+                                                                  tmp_path):
+    image = small_image(layer_cache)
+    seed.push(upstream.registry_url, image)
+    mirror = mirror_factory(credentials_of(upstream), dump=False)
+    ref = f"{mirror.address}/{image.name}:{image.tag}"
+    pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
+    wait_until_quiet(upstream)
+    upstream.control("reset")
+    pull(ref, tmp_path / "warm", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "warm", image)
+    assert upstream.stats()["requests"] == []
+    assert "HIT HEAD manifest-by-tag" in mirror.logs()
+
+
+def test_a_tag_changed_upstream_is_seen_after_the_ttl(upstream, mirror_factory, layer_cache, tmp_path):
+    old, new = small_image(layer_cache, tag="stable"), small_image(layer_cache, tag="stable", seed_base=30)
+    seed.push(upstream.registry_url, old)
+    mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"tag_ttl": 3})
+    ref = f"{mirror.address}/{old.name}:stable"
+    pull(ref, tmp_path / "a", cert_dir=mirror.trust)
+    changed_at = time.monotonic()
+    seed.push(upstream.registry_url, new)  # the tag moves upstream
+    pull(ref, tmp_path / "b", cert_dir=mirror.trust)
+    if time.monotonic() - changed_at < 2.5:  # still within the TTL: the digest the mirror knows
+        assert_pulled_identical(tmp_path / "b", old)
+    time.sleep(max(0.0, 3.2 - (time.monotonic() - changed_at)))
+    pull(ref, tmp_path / "c", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "c", new)

@@ -1,0 +1,141 @@
+import asyncio
+import hashlib
+import json
+
+import pytest
+from mitmproxy.http import Headers
+from multidict import CIMultiDict
+
+from registry_mirror.config import CacheConfig
+from registry_mirror.manifests import ManifestMismatch, ManifestService, accept_key
+from registry_mirror.requests import classify
+from registry_mirror.upstream import SmallResponse
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+IMAGE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def body_for(media_type: str, n: int = 0) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": media_type, "n": n}).encode()
+
+
+def digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+class FakeUpstream:
+    """Serves an index to clients that accept one, else the image manifest; counts calls."""
+
+    def __init__(self):
+        self.calls, self.version, self.lie = [], 0, False
+
+    async def fetch_small(self, method, req, headers):
+        self.calls.append((method, req.kind.value, req.reference))
+        await asyncio.sleep(0.01)
+        if req.kind.value == "blob":
+            return SmallResponse(200, CIMultiDict({"Content-Length": "42", "Content-Type": "x/y"}), b"", "Bearer", "")
+        media = INDEX if INDEX in (headers.get("Accept") or "") else IMAGE
+        body = body_for(media, self.version)
+        claimed = digest(body_for(media, 99)) if self.lie else digest(body)
+        return SmallResponse(200, CIMultiDict({"Content-Type": media, "Docker-Content-Digest": claimed,
+                                               "Content-Length": str(len(body))}), body, "Bearer", "")
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def service(ttl=30.0):
+    up, clock = FakeUpstream(), Clock()
+    return ManifestService(up, CacheConfig(tag_ttl=ttl), timer=clock), up, clock
+
+
+def headers(*accept):
+    return Headers([(b"Accept", a.encode()) for a in accept])
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["a/b, c/d"], {"a/b", "c/d"}),
+    (["c/d", "A/B; q=0.5"], {"a/b", "c/d"}),
+    ([], set()),
+])
+def test_accept_key(values, expected):
+    assert accept_key(values) == frozenset(expected)
+
+
+def test_tag_cached_per_accept_set_with_the_right_headers():
+    async def scenario():
+        svc, up, _ = service()
+        tag = classify("GET", "/v2/app/manifests/1.0")
+        a = await svc.answer(tag, headers(INDEX, IMAGE))
+        b = await svc.answer(tag, headers(IMAGE, INDEX))  # same set, other order
+        c = await svc.answer(tag, headers(IMAGE))
+        assert (a.outcome, b.outcome, c.outcome) == ("MISS", "HIT", "MISS")
+        assert a.headers["Content-Type"] == INDEX and c.headers["Content-Type"] == IMAGE
+        assert b.headers["Docker-Content-Digest"] == digest(body_for(INDEX))
+        assert b.headers["Content-Length"] == str(len(b.body)) and b.body == body_for(INDEX)
+        by_digest = await svc.answer(classify("HEAD", f"/v2/app/manifests/{digest(body_for(IMAGE))}"), headers())
+        assert by_digest.outcome == "HIT" and by_digest.headers["Content-Type"] == IMAGE
+        assert len(up.calls) == 2
+    asyncio.run(scenario())
+
+
+def test_tag_change_is_seen_after_the_ttl():
+    async def scenario():
+        svc, up, clock = service(ttl=30)
+        tag = classify("GET", "/v2/app/manifests/1.0")
+        first = await svc.answer(tag, headers(IMAGE))
+        up.version = 1
+        clock.now = 29
+        assert (await svc.answer(tag, headers(IMAGE))).body == first.body
+        clock.now = 31
+        later = await svc.answer(tag, headers(IMAGE))
+        assert later.outcome == "MISS" and later.body == body_for(IMAGE, 1)
+    asyncio.run(scenario())
+
+
+def test_zero_ttl_never_caches_tags():
+    async def scenario():
+        svc, up, _ = service(ttl=0)
+        tag = classify("GET", "/v2/app/manifests/1.0")
+        await svc.answer(tag, headers(IMAGE))
+        assert (await svc.answer(tag, headers(IMAGE))).outcome == "MISS"
+    asyncio.run(scenario())
+
+
+def test_manifest_not_matching_its_digest_is_refused_and_not_cached():
+    async def scenario():
+        svc, up, _ = service()
+        up.lie = True
+        with pytest.raises(ManifestMismatch):
+            await svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(IMAGE))
+        wrong = "sha256:" + "0" * 64
+        up.lie = False
+        with pytest.raises(ManifestMismatch):
+            await svc.answer(classify("GET", f"/v2/app/manifests/{wrong}"), headers(IMAGE))
+        assert len(svc.manifests) == 0 and len(svc.tags) == 0
+    asyncio.run(scenario())
+
+
+def test_overlapping_requests_share_one_fetch():
+    async def scenario():
+        svc, up, _ = service()
+        tag = classify("GET", "/v2/app/manifests/1.0")
+        answers = await asyncio.gather(*(svc.answer(tag, headers(IMAGE)) for _ in range(10)))
+        assert len(up.calls) == 1
+        assert sorted(a.outcome for a in answers) == ["COALESCED"] * 9 + ["MISS"]
+    asyncio.run(scenario())
+
+
+def test_blob_heads_are_remembered():
+    async def scenario():
+        svc, up, _ = service()
+        head = classify("HEAD", "/v2/app/blobs/sha256:" + "a" * 64)
+        assert (await svc.answer(head, headers())).outcome == "MISS"
+        again = await svc.answer(head, headers())
+        assert again.outcome == "HIT" and again.headers["Content-Length"] == "42"
+        assert len(up.calls) == 1
+    asyncio.run(scenario())
