@@ -60,7 +60,8 @@ class RegistryMirror:
         await self.upstream.start()
         self.manifests = ManifestService(self.upstream, self.config.cache)
         self.blobs = BlobServer(self.upstream, self.config.cache)
-        await self.blobs.start()
+        listen_host = self.config.rewriter.listen.host
+        await self.blobs.start(listen_host if self.config.rewriter.blob_redirect else "127.0.0.1")
 
     async def done(self) -> None:
         if self.blobs:
@@ -79,6 +80,8 @@ class RegistryMirror:
             flow.response = ping_response()
         elif self.upstream is None:
             flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
+        elif req.kind is Kind.BLOB and flow.request.method == "GET" and self.config.rewriter.blob_redirect:
+            flow.response = self._redirect_to_blob_server(flow, req)
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
             flow.metadata["mirror.kind"] = req.kind.value
             flow.metadata["mirror.upstream_url"] = self.upstream.url_for(req)
@@ -94,6 +97,14 @@ class RegistryMirror:
             scheme = flow.response.headers.pop(AUTH_HEADER, "")
             self._show_upstream(flow, flow.metadata["mirror.upstream_url"], scheme)
             flow.request.headers.pop(KEY_HEADER, None)
+
+    def _redirect_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
+        # The registry follows the redirect and reads the blob from the blob endpoint directly, which
+        # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
+        location = self.blobs.redirect_url(flow.client_conn.sockname[0], req.v2_path)
+        resp = http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
+                                             "X-Mirror-Upstream-Url": self.upstream.url_for(req)})
+        return resp
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.blobs.port

@@ -25,7 +25,8 @@ from .upstream_auth import AuthError
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint
+KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint...
+KEY_PARAM = "mirror_key"  # ...or a registry the addon redirected here
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
 
 
@@ -36,6 +37,11 @@ class BlobServer:
         self.key = secrets.token_urlsafe(16)
         self.port = 0
         self._runner: web.AppRunner | None = None
+
+    def redirect_url(self, host: str, path: str) -> str:
+        """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at."""
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{path}?{KEY_PARAM}={self.key}"
 
     async def start(self, host: str = "127.0.0.1") -> None:
         app = web.Application()
@@ -52,9 +58,10 @@ class BlobServer:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if not secrets.compare_digest(request.headers.get(KEY_HEADER, ""), self.key):
+        given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
+        if not secrets.compare_digest(given, self.key):
             return _error(403, "DENIED", "this endpoint serves only the mirror's own addon")
-        req = classify("GET", request.path_qs)
+        req = classify("GET", request.path)
         if not isinstance(req, RegistryRequest) or req.kind is not Kind.BLOB:
             return _error(400, "BLOB_UNKNOWN", "only blob GETs are served here")
         return await self._stream(request, req)
@@ -85,10 +92,15 @@ class BlobServer:
         out = web.StreamResponse(status=206 if wanted else 200, headers=headers)
         await out.prepare(request)
         sent, started = 0, time.monotonic()
+        loop = asyncio.get_running_loop()
         try:
-            async for chunk in self.coalescer.read(transfer, first, last):
-                await out.write(chunk)
-                sent += len(chunk)
+            with open(transfer.path, "rb") as spool:
+                async for offset, count in self.coalescer.spans(transfer, first, last):
+                    if request.transport is None:
+                        raise ConnectionResetError("the registry closed the connection")
+                    # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
+                    await loop.sendfile(request.transport, spool, offset, count)
+                    sent += count
         except TransferFailed as e:
             log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
             raise  # headers are out: dropping the connection tells the client the body is short

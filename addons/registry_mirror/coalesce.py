@@ -142,27 +142,40 @@ class BlobCoalescer:
             transfer.notify()
             self._expire()
 
-    async def read(self, transfer: Transfer, first: int, last: int):
-        """Yield bytes first..last (inclusive) of the spool as they arrive; the final byte only once verified."""
+    async def spans(self, transfer: Transfer, first: int, last: int):
+        """Yield (offset, count) spans of the spool's bytes first..last (inclusive) as they arrive.
+
+        The blob's final byte is held back until the digest is checked, so a corrupt blob is never
+        handed on whole."""
         transfer.readers += 1
         try:
-            with open(transfer.path, "rb") as spool:
-                position = first
-                while position <= last and not (transfer.verified and position >= transfer.written):
-                    if transfer.error:
-                        raise TransferFailed(transfer.error)
-                    # hold the blob's last byte back until the digest is checked
-                    available = transfer.written if transfer.verified else min(transfer.written, last)
-                    if position < available:
-                        spool.seek(position)
-                        chunk = spool.read(min(CHUNK, available - position, last + 1 - position))
-                        position += len(chunk)
-                        yield chunk
-                    else:
-                        await transfer.wait_for_progress(transfer.written)
+            position = first
+            while position <= last and not (transfer.verified and position >= transfer.written):
+                if transfer.error:
+                    raise TransferFailed(transfer.error)
+                written = transfer.written
+                limit = written if transfer.verified else max(0, min(written, (transfer.size or written) - 1))
+                available = min(limit, last + 1)
+                if position < available:
+                    yield position, available - position
+                    position = available
+                else:
+                    await transfer.wait_for_progress(written)
         finally:
             transfer.readers -= 1
             self._expire()
+
+    async def read(self, transfer: Transfer, first: int, last: int):
+        """The bytes of `spans`, in chunks of at most CHUNK."""
+        with open(transfer.path, "rb") as spool:
+            async for offset, count in self.spans(transfer, first, last):
+                spool.seek(offset)
+                while count:
+                    chunk = spool.read(min(CHUNK, count))
+                    if not chunk:
+                        raise TransferFailed("spool file shorter than its transfer")
+                    count -= len(chunk)
+                    yield chunk
 
     def _expire(self) -> None:
         """Drop finished transfers nobody reads once they are old, or when the spool is over its bound."""

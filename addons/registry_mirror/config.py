@@ -79,6 +79,7 @@ class RewriterConfig:
     listen: Address = Address("127.0.0.1", 8081)
     web_listen: Address = Address("127.0.0.1", 8082)
     web_password: Secret | None = field(default=None, repr=False)
+    blob_redirect: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ _UPSTREAM_KEYS = {
     "blob_stall_timeout": (int, float),
 }
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
-_REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str}
+_REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
+                  "blob_redirect": bool}
 _CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
                "spool_keep": (int, float)}
 _SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS}
@@ -262,6 +264,7 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
         listen=parse_address("rewriter.listen", v.get("listen", "127.0.0.1:8081")),
         web_listen=parse_address("rewriter.web_listen", v.get("web_listen", "127.0.0.1:8082")),
         web_password=_secret(v, "web_password", resolve, "rewriter"),
+        blob_redirect=v.get("blob_redirect", True),
     )
 
 

@@ -68,7 +68,8 @@ class RunningMirror:
 def mirror_factory(tmp_path):
     started: list[Mirror] = []
 
-    def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None) -> RunningMirror:
+    def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None,
+             rewriter: dict | None = None) -> RunningMirror:
         workdir = tmp_path / f"mirror{len(started)}"
         workdir.mkdir()
         cfg_path = workdir / "mirror.yaml"
@@ -76,7 +77,7 @@ def mirror_factory(tmp_path):
             "upstream": {"repository": "docker-local", **upstream_keys},
             "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(workdir / "storage"),
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
-            "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
+            "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
         }))
         cfg = load(cfg_path)

@@ -18,10 +18,12 @@ from .conftest import (assert_pulled_identical, blob_gets, credentials_of, raw_r
                        wait_until_quiet)
 
 
-def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, mirror_factory, layer_cache, tmp_path):
+@pytest.mark.parametrize("blob_redirect", [True, False], ids=["blobs-redirected", "blobs-through-mitmproxy"])
+def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, mirror_factory, layer_cache, tmp_path,
+                                                                      blob_redirect):
     image = small_image(layer_cache)
     seed.push(upstream.registry_url, image)
-    mirror = mirror_factory(credentials_of(upstream))
+    mirror = mirror_factory(credentials_of(upstream), rewriter={"blob_redirect": blob_redirect})
     ref = f"{mirror.address}/{image.name}:{image.tag}"
 
     pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
