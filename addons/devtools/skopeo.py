@@ -12,7 +12,7 @@ class PullError(RuntimeError):
 
 
 def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | None = None,
-         tls_verify: bool = True, timeout: float = 600) -> float:
+         tls_verify: bool = True, timeout: float = 600, netns: str | None = None) -> float:
     """Copy `host:port/name:tag` into `dest` (emptied first); return the wall time in seconds."""
     shutil.rmtree(dest, ignore_errors=True)
     args = ["skopeo", "--insecure-policy", "copy", "--retry-times", "0"]
@@ -25,6 +25,8 @@ def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | 
     else:
         args += ["--src-no-creds"]
     args += [f"docker://{image_ref}", f"dir:{dest}"]
+    if netns:
+        args = ["ip", "netns", "exec", netns, *args]
     started = time.monotonic()
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)

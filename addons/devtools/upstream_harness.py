@@ -27,7 +27,9 @@ class UpstreamHarness:
     token_uses: int = 0
     repository: str = "docker-local"
     realm: str = ""
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where clients (the mirror) reach the front
+    netns: str | None = None  # run inside this network namespace...
+    control_host: str = "127.0.0.1"  # ...reached by this driver here (stats, seeding, readiness)
     front_port: int = 0
     registry_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -39,25 +41,27 @@ class UpstreamHarness:
     @property
     def registry_url(self) -> str:
         """The plain registry itself: for seeding, never for the mirror."""
-        return f"http://127.0.0.1:{self.registry_port}"
+        return f"http://{self.control_host}:{self.registry_port}"
 
     def start(self) -> "UpstreamHarness":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.registry_port = self.registry_port or processes.free_port()
-        self.front_port = self.front_port or processes.free_port(self.host)
+        self.front_port = self.front_port or processes.free_port(self.host if not self.netns else "127.0.0.1")
+        bind = "0.0.0.0" if self.netns else "127.0.0.1"
         cfg = self.workdir / "upstream-registry.yml"
-        cfg.write_text(yaml.safe_dump(plain_registry_config(f"127.0.0.1:{self.registry_port}",
+        cfg.write_text(yaml.safe_dump(plain_registry_config(f"{bind}:{self.registry_port}",
                                                             str(self.workdir / "upstream-storage"))))
         log = self.workdir / "upstream-registry.log"
-        reg = processes.start([processes.registry_binary(), "serve", str(cfg)], log)
+        reg = processes.start([processes.registry_binary(), "serve", str(cfg)], log, netns=self.netns)
         self.procs.append(reg)
-        processes.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log)
+        processes.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log,
+                                netns=self.netns)
         secrets_file = self.workdir / "front-secrets.yml"
         secrets_file.write_text(yaml.safe_dump({"username": self.username, "password": self.password,
                                                 "static_token": self.static_token}))
         secrets_file.chmod(0o600)
         args = [processes.venv_tool("mitmdump"), "-s", str(FRONT_ADDON), "--mode",
-                f"reverse:http://127.0.0.1:{self.registry_port}@{self.host}:{self.front_port}",
+                f"reverse:http://127.0.0.1:{self.registry_port}@{bind if self.netns else self.host}:{self.front_port}",
                 "--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", f"front_auth={self.auth}", "--set", f"front_secrets={secrets_file}",
                 "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_token_uses={self.token_uses}", "--set", f"front_repository={self.repository}",
@@ -65,9 +69,10 @@ class UpstreamHarness:
         if self.realm:
             args += ["--set", f"front_realm={self.realm}"]
         log = self.workdir / "upstream-front.log"
-        front = processes.start(args, log)
+        front = processes.start(args, log, netns=self.netns)
         self.procs.append(front)
-        processes.wait_for_port(self.host, self.front_port, front, what="upstream front", log_path=log)
+        processes.wait_for_port(bind if self.netns else self.host, self.front_port, front, what="upstream front",
+                                log_path=log, netns=self.netns)
         return self
 
     def stop(self) -> None:
@@ -76,11 +81,12 @@ class UpstreamHarness:
         self.procs.clear()
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/_front/stats", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://{self.control_host}:{self.front_port}/_front/stats", timeout=10) as resp:
             return json.load(resp)
 
     def control(self, action: str) -> None:
-        req = urllib.request.Request(f"{self.url}/_front/{action}", method="POST", data=b"")
+        req = urllib.request.Request(f"http://{self.control_host}:{self.front_port}/_front/{action}", method="POST",
+                                     data=b"")
         urllib.request.urlopen(req, timeout=10).close()
 
 

@@ -28,9 +28,9 @@ class Mirror:
     """The running pair: the addon's mitmproxy and the stock registry."""
 
     def __init__(self, cfg: Config, log_dir: Path, web: bool = False, dump: str | None = None,
-                 extra_mitm_args: tuple[str, ...] = ()):
-        self.cfg, self.log_dir, self.web, self.dump = cfg, log_dir, web, dump
-        self.extra_mitm_args = extra_mitm_args
+                 netns: str | None = None):
+        """`netns`: run both processes inside that network namespace (the benchmark's data center)."""
+        self.cfg, self.log_dir, self.web, self.dump, self.netns = cfg, log_dir, web, dump, netns
         self.mitm: subprocess.Popen | None = None
         self.registry: subprocess.Popen | None = None
 
@@ -47,24 +47,25 @@ class Mirror:
                 args += ["--set", f"web_password={argon2.PasswordHasher().hash(rw.web_password)}"]
         if self.dump:
             args += ["-w", self.dump]
-        return args + list(self.extra_mitm_args)
+        return args
 
     def start(self) -> None:
         cfg = self.cfg
         rw = cfg.rewriter
         self.log_dir.mkdir(parents=True, exist_ok=True)
         mitm_log = self.log_dir / "mitmproxy.log"
-        self.mitm = processes.start(self.mitm_args(), mitm_log)
+        self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns)
         processes.wait_for_port(rw.listen.host, rw.listen.port, self.mitm, what="mitmproxy with the addon",
-                                log_path=mitm_log)
+                                log_path=mitm_log, netns=self.netns)
         Path(cfg.mirror.storage).mkdir(parents=True, exist_ok=True)
         registry_yml = self.log_dir / "registry.yml"
         registry_yml.write_text(yaml.safe_dump(proxy_registry_config(cfg, f"http://{rw.listen}")))
         registry_yml.chmod(0o600)
         registry_log = self.log_dir / "registry.log"
-        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log)
+        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log,
+                                        netns=self.netns)
         processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
-                                what="the stock registry", log_path=registry_log)
+                                what="the stock registry", log_path=registry_log, netns=self.netns)
 
     def wait(self) -> int:
         """Block until one process exits; return non-zero naming it."""

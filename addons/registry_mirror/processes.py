@@ -51,8 +51,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def in_netns(args: list[str], netns: str | None) -> list[str]:
+    """The command run inside a network namespace (`ip netns exec` execs it: the PID stays the command's)."""
+    return ["ip", "netns", "exec", netns, *args] if netns else args
+
+
+def start(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+          netns: str | None = None) -> subprocess.Popen:
     """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), output to a file."""
+    args = in_netns(args, netns)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -60,19 +67,29 @@ def start(args: list[str], log_path: Path, env: dict[str, str] | None = None) ->
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
-                  what: str = "process", log_path: Path | None = None) -> None:
+                  what: str = "process", log_path: Path | None = None, netns: str | None = None) -> None:
+    """Wait until `host:port` accepts connections (probed inside `netns` when given), or the process dies."""
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _tail(log_path) if log_path else ""
             raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
-        try:
-            with socket.create_connection((connect_host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if _accepts(connect_host, port, netns):
+            return
+        time.sleep(0.05)
     raise ProcessError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def _accepts(host: str, port: int, netns: str | None) -> bool:
+    if netns:
+        probe = f"import socket; socket.create_connection(({host!r}, {port}), 0.5)"
+        return subprocess.run(in_netns([sys.executable, "-c", probe], netns), capture_output=True).returncode == 0
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
