@@ -85,6 +85,6 @@ case "$cmd" in
       "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'matplotlib>=3.8' 2>&1 | { grep -v "^WARNING: Location" || true; }
     run_python bench/bench.py "$@" ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

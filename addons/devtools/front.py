@@ -6,16 +6,20 @@ token flow with expiring tokens), and counts what it sends: `GET /_front/stats` 
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import secrets
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import yaml
 from mitmproxy import ctx, exceptions, http
+
+from .faults import Fault
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class ArtifactoryFront:
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (repository name it grants, expiry)
         self.token_uses: dict[str, int] = {}
         self.issued: list[str] = []  # for the tests' leak checks; this front is a test tool
+        self.fault = Fault()
         self.lock = threading.Lock()
         self.reset()
 
@@ -44,6 +49,7 @@ class ArtifactoryFront:
         loader.add_option("front_token_ttl", int, 300, "expires_in of issued tokens, in seconds.")
         loader.add_option("front_realm", str, "", "Advertise this token realm instead of our own.")
         loader.add_option("front_token_uses", int, 0, "A token expires after this many requests (0: never).")
+        loader.add_option("front_blob_rate", int, 0, "Send blob bodies at most this many bytes/s (0: no limit).")
         loader.add_option("front_root_v2", bool, False, "Also serve /v2/ at the root (direct pulls).")
 
     def configure(self, updated: set[str]) -> None:
@@ -60,10 +66,18 @@ class ArtifactoryFront:
     def prefix(self) -> str:
         return f"/artifactory/api/docker/{ctx.options.front_repository}"
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        self._route(flow)
+        path = flow.request.path
+        if not path.startswith("/_front/"):
+            if self.fault.take(path, ("hang",)):
+                await asyncio.sleep(3600)  # accepts the request, never answers
+                return
+            if self.fault.take(path, ("status",)):
+                flow.response = _json(self.fault.code, {"errors": [{"code": "UNKNOWN", "message": "injected"}]})
+        if flow.response is None:
+            self._route(flow)
         if flow.response is not None:
             flow.metadata["front.record"] = {"method": flow.request.method, "path": flow.request.path,
                                              "status": flow.response.status_code,
@@ -97,13 +111,28 @@ class ArtifactoryFront:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = {"method": flow.request.method, "path": flow.metadata.get("front.path", flow.request.path),
-                  "status": flow.response.status_code, "bytes": 0}
+                  "status": flow.response.status_code, "bytes": 0, "range": flow.request.headers.get("Range", "")}
         flow.metadata["front.record"] = record
 
+        is_blob = "/blobs/" in record["path"] and flow.request.method == "GET"
+        rate = ctx.options.front_blob_rate if is_blob else 0
+        if is_blob and self.fault.take(record["path"], ("drip",)):
+            rate = self.fault.rate
+        reset_after = self.fault.after if is_blob and self.fault.take(record["path"], ("reset",)) else None
+        corrupt = is_blob and self.fault.take(record["path"], ("corrupt",))
+
         def count(chunk: bytes) -> bytes:
+            nonlocal corrupt
+            if reset_after is not None and record["bytes"] + len(chunk) > reset_after:
+                flow.kill()  # the connection drops in the middle of the body
+                chunk = chunk[:max(0, reset_after - record["bytes"])]
+            if corrupt and chunk:
+                chunk, corrupt = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
             record["bytes"] += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
+            if rate:  # a slow upstream for the tests; short sleeps keep the rest of the front responsive
+                time.sleep(len(chunk) / rate)
             return chunk
         flow.response.stream = count
 
@@ -130,6 +159,12 @@ class ArtifactoryFront:
             with self.lock:
                 self.reset()
             return _json(200, {"reset": True})
+        if path.startswith("/_front/fault") and method == "POST":
+            try:
+                self.fault = Fault.from_query(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query)))
+            except ValueError as e:
+                return _json(400, {"error": str(e)})
+            return _json(200, {"fault": self.fault.mode})
         if path == "/_front/revoke" and method == "POST":
             self.tokens.clear()
             return _json(200, {"revoked": True})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ class UpstreamHarness:
     static_token: str = "static-access-token-0123456789"
     token_ttl: int = 300
     token_uses: int = 0
+    blob_rate: int = 0  # bytes/s, 0 for no limit
     repository: str = "docker-local"
     realm: str = ""
     host: str = "127.0.0.1"  # where clients (the mirror) reach the front
@@ -64,7 +66,8 @@ class UpstreamHarness:
                 f"reverse:http://127.0.0.1:{self.registry_port}@{bind if self.netns else self.host}:{self.front_port}",
                 "--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", f"front_auth={self.auth}", "--set", f"front_secrets={secrets_file}",
-                "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_token_uses={self.token_uses}", "--set", f"front_repository={self.repository}",
+                "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_token_uses={self.token_uses}",
+                "--set", f"front_blob_rate={self.blob_rate}", "--set", f"front_repository={self.repository}",
                 "--set", "front_root_v2=true"]
         if self.realm:
             args += ["--set", f"front_realm={self.realm}"]
@@ -83,6 +86,11 @@ class UpstreamHarness:
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://{self.control_host}:{self.front_port}/_front/stats", timeout=10) as resp:
             return json.load(resp)
+
+    def fault(self, mode: str = "none", **params) -> None:
+        """Inject a fault (devtools/faults.py); `fault()` clears it."""
+        query = urllib.parse.urlencode({"mode": mode, **params})
+        self.control(f"fault?{query}")
 
     def control(self, action: str) -> None:
         req = urllib.request.Request(f"http://{self.control_host}:{self.front_port}/_front/{action}", method="POST",

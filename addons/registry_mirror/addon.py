@@ -14,7 +14,8 @@ from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
 from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
-from .manifests import ManifestMismatch, ManifestService
+from .health import HealthProbe, UpstreamHealth
+from .manifests import ManifestMismatch, ManifestService, UpstreamDown
 from .requests import Kind, RegistryRequest, Refusal, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .upstream import Upstream, UpstreamError
@@ -34,6 +35,7 @@ class RegistryMirror:
         self.upstream: Upstream | None = None
         self.blobs: BlobServer | None = None
         self.manifests: ManifestService | None = None
+        self.prober: HealthProbe | None = None
 
     def load(self, loader) -> None:
         loader.add_option("mirror_config", str, "",
@@ -58,12 +60,19 @@ class RegistryMirror:
             return
         self.upstream = Upstream(self.config.upstream)
         await self.upstream.start()
-        self.manifests = ManifestService(self.upstream, self.config.cache)
-        self.blobs = BlobServer(self.upstream, self.config.cache)
+        up = self.config.upstream
+        self.health = UpstreamHealth(up.failures_before_down, up.down_period)
+        self.manifests = ManifestService(self.upstream, self.config.cache, self.health)
+        self.blobs = BlobServer(self.upstream, self.config.cache, self.health)
+        self.prober = HealthProbe(self.upstream, self.health)
         listen_host = self.config.rewriter.listen.host
         await self.blobs.start(listen_host if self.config.rewriter.blob_redirect else "127.0.0.1")
 
     async def done(self) -> None:
+        if self.prober:
+            self.prober.stop()
+        if self.manifests:
+            self.manifests.known.save()
         if self.blobs:
             await self.blobs.close()
         if self.upstream:
@@ -115,12 +124,13 @@ class RegistryMirror:
         method, started = flow.request.method, time.monotonic()
         what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
         try:
-            answer = await self.manifests.answer(req, flow.request.headers)
-        except (UpstreamError, AuthError, ManifestMismatch) as e:
+            answer = await self.manifests.answer(req, flow.request.headers, method)
+        except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
             log.warning("%s %s failed: %s", method, what, e)
             return error_response(503, "UNAVAILABLE", str(e))
-        log.info("%s %s %s -> %d %d bytes (%.0f ms)", answer.outcome, method, what, answer.status, len(answer.body),
-                 (time.monotonic() - started) * 1000)
+        stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome == "STALE" else ""
+        log.info("%s %s %s -> %d %d bytes (%.0f ms)%s", answer.outcome, method, what, answer.status,
+                 len(answer.body), (time.monotonic() - started) * 1000, stale)
         if answer.outcome != "HIT":
             self._show_upstream(flow, self.upstream.url_for(req), answer.auth_scheme)
         mapped = upstream_status_error(answer.status, what)

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import CacheConfig
+from .health import UpstreamHealth
 from .coalesce import BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
@@ -31,8 +32,8 @@ AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the fl
 
 
 class BlobServer:
-    def __init__(self, upstream: Upstream, cache: CacheConfig):
-        self.upstream = upstream
+    def __init__(self, upstream: Upstream, cache: CacheConfig, health: UpstreamHealth):
+        self.upstream, self.health = upstream, health
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.key = secrets.token_urlsafe(16)
         self.port = 0
@@ -67,8 +68,11 @@ class BlobServer:
         return await self._stream(request, req)
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
-        transfer, following = self.coalescer.join(req.reference, req.name)
         what = f"blob {req.name}@{req.reference}"
+        if self.health.down and req.reference not in self.coalescer.transfers:
+            return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in "
+                                              f"{self.health.retry_in():.0f} s; last error: {self.health.last_error})")
+        transfer, following = self.coalescer.join(req.reference, req.name)
         try:
             head = await asyncio.wait_for(asyncio.shield(transfer.head), self.upstream.cfg.request_timeout)
         except TimeoutError:
@@ -109,29 +113,59 @@ class BlobServer:
         return out
 
     async def _fetch(self, transfer: Transfer):
-        """Fill a transfer from the upstream: the whole blob, so that its digest can be checked."""
+        """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
+
+        An interrupted stream (reset, stall) resumes with a Range request from the last byte received, up to
+        `upstream.blob_resumes` times."""
         req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
         what = f"blob {req.name}@{req.reference}"
-        started = time.monotonic()
-        try:
-            async with self.upstream.open("GET", req, {}) as (up, scheme):
+        started, resumes = time.monotonic(), 0
+        while True:
+            offset = transfer.written
+            try:
+                async for chunk in self._fetch_from(transfer, req, offset):
+                    yield chunk
+                self.health.success()
+                log.info("upstream GET %s -> %d bytes (%.0f ms, %d resumes)", what, transfer.written, _ms(started),
+                         resumes)
+                return
+            except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
+                error = str(e) if isinstance(e, UpstreamError) else f"{type(e).__name__} {e}".strip()
+                self.health.failure(f"GET {what}: {error}")
+                if resumes >= self.upstream.cfg.blob_resumes or not transfer.head.done():
+                    raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
+                                         f"and {resumes} resumes: {error}") from e
+                resumes += 1
+                log.warning("upstream GET %s interrupted at byte %d (%s); resuming (%d of %d)", what,
+                            transfer.written, error, resumes, self.upstream.cfg.blob_resumes)
+            except AuthError as e:
+                if e.upstream_failure:
+                    self.health.failure(str(e))
+                raise TransferFailed(str(e)) from e
+
+    async def _fetch_from(self, transfer: Transfer, req: RegistryRequest, offset: int):
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self.upstream.open("GET", req, headers) as (up, scheme):
+            if offset == 0:
                 if up.status != 200:
                     body = await up.content.read(64 * 1024)
                     transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
-                    log.info("upstream GET %s -> %d (%.0f ms)", what, up.status, _ms(started))
-                    raise TransferFailed(f"upstream answered {up.status} for {what}")
+                    if up.status >= 500:
+                        self.health.failure(f"GET blob {req.name}: status {up.status}")
+                    raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")
                 length = up.headers.get("Content-Length")
                 transfer.size = int(length) if length and length.isdigit() else None
                 headers = {k: v for k, v in passed_headers(up.headers).items()
                            if k not in ("Content-Length", "Content-Range")}
                 transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
-                async for chunk in up.content.iter_chunked(CHUNK):
-                    yield chunk
-                log.info("upstream GET %s -> 200 %d bytes (%.0f ms)", what, transfer.written, _ms(started))
-        except (UpstreamError, AuthError) as e:
-            raise TransferFailed(str(e)) from e
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise TransferFailed(f"upstream GET {what} interrupted: {type(e).__name__}") from e
+            elif up.status == 200:  # the upstream ignored the Range: skip what the spool has, chunk by chunk
+                skip = offset
+                while skip:
+                    skip -= len(await up.content.readexactly(min(CHUNK, skip)))
+            elif up.status != 206 or not up.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                raise UpstreamError(f"resume at byte {offset} answered {up.status}")
+            async for chunk in up.content.iter_chunked(CHUNK):
+                yield chunk
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

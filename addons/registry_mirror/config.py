@@ -54,6 +54,9 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     request_timeout: float = 20.0
     blob_stall_timeout: float = 60.0
+    failures_before_down: int = 3
+    down_period: float = 30.0
+    blob_resumes: int = 3
 
     @property
     def origin(self) -> str:
@@ -89,6 +92,9 @@ class CacheConfig:
     spool_dir: str | None = None  # blob spools; default: a new folder under the system's temp dir
     spool_max_bytes: int = 8 * 1024 ** 3  # finished spools kept for stragglers, at most this many bytes
     spool_keep: float = 30.0  # seconds a finished spool is kept
+    stale_budget: float = 2.0  # seconds a tag refresh may take before the last known digest is answered
+    max_stale: float = 86400.0  # the oldest last known digest that is still answered
+    tag_state_file: str | None = None  # last known tags, across restarts; default: next to mirror.storage
 
 
 @dataclass(frozen=True)
@@ -105,13 +111,15 @@ _UPSTREAM_KEYS = {
     "url": str, "repository": str, "path_prefix": str, "username": str, "password": str, "password_file": str,
     "token": str, "token_file": str, "anonymous": bool, "ca_file": str, "tls_verify": bool,
     "allowed_realm_hosts": list, "connect_timeout": (int, float), "request_timeout": (int, float),
-    "blob_stall_timeout": (int, float),
+    "blob_stall_timeout": (int, float), "failures_before_down": int, "down_period": (int, float),
+    "blob_resumes": int,
 }
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool}
 _CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
-               "spool_keep": (int, float)}
+               "spool_keep": (int, float), "stale_budget": (int, float), "max_stale": (int, float),
+               "tag_state_file": str}
 _SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS}
 
 
@@ -156,7 +164,7 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         upstream=_upstream(sections["upstream"], resolve),
         mirror=_mirror(sections.get("mirror", {}), resolve),
         rewriter=_rewriter(sections.get("rewriter", {}), resolve),
-        cache=_cache(sections.get("cache", {}), resolve),
+        cache=_cache(sections.get("cache", {}), resolve, sections.get("mirror", {}).get("storage", "./data/registry")),
         source=source,
     )
 
@@ -239,14 +247,18 @@ def _upstream(v: dict, resolve) -> UpstreamConfig:
     for host in realms:
         if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", host):
             raise ConfigError(f"upstream.allowed_realm_hosts: {host!r} is not a host or host:port")
-    timeouts = {k: float(v[k]) for k in ("connect_timeout", "request_timeout", "blob_stall_timeout") if k in v}
+    timeouts = {k: float(v[k]) for k in ("connect_timeout", "request_timeout", "blob_stall_timeout", "down_period")
+                if k in v}
     for key, seconds in timeouts.items():
         if not 0 < seconds <= 3600:
             raise ConfigError(f"upstream.{key}: {seconds} is out of range; expected seconds in (0, 3600]")
+    ints = {k: v[k] for k in ("failures_before_down", "blob_resumes") if k in v}
+    if ints.get("failures_before_down", 1) < 1 or not 0 <= ints.get("blob_resumes", 0) <= 100:
+        raise ConfigError("upstream.failures_before_down must be >= 1 and upstream.blob_resumes 0 to 100")
     return UpstreamConfig(url=url.rstrip("/"), repository=repository, path_prefix=path_prefix, username=username,
                           password=password, token=token, anonymous=anonymous, ca_file=ca_file,
                           tls_verify=v.get("tls_verify", True), allowed_realm_hosts=tuple(h.lower() for h in realms),
-                          **timeouts)
+                          **timeouts, **ints)
 
 
 def _mirror(v: dict, resolve) -> MirrorConfig:
@@ -268,15 +280,17 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
     )
 
 
-def _cache(v: dict, resolve) -> CacheConfig:
+def _cache(v: dict, resolve, storage: str) -> CacheConfig:
     bounds = {"tag_ttl": (0, 86400), "spool_keep": (0, 3600), "manifest_bytes": (0, 2 ** 40),
-              "spool_max_bytes": (0, 2 ** 50)}
+              "spool_max_bytes": (0, 2 ** 50), "stale_budget": (0.05, 600), "max_stale": (0, 10 ** 8)}
     for key, (low, high) in bounds.items():
         if key in v and not low <= v[key] <= high:
             raise ConfigError(f"cache.{key}: {v[key]} is out of range; expected {low} to {high}")
     return CacheConfig(tag_ttl=float(v.get("tag_ttl", 30.0)), manifest_bytes=v.get("manifest_bytes", 64 * 1024 ** 2),
                        spool_dir=resolve(v.get("spool_dir")), spool_max_bytes=v.get("spool_max_bytes", 8 * 1024 ** 3),
-                       spool_keep=float(v.get("spool_keep", 30.0)))
+                       spool_keep=float(v.get("spool_keep", 30.0)),
+                       stale_budget=float(v.get("stale_budget", 2.0)), max_stale=float(v.get("max_stale", 86400.0)),
+                       tag_state_file=resolve(v.get("tag_state_file") or storage.rstrip("/") + ".tags.json"))
 
 
 def parse_address(name: str, value: str) -> Address:

@@ -5,7 +5,10 @@
   accepts, because the upstream answers a different manifest (index or image) for a different Accept.
 - Blob HEADs: a blob's size and type by digest never change; an LRU of them answers repeated HEADs.
 - Requests for the same thing that overlap share one upstream fetch.
-Every answer says how it was served: HIT, MISS or COALESCED.
+- Stale-if-error: a tag whose refresh fails, or takes longer than `cache.stale_budget`, is answered from its
+  last known digest (up to `cache.max_stale` old) while the refresh goes on in the background; while the
+  upstream is assumed down (health.py) cached answers come at once and uncached ones fail at once.
+Every answer says how it was served: HIT, MISS, COALESCED or STALE (with its age).
 """
 from __future__ import annotations
 
@@ -18,13 +21,20 @@ from dataclasses import dataclass
 from cachetools import LRUCache, TTLCache
 
 from .config import CacheConfig
+from .health import UpstreamHealth
 from .requests import Kind, RegistryRequest
 from .responses import passed_headers
-from .upstream import Upstream
+from .tag_state import KnownTag, TagState
+from .upstream import Upstream, UpstreamError
+from .upstream_auth import AuthError
 
 
 class ManifestMismatch(Exception):
     """The upstream's manifest bytes do not match their digest."""
+
+
+class UpstreamDown(Exception):
+    """The upstream is assumed down and the answer is not cached; the message says until when."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ def accept_key(accept_values: list[str]) -> frozenset[str]:
     return frozenset(t.split(";", 1)[0].strip().lower() for v in accept_values for t in v.split(",") if t.strip())
 
 
+def _ignore_result(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed background refresh is logged where it failed
+
+
 def digest_of(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -59,44 +74,102 @@ def manifest_answer(manifest: Manifest, outcome: str, auth_scheme: str = "") -> 
 
 
 class ManifestService:
-    def __init__(self, upstream: Upstream, cfg: CacheConfig, timer: Callable[[], float] = time.monotonic):
-        self.upstream = upstream
+    def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth | None = None,
+                 timer: Callable[[], float] = time.monotonic):
+        self.upstream, self.cfg = upstream, cfg
+        self.health = health or UpstreamHealth(timer=timer)
+        self.known = TagState(cfg.tag_state_file)
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: LRUCache = LRUCache(maxsize=65536)
         self._inflight: dict[tuple, asyncio.Future] = {}
 
-    async def answer(self, req: RegistryRequest, headers) -> Answer:
-        """The answer to a GET for `req` (HEADs get the same headers, without the body)."""
+    async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
+        """The answer to `method` for `req` (a HEAD gets the GET's headers, without the body)."""
+        accepts = accept_key(headers.get_all("Accept"))
         if req.kind is Kind.MANIFEST_BY_DIGEST:
             cached = self.manifests.get(req.reference)
             if cached is not None:
                 return manifest_answer(cached, "HIT")
-        elif req.kind is Kind.MANIFEST_BY_TAG and self.tags is not None:
-            digest = self.tags.get((req.name, req.reference, accept_key(headers.get_all("Accept"))))
+        elif req.kind is Kind.MANIFEST_BY_TAG:
+            digest = self.tags.get((req.name, req.reference, accepts)) if self.tags is not None else None
             cached = self.manifests.get(digest) if digest else None
             if cached is not None:
                 return manifest_answer(cached, "HIT")
+            return await self._tag(req, headers, method, accepts)
         elif req.kind is Kind.BLOB:
             known = self.blob_heads.get((req.name, req.reference))
             if known is not None:
                 return Answer(200, dict(known), b"", "HIT")
-        key = (req.kind, req.name, req.reference, req.query, accept_key(headers.get_all("Accept")))
+        self._fail_fast_if_down()
+        return await self._shared_fetch(req, headers, accepts)
+
+    async def _tag(self, req: RegistryRequest, headers, method: str, accepts: frozenset) -> Answer:
+        """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow."""
+        known = self.known.get((req.name, req.reference, accepts))
+        stale = self._stale_answer(known, method) if known else None
+        if stale is not None and self.health.down:
+            return stale
+        if stale is None:
+            self._fail_fast_if_down()
+            return await self._shared_fetch(req, headers, accepts)
+        refresh = asyncio.ensure_future(self._shared_fetch(req, headers, accepts))
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(refresh), self.cfg.stale_budget)
+        except (TimeoutError, UpstreamError, AuthError):
+            # a timeout leaves the refresh running: it updates the caches when it ends
+            refresh.add_done_callback(_ignore_result)
+            return stale
+        return stale if answer.status >= 500 else answer
+
+    def _stale_answer(self, known: KnownTag, method: str) -> Answer | None:
+        age = self.known.age(known)
+        if age > self.cfg.max_stale:
+            return None
+        cached = self.manifests.get(known.digest)
+        if cached is not None:
+            answer = manifest_answer(cached, "STALE")
+        elif method == "HEAD":  # after a restart: the registry has the manifest itself, by digest
+            answer = Answer(200, {"Content-Type": known.content_type, "Docker-Content-Digest": known.digest,
+                                  "Content-Length": str(known.length)}, b"", "STALE")
+        else:
+            return None
+        answer.headers.update({"Age": str(int(age)), "X-Mirror-Stale-Age": str(int(age)),
+                               "Warning": '110 - "Response is Stale"'})
+        return answer
+
+    def _fail_fast_if_down(self) -> None:
+        if self.health.down:
+            raise UpstreamDown(f"the upstream is assumed down (retrying in {self.health.retry_in():.0f} s; last "
+                               f"error: {self.health.last_error}) and this answer is not cached")
+
+    async def _shared_fetch(self, req: RegistryRequest, headers, accepts: frozenset) -> Answer:
+        key = (req.kind, req.name, req.reference, req.query, accepts)
         pending = self._inflight.get(key)
         if pending is not None:
             answer = await asyncio.shield(pending)
             return Answer(answer.status, answer.headers, answer.body, "COALESCED", answer.auth_scheme)
         pending = asyncio.ensure_future(self._fetch(req, headers))
         self._inflight[key] = pending
-        try:
-            return await asyncio.shield(pending)
-        finally:
-            self._inflight.pop(key, None)
+        pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        return await asyncio.shield(pending)
 
     async def _fetch(self, req: RegistryRequest, headers) -> Answer:
         # manifests are fetched with GET even for a HEAD: they are small, and the body fills the cache
         method = "HEAD" if req.kind is Kind.BLOB else "GET"
-        up = await self.upstream.fetch_small(method, req, headers)
+        try:
+            up = await self.upstream.fetch_small(method, req, headers)
+        except UpstreamError as e:
+            self.health.failure(str(e))
+            raise
+        except AuthError as e:
+            if e.upstream_failure:
+                self.health.failure(str(e))
+            raise
+        if up.status >= 500:
+            self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
+        else:
+            self.health.success()
         if up.status != 200 or req.kind is Kind.TAGS:
             return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
         if req.kind is Kind.BLOB:
@@ -117,7 +190,9 @@ class ManifestService:
         manifest = Manifest(actual, up_headers.get("Content-Type", "application/octet-stream"), body)
         if len(body) <= self.manifests.maxsize:
             self.manifests[actual] = manifest
-        if req.kind is Kind.MANIFEST_BY_TAG and self.tags is not None:
-            # the tag's digest is valid only with the manifest it names, which the LRU may evict
-            self.tags[(req.name, req.reference, accepts)] = actual
+        if req.kind is Kind.MANIFEST_BY_TAG:
+            key = (req.name, req.reference, accepts)
+            if self.tags is not None:  # the digest is used only with the manifest it names, which may be evicted
+                self.tags[key] = actual
+            self.known.put(key, KnownTag(actual, manifest.content_type, len(body), time.time()))
         return manifest_answer(manifest, "MISS", auth_scheme)

@@ -62,6 +62,16 @@ class Upstream:
         if self._session:
             await self._session.close()
 
+    async def probe(self) -> int | None:
+        """The status of an anonymous GET of the upstream's /v2/ (None: unreachable); for the health probe."""
+        timeout = aiohttp.ClientTimeout(total=self.cfg.connect_timeout + 2, connect=self.cfg.connect_timeout)
+        try:
+            async with self._session.get(f"{self.cfg.origin}{self.cfg.prefix}/v2/", timeout=timeout,
+                                         allow_redirects=False) as resp:
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
     def url_for(self, request: RegistryRequest) -> str:
         return self.cfg.origin + upstream_path(self.cfg.prefix, request)
 
@@ -141,7 +151,7 @@ class Upstream:
                          (time.monotonic() - started) * 1000)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise AuthError(f"token endpoint {_display(realm)}: {_describe(e)}") from e
+            raise AuthError(f"token endpoint {_display(realm)}: {_describe(e)}", upstream_failure=True) from e
 
 
 def _display(url: str) -> str:

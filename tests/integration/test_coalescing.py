@@ -89,3 +89,36 @@ def test_a_tag_changed_upstream_is_seen_after_the_ttl(upstream, mirror_factory, 
     time.sleep(max(0.0, 3.2 - (time.monotonic() - changed_at)))
     pull(ref, tmp_path / "c", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "c", new)
+
+
+def test_a_follower_gets_bytes_before_the_leaders_transfer_ends(upstream_factory, mirror_factory, layer_cache):
+    import http.client
+    upstream = upstream_factory(blob_rate=8 * seed.MIB)  # a 16 MiB layer takes 2 s to cross
+    layer = seed.random_layer(layer_cache, 16 * seed.MIB, 50)
+    image = seed.build_image("team/slow", "1.0", [layer])
+    seed.push(upstream.registry_url, image)
+    mirror = mirror_factory(credentials_of(upstream), dump=False, rewriter={"blob_redirect": False})
+    host, port = mirror.cfg.rewriter.listen.host, mirror.cfg.rewriter.listen.port
+    path = f"/v2/{image.name}/blobs/{layer.digest}"
+
+    def open_stream():
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return conn, resp
+    leader_conn, leader = open_stream()
+    leader_body = bytearray(leader.read(256 * 1024))
+    follower_conn, follower = open_stream()
+    follower_body = bytearray(follower.read(64 * 1024))
+    assert follower.getheader("X-Mirror-Cache") == "COALESCED"
+    # the upstream's one blob GET has not finished: its record is written when its last byte is sent
+    assert [r for r in blob_gets(upstream.stats()) if r["status"] == 200] == []
+    leader_body += leader.read()
+    follower_body += follower.read()
+    for conn in (leader_conn, follower_conn):
+        conn.close()
+    expected = layer.path.read_bytes()
+    assert leader_body == expected and follower_body == expected
+    wait_until_quiet(upstream)
+    assert len([r for r in blob_gets(upstream.stats()) if r["status"] == 200]) == 1

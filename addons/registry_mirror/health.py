@@ -1,0 +1,69 @@
+"""Upstream health: after consecutive failures the upstream is assumed down for a while.
+
+The idea of Artifactory's "Assumed Offline Period": while the upstream is down, answers come from the
+caches at once (or fail at once) instead of after a timeout each; a probe in the background decides when it
+is back. A failure is a transport error, a timeout or a 5xx; a 404 or a 401 is an answer, not a failure.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamHealth:
+    def __init__(self, failures_to_down: int = 3, down_seconds: float = 30.0,
+                 timer: Callable[[], float] = time.monotonic):
+        self.failures_to_down = failures_to_down
+        self.down_seconds = down_seconds
+        self._timer = timer
+        self.consecutive_failures = 0
+        self.down_until = 0.0
+        self.last_error = ""
+        self.last_error_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        """Assumed down: the period after the last failure has not run out and no probe succeeded."""
+        return self._timer() < self.down_until
+
+    def success(self) -> None:
+        if self.down_until:
+            log.info("upstream is back")
+        self.consecutive_failures = 0
+        self.down_until = 0.0
+
+    def failure(self, error: str) -> None:
+        self.consecutive_failures += 1
+        self.last_error, self.last_error_at = error, time.time()
+        if self.consecutive_failures >= self.failures_to_down:
+            if not self.down:
+                log.warning("upstream assumed down for %.0f s after %d consecutive failures; last: %s",
+                            self.down_seconds, self.consecutive_failures, error)
+            self.down_until = self._timer() + self.down_seconds
+
+    def retry_in(self) -> float:
+        return max(0.0, self.down_until - self._timer())
+
+
+class HealthProbe:
+    """While the upstream is assumed down, ask its /v2/ every few seconds; any answer below 500 means it is back."""
+
+    def __init__(self, upstream, health: UpstreamHealth, interval: float = 2.0):
+        self.upstream, self.health, self.interval = upstream, health, interval
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.health.consecutive_failures < self.health.failures_to_down:
+                continue
+            status = await self.upstream.probe()
+            if status is not None and status < 500:
+                self.health.success()
+
+    def stop(self) -> None:
+        self._task.cancel()

@@ -1,0 +1,93 @@
+"""The last known answer for each tag, kept beyond the tag TTL and across restarts, for stale-if-error.
+
+A small JSON file (`cache.tag_state_file`), rewritten whole (temp file + rename, so never half-written) at
+most once a second. It holds digests and media types, never a credential.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cachetools import LRUCache
+
+log = logging.getLogger(__name__)
+
+TagKey = tuple[str, str, frozenset]  # repository name, tag, accepted media types
+
+
+@dataclass(frozen=True)
+class KnownTag:
+    digest: str
+    content_type: str
+    length: int
+    fetched_at: float  # wall-clock time, so that ages survive restarts
+
+
+def key_text(key: TagKey) -> str:
+    name, tag, accepts = key
+    return f"{name}:{tag}|{','.join(sorted(accepts))}"
+
+
+def key_from_text(text: str) -> TagKey:
+    ref, _, accepts = text.partition("|")
+    name, _, tag = ref.rpartition(":")
+    return name, tag, frozenset(a for a in accepts.split(",") if a)
+
+
+class TagState:
+    def __init__(self, path: str | None, maxsize: int = 100_000):
+        self.path = Path(path) if path else None
+        self.tags: LRUCache = LRUCache(maxsize=maxsize)
+        self._save_scheduled = False
+        self._load()
+
+    def get(self, key: TagKey) -> KnownTag | None:
+        return self.tags.get(key)
+
+    def put(self, key: TagKey, known: KnownTag) -> None:
+        if self.tags.get(key) == known:
+            return
+        self.tags[key] = known
+        self._schedule_save()
+
+    def age(self, known: KnownTag) -> float:
+        return max(0.0, time.time() - known.fetched_at)
+
+    def _load(self) -> None:
+        if not self.path or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            for text, fields in data.get("tags", {}).items():
+                self.tags[key_from_text(text)] = KnownTag(**fields)
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("ignoring the tag state file %s (%s); it is rewritten as tags are fetched", self.path, e)
+
+    def _schedule_save(self) -> None:
+        if not self.path or self._save_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save()
+            return
+        self._save_scheduled = True
+        loop.call_later(1.0, self.save)
+
+    def save(self) -> None:
+        self._save_scheduled = False
+        if not self.path:
+            return
+        data = {"tags": {key_text(k): asdict(v) for k, v in self.tags.items()}}
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("cannot write the tag state file %s: %s", self.path, e)
