@@ -57,6 +57,7 @@ class UpstreamConfig:
     failures_before_down: int = 3
     down_period: float = 30.0
     blob_resumes: int = 3
+    retries: int = 2
 
     @property
     def origin(self) -> str:
@@ -112,7 +113,7 @@ _UPSTREAM_KEYS = {
     "token": str, "token_file": str, "anonymous": bool, "ca_file": str, "tls_verify": bool,
     "allowed_realm_hosts": list, "connect_timeout": (int, float), "request_timeout": (int, float),
     "blob_stall_timeout": (int, float), "failures_before_down": int, "down_period": (int, float),
-    "blob_resumes": int,
+    "blob_resumes": int, "retries": int,
 }
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
@@ -252,9 +253,10 @@ def _upstream(v: dict, resolve) -> UpstreamConfig:
     for key, seconds in timeouts.items():
         if not 0 < seconds <= 3600:
             raise ConfigError(f"upstream.{key}: {seconds} is out of range; expected seconds in (0, 3600]")
-    ints = {k: v[k] for k in ("failures_before_down", "blob_resumes") if k in v}
-    if ints.get("failures_before_down", 1) < 1 or not 0 <= ints.get("blob_resumes", 0) <= 100:
-        raise ConfigError("upstream.failures_before_down must be >= 1 and upstream.blob_resumes 0 to 100")
+    ints = {k: v[k] for k in ("failures_before_down", "blob_resumes", "retries") if k in v}
+    for key, (low, high) in {"failures_before_down": (1, 1000), "blob_resumes": (0, 100), "retries": (0, 10)}.items():
+        if key in ints and not low <= ints[key] <= high:
+            raise ConfigError(f"upstream.{key}: {ints[key]} is out of range; expected {low} to {high}")
     return UpstreamConfig(url=url.rstrip("/"), repository=repository, path_prefix=path_prefix, username=username,
                           password=password, token=token, anonymous=anonymous, ca_file=ca_file,
                           tls_verify=v.get("tls_verify", True), allowed_realm_hosts=tuple(h.lower() for h in realms),

@@ -5,6 +5,7 @@ followed without the upstream's `Authorization`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_SMALL_BODY = 8 * 1024 * 1024  # manifests and error bodies; Distribution caps manifests at 4 MiB
 MAX_REDIRECTS = 3
+RETRIED_STATUSES = (502, 503, 504)
+RETRY_BACKOFF = 0.2  # seconds, doubled on each retry
 # request headers worth passing on from the stock registry; everything else (Authorization included) stays
 FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Range")
 
@@ -121,10 +124,7 @@ class Upstream:
             h = dict(headers)
             if authorization and self._same_origin(url):
                 h["Authorization"] = authorization
-            try:
-                resp = await self._session.request(method, url, headers=h, allow_redirects=False, timeout=timeout)
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+            resp = await self._request_with_retries(method, url, h, timeout)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 resp.release()
@@ -133,6 +133,27 @@ class Upstream:
                 continue
             return resp
         raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {_display(url)}")
+
+    async def _request_with_retries(self, method: str, url: str, headers: dict,
+                                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """One request; a fast failure (refused, reset, 502/503/504) is retried `upstream.retries` times with a
+        short backoff, a timeout is not (it already cost its time)."""
+        for attempt in range(self.cfg.retries + 1):
+            last = attempt == self.cfg.retries
+            try:
+                resp = await self._session.request(method, url, headers=headers, allow_redirects=False,
+                                                   timeout=timeout)
+            except TimeoutError as e:
+                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+            except (aiohttp.ClientError, OSError) as e:
+                if last or isinstance(e, aiohttp.ServerTimeoutError):
+                    raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+            else:
+                if resp.status not in RETRIED_STATUSES or last:
+                    return resp
+                resp.release()
+            await asyncio.sleep(RETRY_BACKOFF * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _same_origin(self, url: str) -> bool:
         parts = urlsplit(url)
