@@ -6,6 +6,7 @@
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    the test suite (pytest arguments may follow)
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
+#   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -84,7 +85,11 @@ case "$cmd" in
     "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null ||
       "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'matplotlib>=3.8' 2>&1 | { grep -v "^WARNING: Location" || true; }
     run_python bench/bench.py "$@" ;;
+  bench-load)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

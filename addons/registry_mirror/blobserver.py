@@ -35,6 +35,7 @@ class BlobServer:
     def __init__(self, upstream: Upstream, cache: CacheConfig, health: UpstreamHealth):
         self.upstream, self.health = upstream, health
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
+        self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -69,7 +70,8 @@ class BlobServer:
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
-        if self.health.down and req.reference not in self.coalescer.transfers:
+        if req.reference not in self.coalescer.transfers and \
+                not await self.health.wait_until_up(self.down_wait):
             return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in "
                                               f"{self.health.retry_in():.0f} s; last error: {self.health.last_error})")
         transfer, following = self.coalescer.join(req.reference, req.name)

@@ -57,7 +57,7 @@ class UpstreamConfig:
     failures_before_down: int = 3
     down_period: float = 30.0
     blob_resumes: int = 3
-    retries: int = 2
+    retries: int = 3
 
     @property
     def origin(self) -> str:

@@ -24,6 +24,7 @@ class UpstreamHealth:
         self.down_until = 0.0
         self.last_error = ""
         self.last_error_at = 0.0
+        self._back: asyncio.Event | None = None
 
     @property
     def down(self) -> bool:
@@ -35,6 +36,21 @@ class UpstreamHealth:
             log.info("upstream is back")
         self.consecutive_failures = 0
         self.down_until = 0.0
+        if self._back is not None:
+            self._back.set()
+            self._back = None
+
+    async def wait_until_up(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the upstream to be back (a short outage, a flap); False if still down."""
+        if not self.down:
+            return True
+        if self._back is None:
+            self._back = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._back.wait(), min(timeout, self.retry_in()))
+        except TimeoutError:
+            pass
+        return not self.down
 
     def failure(self, error: str) -> None:
         self.consecutive_failures += 1
@@ -50,9 +66,9 @@ class UpstreamHealth:
 
 
 class HealthProbe:
-    """While the upstream is assumed down, ask its /v2/ every few seconds; any answer below 500 means it is back."""
+    """While the upstream is assumed down, ask its /v2/ every second; any answer below 500 means it is back."""
 
-    def __init__(self, upstream, health: UpstreamHealth, interval: float = 2.0):
+    def __init__(self, upstream, health: UpstreamHealth, interval: float = 1.0):
         self.upstream, self.health, self.interval = upstream, health, interval
         self._task = asyncio.create_task(self._run())
 

@@ -83,6 +83,7 @@ class ManifestService:
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: LRUCache = LRUCache(maxsize=65536)
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._overdue: set[tuple] = set()  # tag refreshes that overran the stale budget and still run
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
         """The answer to `method` for `req` (a HEAD gets the GET's headers, without the body)."""
@@ -101,24 +102,28 @@ class ManifestService:
             known = self.blob_heads.get((req.name, req.reference))
             if known is not None:
                 return Answer(200, dict(known), b"", "HIT")
-        self._fail_fast_if_down()
+        await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
 
     async def _tag(self, req: RegistryRequest, headers, method: str, accepts: frozenset) -> Answer:
         """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow."""
         known = self.known.get((req.name, req.reference, accepts))
         stale = self._stale_answer(known, method) if known else None
-        if stale is not None and self.health.down:
-            return stale
+        key = (req.kind, req.name, req.reference, req.query, accepts)
+        if stale is not None and (self.health.down or key in self._overdue):
+            return stale  # down, or a refresh already overran the budget: do not wait for it again
         if stale is None:
-            self._fail_fast_if_down()
+            await self._wait_if_down()
             return await self._shared_fetch(req, headers, accepts)
         refresh = asyncio.ensure_future(self._shared_fetch(req, headers, accepts))
         try:
             answer = await asyncio.wait_for(asyncio.shield(refresh), self.cfg.stale_budget)
-        except (TimeoutError, UpstreamError, AuthError):
-            # a timeout leaves the refresh running: it updates the caches when it ends
-            refresh.add_done_callback(_ignore_result)
+        except TimeoutError:
+            # the refresh goes on and updates the caches when it ends; until then, no one waits for it
+            self._overdue.add(key)
+            refresh.add_done_callback(lambda f: (self._overdue.discard(key), _ignore_result(f)))
+            return stale
+        except (UpstreamError, AuthError):
             return stale
         return stale if answer.status >= 500 else answer
 
@@ -138,8 +143,10 @@ class ManifestService:
                                "Warning": '110 - "Response is Stale"'})
         return answer
 
-    def _fail_fast_if_down(self) -> None:
-        if self.health.down:
+    async def _wait_if_down(self) -> None:
+        """While the upstream is assumed down, an uncached answer waits up to the stale budget for it to come
+        back (a flap), then fails with a message saying why."""
+        if not await self.health.wait_until_up(self.cfg.stale_budget):
             raise UpstreamDown(f"the upstream is assumed down (retrying in {self.health.retry_in():.0f} s; last "
                                f"error: {self.health.last_error}) and this answer is not cached")
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MAX_SMALL_BODY = 8 * 1024 * 1024  # manifests and error bodies; Distribution caps manifests at 4 MiB
 MAX_REDIRECTS = 3
 RETRIED_STATUSES = (502, 503, 504)
-RETRY_BACKOFF = 0.2  # seconds, doubled on each retry
+RETRY_BACKOFF = 0.25  # seconds, doubled on each retry: 3 retries span a 1.75 s flap
 # request headers worth passing on from the stock registry; everything else (Authorization included) stays
 FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Range")
 

@@ -75,9 +75,9 @@ def test_upstream_down_cached_pulls_stay_fast_uncached_fail_clearly(cached_setup
     for n in range(2):
         assert pull_cached(mirror, cached, tmp_path, f"again{n}") < baseline + 1.0
     expect_uncached_failure(mirror, uncached, tmp_path, within=20)
-    assert "STALE" in mirror.logs()
-    if fault != "refused":
-        assert "assumed down" in mirror.logs()
+    logs = mirror.logs()
+    assert "STALE" in logs
+    assert "failed" in logs or "assumed down" in logs  # the log names what went wrong
     assert_storage_intact(Path(mirror.cfg.mirror.storage))
 
 
