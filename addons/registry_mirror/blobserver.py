@@ -133,7 +133,7 @@ class BlobServer:
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
                 error = str(e) if isinstance(e, UpstreamError) else f"{type(e).__name__} {e}".strip()
-                self.health.failure(f"GET {what}: {error}")
+                self.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
                 if resumes >= self.upstream.cfg.blob_resumes or not transfer.head.done():
                     raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
                                          f"and {resumes} resumes: {error}") from e

@@ -2,7 +2,9 @@
 
 The idea of Artifactory's "Assumed Offline Period": while the upstream is down, answers come from the
 caches at once (or fail at once) instead of after a timeout each; a probe in the background decides when it
-is back. A failure is a transport error, a timeout or a 5xx; a 404 or a 401 is an answer, not a failure.
+is back. A failure is a transport error, a timeout or a 5xx; a 404 or a 401 is an answer, not a failure. A request
+that timed out on an accepted connection (a hung upstream) is enough on its own: every further request would
+cost the same timeout.
 """
 from __future__ import annotations
 
@@ -52,8 +54,11 @@ class UpstreamHealth:
             pass
         return not self.down
 
-    def failure(self, error: str) -> None:
+    def failure(self, error: str, hung: bool = False) -> None:
+        """Count a failure; `hung` (accepted, no answer within the timeout) counts as enough to be down."""
         self.consecutive_failures += 1
+        if hung:
+            self.consecutive_failures = max(self.consecutive_failures, self.failures_to_down)
         self.last_error, self.last_error_at = error, time.time()
         if self.consecutive_failures >= self.failures_to_down:
             if not self.down:

@@ -167,7 +167,7 @@ class ManifestService:
         try:
             up = await self.upstream.fetch_small(method, req, headers)
         except UpstreamError as e:
-            self.health.failure(str(e))
+            self.health.failure(str(e), hung=e.timed_out)
             raise
         except AuthError as e:
             if e.upstream_failure:

@@ -31,7 +31,13 @@ FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Range")
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or answered nonsense; the message carries no secret."""
+    """The upstream could not be reached or answered nonsense; the message carries no secret.
+
+    `timed_out`: it accepted the connection and did not answer in time (hung), which health treats as down."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass
@@ -84,7 +90,13 @@ class Upstream:
         async with self.open(method, request, headers, timeout) as (resp, authorized):
             body = b""
             if method != "HEAD":
-                body = await resp.content.read(MAX_SMALL_BODY + 1)
+                try:
+                    body = await resp.content.read(MAX_SMALL_BODY + 1)
+                except TimeoutError as e:
+                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: body timed out",
+                                        timed_out=True) from e
+                except (aiohttp.ClientError, OSError) as e:
+                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: {_describe(e)}") from e
                 if len(body) > MAX_SMALL_BODY:
                     raise UpstreamError(f"upstream answered more than {MAX_SMALL_BODY} bytes for "
                                         f"{request.kind.value} {request.name}:{request.reference}")
@@ -136,18 +148,20 @@ class Upstream:
 
     async def _request_with_retries(self, method: str, url: str, headers: dict,
                                     timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        """One request; a fast failure (refused, reset, 502/503/504) is retried `upstream.retries` times with a
-        short backoff, a timeout is not (it already cost its time)."""
+        """One request; a dropped connection or a 502/503/504 is retried `upstream.retries` times with a short
+        backoff; a refusal or a timeout is not (health.py deals with an upstream that is away)."""
         for attempt in range(self.cfg.retries + 1):
             last = attempt == self.cfg.retries
             try:
                 resp = await self._session.request(method, url, headers=headers, allow_redirects=False,
                                                    timeout=timeout)
             except TimeoutError as e:
-                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}", timed_out=True) from e
             except (aiohttp.ClientError, OSError) as e:
-                if last or isinstance(e, aiohttp.ServerTimeoutError):
-                    raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}") from e
+                # refused: it is not listening, and retrying costs the caller time a cached answer would not
+                if last or isinstance(e, (aiohttp.ServerTimeoutError, aiohttp.ClientConnectorError)):
+                    raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}",
+                                        timed_out=isinstance(e, aiohttp.ServerTimeoutError)) from e
             else:
                 if resp.status not in RETRIED_STATUSES or last:
                     return resp
