@@ -3,6 +3,7 @@
 #   ./run.sh up      run the mirror (stock registry + mitmdump with the addon) in the foreground
 #   ./run.sh web     the same with mitmweb for inspecting flows (loopback, password protected)
 #   ./run.sh check   validate the configuration ($MIRROR_CONFIG or ./mirror.yaml) and exit
+#   ./run.sh status  a short summary of the running mirror (its stats page: http://<rewriter.listen>/_mirror/stats)
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    the test suite (pytest arguments may follow)
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
@@ -67,7 +68,7 @@ run_python() { cd "$ROOT" && PYTHONPATH="$ROOT/addons" exec "$VENV/bin/python" "
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  up|web|check)
+  up|web|check|status)
     ensure_debian_packages docker-registry
     ensure_venv
     run_python -m registry_mirror.cli "$cmd" "$@" ;;
@@ -76,7 +77,8 @@ case "$cmd" in
     ensure_venv
     run_python -m devtools.demo "$@" ;;
   test)
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    # chromium: the stats page is checked in a real browser
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium
     ensure_venv
     run_python -m pytest "$@" ;;
   bench)
@@ -90,6 +92,6 @@ case "$cmd" in
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -7,6 +7,7 @@ the upstream client adds them, and the flow shows a redacted marker where they w
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -17,6 +18,8 @@ from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
 from .health import HealthProbe, UpstreamHealth
 from .manifests import ManifestMismatch, ManifestService, UpstreamDown
 from .requests import Kind, RegistryRequest, Refusal, classify
+from .stats import Stats
+from .stats_views import JSON_PATH, METRICS_PATH, STATS_PATH, prometheus_text, render_html
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
@@ -34,8 +37,10 @@ class RegistryMirror:
         self.config: config_mod.Config | None = None
         self.upstream: Upstream | None = None
         self.blobs: BlobServer | None = None
+        self.health: UpstreamHealth | None = None
         self.manifests: ManifestService | None = None
         self.prober: HealthProbe | None = None
+        self.stats = Stats()
 
     def load(self, loader) -> None:
         loader.add_option("mirror_config", str, "",
@@ -58,12 +63,13 @@ class RegistryMirror:
     async def running(self) -> None:
         if self.config is None:
             return
-        self.upstream = Upstream(self.config.upstream)
+        self.stats = Stats(self.config.rewriter.log_format)
+        self.upstream = Upstream(self.config.upstream, self.stats)
         await self.upstream.start()
         up = self.config.upstream
         self.health = UpstreamHealth(up.failures_before_down, up.down_period)
-        self.manifests = ManifestService(self.upstream, self.config.cache, self.health)
-        self.blobs = BlobServer(self.upstream, self.config.cache, self.health)
+        self.manifests = ManifestService(self.upstream, self.config.cache, self.health, stats=self.stats)
+        self.blobs = BlobServer(self.upstream, self.config.cache, self.health, self.stats)
         self.prober = HealthProbe(self.upstream, self.health)
         listen_host = self.config.rewriter.listen.host
         await self.blobs.start(listen_host if self.config.rewriter.blob_redirect else "127.0.0.1")
@@ -81,11 +87,16 @@ class RegistryMirror:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        if flow.request.path in (STATS_PATH, JSON_PATH, METRICS_PATH):
+            flow.response = self._stats_response(flow.request.path)
+            return
         req = classify(flow.request.method, flow.request.path)
         if isinstance(req, Refusal):
             log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)
+            self.stats.served("other", "refused", 0)
             flow.response = error_response(req.status, req.code, req.message)
         elif req.kind is Kind.PING:
+            self.stats.served("ping", "local", 0)
             flow.response = ping_response()
         elif self.upstream is None:
             flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
@@ -107,6 +118,16 @@ class RegistryMirror:
             self._show_upstream(flow, flow.metadata["mirror.upstream_url"], scheme)
             flow.request.headers.pop(KEY_HEADER, None)
 
+    def _stats_response(self, path: str) -> http.Response:
+        snap = self.stats.snapshot(self.health, self.blobs.coalescer.transfers.values() if self.blobs else (),
+                                   self.upstream.auth.token_refreshes if self.upstream else 0,
+                                   self.config.upstream.origin + self.config.upstream.prefix if self.config else "")
+        if path == JSON_PATH:
+            return http.Response.make(200, json.dumps(snap, indent=1).encode(), {"Content-Type": "application/json"})
+        if path == METRICS_PATH:
+            return http.Response.make(200, prometheus_text(snap), {"Content-Type": "text/plain; version=0.0.4"})
+        return http.Response.make(200, render_html(snap).encode(), {"Content-Type": "text/html; charset=utf-8"})
+
     def _redirect_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
         # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
@@ -127,11 +148,17 @@ class RegistryMirror:
             answer = await self.manifests.answer(req, flow.request.headers, method)
         except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
             log.warning("%s %s failed: %s", method, what, e)
+            self.stats.served(req.kind.value, "error", 0)
             return error_response(503, "UNAVAILABLE", str(e))
         stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome == "STALE" else ""
         log.info("%s %s %s -> %d %d bytes (%.0f ms)%s", answer.outcome, method, what, answer.status,
                  len(answer.body), (time.monotonic() - started) * 1000, stale)
-        if answer.outcome != "HIT":
+        self.stats.served(req.kind.value, answer.outcome if answer.status < 400 else "error",
+                          0 if method == "HEAD" else len(answer.body))
+        if answer.outcome in ("HIT", "STALE"):  # mitmweb: answered from the mirror's caches, nothing went upstream
+            flow.marked = ":floppy_disk:"
+            flow.comment = f"answered by artifactory-mirror from its cache ({answer.outcome})"
+        else:
             self._show_upstream(flow, self.upstream.url_for(req), answer.auth_scheme)
         mapped = upstream_status_error(answer.status, what)
         if mapped:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .config import CacheConfig
 from .health import UpstreamHealth
+from .stats import Stats
 from .coalesce import BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
@@ -32,8 +33,8 @@ AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the fl
 
 
 class BlobServer:
-    def __init__(self, upstream: Upstream, cache: CacheConfig, health: UpstreamHealth):
-        self.upstream, self.health = upstream, health
+    def __init__(self, upstream: Upstream, cache: CacheConfig, health: UpstreamHealth, stats: Stats):
+        self.upstream, self.health, self.stats = upstream, health, stats
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
@@ -70,19 +71,22 @@ class BlobServer:
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
-        if req.reference not in self.coalescer.transfers and \
-                not await self.health.wait_until_up(self.down_wait):
-            return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in "
-                                              f"{self.health.retry_in():.0f} s; last error: {self.health.last_error})")
+        refusal = await self._refusal(req, what)
+        if refusal is not None:
+            self.stats.served("blob", "error", 0)
+            return refusal
         transfer, following = self.coalescer.join(req.reference, req.name)
         try:
             head = await asyncio.wait_for(asyncio.shield(transfer.head), self.upstream.cfg.request_timeout)
         except TimeoutError:
+            self.stats.served("blob", "error", 0)
             return _error(504, "UNAVAILABLE", f"the upstream did not answer for {what} within "
                                               f"{self.upstream.cfg.request_timeout:g} s")
         except TransferFailed as e:
+            self.stats.served("blob", "error", 0)
             return _error(503, "UNAVAILABLE", str(e))
         if head.status != 200:
+            self.stats.served("blob", "error", 0)
             mapped = upstream_status_error(head.status, what)
             return _error(*mapped) if mapped else web.Response(status=head.status, body=head.body,
                                                               headers=head.headers)
@@ -107,12 +111,21 @@ class BlobServer:
                     # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
                     await loop.sendfile(request.transport, spool, offset, count)
                     sent += count
-        except TransferFailed as e:
+        except (TransferFailed, ConnectionError) as e:
+            self.stats.served("blob", "error", sent)
             log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
             raise  # headers are out: dropping the connection tells the client the body is short
         await out.write_eof()
+        self.stats.served("blob", outcome, sent)
         log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
         return out
+
+    async def _refusal(self, req: RegistryRequest, what: str) -> web.Response | None:
+        """An uncached blob while the upstream is down waits up to the stale budget for it, then is refused."""
+        if req.reference in self.coalescer.transfers or await self.health.wait_until_up(self.down_wait):
+            return None
+        return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {self.health.retry_in():.0f} s;"
+                                          f" last error: {self.health.last_error}); {what} is not cached")
 
     async def _fetch(self, transfer: Transfer):
         """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
@@ -128,13 +141,15 @@ class BlobServer:
                 async for chunk in self._fetch_from(transfer, req, offset):
                     yield chunk
                 self.health.success()
-                log.info("upstream GET %s -> %d bytes (%.0f ms, %d resumes)", what, transfer.written, _ms(started),
-                         resumes)
+                self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", 200, transfer.written,
+                                    time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
                 error = str(e) if isinstance(e, UpstreamError) else f"{type(e).__name__} {e}".strip()
                 self.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
                 if resumes >= self.upstream.cfg.blob_resumes or not transfer.head.done():
+                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error", transfer.written,
+                                        time.monotonic() - started, "error")
                     raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
                                          f"and {resumes} resumes: {error}") from e
                 resumes += 1
@@ -152,6 +167,7 @@ class BlobServer:
                 if up.status != 200:
                     body = await up.content.read(64 * 1024)
                     transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
+                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", up.status, len(body), 0.0)
                     if up.status >= 500:
                         self.health.failure(f"GET blob {req.name}: status {up.status}")
                     raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")

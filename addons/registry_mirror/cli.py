@@ -7,11 +7,13 @@ process dies the other is stopped and the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import argon2
@@ -20,6 +22,7 @@ import yaml
 from . import certs, processes
 from .config import Config, ConfigError, config_path, load
 from .registry_config import proxy_registry_config
+from .stats_views import JSON_PATH, summary_text
 
 ADDON = Path(__file__).resolve().parent.parent / "mirror.py"
 
@@ -115,6 +118,22 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """A short terminal summary of the running mirror, from the addon's JSON stats."""
+    cfg = _load_or_exit(args.config)
+    listen = cfg.rewriter.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
+    url = f"http://{host}:{listen.port}{JSON_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            snap = json.load(resp)
+    except (OSError, ValueError) as e:
+        print(f"mirror: no stats at {url} ({e}); is ./run.sh up running with this configuration?", file=sys.stderr)
+        return 1
+    print(summary_text(snap))
+    return 0
+
+
 def cmd_up(args) -> int:
     cfg = _load_or_exit(args.config)
     problems = preflight(cfg, args.web)
@@ -158,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="", help="mirror.yaml path (default: $MIRROR_CONFIG or ./mirror.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
+    sub.add_parser("status", help="a summary of the running mirror's stats").set_defaults(func=cmd_status)
     for name, web in (("up", False), ("web", True)):
         p = sub.add_parser(name, help="run the mirror" + (" with mitmweb" if web else ""))
         p.add_argument("--log-dir", help="where the processes' logs go (default: a new temporary folder)")

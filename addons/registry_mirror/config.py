@@ -84,6 +84,7 @@ class RewriterConfig:
     web_listen: Address = Address("127.0.0.1", 8082)
     web_password: Secret | None = field(default=None, repr=False)
     blob_redirect: bool = True
+    log_format: str = "text"  # text, or json: one JSON object per line
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ _UPSTREAM_KEYS = {
 }
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
-                  "blob_redirect": bool}
+                  "blob_redirect": bool, "log_format": str}
 _CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
                "spool_keep": (int, float), "stale_budget": (int, float), "max_stale": (int, float),
                "tag_state_file": str}
@@ -279,7 +280,14 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
         web_listen=parse_address("rewriter.web_listen", v.get("web_listen", "127.0.0.1:8082")),
         web_password=_secret(v, "web_password", resolve, "rewriter"),
         blob_redirect=v.get("blob_redirect", True),
+        log_format=_choice("rewriter.log_format", v.get("log_format", "text"), ("text", "json")),
     )
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _cache(v: dict, resolve, storage: str) -> CacheConfig:

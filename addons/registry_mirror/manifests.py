@@ -24,6 +24,7 @@ from .config import CacheConfig
 from .health import UpstreamHealth
 from .requests import Kind, RegistryRequest
 from .responses import passed_headers
+from .stats import Stats
 from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
@@ -75,8 +76,9 @@ def manifest_answer(manifest: Manifest, outcome: str, auth_scheme: str = "") -> 
 
 class ManifestService:
     def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth | None = None,
-                 timer: Callable[[], float] = time.monotonic):
+                 timer: Callable[[], float] = time.monotonic, stats: Stats | None = None):
         self.upstream, self.cfg = upstream, cfg
+        self.stats = stats or Stats()
         self.health = health or UpstreamHealth(timer=timer)
         self.known = TagState(cfg.tag_state_file)
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
@@ -164,15 +166,20 @@ class ManifestService:
     async def _fetch(self, req: RegistryRequest, headers) -> Answer:
         # manifests are fetched with GET even for a HEAD: they are small, and the body fills the cache
         method = "HEAD" if req.kind is Kind.BLOB else "GET"
+        what = f"{req.name}:{req.reference}" if req.reference else req.name
+        started = time.monotonic()
         try:
             up = await self.upstream.fetch_small(method, req, headers)
         except UpstreamError as e:
             self.health.failure(str(e), hung=e.timed_out)
+            self.stats.upstream(req.kind.value, method, what, "timeout" if e.timed_out else "error", 0,
+                                time.monotonic() - started, "error")
             raise
         except AuthError as e:
             if e.upstream_failure:
                 self.health.failure(str(e))
             raise
+        self.stats.upstream(req.kind.value, method, what, up.status, len(up.body), time.monotonic() - started)
         if up.status >= 500:
             self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
         else:

@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from .config import UpstreamConfig
 from .requests import RegistryRequest, upstream_path
+from .stats import Stats
 from .upstream_auth import AuthError, UpstreamAuth
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ class SmallResponse:
 
 
 class Upstream:
-    def __init__(self, cfg: UpstreamConfig):
+    def __init__(self, cfg: UpstreamConfig, stats: Stats | None = None):
         self.cfg = cfg
+        self.stats = stats or Stats()
         self.auth = UpstreamAuth(cfg, self._fetch_token)
         self._session: aiohttp.ClientSession | None = None
         self._origin = urlsplit(cfg.origin)
@@ -182,10 +184,12 @@ class Upstream:
             async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
                                          allow_redirects=False) as resp:
                 body = await resp.content.read(64 * 1024 + 1)
-                log.info("upstream token GET %s -> %d (%.0f ms)", _display(realm), resp.status,
-                         (time.monotonic() - started) * 1000)
+                self.stats.upstream("token", "GET", params.get("scope", ""), resp.status, len(body),
+                                    time.monotonic() - started)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
+                                "error")
             raise AuthError(f"token endpoint {_display(realm)}: {_describe(e)}", upstream_failure=True) from e
 
 

@@ -1,0 +1,87 @@
+"""What the mirror does and saves: counters by request class and outcome, upstream exchanges, bytes.
+
+`Stats` only counts; `snapshot()` turns the counters, the upstream's health and the blob transfers in
+flight into one dict, which stats_views.py renders as HTML, JSON and Prometheus text. Every upstream
+exchange is also one log line (text, or JSON lines with `rewriter.log_format: json`), never with a secret.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, deque
+
+exchange_log = logging.getLogger("registry_mirror.exchanges")
+
+CLASSES = ("ping", "token", "manifest-by-tag", "manifest-by-digest", "blob", "tags")
+OUTCOMES = ("hit", "miss", "coalesced", "stale", "error", "local", "refused")
+LATENCY_SAMPLES = 2048
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
+
+
+class Stats:
+    def __init__(self, log_format: str = "text", clock=time.time):
+        self.log_format = log_format
+        self._clock = clock
+        self.started = clock()
+        self.requests: Counter = Counter()  # (class, outcome) -> answers given to the registry
+        self.served_bytes: Counter = Counter()  # (class, outcome) -> body bytes sent to the registry
+        self.upstream_requests: Counter = Counter()  # (class, status) -> exchanges with the upstream
+        self.upstream_bytes: Counter = Counter()  # class -> body bytes received from the upstream
+        self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer
+
+    def served(self, kind: str, outcome: str, nbytes: int) -> None:
+        """An answer to the stock registry."""
+        self.requests[(kind, outcome.lower())] += 1
+        self.served_bytes[(kind, outcome.lower())] += nbytes
+
+    def upstream(self, kind: str, method: str, what: str, status: int | str, nbytes: int, seconds: float,
+                 outcome: str = "") -> None:
+        """An exchange with the upstream (status is a number, or a word when there was no answer)."""
+        self.upstream_requests[(kind, str(status))] += 1
+        self.upstream_bytes[kind] += nbytes
+        if isinstance(status, int):
+            self.latencies.append(seconds)
+        fields = {"class": kind, "method": method, "what": what, "outcome": outcome or "miss",
+                  "status": status, "bytes": nbytes, "ms": round(seconds * 1000, 1)}
+        if self.log_format == "json":
+            exchange_log.info(json.dumps(fields))
+        else:
+            exchange_log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def snapshot(self, health=None, transfers=(), token_refreshes: int = 0, upstream_url: str = "") -> dict:
+        latencies = sorted(self.latencies)
+        by_class: dict = {}
+        for (kind, outcome), count in self.requests.items():
+            entry = by_class.setdefault(kind, {})
+            entry[outcome] = {"requests": count, "bytes": self.served_bytes[(kind, outcome)]}
+        served = sum(self.served_bytes.values())
+        fetched = sum(self.upstream_bytes.values())
+        return {
+            "uptime_s": round(self._clock() - self.started, 1),
+            "upstream": {
+                "url": upstream_url,
+                "state": "down" if health is not None and health.down else "up",
+                "consecutive_failures": health.consecutive_failures if health else 0,
+                "last_error": health.last_error if health else "",
+                "last_error_at": health.last_error_at if health else 0,
+                "latency_ms": {"p50": _ms(percentile(latencies, 0.5)), "p99": _ms(percentile(latencies, 0.99))},
+                "requests": {f"{k}:{s}": n for (k, s), n in sorted(self.upstream_requests.items())},
+                "bytes": dict(self.upstream_bytes),
+                "token_refreshes": token_refreshes,
+            },
+            "served": by_class,
+            "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
+                      "saved": max(0, served - fetched)},
+            "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,
+                           "readers": t.readers, "requests": t.served} for t in transfers if not t.finished],
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -1,0 +1,129 @@
+"""The stats snapshot as an HTML page (refreshing itself), Prometheus text, and a terminal summary."""
+from __future__ import annotations
+
+import html
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .stats import CLASSES
+
+STATS_PATH, JSON_PATH, METRICS_PATH = "/_mirror/stats", "/_mirror/stats.json", "/metrics"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def render_html(snap: dict, refresh_seconds: int = 5) -> str:
+    up = snap["upstream"]
+    e = html.escape
+    state_class = "down" if up["state"] == "down" else "up"
+    outcomes = sorted({o for entry in snap["served"].values() for o in entry})
+    rows = []
+    for kind in [k for k in CLASSES if k in snap["served"]] + [k for k in snap["served"] if k not in CLASSES]:
+        entry = snap["served"][kind]
+        cells = "".join(f"<td>{entry[o]['requests']}<small>{human_bytes(entry[o]['bytes'])}</small></td>"
+                        if o in entry else "<td></td>" for o in outcomes)
+        rows.append(f"<tr><th>{e(kind)}</th>{cells}</tr>")
+    transfers = "".join(
+        f"<tr><td><code>{e(t['digest'][:19])}…</code></td><td>{e(t['repository'])}</td>"
+        f"<td><progress max='{t['size'] or 1}' value='{t['received']}'></progress> "
+        f"{human_bytes(t['received'])} of {human_bytes(t['size'])}</td><td>{t['readers']}</td></tr>"
+        for t in snap["transfers"]) or "<tr><td colspan='4'>none</td></tr>"
+    b = snap["bytes"]
+    lat = up["latency_ms"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_seconds}">
+<title>artifactory-mirror stats</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }}
+h1 {{ font-size: 1.3em; }} h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: right; }}
+th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
+.up {{ color: #17752b; font-weight: bold; }} .down {{ color: #b3261e; font-weight: bold; }}
+.cards {{ display: flex; gap: 1em; }} .card {{ border: 1px solid #ccc; padding: .6em 1em; border-radius: 6px; }}
+.card b {{ display: block; font-size: 1.3em; }}
+</style></head><body>
+<h1>artifactory-mirror</h1>
+<p>Upstream <code>{e(up['url'])}</code>: <span id="state" class="{state_class}">{e(up['state'])}</span>
+ &middot; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms &middot; token refreshes {up['token_refreshes']}
+ &middot; up for {snap['uptime_s']:.0f} s</p>
+<p>Last error: <span id="last-error">{e(up['last_error']) or 'none'}</span></p>
+<div class="cards">
+<div class="card">served to the registry<b id="served">{human_bytes(b['served_to_registry'])}</b></div>
+<div class="card">fetched from the upstream<b id="fetched">{human_bytes(b['fetched_from_upstream'])}</b></div>
+<div class="card">WAN saved<b id="saved">{human_bytes(b['saved'])}</b></div>
+</div>
+<h2>Answers to the registry, by request class and outcome (requests, bytes)</h2>
+<table id="answers"><tr><th></th>{''.join(f'<th>{e(o)}</th>' for o in outcomes)}</tr>{''.join(rows)}</table>
+<h2>Blob transfers in flight</h2>
+<table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th></tr>{transfers}</table>
+<p><small>JSON: <a href="{JSON_PATH}">{JSON_PATH}</a> &middot; Prometheus: <a href="{METRICS_PATH}">{METRICS_PATH}</a>
+ &middot; refreshes every {refresh_seconds} s</small></p>
+</body></html>
+"""
+
+
+class _SnapshotCollector:
+    def __init__(self, snap: dict):
+        self.snap = snap
+
+    def collect(self):
+        snap, up = self.snap, self.snap["upstream"]
+        requests = CounterMetricFamily("mirror_requests", "Answers to the registry by class and outcome.",
+                                       labels=["class", "outcome"])
+        served = CounterMetricFamily("mirror_served_bytes", "Body bytes sent to the registry.",
+                                     labels=["class", "outcome"])
+        for kind, entry in snap["served"].items():
+            for outcome, v in entry.items():
+                requests.add_metric([kind, outcome], v["requests"])
+                served.add_metric([kind, outcome], v["bytes"])
+        upstream_requests = CounterMetricFamily("mirror_upstream_requests", "Exchanges with the upstream.",
+                                                labels=["class", "status"])
+        for key, n in up["requests"].items():
+            kind, _, status = key.partition(":")
+            upstream_requests.add_metric([kind, status], n)
+        fetched = CounterMetricFamily("mirror_upstream_bytes", "Body bytes received from the upstream.",
+                                      labels=["class"])
+        for kind, n in up["bytes"].items():
+            fetched.add_metric([kind], n)
+        yield from (requests, served, upstream_requests, fetched)
+        yield CounterMetricFamily("mirror_token_refreshes", "Tokens fetched from the upstream's realm.",
+                                  value=up["token_refreshes"])
+        yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
+                                value=0 if up["state"] == "down" else 1)
+        latency = GaugeMetricFamily("mirror_upstream_latency_ms", "Upstream answer latency.", labels=["quantile"])
+        for q in ("p50", "p99"):
+            if up["latency_ms"][q] is not None:
+                latency.add_metric([q], up["latency_ms"][q])
+        yield latency
+        yield GaugeMetricFamily("mirror_transfers_in_flight", "Blob transfers from the upstream in flight.",
+                                value=len(snap["transfers"]))
+
+
+def prometheus_text(snap: dict) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    return generate_latest(registry)
+
+
+def summary_text(snap: dict) -> str:
+    up, b = snap["upstream"], snap["bytes"]
+    lines = [f"upstream {up['url']}: {up['state'].upper()}  latency p50 {up['latency_ms']['p50']} ms, "
+             f"p99 {up['latency_ms']['p99']} ms  token refreshes {up['token_refreshes']}",
+             f"last error: {up['last_error'] or 'none'}",
+             f"served to the registry {human_bytes(b['served_to_registry'])}, fetched from the upstream "
+             f"{human_bytes(b['fetched_from_upstream'])}, WAN saved {human_bytes(b['saved'])}"]
+    for kind, entry in snap["served"].items():
+        parts = ", ".join(f"{o} {v['requests']}" for o, v in sorted(entry.items()))
+        lines.append(f"  {kind:20} {parts}")
+    for t in snap["transfers"]:
+        lines.append(f"  in flight: {t['digest'][:19]}… {human_bytes(t['received'])} of {human_bytes(t['size'])}")
+    return "\n".join(lines)
