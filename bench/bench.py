@@ -185,7 +185,7 @@ def run(args) -> int:
     site = Site(wan=wan, dc_netns=DC_NS if wan else None, up_url_host=WAN_UP if wan else "127.0.0.1")
     upstream = UpstreamHarness(workdir / "upstream", auth="basic", netns=UP_NS if wan else None,
                                host=WAN_UP if wan else "127.0.0.1", control_host=CTL_UP[1] if wan else "127.0.0.1")
-    rows, started_procs = [], []
+    rows = []
     try:
         upstream.start()
         layers = [seed.random_layer(Path(args.layer_cache), args.base_mb * seed.MIB, 1),

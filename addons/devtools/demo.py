@@ -105,7 +105,7 @@ def print_table(rows) -> None:
                       f"{_mb(cold_bytes)} ({cold_bytes / size:.2f}x)", f"{_mb(warm_bytes)} ({warm_bytes / size:.2f}x)"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
         if n == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 

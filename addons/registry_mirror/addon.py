@@ -1,9 +1,11 @@
 """The mitmproxy addon: turns the stock registry's Docker Hub-style requests into the upstream's.
 
 Each request is classified once (requests.classify). The ping is answered here; manifests, tags and blob
-HEADs are small exchanges done by the upstream client and answered with `Response.make`; blob GETs are
-routed to the in-process blob endpoint, whose answer mitmproxy streams on. Credentials never enter a flow:
-the upstream client adds them, and the flow shows a redacted marker where they went.
+HEADs are answered by ManifestService (caches, stale-if-error, one upstream fetch for overlapping requests)
+with `Response.make`; blob GETs get a 307 to the in-process blob endpoint (or, with
+`rewriter.blob_redirect: false`, are routed there and streamed on by mitmproxy). The stats page, its JSON
+and /metrics are served on reserved paths. Credentials never enter a flow: the upstream client adds them,
+and the flow shows a redacted marker where they went.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
 from .health import HealthProbe, UpstreamHealth
 from .manifests import ManifestMismatch, ManifestService, UpstreamDown
 from .requests import Kind, RegistryRequest, Refusal, classify
+from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .stats import Stats
 from .stats_views import JSON_PATH, METRICS_PATH, STATS_PATH, prometheus_text, render_html
-from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
 
@@ -132,9 +134,8 @@ class RegistryMirror:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
         # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
         location = self.blobs.redirect_url(flow.client_conn.sockname[0], req.v2_path)
-        resp = http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
+        return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
                                              "X-Mirror-Upstream-Url": self.upstream.url_for(req)})
-        return resp
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.blobs.port

@@ -207,7 +207,7 @@ def _upstream(v: dict, resolve) -> UpstreamConfig:
         raise ConfigError("upstream.url: missing; expected scheme://host[:port], e.g. https://artifactory.example.com")
     parts = urlsplit(url)
     try:
-        parts.port
+        _ = parts.port  # raises on a port out of range or not a number
     except ValueError as e:
         raise ConfigError(f"upstream.url: {url!r} has a bad port: {e}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
