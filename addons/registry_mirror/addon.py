@@ -92,6 +92,9 @@ class RegistryMirror:
         if flow.request.path in (STATS_PATH, JSON_PATH, METRICS_PATH):
             flow.response = self._stats_response(flow.request.path)
             return
+        if flow.request.path == "/favicon.ico":  # a browser on the stats page; not a registry request
+            flow.response = http.Response.make(204)
+            return
         req = classify(flow.request.method, flow.request.path)
         if isinstance(req, Refusal):
             log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)

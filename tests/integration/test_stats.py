@@ -91,6 +91,7 @@ def test_the_stats_page_in_headless_chromium(pulled, tmp_path):
     assert '<span id="state" class="up">up</span>' in dom
     assert 'id="answers"' in dom and ">blob<" in dom and ">coalesced<" in dom and ">miss<" in dom
     assert "WAN saved" in dom and 'http-equiv="refresh"' in dom
+    assert 'id="upstream"' in dom and ">token<" in dom  # exchanges with the upstream, tokens included
     shot = Path(os.environ.get("MIRROR_SCREENSHOT", tmp_path / "stats.png"))
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1100,760", "--hide-scrollbars", url],
                    capture_output=True, timeout=120, check=True)
