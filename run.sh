@@ -4,6 +4,7 @@
 #   ./run.sh web     the same with mitmweb for inspecting flows (loopback, password protected)
 #   ./run.sh check   validate the configuration ($MIRROR_CONFIG or ./mirror.yaml) and exit
 #   ./run.sh status  a short summary of the running mirror (its stats page: http://<rewriter.listen>/_mirror/stats)
+#   ./run.sh warm IMAGE... | -f FILE   pull images (every platform) into the running mirror before a deploy
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    the test suite (pytest arguments may follow)
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
@@ -72,6 +73,9 @@ case "$cmd" in
     ensure_debian_packages docker-registry
     ensure_venv
     run_python -m registry_mirror.cli "$cmd" "$@" ;;
+  warm)
+    ensure_venv
+    run_python -m registry_mirror.warm "$@" ;;
   demo)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
@@ -92,6 +96,6 @@ case "$cmd" in
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -87,6 +87,29 @@ def push(registry_url: str, image: Image) -> None:
         raise RuntimeError(f"manifest push of {image.name}:{image.tag} answered {status}: {body[:300]!r}")
 
 
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+
+
+def push_index(registry_url: str, name: str, tag: str, platforms: dict[str, Image]) -> tuple[bytes, str]:
+    """Push images by digest and an OCI index naming them per platform ("linux/amd64": image); return the index."""
+    entries = []
+    for platform, image in platforms.items():
+        for blob in (*image.layers, image.config):
+            _push_blob(registry_url, name, blob)
+        status, _, body = _request(registry_url, "PUT", f"/v2/{name}/manifests/{image.manifest_digest}",
+                                   image.manifest, {"Content-Type": MANIFEST_TYPE})
+        if status != 201:
+            raise RuntimeError(f"manifest push of {name}@{image.manifest_digest} answered {status}: {body[:300]!r}")
+        os_, arch = platform.split("/")
+        entries.append({"mediaType": MANIFEST_TYPE, "digest": image.manifest_digest, "size": len(image.manifest),
+                        "platform": {"os": os_, "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries}, indent=3).encode()
+    status, _, body = _request(registry_url, "PUT", f"/v2/{name}/manifests/{tag}", index, {"Content-Type": INDEX_TYPE})
+    if status != 201:
+        raise RuntimeError(f"index push of {name}:{tag} answered {status}: {body[:300]!r}")
+    return index, "sha256:" + hashlib.sha256(index).hexdigest()
+
+
 def _push_blob(registry_url: str, name: str, blob: Blob) -> None:
     status, _, _ = _request(registry_url, "HEAD", f"/v2/{name}/blobs/{blob.digest}")
     if status == 200:

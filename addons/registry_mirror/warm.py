@@ -1,0 +1,169 @@
+"""`./run.sh warm IMAGE... | -f FILE`: pull images into the mirror before a deploy, every platform of an index.
+
+It asks the mirror (the stock registry, as a client would) for each image's manifest, follows an index to
+every platform's manifest, and reads every blob once, discarding the bytes: the mirror fetches what it lacks
+from the upstream and stores it. A progress line on stderr; at the end, images, blobs, bytes and time.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config, ConfigError, config_path, load
+from .requests import TAG_RE, valid_digest, valid_name
+
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+CHUNK = 1024 * 1024
+
+
+class WarmError(Exception):
+    pass
+
+
+@dataclass
+class Progress:
+    total_bytes: int = 0
+    done_bytes: int = 0
+    blobs: int = 0
+    seen: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+
+    def show(self, label: str, out=sys.stderr) -> None:
+        pct = 100 * self.done_bytes / self.total_bytes if self.total_bytes else 100
+        width = 30
+        bar = "#" * int(width * pct / 100)
+        out.write(f"\r[{bar:<{width}}] {pct:5.1f}% {self.done_bytes / 1e6:9.1f} of {self.total_bytes / 1e6:.1f} MB "
+                  f"{label[:40]:<40}")
+        out.flush()
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """`name:tag` or `name@digest` (names as the mirror serves them) -> (name, reference)."""
+    if "@" in ref:
+        name, _, reference = ref.partition("@")
+        ok = valid_digest(reference)
+    else:
+        name, _, reference = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+        ok = TAG_RE.fullmatch(reference) is not None
+    if not valid_name(name) or not ok:
+        raise WarmError(f"{ref!r} is not an image reference like team/app:1.0 or team/app@sha256:<64 hex>")
+    return name, reference
+
+
+def read_refs(args_images: list[str], file: str | None) -> list[str]:
+    refs = list(args_images)
+    if file:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        refs += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [r for r in refs if r]
+
+
+class MirrorClient:
+    def __init__(self, cfg: Config):
+        listen = cfg.mirror.listen
+        self.host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+        self.port = listen.port
+        self.context = ssl.create_default_context(cafile=cfg.mirror.tls_cert) if cfg.mirror.tls else None
+
+    def _conn(self) -> http.client.HTTPConnection:
+        if self.context:
+            return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=300)
+        return http.client.HTTPConnection(self.host, self.port, timeout=300)
+
+    def manifest(self, name: str, reference: str) -> tuple[str, dict]:
+        conn = self._conn()
+        try:
+            conn.request("GET", f"/v2/{name}/manifests/{reference}",
+                         headers={"Accept": ", ".join(INDEX_TYPES + MANIFEST_TYPES)})
+            resp = conn.getresponse()
+            body = resp.read(8 * 1024 * 1024)
+            if resp.status != 200:
+                raise WarmError(f"{name}:{reference}: the mirror answered {resp.status}: {body[:200]!r}")
+            return resp.getheader("Content-Type", ""), json.loads(body)
+        finally:
+            conn.close()
+
+    def read_blob(self, name: str, digest: str, progress: Progress) -> None:
+        conn = self._conn()
+        try:
+            conn.request("GET", f"/v2/{name}/blobs/{digest}")
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise WarmError(f"blob {name}@{digest}: the mirror answered {resp.status}")
+            while chunk := resp.read(CHUNK):
+                progress.done_bytes += len(chunk)
+                progress.show(f"{name}@{digest[7:19]}")
+        finally:
+            conn.close()
+
+
+def image_manifests(client: MirrorClient, name: str, reference: str) -> list[dict]:
+    """The image manifests of a reference: itself, or every platform of an index."""
+    media_type, manifest = client.manifest(name, reference)
+    media_type = manifest.get("mediaType", media_type)
+    if media_type in INDEX_TYPES or "manifests" in manifest:
+        return [client.manifest(name, entry["digest"])[1] for entry in manifest.get("manifests", [])]
+    return [manifest]
+
+
+def warm(cfg: Config, refs: list[str], out=sys.stdout) -> int:
+    client, progress, failed_images, failed_blobs = MirrorClient(cfg), Progress(), 0, 0
+    plan: list[tuple[str, str, int]] = []
+    for ref in refs:
+        try:
+            name, reference = parse_ref(ref)
+            manifests = image_manifests(client, name, reference)
+        except (WarmError, OSError, ValueError) as e:
+            print(f"warm: {ref}: {e}", file=sys.stderr)
+            failed_images += 1
+            continue
+        for manifest in manifests:
+            for blob in (manifest.get("config"), *manifest.get("layers", [])):
+                if blob and blob["digest"] not in progress.seen:
+                    progress.seen.add(blob["digest"])
+                    plan.append((name, blob["digest"], int(blob.get("size", 0))))
+        print(f"warm: {ref}: {len(manifests)} platform(s)", file=sys.stderr)
+    progress.total_bytes = sum(size for _, _, size in plan)
+    for name, digest, _size in plan:
+        try:
+            client.read_blob(name, digest, progress)
+            progress.blobs += 1
+        except (WarmError, OSError) as e:
+            print(f"\nwarm: {e}", file=sys.stderr)
+            failed_blobs += 1
+    elapsed = time.monotonic() - progress.started
+    print(file=sys.stderr)
+    print(f"warm: {len(refs) - failed_images} of {len(refs)} images, {progress.blobs} of {len(plan)} blobs, "
+          f"{progress.done_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
+          f"({progress.done_bytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s)", file=out)
+    return 1 if failed_images or failed_blobs else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh warm", description=__doc__)
+    parser.add_argument("images", nargs="*", help="team/app:1.0 or team/app@sha256:...")
+    parser.add_argument("-f", "--file", help="a file of references, one per line (- for stdin; # comments)")
+    parser.add_argument("--config", default="", help="mirror.yaml (default: $MIRROR_CONFIG or ./mirror.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(config_path(args.config))
+    except ConfigError as e:
+        print(f"warm: configuration error: {e}", file=sys.stderr)
+        return 2
+    refs = read_refs(args.images, args.file)
+    if not refs:
+        parser.error("name at least one image, or -f FILE")
+    return warm(cfg, refs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
