@@ -30,6 +30,9 @@ from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
 
 
+SICK_SECONDS = 10.0  # after a failed or slow refresh, a tag is answered stale at once this long
+
+
 class ManifestMismatch(Exception):
     """The upstream's manifest bytes do not match their digest."""
 
@@ -59,11 +62,6 @@ def accept_key(accept_values: list[str]) -> frozenset[str]:
     return frozenset(t.split(";", 1)[0].strip().lower() for v in accept_values for t in v.split(",") if t.strip())
 
 
-def _ignore_result(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: a failed background refresh is logged where it failed
-
-
 def digest_of(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -85,7 +83,8 @@ class ManifestService:
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: LRUCache = LRUCache(maxsize=65536)
         self._inflight: dict[tuple, asyncio.Future] = {}
-        self._overdue: set[tuple] = set()  # tag refreshes that overran the stale budget and still run
+        self._sick: dict[tuple, float] = {}  # tag -> until when it is answered stale at once (timer seconds)
+        self._timer = timer
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
         """The answer to `method` for `req` (a HEAD gets the GET's headers, without the body)."""
@@ -108,26 +107,39 @@ class ManifestService:
         return await self._shared_fetch(req, headers, accepts)
 
     async def _tag(self, req: RegistryRequest, headers, method: str, accepts: frozenset) -> Answer:
-        """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow."""
+        """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow.
+
+        Once a refresh of a tag failed or overran the budget, the tag is answered stale at once for
+        SICK_SECONDS while refreshes go on in the background, so that no request waits for a sick upstream
+        twice."""
         known = self.known.get((req.name, req.reference, accepts))
         stale = self._stale_answer(known, method) if known else None
         key = (req.kind, req.name, req.reference, req.query, accepts)
-        if stale is not None and (self.health.down or key in self._overdue):
-            return stale  # down, or a refresh already overran the budget: do not wait for it again
         if stale is None:
             await self._wait_if_down()
             return await self._shared_fetch(req, headers, accepts)
+        if self.health.down:
+            return stale  # the probe decides when to ask again
         refresh = asyncio.ensure_future(self._shared_fetch(req, headers, accepts))
+        if self._sick.get(key, 0.0) > self._timer():
+            refresh.add_done_callback(lambda f: self._after_refresh(key, f))
+            return stale
         try:
             answer = await asyncio.wait_for(asyncio.shield(refresh), self.cfg.stale_budget)
-        except TimeoutError:
-            # the refresh goes on and updates the caches when it ends; until then, no one waits for it
-            self._overdue.add(key)
-            refresh.add_done_callback(lambda f: (self._overdue.discard(key), _ignore_result(f)))
+        except (TimeoutError, UpstreamError, AuthError):
+            # a slow refresh goes on and updates the caches when it ends; no one waits for it meanwhile
+            self._sick[key] = self._timer() + SICK_SECONDS
+            refresh.add_done_callback(lambda f: self._after_refresh(key, f))
             return stale
-        except (UpstreamError, AuthError):
+        if answer.status >= 500:
+            self._sick[key] = self._timer() + SICK_SECONDS
             return stale
-        return stale if answer.status >= 500 else answer
+        return answer
+
+    def _after_refresh(self, key: tuple, refresh: asyncio.Future) -> None:
+        if refresh.cancelled() or refresh.exception() is not None or refresh.result().status >= 500:
+            return
+        self._sick.pop(key, None)
 
     def _stale_answer(self, known: KnownTag, method: str) -> Answer | None:
         age = self.known.age(known)

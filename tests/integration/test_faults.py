@@ -72,8 +72,9 @@ def test_upstream_down_cached_pulls_stay_fast_uncached_fail_clearly(cached_setup
         upstream.fault(**fault)
     first = pull_cached(mirror, cached, tmp_path, "first")
     assert first < baseline + STALE_BUDGET + 1.5  # the first pays at most the stale budget
-    for n in range(2):
-        assert pull_cached(mirror, cached, tmp_path, f"again{n}") < baseline + 1.0
+    # then they stay fast: the median of three (one may still meet a refresh that started before)
+    again = sorted(pull_cached(mirror, cached, tmp_path, f"again{n}") for n in range(3))
+    assert again[1] < baseline + 1.0, again
     expect_uncached_failure(mirror, uncached, tmp_path, within=20)
     logs = mirror.logs()
     assert "STALE" in logs
