@@ -130,17 +130,24 @@ backend artifactory
   server art {up_host}
 """)
     (workdir / "haproxy.cfg").chmod(0o600)
-    ha = processes.start(["haproxy", "-f", str(workdir / "haproxy.cfg")], workdir / "haproxy.log", netns=site.dc_netns)
-    # the stock registry panics at start if its remote refuses the connection
-    processes.wait_for_port("127.0.0.1", ha_port, ha, what="HAProxy", netns=site.dc_netns)
-    cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
-    cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
-    cfg["http"]["tls"] = {"certificate": cert[0], "key": cert[1]}
-    (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
-    reg = processes.start([processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")],
-                          workdir / "seed-registry.log", netns=site.dc_netns)
-    processes.wait_for_port("127.0.0.1", reg_port, reg, what="seed-design registry", netns=site.dc_netns)
-    return [reg, ha], f"127.0.0.1:{reg_port}"
+    procs = []
+    try:
+        procs.append(processes.start(["haproxy", "-f", str(workdir / "haproxy.cfg")], workdir / "haproxy.log",
+                                     netns=site.dc_netns))
+        # the stock registry panics at start if its remote refuses the connection
+        processes.wait_for_port("127.0.0.1", ha_port, procs[0], what="HAProxy", netns=site.dc_netns)
+        cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
+        cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
+        cfg["http"]["tls"] = {"certificate": cert[0], "key": cert[1]}
+        (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
+        procs.append(processes.start([processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")],
+                                     workdir / "seed-registry.log", netns=site.dc_netns))
+        processes.wait_for_port("127.0.0.1", reg_port, procs[1], what="seed-design registry", netns=site.dc_netns)
+        return procs, f"127.0.0.1:{reg_port}"
+    except BaseException:  # nothing it started outlives it
+        for proc in procs:
+            processes.stop(proc)
+        raise
 
 
 def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str]):
@@ -155,7 +162,11 @@ def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tup
         "cache": {"spool_dir": str(workdir / "spool")}}))
     cfg_path.chmod(0o600)
     mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=site.dc_netns)
-    mirror.start()
+    try:
+        mirror.start()
+    except BaseException:
+        mirror.stop()  # whatever of it started
+        raise
     return mirror, f"127.0.0.1:{mirror_port}"
 
 
