@@ -18,7 +18,7 @@ from aiohttp import web
 from .config import CacheConfig
 from .health import UpstreamHealth
 from .stats import Stats
-from .coalesce import BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
+from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .upstream import Upstream, UpstreamError
@@ -26,7 +26,6 @@ from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint...
 KEY_PARAM = "mirror_key"  # ...or a registry the addon redirected here
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker

@@ -189,9 +189,6 @@ class BlobCoalescer:
                 del self.transfers[digest]
                 t.path.unlink(missing_ok=True)
 
-    def spool_bytes(self) -> int:
-        return sum(t.written for t in self.transfers.values())
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -113,9 +113,6 @@ class UpstreamAuth:
             return True
         return False
 
-    def drop_tokens(self) -> None:
-        self._tokens.clear()
-
     async def _token(self, scope: str) -> Token:
         token = self._tokens.get(scope)
         if token is not None:
