@@ -181,7 +181,7 @@ class BlobServer:
                     skip -= len(await up.content.readexactly(min(CHUNK, skip)))
             elif up.status != 206 or not up.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                 raise UpstreamError(f"resume at byte {offset} answered {up.status}")
-            async for chunk in up.content.iter_chunked(CHUNK):
+            async for chunk in up.content.iter_any():  # as received: no re-chunking copies
                 yield chunk
 
 

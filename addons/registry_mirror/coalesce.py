@@ -23,6 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+NOTIFY_BYTES = 1024 * 1024  # readers wake per MiB, not per socket read: fewer wake-ups and sendfile calls
 
 
 class TransferFailed(Exception):
@@ -82,6 +83,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+def _write_all(spool, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[spool.write(view):]
+
+
 class BlobCoalescer:
     """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
 
@@ -118,13 +125,15 @@ class BlobCoalescer:
     async def _run(self, transfer: Transfer) -> None:
         hasher = hashlib.new(transfer.digest.split(":", 1)[0])
         try:
-            with open(transfer.path, "wb") as spool:
+            notified = 0
+            with open(transfer.path, "wb", buffering=0) as spool:  # unbuffered: the file always holds `written`
                 async for chunk in self._fetch(transfer):
-                    spool.write(chunk)
-                    spool.flush()
+                    _write_all(spool, chunk)
                     hasher.update(chunk)
                     transfer.written += len(chunk)
-                    transfer.notify()
+                    if transfer.written - notified >= NOTIFY_BYTES:
+                        notified = transfer.written
+                        transfer.notify()
             actual = f"{hasher.name}:{hasher.hexdigest()}"
             if transfer.size is not None and transfer.written != transfer.size:
                 raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
