@@ -97,6 +97,8 @@ class BlobCoalescer:
         self._fetch = fetch
         self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
         self._dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self._dir.glob("blob-*"):  # a crashed run's spools: never verified, never served
+            leftover.unlink(missing_ok=True)
         self.max_spool_bytes = max_spool_bytes
         self.keep_seconds = keep_seconds
         self.transfers: OrderedDict[str, Transfer] = OrderedDict()

@@ -125,3 +125,10 @@ def test_finished_spools_expire_and_are_deleted(tmp_path):
         assert c.transfers == {} and not t.path.exists()
         await c.close()
     asyncio.run(scenario())
+
+
+def test_a_crashed_runs_spools_are_removed_at_start(tmp_path):
+    (tmp_path / "blob-leftover").write_bytes(b"half a layer")
+    (tmp_path / "unrelated.txt").write_text("not ours")
+    BlobCoalescer(make_fetch(DATA), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
