@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -245,7 +246,10 @@ def run(args) -> int:
                         mirror.stop()
                     for proc in procs:
                         processes.stop(proc)
-        single = single_pulls(rows, workdir, site, cert, trust, ref_path, args.machines)
+        cold = [next(r["times"][0] for r in rows if r["design"] == "artifactory-mirror")]
+        cold += [cold_pull(workdir / f"mirror-cold{i}", site, upstream, cert, trust, ref_path)
+                 for i in range(1, args.cold_rounds)]
+        single = single_pulls(rows, cold, workdir, site, cert, trust, ref_path, args.machines)
         report(rows, single, image.size, wan, args, results_dir)
         return 0
     finally:
@@ -254,9 +258,25 @@ def run(args) -> int:
             net.down()
 
 
-def single_pulls(rows: list[dict], workdir: Path, site: Site, cert: tuple[str, str], trust: Path, ref_path: str,
-                 machines: int) -> dict:
-    """One machine's pull: direct, cold and warm through the mirror, and from a plain local registry."""
+def cold_pull(run_dir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str], trust: Path,
+              ref_path: str) -> float:
+    """One pull through a new, empty mirror: a further sample of the cold time, which varies run to run."""
+    run_dir.mkdir()
+    mirror, addr = start_mirror(run_dir, site, upstream, cert)
+    try:
+        wait_until_quiet(upstream, quiet=0.5)
+        seconds = pull(f"{addr}/{ref_path}", run_dir / "machine", netns=site.dc_netns, cert_dir=trust)
+        wait_until_quiet(upstream, quiet=1.5)
+        print(f"bench: another cold pull through a new mirror: {seconds:.2f} s", flush=True)
+        return seconds
+    finally:
+        mirror.stop()
+
+
+def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site, cert: tuple[str, str], trust: Path,
+                 ref_path: str, machines: int) -> dict:
+    """One machine's pull: direct (every direct pull is cold), cold through new mirrors, warm through the
+    mirror, and from a plain local registry; medians, since single pulls vary by several tenths of a second."""
     seq = {r["design"]: r["times"] for r in rows if r["mode"] == "one after another"}
     mirror_times = seq["artifactory-mirror"]
     local_dir = workdir / "local-registry"
@@ -276,11 +296,10 @@ def single_pulls(rows: list[dict], workdir: Path, site: Site, cert: tuple[str, s
         local = deploy(f"127.0.0.1:{port}/{ref_path}", machines, False, local_dir, site, cert_dir=trust)
     finally:
         processes.stop(reg)
-    warm = sorted(mirror_times[1:])
-    local_sorted = sorted(local)
-    return {"direct_s": round(seq["direct"][0], 2), "mirror_cold_s": round(mirror_times[0], 2),
-            "mirror_warm_median_s": round(warm[len(warm) // 2], 2) if warm else None,
-            "local_registry_median_s": round(local_sorted[len(local_sorted) // 2], 2),
+    return {"direct_s": round(statistics.median(seq["direct"]), 2), "mirror_cold_s": round(statistics.median(cold), 2),
+            "mirror_cold_samples_s": [round(t, 2) for t in cold],
+            "mirror_warm_median_s": round(statistics.median(mirror_times[1:]), 2) if mirror_times[1:] else None,
+            "local_registry_median_s": round(statistics.median(local), 2),
             "seed_cold_s": round(seq["seed design (registry + HAProxy)"][0], 2)}
 
 
@@ -298,7 +317,10 @@ def report(rows: list[dict], single: dict, image_size: int, wan: bool, args, res
                      f"{str(r['addon_peak_mb']) + ' MB' if r['addon_peak_mb'] else '-'} |")
     d, cold, warm, local = (single["direct_s"], single["mirror_cold_s"], single["mirror_warm_median_s"],
                             single["local_registry_median_s"])
-    lines += ["", "One machine's pull (seconds; warm and local: median of the other pulls):", "",
+    samples = ", ".join(f"{t:.2f}" for t in single["mirror_cold_samples_s"])
+    lines += ["", f"One machine's pull, seconds, medians: direct of {args.machines} pulls, mirror cold of "
+              f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), warm and local of the other pulls; "
+              f"seed cold: its first pull:", "",
               "| direct | seed design, cold | mirror, cold | mirror cold / direct | mirror, warm (tag cached) | "
               "plain local registry | mirror warm / local |", "|---|---|---|---|---|---|---|",
               f"| {d:.2f} | {single['seed_cold_s']:.2f} | {cold:.2f} | {cold / d:.2f}x | {warm:.2f} | {local:.2f} | "
@@ -346,6 +368,7 @@ def main() -> int:
     parser.add_argument("--machines", type=int, default=10)
     parser.add_argument("--base-mb", type=int, default=160)
     parser.add_argument("--app-mb", type=int, default=60)
+    parser.add_argument("--cold-rounds", type=int, default=3, help="cold pulls through new mirrors (median)")
     parser.add_argument("--loopback", action="store_true", help="skip namespaces: loopback, upstream byte counts")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
