@@ -70,6 +70,7 @@ class ArtifactoryFront:
         if flow.response or flow.error or not flow.live:
             return
         path = flow.request.path
+        flow.metadata["front.credential"] = _credential_kind(flow.request.headers.get("Authorization", ""))
         if not path.startswith("/_front/"):
             if self.fault.take(path, ("hang",)):
                 await asyncio.sleep(3600)  # accepts the request, never answers
@@ -81,7 +82,8 @@ class ArtifactoryFront:
         if flow.response is not None:
             flow.metadata["front.record"] = {"method": flow.request.method, "path": flow.request.path,
                                              "status": flow.response.status_code,
-                                             "bytes": len(flow.response.raw_content or b"")}
+                                             "bytes": len(flow.response.raw_content or b""),
+                                             "credential": flow.metadata.get("front.credential", "")}
             if flow.request.method == "HEAD":
                 flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
 
@@ -111,7 +113,8 @@ class ArtifactoryFront:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = {"method": flow.request.method, "path": flow.metadata.get("front.path", flow.request.path),
-                  "status": flow.response.status_code, "bytes": 0, "range": flow.request.headers.get("Range", "")}
+                  "status": flow.response.status_code, "bytes": 0, "range": flow.request.headers.get("Range", ""),
+                  "credential": flow.metadata.get("front.credential", "")}
         flow.metadata["front.record"] = record
 
         is_blob = "/blobs/" in record["path"] and flow.request.method == "GET"
@@ -208,6 +211,17 @@ class ArtifactoryFront:
         self.issued.append(token)
         return _json(200, {"token": token, "access_token": token, "expires_in": ttl,
                            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def _credential_kind(authorization: str) -> str:
+    """What was presented, for the tests' "credentials never cross routes" checks: basic:<user>, bearer or ""."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return "basic:" + base64.b64decode(value).decode(errors="replace").partition(":")[0]
+        except ValueError:
+            return "basic:?"
+    return scheme.lower()
 
 
 def _repository_of(v2_path: str) -> str:

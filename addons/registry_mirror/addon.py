@@ -17,13 +17,13 @@ from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
 from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
-from .health import HealthProbe, UpstreamHealth
-from .manifests import ManifestMismatch, ManifestService, UpstreamDown
+from .manifests import ManifestMismatch, UpstreamDown
 from .requests import Kind, RegistryRequest, Refusal, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
+from .routing import Router
 from .stats import Stats
 from .stats_views import JSON_PATH, METRICS_PATH, STATS_PATH, prometheus_text, render_html
-from .upstream import Upstream, UpstreamError
+from .upstream import UpstreamError
 from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,8 @@ REQUIRED_OPTIONS = {"connection_strategy": "lazy", "stream_large_bodies": "1m"}
 class RegistryMirror:
     def __init__(self) -> None:
         self.config: config_mod.Config | None = None
-        self.upstream: Upstream | None = None
+        self.router: Router | None = None
         self.blobs: BlobServer | None = None
-        self.health: UpstreamHealth | None = None
-        self.manifests: ManifestService | None = None
-        self.prober: HealthProbe | None = None
         self.stats = Stats()
 
     def load(self, loader) -> None:
@@ -56,8 +53,9 @@ class RegistryMirror:
                 self.config = config_mod.load(path)
             except config_mod.ConfigError as e:
                 raise exceptions.OptionsError(f"mirror_config {path}: {e}") from e
-            log.info("mirror configured from %s: upstream %s, prefix %s", path, self.config.upstream.origin,
-                     self.config.upstream.prefix)
+            up = self.config.upstream
+            log.info("mirror configured from %s: upstream %s, prefix %s, %d more routes", path, up.origin,
+                     up.prefix, len(self.config.routes))
         for name, value in REQUIRED_OPTIONS.items():
             if name in ctx.options and getattr(ctx.options, name) != value:
                 ctx.options.update(**{name: value})
@@ -66,25 +64,17 @@ class RegistryMirror:
         if self.config is None:
             return
         self.stats = Stats(self.config.rewriter.log_format)
-        self.upstream = Upstream(self.config.upstream, self.stats)
-        await self.upstream.start()
-        up = self.config.upstream
-        self.health = UpstreamHealth(up.failures_before_down, up.down_period)
-        self.manifests = ManifestService(self.upstream, self.config.cache, self.health, stats=self.stats)
-        self.blobs = BlobServer(self.upstream, self.config.cache, self.health, self.stats)
-        self.prober = HealthProbe(self.upstream, self.health)
+        self.router = Router(self.config, self.stats)
+        await self.router.start()
+        self.blobs = BlobServer(self.router, self.config.cache, self.stats)
         listen_host = self.config.rewriter.listen.host
         await self.blobs.start(listen_host if self.config.rewriter.blob_redirect else "127.0.0.1")
 
     async def done(self) -> None:
-        if self.prober:
-            self.prober.stop()
-        if self.manifests:
-            self.manifests.known.save()
         if self.blobs:
             await self.blobs.close()
-        if self.upstream:
-            await self.upstream.close()
+        if self.router:
+            await self.router.close()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -103,13 +93,13 @@ class RegistryMirror:
         elif req.kind is Kind.PING:
             self.stats.served("ping", "local", 0)
             flow.response = ping_response()
-        elif self.upstream is None:
+        elif self.router is None:
             flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
         elif req.kind is Kind.BLOB and flow.request.method == "GET" and self.config.rewriter.blob_redirect:
             flow.response = self._redirect_to_blob_server(flow, req)
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
             flow.metadata["mirror.kind"] = req.kind.value
-            flow.metadata["mirror.upstream_url"] = self.upstream.url_for(req)
+            flow.metadata["mirror.upstream_url"] = self.router.for_request(req).upstream.url_for(req)
             self._route_to_blob_server(flow)
         else:
             flow.response = await self._small_exchange(flow, req)
@@ -124,9 +114,8 @@ class RegistryMirror:
             flow.request.headers.pop(KEY_HEADER, None)
 
     def _stats_response(self, path: str) -> http.Response:
-        snap = self.stats.snapshot(self.health, self.blobs.coalescer.transfers.values() if self.blobs else (),
-                                   self.upstream.auth.token_refreshes if self.upstream else 0,
-                                   self.config.upstream.origin + self.config.upstream.prefix if self.config else "")
+        snap = self.stats.snapshot(self.router.routes.values() if self.router else (),
+                                   self.blobs.coalescer.transfers.values() if self.blobs else ())
         if path == JSON_PATH:
             return http.Response.make(200, json.dumps(snap, indent=1).encode(), {"Content-Type": "application/json"})
         if path == METRICS_PATH:
@@ -136,9 +125,9 @@ class RegistryMirror:
     def _redirect_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
         # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
-        location = self.blobs.redirect_url(flow.client_conn.sockname[0], req.v2_path)
+        location = self.blobs.redirect_url(flow.client_conn.sockname[0], req)
         return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
-                                             "X-Mirror-Upstream-Url": self.upstream.url_for(req)})
+                                             "X-Mirror-Upstream-Url": self.router.for_request(req).upstream.url_for(req)})
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.blobs.port
@@ -148,8 +137,9 @@ class RegistryMirror:
     async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
         method, started = flow.request.method, time.monotonic()
         what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
+        route = self.router.for_request(req)
         try:
-            answer = await self.manifests.answer(req, flow.request.headers, method)
+            answer = await route.manifests.answer(req, flow.request.headers, method)
         except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
             log.warning("%s %s failed: %s", method, what, e)
             self.stats.served(req.kind.value, "error", 0)
@@ -163,7 +153,7 @@ class RegistryMirror:
             flow.marked = ":floppy_disk:"
             flow.comment = f"answered by artifactory-mirror from its cache ({answer.outcome})"
         else:
-            self._show_upstream(flow, self.upstream.url_for(req), answer.auth_scheme)
+            self._show_upstream(flow, route.upstream.url_for(req), answer.auth_scheme)
         mapped = upstream_status_error(answer.status, what)
         if mapped:
             return error_response(*mapped)

@@ -11,17 +11,18 @@ import logging
 import secrets
 import sys
 import time
+from dataclasses import replace
 
 import aiohttp
 from aiohttp import web
 
-from .config import CacheConfig
-from .health import UpstreamHealth
-from .stats import Stats
 from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
+from .config import CacheConfig
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
-from .upstream import Upstream, UpstreamError
+from .routing import Route, Router
+from .stats import Stats
+from .upstream import UpstreamError
 from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,19 @@ AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the fl
 
 
 class BlobServer:
-    def __init__(self, upstream: Upstream, cache: CacheConfig, health: UpstreamHealth, stats: Stats):
-        self.upstream, self.health, self.stats = upstream, health, stats
+    def __init__(self, router: Router, cache: CacheConfig, stats: Stats):
+        self.router, self.stats = router, stats
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    def redirect_url(self, host: str, path: str) -> str:
+    def redirect_url(self, host: str, req: RegistryRequest) -> str:
         """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at."""
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}{path}?{KEY_PARAM}={self.key}"
+        ns = f"&ns={req.ns}" if req.ns else ""  # the route is chosen again here, the same way
+        return f"http://{host}:{self.port}{req.v2_path}?{KEY_PARAM}={self.key}{ns}"
 
     async def start(self, host: str = "127.0.0.1") -> None:
         app = web.Application()
@@ -63,24 +65,25 @@ class BlobServer:
         given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
         if not secrets.compare_digest(given, self.key):
             return _error(403, "DENIED", "this endpoint serves only the mirror's own addon")
-        req = classify("GET", request.path)
+        req = classify("GET", request.path)  # the path alone: the key in the query never goes upstream
         if not isinstance(req, RegistryRequest) or req.kind is not Kind.BLOB:
             return _error(400, "BLOB_UNKNOWN", "only blob GETs are served here")
-        return await self._stream(request, req)
+        return await self._stream(request, replace(req, ns=request.query.get("ns", "").lower()))
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
-        refusal = await self._refusal(req, what)
+        route = self.router.for_request(req)
+        refusal = await self._refusal(req, route, what)
         if refusal is not None:
             self.stats.served("blob", "error", 0)
             return refusal
-        transfer, following = self.coalescer.join(req.reference, req.name)
+        transfer, following = self.coalescer.join(req.reference, req.name, source=route)
+        timeout = route.cfg.request_timeout
         try:
-            head = await asyncio.wait_for(asyncio.shield(transfer.head), self.upstream.cfg.request_timeout)
+            head = await asyncio.wait_for(asyncio.shield(transfer.head), timeout)
         except TimeoutError:
             self.stats.served("blob", "error", 0)
-            return _error(504, "UNAVAILABLE", f"the upstream did not answer for {what} within "
-                                              f"{self.upstream.cfg.request_timeout:g} s")
+            return _error(504, "UNAVAILABLE", f"the upstream did not answer for {what} within {timeout:g} s")
         except TransferFailed as e:
             self.stats.served("blob", "error", 0)
             return _error(503, "UNAVAILABLE", str(e))
@@ -119,12 +122,13 @@ class BlobServer:
         log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
         return out
 
-    async def _refusal(self, req: RegistryRequest, what: str) -> web.Response | None:
-        """An uncached blob while the upstream is down waits up to the stale budget for it, then is refused."""
-        if req.reference in self.coalescer.transfers or await self.health.wait_until_up(self.down_wait):
+    async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
+        """An uncached blob while its upstream is down waits up to the stale budget for it, then is refused."""
+        health = route.health
+        if req.reference in self.coalescer.transfers or await health.wait_until_up(self.down_wait):
             return None
-        return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {self.health.retry_in():.0f} s;"
-                                          f" last error: {self.health.last_error}); {what} is not cached")
+        return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {health.retry_in():.0f} s;"
+                                          f" last error: {health.last_error}); {what} is not cached")
 
     async def _fetch(self, transfer: Transfer):
         """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
@@ -132,43 +136,44 @@ class BlobServer:
         An interrupted stream (reset, stall) resumes with a Range request from the last byte received, up to
         `upstream.blob_resumes` times."""
         req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
+        route: Route = transfer.source
         what = f"blob {req.name}@{req.reference}"
         started, resumes = time.monotonic(), 0
         while True:
             offset = transfer.written
             try:
-                async for chunk in self._fetch_from(transfer, req, offset):
+                async for chunk in self._fetch_from(route, transfer, req, offset):
                     yield chunk
-                self.health.success()
+                route.health.success()
                 self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", 200, transfer.written,
                                     time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
                 error = str(e) if isinstance(e, UpstreamError) else f"{type(e).__name__} {e}".strip()
-                self.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
-                if resumes >= self.upstream.cfg.blob_resumes or not transfer.head.done():
+                route.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
+                if resumes >= route.cfg.blob_resumes or not transfer.head.done():
                     self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error", transfer.written,
                                         time.monotonic() - started, "error")
                     raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
                                          f"and {resumes} resumes: {error}") from e
                 resumes += 1
                 log.warning("upstream GET %s interrupted at byte %d (%s); resuming (%d of %d)", what,
-                            transfer.written, error, resumes, self.upstream.cfg.blob_resumes)
+                            transfer.written, error, resumes, route.cfg.blob_resumes)
             except AuthError as e:
                 if e.upstream_failure:
-                    self.health.failure(str(e))
+                    route.health.failure(str(e))
                 raise TransferFailed(str(e)) from e
 
-    async def _fetch_from(self, transfer: Transfer, req: RegistryRequest, offset: int):
+    async def _fetch_from(self, route: Route, transfer: Transfer, req: RegistryRequest, offset: int):
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with self.upstream.open("GET", req, headers) as (up, scheme):
+        async with route.upstream.open("GET", req, headers) as (up, scheme):
             if offset == 0:
                 if up.status != 200:
                     body = await up.content.read(64 * 1024)
                     transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
                     self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", up.status, len(body), 0.0)
                     if up.status >= 500:
-                        self.health.failure(f"GET blob {req.name}: status {up.status}")
+                        route.health.failure(f"GET blob {req.name}: status {up.status}")
                     raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")
                 length = up.headers.get("Content-Length")
                 transfer.size = int(length) if length and length.isdigit() else None

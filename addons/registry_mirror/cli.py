@@ -115,7 +115,17 @@ def cmd_check(args) -> int:
     cfg = _load_or_exit(args.config)
     print(f"{cfg.source}: OK; upstream {cfg.upstream.origin}{cfg.upstream.prefix}/v2/, mirror on "
           f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
+    for route in cfg.routes:
+        asked = f"{route.match_prefix}/<name>" if route.match_prefix else "<name>"
+        print(f"  {route.label}: {describe_match(route)}: /v2/{asked} -> "
+              f"{route.origin}{route.prefix}/v2/{route.upstream_name(asked)}")
     return 0
+
+
+def describe_match(route) -> str:
+    parts = [f"names under {route.match_prefix}/"] if route.match_prefix else []
+    parts += [f"ns {', '.join(route.match_ns)}"] if route.match_ns else []
+    return " and ".join(parts)
 
 
 def cmd_status(args) -> int:

@@ -42,6 +42,7 @@ class Transfer:
     digest: str
     name: str  # the repository of the request that started it: its credentials fetch the blob
     path: Path
+    source: object = None  # whatever the fetch needs besides the name (the blob server: the route)
     started: float = field(default_factory=time.monotonic)
     head: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     size: int | None = None
@@ -104,7 +105,7 @@ class BlobCoalescer:
         self.transfers: OrderedDict[str, Transfer] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
 
-    def join(self, digest: str, name: str) -> tuple[Transfer, bool]:
+    def join(self, digest: str, name: str, source: object = None) -> tuple[Transfer, bool]:
         """The transfer for `digest` and whether this request follows one already under way.
 
         Keyed by digest alone: the bytes are checked against it, and a base layer shared by many
@@ -116,7 +117,7 @@ class BlobCoalescer:
             return current, True
         fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
         os.close(fd)
-        transfer = Transfer(digest, name, Path(path))
+        transfer = Transfer(digest, name, Path(path), source)
         transfer.served = 1
         self.transfers[digest] = transfer
         task = asyncio.create_task(self._run(transfer))

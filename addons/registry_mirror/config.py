@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+
+from .requests import valid_name
 
 DEFAULT_PATH = "mirror.yaml"
 ENV_PATH = "MIRROR_CONFIG"
@@ -58,10 +60,25 @@ class UpstreamConfig:
     down_period: float = 30.0
     blob_resumes: int = 3
     retries: int = 3
+    library: str = "keep"  # add: `nginx` is asked for as `library/nginx`; strip: the reverse; keep
+    match_prefix: str = ""  # routes only: the image names this route serves ("" for the default upstream)
+    match_ns: tuple[str, ...] = ()  # routes only: containerd `ns` values this route serves
+    strip_prefix: bool = False  # routes only: `team-a/app` is asked for as `app`
+    label: str = "upstream"  # where it is configured, for messages: upstream or routes[N]
 
     @property
     def origin(self) -> str:
         return self.url.rstrip("/")
+
+    def upstream_name(self, name: str) -> str:
+        """The repository name the upstream knows for a name the registry asked for."""
+        if self.strip_prefix and self.match_prefix and name.startswith(self.match_prefix + "/"):
+            name = name[len(self.match_prefix) + 1:]
+        if self.library == "add" and "/" not in name:
+            return f"library/{name}"
+        if self.library == "strip" and name.startswith("library/"):
+            return name[len("library/"):]
+        return name
 
     @property
     def prefix(self) -> str:
@@ -101,11 +118,16 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class Config:
-    upstream: UpstreamConfig
+    upstream: UpstreamConfig  # the default route: every name no entry of `routes` serves
     mirror: MirrorConfig
     rewriter: RewriterConfig
     cache: CacheConfig = CacheConfig()
     source: str = "<memory>"
+    routes: tuple[UpstreamConfig, ...] = ()
+
+    @property
+    def all_upstreams(self) -> tuple[UpstreamConfig, ...]:
+        return (*self.routes, self.upstream)
 
 
 # key -> (type, default); None as a default means optional. A nested dict is a section.
@@ -114,8 +136,13 @@ _UPSTREAM_KEYS = {
     "token": str, "token_file": str, "anonymous": bool, "ca_file": str, "tls_verify": bool,
     "allowed_realm_hosts": list, "connect_timeout": (int, float), "request_timeout": (int, float),
     "blob_stall_timeout": (int, float), "failures_before_down": int, "down_period": (int, float),
-    "blob_resumes": int, "retries": int,
+    "blob_resumes": int, "retries": int, "library": str,
 }
+_ROUTE_KEYS = {**_UPSTREAM_KEYS, "prefix": str, "ns": list, "strip_prefix": bool}
+# a route without its own url inherits these from `upstream`; one with its own url inherits none of them,
+# so `upstream`'s credentials are never sent to another host
+_INHERITED_WITH_URL = ("url", "username", "password", "password_file", "token", "token_file", "anonymous",
+                       "ca_file", "tls_verify", "allowed_realm_hosts")
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool, "log_format": str}
@@ -150,10 +177,13 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with the sections "
                           f"{', '.join(_SECTIONS)}, not {type(data).__name__}")
-    sections = {}
+    sections, routes = {}, []
     for key, value in data.items():
+        if key == "routes":
+            routes = _check_routes(value, environ)
+            continue
         if key not in _SECTIONS:
-            raise ConfigError(f"unknown key {key!r}: the sections are {', '.join(_SECTIONS)}")
+            raise ConfigError(f"unknown key {key!r}: the sections are {', '.join(_SECTIONS)}, routes")
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -162,13 +192,64 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     if "upstream" not in sections:
         raise ConfigError("upstream: missing; it needs at least url and repository")
     resolve = lambda p: str((base_dir / p).resolve()) if p else p  # noqa: E731 - paths are relative to the file
+    default = _upstream(sections["upstream"], resolve)
     return Config(
-        upstream=_upstream(sections["upstream"], resolve),
+        upstream=default,
+        routes=_routes(routes, sections["upstream"], resolve),
         mirror=_mirror(sections.get("mirror", {}), resolve),
         rewriter=_rewriter(sections.get("rewriter", {}), resolve),
         cache=_cache(sections.get("cache", {}), resolve, sections.get("mirror", {}).get("storage", "./data/registry")),
         source=source,
     )
+
+
+def _check_routes(value: object, environ: dict[str, str]) -> list[dict]:
+    if not isinstance(value, list):
+        raise ConfigError(f"routes: must be a list of mappings (prefix, repository, ...), not {type(value).__name__}")
+    checked = []
+    for i, route in enumerate(value):
+        if not isinstance(route, dict):
+            raise ConfigError(f"routes[{i}]: must be a mapping with prefix (or ns) and repository, "
+                              f"not {type(route).__name__}")
+        checked.append(_check_section(f"routes[{i}]", route, _ROUTE_KEYS, environ))
+    return checked
+
+
+def _routes(routes: list[dict], default: dict, resolve) -> tuple[UpstreamConfig, ...]:
+    """Each route: its own keys, plus `upstream`'s where it sets no url (same host, same credentials)."""
+    built, seen = [], set()
+    for i, route in enumerate(routes):
+        label = f"routes[{i}]"
+        prefix = route.get("prefix", "").strip("/")
+        ns = tuple(route.get("ns", []))
+        if prefix and not valid_name(prefix):
+            raise ConfigError(f"{label}.prefix: {route['prefix']!r} is not the start of an image name; expected "
+                              f"lowercase path components such as team-a/ (letters, digits, . _ -)")
+        for value in ns:
+            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
+                raise ConfigError(f"{label}.ns: {value!r} is not a registry host name such as docker.io; ns values "
+                                  f"are matched against containerd's ?ns= parameter, never dialled")
+        if not prefix and not ns:
+            raise ConfigError(f"{label}: set prefix (image names it serves, e.g. team-a/) and/or ns (e.g. "
+                              f"[docker.io]); a route without either would take every name from upstream")
+        if (prefix, ns) in seen:
+            raise ConfigError(f"{label}: another route already serves prefix {prefix!r} with ns {list(ns)}")
+        seen.add((prefix, ns))
+        if route.get("strip_prefix") and not prefix:
+            raise ConfigError(f"{label}.strip_prefix: needs a prefix to strip")
+        credential_keys = ("username", "token", "token_file", "anonymous")
+        if "url" in route and not any(k in route for k in credential_keys):
+            raise ConfigError(f"{label}: sets its own url but no credential; set username + password (or "
+                              f"password_file), token, or anonymous: true. A route with its own url never "
+                              f"inherits upstream's credentials, so they are never sent to another host")
+        if "url" in route:
+            merged = {**{k: v for k, v in default.items() if k not in _INHERITED_WITH_URL}, **route}
+        else:
+            merged = {**default, **route}
+        merged = {k: v for k, v in merged.items() if k not in ("prefix", "ns", "strip_prefix")}
+        cfg = _upstream(merged, resolve, label)
+        built.append(replace(cfg, match_prefix=prefix, match_ns=ns, strip_prefix=route.get("strip_prefix", False)))
+    return tuple(built)
 
 
 def _check_section(section: str, values: dict, schema: dict, environ: dict[str, str]) -> dict:
@@ -201,67 +282,68 @@ def expand(name: str, value: str, environ: dict[str, str]) -> str:
     return _VAR_RE.sub(replace, value)
 
 
-def _upstream(v: dict, resolve) -> UpstreamConfig:
+def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:
     url = v.get("url")
     if not url:
-        raise ConfigError("upstream.url: missing; expected scheme://host[:port], e.g. https://artifactory.example.com")
+        raise ConfigError(f"{label}.url: missing; expected scheme://host[:port], e.g. https://artifactory.example.com")
     parts = urlsplit(url)
     try:
         _ = parts.port  # raises on a port out of range or not a number
     except ValueError as e:
-        raise ConfigError(f"upstream.url: {url!r} has a bad port: {e}") from e
+        raise ConfigError(f"{label}.url: {url!r} has a bad port: {e}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"upstream.url: {_safe_url(url)!r} is not scheme://host[:port] with scheme http or https "
-                          f"(put the repository path in upstream.repository / upstream.path_prefix, credentials in "
-                          f"upstream.username and upstream.password)")
+        raise ConfigError(f"{label}.url: {_safe_url(url)!r} is not scheme://host[:port] with scheme http or https "
+                          f"(put the repository path in {label}.repository / {label}.path_prefix, credentials in "
+                          f"{label}.username and {label}.password)")
     path_prefix = v.get("path_prefix", ARTIFACTORY_PREFIX)
     if path_prefix and not path_prefix.startswith("/"):
-        raise ConfigError(f"upstream.path_prefix: {path_prefix!r} must start with / (or be empty for the root)")
+        raise ConfigError(f"{label}.path_prefix: {path_prefix!r} must start with / (or be empty for the root)")
     repository = v.get("repository", "")
     if "{repository}" in path_prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", repository or ""):
-        raise ConfigError(f"upstream.repository: {'missing' if not repository else repr(repository)}; expected the "
+        raise ConfigError(f"{label}.repository: {'missing' if not repository else repr(repository)}; expected the "
                           f"Artifactory Docker repository key, e.g. docker-local (letters, digits, . _ -)")
     if re.search(r"[?#%\s]|\.\.", path_prefix.replace("{repository}", "")):
-        raise ConfigError(f"upstream.path_prefix: {path_prefix!r} may not contain ?, #, %, whitespace or ..")
-    password = _secret(v, "password", resolve)
-    token = _secret(v, "token", resolve)
+        raise ConfigError(f"{label}.path_prefix: {path_prefix!r} may not contain ?, #, %, whitespace or ..")
+    password = _secret(v, "password", resolve, label)
+    token = _secret(v, "token", resolve, label)
     username = v.get("username")
     anonymous = v.get("anonymous", False)
     if username and token:
-        raise ConfigError("upstream.token: set either username + password (Basic or the token flow) or token "
+        raise ConfigError(f"{label}.token: set either username + password (Basic or the token flow) or token "
                           "(a static Bearer access token), not both")
     if username and password is None:
-        raise ConfigError("upstream.password: missing for upstream.username; set password or password_file "
+        raise ConfigError(f"{label}.password: missing for {label}.username; set password or password_file "
                           "(an Artifactory password or identity token)")
     if password is not None and not username:
-        raise ConfigError("upstream.username: missing; a password needs the user it belongs to")
+        raise ConfigError(f"{label}.username: missing; a password needs the user it belongs to")
     if not (username or token or anonymous):
-        raise ConfigError("upstream: no credential; set username + password (or password_file), or token "
+        raise ConfigError(f"{label}: no credential; set username + password (or password_file), or token "
                           "(or token_file), or anonymous: true for an upstream that needs none")
     ca_file = resolve(v.get("ca_file"))
     if ca_file:
         try:
             ssl.create_default_context(cafile=ca_file)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"upstream.ca_file: cannot load {ca_file}: {e}; expected a readable PEM CA bundle") from e
+            raise ConfigError(f"{label}.ca_file: cannot load {ca_file}: {e}; expected a readable PEM CA bundle") from e
     realms = v.get("allowed_realm_hosts", [])
     for host in realms:
         if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", host):
-            raise ConfigError(f"upstream.allowed_realm_hosts: {host!r} is not a host or host:port")
+            raise ConfigError(f"{label}.allowed_realm_hosts: {host!r} is not a host or host:port")
     timeouts = {k: float(v[k]) for k in ("connect_timeout", "request_timeout", "blob_stall_timeout", "down_period")
                 if k in v}
     for key, seconds in timeouts.items():
         if not 0 < seconds <= 3600:
-            raise ConfigError(f"upstream.{key}: {seconds} is out of range; expected seconds in (0, 3600]")
+            raise ConfigError(f"{label}.{key}: {seconds} is out of range; expected seconds in (0, 3600]")
     ints = {k: v[k] for k in ("failures_before_down", "blob_resumes", "retries") if k in v}
     for key, (low, high) in {"failures_before_down": (1, 1000), "blob_resumes": (0, 100), "retries": (0, 10)}.items():
         if key in ints and not low <= ints[key] <= high:
-            raise ConfigError(f"upstream.{key}: {ints[key]} is out of range; expected {low} to {high}")
+            raise ConfigError(f"{label}.{key}: {ints[key]} is out of range; expected {low} to {high}")
+    library = _choice(f"{label}.library", v.get("library", "keep"), ("keep", "add", "strip"))
     return UpstreamConfig(url=url.rstrip("/"), repository=repository, path_prefix=path_prefix, username=username,
                           password=password, token=token, anonymous=anonymous, ca_file=ca_file,
                           tls_verify=v.get("tls_verify", True), allowed_realm_hosts=tuple(h.lower() for h in realms),
-                          **timeouts, **ints)
+                          library=library, label=label, **timeouts, **ints)
 
 
 def _mirror(v: dict, resolve) -> MirrorConfig:

@@ -34,7 +34,8 @@ class RegistryRequest:
     kind: Kind
     name: str = ""
     reference: str = ""  # tag or digest
-    query: str = ""
+    query: str = ""  # passed on to the upstream, without `ns`
+    ns: str = ""  # containerd's ?ns=<registry host>: a key into the routes, never a host to dial
 
     @property
     def v2_path(self) -> str:
@@ -68,6 +69,7 @@ def valid_digest(digest: str) -> bool:
 def classify(method: str, raw_path: str) -> RegistryRequest | Refusal:
     """Sort a request by method and raw path (as sent, with its query) into a class, or refuse it."""
     path, _, query = raw_path.partition("?")
+    query, ns = split_ns(query)
     if method not in READ_METHODS:
         return Refusal(405, "UNSUPPORTED", f"the mirror is read-only: {method} is not supported, only GET and HEAD")
     if path in ("/v2", "/v2/"):
@@ -82,30 +84,42 @@ def classify(method: str, raw_path: str) -> RegistryRequest | Refusal:
     for segment, kind in (("/manifests/", None), ("/blobs/", Kind.BLOB)):
         name, sep, ref = rest.rpartition(segment)
         if sep:
-            return _reference_request(name, ref, kind, query)
+            return _reference_request(name, ref, kind, query, ns)
     if rest.endswith("/tags/list"):
         name = rest[: -len("/tags/list")]
         if not valid_name(name):
             return _bad_name(name)
-        return RegistryRequest(Kind.TAGS, name, query=query)
+        return RegistryRequest(Kind.TAGS, name, query=query, ns=ns)
     return Refusal(404, "NOT_FOUND", f"unknown registry API path: /v2/{rest[:100]}")
 
 
-def _reference_request(name: str, ref: str, kind: Kind | None, query: str) -> RegistryRequest | Refusal:
+def _reference_request(name: str, ref: str, kind: Kind | None, query: str, ns: str) -> RegistryRequest | Refusal:
     if not valid_name(name):
         return _bad_name(name)
     if kind is Kind.BLOB:
         if not valid_digest(ref):
             return Refusal(400, "DIGEST_INVALID", f"invalid blob digest {ref[:100]!r}: expected algorithm:hex")
-        return RegistryRequest(Kind.BLOB, name, ref, query)
+        return RegistryRequest(Kind.BLOB, name, ref, query, ns)
     if ":" in ref:
         if not valid_digest(ref):
             return Refusal(400, "DIGEST_INVALID", f"invalid manifest digest {ref[:100]!r}: expected algorithm:hex")
-        return RegistryRequest(Kind.MANIFEST_BY_DIGEST, name, ref, query)
+        return RegistryRequest(Kind.MANIFEST_BY_DIGEST, name, ref, query, ns)
     if not TAG_RE.fullmatch(ref):
         return Refusal(400, "MANIFEST_INVALID",
                        f"invalid tag {ref[:100]!r}: up to 128 of [A-Za-z0-9_.-], not starting with . or -")
-    return RegistryRequest(Kind.MANIFEST_BY_TAG, name, ref, query)
+    return RegistryRequest(Kind.MANIFEST_BY_TAG, name, ref, query, ns)
+
+
+def split_ns(query: str) -> tuple[str, str]:
+    """(the query without `ns`, the `ns` value): containerd adds ns for the mirror; the upstream never sees it."""
+    kept, ns = [], ""
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if key == "ns":
+            ns = value.lower()
+        else:
+            kept.append(pair)
+    return "&".join(kept), ns
 
 
 def _bad_name(name: str) -> Refusal:

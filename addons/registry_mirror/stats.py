@@ -54,7 +54,8 @@ class Stats:
         else:
             exchange_log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
 
-    def snapshot(self, health=None, transfers=(), token_refreshes: int = 0, upstream_url: str = "") -> dict:
+    def snapshot(self, routes=(), transfers=()) -> dict:
+        """`routes`: routing.Route objects, the default (`upstream`) last, as Config.all_upstreams orders them."""
         latencies = sorted(self.latencies)
         by_class: dict = {}
         for (kind, outcome), count in self.requests.items():
@@ -62,25 +63,35 @@ class Stats:
             entry[outcome] = {"requests": count, "bytes": self.served_bytes[(kind, outcome)]}
         served = sum(self.served_bytes.values())
         fetched = sum(self.upstream_bytes.values())
+        route_states = [_route_state(r) for r in routes]
+        default = route_states[-1] if route_states else _route_state(None)
         return {
             "uptime_s": round(self._clock() - self.started, 1),
             "upstream": {
-                "url": upstream_url,
-                "state": "down" if health is not None and health.down else "up",
-                "consecutive_failures": health.consecutive_failures if health else 0,
-                "last_error": health.last_error if health else "",
-                "last_error_at": health.last_error_at if health else 0,
+                **{k: default[k] for k in ("url", "state", "consecutive_failures", "last_error", "last_error_at")},
                 "latency_ms": {"p50": _ms(percentile(latencies, 0.5)), "p99": _ms(percentile(latencies, 0.99))},
                 "requests": {f"{k}:{s}": n for (k, s), n in sorted(self.upstream_requests.items())},
                 "bytes": dict(self.upstream_bytes),
-                "token_refreshes": token_refreshes,
+                "token_refreshes": sum(r["token_refreshes"] for r in route_states),
             },
+            "routes": route_states,
             "served": by_class,
             "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
                       "saved": max(0, served - fetched)},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,
                            "readers": t.readers, "requests": t.served} for t in transfers if not t.finished],
         }
+
+
+def _route_state(route) -> dict:
+    if route is None:
+        return {"route": "upstream", "prefix": "", "ns": [], "url": "", "state": "up", "consecutive_failures": 0,
+                "last_error": "", "last_error_at": 0, "token_refreshes": 0}
+    health, cfg = route.health, route.cfg
+    return {"route": cfg.label, "prefix": cfg.match_prefix, "ns": list(cfg.match_ns), "url": route.url,
+            "state": "down" if health.down else "up", "consecutive_failures": health.consecutive_failures,
+            "last_error": health.last_error, "last_error_at": health.last_error_at,
+            "token_refreshes": route.upstream.auth.token_refreshes}
 
 
 def _ms(seconds: float | None) -> float | None:

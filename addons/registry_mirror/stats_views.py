@@ -41,6 +41,11 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
         f"<tr><th>{e(kind)}</th><td>{e(status)}</td><td>{n}</td><td>{human_bytes(up['bytes'].get(kind, 0))}</td></tr>"
         for kind, status, n in sorted((*k.partition(":")[::2], n) for k, n in up["requests"].items())
     ) or "<tr><td colspan='4'>none yet</td></tr>"
+    routes = "".join(
+        f"<tr><th>{e(r['route'])}</th><td>{e(r['prefix'] or ('*' if not r['ns'] else ''))}</td>"
+        f"<td>{e(', '.join(r['ns']))}</td><td><code>{e(r['url'])}</code></td>"
+        f"<td class='{'down' if r['state'] == 'down' else 'up'}'>{e(r['state'])}</td>"
+        f"<td>{e(r['last_error']) or 'none'}</td></tr>" for r in snap.get("routes", []))
     b = snap["bytes"]
     lat = up["latency_ms"]
     return f"""<!doctype html>
@@ -65,6 +70,8 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <div class="card">fetched from the upstream<b id="fetched">{human_bytes(b['fetched_from_upstream'])}</b></div>
 <div class="card">WAN saved<b id="saved">{human_bytes(b['saved'])}</b></div>
 </div>
+<h2>Routes: image-name prefix or containerd ns to upstream</h2>
+<table id="routes"><tr><th>route</th><th>prefix</th><th>ns</th><th>upstream</th><th>state</th><th>last error</th></tr>{routes}</table>
 <h2>Answers to the registry, by request class and outcome (requests, bytes)</h2>
 <table id="answers"><tr><th></th>{''.join(f'<th>{e(o)}</th>' for o in outcomes)}</tr>{''.join(rows)}</table>
 <h2>Exchanges with the upstream, by class and status</h2>
@@ -105,6 +112,11 @@ class _SnapshotCollector:
                                   value=up["token_refreshes"])
         yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
                                 value=0 if up["state"] == "down" else 1)
+        route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
+                                     labels=["route", "prefix"])
+        for r in snap.get("routes", []):
+            route_up.add_metric([r["route"], r["prefix"]], 0 if r["state"] == "down" else 1)
+        yield route_up
         latency = GaugeMetricFamily("mirror_upstream_latency_ms", "Upstream answer latency.", labels=["quantile"])
         for q in ("p50", "p99"):
             if up["latency_ms"][q] is not None:
@@ -125,6 +137,8 @@ def summary_text(snap: dict) -> str:
     lines = [f"upstream {up['url']}: {up['state'].upper()}  latency p50 {up['latency_ms']['p50']} ms, "
              f"p99 {up['latency_ms']['p99']} ms  token refreshes {up['token_refreshes']}",
              f"last error: {up['last_error'] or 'none'}",
+             *(f"  route {r['route']} ({r['prefix'] or ','.join(r['ns'])}) -> {r['url']}: {r['state'].upper()}"
+               for r in snap.get("routes", [])[:-1]),
              f"served to the registry {human_bytes(b['served_to_registry'])}, fetched from the upstream "
              f"{human_bytes(b['fetched_from_upstream'])}, WAN saved {human_bytes(b['saved'])}"]
     for kind, entry in snap["served"].items():

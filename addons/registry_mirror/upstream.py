@@ -10,7 +10,7 @@ import logging
 import ssl
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -84,7 +84,12 @@ class Upstream:
             return None
 
     def url_for(self, request: RegistryRequest) -> str:
-        return self.cfg.origin + upstream_path(self.cfg.prefix, request)
+        return self.cfg.origin + upstream_path(self.cfg.prefix, self._as_upstream(request))
+
+    def _as_upstream(self, request: RegistryRequest) -> RegistryRequest:
+        """The request under the name the upstream knows (route prefix stripped, library/ added or removed)."""
+        name = self.cfg.upstream_name(request.name)
+        return request if name == request.name else replace(request, name=name)
 
     async def fetch_small(self, method: str, request: RegistryRequest, headers) -> SmallResponse:
         """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
@@ -112,15 +117,15 @@ class Upstream:
                                             sock_read=self.cfg.blob_stall_timeout)
         assert self._session is not None, "Upstream.start() was not awaited"
         base = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k))}
-        url = self.url_for(request)
+        url, name = self.url_for(request), self.cfg.upstream_name(request.name)
         for attempt in range(2):
-            sent = await self.auth.authorization(request.name)
+            sent = await self.auth.authorization(name)
             resp = await self._send(method, url, base, sent, timeout)
             if resp.status != 401 or attempt == 1:
                 break
             try:
                 retry = await self.auth.on_unauthorized(
-                    request.name, resp.headers.getall("WWW-Authenticate", []), sent)
+                    name, resp.headers.getall("WWW-Authenticate", []), sent)
             except AuthError:
                 resp.release()
                 raise

@@ -69,7 +69,7 @@ def mirror_factory(tmp_path):
     started: list[Mirror] = []
 
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None,
-             rewriter: dict | None = None) -> RunningMirror:
+             rewriter: dict | None = None, routes: list[dict] | None = None) -> RunningMirror:
         workdir = tmp_path / f"mirror{len(started)}"
         workdir.mkdir()
         cfg_path = workdir / "mirror.yaml"
@@ -79,6 +79,7 @@ def mirror_factory(tmp_path):
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
             "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
+            **({"routes": routes} if routes else {}),
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)

@@ -1,5 +1,6 @@
 import json
 import logging
+from types import SimpleNamespace
 
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.stats import Stats, percentile
@@ -26,14 +27,30 @@ def filled() -> tuple[Stats, UpstreamHealth]:
     return stats, health
 
 
+def route(health: UpstreamHealth, url: str, label: str = "upstream", prefix: str = "", refreshes: int = 1):
+    """What the snapshot reads of a routing.Route."""
+    return SimpleNamespace(health=health, url=url, upstream=SimpleNamespace(auth=SimpleNamespace(token_refreshes=refreshes)),
+                           cfg=SimpleNamespace(label=label, match_prefix=prefix, match_ns=()))
+
+
 def test_snapshot_counts_and_savings():
     stats, health = filled()
-    snap = stats.snapshot(health, (), token_refreshes=1, upstream_url="https://art/x")
+    snap = stats.snapshot([route(health, "https://art/x")])
     assert snap["served"]["blob"] == {"miss": {"requests": 1, "bytes": 1000}, "coalesced": {"requests": 1, "bytes": 1000}}
     assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "saved": 1420}
     assert snap["upstream"]["requests"] == {"blob:200": 1, "manifest-by-tag:timeout": 1, "token:200": 1}
     assert snap["upstream"]["latency_ms"]["p50"] == 50.0  # a request with no answer has no latency
     assert json.loads(json.dumps(snap)) == snap
+
+
+def test_snapshot_lists_every_route_with_its_own_health():
+    stats, health = filled()
+    team_a = route(UpstreamHealth(), "https://art/team-a", "routes[0]", "team-a", refreshes=2)
+    snap = stats.snapshot([team_a, route(health, "https://art/x")])
+    assert [(r["route"], r["prefix"], r["state"]) for r in snap["routes"]] == [("routes[0]", "team-a", "up"),
+                                                                             ("upstream", "", "up")]
+    assert snap["routes"][1]["consecutive_failures"] == 1 and snap["routes"][0]["consecutive_failures"] == 0
+    assert snap["upstream"]["url"] == "https://art/x" and snap["upstream"]["token_refreshes"] == 3
 
 
 def test_percentile():
@@ -43,14 +60,14 @@ def test_percentile():
 
 def test_html_escapes_and_refreshes():
     stats, health = filled()
-    page = render_html(stats.snapshot(health, (), 1, "https://art/<x>"))
+    page = render_html(stats.snapshot([route(health, "https://art/<x>")]))
     assert 'http-equiv="refresh"' in page and "&lt;script&gt;" in page and "<script>" not in page
     assert "https://art/&lt;x&gt;" in page and ">coalesced<" in page
 
 
 def test_prometheus_exposition():
     stats, health = filled()
-    text = prometheus_text(stats.snapshot(health, (), 1, "u")).decode()
+    text = prometheus_text(stats.snapshot([route(health, "u")])).decode()
     assert 'mirror_requests_total{class="blob",outcome="miss"} 1.0' in text
     assert 'mirror_upstream_requests_total{class="manifest-by-tag",status="timeout"} 1.0' in text
     assert "mirror_upstream_up 1.0" in text and 'mirror_upstream_latency_ms{quantile="p50"} 50.0' in text
@@ -58,7 +75,7 @@ def test_prometheus_exposition():
 
 def test_summary_and_units():
     stats, health = filled()
-    text = summary_text(stats.snapshot(health, (), 1, "u"))
+    text = summary_text(stats.snapshot([route(health, "u")]))
     assert "upstream u: UP" in text and "WAN saved 1.4 KB" in text
     assert human_bytes(999) == "999 B" and human_bytes(230_700_000) == "230.7 MB" and human_bytes(None) == "?"
 

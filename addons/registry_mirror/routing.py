@@ -1,0 +1,84 @@
+"""Which upstream serves an image name, and the per-route machinery behind each.
+
+`routes` in mirror.yaml map image-name prefixes (and containerd `ns` values) to an upstream, a repository
+and credentials; every other name goes to `upstream`. Each route has its own HTTP client, token cache,
+health and probe, so one route's credentials, tokens and outages never touch another's. Caches stay keyed by
+the names the registry asked for, which a route decides, so routes cannot answer for each other either.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Config, UpstreamConfig
+from .health import HealthProbe, UpstreamHealth
+from .manifests import ManifestService
+from .requests import RegistryRequest
+from .stats import Stats
+from .tag_state import TagState
+from .upstream import Upstream
+
+
+def choose(routes: Sequence[UpstreamConfig], default: UpstreamConfig, name: str, ns: str = "") -> UpstreamConfig:
+    """The route for `name`: one that lists the request's `ns` beats one that lists none, then the longest
+    prefix wins; `default` when none matches. An `ns` no route lists is ignored, never dialled."""
+    best, best_rank = default, (-1, -1)
+    for route in routes:
+        if route.match_ns and ns not in route.match_ns:
+            continue
+        prefix = route.match_prefix
+        if prefix and name != prefix and not name.startswith(prefix + "/"):
+            continue
+        rank = (1 if route.match_ns else 0, len(prefix))
+        if rank > best_rank:
+            best, best_rank = route, rank
+    return best
+
+
+@dataclass
+class Route:
+    cfg: UpstreamConfig
+    upstream: Upstream
+    health: UpstreamHealth
+    manifests: ManifestService
+    prober: HealthProbe | None = None
+
+    @property
+    def url(self) -> str:
+        return self.cfg.origin + self.cfg.prefix
+
+
+class Router:
+    def __init__(self, config: Config, stats: Stats):
+        self.config = config
+        self.known = TagState(config.cache.tag_state_file)  # one file for all routes: keys are the asked names
+        self.routes: dict[str, Route] = {}
+        for cfg in config.all_upstreams:
+            upstream = Upstream(cfg, stats)
+            health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
+            self.routes[cfg.label] = Route(cfg, upstream, health,
+                                           ManifestService(upstream, config.cache, health, stats=stats,
+                                                           known=self.known))
+
+    @property
+    def default(self) -> Route:
+        return self.routes[self.config.upstream.label]
+
+    def for_request(self, req: RegistryRequest) -> Route:
+        return self.for_name(req.name, req.ns)
+
+    def for_name(self, name: str, ns: str = "") -> Route:
+        return self.routes[choose(self.config.routes, self.config.upstream, name, ns).label]
+
+    async def start(self) -> None:
+        for route in self.routes.values():
+            await route.upstream.start()
+            route.prober = HealthProbe(route.upstream, route.health)
+
+    async def close(self) -> None:
+        for route in self.routes.values():
+            if route.prober:
+                route.prober.stop()
+        self.known.save()
+        for route in self.routes.values():
+            await route.upstream.close()

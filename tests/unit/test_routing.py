@@ -1,0 +1,91 @@
+"""Routes: which upstream serves a name, what name it is asked for, and what the configuration accepts."""
+import pytest
+
+from registry_mirror.config import ConfigError, parse
+from registry_mirror.requests import RegistryRequest, classify, Kind
+from registry_mirror.routing import choose
+
+UPSTREAM = {"url": "https://art.example.com", "repository": "docker-local", "username": "svc",
+            "password": "default-secret"}
+
+
+def config(*routes, **upstream):
+    return parse({"upstream": {**UPSTREAM, **upstream}, "routes": list(routes)})
+
+
+def test_longest_prefix_wins_and_everything_else_goes_to_upstream():
+    cfg = config({"prefix": "team-a/", "repository": "docker-team-a"},
+                 {"prefix": "team-a/special", "repository": "docker-special"})
+    pick = lambda name, ns="": choose(cfg.routes, cfg.upstream, name, ns).repository  # noqa: E731
+    assert pick("team-a/app") == "docker-team-a"
+    assert pick("team-a/special/app") == "docker-special" and pick("team-a/special") == "docker-special"
+    assert pick("team-ab/app") == "docker-local"  # a prefix is whole path components, not characters
+    assert pick("other/app") == "docker-local" and pick("app") == "docker-local"
+
+
+def test_ns_is_a_key_into_the_routes_never_a_host():
+    cfg = config({"ns": ["docker.io"], "url": "https://nexus.example.com", "path_prefix": "/repository/{repository}",
+                  "repository": "docker-hub", "anonymous": True, "library": "add"},
+                 {"prefix": "team-a", "repository": "docker-team-a"})
+    pick = lambda name, ns="": choose(cfg.routes, cfg.upstream, name, ns)  # noqa: E731
+    assert pick("nginx", "docker.io").url == "https://nexus.example.com"
+    assert pick("team-a/app", "docker.io").url == "https://nexus.example.com"  # the ns names the registry meant
+    assert pick("nginx").repository == "docker-local"  # no ns: the ns route is not a catch-all
+    assert pick("nginx", "evil.example.com").url == "https://art.example.com"  # unknown ns: ignored, not dialled
+    req = classify("GET", "/v2/nginx/manifests/latest?ns=docker.io")
+    assert req.ns == "docker.io" and req.query == ""  # the upstream never sees ns
+    assert classify("GET", "/v2/app/tags/list?n=10&ns=ghcr.io&last=a") == RegistryRequest(
+        Kind.TAGS, "app", query="n=10&last=a", ns="ghcr.io")
+
+
+@pytest.mark.parametrize("route,name,expected", [
+    ({"prefix": "team-a", "strip_prefix": True}, "team-a/app", "app"),
+    ({"prefix": "team-a", "strip_prefix": True}, "team-a/web/app", "web/app"),
+    ({"prefix": "hub", "strip_prefix": True, "library": "add"}, "hub/nginx", "library/nginx"),
+    ({"prefix": "hub", "strip_prefix": True, "library": "add"}, "hub/bitnami/nginx", "bitnami/nginx"),
+    ({"prefix": "library", "library": "strip"}, "library/plain", "plain"),
+    ({"prefix": "team-a"}, "team-a/app", "team-a/app"),
+])
+def test_upstream_name(route, name, expected):
+    cfg = config({"repository": "r", **route})
+    assert choose(cfg.routes, cfg.upstream, name).upstream_name(name) == expected
+
+
+def test_route_without_url_inherits_host_and_credentials():
+    route = config({"prefix": "team-a", "repository": "docker-team-a"}).routes[0]
+    assert (route.origin, route.username, route.password) == ("https://art.example.com", "svc", "default-secret")
+    assert route.prefix == "/artifactory/api/docker/docker-team-a" and route.label == "routes[0]"
+
+
+def test_route_with_its_own_url_never_inherits_credentials():
+    with pytest.raises(ConfigError, match=r"routes\[0\]: sets its own url but no credential.*never sent to another"):
+        config({"prefix": "hub", "url": "https://nexus.example.com", "repository": "docker-hub"})
+    route = config({"prefix": "hub", "url": "https://nexus.example.com", "repository": "docker-hub",
+                    "username": "nexus-user", "password": "nexus-secret"}).routes[0]
+    assert (route.username, route.password) == ("nexus-user", "nexus-secret")
+    anonymous = config({"prefix": "hub", "url": "https://nexus.example.com", "repository": "h",
+                        "anonymous": True}).routes[0]
+    assert anonymous.username is None and anonymous.password is None and anonymous.anonymous
+
+
+@pytest.mark.parametrize("routes,message", [
+    ({"prefix": "team-a"}, r"routes: must be a list"),
+    ([{"repository": "x"}], r"routes\[0\]: set prefix .* and/or ns"),
+    ([{"prefix": "Team A", "repository": "x"}], r"routes\[0\]\.prefix: 'Team A' is not the start of an image name"),
+    ([{"prefix": "a", "repository": "x"}, {"prefix": "a/", "repository": "y"}], r"routes\[1\]: another route"),
+    ([{"ns": ["http://evil/"], "repository": "x"}], r"routes\[0\]\.ns: 'http://evil/' is not a registry host"),
+    ([{"prefix": "a", "repository": "x", "library": "maybe"}], r"routes\[0\]\.library: 'maybe' is not one of"),
+    ([{"prefix": "a", "repository": "bad key!"}], r"routes\[0\]\.repository: 'bad key!'"),
+    ([{"prefix": "a", "repository": "x", "colour": "red"}], r"unknown key routes\[0\]\.colour"),
+    ([{"ns": ["docker.io"], "repository": "x", "strip_prefix": True}], r"routes\[0\]\.strip_prefix: needs a prefix"),
+    (["team-a"], r"routes\[0\]: must be a mapping"),
+])
+def test_bad_routes_are_named(routes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"upstream": UPSTREAM, "routes": routes})
+
+
+def test_route_errors_never_show_a_secret():
+    with pytest.raises(ConfigError) as e:
+        config({"prefix": "hub", "url": "https://u:hunter2@nexus.example.com", "repository": "h", "anonymous": True})
+    assert "hunter2" not in str(e.value) and "routes[0].url" in str(e.value)
