@@ -38,7 +38,7 @@ ensure_debian_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # the docker-registry package enables a system service on :5000; the mirror runs its own
-    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry redis-server >/dev/null 2>&1 || true; fi
   else
     die "missing Debian packages; run: sudo apt-get install -y ${missing[*]}"
   fi
@@ -81,12 +81,12 @@ case "$cmd" in
     ensure_venv
     run_python -m devtools.demo "$@" ;;
   test)
-    # chromium: the stats page is checked in a real browser
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium
+    # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server
     ensure_venv
     run_python -m pytest "$@" ;;
   bench)
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy iproute2
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy iproute2 redis-server
     ensure_venv
     "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null ||
       "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'matplotlib>=3.8' 2>&1 | { grep -v "^WARNING: Location" || true; }

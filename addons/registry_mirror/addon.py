@@ -18,6 +18,7 @@ from mitmproxy import ctx, exceptions, http
 from . import config as config_mod
 from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
 from .manifests import ManifestMismatch, UpstreamDown
+from .peers import PeerCoordinator
 from .requests import Kind, RegistryRequest, Refusal, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
@@ -68,7 +69,10 @@ class RegistryMirror:
         await self.router.start()
         self.blobs = BlobServer(self.router, self.config.cache, self.stats)
         listen_host = self.config.rewriter.listen.host
-        await self.blobs.start(listen_host if self.config.rewriter.blob_redirect else "127.0.0.1")
+        shared = self.config.rewriter.blob_redirect or self.config.scale.enabled  # reached by others than us
+        await self.blobs.start(listen_host if shared else "127.0.0.1")
+        if self.config.scale.enabled:
+            self.blobs.share_with_peers(PeerCoordinator(self.config.scale, self.config.cache.spool_keep))
 
     async def done(self) -> None:
         if self.blobs:
@@ -116,6 +120,10 @@ class RegistryMirror:
     def _stats_response(self, path: str) -> http.Response:
         snap = self.stats.snapshot(self.router.routes.values() if self.router else (),
                                    self.blobs.coalescer.transfers.values() if self.blobs else ())
+        peers = self.blobs.peers if self.blobs else None
+        if peers:
+            snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
+                             "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
         if path == JSON_PATH:
             return http.Response.make(200, json.dumps(snap, indent=1).encode(), {"Content-Type": "application/json"})
         if path == METRICS_PATH:

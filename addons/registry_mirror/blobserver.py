@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .config import CacheConfig
+from .peers import Peer, PeerCoordinator
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .routing import Route, Router
@@ -39,7 +40,15 @@ class BlobServer:
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.port = 0
+        self.peers: PeerCoordinator | None = None
+        self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
         self._runner: web.AppRunner | None = None
+
+    def share_with_peers(self, peers: PeerCoordinator) -> None:
+        """Scale-out: coalesce with the other replicas through `peers` (call after start)."""
+        peers.announce(self.port, self.key)
+        self.peers = peers
+        self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
 
     def redirect_url(self, host: str, req: RegistryRequest) -> str:
         """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at."""
@@ -58,6 +67,10 @@ class BlobServer:
 
     async def close(self) -> None:
         await self.coalescer.close()
+        if self._peer_session:
+            await self._peer_session.close()
+        if self.peers:
+            await self.peers.close()
         if self._runner:
             await self._runner.cleanup()
 
@@ -95,7 +108,7 @@ class BlobServer:
         size = transfer.size
         wanted = parse_range(request.headers.get("Range"), size) if size is not None else None
         first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
-        outcome = "COALESCED" if following else "MISS"
+        outcome = "COALESCED" if following else "PEER" if transfer.origin else "MISS"
         headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.headers.get(AUTH_HEADER, "")}
         if size is not None:
             headers["Content-Length"] = str(last - first + 1)
@@ -131,6 +144,53 @@ class BlobServer:
                                           f" last error: {health.last_error}); {what} is not cached")
 
     async def _fetch(self, transfer: Transfer):
+        """Fill a transfer: from the replica already fetching the blob (scale-out), else from the upstream."""
+        if self.peers is None:
+            async for chunk in self._fetch_upstream(transfer):
+                yield chunk
+            return
+        peer = await self.peers.claim(transfer.digest)
+        if peer is None:
+            async with self.peers.leading(transfer.digest):
+                async for chunk in self._fetch_upstream(transfer):
+                    yield chunk
+            return
+        async for chunk in self._fetch_from_peer(peer, transfer):
+            yield chunk
+        if not transfer.origin:  # the replica failed it: the upstream sends the rest, with a Range resume
+            async for chunk in self._fetch_upstream(transfer):
+                yield chunk
+
+    async def _fetch_from_peer(self, peer: Peer, transfer: Transfer):
+        """The blob from another replica's growing spool; on a failure it ends early with `origin` cleared."""
+        req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
+        route: Route = transfer.source
+        timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_read=route.cfg.blob_stall_timeout)
+        started = time.monotonic()
+        try:
+            async with self._peer_session.get(f"{peer.url}{req.v2_path}", params={KEY_PARAM: peer.key},
+                                              timeout=timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                transfer.origin = peer.url
+                if not transfer.head.done():
+                    length = resp.headers.get("Content-Length")
+                    transfer.size = int(length) if length and length.isdigit() else None
+                    headers = {k: v for k, v in passed_headers(resp.headers).items()
+                               if k not in ("Content-Length", "Content-Range")}
+                    transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: ""}))
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            self.stats.from_peer(transfer.written)
+            log.info("blob %s@%s: %d bytes from replica %s, not the upstream (%.0f ms)", req.name, req.reference,
+                     transfer.written, peer.url, _ms(started))
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            transfer.origin = ""
+            self.stats.from_peer(transfer.written)
+            log.warning("replica %s failed blob %s@%s after %d bytes (%s); the upstream sends the rest", peer.url,
+                        req.name, req.reference, transfer.written, f"{type(e).__name__} {e}".strip())
+
+    async def _fetch_upstream(self, transfer: Transfer):
         """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
 
         An interrupted stream (reset, stall) resumes with a Range request from the last byte received, up to

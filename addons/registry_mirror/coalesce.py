@@ -43,6 +43,7 @@ class Transfer:
     name: str  # the repository of the request that started it: its credentials fetch the blob
     path: Path
     source: object = None  # whatever the fetch needs besides the name (the blob server: the route)
+    origin: str = ""  # where the bytes come from when not from the upstream (another replica)
     started: float = field(default_factory=time.monotonic)
     head: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     size: int | None = None

@@ -117,6 +117,21 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Replicas in one data center sharing storage: redis holds the registry's blob descriptors and one
+    lock per digest in flight, so a layer crosses the WAN once whichever replica is asked for it."""
+    redis: Address | None = None  # None: a single replica, nothing shared
+    redis_db: int = 0
+    redis_password: Secret | None = field(default=None, repr=False)
+    advertise: str = ""  # the host other replicas reach this one's blob endpoint at
+    lock_seconds: float = 60.0  # a leader's claim on a digest, renewed while it fetches
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis is not None
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig  # the default route: every name no entry of `routes` serves
     mirror: MirrorConfig
@@ -124,6 +139,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     source: str = "<memory>"
     routes: tuple[UpstreamConfig, ...] = ()
+    scale: ScaleConfig = ScaleConfig()
 
     @property
     def all_upstreams(self) -> tuple[UpstreamConfig, ...]:
@@ -149,7 +165,10 @@ _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_pa
 _CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
                "spool_keep": (int, float), "stale_budget": (int, float), "max_stale": (int, float),
                "tag_state_file": str}
-_SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS}
+_SCALE_KEYS = {"redis": str, "redis_db": int, "redis_password": str, "redis_password_file": str, "advertise": str,
+               "lock_seconds": (int, float)}
+_SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS,
+             "scale": _SCALE_KEYS}
 
 
 def config_path(option_value: str = "") -> Path:
@@ -193,11 +212,13 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         raise ConfigError("upstream: missing; it needs at least url and repository")
     resolve = lambda p: str((base_dir / p).resolve()) if p else p  # noqa: E731 - paths are relative to the file
     default = _upstream(sections["upstream"], resolve)
+    rewriter = _rewriter(sections.get("rewriter", {}), resolve)
     return Config(
+        scale=_scale(sections.get("scale", {}), resolve, rewriter),
         upstream=default,
         routes=_routes(routes, sections["upstream"], resolve),
         mirror=_mirror(sections.get("mirror", {}), resolve),
-        rewriter=_rewriter(sections.get("rewriter", {}), resolve),
+        rewriter=rewriter,
         cache=_cache(sections.get("cache", {}), resolve, sections.get("mirror", {}).get("storage", "./data/registry")),
         source=source,
     )
@@ -366,6 +387,32 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
     )
 
 
+def _scale(v: dict, resolve, rewriter: RewriterConfig) -> ScaleConfig:
+    if not v.get("redis"):
+        if v:
+            raise ConfigError(f"scale.redis: missing; the scale keys ({', '.join(v)}) need the redis shared by "
+                              f"the replicas, host:port, e.g. 10.0.0.5:6379")
+        return ScaleConfig()
+    advertise = v.get("advertise") or rewriter.listen.host
+    if advertise in ("0.0.0.0", "::", ""):
+        raise ConfigError(f"scale.advertise: missing; rewriter.listen is {rewriter.listen}, so say which address "
+                          f"the other replicas reach this one at, e.g. advertise: 10.0.0.11")
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", advertise):
+        raise ConfigError(f"scale.advertise: {advertise!r} is not a host name or IP address")
+    if rewriter.listen.host not in ("0.0.0.0", "::", advertise):
+        raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the addon listens on "
+                          f"{rewriter.listen.host} only (rewriter.listen); set rewriter.listen to "
+                          f"{advertise}:{rewriter.listen.port} or 0.0.0.0:{rewriter.listen.port}")
+    db, lock = v.get("redis_db", 0), float(v.get("lock_seconds", 60.0))
+    if not 0 <= db <= 15:
+        raise ConfigError(f"scale.redis_db: {db} is out of range; expected 0 to 15")
+    if not 5 <= lock <= 3600:
+        raise ConfigError(f"scale.lock_seconds: {lock:g} is out of range; expected 5 to 3600 seconds")
+    return ScaleConfig(redis=parse_address("scale.redis", v["redis"]), redis_db=db,
+                       redis_password=_secret(v, "redis_password", resolve, "scale"), advertise=advertise,
+                       lock_seconds=lock)
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
@@ -412,7 +459,7 @@ def _secret(v: dict, key: str, resolve, section: str = "upstream") -> Secret | N
 
 
 def _is_secret_key(key: str) -> bool:
-    return key in ("password", "token", "web_password")
+    return key in ("password", "token", "web_password", "redis_password")
 
 
 def _type_name(expected) -> str:

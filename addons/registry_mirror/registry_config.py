@@ -15,17 +15,24 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
     }
     if cfg.mirror.tls:
         http["tls"] = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
-    return {
+    generated = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "fields": {"service": "mirror-registry"}},
         "storage": {
             "filesystem": {"rootdirectory": cfg.mirror.storage},
-            "cache": {"blobdescriptor": "inmemory"},
+            # replicas sharing the storage share what they know of it, too
+            "cache": {"blobdescriptor": "redis" if cfg.scale.enabled else "inmemory"},
             "delete": {"enabled": True},  # the proxy's 7-day expiry deletes through this
         },
         "http": http,
         "proxy": {"remoteurl": remote_url},
     }
+    if cfg.scale.enabled:
+        generated["redis"] = {"addr": str(cfg.scale.redis), "db": cfg.scale.redis_db, "dialtimeout": "2s",
+                              "readtimeout": "2s", "writetimeout": "2s"}
+        if cfg.scale.redis_password:
+            generated["redis"]["password"] = str(cfg.scale.redis_password)
+    return generated
 
 
 def plain_registry_config(listen: str, storage: str) -> dict:

@@ -33,12 +33,16 @@ class Stats:
         self.served_bytes: Counter = Counter()  # (class, outcome) -> body bytes sent to the registry
         self.upstream_requests: Counter = Counter()  # (class, status) -> exchanges with the upstream
         self.upstream_bytes: Counter = Counter()  # class -> body bytes received from the upstream
+        self.peer_bytes = 0  # blob bytes read from another replica instead of the upstream (scale-out)
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer
 
     def served(self, kind: str, outcome: str, nbytes: int) -> None:
         """An answer to the stock registry."""
         self.requests[(kind, outcome.lower())] += 1
         self.served_bytes[(kind, outcome.lower())] += nbytes
+
+    def from_peer(self, nbytes: int) -> None:
+        self.peer_bytes += nbytes
 
     def upstream(self, kind: str, method: str, what: str, status: int | str, nbytes: int, seconds: float,
                  outcome: str = "") -> None:
@@ -77,7 +81,7 @@ class Stats:
             "routes": route_states,
             "served": by_class,
             "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
-                      "saved": max(0, served - fetched)},
+                      "saved": max(0, served - fetched), "from_other_replicas": self.peer_bytes},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,
                            "readers": t.readers, "requests": t.served} for t in transfers if not t.finished],
         }

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from devtools import seed
+from devtools.redis_server import RedisServer
 from devtools.skopeo import ca_dir
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: F401 (re-exported)
 from registry_mirror import certs, processes
@@ -68,18 +69,19 @@ class RunningMirror:
 def mirror_factory(tmp_path):
     started: list[Mirror] = []
 
-    def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None,
-             rewriter: dict | None = None, routes: list[dict] | None = None) -> RunningMirror:
+    def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
+             routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None) -> RunningMirror:
         workdir = tmp_path / f"mirror{len(started)}"
         workdir.mkdir()
         cfg_path = workdir / "mirror.yaml"
         cfg_path.write_text(yaml.safe_dump({
             "upstream": {"repository": "docker-local", **upstream_keys},
-            "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(workdir / "storage"),
+            "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(storage or workdir / "storage"),
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
             "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
             **({"routes": routes} if routes else {}),
+            **({"scale": scale} if scale else {}),
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
@@ -90,6 +92,15 @@ def mirror_factory(tmp_path):
     yield make
     for mirror in started:
         mirror.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 def credentials_of(harness: UpstreamHarness) -> dict:

@@ -37,7 +37,8 @@ def test_snapshot_counts_and_savings():
     stats, health = filled()
     snap = stats.snapshot([route(health, "https://art/x")])
     assert snap["served"]["blob"] == {"miss": {"requests": 1, "bytes": 1000}, "coalesced": {"requests": 1, "bytes": 1000}}
-    assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "saved": 1420}
+    assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "saved": 1420,
+                             "from_other_replicas": 0}
     assert snap["upstream"]["requests"] == {"blob:200": 1, "manifest-by-tag:timeout": 1, "token:200": 1}
     assert snap["upstream"]["latency_ms"]["p50"] == 50.0  # a request with no answer has no latency
     assert json.loads(json.dumps(snap)) == snap

@@ -1,0 +1,113 @@
+"""Blob coalescing across replicas of one data center: one redis lock per digest in flight.
+
+The replica that claims a digest first fetches it from the upstream; the lock's value says where its blob
+endpoint serves the growing spool. A replica asked for the same digest meanwhile reads it from there, over
+the data center's network, instead of over the WAN. While the leader fetches it renews its claim; when it is
+done the claim lives on for as long as the spool is kept, for replicas that come late. If redis cannot be
+reached, each replica fetches on its own (the WAN may then see a layer more than once) and the mirror keeps
+serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .config import ScaleConfig
+
+log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "artifactory-mirror:blob:"
+# change the claim only while it is still this replica's: a claim that expired and was taken stays taken
+_RENEW_IF_MINE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+                  "else return 0 end")
+_DELETE_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A replica's blob endpoint: its address and the key it serves only the mirror's own requests with."""
+    url: str
+    key: str
+
+    def encode(self) -> str:
+        return json.dumps({"url": self.url, "key": self.key}, sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: bytes | str | None) -> Peer | None:
+        try:
+            data = json.loads(text) if text else None
+            return cls(str(data["url"]), str(data["key"])) if isinstance(data, dict) else None
+        except (ValueError, KeyError):
+            return None
+
+
+class PeerCoordinator:
+    def __init__(self, scale: ScaleConfig, keep_seconds: float):
+        self.scale, self.keep_seconds = scale, keep_seconds
+        self.me: Peer | None = None
+        self.redis_errors = 0
+        self.last_error = ""
+        self._redis = aioredis.Redis(host=scale.redis.host, port=scale.redis.port, db=scale.redis_db,
+                                     password=scale.redis_password or None, socket_timeout=2,
+                                     socket_connect_timeout=2)
+
+    def announce(self, port: int, key: str) -> None:
+        host = f"[{self.scale.advertise}]" if ":" in self.scale.advertise else self.scale.advertise
+        self.me = Peer(f"http://{host}:{port}", key)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def claim(self, digest: str) -> Peer | None:
+        """None when this replica is to fetch `digest` from the upstream; else the replica already fetching it."""
+        mine = self.me.encode()
+        try:
+            if await self._redis.set(LOCK_PREFIX + digest, mine, nx=True, px=int(self.scale.lock_seconds * 1000)):
+                return None
+            holder = Peer.decode(await self._redis.get(LOCK_PREFIX + digest))
+        except (RedisError, OSError) as e:
+            self._failed(f"claim {digest}", e)
+            return None
+        if holder is None or holder == self.me:  # our own claim from an earlier transfer: lead again
+            return None
+        return holder
+
+    @asynccontextmanager
+    async def leading(self, digest: str):
+        """Hold the claim on `digest` while the body runs; keep it for late replicas if the body succeeds."""
+        renewer = asyncio.create_task(self._renew(digest))
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            renewer.cancel()
+            try:
+                if succeeded and self.keep_seconds > 0:
+                    await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
+                                           int(self.keep_seconds * 1000))
+                else:
+                    await self._redis.eval(_DELETE_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode())
+            except (RedisError, OSError) as e:
+                self._failed(f"release {digest}", e)  # the claim expires on its own
+
+    async def _renew(self, digest: str) -> None:
+        while True:
+            await asyncio.sleep(self.scale.lock_seconds / 3)
+            try:
+                await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
+                                       int(self.scale.lock_seconds * 1000))
+            except (RedisError, OSError) as e:
+                self._failed(f"renew {digest}", e)
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        self.redis_errors += 1
+        self.last_error = f"{what}: {type(e).__name__} {e}"
+        log.warning("redis at %s unavailable (%s); this replica fetches on its own", self.scale.redis,
+                    self.last_error)

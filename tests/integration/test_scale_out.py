@@ -1,0 +1,64 @@
+"""Scale-out inside a data center: two replicas (stock registry + addon each) sharing one storage folder and
+a real redis-server, for the registry's blob descriptors and for one lock per digest in flight."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from devtools import seed
+from devtools.skopeo import pull
+
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_until_quiet
+
+
+def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream_factory, mirror_factory, redis_server,
+                                                             layer_cache, tmp_path):
+    upstream = upstream_factory(blob_rate=2 * seed.MIB)  # slow enough that both replicas ask while it flows
+    image = small_image(layer_cache, name="scale/app", seed_base=50)
+    seed.push(upstream.registry_url, image)
+    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address}}
+    replicas = [mirror_factory(credentials_of(upstream), **shared) for _ in range(2)]
+
+    def pull_through(i: int) -> float:
+        return pull(f"{replicas[i].address}/{image.name}:{image.tag}", tmp_path / f"machine{i}",
+                    cert_dir=replicas[i].trust)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(pull_through, range(2)))
+    for i in range(2):
+        assert_pulled_identical(tmp_path / f"machine{i}", image)
+    wait_until_quiet(upstream)
+
+    # four stock-registry fetches per blob (two replicas x the double fetch), one upstream GET
+    digests = sorted(r["path"].rsplit("/", 1)[1] for r in blob_gets(upstream.stats()))
+    assert digests == sorted(b.digest for b in (*image.layers, image.config))
+    logs = replicas[0].logs() + replicas[1].logs()
+    assert "from replica http://127.0.0.1:" in logs and "blob PEER" in logs
+
+    # the registries' blob descriptor cache lives in the shared redis
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        described = {k.decode().rsplit("::", 1)[-1] for k in client.scan_iter("blobs::*")}
+        assert {b.digest for b in image.layers} <= described
+    finally:
+        client.close()
+
+    # a third machine on either replica: the shared storage answers, nothing crosses to the upstream
+    upstream.control("reset")
+    pull(f"{replicas[1].address}/{image.name}@{image.manifest_digest}", tmp_path / "machine2",
+         cert_dir=replicas[1].trust)
+    assert_pulled_identical(tmp_path / "machine2", image)
+    assert blob_gets(upstream.stats()) == []
+
+
+def test_replicas_keep_serving_when_redis_is_gone(upstream_factory, mirror_factory, redis_server, layer_cache,
+                                                   tmp_path):
+    """Without redis each replica coalesces on its own: pulls work, the WAN may see a layer once per replica."""
+    upstream = upstream_factory()
+    image = small_image(layer_cache, name="scale/lonely", seed_base=60)
+    seed.push(upstream.registry_url, image)
+    replica = mirror_factory(credentials_of(upstream), scale={"redis": redis_server.address})
+    redis_server.stop()
+    pull(f"{replica.address}/{image.name}:{image.tag}", tmp_path / "pulled", cert_dir=replica.trust)
+    assert_pulled_identical(tmp_path / "pulled", image)
+    assert "this replica fetches on its own" in replica.logs()
