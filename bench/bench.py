@@ -7,8 +7,9 @@ upstream through an unshaped control link, and probes the data center's services
 on the WAN are read from the WAN interface's counters. Where namespaces cannot be made, it says so and runs on loopback, counting bytes at the upstream.
 
 Designs: (a) direct pulls from the upstream, (b) the seed's design (the stock registry + HAProxy with the
-seed's rewrite and a fixed Basic header), (c) this mirror. Each deploys the 160 + 60 MB image to N machines
-one after another and all at once, from an empty mirror.
+seed's rewrite and a fixed Basic header), (c) this mirror, (d) this mirror as two replicas sharing one storage
+folder and a redis-server, the machines taking them in turn as a round-robin load balancer would. Each deploys
+the 160 + 60 MB image to N machines one after another and all at once, from an empty mirror.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "addons"))
 
 from devtools import seed  # noqa: E402
 from devtools.demo import peak_rss_mb  # noqa: E402
+from devtools.redis_server import RedisServer  # noqa: E402
 from devtools.skopeo import ca_dir, pull  # noqa: E402
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: E402
 from registry_mirror import certs, processes  # noqa: E402
@@ -40,6 +42,7 @@ from registry_mirror.config import load  # noqa: E402
 from registry_mirror.registry_config import plain_registry_config  # noqa: E402
 
 UP_NS, DC_NS = "amb-up", "amb-dc"
+REPLICAS = "artifactory-mirror, 2 replicas + redis"
 WAN_UP, WAN_DC = "10.77.0.1", "10.77.0.2"
 CTL_UP = ("10.78.0.1", "10.78.0.2")  # the driver's control link to the upstream: (root side, namespace side)
 
@@ -151,16 +154,20 @@ backend artifactory
         raise
 
 
-def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str]):
+def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str],
+                 storage: Path | None = None, scale: dict | None = None):
+    """One mirror; with `storage` and `scale`, one replica of several sharing them."""
+    workdir.mkdir(exist_ok=True)
     mirror_port = processes.free_port()
     cfg_path = workdir / "mirror.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "upstream": {"url": f"http://{site.up_url_host}:{upstream.front_port}", "repository": "docker-local",
                      "username": upstream.username, "password": upstream.password},
-        "mirror": {"listen": f"127.0.0.1:{mirror_port}", "storage": str(workdir / "mirror-storage"),
+        "mirror": {"listen": f"127.0.0.1:{mirror_port}", "storage": str(storage or workdir / "mirror-storage"),
                    "tls_cert": cert[0], "tls_key": cert[1]},
         "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
-        "cache": {"spool_dir": str(workdir / "spool")}}))
+        "cache": {"spool_dir": str(workdir / "spool")},
+        **({"scale": scale} if scale else {})}))
     cfg_path.chmod(0o600)
     mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=site.dc_netns)
     try:
@@ -171,9 +178,26 @@ def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tup
     return mirror, f"127.0.0.1:{mirror_port}"
 
 
-def deploy(ref: str, machines: int, concurrent: bool, workdir: Path, site: Site, **pull_args) -> list[float]:
+def start_replicas(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str], count: int = 2):
+    """`count` mirrors sharing one storage folder and a redis-server, all in the data center."""
+    redis_server = RedisServer(workdir / "redis", netns=site.dc_netns).start()
+    mirrors = []
+    try:
+        for i in range(count):
+            mirrors.append(start_mirror(workdir / f"replica{i}", site, upstream, cert, workdir / "shared-storage",
+                                        {"redis": redis_server.address})[0])
+    except BaseException:
+        for mirror in mirrors:
+            mirror.stop()
+        redis_server.stop()
+        raise
+    return mirrors, redis_server
+
+
+def deploy(refs: list[str], machines: int, concurrent: bool, workdir: Path, site: Site, **pull_args) -> list[float]:
+    """Machine i pulls refs[i % len(refs)]: several refs are replicas behind one name, taken in turn."""
     def one(i: int) -> float:
-        return pull(ref, workdir / f"machine{i}", netns=site.dc_netns, **pull_args)
+        return pull(refs[i % len(refs)], workdir / f"machine{i}", netns=site.dc_netns, **pull_args)
     if concurrent:
         with ThreadPoolExecutor(machines) as pool:
             return list(pool.map(one, range(machines)))
@@ -211,11 +235,12 @@ def run(args) -> int:
         ref_path = f"{image.name}:{image.tag}"
         print(f"bench: image {image.size / 1e6:.1f} MB, {args.machines} machines, "
               f"{'WAN ' + args.rate + ' (tc tbf)' if wan else 'loopback'}")
-        for design in ("direct", "seed design (registry + HAProxy)", "artifactory-mirror"):
+        for design in ("direct", "seed design (registry + HAProxy)", "artifactory-mirror", REPLICAS):
             for concurrent in (False, True):
-                run_dir = workdir / f"{design.split()[0]}-{'conc' if concurrent else 'seq'}"
+                run_dir = workdir / f"{design.split()[0].strip(',')}{'-replicas' if design == REPLICAS else ''}-" \
+                                    f"{'conc' if concurrent else 'seq'}"
                 run_dir.mkdir()
-                procs, mirror = [], None
+                procs, mirrors, redis_server = [], [], None
                 try:
                     if design == "direct":
                         ref, pull_args = (f"{site.up_url_host}:{upstream.front_port}/{ref_path}",
@@ -223,16 +248,20 @@ def run(args) -> int:
                     elif design.startswith("seed"):
                         procs, addr = start_seed_design(run_dir, site, upstream, cert)
                         ref, pull_args = f"{addr}/{ref_path}", {"cert_dir": trust}
+                    elif design == REPLICAS:
+                        mirrors, redis_server = start_replicas(run_dir, site, upstream, cert)
+                        ref, pull_args = [f"{m.cfg.mirror.listen}/{ref_path}" for m in mirrors], {"cert_dir": trust}
                     else:
                         mirror, addr = start_mirror(run_dir, site, upstream, cert)
-                        ref, pull_args = f"{addr}/{ref_path}", {"cert_dir": trust}
+                        mirrors, ref, pull_args = [mirror], f"{addr}/{ref_path}", {"cert_dir": trust}
                     wait_until_quiet(upstream, quiet=0.5)
                     before, t0 = counter(), time.monotonic()
-                    times = deploy(ref, args.machines, concurrent, run_dir, site, **pull_args)
+                    times = deploy(ref if isinstance(ref, list) else [ref], args.machines, concurrent, run_dir, site,
+                                   **pull_args)
                     wall = time.monotonic() - t0
                     wait_until_quiet(upstream, quiet=1.5)  # the stock registry's background fetches
                     wan_bytes = counter() - before
-                    peak = peak_rss_mb(mirror.mitm.pid) if mirror else None
+                    peak = max((peak_rss_mb(m.mitm.pid) for m in mirrors), default=None)
                     rows.append({"design": design, "mode": "all at once" if concurrent else "one after another",
                                  "machines": args.machines, "wall_s": round(wall, 2), "times": times,
                                  "first_pull_s": round(times[0], 2), "wan_bytes": wan_bytes,
@@ -242,8 +271,10 @@ def run(args) -> int:
                           f"WAN {wan_bytes / 1e6:9.1f} MB ({wan_bytes / image.size:5.2f}x)"
                           + (f"  addon peak {peak:.0f} MB" if peak else ""), flush=True)
                 finally:
-                    if mirror:
+                    for mirror in mirrors:
                         mirror.stop()
+                    if redis_server:
+                        redis_server.stop()
                     for proc in procs:
                         processes.stop(proc)
         cold = [next(r["times"][0] for r in rows if r["design"] == "artifactory-mirror")]
@@ -293,7 +324,7 @@ def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site,
         subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--dest-cert-dir", str(trust),
                                            f"dir:{source}", f"docker://127.0.0.1:{port}/{ref_path}"], site.dc_netns),
                        check=True, capture_output=True)
-        local = deploy(f"127.0.0.1:{port}/{ref_path}", machines, False, local_dir, site, cert_dir=trust)
+        local = deploy([f"127.0.0.1:{port}/{ref_path}"], machines, False, local_dir, site, cert_dir=trust)
     finally:
         processes.stop(reg)
     return {"direct_s": round(statistics.median(seq["direct"]), 2), "mirror_cold_s": round(statistics.median(cold), 2),
