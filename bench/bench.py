@@ -185,7 +185,7 @@ def start_replicas(workdir: Path, site: Site, upstream: UpstreamHarness, cert: t
     try:
         for i in range(count):
             mirrors.append(start_mirror(workdir / f"replica{i}", site, upstream, cert, workdir / "shared-storage",
-                                        {"redis": redis_server.address})[0])
+                                        {"redis": redis_server.address, "listen": "127.0.0.1"})[0])
     except BaseException:
         for mirror in mirrors:
             mirror.stop()

@@ -68,10 +68,13 @@ class RegistryMirror:
         self.router = Router(self.config, self.stats)
         await self.router.start()
         self.blobs = BlobServer(self.router, self.config.cache, self.stats)
-        listen_host = self.config.rewriter.listen.host
-        shared = self.config.rewriter.blob_redirect or self.config.scale.enabled  # reached by others than us
-        await self.blobs.start(listen_host if shared else "127.0.0.1")
-        if self.config.scale.enabled:
+        scale = self.config.scale
+        if scale.enabled:  # the other replicas read spools here too
+            await self.blobs.start(scale.listen.host, scale.listen.port)
+        else:  # the registry, on the address it reaches the addon at
+            await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
+                                   else "127.0.0.1")
+        if scale.enabled:
             self.blobs.share_with_peers(PeerCoordinator(self.config.scale, self.config.cache.spool_keep))
 
     async def done(self) -> None:

@@ -39,7 +39,7 @@ class BlobServer:
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
-        self.port = 0
+        self.host, self.port = "127.0.0.1", 0
         self.peers: PeerCoordinator | None = None
         self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
         self._runner: web.AppRunner | None = None
@@ -51,19 +51,21 @@ class BlobServer:
         self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
 
     def redirect_url(self, host: str, req: RegistryRequest) -> str:
-        """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at."""
+        """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at
+        when the endpoint listens on every address."""
+        host = host if self.host in ("0.0.0.0", "::") else self.host
         host = f"[{host}]" if ":" in host else host
         ns = f"&ns={req.ns}" if req.ns else ""  # the route is chosen again here, the same way
         return f"http://{host}:{self.port}{req.v2_path}?{KEY_PARAM}={self.key}{ns}"
 
-    async def start(self, host: str = "127.0.0.1") -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("GET", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, 0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.host, self.port = host, site._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
         await self.coalescer.close()

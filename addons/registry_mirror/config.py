@@ -123,6 +123,7 @@ class ScaleConfig:
     redis: Address | None = None  # None: a single replica, nothing shared
     redis_db: int = 0
     redis_password: Secret | None = field(default=None, repr=False)
+    listen: Address = Address("0.0.0.0", 0)  # the blob endpoint, for the registry and the other replicas
     advertise: str = ""  # the host other replicas reach this one's blob endpoint at
     lock_seconds: float = 60.0  # a leader's claim on a digest, renewed while it fetches
 
@@ -165,8 +166,8 @@ _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_pa
 _CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
                "spool_keep": (int, float), "stale_budget": (int, float), "max_stale": (int, float),
                "tag_state_file": str}
-_SCALE_KEYS = {"redis": str, "redis_db": int, "redis_password": str, "redis_password_file": str, "advertise": str,
-               "lock_seconds": (int, float)}
+_SCALE_KEYS = {"redis": str, "redis_db": int, "redis_password": str, "redis_password_file": str, "listen": str,
+               "advertise": str, "lock_seconds": (int, float)}
 _SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS,
              "scale": _SCALE_KEYS}
 
@@ -214,7 +215,7 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     default = _upstream(sections["upstream"], resolve)
     rewriter = _rewriter(sections.get("rewriter", {}), resolve)
     return Config(
-        scale=_scale(sections.get("scale", {}), resolve, rewriter),
+        scale=_scale(sections.get("scale", {}), resolve),
         upstream=default,
         routes=_routes(routes, sections["upstream"], resolve),
         mirror=_mirror(sections.get("mirror", {}), resolve),
@@ -387,30 +388,33 @@ def _rewriter(v: dict, resolve) -> RewriterConfig:
     )
 
 
-def _scale(v: dict, resolve, rewriter: RewriterConfig) -> ScaleConfig:
+def _scale(v: dict, resolve) -> ScaleConfig:
     if not v.get("redis"):
         if v:
             raise ConfigError(f"scale.redis: missing; the scale keys ({', '.join(v)}) need the redis shared by "
                               f"the replicas, host:port, e.g. 10.0.0.5:6379")
         return ScaleConfig()
-    advertise = v.get("advertise") or rewriter.listen.host
-    if advertise in ("0.0.0.0", "::", ""):
-        raise ConfigError(f"scale.advertise: missing; rewriter.listen is {rewriter.listen}, so say which address "
-                          f"the other replicas reach this one at, e.g. advertise: 10.0.0.11")
+    redis = parse_address("scale.redis", v["redis"])
+    listen_text = v.get("listen", "0.0.0.0:0")
+    listen = parse_address("scale.listen", listen_text if ":" in listen_text.strip("[]") else f"{listen_text}:0",
+                           allow_any_port=True)
+    advertise = v.get("advertise") or ("" if listen.host in ("0.0.0.0", "::") else listen.host)
+    if not advertise:
+        raise ConfigError(f"scale.advertise: missing; scale.listen is {listen_text}, so say which address the "
+                          f"other replicas reach this one at, e.g. advertise: 10.0.0.11")
     if not re.fullmatch(r"[A-Za-z0-9.:-]+", advertise):
         raise ConfigError(f"scale.advertise: {advertise!r} is not a host name or IP address")
-    if rewriter.listen.host not in ("0.0.0.0", "::", advertise):
-        raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the addon listens on "
-                          f"{rewriter.listen.host} only (rewriter.listen); set rewriter.listen to "
-                          f"{advertise}:{rewriter.listen.port} or 0.0.0.0:{rewriter.listen.port}")
+    if listen.host not in ("0.0.0.0", "::", advertise):
+        raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the blob endpoint "
+                          f"listens on {listen.host} only (scale.listen); make them the same, or listen on 0.0.0.0")
     db, lock = v.get("redis_db", 0), float(v.get("lock_seconds", 60.0))
     if not 0 <= db <= 15:
         raise ConfigError(f"scale.redis_db: {db} is out of range; expected 0 to 15")
     if not 5 <= lock <= 3600:
         raise ConfigError(f"scale.lock_seconds: {lock:g} is out of range; expected 5 to 3600 seconds")
-    return ScaleConfig(redis=parse_address("scale.redis", v["redis"]), redis_db=db,
-                       redis_password=_secret(v, "redis_password", resolve, "scale"), advertise=advertise,
-                       lock_seconds=lock)
+    return ScaleConfig(redis=redis, redis_db=db,
+                       redis_password=_secret(v, "redis_password", resolve, "scale"), listen=listen,
+                       advertise=advertise, lock_seconds=lock)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -432,10 +436,11 @@ def _cache(v: dict, resolve, storage: str) -> CacheConfig:
                        tag_state_file=resolve(v.get("tag_state_file") or storage.rstrip("/") + ".tags.json"))
 
 
-def parse_address(name: str, value: str) -> Address:
+def parse_address(name: str, value: str, allow_any_port: bool = False) -> Address:
+    """host:port; with `allow_any_port`, port 0 means any free port."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if allow_any_port else 1) <= int(port) < 65536:
         raise ConfigError(f"{name}: {value!r} is not host:port, e.g. 127.0.0.1:8081")
     return Address(host, int(port))
 

@@ -17,7 +17,7 @@ def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream_factory, mi
     upstream = upstream_factory(blob_rate=2 * seed.MIB)  # slow enough that both replicas ask while it flows
     image = small_image(layer_cache, name="scale/app", seed_base=50)
     seed.push(upstream.registry_url, image)
-    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address}}
+    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
     replicas = [mirror_factory(credentials_of(upstream), **shared) for _ in range(2)]
 
     def pull_through(i: int) -> float:
@@ -57,7 +57,7 @@ def test_replicas_keep_serving_when_redis_is_gone(upstream_factory, mirror_facto
     upstream = upstream_factory()
     image = small_image(layer_cache, name="scale/lonely", seed_base=60)
     seed.push(upstream.registry_url, image)
-    replica = mirror_factory(credentials_of(upstream), scale={"redis": redis_server.address})
+    replica = mirror_factory(credentials_of(upstream), scale={"redis": redis_server.address, "listen": "127.0.0.1"})
     redis_server.stop()
     pull(f"{replica.address}/{image.name}:{image.tag}", tmp_path / "pulled", cert_dir=replica.trust)
     assert_pulled_identical(tmp_path / "pulled", image)

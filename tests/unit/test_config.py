@@ -105,17 +105,19 @@ def test_unreadable_and_invalid_files(tmp_path):
 def test_scale_section():
     base = {"upstream": {"url": "https://art", "repository": "r", "anonymous": True}}
     assert not parse(base).scale.enabled
-    cfg = parse({**base, "rewriter": {"listen": "0.0.0.0:8081"}, "scale": {"redis": "10.0.0.5:6379",
-                                                                           "advertise": "10.0.0.11"}})
+    cfg = parse({**base, "scale": {"redis": "10.0.0.5:6379", "advertise": "10.0.0.11"}})
     assert cfg.scale.enabled and str(cfg.scale.redis) == "10.0.0.5:6379" and cfg.scale.advertise == "10.0.0.11"
-    loopback = parse({**base, "scale": {"redis": "127.0.0.1:6379"}}).scale
-    assert loopback.advertise == "127.0.0.1"  # the addon's own listen address
-    for scale, rewriter, message in [
-        ({"advertise": "10.0.0.11"}, {}, r"scale\.redis: missing"),
-        ({"redis": "10.0.0.5:6379"}, {"listen": "0.0.0.0:8081"}, r"scale\.advertise: missing"),
-        ({"redis": "10.0.0.5:6379", "advertise": "10.0.0.11"}, {}, r"listens on 127\.0\.0\.1 only"),
-        ({"redis": "redis://x"}, {}, r"scale\.redis: 'redis://x' is not host:port"),
-        ({"redis": "10.0.0.5:6379", "lock_seconds": 1}, {}, r"scale\.lock_seconds: 1 is out of range"),
+    assert str(cfg.scale.listen) == "0.0.0.0:0" and cfg.rewriter.listen.host == "127.0.0.1"
+    loopback = parse({**base, "scale": {"redis": "127.0.0.1:6379", "listen": "127.0.0.1"}}).scale
+    assert loopback.advertise == "127.0.0.1"  # where the blob endpoint listens
+    fixed = parse({**base, "scale": {"redis": "r:6379", "listen": "10.0.0.11:8083"}}).scale
+    assert (fixed.listen.port, fixed.advertise) == (8083, "10.0.0.11")
+    for scale, message in [
+        ({"advertise": "10.0.0.11"}, r"scale\.redis: missing"),
+        ({"redis": "10.0.0.5:6379"}, r"scale\.advertise: missing"),
+        ({"redis": "10.0.0.5:6379", "listen": "127.0.0.1", "advertise": "10.0.0.11"}, r"listens on 127\.0\.0\.1 only"),
+        ({"redis": "redis://x"}, r"scale\.redis: 'redis://x' is not host:port"),
+        ({"redis": "10.0.0.5:6379", "advertise": "a", "lock_seconds": 1}, r"scale\.lock_seconds: 1 is out of range"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            parse({**base, "rewriter": rewriter, "scale": scale})
+            parse({**base, "scale": scale})
