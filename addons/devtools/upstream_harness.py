@@ -14,6 +14,10 @@ import yaml
 from registry_mirror import processes
 from registry_mirror.registry_config import plain_registry_config
 
+# a drip fault sleeps inside the front's stream callbacks (4 s per 64 KiB at 16 KiB/s), one after another
+# while several dripping transfers are open: control requests wait behind them
+CONTROL_TIMEOUT = 60
+
 FRONT_ADDON = Path(__file__).resolve().parent.parent / "artifactory_front.py"
 
 
@@ -84,7 +88,8 @@ class UpstreamHarness:
         self.procs.clear()
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.control_host}:{self.front_port}/_front/stats", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://{self.control_host}:{self.front_port}/_front/stats",
+                                    timeout=CONTROL_TIMEOUT) as resp:
             return json.load(resp)
 
     def fault(self, mode: str = "none", **params) -> None:
@@ -95,7 +100,7 @@ class UpstreamHarness:
     def control(self, action: str) -> None:
         req = urllib.request.Request(f"http://{self.control_host}:{self.front_port}/_front/{action}", method="POST",
                                      data=b"")
-        urllib.request.urlopen(req, timeout=10).close()
+        urllib.request.urlopen(req, timeout=CONTROL_TIMEOUT).close()
 
 
 def wait_until_quiet(harness: UpstreamHarness, quiet: float = 1.0, timeout: float = 30.0) -> None:

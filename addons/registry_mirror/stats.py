@@ -83,7 +83,8 @@ class Stats:
             "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
                       "saved": max(0, served - fetched), "from_other_replicas": self.peer_bytes},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,
-                           "readers": t.readers, "requests": t.served} for t in transfers if not t.finished],
+                           "readers": t.readers, "requests": t.served, "from": t.origin or "upstream"}
+                          for t in transfers if not t.finished],
         }
 
 

@@ -35,8 +35,9 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
     transfers = "".join(
         f"<tr><td><code>{e(t['digest'][:19])}…</code></td><td>{e(t['repository'])}</td>"
         f"<td><progress max='{t['size'] or 1}' value='{t['received']}'></progress> "
-        f"{human_bytes(t['received'])} of {human_bytes(t['size'])}</td><td>{t['readers']}</td></tr>"
-        for t in snap["transfers"]) or "<tr><td colspan='4'>none</td></tr>"
+        f"{human_bytes(t['received'])} of {human_bytes(t['size'])}</td><td>{t['readers']}</td>"
+        f"<td>{e(t.get('from', 'upstream'))}</td></tr>"
+        for t in snap["transfers"]) or "<tr><td colspan='5'>none</td></tr>"
     exchanges = "".join(
         f"<tr><th>{e(kind)}</th><td>{e(status)}</td><td>{n}</td><td>{human_bytes(up['bytes'].get(kind, 0))}</td></tr>"
         for kind, status, n in sorted((*k.partition(":")[::2], n) for k, n in up["requests"].items())
@@ -77,7 +78,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <h2>Exchanges with the upstream, by class and status</h2>
 <table id="upstream"><tr><th></th><th>status</th><th>requests</th><th>bytes (class)</th></tr>{exchanges}</table>
 <h2>Blob transfers in flight</h2>
-<table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th></tr>{transfers}</table>
+<table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>{transfers}</table>
 <p><small>JSON: <a href="{JSON_PATH}">{JSON_PATH}</a> &middot; Prometheus: <a href="{METRICS_PATH}">{METRICS_PATH}</a>
  &middot; refreshes every {refresh_seconds} s</small></p>
 </body></html>

@@ -2,12 +2,16 @@
 a real redis-server, for the registry's blob descriptors and for one lock per digest in flight."""
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 
 from devtools import seed
-from devtools.skopeo import pull
+from devtools.skopeo import PullError, pull
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_until_quiet
 
@@ -62,3 +66,47 @@ def test_replicas_keep_serving_when_redis_is_gone(upstream_factory, mirror_facto
     pull(f"{replica.address}/{image.name}:{image.tag}", tmp_path / "pulled", cert_dir=replica.trust)
     assert_pulled_identical(tmp_path / "pulled", image)
     assert "this replica fetches on its own" in replica.logs()
+
+
+def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream_factory, mirror_factory,
+                                                                        redis_server, layer_cache, tmp_path):
+    """B reads a layer from A's spool; A's addon is killed half-way; B's pull still completes, the rest of the
+    layer fetched from the upstream with a Range request."""
+    upstream = upstream_factory(blob_rate=seed.MIB)  # the 3 MiB layer takes about 3 s
+    image = small_image(layer_cache, name="scale/fragile", seed_base=70)
+    seed.push(upstream.registry_url, image)
+    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
+    a, b = (mirror_factory(credentials_of(upstream), **shared) for _ in range(2))
+    ref = f"{image.name}:{image.tag}"
+    # the test front sends rate-limited blobs by sleeping in its event loop, so B's manifest and HEADs would
+    # wait behind A's layer: B asks for them first, and its caches answer them during the pull
+    for path in (f"manifests/{image.tag}", *(f"blobs/{blob.digest}" for blob in (*image.layers, image.config))):
+        request = urllib.request.Request(f"{b.rewriter}/v2/{image.name}/{path}", method="HEAD",
+                                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        urllib.request.urlopen(request, timeout=30).close()
+    with ThreadPoolExecutor(2) as pool:
+        pull_a = pool.submit(pull, f"{a.address}/{ref}", tmp_path / "via-a", cert_dir=a.trust)
+        wait_for(lambda: any(t["readers"] for t in stats_of(a)["transfers"]), "A fetching the first layer")
+        pull_b = pool.submit(pull, f"{b.address}/{ref}", tmp_path / "via-b", cert_dir=b.trust)
+        wait_for(lambda: any(t["from"] != "upstream" and t["received"] for t in stats_of(b)["transfers"]),
+                 "B reading A's spool")
+        a.mirror.mitm.kill()
+        pull_b.result(timeout=120)
+        with pytest.raises(PullError):
+            pull_a.result(timeout=120)
+    assert_pulled_identical(tmp_path / "via-b", image)
+    assert "the upstream sends the rest" in b.logs()
+    assert any(r["range"].startswith("bytes=") and r["range"] != "bytes=0-" for r in blob_gets(upstream.stats()))
+
+
+def stats_of(mirror) -> dict:
+    with urllib.request.urlopen(f"{mirror.rewriter}/_mirror/stats.json", timeout=10) as resp:
+        return json.load(resp)
+
+
+def wait_for(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
