@@ -156,10 +156,10 @@ _UPSTREAM_KEYS = {
     "blob_resumes": int, "retries": int, "library": str,
 }
 _ROUTE_KEYS = {**_UPSTREAM_KEYS, "prefix": str, "ns": list, "strip_prefix": bool}
-# a route without its own url inherits these from `upstream`; one with its own url inherits none of them,
-# so `upstream`'s credentials are never sent to another host
-_INHERITED_WITH_URL = ("url", "username", "password", "password_file", "token", "token_file", "anonymous",
-                       "ca_file", "tls_verify", "allowed_realm_hosts")
+# A route inherits `upstream`'s keys, except: its own credential replaces all of upstream's, and with its own
+# url it takes none of upstream's host, TLS or credential keys, so a credential only goes to its own host
+_CREDENTIAL_KEYS = ("username", "password", "password_file", "token", "token_file", "anonymous")
+_NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts")
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool, "log_format": str}
@@ -259,15 +259,13 @@ def _routes(routes: list[dict], default: dict, resolve) -> tuple[UpstreamConfig,
         seen.add((prefix, ns))
         if route.get("strip_prefix") and not prefix:
             raise ConfigError(f"{label}.strip_prefix: needs a prefix to strip")
-        credential_keys = ("username", "token", "token_file", "anonymous")
-        if "url" in route and not any(k in route for k in credential_keys):
+        own_credential = any(k in route for k in _CREDENTIAL_KEYS)
+        if "url" in route and not own_credential:
             raise ConfigError(f"{label}: sets its own url but no credential; set username + password (or "
                               f"password_file), token, or anonymous: true. A route with its own url never "
                               f"inherits upstream's credentials, so they are never sent to another host")
-        if "url" in route:
-            merged = {**{k: v for k, v in default.items() if k not in _INHERITED_WITH_URL}, **route}
-        else:
-            merged = {**default, **route}
+        not_inherited = _NOT_INHERITED_WITH_URL if "url" in route else _CREDENTIAL_KEYS if own_credential else ()
+        merged = {**{k: v for k, v in default.items() if k not in not_inherited}, **route}
         merged = {k: v for k, v in merged.items() if k not in ("prefix", "ns", "strip_prefix")}
         cfg = _upstream(merged, resolve, label)
         built.append(replace(cfg, match_prefix=prefix, match_ns=ns, strip_prefix=route.get("strip_prefix", False)))

@@ -57,6 +57,15 @@ def test_route_without_url_inherits_host_and_credentials():
     assert route.prefix == "/artifactory/api/docker/docker-team-a" and route.label == "routes[0]"
 
 
+def test_a_route_with_its_own_credential_takes_none_of_upstreams():
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "token": "t0k"},
+                 "routes": [{"prefix": "team-a", "repository": "docker-team-a", "username": "team-a-bot",
+                             "password": "team-a-secret"}]})
+    route = cfg.routes[0]
+    assert (route.username, route.password, route.token) == ("team-a-bot", "team-a-secret", None)
+    assert route.origin == "https://art.example.com"
+
+
 def test_route_with_its_own_url_never_inherits_credentials():
     with pytest.raises(ConfigError, match=r"routes\[0\]: sets its own url but no credential.*never sent to another"):
         config({"prefix": "hub", "url": "https://nexus.example.com", "repository": "docker-hub"})
