@@ -9,6 +9,7 @@
 #   ./run.sh test    the test suite (pytest arguments may follow)
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
 #   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
+#   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -91,11 +92,15 @@ case "$cmd" in
     "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null ||
       "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'matplotlib>=3.8' 2>&1 | { grep -v "^WARNING: Location" || true; }
     run_python bench/bench.py "$@" ;;
+  bench-cpu)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python bench/cold_cpu.py "$@" ;;
   bench-load)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -1,0 +1,100 @@
+"""`./run.sh bench-cpu`: where a cold pull's CPU goes, process by process, on loopback.
+
+Each round pulls the seed's 230 MB image directly from the Artifactory-compatible front, then cold through a
+new, empty mirror, and reads each process's user + system CPU time from /proc around the pull: the front,
+the registry behind it, the addon's mitmdump and the mirror's stock registry (skopeo's own is not counted).
+Prints every round and the medians: what bounds a cold pull on a small machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "addons"))
+
+from devtools import seed  # noqa: E402
+from devtools.demo import write_mirror_config  # noqa: E402
+from devtools.skopeo import ca_dir, pull  # noqa: E402
+from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: E402
+from registry_mirror import certs, processes  # noqa: E402
+from registry_mirror.cli import Mirror  # noqa: E402
+from registry_mirror.config import load  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pids: dict[str, int], action, settle=lambda: None) -> tuple[float, dict[str, float]]:
+    """The action's wall time, and each process's CPU time from its start until `settle` returns."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds = action()
+    settle()
+    return seconds, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="run.sh bench-cpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", default=str(ROOT / "data" / "bench-cpu"))
+    parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    upstream = UpstreamHarness(workdir / "upstream", auth="basic")
+    rows = []
+    try:
+        upstream.start()
+        java = seed.seed_demo_images(upstream.registry_url, Path(args.layer_cache))["java"]
+        ref = f"{java.name}:{java.tag}"
+        front = {"front": upstream.procs[1].pid, "upstream registry": upstream.procs[0].pid}
+        for i in range(args.rounds):
+            run = workdir / f"round{i}"
+            run.mkdir(parents=True)
+            direct, direct_cpu = measured(front, lambda: pull(
+                f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
+                creds=f"{upstream.username}:{upstream.password}"))
+            cfg = load(write_mirror_config(run, upstream.url, upstream.username, upstream.password,
+                                           processes.free_port(), processes.free_port()))
+            certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
+            mirror = Mirror(cfg, run / "logs")
+            try:
+                mirror.start()
+                wait_until_quiet(upstream, quiet=0.5)
+                pids = {**front, "addon": mirror.mitm.pid, "mirror registry": mirror.registry.pid}
+                trust = ca_dir(cfg.mirror.tls_cert, run / "ca")
+                # the registry's background fetch that outlives the pull is counted too
+                cold, cold_cpu = measured(pids, lambda: pull(f"{cfg.mirror.listen}/{ref}", run / "cold",
+                                                             cert_dir=trust),
+                                          lambda: wait_until_quiet(upstream, quiet=1.0))
+            finally:
+                mirror.stop()
+            rows.append((direct, direct_cpu, cold, cold_cpu))
+            print(f"round {i + 1}: direct {direct:.2f} s ({_cpu(direct_cpu)}); cold via mirror {cold:.2f} s "
+                  f"({_cpu(cold_cpu)})", flush=True)
+            shutil.rmtree(run / "direct")
+            shutil.rmtree(run / "cold")
+        direct = statistics.median(r[0] for r in rows)
+        cold = statistics.median(r[2] for r in rows)
+        names = list(rows[0][3])
+        medians = {n: statistics.median(r[3][n] for r in rows) for n in names}
+        print(f"\nmedians over {len(rows)} rounds, {java.size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via "
+              f"mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}")
+        return 0
+    finally:
+        upstream.stop()
+
+
+def _cpu(by_process: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in by_process.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
