@@ -12,6 +12,7 @@ import os
 import shutil
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,8 @@ def main() -> int:
         for i in range(args.rounds):
             run = workdir / f"round{i}"
             run.mkdir(parents=True)
-            direct, direct_cpu = measured(front, lambda: pull(
-                f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
+            direct, direct_cpu = measured(front, partial(
+                pull, f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
                 creds=f"{upstream.username}:{upstream.password}"))
             cfg = load(write_mirror_config(run, upstream.url, upstream.username, upstream.password,
                                            processes.free_port(), processes.free_port()))
@@ -71,9 +72,9 @@ def main() -> int:
                 pids = {**front, "addon": mirror.mitm.pid, "mirror registry": mirror.registry.pid}
                 trust = ca_dir(cfg.mirror.tls_cert, run / "ca")
                 # the registry's background fetch that outlives the pull is counted too
-                cold, cold_cpu = measured(pids, lambda: pull(f"{cfg.mirror.listen}/{ref}", run / "cold",
-                                                             cert_dir=trust),
-                                          lambda: wait_until_quiet(upstream, quiet=1.0))
+                cold, cold_cpu = measured(pids, partial(pull, f"{cfg.mirror.listen}/{ref}", run / "cold",
+                                                        cert_dir=trust),
+                                          partial(wait_until_quiet, upstream, quiet=1.0))
             finally:
                 mirror.stop()
             rows.append((direct, direct_cpu, cold, cold_cpu))
