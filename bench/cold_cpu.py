@@ -3,6 +3,8 @@
 Each round pulls the seed's 230 MB image directly from the Artifactory-compatible front, then cold through a
 new, empty mirror, and reads each process's user + system CPU time from /proc around the pull: the front,
 the registry behind it, the addon's mitmdump and the mirror's stock registry (skopeo's own is not counted).
+Then the floor: the mirror's registry restarted with empty storage while every blob is still in the addon's
+spool, so the pull goes through the stock registry and the addon but nothing crosses to the upstream.
 Prints every round and the medians: what bounds a cold pull on a small machine.
 """
 from __future__ import annotations
@@ -62,8 +64,11 @@ def main() -> int:
             direct, direct_cpu = measured(front, partial(
                 pull, f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
                 creds=f"{upstream.username}:{upstream.password}"))
-            cfg = load(write_mirror_config(run, upstream.url, upstream.username, upstream.password,
-                                           processes.free_port(), processes.free_port()))
+            cfg_path = write_mirror_config(run, upstream.url, upstream.username, upstream.password,
+                                           processes.free_port(), processes.free_port())
+            with cfg_path.open("a") as f:  # the floor pull is served from the spools of the cold one
+                f.write("cache:\n  spool_keep: 600\n  tag_ttl: 600\n")
+            cfg = load(cfg_path)
             certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
             mirror = Mirror(cfg, run / "logs")
             try:
@@ -75,22 +80,39 @@ def main() -> int:
                 cold, cold_cpu = measured(pids, partial(pull, f"{cfg.mirror.listen}/{ref}", run / "cold",
                                                         cert_dir=trust),
                                           partial(wait_until_quiet, upstream, quiet=1.0))
+                restart_registry_empty(mirror)
+                fetched_before = upstream.stats()["body_bytes"]
+                floor = pull(f"{cfg.mirror.listen}/{ref}", run / "floor", cert_dir=trust)
+                assert upstream.stats()["body_bytes"] == fetched_before, "the floor pull reached the upstream"
             finally:
                 mirror.stop()
-            rows.append((direct, direct_cpu, cold, cold_cpu))
+            rows.append((direct, direct_cpu, cold, cold_cpu, floor))
             print(f"round {i + 1}: direct {direct:.2f} s ({_cpu(direct_cpu)}); cold via mirror {cold:.2f} s "
-                  f"({_cpu(cold_cpu)})", flush=True)
-            shutil.rmtree(run / "direct")
-            shutil.rmtree(run / "cold")
+                  f"({_cpu(cold_cpu)}); floor {floor:.2f} s", flush=True)
+            for pulled in ("direct", "cold", "floor"):
+                shutil.rmtree(run / pulled)
         direct = statistics.median(r[0] for r in rows)
         cold = statistics.median(r[2] for r in rows)
         names = list(rows[0][3])
         medians = {n: statistics.median(r[3][n] for r in rows) for n in names}
+        floor = statistics.median(r[4] for r in rows)
         print(f"\nmedians over {len(rows)} rounds, {java.size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via "
-              f"mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}")
+              f"mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; "
+              f"floor (empty registry, blobs in the addon's spool, nothing from the upstream) {floor:.2f} s "
+              f"({floor / direct:.2f}x)")
         return 0
     finally:
         upstream.stop()
+
+
+def restart_registry_empty(mirror: Mirror) -> None:
+    """The mirror's stock registry again, with empty storage; the addon, its caches and spools stay."""
+    processes.stop(mirror.registry)
+    shutil.rmtree(mirror.cfg.mirror.storage)
+    log = mirror.log_dir / "registry-floor.log"
+    mirror.registry = processes.start([processes.registry_binary(), "serve", str(mirror.log_dir / "registry.yml")], log)
+    listen = mirror.cfg.mirror.listen
+    processes.wait_for_port(listen.host, listen.port, mirror.registry, what="the stock registry", log_path=log)
 
 
 def _cpu(by_process: dict[str, float]) -> str:
