@@ -141,7 +141,8 @@ class RegistryMirror:
                                              "X-Mirror-Upstream-Url": self.router.for_request(req).upstream.url_for(req)})
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
-        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.blobs.port
+        host = "127.0.0.1" if self.blobs.host in ("0.0.0.0", "::") else self.blobs.host
+        flow.request.scheme, flow.request.host, flow.request.port = "http", host, self.blobs.port
         flow.request.headers[KEY_HEADER] = self.blobs.key
         flow.request.headers.pop("Authorization", None)
 

@@ -12,6 +12,7 @@ import secrets
 import sys
 import time
 from dataclasses import replace
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint...
 KEY_PARAM = "mirror_key"  # ...or a registry the addon redirected here
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
+
+
+class PeerError(Exception):
+    """Another replica did not serve a blob; the message never carries its key."""
 
 
 class BlobServer:
@@ -55,7 +60,7 @@ class BlobServer:
         when the endpoint listens on every address."""
         host = host if self.host in ("0.0.0.0", "::") else self.host
         host = f"[{host}]" if ":" in host else host
-        ns = f"&ns={req.ns}" if req.ns else ""  # the route is chosen again here, the same way
+        ns = f"&ns={quote(req.ns, safe='')}" if req.ns else ""  # the route is chosen again here, the same way
         return f"http://{host}:{self.port}{req.v2_path}?{KEY_PARAM}={self.key}{ns}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -78,7 +83,7 @@ class BlobServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
-        if not secrets.compare_digest(given, self.key):
+        if not secrets.compare_digest(given.encode(), self.key.encode()):  # bytes: any input, no TypeError
             return _error(403, "DENIED", "this endpoint serves only the mirror's own addon")
         req = classify("GET", request.path)  # the path alone: the key in the query never goes upstream
         if not isinstance(req, RegistryRequest) or req.kind is not Kind.BLOB:
@@ -172,8 +177,8 @@ class BlobServer:
         try:
             async with self._peer_session.get(f"{peer.url}{req.v2_path}", params={KEY_PARAM: peer.key},
                                               timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                if resp.status != 200:  # (the error names the status only: the URL carries the peer's key)
+                    raise PeerError(f"answered {resp.status}")
                 transfer.origin = peer.url
                 if not transfer.head.done():
                     length = resp.headers.get("Content-Length")
@@ -186,7 +191,7 @@ class BlobServer:
             self.stats.from_peer(transfer.written)
             log.info("blob %s@%s: %d bytes from replica %s, not the upstream (%.0f ms)", req.name, req.reference,
                      transfer.written, peer.url, _ms(started))
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as e:
             transfer.origin = ""
             self.stats.from_peer(transfer.written)
             log.warning("replica %s failed blob %s@%s after %d bytes (%s); the upstream sends the rest", peer.url,
@@ -229,7 +234,7 @@ class BlobServer:
     async def _fetch_from(self, route: Route, transfer: Transfer, req: RegistryRequest, offset: int):
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         async with route.upstream.open("GET", req, headers) as (up, scheme):
-            if offset == 0:
+            if not transfer.head.done():  # the first answer for this transfer: it decides the registry's
                 if up.status != 200:
                     body = await up.content.read(64 * 1024)
                     transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
@@ -242,6 +247,9 @@ class BlobServer:
                 headers = {k: v for k, v in passed_headers(up.headers).items()
                            if k not in ("Content-Length", "Content-Range")}
                 transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
+            elif offset == 0:  # a replica answered the head, then failed before its first byte
+                if up.status != 200:
+                    raise UpstreamError(f"GET answered {up.status} after another replica failed the blob")
             elif up.status == 200:  # the upstream ignored the Range: skip what the spool has, chunk by chunk
                 skip = offset
                 while skip:

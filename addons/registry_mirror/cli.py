@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,8 +63,10 @@ class Mirror:
                                 log_path=mitm_log, netns=self.netns)
         Path(cfg.mirror.storage).mkdir(parents=True, exist_ok=True)
         registry_yml = self.log_dir / "registry.yml"
-        registry_yml.write_text(yaml.safe_dump(proxy_registry_config(cfg, f"http://{rw.listen}")))
-        registry_yml.chmod(0o600)
+        registry_yml.unlink(missing_ok=True)
+        # created 0600: it may hold the redis password, and no one else may read it even for a moment
+        with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{rw.listen}")))
         registry_log = self.log_dir / "registry.log"
         self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log,
                                         netns=self.netns)

@@ -243,7 +243,7 @@ def _routes(routes: list[dict], default: dict, resolve) -> tuple[UpstreamConfig,
     for i, route in enumerate(routes):
         label = f"routes[{i}]"
         prefix = route.get("prefix", "").strip("/")
-        ns = tuple(route.get("ns", []))
+        ns = tuple(v.lower() if isinstance(v, str) else v for v in route.get("ns", []))  # host names: any case
         if prefix and not valid_name(prefix):
             raise ConfigError(f"{label}.prefix: {route['prefix']!r} is not the start of an image name; expected "
                               f"lowercase path components such as team-a/ (letters, digits, . _ -)")

@@ -79,7 +79,7 @@ class ManifestService:
         self.upstream, self.cfg = upstream, cfg
         self.stats = stats or Stats()
         self.health = health or UpstreamHealth(timer=timer)
-        self.known = known if known is not None else TagState(cfg.tag_state_file)  # shared by all routes
+        self.known = known if known is not None else TagState(cfg.tag_state_file)
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: LRUCache = LRUCache(maxsize=65536)

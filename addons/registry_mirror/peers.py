@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .config import ScaleConfig
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "artifactory-mirror:blob:"
+REDIS_RETRY_SECONDS = 10.0  # after a failure, redis is not asked again for this long
 # change the claim only while it is still this replica's: a claim that expired and was taken stays taken
 _RENEW_IF_MINE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
                   "else return 0 end")
@@ -53,6 +55,8 @@ class PeerCoordinator:
         self.me: Peer | None = None
         self.redis_errors = 0
         self.last_error = ""
+        self._skip_until = 0.0  # after a redis failure, fetch on our own a while instead of waiting on it
+        self._releases: set[asyncio.Task] = set()
         self._redis = aioredis.Redis(host=scale.redis.host, port=scale.redis.port, db=scale.redis_db,
                                      password=scale.redis_password or None, socket_timeout=2,
                                      socket_connect_timeout=2)
@@ -62,19 +66,26 @@ class PeerCoordinator:
         self.me = Peer(f"http://{host}:{port}", key)
 
     async def close(self) -> None:
+        if self._releases:
+            await asyncio.wait(self._releases, timeout=3)
         await self._redis.aclose()
 
     async def claim(self, digest: str) -> Peer | None:
         """None when this replica is to fetch `digest` from the upstream; else the replica already fetching it."""
-        mine = self.me.encode()
+        if time.monotonic() < self._skip_until:
+            return None
+        mine, key = self.me.encode(), LOCK_PREFIX + digest
         try:
-            if await self._redis.set(LOCK_PREFIX + digest, mine, nx=True, px=int(self.scale.lock_seconds * 1000)):
-                return None
-            holder = Peer.decode(await self._redis.get(LOCK_PREFIX + digest))
+            for _ in range(2):  # a claim released between our SET and GET: try to take it once more
+                if await self._redis.set(key, mine, nx=True, px=int(self.scale.lock_seconds * 1000)):
+                    return None
+                if (text := await self._redis.get(key)) is not None:
+                    break
         except (RedisError, OSError) as e:
             self._failed(f"claim {digest}", e)
             return None
-        if holder is None or holder == self.me:  # our own claim from an earlier transfer: lead again
+        holder = Peer.decode(text)
+        if holder is None or holder == self.me:  # our own claim from an earlier transfer (or junk): lead
             return None
         return holder
 
@@ -88,14 +99,20 @@ class PeerCoordinator:
             succeeded = True
         finally:
             renewer.cancel()
-            try:
-                if succeeded and self.keep_seconds > 0:
-                    await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
-                                           int(self.keep_seconds * 1000))
-                else:
-                    await self._redis.eval(_DELETE_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode())
-            except (RedisError, OSError) as e:
-                self._failed(f"release {digest}", e)  # the claim expires on its own
+            # in the background: the blob's last bytes never wait on redis
+            task = asyncio.create_task(self._release(digest, keep=succeeded and self.keep_seconds > 0))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, digest: str, keep: bool) -> None:
+        try:
+            if keep:
+                await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
+                                       int(self.keep_seconds * 1000))
+            else:
+                await self._redis.eval(_DELETE_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode())
+        except (RedisError, OSError) as e:
+            self._failed(f"release {digest}", e)  # the claim expires on its own
 
     async def _renew(self, digest: str) -> None:
         while True:
@@ -107,6 +124,7 @@ class PeerCoordinator:
                 self._failed(f"renew {digest}", e)
 
     def _failed(self, what: str, e: BaseException) -> None:
+        self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
         self.redis_errors += 1
         self.last_error = f"{what}: {type(e).__name__} {e}"
         log.warning("redis at %s unavailable (%s); this replica fetches on its own", self.scale.redis,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from urllib.parse import unquote
 from dataclasses import dataclass
 
 # distribution/reference/regexp.go
@@ -116,7 +117,7 @@ def split_ns(query: str) -> tuple[str, str]:
     for pair in query.split("&") if query else ():
         key, _, value = pair.partition("=")
         if key == "ns":
-            ns = value.lower()
+            ns = unquote(value).lower()  # as the blob endpoint's query parser reads it
         else:
             kept.append(pair)
     return "&".join(kept), ns

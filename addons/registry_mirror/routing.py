@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Config, UpstreamConfig
 from .health import HealthProbe, UpstreamHealth
@@ -48,17 +49,25 @@ class Route:
         return self.cfg.origin + self.cfg.prefix
 
 
+def tag_state_file(base: str | None, index: int | None) -> str | None:
+    """Last known tags per route: an `ns` route and the default may both know `nginx:latest`, from two
+    registries. The default route keeps the configured file; route N adds `.routeN` before its suffix."""
+    if base is None or index is None:
+        return base
+    path = Path(base)
+    return str(path.with_name(f"{path.stem}.route{index}{path.suffix}"))
+
+
 class Router:
     def __init__(self, config: Config, stats: Stats):
         self.config = config
-        self.known = TagState(config.cache.tag_state_file)  # one file for all routes: keys are the asked names
         self.routes: dict[str, Route] = {}
-        for cfg in config.all_upstreams:
+        for index, cfg in [*enumerate(config.routes), (None, config.upstream)]:
             upstream = Upstream(cfg, stats)
             health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
+            known = TagState(tag_state_file(config.cache.tag_state_file, index))
             self.routes[cfg.label] = Route(cfg, upstream, health,
-                                           ManifestService(upstream, config.cache, health, stats=stats,
-                                                           known=self.known))
+                                           ManifestService(upstream, config.cache, health, stats=stats, known=known))
 
     @property
     def default(self) -> Route:
@@ -79,6 +88,7 @@ class Router:
         for route in self.routes.values():
             if route.prober:
                 route.prober.stop()
-        self.known.save()
+        for route in self.routes.values():
+            route.manifests.known.save()
         for route in self.routes.values():
             await route.upstream.close()

@@ -2,6 +2,7 @@
 credentials and token cache, through the real stock registry, the addon and three Artifactory-like fronts."""
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
 
@@ -60,6 +61,13 @@ def test_routes_by_prefix_and_ns_with_their_own_credentials(upstream_factory, mi
                                  headers={"Accept": OCI_MANIFEST})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.headers["Docker-Content-Digest"] == nginx.manifest_digest
+    # a blob by ns: the 307 to the blob endpoint carries the ns, and the hub route fetches it
+    extra = small_image(layer_cache, name="library/redis", seed_base=45)
+    seed.push(hub.registry_url, extra)
+    layer = extra.layers[0]
+    with urllib.request.urlopen(f"{mirror.rewriter}/v2/redis/blobs/{layer.digest}?ns=docker.io", timeout=30) as resp:
+        assert hashlib.sha256(resp.read()).hexdigest() == layer.digest.split(":")[1]
+    assert [r["path"] for r in blob_gets(hub.stats())] == [f"/v2/library/redis/blobs/{layer.digest}"]
     # an ns no route lists is only a key that matched nothing: the default route answers, no host is dialled
     status, body = raw_request(f"{mirror.rewriter}/v2/nginx/manifests/1.0?ns=evil.example.com", "GET",
                                {"Accept": OCI_MANIFEST})

@@ -3,7 +3,7 @@ import pytest
 
 from registry_mirror.config import ConfigError, parse
 from registry_mirror.requests import RegistryRequest, classify, Kind
-from registry_mirror.routing import choose
+from registry_mirror.routing import choose, tag_state_file
 
 UPSTREAM = {"url": "https://art.example.com", "repository": "docker-local", "username": "svc",
             "password": "default-secret"}
@@ -98,3 +98,17 @@ def test_route_errors_never_show_a_secret():
     with pytest.raises(ConfigError) as e:
         config({"prefix": "hub", "url": "https://u:hunter2@nexus.example.com", "repository": "h", "anonymous": True})
     assert "hunter2" not in str(e.value) and "routes[0].url" in str(e.value)
+
+
+def test_each_route_keeps_its_own_last_known_tags():
+    """An ns route and the default may both know nginx:latest, from two registries."""
+    assert tag_state_file("/data/registry.tags.json", None) == "/data/registry.tags.json"
+    assert tag_state_file("/data/registry.tags.json", 2) == "/data/registry.tags.route2.json"
+    assert tag_state_file(None, 0) is None
+
+
+def test_ns_values_match_whatever_their_case():
+    cfg = config({"ns": ["Registry.Example.COM"], "repository": "r"})
+    assert choose(cfg.routes, cfg.upstream, "app", classify("GET", "/v2/app/tags/list?ns=registry.example.com").ns) \
+        is cfg.routes[0]
+    assert classify("GET", "/v2/app/tags/list?ns=docker%2Eio").ns == "docker.io"

@@ -1,0 +1,99 @@
+"""A replica that fails a blob mid-way (or before its first byte) leaves the rest to the upstream.
+
+The peer is a real aiohttp server on 127.0.0.1 that misbehaves; the upstream is a stand-in that serves the
+whole blob, or the rest of it for a Range request."""
+import asyncio
+import hashlib
+import logging
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from registry_mirror.blobserver import BlobServer
+from registry_mirror.config import CacheConfig
+from registry_mirror.health import UpstreamHealth
+from registry_mirror.peers import Peer
+from registry_mirror.stats import Stats
+
+BLOB = bytes(range(256)) * 12_000  # ~3 MB
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+PEER_KEY = "peer-key-never-logged"
+
+
+class Upstream:
+    def __init__(self):
+        self.asked: list[dict] = []
+
+    @asynccontextmanager
+    async def open(self, method, req, headers):
+        self.asked.append(dict(headers))
+        first = int(headers["Range"][len("bytes="):].rstrip("-")) if "Range" in headers else 0
+
+        async def body():
+            yield BLOB[first:]
+        status = 206 if first else 200
+        resp_headers = {"Content-Length": str(len(BLOB) - first)}
+        if first:
+            resp_headers["Content-Range"] = f"bytes {first}-{len(BLOB) - 1}/{len(BLOB)}"
+        yield SimpleNamespace(status=status, headers=resp_headers, content=SimpleNamespace(iter_any=body)), "Basic"
+
+
+def peer_app(behaviour: str) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if behaviour == "refuses":
+            return web.Response(status=403)
+        resp = web.StreamResponse(status=200, headers={"Content-Length": str(len(BLOB))})
+        await resp.prepare(request)
+        if behaviour == "half":
+            await resp.write(BLOB[:len(BLOB) // 2])
+        request.transport.close()  # the replica dies
+        return resp
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+async def fill_from_failing_peer(behaviour: str, tmp_path):
+    runner = web.AppRunner(peer_app(behaviour))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    upstream = Upstream()
+    route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
+                            upstream=upstream, health=UpstreamHealth())
+    server = BlobServer(SimpleNamespace(for_request=lambda req: route), CacheConfig(spool_dir=str(tmp_path)), Stats())
+    server.peers = SimpleNamespace(claim=lambda digest: _peer(port))
+    server._peer_session = aiohttp.ClientSession()
+    try:
+        transfer, _ = server.coalescer.join(DIGEST, "team/app", source=route)
+        collected = bytearray()
+        await transfer.head
+        async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
+            collected += chunk
+        return transfer, bytes(collected), upstream.asked
+    finally:
+        await server._peer_session.close()
+        await server.coalescer.close()
+        await runner.cleanup()
+
+
+async def _peer(port: int) -> Peer:
+    return Peer(f"http://127.0.0.1:{port}", PEER_KEY)
+
+
+@pytest.mark.parametrize("behaviour,upstream_range", [
+    ("headers-only", None),  # the head came from the replica, no byte: the upstream sends it all
+    ("half", f"bytes={len(BLOB) // 2}-"),  # the upstream sends the rest
+    ("refuses", None),
+])
+def test_the_upstream_finishes_what_a_replica_failed(tmp_path, caplog, behaviour, upstream_range):
+    caplog.set_level(logging.INFO)
+    transfer, data, asked = asyncio.run(fill_from_failing_peer(behaviour, tmp_path))
+    assert transfer.verified and data == BLOB
+    assert asked == [{"Range": upstream_range} if upstream_range else {}]
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("registry_mirror"))
+    assert "the upstream sends the rest" in ours and PEER_KEY not in ours  # (the fake peer's access log has it)
