@@ -23,7 +23,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-NOTIFY_BYTES = 1024 * 1024  # readers wake per MiB, not per socket read: fewer wake-ups and sendfile calls
+NOTIFY_BYTES = 1024 * 1024  # readers wake per MiB, not per socket read: fewer wake-ups and sendfile calls...
+NOTIFY_SECONDS = 0.5  # ...or at least this often while bytes trickle in, so a slow upstream stalls no reader
 
 
 class TransferFailed(Exception):
@@ -129,14 +130,14 @@ class BlobCoalescer:
     async def _run(self, transfer: Transfer) -> None:
         hasher = hashlib.new(transfer.digest.split(":", 1)[0])
         try:
-            notified = 0
+            notified, notified_at = 0, time.monotonic()
             with open(transfer.path, "wb", buffering=0) as spool:  # unbuffered: the file always holds `written`
                 async for chunk in self._fetch(transfer):
                     _write_all(spool, chunk)
                     hasher.update(chunk)
                     transfer.written += len(chunk)
-                    if transfer.written - notified >= NOTIFY_BYTES:
-                        notified = transfer.written
+                    if transfer.written - notified >= NOTIFY_BYTES or time.monotonic() - notified_at >= NOTIFY_SECONDS:
+                        notified, notified_at = transfer.written, time.monotonic()
                         transfer.notify()
             actual = f"{hasher.name}:{hasher.hexdigest()}"
             if transfer.size is not None and transfer.written != transfer.size:

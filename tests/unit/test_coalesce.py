@@ -132,3 +132,30 @@ def test_a_crashed_runs_spools_are_removed_at_start(tmp_path):
     (tmp_path / "unrelated.txt").write_text("not ours")
     BlobCoalescer(make_fetch(DATA), str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
+def test_a_trickling_upstream_still_wakes_readers(tmp_path):
+    """Fewer than NOTIFY_BYTES arrive, slowly: a caught-up reader still gets them within NOTIFY_SECONDS."""
+    async def scenario():
+        release = asyncio.Event()
+
+        async def trickle(transfer):
+            transfer.size = len(DATA)
+            transfer.head.set_result(UpstreamHead(200, {}))
+            yield DATA[:1000]
+            await asyncio.sleep(0.6)
+            yield DATA[1000:2000]  # more than NOTIFY_SECONDS after the first chunk: readers are woken
+            await release.wait()
+            yield DATA[2000:]
+        c = BlobCoalescer(trickle, str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        await t.head
+        spans = c.spans(t, 0, len(DATA) - 1)
+        first = await asyncio.wait_for(spans.__anext__(), 2)
+        assert first == (0, 1000)
+        second = await asyncio.wait_for(spans.__anext__(), 2)  # without the time rule this waits for release
+        assert second[0] + second[1] == 2000
+        release.set()
+        await spans.aclose()
+        await c.close()
+    asyncio.run(scenario())
