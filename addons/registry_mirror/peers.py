@@ -72,7 +72,7 @@ class PeerCoordinator:
 
     async def claim(self, digest: str) -> Peer | None:
         """None when this replica is to fetch `digest` from the upstream; else the replica already fetching it."""
-        if time.monotonic() < self._skip_until:
+        if self._skipping():
             return None
         mine, key = self.me.encode(), LOCK_PREFIX + digest
         try:
@@ -105,6 +105,8 @@ class PeerCoordinator:
             task.add_done_callback(self._releases.discard)
 
     async def _release(self, digest: str, keep: bool) -> None:
+        if self._skipping():
+            return  # the claim expires on its own
         try:
             if keep:
                 await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
@@ -117,15 +119,20 @@ class PeerCoordinator:
     async def _renew(self, digest: str) -> None:
         while True:
             await asyncio.sleep(self.scale.lock_seconds / 3)
+            if self._skipping():
+                continue
             try:
                 await self._redis.eval(_RENEW_IF_MINE, 1, LOCK_PREFIX + digest, self.me.encode(),
                                        int(self.scale.lock_seconds * 1000))
             except (RedisError, OSError) as e:
                 self._failed(f"renew {digest}", e)
 
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
     def _failed(self, what: str, e: BaseException) -> None:
         self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
         self.redis_errors += 1
         self.last_error = f"{what}: {type(e).__name__} {e}"
-        log.warning("redis at %s unavailable (%s); this replica fetches on its own", self.scale.redis,
-                    self.last_error)
+        log.warning("redis at %s unavailable (%s); this replica fetches on its own for %.0f s", self.scale.redis,
+                    self.last_error, REDIS_RETRY_SECONDS)
