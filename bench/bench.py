@@ -4,7 +4,8 @@ Topology (root needed): network namespace `amb-up` holds the upstream (a docker-
 Artifactory-compatible front), `amb-dc` holds a data center (the mirror and the "machines", skopeo),
 joined by a veth pair shaped with `tc tbf` (netem is not available here). The driver seeds and reads the
 upstream through an unshaped control link, and probes the data center's services from inside it. Bytes
-on the WAN are read from the WAN interface's counters. Where namespaces cannot be made, it says so and runs on loopback, counting bytes at the upstream.
+on the WAN are read from the WAN interface's counters. Where namespaces cannot be made, it says so and runs
+on loopback, counting bytes at the upstream.
 
 Designs: (a) direct pulls from the upstream, (b) the seed's design (the stock registry + HAProxy with the
 seed's rewrite and a fixed Basic header), (c) this mirror, (d) this mirror as two replicas sharing one storage

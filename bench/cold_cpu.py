@@ -109,10 +109,7 @@ def restart_registry_empty(mirror: Mirror) -> None:
     """The mirror's stock registry again, with empty storage; the addon, its caches and spools stay."""
     processes.stop(mirror.registry)
     shutil.rmtree(mirror.cfg.mirror.storage)
-    log = mirror.log_dir / "registry-floor.log"
-    mirror.registry = processes.start([processes.registry_binary(), "serve", str(mirror.log_dir / "registry.yml")], log)
-    listen = mirror.cfg.mirror.listen
-    processes.wait_for_port(listen.host, listen.port, mirror.registry, what="the stock registry", log_path=log)
+    mirror.start_registry()
 
 
 def _cpu(by_process: dict[str, float]) -> str:

@@ -71,11 +71,10 @@ class RegistryMirror:
         scale = self.config.scale
         if scale.enabled:  # the other replicas read spools here too
             await self.blobs.start(scale.listen.host, scale.listen.port)
+            self.blobs.share_with_peers(PeerCoordinator(scale, self.config.cache.spool_keep))
         else:  # the registry, on the address it reaches the addon at
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
-        if scale.enabled:
-            self.blobs.share_with_peers(PeerCoordinator(self.config.scale, self.config.cache.spool_keep))
 
     async def done(self) -> None:
         if self.blobs:
@@ -137,11 +136,12 @@ class RegistryMirror:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
         # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
         location = self.blobs.redirect_url(flow.client_conn.sockname[0], req)
+        upstream_url = self.router.for_request(req).upstream.url_for(req)
         return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
-                                             "X-Mirror-Upstream-Url": self.router.for_request(req).upstream.url_for(req)})
+                                             "X-Mirror-Upstream-Url": upstream_url})
 
     def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
-        host = "127.0.0.1" if self.blobs.host in ("0.0.0.0", "::") else self.blobs.host
+        host = self.blobs.address_for("127.0.0.1")
         flow.request.scheme, flow.request.host, flow.request.port = "http", host, self.blobs.port
         flow.request.headers[KEY_HEADER] = self.blobs.key
         flow.request.headers.pop("Authorization", None)

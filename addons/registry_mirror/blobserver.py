@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
-from .config import CacheConfig
+from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
@@ -55,10 +55,14 @@ class BlobServer:
         self.peers = peers
         self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
 
+    def address_for(self, reached_at: str) -> str:
+        """The host a local client dials for this endpoint: where it reached the addon, when the endpoint
+        listens on every address, else the one address it listens on."""
+        return reached_at if any_address(self.host) else self.host
+
     def redirect_url(self, host: str, req: RegistryRequest) -> str:
-        """Where the registry fetches a blob itself: this endpoint, on the address it reached the addon at
-        when the endpoint listens on every address."""
-        host = host if self.host in ("0.0.0.0", "::") else self.host
+        """Where the registry fetches a blob itself: this endpoint."""
+        host = self.address_for(host)
         host = f"[{host}]" if ":" in host else host
         ns = f"&ns={quote(req.ns, safe='')}" if req.ns else ""  # the route is chosen again here, the same way
         return f"http://{host}:{self.port}{req.v2_path}?{KEY_PARAM}={self.key}{ns}"
@@ -181,11 +185,7 @@ class BlobServer:
                     raise PeerError(f"answered {resp.status}")
                 transfer.origin = peer.url
                 if not transfer.head.done():
-                    length = resp.headers.get("Content-Length")
-                    transfer.size = int(length) if length and length.isdigit() else None
-                    headers = {k: v for k, v in passed_headers(resp.headers).items()
-                               if k not in ("Content-Length", "Content-Range")}
-                    transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: ""}))
+                    _set_head(transfer, resp.headers, "")
                 async for chunk in resp.content.iter_any():
                     yield chunk
             self.stats.from_peer(transfer.written)
@@ -242,11 +242,7 @@ class BlobServer:
                     if up.status >= 500:
                         route.health.failure(f"GET blob {req.name}: status {up.status}")
                     raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")
-                length = up.headers.get("Content-Length")
-                transfer.size = int(length) if length and length.isdigit() else None
-                headers = {k: v for k, v in passed_headers(up.headers).items()
-                           if k not in ("Content-Length", "Content-Range")}
-                transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
+                _set_head(transfer, up.headers, scheme)
             elif offset == 0:  # a replica answered the head, then failed before its first byte
                 if up.status != 200:
                     raise UpstreamError(f"GET answered {up.status} after another replica failed the blob")
@@ -258,6 +254,14 @@ class BlobServer:
                 raise UpstreamError(f"resume at byte {offset} answered {up.status}")
             async for chunk in up.content.iter_any():  # as received: no re-chunking copies
                 yield chunk
+
+
+def _set_head(transfer: Transfer, answer_headers, scheme: str) -> None:
+    """A 200's size and headers for every request of the transfer; lengths are set per request."""
+    length = answer_headers.get("Content-Length")
+    transfer.size = int(length) if length and length.isdigit() else None
+    headers = {k: v for k, v in passed_headers(answer_headers).items() if k not in ("Content-Length", "Content-Range")}
+    transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

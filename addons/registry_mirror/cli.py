@@ -21,7 +21,7 @@ import argon2
 import yaml
 
 from . import certs, processes
-from .config import Config, ConfigError, config_path, load
+from .config import Config, ConfigError, any_address, config_path, load
 from .registry_config import proxy_registry_config
 from .stats_views import JSON_PATH, summary_text
 
@@ -61,12 +61,17 @@ class Mirror:
         self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns)
         processes.wait_for_port(rw.listen.host, rw.listen.port, self.mitm, what="mitmproxy with the addon",
                                 log_path=mitm_log, netns=self.netns)
+        self.start_registry()
+
+    def start_registry(self) -> None:
+        """The stock registry, with a configuration generated from mirror.yaml (again after a restart)."""
+        cfg = self.cfg
         Path(cfg.mirror.storage).mkdir(parents=True, exist_ok=True)
         registry_yml = self.log_dir / "registry.yml"
         registry_yml.unlink(missing_ok=True)
         # created 0600: it may hold the redis password, and no one else may read it even for a moment
         with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{rw.listen}")))
+            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}")))
         registry_log = self.log_dir / "registry.log"
         self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log,
                                         netns=self.netns)
@@ -135,7 +140,7 @@ def cmd_status(args) -> int:
     """A short terminal summary of the running mirror, from the addon's JSON stats."""
     cfg = _load_or_exit(args.config)
     listen = cfg.rewriter.listen
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
+    host = "127.0.0.1" if any_address(listen.host) else listen.host
     url = f"http://{host}:{listen.port}{JSON_PATH}"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -172,8 +177,9 @@ def cmd_up(args) -> int:
         if cfg.mirror.tls:
             print("mirror: " + certs.trust_hint(cfg.mirror.tls_cert, cfg.mirror.listen.host, cfg.mirror.listen.port))
         if args.web:
-            print(f"mirror: mitmweb on http://{cfg.rewriter.web_listen}/ "
-                  f"({'password from rewriter.web_password' if cfg.rewriter.web_password else 'token in ' + str(log_dir / 'mitmproxy.log')})")
+            login = "password from rewriter.web_password" if cfg.rewriter.web_password else \
+                f"token in {log_dir / 'mitmproxy.log'}"
+            print(f"mirror: mitmweb on http://{cfg.rewriter.web_listen}/ ({login})")
         return mirror.wait()
     except KeyboardInterrupt:
         print("mirror: stopping", file=sys.stderr)

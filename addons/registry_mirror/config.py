@@ -32,6 +32,11 @@ class Secret(str):
         return "Secret('<redacted>')"
 
 
+def any_address(host: str) -> bool:
+    """A listen host that means every address: clients on this machine reach it at 127.0.0.1."""
+    return host in ("0.0.0.0", "::", "")
+
+
 @dataclass(frozen=True)
 class Address:
     host: str
@@ -141,10 +146,6 @@ class Config:
     source: str = "<memory>"
     routes: tuple[UpstreamConfig, ...] = ()
     scale: ScaleConfig = ScaleConfig()
-
-    @property
-    def all_upstreams(self) -> tuple[UpstreamConfig, ...]:
-        return (*self.routes, self.upstream)
 
 
 # key -> (type, default); None as a default means optional. A nested dict is a section.
@@ -396,13 +397,13 @@ def _scale(v: dict, resolve) -> ScaleConfig:
     listen_text = v.get("listen", "0.0.0.0:0")
     listen = parse_address("scale.listen", listen_text if ":" in listen_text.strip("[]") else f"{listen_text}:0",
                            allow_any_port=True)
-    advertise = v.get("advertise") or ("" if listen.host in ("0.0.0.0", "::") else listen.host)
+    advertise = v.get("advertise") or ("" if any_address(listen.host) else listen.host)
     if not advertise:
         raise ConfigError(f"scale.advertise: missing; scale.listen is {listen_text}, so say which address the "
                           f"other replicas reach this one at, e.g. advertise: 10.0.0.11")
     if not re.fullmatch(r"[A-Za-z0-9.:-]+", advertise):
         raise ConfigError(f"scale.advertise: {advertise!r} is not a host name or IP address")
-    if listen.host not in ("0.0.0.0", "::", advertise):
+    if not any_address(listen.host) and listen.host != advertise:
         raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the blob endpoint "
                           f"listens on {listen.host} only (scale.listen); make them the same, or listen on 0.0.0.0")
     db, lock = v.get("redis_db", 0), float(v.get("lock_seconds", 60.0))

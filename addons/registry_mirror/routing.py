@@ -61,7 +61,7 @@ def tag_state_file(base: str | None, index: int | None) -> str | None:
 class Router:
     def __init__(self, config: Config, stats: Stats):
         self.config = config
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[str, Route] = {}  # by label; the default (`upstream`) last
         for index, cfg in [*enumerate(config.routes), (None, config.upstream)]:
             upstream = Upstream(cfg, stats)
             health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
@@ -69,15 +69,8 @@ class Router:
             self.routes[cfg.label] = Route(cfg, upstream, health,
                                            ManifestService(upstream, config.cache, health, stats=stats, known=known))
 
-    @property
-    def default(self) -> Route:
-        return self.routes[self.config.upstream.label]
-
     def for_request(self, req: RegistryRequest) -> Route:
-        return self.for_name(req.name, req.ns)
-
-    def for_name(self, name: str, ns: str = "") -> Route:
-        return self.routes[choose(self.config.routes, self.config.upstream, name, ns).label]
+        return self.routes[choose(self.config.routes, self.config.upstream, req.name, req.ns).label]
 
     async def start(self) -> None:
         for route in self.routes.values():
@@ -88,7 +81,5 @@ class Router:
         for route in self.routes.values():
             if route.prober:
                 route.prober.stop()
-        for route in self.routes.values():
             route.manifests.known.save()
-        for route in self.routes.values():
             await route.upstream.close()

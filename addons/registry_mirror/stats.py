@@ -59,7 +59,7 @@ class Stats:
             exchange_log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
 
     def snapshot(self, routes=(), transfers=()) -> dict:
-        """`routes`: routing.Route objects, the default (`upstream`) last, as Config.all_upstreams orders them."""
+        """`routes`: routing.Route objects, the default (`upstream`) last, as Router.routes orders them."""
         latencies = sorted(self.latencies)
         by_class: dict = {}
         for (kind, outcome), count in self.requests.items():

@@ -72,13 +72,15 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <div class="card">WAN saved<b id="saved">{human_bytes(b['saved'])}</b></div>
 </div>
 <h2>Routes: image-name prefix or containerd ns to upstream</h2>
-<table id="routes"><tr><th>route</th><th>prefix</th><th>ns</th><th>upstream</th><th>state</th><th>last error</th></tr>{routes}</table>
+<table id="routes"><tr><th>route</th><th>prefix</th><th>ns</th><th>upstream</th><th>state</th><th>last error</th></tr>
+{routes}</table>
 <h2>Answers to the registry, by request class and outcome (requests, bytes)</h2>
 <table id="answers"><tr><th></th>{''.join(f'<th>{e(o)}</th>' for o in outcomes)}</tr>{''.join(rows)}</table>
 <h2>Exchanges with the upstream, by class and status</h2>
 <table id="upstream"><tr><th></th><th>status</th><th>requests</th><th>bytes (class)</th></tr>{exchanges}</table>
 <h2>Blob transfers in flight</h2>
-<table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>{transfers}</table>
+<table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
+{transfers}</table>
 <p><small>JSON: <a href="{JSON_PATH}">{JSON_PATH}</a> &middot; Prometheus: <a href="{METRICS_PATH}">{METRICS_PATH}</a>
  &middot; refreshes every {refresh_seconds} s</small></p>
 </body></html>

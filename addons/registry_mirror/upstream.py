@@ -117,7 +117,8 @@ class Upstream:
                                             sock_read=self.cfg.blob_stall_timeout)
         assert self._session is not None, "Upstream.start() was not awaited"
         base = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k))}
-        url, name = self.url_for(request), self.cfg.upstream_name(request.name)
+        asked = self._as_upstream(request)
+        url, name = self.cfg.origin + upstream_path(self.cfg.prefix, asked), asked.name
         for attempt in range(2):
             sent = await self.auth.authorization(name)
             resp = await self._send(method, url, base, sent, timeout)

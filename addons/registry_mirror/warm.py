@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError, config_path, load
+from .config import Config, ConfigError, any_address, config_path, load
 from .requests import TAG_RE, valid_digest, valid_name
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -70,7 +70,7 @@ def read_refs(args_images: list[str], file: str | None) -> list[str]:
 class MirrorClient:
     def __init__(self, cfg: Config):
         listen = cfg.mirror.listen
-        self.host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+        self.host = "127.0.0.1" if any_address(listen.host) else listen.host
         self.port = listen.port
         self.context = ssl.create_default_context(cafile=cfg.mirror.tls_cert) if cfg.mirror.tls else None
 

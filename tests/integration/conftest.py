@@ -61,6 +61,11 @@ class RunningMirror:
     def rewriter(self) -> str:
         return f"http://{self.cfg.rewriter.listen}"
 
+    def stats(self) -> dict:
+        """The addon's stats snapshot, as /_mirror/stats.json serves it."""
+        with urllib.request.urlopen(f"{self.rewriter}/_mirror/stats.json", timeout=10) as resp:
+            return json.load(resp)
+
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.mirror.log_dir.glob("*.log"))
 

@@ -2,7 +2,6 @@
 a real redis-server, for the registry's blob descriptors and for one lock per digest in flight."""
 from __future__ import annotations
 
-import json
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -86,9 +85,9 @@ def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream
         urllib.request.urlopen(request, timeout=30).close()
     with ThreadPoolExecutor(2) as pool:
         pull_a = pool.submit(pull, f"{a.address}/{ref}", tmp_path / "via-a", cert_dir=a.trust)
-        wait_for(lambda: any(t["readers"] for t in stats_of(a)["transfers"]), "A fetching the first layer")
+        wait_for(lambda: any(t["readers"] for t in a.stats()["transfers"]), "A fetching the first layer")
         pull_b = pool.submit(pull, f"{b.address}/{ref}", tmp_path / "via-b", cert_dir=b.trust)
-        wait_for(lambda: any(t["from"] != "upstream" and t["received"] for t in stats_of(b)["transfers"]),
+        wait_for(lambda: any(t["from"] != "upstream" and t["received"] for t in b.stats()["transfers"]),
                  "B reading A's spool")
         a.mirror.mitm.kill()
         pull_b.result(timeout=120)
@@ -97,11 +96,6 @@ def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream
     assert_pulled_identical(tmp_path / "via-b", image)
     assert "the upstream sends the rest" in b.logs()
     assert any(r["range"].startswith("bytes=") and r["range"] != "bytes=0-" for r in blob_gets(upstream.stats()))
-
-
-def stats_of(mirror) -> dict:
-    with urllib.request.urlopen(f"{mirror.rewriter}/_mirror/stats.json", timeout=10) as resp:
-        return json.load(resp)
 
 
 def wait_for(condition, what: str, timeout: float = 20.0) -> None:

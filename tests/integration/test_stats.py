@@ -24,10 +24,6 @@ def get(url: str) -> bytes:
         return resp.read()
 
 
-def snapshot(mirror) -> dict:
-    return json.loads(get(f"{mirror.rewriter}/_mirror/stats.json"))
-
-
 @pytest.fixture
 def pulled(upstream, mirror_factory, layer_cache, tmp_path):
     image = small_image(layer_cache, name="team/stats")
@@ -42,7 +38,7 @@ def test_counters_and_bytes_match_an_actual_pull(pulled, tmp_path):
     upstream, mirror, image = pulled
     blobs = (*image.layers, image.config)
     blob_bytes = sum(b.size for b in blobs)
-    snap = snapshot(mirror)
+    snap = mirror.stats()
     up = snap["upstream"]
     assert up["state"] == "up" and up["token_refreshes"] == 1
     assert up["bytes"]["blob"] == blob_bytes  # each blob crossed once
@@ -57,7 +53,7 @@ def test_counters_and_bytes_match_an_actual_pull(pulled, tmp_path):
     assert snap["transfers"] == []
 
     pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / "warm", cert_dir=mirror.trust)
-    warm = snapshot(mirror)
+    warm = mirror.stats()
     assert warm["served"]["manifest-by-tag"]["hit"]["requests"] >= 1
     assert warm["upstream"]["bytes"] == up["bytes"]  # nothing more crossed
 
