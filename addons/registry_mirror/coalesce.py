@@ -131,7 +131,10 @@ class BlobCoalescer:
         hasher = hashlib.new(transfer.digest.split(":", 1)[0])
         try:
             notified, notified_at = 0, time.monotonic()
-            with open(transfer.path, "wb", buffering=0) as spool:  # unbuffered: the file always holds `written`
+            # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the
+            # file for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as
+            # the registry and its clients fsync their copies; untruncated, it stays in the page cache
+            with open(transfer.path, "r+b", buffering=0) as spool:
                 async for chunk in self._fetch(transfer):
                     _write_all(spool, chunk)
                     hasher.update(chunk)
