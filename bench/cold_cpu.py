@@ -5,7 +5,8 @@ new, empty mirror, and reads each process's user + system CPU time from /proc ar
 the registry behind it, the addon's mitmdump and the mirror's stock registry (skopeo's own is not counted).
 Then the floor: the mirror's registry restarted with empty storage while every blob is still in the addon's
 spool, so the pull goes through the stock registry and the addon but nothing crosses to the upstream.
-Prints every round and the medians: what bounds a cold pull on a small machine.
+Also the megabytes written to the disk during each pull (/proc/diskstats). Prints every round and the
+medians: what bounds a cold pull on a small machine.
 """
 from __future__ import annotations
 
@@ -34,12 +35,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured(pids: dict[str, int], action, settle=lambda: None) -> tuple[float, dict[str, float]]:
-    """The action's wall time, and each process's CPU time from its start until `settle` returns."""
+def disk_written_mb(path: Path) -> float:
+    """Megabytes written so far to the block device holding `path` (from /proc/diskstats)."""
+    dev = os.stat(path).st_dev
+    sysfs = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    name = sysfs.resolve().name if sysfs.exists() else ""
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == name:
+            return int(fields[9]) * 512 / 1e6
+    return float("nan")  # not a block device (tmpfs, overlay): not measured
+
+
+def measured(pids: dict[str, int], action, settle=lambda: None, disk: Path | None = None):
+    """The action's wall time, each process's CPU time from its start until `settle` returns, and the
+    megabytes written to `disk`'s device meanwhile."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    written = disk_written_mb(disk) if disk else 0.0
     seconds = action()
     settle()
-    return seconds, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    return seconds, cpu, (disk_written_mb(disk) - written if disk else 0.0)
 
 
 def main() -> int:
@@ -61,9 +77,9 @@ def main() -> int:
         for i in range(args.rounds):
             run = workdir / f"round{i}"
             run.mkdir(parents=True)
-            direct, direct_cpu = measured(front, partial(
+            direct, direct_cpu, direct_disk = measured(front, partial(
                 pull, f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
-                creds=f"{upstream.username}:{upstream.password}"))
+                creds=f"{upstream.username}:{upstream.password}"), disk=run)
             cfg_path = write_mirror_config(run, upstream.url, upstream.username, upstream.password,
                                            processes.free_port(), processes.free_port())
             with cfg_path.open("a") as f:  # the floor pull is served from the spools of the cold one
@@ -77,18 +93,18 @@ def main() -> int:
                 pids = {**front, "addon": mirror.mitm.pid, "mirror registry": mirror.registry.pid}
                 trust = ca_dir(cfg.mirror.tls_cert, run / "ca")
                 # the registry's background fetch that outlives the pull is counted too
-                cold, cold_cpu = measured(pids, partial(pull, f"{cfg.mirror.listen}/{ref}", run / "cold",
-                                                        cert_dir=trust),
-                                          partial(wait_until_quiet, upstream, quiet=1.0))
+                cold, cold_cpu, cold_disk = measured(pids, partial(pull, f"{cfg.mirror.listen}/{ref}", run / "cold",
+                                                                   cert_dir=trust),
+                                                     partial(wait_until_quiet, upstream, quiet=1.0), disk=run)
                 restart_registry_empty(mirror)
                 fetched_before = upstream.stats()["body_bytes"]
                 floor = pull(f"{cfg.mirror.listen}/{ref}", run / "floor", cert_dir=trust)
                 assert upstream.stats()["body_bytes"] == fetched_before, "the floor pull reached the upstream"
             finally:
                 mirror.stop()
-            rows.append((direct, direct_cpu, cold, cold_cpu, floor))
-            print(f"round {i + 1}: direct {direct:.2f} s ({_cpu(direct_cpu)}); cold via mirror {cold:.2f} s "
-                  f"({_cpu(cold_cpu)}); floor {floor:.2f} s", flush=True)
+            rows.append((direct, direct_cpu, cold, cold_cpu, floor, direct_disk, cold_disk))
+            print(f"round {i + 1}: direct {direct:.2f} s ({_cpu(direct_cpu)}; {direct_disk:.0f} MB to disk); cold via "
+                  f"mirror {cold:.2f} s ({_cpu(cold_cpu)}; {cold_disk:.0f} MB to disk); floor {floor:.2f} s", flush=True)
             for pulled in ("direct", "cold", "floor"):
                 shutil.rmtree(run / pulled)
         direct = statistics.median(r[0] for r in rows)
@@ -96,8 +112,11 @@ def main() -> int:
         names = list(rows[0][3])
         medians = {n: statistics.median(r[3][n] for r in rows) for n in names}
         floor = statistics.median(r[4] for r in rows)
+        direct_disk, cold_disk = (statistics.median(r[i] for r in rows) for i in (5, 6))
         print(f"\nmedians over {len(rows)} rounds, {java.size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via "
               f"mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; "
+              f"written to disk during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's "
+              f"copy and the mirror registry's; the addon's spool stays in the page cache); "
               f"floor (empty registry, blobs in the addon's spool, nothing from the upstream) {floor:.2f} s "
               f"({floor / direct:.2f}x)")
         return 0
