@@ -6,7 +6,7 @@ the registry behind it, the addon's mitmdump and the mirror's stock registry (sk
 Then the floor: the mirror's registry restarted with empty storage while every blob is still in the addon's
 spool, so the pull goes through the stock registry and the addon but nothing crosses to the upstream.
 Also the megabytes written to the disk during each pull (/proc/diskstats). Prints every round and the
-medians: what bounds a cold pull on a small machine.
+medians, and saves them to bench/results/cpu.md: what bounds a cold pull on a small machine.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import shutil
 import statistics
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     upstream = UpstreamHarness(workdir / "upstream", auth="basic")
-    rows = []
+    rows, lines = [], []
     try:
         upstream.start()
         java = seed.seed_demo_images(upstream.registry_url, Path(args.layer_cache))["java"]
@@ -103,25 +104,34 @@ def main() -> int:
             finally:
                 mirror.stop()
             rows.append((direct, direct_cpu, cold, cold_cpu, floor, direct_disk, cold_disk))
-            print(f"round {i + 1}: direct {direct:.2f} s ({_cpu(direct_cpu)}; {direct_disk:.0f} MB to disk); cold via "
-                  f"mirror {cold:.2f} s ({_cpu(cold_cpu)}; {cold_disk:.0f} MB to disk); floor {floor:.2f} s", flush=True)
+            lines.append(f"direct {direct:.2f} s ({_cpu(direct_cpu)}; {direct_disk:.0f} MB to disk); cold via mirror "
+                         f"{cold:.2f} s ({_cpu(cold_cpu)}; {cold_disk:.0f} MB to disk); floor {floor:.2f} s")
+            print(f"round {i + 1}: {lines[-1]}", flush=True)
             for pulled in ("direct", "cold", "floor"):
                 shutil.rmtree(run / pulled)
-        direct = statistics.median(r[0] for r in rows)
-        cold = statistics.median(r[2] for r in rows)
-        names = list(rows[0][3])
-        medians = {n: statistics.median(r[3][n] for r in rows) for n in names}
-        floor = statistics.median(r[4] for r in rows)
-        direct_disk, cold_disk = (statistics.median(r[i] for r in rows) for i in (5, 6))
-        print(f"\nmedians over {len(rows)} rounds, {java.size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via "
-              f"mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; "
-              f"written to disk during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's "
-              f"copy and the mirror registry's; the addon's spool stays in the page cache); "
-              f"floor (empty registry, blobs in the addon's spool, nothing from the upstream) {floor:.2f} s "
-              f"({floor / direct:.2f}x)")
+        summary = summarize(rows, java.size)
+        print("\n" + summary)
+        results = ROOT / "bench" / "results" / "cpu.md"
+        results.write_text(f"# Where a cold pull's CPU goes (loopback)\n\nMeasured {time.strftime('%Y-%m-%d')} with "
+                           f"`./run.sh bench-cpu --rounds {args.rounds}` on a {os.cpu_count()}-core machine.\n\n"
+                           + "\n".join(f"- round {i + 1}: {line}" for i, line in enumerate(lines)) + f"\n\n{summary}\n")
+        print(f"bench-cpu: saved {results}")
         return 0
     finally:
         upstream.stop()
+
+
+def summarize(rows: list[tuple], image_size: int) -> str:
+    direct = statistics.median(r[0] for r in rows)
+    cold = statistics.median(r[2] for r in rows)
+    medians = {n: statistics.median(r[3][n] for r in rows) for n in rows[0][3]}
+    floor = statistics.median(r[4] for r in rows)
+    direct_disk, cold_disk = (statistics.median(r[i] for r in rows) for i in (5, 6))
+    return (f"Medians over {len(rows)} rounds, {image_size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via mirror "
+            f"{cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; written to disk "
+            f"during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's copy and the mirror "
+            f"registry's; the addon's spool stays in the page cache); floor (empty registry, blobs in the addon's "
+            f"spool, nothing from the upstream) {floor:.2f} s ({floor / direct:.2f}x).")
 
 
 def restart_registry_empty(mirror: Mirror) -> None:
