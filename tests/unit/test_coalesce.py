@@ -159,3 +159,25 @@ def test_a_trickling_upstream_still_wakes_readers(tmp_path):
         await spans.aclose()
         await c.close()
     asyncio.run(scenario())
+
+
+def test_the_spool_is_written_without_truncating_it(tmp_path, monkeypatch):
+    """ext4 flushes a file truncated to empty when it is closed (auto_da_alloc): a spool opened with "w" went
+    to disk during every cold pull, just as the registry and its client fsync their copies."""
+    import builtins
+
+    import registry_mirror.coalesce as coalesce
+    modes = []
+
+    def recording_open(file, mode="r", *args, **kwargs):
+        modes.append(mode)
+        return builtins.open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(coalesce, "open", recording_open, raising=False)
+
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        assert await collect(c, t) == DATA
+        await c.close()
+    asyncio.run(scenario())
+    assert modes and not any("w" in mode for mode in modes)
