@@ -5,8 +5,8 @@ background to fill its store) and once more per concurrent pull (distribution#13
 request for a digest starts a transfer that tees the upstream's bytes into a spool file; every request,
 the first included, is served from the growing spool, so followers get bytes as they arrive. The last byte
 is handed on only after the digest has been checked: a corrupt blob ends every stream short, and the stock
-registry, which verifies what it stores, stores nothing. Finished spools are kept briefly for stragglers,
-within a bound in bytes, then deleted.
+registry, which verifies what it stores, stores nothing. Finished spools are kept briefly for stragglers
+(until the registry has committed its copy), within a bound in bytes, then deleted.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Transfer:
     path: Path
     source: object = None  # whatever the fetch needs besides the name (the blob server: the route)
     origin: str = ""  # where the bytes come from when not from the upstream (another replica)
-    started: float = field(default_factory=time.monotonic)
+    ended_at: float = 0.0  # monotonic time the transfer was verified or failed
     head: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     size: int | None = None
     written: int = 0
@@ -96,7 +96,7 @@ class BlobCoalescer:
     """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
 
     def __init__(self, fetch, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
-                 keep_seconds: float = 30.0):
+                 keep_seconds: float = 10.0):
         self._fetch = fetch
         self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,12 @@ class BlobCoalescer:
                 transfer.head.set_exception(TransferFailed(transfer.error))
             transfer.path.unlink(missing_ok=True)
         finally:
+            transfer.ended_at = time.monotonic()
             transfer.notify()
             self._expire()
+            # on time even when no request comes: a spool deleted within the kernel's dirty expiry (30 s by
+            # default) is never written to disk at all
+            asyncio.get_running_loop().call_later(self.keep_seconds, self._expire)
 
     async def spans(self, transfer: Transfer, first: int, last: int):
         """Yield (offset, count) spans of the spool's bytes first..last (inclusive) as they arrive.
@@ -195,13 +199,14 @@ class BlobCoalescer:
                     yield chunk
 
     def _expire(self) -> None:
-        """Drop finished transfers nobody reads once they are old, or when the spool is over its bound."""
+        """Drop finished transfers nobody reads `keep_seconds` after they ended, or when the spool is over its
+        bound."""
         now = time.monotonic()
         total = sum(t.written for t in self.transfers.values())
         for digest, t in list(self.transfers.items()):
             if not t.finished or t.readers:
                 continue
-            if t.error or total > self.max_spool_bytes or now - t.started > self.keep_seconds:
+            if t.error or total > self.max_spool_bytes or now - t.ended_at >= self.keep_seconds:
                 total -= t.written
                 del self.transfers[digest]
                 t.path.unlink(missing_ok=True)

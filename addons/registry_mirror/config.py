@@ -115,7 +115,7 @@ class CacheConfig:
     manifest_bytes: int = 64 * 1024 * 1024  # LRU bound of manifests by digest, in bytes
     spool_dir: str | None = None  # blob spools; default: a new folder under the system's temp dir
     spool_max_bytes: int = 8 * 1024 ** 3  # finished spools kept for stragglers, at most this many bytes
-    spool_keep: float = 30.0  # seconds a finished spool is kept
+    spool_keep: float = 10.0  # seconds a spool is kept after its transfer ended
     stale_budget: float = 2.0  # seconds a tag refresh may take before the last known digest is answered
     max_stale: float = 86400.0  # the oldest last known digest that is still answered
     tag_state_file: str | None = None  # last known tags, across restarts; default: next to mirror.storage
@@ -430,7 +430,7 @@ def _cache(v: dict, resolve, storage: str) -> CacheConfig:
             raise ConfigError(f"cache.{key}: {v[key]} is out of range; expected {low} to {high}")
     return CacheConfig(tag_ttl=float(v.get("tag_ttl", 30.0)), manifest_bytes=v.get("manifest_bytes", 64 * 1024 ** 2),
                        spool_dir=resolve(v.get("spool_dir")), spool_max_bytes=v.get("spool_max_bytes", 8 * 1024 ** 3),
-                       spool_keep=float(v.get("spool_keep", 30.0)),
+                       spool_keep=float(v.get("spool_keep", 10.0)),
                        stale_budget=float(v.get("stale_budget", 2.0)), max_stale=float(v.get("max_stale", 86400.0)),
                        tag_state_file=resolve(v.get("tag_state_file") or storage.rstrip("/") + ".tags.json"))
 

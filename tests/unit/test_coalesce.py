@@ -181,3 +181,17 @@ def test_the_spool_is_written_without_truncating_it(tmp_path, monkeypatch):
         await c.close()
     asyncio.run(scenario())
     assert modes and not any("w" in mode for mode in modes)
+
+
+def test_a_finished_spool_is_deleted_on_time_without_further_requests(tmp_path):
+    """Left until the next request, a spool outlived the kernel's dirty expiry and was written to disk in the
+    middle of later (warm) pulls."""
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0.3)
+        t, _ = c.join(DIGEST, "app")
+        assert await collect(c, t) == DATA
+        assert t.path.exists()  # kept for stragglers...
+        await asyncio.sleep(0.6)
+        assert c.transfers == {} and not t.path.exists()  # ...then deleted by its own timer
+        await c.close()
+    asyncio.run(scenario())
