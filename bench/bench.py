@@ -156,7 +156,7 @@ backend artifactory
 
 
 def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str],
-                 storage: Path | None = None, scale: dict | None = None):
+                 storage: Path | None = None, scale: dict | None = None, cache: dict | None = None):
     """One mirror; with `storage` and `scale`, one replica of several sharing them."""
     workdir.mkdir(exist_ok=True)
     mirror_port = processes.free_port()
@@ -167,7 +167,7 @@ def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tup
         "mirror": {"listen": f"127.0.0.1:{mirror_port}", "storage": str(storage or workdir / "mirror-storage"),
                    "tls_cert": cert[0], "tls_key": cert[1]},
         "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
-        "cache": {"spool_dir": str(workdir / "spool")},
+        "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
         **({"scale": scale} if scale else {})}))
     cfg_path.chmod(0o600)
     mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=site.dc_netns)
@@ -281,7 +281,7 @@ def run(args) -> int:
         cold = [next(r["times"][0] for r in rows if r["design"] == "artifactory-mirror")]
         cold += [cold_pull(workdir / f"mirror-cold{i}", site, upstream, cert, trust, ref_path)
                  for i in range(1, args.cold_rounds)]
-        single = single_pulls(rows, cold, workdir, site, cert, trust, ref_path, args.machines)
+        single = single_pulls(rows, cold, workdir, site, upstream, cert, trust, ref_path, args.machines)
         report(rows, single, image.size, wan, args, results_dir)
         return 0
     finally:
@@ -305,12 +305,13 @@ def cold_pull(run_dir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[
         mirror.stop()
 
 
-def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site, cert: tuple[str, str], trust: Path,
-                 ref_path: str, machines: int) -> dict:
-    """One machine's pull: direct (every direct pull is cold), cold through new mirrors, warm through the
-    mirror, and from a plain local registry; medians, since single pulls vary by several tenths of a second."""
+def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site, upstream: UpstreamHarness,
+                 cert: tuple[str, str], trust: Path, ref_path: str, machines: int) -> dict:
+    """One machine's pull: direct (every direct pull is cold), cold through new mirrors, and warm through a
+    mirror against a plain local registry holding the same image. Warm and local pulls take turns, so both
+    meet the same machine (page cache, disk, neighbours): measured in separate stretches, they drifted apart
+    by more than the difference under test. Medians, since single pulls vary by several tenths of a second."""
     seq = {r["design"]: r["times"] for r in rows if r["mode"] == "one after another"}
-    mirror_times = seq["artifactory-mirror"]
     local_dir = workdir / "local-registry"
     local_dir.mkdir()
     port = processes.free_port()
@@ -319,19 +320,37 @@ def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site,
     (local_dir / "registry.yml").write_text(yaml.safe_dump(cfg))
     reg = processes.start([processes.registry_binary(), "serve", str(local_dir / "registry.yml")],
                           local_dir / "registry.log", netns=site.dc_netns)
+    mirror = None
     try:
         processes.wait_for_port("127.0.0.1", port, reg, what="plain local registry", netns=site.dc_netns)
         source = workdir / "artifactory-mirror-seq" / "machine0"
         subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--dest-cert-dir", str(trust),
                                            f"dir:{source}", f"docker://127.0.0.1:{port}/{ref_path}"], site.dc_netns),
                        check=True, capture_output=True)
-        local = deploy([f"127.0.0.1:{port}/{ref_path}"], machines, False, local_dir, site, cert_dir=trust)
+        # a tag TTL longer than the turns: every warm pull is "within the TTL"
+        mirror, addr = start_mirror(workdir / "mirror-warm", site, upstream, cert, cache={"tag_ttl": 3600})
+        pull(f"{addr}/{ref_path}", workdir / "mirror-warm" / "first", netns=site.dc_netns, cert_dir=trust)
+        wait_until_quiet(upstream, quiet=1.5)
+        requests_before = upstream.stats()["request_count"]
+        warm, local = [], []
+        (workdir / "turns").mkdir()
+        for i in range(machines):  # in turns, each going first every other time
+            turn = [(warm, addr), (local, f"127.0.0.1:{port}")]
+            for times, registry in (turn if i % 2 == 0 else turn[::-1]):
+                times.append(pull(f"{registry}/{ref_path}", workdir / "turns" / f"machine{i}-{len(times)}",
+                                  netns=site.dc_netns, cert_dir=trust))
+        upstream_requests = upstream.stats()["request_count"] - requests_before
     finally:
+        if mirror:
+            mirror.stop()
         processes.stop(reg)
+    deploy_warm = seq["artifactory-mirror"][1:]
     return {"direct_s": round(statistics.median(seq["direct"]), 2), "mirror_cold_s": round(statistics.median(cold), 2),
             "mirror_cold_samples_s": [round(t, 2) for t in cold],
-            "mirror_warm_median_s": round(statistics.median(mirror_times[1:]), 2) if mirror_times[1:] else None,
+            "mirror_warm_median_s": round(statistics.median(warm), 2),
             "local_registry_median_s": round(statistics.median(local), 2),
+            "warm_pulls_upstream_requests": upstream_requests,
+            "mirror_warm_in_deploy_median_s": round(statistics.median(deploy_warm), 2) if deploy_warm else None,
             "seed_cold_s": round(seq["seed design (registry + HAProxy)"][0], 2)}
 
 
@@ -351,8 +370,10 @@ def report(rows: list[dict], single: dict, image_size: int, wan: bool, args, res
                             single["local_registry_median_s"])
     samples = ", ".join(f"{t:.2f}" for t in single["mirror_cold_samples_s"])
     lines += ["", f"One machine's pull, seconds, medians: direct of {args.machines} pulls, mirror cold of "
-              f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), warm and local of the other pulls; "
-              f"seed cold: its first pull:", "",
+              f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), mirror warm and plain local registry "
+              f"of {args.machines} pulls each, taken in turns ({single['warm_pulls_upstream_requests']} upstream "
+              f"requests during the warm pulls; the deploy's own warm pulls, 2 to {args.machines}: "
+              f"{single['mirror_warm_in_deploy_median_s']:.2f}); seed cold: its first pull:", "",
               "| direct | seed design, cold | mirror, cold | mirror cold / direct | mirror, warm (tag cached) | "
               "plain local registry | mirror warm / local |", "|---|---|---|---|---|---|---|",
               f"| {d:.2f} | {single['seed_cold_s']:.2f} | {cold:.2f} | {cold / d:.2f}x | {warm:.2f} | {local:.2f} | "

@@ -38,7 +38,8 @@ class ArtifactoryFront:
         self.reset()
 
     def reset(self) -> None:
-        self.records: list[dict] = []
+        self.records: list[dict] = []  # the last MAX_RECORDS requests...
+        self.request_count = 0  # ...of this many
         self.body_bytes = 0
         self.tokens_issued = 0
 
@@ -151,13 +152,14 @@ class ArtifactoryFront:
             with self.lock:
                 self.records.append(record)
                 del self.records[:-MAX_RECORDS]
+                self.request_count += 1
 
     def _control(self, method: str, path: str) -> http.Response:
         if path == "/_front/stats":
             with self.lock:
                 return _json(200, {"body_bytes": self.body_bytes, "tokens_issued": self.tokens_issued,
                                    "issued_tokens": list(self.issued),
-                                   "requests": list(self.records)})
+                                   "requests": list(self.records), "request_count": self.request_count})
         if path == "/_front/reset" and method == "POST":
             with self.lock:
                 self.reset()
