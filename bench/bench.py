@@ -324,8 +324,10 @@ def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site,
     try:
         processes.wait_for_port("127.0.0.1", port, reg, what="plain local registry", netns=site.dc_netns)
         source = workdir / "artifactory-mirror-seq" / "machine0"
-        subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--dest-cert-dir", str(trust),
-                                           f"dir:{source}", f"docker://127.0.0.1:{port}/{ref_path}"], site.dc_netns),
+        # the same bytes under the same digests: pushed as they are, not recompressed
+        subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--preserve-digests",
+                                           "--dest-cert-dir", str(trust), f"dir:{source}",
+                                           f"docker://127.0.0.1:{port}/{ref_path}"], site.dc_netns),
                        check=True, capture_output=True)
         # a tag TTL longer than the turns: every warm pull is "within the TTL"
         mirror, addr = start_mirror(workdir / "mirror-warm", site, upstream, cert, cache={"tag_ttl": 3600})
@@ -334,6 +336,10 @@ def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site,
         requests_before = upstream.stats()["request_count"]
         warm, local = [], []
         (workdir / "turns").mkdir()
+        # one untimed pull from each first: the mirror's registry may still be writing the cold pull's copy,
+        # the local one its push; the turns measure the steady state
+        for registry in (addr, f"127.0.0.1:{port}"):
+            pull(f"{registry}/{ref_path}", workdir / "turns" / "untimed", netns=site.dc_netns, cert_dir=trust)
         for i in range(machines):  # in turns, each going first every other time
             turn = [(warm, addr), (local, f"127.0.0.1:{port}")]
             for times, registry in (turn if i % 2 == 0 else turn[::-1]):
@@ -371,7 +377,8 @@ def report(rows: list[dict], single: dict, image_size: int, wan: bool, args, res
     samples = ", ".join(f"{t:.2f}" for t in single["mirror_cold_samples_s"])
     lines += ["", f"One machine's pull, seconds, medians: direct of {args.machines} pulls, mirror cold of "
               f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), mirror warm and plain local registry "
-              f"of {args.machines} pulls each, taken in turns ({single['warm_pulls_upstream_requests']} upstream "
+              f"of {args.machines} pulls each, taken in turns after one untimed pull each "
+              f"({single['warm_pulls_upstream_requests']} upstream "
               f"requests during the warm pulls; the deploy's own warm pulls, 2 to {args.machines}: "
               f"{single['mirror_warm_in_deploy_median_s']:.2f}); seed cold: its first pull:", "",
               "| direct | seed design, cold | mirror, cold | mirror cold / direct | mirror, warm (tag cached) | "
