@@ -375,12 +375,13 @@ def report(rows: list[dict], single: dict, image_size: int, wan: bool, args, res
     d, cold, warm, local = (single["direct_s"], single["mirror_cold_s"], single["mirror_warm_median_s"],
                             single["local_registry_median_s"])
     samples = ", ".join(f"{t:.2f}" for t in single["mirror_cold_samples_s"])
+    in_deploy = single["mirror_warm_in_deploy_median_s"]
+    deploy_warm = f"; the deploy's own warm pulls, 2 to {args.machines}: {in_deploy:.2f}" if in_deploy else ""
     lines += ["", f"One machine's pull, seconds, medians: direct of {args.machines} pulls, mirror cold of "
               f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), mirror warm and plain local registry "
               f"of {args.machines} pulls each, taken in turns after one untimed pull each "
               f"({single['warm_pulls_upstream_requests']} upstream "
-              f"requests during the warm pulls; the deploy's own warm pulls, 2 to {args.machines}: "
-              f"{single['mirror_warm_in_deploy_median_s']:.2f}); seed cold: its first pull:", "",
+              f"requests during the warm pulls{deploy_warm}); seed cold: its first pull:", "",
               "| direct | seed design, cold | mirror, cold | mirror cold / direct | mirror, warm (tag cached) | "
               "plain local registry | mirror warm / local |", "|---|---|---|---|---|---|---|",
               f"| {d:.2f} | {single['seed_cold_s']:.2f} | {cold:.2f} | {cold / d:.2f}x | {warm:.2f} | {local:.2f} | "
