@@ -16,6 +16,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -59,6 +60,22 @@ def measured(pids: dict[str, int], action, settle=lambda: None, disk: Path | Non
     return seconds, cpu, (disk_written_mb(disk) - written if disk else 0.0)
 
 
+@dataclass
+class Round:
+    direct: float  # seconds
+    direct_cpu: dict[str, float]  # CPU-seconds by process
+    direct_disk: float  # MB written to the disk
+    cold: float
+    cold_cpu: dict[str, float]
+    cold_disk: float
+    floor: float
+
+    def line(self) -> str:
+        return (f"direct {self.direct:.2f} s ({_cpu(self.direct_cpu)}; {self.direct_disk:.0f} MB to disk); cold via "
+                f"mirror {self.cold:.2f} s ({_cpu(self.cold_cpu)}; {self.cold_disk:.0f} MB to disk); floor "
+                f"{self.floor:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="run.sh bench-cpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +86,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     upstream = UpstreamHarness(workdir / "upstream", auth="basic")
-    rows, lines = [], []
+    rounds: list[Round] = []
     try:
         upstream.start()
         java = seed.seed_demo_images(upstream.registry_url, Path(args.layer_cache))["java"]
@@ -103,31 +120,28 @@ def main() -> int:
                 assert upstream.stats()["body_bytes"] == fetched_before, "the floor pull reached the upstream"
             finally:
                 mirror.stop()
-            rows.append((direct, direct_cpu, cold, cold_cpu, floor, direct_disk, cold_disk))
-            lines.append(f"direct {direct:.2f} s ({_cpu(direct_cpu)}; {direct_disk:.0f} MB to disk); cold via mirror "
-                         f"{cold:.2f} s ({_cpu(cold_cpu)}; {cold_disk:.0f} MB to disk); floor {floor:.2f} s")
-            print(f"round {i + 1}: {lines[-1]}", flush=True)
+            rounds.append(Round(direct, direct_cpu, direct_disk, cold, cold_cpu, cold_disk, floor))
+            print(f"round {i + 1}: {rounds[-1].line()}", flush=True)
             for pulled in ("direct", "cold", "floor"):
                 shutil.rmtree(run / pulled)
-        summary = summarize(rows, java.size)
+        summary = summarize(rounds, java.size)
         print("\n" + summary)
         results = ROOT / "bench" / "results" / "cpu.md"
         results.write_text(f"# Where a cold pull's CPU goes (loopback)\n\nMeasured {time.strftime('%Y-%m-%d')} with "
                            f"`./run.sh bench-cpu --rounds {args.rounds}` on a {os.cpu_count()}-core machine.\n\n"
-                           + "\n".join(f"- round {i + 1}: {line}" for i, line in enumerate(lines)) + f"\n\n{summary}\n")
+                           + "\n".join(f"- round {i + 1}: {r.line()}" for i, r in enumerate(rounds)) + f"\n\n{summary}\n")
         print(f"bench-cpu: saved {results}")
         return 0
     finally:
         upstream.stop()
 
 
-def summarize(rows: list[tuple], image_size: int) -> str:
-    direct = statistics.median(r[0] for r in rows)
-    cold = statistics.median(r[2] for r in rows)
-    medians = {n: statistics.median(r[3][n] for r in rows) for n in rows[0][3]}
-    floor = statistics.median(r[4] for r in rows)
-    direct_disk, cold_disk = (statistics.median(r[i] for r in rows) for i in (5, 6))
-    return (f"Medians over {len(rows)} rounds, {image_size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via mirror "
+def summarize(rounds: list[Round], image_size: int) -> str:
+    def median(field: str) -> float:
+        return statistics.median(getattr(r, field) for r in rounds)
+    direct, cold, floor, direct_disk, cold_disk = map(median, ("direct", "cold", "floor", "direct_disk", "cold_disk"))
+    medians = {n: statistics.median(r.cold_cpu[n] for r in rounds) for n in rounds[0].cold_cpu}
+    return (f"Medians over {len(rounds)} rounds, {image_size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via mirror "
             f"{cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; written to disk "
             f"during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's copy and the mirror "
             f"registry's; the addon's spool stays in the page cache); floor (empty registry, blobs in the addon's "

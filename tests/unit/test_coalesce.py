@@ -1,8 +1,10 @@
 import asyncio
+import builtins
 import hashlib
 
 import pytest
 
+import registry_mirror.coalesce as coalesce
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -164,9 +166,6 @@ def test_a_trickling_upstream_still_wakes_readers(tmp_path):
 def test_the_spool_is_written_without_truncating_it(tmp_path, monkeypatch):
     """ext4 flushes a file truncated to empty when it is closed (auto_da_alloc): a spool opened with "w" went
     to disk during every cold pull, just as the registry and its client fsync their copies."""
-    import builtins
-
-    import registry_mirror.coalesce as coalesce
     modes = []
 
     def recording_open(file, mode="r", *args, **kwargs):
