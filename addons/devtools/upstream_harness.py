@@ -78,8 +78,9 @@ class UpstreamHarness:
         log = self.workdir / "upstream-front.log"
         front = processes.start(args, log, netns=self.netns)
         self.procs.append(front)
-        processes.wait_for_port(bind if self.netns else self.host, self.front_port, front, what="upstream front",
-                                log_path=log, netns=self.netns)
+        ready_host = "127.0.0.1" if self.netns else self.host
+        processes.wait_until_ready(f"http://{ready_host}:{self.front_port}/_front/ready", front,
+                                   what="upstream front", log_path=log, netns=self.netns)
         return self
 
     def stop(self) -> None:

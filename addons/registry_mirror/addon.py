@@ -9,6 +9,7 @@ and the flow shows a redacted marker where they went.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from .requests import Kind, RegistryRequest, Refusal, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
 from .stats import Stats
-from .stats_views import JSON_PATH, METRICS_PATH, STATS_PATH, prometheus_text, render_html
+from .stats_views import JSON_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
 
@@ -33,6 +34,8 @@ REDACTED = "<redacted by artifactory-mirror>"
 # options the mirror cannot work without; see docs/field-notes: eager connects drop local answers, and
 # unstreamed bodies are held whole in memory
 REQUIRED_OPTIONS = {"connection_strategy": "lazy", "stream_large_bodies": "1m"}
+# mitmproxy listens before it runs the addons' `running` hooks; a request in between waits this long
+STARTUP_WAIT = 30.0
 
 
 class RegistryMirror:
@@ -41,6 +44,7 @@ class RegistryMirror:
         self.router: Router | None = None
         self.blobs: BlobServer | None = None
         self.stats = Stats()
+        self.started = asyncio.Event()
 
     def load(self, loader) -> None:
         loader.add_option("mirror_config", str, "",
@@ -75,6 +79,7 @@ class RegistryMirror:
         else:  # the registry, on the address it reaches the addon at
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
+        self.started.set()
 
     async def done(self) -> None:
         if self.blobs:
@@ -88,6 +93,11 @@ class RegistryMirror:
         if flow.request.path in (STATS_PATH, JSON_PATH, METRICS_PATH):
             flow.response = self._stats_response(flow.request.path)
             return
+        if flow.request.path == READY_PATH:
+            ready = self.started.is_set()
+            flow.response = http.Response.make(200 if ready else 503, json.dumps({"ready": ready}).encode(),
+                                               {"Content-Type": "application/json"})
+            return
         if flow.request.path == "/favicon.ico":  # a browser on the stats page; not a registry request
             flow.response = http.Response.make(204)
             return
@@ -99,8 +109,8 @@ class RegistryMirror:
         elif req.kind is Kind.PING:
             self.stats.served("ping", "local", 0)
             flow.response = ping_response()
-        elif self.router is None:
-            flow.response = error_response(503, "UNAVAILABLE", "the mirror is not configured; see its log")
+        elif not await self._wait_until_started():
+            flow.response = error_response(503, "UNAVAILABLE", "the mirror has not started; see its log")
         elif req.kind is Kind.BLOB and flow.request.method == "GET" and self.config.rewriter.blob_redirect:
             flow.response = self._redirect_to_blob_server(flow, req)
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
@@ -111,6 +121,16 @@ class RegistryMirror:
             flow.response = await self._small_exchange(flow, req)
         if flow.response is not None and flow.request.method == "HEAD":
             flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
+
+    async def _wait_until_started(self) -> bool:
+        """True once `running` has set up the routes and the blob endpoint; waits for it, up to a bound."""
+        if self.config is None:
+            return False
+        try:
+            await asyncio.wait_for(self.started.wait(), STARTUP_WAIT)
+        except TimeoutError:
+            return False
+        return True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("mirror.kind") == Kind.BLOB.value and flow.request.method == "GET":

@@ -21,9 +21,9 @@ import argon2
 import yaml
 
 from . import certs, processes
-from .config import Config, ConfigError, any_address, config_path, load
+from .config import Config, ConfigError, config_path, load
 from .registry_config import proxy_registry_config
-from .stats_views import JSON_PATH, summary_text
+from .stats_views import JSON_PATH, READY_PATH, summary_text
 
 ADDON = Path(__file__).resolve().parent.parent / "mirror.py"
 
@@ -59,8 +59,8 @@ class Mirror:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         mitm_log = self.log_dir / "mitmproxy.log"
         self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns)
-        processes.wait_for_port(rw.listen.host, rw.listen.port, self.mitm, what="mitmproxy with the addon",
-                                log_path=mitm_log, netns=self.netns)
+        processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm,
+                                   what="mitmproxy with the addon", log_path=mitm_log, netns=self.netns)
         self.start_registry()
 
     def start_registry(self) -> None:
@@ -139,9 +139,7 @@ def describe_match(route) -> str:
 def cmd_status(args) -> int:
     """A short terminal summary of the running mirror, from the addon's JSON stats."""
     cfg = _load_or_exit(args.config)
-    listen = cfg.rewriter.listen
-    host = "127.0.0.1" if any_address(listen.host) else listen.host
-    url = f"http://{host}:{listen.port}{JSON_PATH}"
+    url = cfg.rewriter.listen.local_url(JSON_PATH)
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             snap = json.load(resp)

@@ -45,6 +45,11 @@ class Address:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def local_url(self, path: str) -> str:
+        """`http://` URL of `path` on this address, as a client on this machine reaches it."""
+        host = "127.0.0.1" if any_address(self.host) else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
+
 
 @dataclass(frozen=True)
 class UpstreamConfig:

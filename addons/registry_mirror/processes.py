@@ -82,6 +82,39 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
     raise ProcessError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0, what: str = "process",
+                     log_path: Path | None = None, netns: str | None = None) -> None:
+    """Wait until `url` answers 200 with a JSON body whose "ready" is true, or the process dies.
+
+    mitmproxy accepts connections before it has loaded its scripts and run their `running` hooks; a request
+    in that gap is proxied without the addon. Its port being open is not enough."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = _tail(log_path) if log_path else ""
+            raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
+        if _is_ready(url, netns):
+            return
+        time.sleep(0.05)
+    raise ProcessError(f"{what} did not report ready at {url} within {timeout:.0f} s")
+
+
+_READY_PROBE = """
+import json, sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as resp:
+        sys.exit(0 if resp.status == 200 and json.load(resp).get("ready") is True else 1)
+except Exception:
+    sys.exit(1)
+"""
+
+
+def _is_ready(url: str, netns: str | None) -> bool:
+    # a child process, so that the same probe runs inside a network namespace
+    return subprocess.run(in_netns([sys.executable, "-c", _READY_PROBE, url], netns),
+                          capture_output=True, timeout=10).returncode == 0
+
+
 def _accepts(host: str, port: int, netns: str | None) -> bool:
     if netns:
         probe = f"import socket; socket.create_connection(({host!r}, {port}), 0.5)"

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .stats import CLASSES
 
 STATS_PATH, JSON_PATH, METRICS_PATH = "/_mirror/stats", "/_mirror/stats.json", "/metrics"
+READY_PATH = "/_mirror/ready"  # 200 {"ready": true} once the addon has started, else 503
 
 
 def human_bytes(n: float | None) -> str:

@@ -26,6 +26,21 @@ if not shutil.which("skopeo") or not shutil.which("docker-registry"):
                 allow_module_level=True)
 
 
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the tail of every log its processes wrote: CI keeps nothing else."""
+    report = yield
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and tmp_path is not None:
+        for log in sorted(Path(tmp_path).rglob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"{log.relative_to(tmp_path)} (last {len(lines)} lines)", "\n".join(lines)))
+    return report
+
+
 @pytest.fixture(scope="session")
 def layer_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("layers")

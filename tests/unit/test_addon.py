@@ -81,3 +81,37 @@ def test_bad_config_is_an_options_error(tmp_path, config_file, monkeypatch):
     with taddons.context(addon) as tctx:
         with pytest.raises(exceptions.OptionsError, match="upstream.url"):
             tctx.configure(addon, mirror_config=str(bad))
+
+
+def test_a_request_before_start_up_finishes_waits_for_it(config_file, tmp_path):
+    # mitmproxy listens before it calls the addons' `running`; a registry request in that gap must not fail
+    config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
+    addon = RegistryMirror()
+
+    async def scenario():
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, mirror_config=str(config_file))
+            f = flow_for("GET", "/v2/team/app/blobs/sha256:" + "a" * 64)
+            pending = asyncio.create_task(addon.request(f))
+            await asyncio.sleep(0.2)
+            assert not pending.done() and f.response is None
+            await addon.running()
+            await asyncio.wait_for(pending, 5)
+            await addon.done()
+            return f
+    f = asyncio.run(scenario())
+    assert f.response.status_code == 307  # to the blob endpoint, which exists now
+    assert f.response.headers["X-Mirror-Cache"] == "BLOB-ENDPOINT"
+
+
+def test_an_unconfigured_addon_answers_503_at_once(tmp_path):
+    addon = RegistryMirror()
+
+    async def scenario():
+        with taddons.context(addon):
+            f = flow_for("GET", "/v2/team/app/manifests/1.0")
+            await asyncio.wait_for(addon.request(f), 1)
+            return f
+    f = asyncio.run(scenario())
+    assert f.response.status_code == 503
+    assert "has not started" in json.loads(f.response.content)["errors"][0]["message"]
