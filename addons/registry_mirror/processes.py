@@ -71,15 +71,8 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
                   what: str = "process", log_path: Path | None = None, netns: str | None = None) -> None:
     """Wait until `host:port` accepts connections (probed inside `netns` when given), or the process dies."""
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = _tail(log_path) if log_path else ""
-            raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
-        if _accepts(connect_host, port, netns):
-            return
-        time.sleep(0.05)
-    raise ProcessError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
+    _wait(lambda: _accepts(connect_host, port, netns), proc, timeout, what, log_path,
+          f"listen on {host}:{port}")
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0, what: str = "process",
@@ -87,16 +80,21 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0, wh
     """Wait until `url` answers 200 with a JSON body whose "ready" is true, or the process dies.
 
     mitmproxy accepts connections before it has loaded its scripts and run their `running` hooks; a request
-    in that gap is proxied without the addon. Its port being open is not enough."""
+    in that gap is proxied without the addon (a probe too: it reaches the reverse target as a 404). Its port
+    being open is not enough."""
+    _wait(lambda: _is_ready(url, netns), proc, timeout, what, log_path, f"report ready at {url}")
+
+
+def _wait(check, proc: subprocess.Popen, timeout: float, what: str, log_path: Path | None, goal: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _tail(log_path) if log_path else ""
             raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
-        if _is_ready(url, netns):
+        if check():
             return
         time.sleep(0.05)
-    raise ProcessError(f"{what} did not report ready at {url} within {timeout:.0f} s")
+    raise ProcessError(f"{what} did not {goal} within {timeout:.0f} s")
 
 
 _READY_PROBE = """

@@ -47,7 +47,8 @@ def test_a_process_that_dies_while_starting_is_named(tmp_path):
     log = tmp_path / "out.log"
     log.write_text("config error: upstream.url is missing\n")
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    with pytest.raises(processes.ProcessError, match=r"(?s)mitmproxy with the addon exited with status 3.*upstream\.url"):
+    named = r"(?s)mitmproxy with the addon exited with status 3.*upstream\.url"
+    with pytest.raises(processes.ProcessError, match=named):
         processes.wait_until_ready(f"http://127.0.0.1:{processes.free_port()}/_mirror/ready", proc,
                                    what="mitmproxy with the addon", log_path=log)
 
