@@ -115,3 +115,23 @@ def test_an_unconfigured_addon_answers_503_at_once(tmp_path):
     f = asyncio.run(scenario())
     assert f.response.status_code == 503
     assert "has not started" in json.loads(f.response.content)["errors"][0]["message"]
+
+
+def test_the_configuration_cannot_be_swapped_under_a_running_mirror(config_file, tmp_path):
+    # e.g. from mitmweb's options editor: the routes, caches and the stock registry were built from the first
+    config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("upstream:\n  url: http://127.0.0.1:9\n  repository: elsewhere\n  anonymous: true\n")
+    addon = RegistryMirror()
+
+    async def scenario():
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, mirror_config=str(config_file))
+            await addon.running()
+            try:
+                with pytest.raises(exceptions.OptionsError, match="restart it"):
+                    tctx.configure(addon, mirror_config=str(other))
+            finally:
+                await addon.done()
+    asyncio.run(scenario())
+    assert addon.config.upstream.prefix.endswith("/docker-local")
