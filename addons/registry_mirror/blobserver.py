@@ -20,6 +20,7 @@ from aiohttp import web
 from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
+from .redact import error_text
 from .requests import Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .routing import Route, Router
@@ -77,6 +78,7 @@ class BlobServer:
         self.host, self.port = host, site._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        # the transfers first: their readers end at once, so the server's shutdown waits for no handler
         await self.coalescer.close()
         if self._peer_session:
             await self._peer_session.close()
@@ -101,7 +103,19 @@ class BlobServer:
         if refusal is not None:
             self.stats.served("blob", "error", 0)
             return refusal
-        transfer, following = self.coalescer.join(req.reference, req.name, source=route)
+        try:
+            transfer, following = self.coalescer.join(req.reference, req.name, source=route)
+        except TransferFailed as e:  # shutting down
+            return _error(503, "UNAVAILABLE", str(e))
+        try:
+            # opened before any wait: a spool unlinked later (failed, expired) stays readable through it
+            with open(transfer.path, "rb") as spool:
+                return await self._send(request, transfer, following, spool, route, what)
+        finally:
+            self.coalescer.leave(transfer)
+
+    async def _send(self, request: web.Request, transfer: Transfer, following: bool, spool, route: Route,
+                    what: str) -> web.StreamResponse:
         timeout = route.cfg.request_timeout
         try:
             head = await asyncio.wait_for(asyncio.shield(transfer.head), timeout)
@@ -130,17 +144,20 @@ class BlobServer:
         sent, started = 0, time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            with open(transfer.path, "rb") as spool:
-                async for offset, count in self.coalescer.spans(transfer, first, last):
-                    if request.transport is None:
-                        raise ConnectionResetError("the registry closed the connection")
-                    # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
-                    await loop.sendfile(request.transport, spool, offset, count)
-                    sent += count
+            async for offset, count in self.coalescer.spans(transfer, first, last):
+                if request.transport is None:
+                    raise ConnectionResetError("the registry closed the connection")
+                # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
+                await loop.sendfile(request.transport, spool, offset, count)
+                sent += count
         except (TransferFailed, ConnectionError) as e:
             self.stats.served("blob", "error", sent)
             log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
-            raise  # headers are out: dropping the connection tells the client the body is short
+            # headers are out: dropping the connection tells the client the body is short (returning, not
+            # raising: the server would log a routine disconnect as an error with a traceback)
+            if request.transport is not None:
+                request.transport.close()
+            return out
         await out.write_eof()
         self.stats.served("blob", outcome, sent)
         log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
@@ -195,7 +212,7 @@ class BlobServer:
             transfer.origin = ""
             self.stats.from_peer(transfer.written)
             log.warning("replica %s failed blob %s@%s after %d bytes (%s); the upstream sends the rest", peer.url,
-                        req.name, req.reference, transfer.written, f"{type(e).__name__} {e}".strip())
+                        req.name, req.reference, transfer.written, error_text(e))
 
     async def _fetch_upstream(self, transfer: Transfer):
         """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
@@ -216,7 +233,7 @@ class BlobServer:
                                     time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
-                error = str(e) if isinstance(e, UpstreamError) else f"{type(e).__name__} {e}".strip()
+                error = str(e) if isinstance(e, UpstreamError) else error_text(e)
                 route.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
                 if resumes >= route.cfg.blob_resumes or not transfer.head.done():
                     self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error", transfer.written,

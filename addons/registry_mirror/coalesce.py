@@ -51,7 +51,7 @@ class Transfer:
     written: int = 0
     verified: bool = False
     error: str | None = None
-    readers: int = 0
+    readers: int = 0  # requests joined and not yet left: while any, the spool stays
     served: int = 0  # requests served from this transfer, the first included
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -106,26 +106,35 @@ class BlobCoalescer:
         self.keep_seconds = keep_seconds
         self.transfers: OrderedDict[str, Transfer] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        self.closed = False
 
     def join(self, digest: str, name: str, source: object = None) -> tuple[Transfer, bool]:
-        """The transfer for `digest` and whether this request follows one already under way.
+        """The transfer for `digest` and whether this request follows one already under way. The request
+        counts as a reader, so that the spool stays, until it calls `leave`.
 
         Keyed by digest alone: the bytes are checked against it, and a base layer shared by many
         repositories then crosses the WAN once."""
+        if self.closed:
+            raise TransferFailed("the mirror is shutting down")
         self._expire()
         current = self.transfers.get(digest)
         if current is not None and current.error is None:
             current.served += 1
+            current.readers += 1
             return current, True
         fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
         os.close(fd)
         transfer = Transfer(digest, name, Path(path), source)
-        transfer.served = 1
+        transfer.served, transfer.readers = 1, 1
         self.transfers[digest] = transfer
         task = asyncio.create_task(self._run(transfer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return transfer, False
+
+    def leave(self, transfer: Transfer) -> None:
+        transfer.readers -= 1
+        self._expire()
 
     async def _run(self, transfer: Transfer) -> None:
         hasher = hashlib.new(transfer.digest.split(":", 1)[0])
@@ -148,13 +157,13 @@ class BlobCoalescer:
             if actual != transfer.digest:
                 raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
             transfer.verified = True
+        except asyncio.CancelledError:  # shutting down: the readers end now, not at their timeouts
+            self._fail(transfer, "the mirror is shutting down")
+            raise
         except Exception as e:  # every failure must reach the waiting readers
-            transfer.error = str(e) or type(e).__name__
+            self._fail(transfer, str(e) or type(e).__name__)
             log.warning("blob %s transfer failed after %d bytes: %s", transfer.digest, transfer.written,
                         transfer.error)
-            if not transfer.head.done():
-                transfer.head.set_exception(TransferFailed(transfer.error))
-            transfer.path.unlink(missing_ok=True)
         finally:
             transfer.ended_at = time.monotonic()
             transfer.notify()
@@ -163,28 +172,31 @@ class BlobCoalescer:
             # default) is never written to disk at all
             asyncio.get_running_loop().call_later(self.keep_seconds, self._expire)
 
-    async def spans(self, transfer: Transfer, first: int, last: int):
+    @staticmethod
+    def _fail(transfer: Transfer, error: str) -> None:
+        transfer.error = error
+        if not transfer.head.done():
+            transfer.head.set_exception(TransferFailed(error))
+        transfer.path.unlink(missing_ok=True)  # readers keep their open descriptors
+
+    @staticmethod
+    async def spans(transfer: Transfer, first: int, last: int):
         """Yield (offset, count) spans of the spool's bytes first..last (inclusive) as they arrive.
 
         The blob's final byte is held back until the digest is checked, so a corrupt blob is never
         handed on whole."""
-        transfer.readers += 1
-        try:
-            position = first
-            while position <= last and not (transfer.verified and position >= transfer.written):
-                if transfer.error:
-                    raise TransferFailed(transfer.error)
-                written = transfer.written
-                limit = written if transfer.verified else max(0, min(written, (transfer.size or written) - 1))
-                available = min(limit, last + 1)
-                if position < available:
-                    yield position, available - position
-                    position = available
-                else:
-                    await transfer.wait_for_progress(written)
-        finally:
-            transfer.readers -= 1
-            self._expire()
+        position = first
+        while position <= last and not (transfer.verified and position >= transfer.written):
+            if transfer.error:
+                raise TransferFailed(transfer.error)
+            written = transfer.written
+            limit = written if transfer.verified else max(0, min(written, (transfer.size or written) - 1))
+            available = min(limit, last + 1)
+            if position < available:
+                yield position, available - position
+                position = available
+            else:
+                await transfer.wait_for_progress(written)
 
     async def read(self, transfer: Transfer, first: int, last: int):
         """The bytes of `spans`, in chunks of at most CHUNK."""
@@ -212,8 +224,11 @@ class BlobCoalescer:
                 t.path.unlink(missing_ok=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        self.closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for t in self.transfers.values():
             t.path.unlink(missing_ok=True)
         self.transfers.clear()

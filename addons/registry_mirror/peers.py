@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .config import ScaleConfig
+from .redact import error_text
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,6 @@ class PeerCoordinator:
     def _failed(self, what: str, e: BaseException) -> None:
         self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
         self.redis_errors += 1
-        self.last_error = f"{what}: {type(e).__name__} {e}"
+        self.last_error = f"{what}: {error_text(e)}"
         log.warning("redis at %s unavailable (%s); this replica fetches on its own for %.0f s", self.scale.redis,
                     self.last_error, REDIS_RETRY_SECONDS)

@@ -17,6 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from .config import UpstreamConfig
+from .redact import error_text, url_for_logs
 from .requests import RegistryRequest, upstream_path
 from .stats import Stats
 from .upstream_auth import AuthError, UpstreamAuth
@@ -103,7 +104,7 @@ class Upstream:
                     raise UpstreamError(f"{method} {request.kind.value} {request.name}: body timed out",
                                         timed_out=True) from e
                 except (aiohttp.ClientError, OSError) as e:
-                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: {_describe(e)}") from e
+                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: {error_text(e)}") from e
                 if len(body) > MAX_SMALL_BODY:
                     raise UpstreamError(f"upstream answered more than {MAX_SMALL_BODY} bytes for "
                                         f"{request.kind.value} {request.name}:{request.reference}")
@@ -146,13 +147,11 @@ class Upstream:
                 h["Authorization"] = authorization
             resp = await self._request_with_retries(method, url, h, timeout)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                url = urljoin(url, resp.headers["Location"])
                 resp.release()
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise UpstreamError(f"upstream redirected to a non-http URL {_display(url)}")
+                url = _redirect_target(url, resp.headers["Location"])
                 continue
             return resp
-        raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {_display(url)}")
+        raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {url_for_logs(url)}")
 
     async def _request_with_retries(self, method: str, url: str, headers: dict,
                                     timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
@@ -164,11 +163,11 @@ class Upstream:
                 resp = await self._session.request(method, url, headers=headers, allow_redirects=False,
                                                    timeout=timeout)
             except TimeoutError as e:
-                raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}", timed_out=True) from e
+                raise UpstreamError(f"{method} {url_for_logs(url)}: {error_text(e)}", timed_out=True) from e
             except (aiohttp.ClientError, OSError) as e:
                 # refused: it is not listening, and retrying costs the caller time a cached answer would not
                 if last or isinstance(e, (aiohttp.ServerTimeoutError, aiohttp.ClientConnectorError)):
-                    raise UpstreamError(f"{method} {_display(url)}: {_describe(e)}",
+                    raise UpstreamError(f"{method} {url_for_logs(url)}: {error_text(e)}",
                                         timed_out=isinstance(e, aiohttp.ServerTimeoutError)) from e
             else:
                 if resp.status not in RETRIED_STATUSES or last:
@@ -196,16 +195,17 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
                                 "error")
-            raise AuthError(f"token endpoint {_display(realm)}: {_describe(e)}", upstream_failure=True) from e
+            raise AuthError(f"token endpoint {url_for_logs(realm)}: {error_text(e)}", upstream_failure=True) from e
 
 
-def _display(url: str) -> str:
-    """A URL for logs: no query string (signed URLs carry credentials there)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+def _redirect_target(url: str, location: str) -> str:
+    """Where a redirect leads; an UpstreamError (never a ValueError) for one that cannot be followed."""
+    try:
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as e:
+        raise UpstreamError(f"upstream redirected to an invalid URL {url_for_logs(location)}") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"upstream redirected to a non-http URL {url_for_logs(target)}")
+    return target

@@ -44,11 +44,15 @@ def make_fetch(data: bytes, gate: asyncio.Event | None = None, fail_after: int |
 
 
 async def collect(coalescer, transfer, first=0, last=None):
-    await transfer.head
-    out = bytearray()
-    async for chunk in coalescer.read(transfer, first, len(DATA) - 1 if last is None else last):
-        out += chunk
-    return bytes(out)
+    """What a request that joined `transfer` receives; it leaves the transfer afterwards, as requests do."""
+    try:
+        await transfer.head
+        out = bytearray()
+        async for chunk in coalescer.read(transfer, first, len(DATA) - 1 if last is None else last):
+            out += chunk
+        return bytes(out)
+    finally:
+        coalescer.leave(transfer)
 
 
 def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_path):
@@ -68,6 +72,7 @@ def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_pat
                 if not first_bytes.done():
                     first_bytes.set_result(len(chunk))
                 out += chunk
+            c.leave(t)
             return bytes(out)
         tasks = [asyncio.create_task(collect(c, leader)), asyncio.create_task(follower())]
         assert await asyncio.wait_for(first_bytes, 5) > 0  # while the upstream is still stalled
@@ -98,6 +103,7 @@ def test_wrong_bytes_are_never_handed_on_whole(tmp_path):
             await t.head
             async for chunk in c.read(t, 0, len(DATA) - 1):
                 got += chunk
+        c.leave(t)
         assert len(got) < len(DATA)  # the last byte is held back until the digest is checked
         assert not t.path.exists()
         t2, following = c.join(DIGEST, "app")  # a failed transfer is not reused
@@ -193,4 +199,49 @@ def test_a_finished_spool_is_deleted_on_time_without_further_requests(tmp_path):
         await asyncio.sleep(0.6)
         assert c.transfers == {} and not t.path.exists()  # ...then deleted by its own timer
         await c.close()
+    asyncio.run(scenario())
+
+
+def test_a_joined_request_keeps_a_finished_spool_until_it_leaves(tmp_path):
+    """A small blob can arrive, be verified and pass its expiry before the request that started it has sent
+    its headers; with no spool kept (or the spool over its bound) it was deleted under that request."""
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0, max_spool_bytes=0)
+        t, _ = c.join(DIGEST, "app")
+        await asyncio.sleep(0.1)  # the whole transfer, and its expiry, run before the request goes on
+        assert t.verified and t.path.exists() and c.transfers
+        assert await collect(c, t) == DATA
+        assert c.transfers == {} and not t.path.exists()  # gone as soon as it left
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_closing_ends_readers_and_waiters_at_once(tmp_path):
+    """Shutting down with a transfer stalled mid-way: a streaming reader and a request still waiting for the
+    upstream's answer both fail now, not at their timeouts, and close() returns."""
+    async def scenario():
+        async def stalls(transfer):
+            transfer.size = len(DATA)
+            transfer.head.set_result(UpstreamHead(200, {}))
+            yield DATA[:100_000]
+            await asyncio.sleep(3600)
+            yield DATA[100_000:]
+
+        async def never_answers(transfer):
+            await asyncio.sleep(3600)
+            yield b""
+        spool_dir = tmp_path / "spool"
+        c = BlobCoalescer(lambda t: stalls(t) if t.digest == DIGEST else never_answers(t), str(spool_dir))
+        streaming, _ = c.join(DIGEST, "app")
+        waiting, _ = c.join("sha256:" + "0" * 64, "app")
+        reader = asyncio.create_task(collect(c, streaming))
+        head = asyncio.ensure_future(asyncio.shield(waiting.head))
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(c.close(), 2)
+        for task in (reader, head):
+            with pytest.raises(TransferFailed, match="shutting down"):
+                await asyncio.wait_for(task, 2)
+        with pytest.raises(TransferFailed, match="shutting down"):
+            c.join(DIGEST, "app")
+        assert not spool_dir.exists()  # every spool deleted, then the directory
     asyncio.run(scenario())

@@ -74,6 +74,7 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
         await transfer.head
         async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
             collected += chunk
+        server.coalescer.leave(transfer)
         return transfer, bytes(collected), upstream.asked
     finally:
         await server._peer_session.close()

@@ -1,0 +1,92 @@
+"""The blob endpoint shuts down at once while blobs are in flight (a real aiohttp client streams from it).
+
+Before, the cancelled transfer never told its readers: the endpoint's shutdown waited for their handlers,
+about two minutes, and the supervisor's SIGKILL came first, so nothing after it (tag state, redis claims)
+was saved or released."""
+import asyncio
+import hashlib
+import time
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+
+from registry_mirror.blobserver import KEY_HEADER, BlobServer
+from registry_mirror.config import CacheConfig
+from registry_mirror.health import UpstreamHealth
+from registry_mirror.stats import Stats
+
+BLOB = bytes(range(256)) * 8192  # 2 MiB
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+class StallingUpstream:
+    """Sends the first 512 KiB of the blob, then nothing."""
+    @asynccontextmanager
+    async def open(self, method, req, headers):
+        async def body():
+            yield BLOB[:512 * 1024]
+            await asyncio.sleep(3600)
+        yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
+                              content=SimpleNamespace(iter_any=body)), "Basic"
+
+
+def test_shutdown_with_a_blob_in_flight_is_prompt(tmp_path):
+    async def scenario():
+        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
+                                upstream=StallingUpstream(), health=UpstreamHealth())
+        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
+                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
+        await server.start()
+        received = bytearray()
+        async with aiohttp.ClientSession() as client:
+            async def pull():
+                async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
+                                      headers={KEY_HEADER: server.key}) as resp:
+                    assert resp.status == 200
+                    async for chunk in resp.content.iter_any():
+                        received.extend(chunk)
+            puller = asyncio.create_task(pull())
+            while len(received) < 256 * 1024:  # the registry is streaming the blob
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await asyncio.wait_for(server.close(), 10)
+            closed_in = time.monotonic() - started
+            with pytest.raises(aiohttp.ClientPayloadError):  # told the body is short, not left hanging
+                await asyncio.wait_for(puller, 5)
+        return closed_in, len(received)
+    closed_in, received = asyncio.run(scenario())
+    assert closed_in < 5 and received < len(BLOB)
+    assert not (tmp_path / "spool").exists()
+
+
+def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp_path, caplog):
+    class FailingUpstream:
+        @asynccontextmanager
+        async def open(self, method, req, headers):
+            async def body():
+                yield BLOB[:512 * 1024]
+                raise aiohttp.ClientPayloadError("connection reset by peer")
+            yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
+                                  content=SimpleNamespace(iter_any=body)), "Basic"
+
+    async def scenario():
+        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
+                                upstream=FailingUpstream(), health=UpstreamHealth())
+        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
+                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
+                                      headers={KEY_HEADER: server.key}) as resp:
+                    assert resp.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resp.read()
+        finally:
+            await server.close()
+    asyncio.run(scenario())
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("ended after" in r.getMessage() and "reset by peer" in r.getMessage() for r in caplog.records)
