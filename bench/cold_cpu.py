@@ -127,9 +127,10 @@ def main() -> int:
         summary = summarize(rounds, java.size)
         print("\n" + summary)
         results = ROOT / "bench" / "results" / "cpu.md"
+        lines = "\n".join(f"- round {i + 1}: {r.line()}" for i, r in enumerate(rounds))
         results.write_text(f"# Where a cold pull's CPU goes (loopback)\n\nMeasured {time.strftime('%Y-%m-%d')} with "
                            f"`./run.sh bench-cpu --rounds {args.rounds}` on a {os.cpu_count()}-core machine.\n\n"
-                           + "\n".join(f"- round {i + 1}: {r.line()}" for i, r in enumerate(rounds)) + f"\n\n{summary}\n")
+                           f"{lines}\n\n{summary}\n")
         print(f"bench-cpu: saved {results}")
         return 0
     finally:
@@ -141,11 +142,11 @@ def summarize(rounds: list[Round], image_size: int) -> str:
         return statistics.median(getattr(r, field) for r in rounds)
     direct, cold, floor, direct_disk, cold_disk = map(median, ("direct", "cold", "floor", "direct_disk", "cold_disk"))
     medians = {n: statistics.median(r.cold_cpu[n] for r in rounds) for n in rounds[0].cold_cpu}
-    return (f"Medians over {len(rounds)} rounds, {image_size / 1e6:.1f} MB image: direct {direct:.2f} s, cold via mirror "
-            f"{cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; written to disk "
-            f"during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's copy and the mirror "
-            f"registry's; the addon's spool stays in the page cache); floor (empty registry, blobs in the addon's "
-            f"spool, nothing from the upstream) {floor:.2f} s ({floor / direct:.2f}x).")
+    return (f"Medians over {len(rounds)} rounds, {image_size / 1e6:.1f} MB image: direct {direct:.2f} s, "
+            f"cold via mirror {cold:.2f} s ({cold / direct:.2f}x); CPU seconds of the cold pull: {_cpu(medians)}; "
+            f"written to disk during the pull: direct {direct_disk:.0f} MB, cold {cold_disk:.0f} MB (the client's "
+            f"copy and the mirror registry's; the addon's spool stays in the page cache); floor (empty registry, "
+            f"blobs in the addon's spool, nothing from the upstream) {floor:.2f} s ({floor / direct:.2f}x).")
 
 
 def restart_registry_empty(mirror: Mirror) -> None:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 NOTIFY_BYTES = 1024 * 1024  # readers wake per MiB, not per socket read: fewer wake-ups and sendfile calls...
-NOTIFY_SECONDS = 0.5  # ...or at least this often while bytes trickle in, so a slow upstream stalls no reader
+NOTIFY_SECONDS = 0.5  # ...and no byte waits longer than this for them, however slow or stalled the upstream
 
 
 class TransferFailed(Exception):
@@ -54,12 +54,27 @@ class Transfer:
     readers: int = 0  # requests joined and not yet left: while any, the spool stays
     served: int = 0  # requests served from this transfer, the first included
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
+    _notified: int = 0  # `written` when readers were last woken
+    _pending_wake: asyncio.TimerHandle | None = None
 
     @property
     def finished(self) -> bool:
         return self.verified or self.error is not None
 
+    def wrote(self, count: int) -> None:
+        """`count` more bytes are in the spool: readers wake per NOTIFY_BYTES, or NOTIFY_SECONDS after the first
+        byte they have not seen."""
+        self.written += count
+        if self.written - self._notified >= NOTIFY_BYTES:
+            self.notify()
+        elif self._pending_wake is None:
+            self._pending_wake = asyncio.get_running_loop().call_later(NOTIFY_SECONDS, self.notify)
+
     def notify(self) -> None:
+        if self._pending_wake is not None:
+            self._pending_wake.cancel()
+            self._pending_wake = None
+        self._notified = self.written
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -139,7 +154,6 @@ class BlobCoalescer:
     async def _run(self, transfer: Transfer) -> None:
         hasher = hashlib.new(transfer.digest.split(":", 1)[0])
         try:
-            notified, notified_at = 0, time.monotonic()
             # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the
             # file for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as
             # the registry and its clients fsync their copies; untruncated, it stays in the page cache
@@ -147,10 +161,7 @@ class BlobCoalescer:
                 async for chunk in self._fetch(transfer):
                     _write_all(spool, chunk)
                     hasher.update(chunk)
-                    transfer.written += len(chunk)
-                    if transfer.written - notified >= NOTIFY_BYTES or time.monotonic() - notified_at >= NOTIFY_SECONDS:
-                        notified, notified_at = transfer.written, time.monotonic()
-                        transfer.notify()
+                    transfer.wrote(len(chunk))
             actual = f"{hasher.name}:{hasher.hexdigest()}"
             if transfer.size is not None and transfer.written != transfer.size:
                 raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")

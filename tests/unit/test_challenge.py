@@ -5,7 +5,8 @@ from registry_mirror.challenge import Challenge, parse_challenges, realm_refusal
 
 @pytest.mark.parametrize("header,expected", [
     ('Bearer realm="https://a.example/token",service="a.example",scope="repository:x/y:pull"',
-     [Challenge("bearer", {"realm": "https://a.example/token", "service": "a.example", "scope": "repository:x/y:pull"})]),
+     [Challenge("bearer", {"realm": "https://a.example/token", "service": "a.example",
+                           "scope": "repository:x/y:pull"})]),
     ('Basic realm="Artifactory Realm"', [Challenge("basic", {"realm": "Artifactory Realm"})]),
     ('Bearer realm="https://a/token", scope="repository:a:pull,push"',
      [Challenge("bearer", {"realm": "https://a/token", "scope": "repository:a:pull,push"})]),

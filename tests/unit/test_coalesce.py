@@ -245,3 +245,33 @@ def test_closing_ends_readers_and_waiters_at_once(tmp_path):
             c.join(DIGEST, "app")
         assert not spool_dir.exists()  # every spool deleted, then the directory
     asyncio.run(scenario())
+
+
+def test_bytes_before_a_stall_reach_readers_during_it(tmp_path):
+    """Bytes that arrive just after readers were woken, then nothing: readers still get them within
+    NOTIFY_SECONDS, not when the upstream sends again (or its stall timeout ends the transfer)."""
+    async def scenario():
+        release = asyncio.Event()
+
+        async def stalls(transfer):
+            transfer.size = len(DATA)
+            transfer.head.set_result(UpstreamHead(200, {}))
+            yield DATA[:1000]
+            await asyncio.sleep(0.05)
+            yield DATA[1000:2000]
+            await release.wait()
+            yield DATA[2000:]
+        c = BlobCoalescer(stalls, str(tmp_path))
+        t, _ = c.join(DIGEST, "app")
+        await t.head
+        spans = c.spans(t, 0, len(DATA) - 1)
+        seen = 0
+        while seen < 2000:
+            offset, count = await asyncio.wait_for(spans.__anext__(), coalesce.NOTIFY_SECONDS + 1)
+            seen = offset + count
+        assert not release.is_set()  # all before the upstream sent again
+        release.set()
+        await spans.aclose()
+        c.leave(t)
+        await c.close()
+    asyncio.run(scenario())

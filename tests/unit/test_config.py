@@ -32,7 +32,8 @@ def test_env_expansion_and_password_file(tmp_path):
     f.write_text("upstream:\n  url: ${ART_URL}\n  repository: docker-${REPO}\n  username: ${ART_USER}\n"
                  f"  password_file: {secret.name}\n")
     cfg = load(f, environ={"ART_URL": "http://127.0.0.1:9", "REPO": "remote", "ART_USER": "ci"})
-    assert (cfg.upstream.url, cfg.upstream.repository, cfg.upstream.username) == ("http://127.0.0.1:9", "docker-remote", "ci")
+    assert (cfg.upstream.url, cfg.upstream.repository, cfg.upstream.username) == (
+        "http://127.0.0.1:9", "docker-remote", "ci")
     assert cfg.upstream.password == "from-file"
 
 

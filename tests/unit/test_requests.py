@@ -55,7 +55,8 @@ def test_classify_refuses(method, path, status, code):
 @pytest.mark.parametrize("prefix,path,expected", [
     ("/artifactory/api/docker/docker-local", "/v2/busybox/manifests/latest",
      "/artifactory/api/docker/docker-local/v2/busybox/manifests/latest"),
-    ("/artifactory/api/docker/docker-local/", f"/v2/a/b/blobs/{D}", f"/artifactory/api/docker/docker-local/v2/a/b/blobs/{D}"),
+    ("/artifactory/api/docker/docker-local/", f"/v2/a/b/blobs/{D}",
+     f"/artifactory/api/docker/docker-local/v2/a/b/blobs/{D}"),
     ("", "/v2/foo/tags/list?n=10&last=a", "/v2/foo/tags/list?n=10&last=a"),
     ("/repository/docker-hosted", "/v2/", "/repository/docker-hosted/v2/"),
 ])

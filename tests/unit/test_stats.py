@@ -29,14 +29,16 @@ def filled() -> tuple[Stats, UpstreamHealth]:
 
 def route(health: UpstreamHealth, url: str, label: str = "upstream", prefix: str = "", refreshes: int = 1):
     """What the snapshot reads of a routing.Route."""
-    return SimpleNamespace(health=health, url=url, upstream=SimpleNamespace(auth=SimpleNamespace(token_refreshes=refreshes)),
+    return SimpleNamespace(health=health, url=url,
+                           upstream=SimpleNamespace(auth=SimpleNamespace(token_refreshes=refreshes)),
                            cfg=SimpleNamespace(label=label, match_prefix=prefix, match_ns=()))
 
 
 def test_snapshot_counts_and_savings():
     stats, health = filled()
     snap = stats.snapshot([route(health, "https://art/x")])
-    assert snap["served"]["blob"] == {"miss": {"requests": 1, "bytes": 1000}, "coalesced": {"requests": 1, "bytes": 1000}}
+    assert snap["served"]["blob"] == {"miss": {"requests": 1, "bytes": 1000},
+                                      "coalesced": {"requests": 1, "bytes": 1000}}
     assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "saved": 1420,
                              "from_other_replicas": 0}
     assert snap["upstream"]["requests"] == {"blob:200": 1, "manifest-by-tag:timeout": 1, "token:200": 1}
