@@ -13,11 +13,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+class CertError(Exception):
+    pass
+
+
 def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ...] = ()) -> bool:
-    """Create cert and key unless both exist; True when created. Names: localhost, 127.0.0.1, this host."""
+    """Create cert and key when both are missing; True when created. Names: localhost, 127.0.0.1, this host
+    and `extra_names`. One without the other is an error: an operator's own certificate is never replaced."""
     cert, key = Path(cert_path), Path(key_path)
     if cert.exists() and key.exists():
         return False
+    if cert.exists() or key.exists():
+        present, missing = (cert, key) if cert.exists() else (key, cert)
+        raise CertError(f"{present} exists but {missing} does not; fix mirror.tls_cert / mirror.tls_key (both "
+                        f"missing: a self-signed pair is generated; never one of them)")
     names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), *extra_names} - {"", "0.0.0.0", "::"}
     private_key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname() or "artifactory-mirror")])
@@ -36,13 +45,17 @@ def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ..
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(private_key, hashes.SHA256())
     )
-    cert.parent.mkdir(parents=True, exist_ok=True)
-    key.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                          serialization.NoEncryption()))
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    try:
+        cert.parent.mkdir(parents=True, exist_ok=True)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private_key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.TraditionalOpenSSL,
+                                              serialization.NoEncryption()))
+        cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    except OSError as e:
+        raise CertError(f"cannot write the self-signed pair {cert} / {key}: {e.strerror}") from e
     return True
 
 

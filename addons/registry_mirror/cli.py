@@ -157,8 +157,14 @@ def cmd_up(args) -> int:
         for p in problems:
             print(f"mirror: {p}", file=sys.stderr)
         return 2
-    if cfg.mirror.tls and certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key):
-        print(f"mirror: generated a self-signed certificate {cfg.mirror.tls_cert}")
+    if cfg.mirror.tls:
+        listen_host = cfg.mirror.listen.host
+        try:  # the address clients are told to use must be in it
+            if certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(listen_host,)):
+                print(f"mirror: generated a self-signed certificate {cfg.mirror.tls_cert}")
+        except certs.CertError as e:
+            print(f"mirror: {e}", file=sys.stderr)
+            return 2
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="artifactory-mirror-"))
     mirror = Mirror(cfg, log_dir, web=args.web, dump=args.dump)
     stopping = []
