@@ -75,7 +75,7 @@ class RegistryMirror:
         self.stats = Stats(self.config.rewriter.log_format)
         self.router = Router(self.config, self.stats)
         await self.router.start()
-        self.blobs = BlobServer(self.router, self.config.cache, self.stats)
+        self.blobs = BlobServer(self.router, self.config.cache, self.stats, storage=self.config.mirror.storage)
         scale = self.config.scale
         if scale.enabled:  # the other replicas read spools here too
             await self.blobs.start(scale.listen.host, scale.listen.port)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -40,8 +42,9 @@ class PeerError(Exception):
 
 
 class BlobServer:
-    def __init__(self, router: Router, cache: CacheConfig, stats: Stats):
+    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None):
         self.router, self.stats = router, stats
+        self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
         self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
@@ -98,6 +101,10 @@ class BlobServer:
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
+        stored = self._open_stored(req.reference)
+        if stored is not None:
+            with stored:
+                return await self._send_stored(request, stored, req.reference, what)
         route = self.router.for_request(req)
         refusal = await self._refusal(req, route, what)
         if refusal is not None:
@@ -161,6 +168,50 @@ class BlobServer:
         await out.write_eof()
         self.stats.served("blob", outcome, sent)
         log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
+        return out
+
+    def _open_stored(self, digest: str):
+        """The blob's file in the mirror's own storage, open, or None.
+
+        The stock registry looks blobs up per repository, so a base layer it stored for one repository is
+        asked for again when another repository's image uses it; the bytes are here already. They were checked
+        against their digest when the registry stored them (it commits a blob by renaming it into place, so a
+        file here is whole), and the registry checks them again as it links them to the new repository. The
+        registry asked the upstream for the blob's HEAD in that repository first, so the upstream still decides
+        which repositories have it."""
+        if self.storage is None:
+            return None
+        algorithm, _, hex_digest = digest.partition(":")
+        path = self.storage / "docker/registry/v2/blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
+        try:
+            return open(path, "rb")
+        except OSError:  # not stored (or being removed by the registry's expiry): from the upstream
+            return None
+
+    async def _send_stored(self, request: web.Request, stored, digest: str, what: str) -> web.StreamResponse:
+        size = os.fstat(stored.fileno()).st_size
+        wanted = parse_range(request.headers.get("Range"), size)
+        first, last = wanted or (0, size - 1)
+        headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest,
+                   "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1), CACHE_HEADER: "HIT"}
+        if wanted:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        out = web.StreamResponse(status=206 if wanted else 200, headers=headers)
+        await out.prepare(request)
+        started = time.monotonic()
+        try:
+            if last >= first:
+                await asyncio.get_running_loop().sendfile(request.transport, stored, first, last - first + 1)
+        except (ConnectionError, AttributeError) as e:  # (no transport: the registry went away)
+            self.stats.served("blob", "error", 0)
+            log.warning("HIT %s from the mirror's storage ended early: %s", what, error_text(e))
+            if request.transport is not None:
+                request.transport.close()
+            return out
+        await out.write_eof()
+        self.stats.served("blob", "hit", last - first + 1)
+        log.info("blob HIT %s: %d bytes from the mirror's storage, none from the upstream (%.0f ms)", what,
+                 last - first + 1, _ms(started))
         return out
 
     async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:

@@ -90,3 +90,38 @@ def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [], [r.getMessage() for r in errors]
     assert any("ended after" in r.getMessage() and "reset by peer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_blob_in_the_mirrors_storage_is_served_from_it_with_ranges(tmp_path):
+    storage = tmp_path / "registry"
+    data = storage / "docker/registry/v2/blobs/sha256" / DIGEST[7:9] / DIGEST[7:] / "data"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(BLOB)
+
+    class NoUpstream:
+        @asynccontextmanager
+        async def open(self, method, req, headers):
+            raise AssertionError("the upstream was asked for a blob the mirror stores")
+            yield
+
+    async def scenario():
+        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
+                                upstream=NoUpstream(), health=UpstreamHealth())
+        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
+                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=str(storage))
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/v2/other/repo/blobs/{DIGEST}"
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.get(url, headers={KEY_HEADER: server.key}) as resp:
+                    whole = (resp.status, resp.headers["Docker-Content-Digest"], resp.headers["X-Mirror-Cache"],
+                             await resp.read())
+                async with client.get(url, headers={KEY_HEADER: server.key, "Range": "bytes=100-199"}) as resp:
+                    part = (resp.status, resp.headers["Content-Range"], await resp.read())
+        finally:
+            await server.close()
+        return whole, part, server.stats.snapshot([], [])["served"]["blob"]
+    whole, part, served = asyncio.run(scenario())
+    assert whole == (200, DIGEST, "HIT", BLOB)
+    assert part == (206, f"bytes 100-199/{len(BLOB)}", BLOB[100:200])
+    assert served["hit"]["requests"] == 2
