@@ -47,9 +47,11 @@ class Progress:
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
-    """`name:tag` or `name@digest` (names as the mirror serves them) -> (name, reference)."""
+    """`name:tag`, `name@digest` or `name:tag@digest` (the digest wins, as with docker) -> (name, reference)."""
     if "@" in ref:
         name, _, reference = ref.partition("@")
+        if ":" in name.rsplit("/", 1)[-1]:
+            name = name.rpartition(":")[0]
         ok = valid_digest(reference)
     else:
         name, _, reference = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
@@ -67,12 +69,21 @@ def read_refs(args_images: list[str], file: str | None) -> list[str]:
     return [r for r in refs if r]
 
 
+def pinned_context(cert_path: str) -> ssl.SSLContext:
+    """Trust exactly the mirror's own certificate, self-signed or issued by a CA, at whatever address it is
+    reached on this machine (127.0.0.1 is rarely among a CA-issued certificate's names)."""
+    context = ssl.create_default_context(cafile=cert_path)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
+    context.check_hostname = False  # the pinned certificate identifies the server; no other is trusted
+    return context
+
+
 class MirrorClient:
     def __init__(self, cfg: Config):
         listen = cfg.mirror.listen
         self.host = "127.0.0.1" if any_address(listen.host) else listen.host
         self.port = listen.port
-        self.context = ssl.create_default_context(cafile=cfg.mirror.tls_cert) if cfg.mirror.tls else None
+        self.context = pinned_context(cfg.mirror.tls_cert) if cfg.mirror.tls else None
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.context:
@@ -159,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"warm: configuration error: {e}", file=sys.stderr)
         return 2
-    refs = read_refs(args.images, args.file)
+    try:
+        refs = read_refs(args.images, args.file)
+    except OSError as e:
+        print(f"warm: cannot read the list of images {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
     if not refs:
         parser.error("name at least one image, or -f FILE")
     return warm(cfg, refs)
