@@ -70,8 +70,13 @@ run_python() { cd "$ROOT" && PYTHONPATH="$ROOT/addons" exec "$VENV/bin/python" "
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  up|web|check|status)
-    ensure_debian_packages docker-registry
+  up|web)
+    # the stock registry: Debian's package, or a `registry` binary already on PATH (as in the registry:2 image)
+    command -v docker-registry >/dev/null 2>&1 || command -v registry >/dev/null 2>&1 ||
+      ensure_debian_packages docker-registry
+    ensure_venv
+    run_python -m registry_mirror.cli "$cmd" "$@" ;;
+  check|status)  # only read the configuration or ask the running mirror: no package needed
     ensure_venv
     run_python -m registry_mirror.cli "$cmd" "$@" ;;
   warm)

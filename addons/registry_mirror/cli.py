@@ -172,7 +172,8 @@ def cmd_up(args) -> int:
     def on_signal(signum, _frame):
         stopping.append(signum)
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal that ran it closed
+        signal.signal(signum, on_signal)
     try:
         mirror.start()
         scheme = "https" if cfg.mirror.tls else "http"

@@ -77,14 +77,16 @@ def test_sigterm_stops_both_and_a_dead_process_stops_the_other(tmp_path):
     finally:
         processes.stop(proc)
 
-    proc = cli(tmp_path, "--config", str(cfg), "up", "--log-dir", str(tmp_path / "logs2"))
-    try:
-        processes.wait_for_port("127.0.0.1", mirror_port, proc, timeout=60, what="run.sh up")
-        kids = children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-        assert proc.returncode == 0
-        assert not any(Path(f"/proc/{k}").exists() for k in kids)
-        assert not processes.port_in_use("127.0.0.1", rewriter_port)
-    finally:
-        processes.stop(proc)
+    # SIGTERM (systemd, kill) and SIGHUP (the terminal that ran it closed): nothing is left behind
+    for n, signum in enumerate((signal.SIGTERM, signal.SIGHUP)):
+        proc = cli(tmp_path, "--config", str(cfg), "up", "--log-dir", str(tmp_path / f"logs-{n}"))
+        try:
+            processes.wait_for_port("127.0.0.1", mirror_port, proc, timeout=60, what="run.sh up")
+            kids = children(proc.pid)
+            proc.send_signal(signum)
+            proc.communicate(timeout=30)
+            assert proc.returncode == 0
+            assert not any(Path(f"/proc/{k}").exists() for k in kids)
+            assert not processes.port_in_use("127.0.0.1", rewriter_port)
+        finally:
+            processes.stop(proc)
