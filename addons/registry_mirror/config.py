@@ -163,9 +163,11 @@ _UPSTREAM_KEYS = {
 }
 _ROUTE_KEYS = {**_UPSTREAM_KEYS, "prefix": str, "ns": list, "strip_prefix": bool}
 # A route inherits `upstream`'s keys, except: its own credential replaces all of upstream's, and with its own
-# url it takes none of upstream's host, TLS or credential keys, so a credential only goes to its own host
+# url it takes none of upstream's host, TLS or credential keys, so a credential only goes to its own host, nor
+# its repository or library handling (another host's repository is named, not guessed)
 _CREDENTIAL_KEYS = ("username", "password", "password_file", "token", "token_file", "anonymous")
-_NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts")
+_NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts",
+                           "repository", "library")
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool, "log_format": str}
@@ -450,13 +452,13 @@ def parse_address(name: str, value: str, allow_any_port: bool = False) -> Addres
 
 
 def _secret(v: dict, key: str, resolve, section: str = "upstream") -> Secret | None:
-    """A secret given inline or in `<key>_file` (trailing newline stripped), never both."""
+    """A secret given inline or in `<key>_file` (its first line), never both."""
     inline, path = v.get(key), resolve(v.get(f"{key}_file"))
     if inline is not None and path:
         raise ConfigError(f"{section}.{key}: set {key} or {key}_file, not both")
     if path:
         try:
-            inline = Path(path).read_text().rstrip("\r\n")
+            inline = next(iter(Path(path).read_text().splitlines()), "")
         except OSError as e:
             raise ConfigError(f"{section}.{key}_file: cannot read {path}: {e.strerror}; expected a readable file "
                               f"holding only the secret") from e
@@ -473,7 +475,7 @@ def _is_secret_key(key: str) -> bool:
 
 def _type_name(expected) -> str:
     names = {str: "a string", bool: "true or false", list: "a list", (int, float): "a number of seconds",
-             int: "a whole number of bytes"}
+             int: "a whole number"}
     return names.get(expected, str(expected))
 
 

@@ -27,7 +27,7 @@ def test_defaults_and_contract_keys():
 
 def test_env_expansion_and_password_file(tmp_path):
     secret = tmp_path / "pw"
-    secret.write_text("from-file\n")
+    secret.write_text("from-file\r\n# rotated by vault-agent\n")  # the first line only
     f = tmp_path / "mirror.yaml"
     f.write_text("upstream:\n  url: ${ART_URL}\n  repository: docker-${REPO}\n  username: ${ART_USER}\n"
                  f"  password_file: {secret.name}\n")

@@ -88,6 +88,8 @@ def test_route_with_its_own_url_never_inherits_credentials():
     ([{"prefix": "a", "repository": "x", "colour": "red"}], r"unknown key routes\[0\]\.colour"),
     ([{"ns": ["docker.io"], "repository": "x", "strip_prefix": True}], r"routes\[0\]\.strip_prefix: needs a prefix"),
     (["team-a"], r"routes\[0\]: must be a mapping"),
+    # another host: its repository is named, never upstream's guessed (every request would 404 there)
+    ([{"prefix": "hub", "url": "https://nexus.example.com", "anonymous": True}], r"routes\[0\]\.repository: missing"),
 ])
 def test_bad_routes_are_named(routes, message):
     with pytest.raises(ConfigError, match=message):
