@@ -34,7 +34,7 @@ class Stats:
         self.upstream_requests: Counter = Counter()  # (class, status) -> exchanges with the upstream
         self.upstream_bytes: Counter = Counter()  # class -> body bytes received from the upstream
         self.peer_bytes = 0  # blob bytes read from another replica instead of the upstream (scale-out)
-        self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer
+        self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer (not blob GETs)
 
     def served(self, kind: str, outcome: str, nbytes: int) -> None:
         """An answer to the stock registry."""
@@ -49,7 +49,8 @@ class Stats:
         """An exchange with the upstream (status is a number, or a word when there was no answer)."""
         self.upstream_requests[(kind, str(status))] += 1
         self.upstream_bytes[kind] += nbytes
-        if isinstance(status, int):
+        if isinstance(status, int) and not (kind == "blob" and method == "GET"):
+            # answers only: a blob GET's time is its transfer (seconds for a layer), not how fast the upstream answers
             self.latencies.append(seconds)
         fields = {"class": kind, "method": method, "what": what, "outcome": outcome or "miss",
                   "status": status, "bytes": nbytes, "ms": round(seconds * 1000, 1)}

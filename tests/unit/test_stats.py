@@ -20,7 +20,7 @@ def filled() -> tuple[Stats, UpstreamHealth]:
     stats.served("blob", "COALESCED", 1000)
     stats.served("manifest-by-tag", "HIT", 500)
     stats.upstream("blob", "GET", "app@sha256:x", 200, 1000, 0.05)
-    stats.upstream("token", "GET", "repository:app:pull", 200, 80, 0.01)
+    stats.upstream("token", "GET", "repository:app:pull", 200, 80, 0.05)
     stats.upstream("manifest-by-tag", "GET", "app:1.0", "timeout", 0, 5.0, "error")
     health = UpstreamHealth()
     health.failure("GET app:1.0: timed out <script>")
@@ -91,3 +91,12 @@ def test_exchange_log_lines_text_and_json(caplog):
     assert text == "class=blob method=GET what=app@d outcome=miss status=200 bytes=10 ms=2.0"
     assert json.loads(js) == {"class": "token", "method": "GET", "what": "repository:app:pull", "outcome": "miss",
                               "status": 401, "bytes": 0, "ms": 1.0}
+
+
+def test_latency_is_the_upstreams_answers_not_blob_transfers():
+    stats = Stats(clock=Clock())
+    stats.upstream("manifest-by-tag", "GET", "app:1.0", 200, 500, 0.040)
+    stats.upstream("blob", "HEAD", "app@sha256:x", 200, 0, 0.030)
+    stats.upstream("blob", "GET", "app@sha256:y", 200, 160_000_000, 8.5)  # a layer's transfer
+    stats.upstream("blob", "GET", "app@sha256:z", 404, 90, 0.0)  # recorded without a timing
+    assert sorted(stats.latencies) == [0.030, 0.040]
