@@ -23,7 +23,7 @@ from cachetools import LRUCache, TTLCache
 from .config import CacheConfig
 from .health import UpstreamHealth
 from .requests import Kind, RegistryRequest
-from .responses import passed_headers
+from .responses import next_page_link, passed_headers
 from .stats import Stats
 from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
@@ -197,6 +197,8 @@ class ManifestService:
             self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
         else:
             self.health.success()
+        if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
+            return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, "MISS", up.authorized)
         if up.status != 200 or req.kind is Kind.TAGS:
             return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
         if req.kind is Kind.BLOB:

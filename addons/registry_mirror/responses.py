@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
 
@@ -51,3 +53,15 @@ def small_response(status: int, headers: dict[str, str], body: bytes, is_head: b
     if is_head and "Content-Length" in headers:
         resp.headers["Content-Length"] = headers["Content-Length"]  # make() set it to 0 for the empty body
     return resp
+
+
+def next_page_link(link: str | None, name: str) -> str | None:
+    """The upstream's `Link: <...>; rel="next"` of a tag list, as a link on the mirror's own path for `name`.
+
+    The upstream's link carries its repository prefix (and its name for the image), which the stock
+    registry would follow back to the addon and be refused; only the page parameters are kept."""
+    match = re.match(r'\s*<([^>]*)>\s*;\s*rel="?next"?', link or "")
+    if not match:
+        return None
+    page = [(k, v) for k, v in parse_qsl(urlsplit(match.group(1)).query) if k in ("n", "last")]
+    return f'</v2/{name}/tags/list?{urlencode(page)}>; rel="next"' if page else None

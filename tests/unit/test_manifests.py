@@ -9,6 +9,7 @@ from multidict import CIMultiDict
 from registry_mirror.config import CacheConfig
 from registry_mirror.manifests import ManifestMismatch, ManifestService, accept_key
 from registry_mirror.requests import classify
+from registry_mirror.responses import next_page_link
 from registry_mirror.upstream import SmallResponse
 
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -139,3 +140,27 @@ def test_blob_heads_are_remembered():
         assert again.outcome == "HIT" and again.headers["Content-Length"] == "42"
         assert len(up.calls) == 1
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("link,expected", [
+    ('</artifactory/api/docker/docker-local/v2/team/app/tags/list?last=v9&n=100>; rel="next"',
+     '</v2/team/app/tags/list?last=v9&n=100>; rel="next"'),
+    ('<https://art.example.com/v2/library/app/tags/list?n=2&last=b&evil=1>; rel=next',
+     '</v2/team/app/tags/list?n=2&last=b>; rel="next"'),  # only the page parameters survive
+    ('<https://art.example.com/v2/app/tags/list?n=2>; rel="prev"', None),
+    (None, None),
+    ("garbage", None),
+])
+def test_a_paginated_tag_list_links_to_the_mirrors_own_path(link, expected):
+    assert next_page_link(link, "team/app") == expected
+
+
+def test_the_tag_list_answer_carries_the_rewritten_link():
+    class Paginating(FakeUpstream):
+        async def fetch_small(self, method, req, headers):
+            return SmallResponse(200, CIMultiDict({"Content-Type": "application/json", "Link":
+                                                   '</artifactory/api/docker/r/v2/team/app/tags/list?last=b&n=2>; '
+                                                   'rel="next"'}), b'{"tags": ["a", "b"]}', "Bearer", "")
+    svc = ManifestService(Paginating(), CacheConfig())
+    answer = asyncio.run(svc.answer(classify("GET", "/v2/team/app/tags/list?n=2"), headers(), "GET"))
+    assert answer.headers["Link"] == '</v2/team/app/tags/list?last=b&n=2>; rel="next"'
