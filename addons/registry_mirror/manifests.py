@@ -84,8 +84,8 @@ class ManifestService:
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: LRUCache = LRUCache(maxsize=65536)
         self._inflight: dict[tuple, asyncio.Future] = {}
-        self._sick: dict[tuple, float] = {}  # tag -> until when it is answered stale at once (timer seconds)
-        self._timer = timer
+        # tags answered stale at once for SICK_SECONDS after a failed or slow refresh (bounded, expiring)
+        self._sick: TTLCache = TTLCache(maxsize=65536, ttl=SICK_SECONDS, timer=timer)
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
         """The answer to `method` for `req` (a HEAD gets the GET's headers, without the body)."""
@@ -122,18 +122,18 @@ class ManifestService:
         if self.health.down:
             return stale  # the probe decides when to ask again
         refresh = asyncio.ensure_future(self._shared_fetch(req, headers, accepts))
-        if self._sick.get(key, 0.0) > self._timer():
+        if key in self._sick:
             refresh.add_done_callback(lambda f: self._after_refresh(key, f))
             return stale
         try:
             answer = await asyncio.wait_for(asyncio.shield(refresh), self.cfg.stale_budget)
         except (TimeoutError, UpstreamError, AuthError):
             # a slow refresh goes on and updates the caches when it ends; no one waits for it meanwhile
-            self._sick[key] = self._timer() + SICK_SECONDS
+            self._sick[key] = True
             refresh.add_done_callback(lambda f: self._after_refresh(key, f))
             return stale
         if answer.status >= 500:
-            self._sick[key] = self._timer() + SICK_SECONDS
+            self._sick[key] = True
             return stale
         return answer
 
