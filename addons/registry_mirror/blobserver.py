@@ -274,21 +274,22 @@ class BlobServer:
         route: Route = transfer.source
         what = f"blob {req.name}@{req.reference}"
         started, resumes = time.monotonic(), 0
+        from_before = transfer.written  # bytes another replica sent before it failed: not the upstream's
         while True:
             offset = transfer.written
             try:
                 async for chunk in self._fetch_from(route, transfer, req, offset):
                     yield chunk
                 route.health.success()
-                self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", 200, transfer.written,
+                self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", 200, transfer.written - from_before,
                                     time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
                 error = str(e) if isinstance(e, UpstreamError) else error_text(e)
                 route.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
                 if resumes >= route.cfg.blob_resumes or not transfer.head.done():
-                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error", transfer.written,
-                                        time.monotonic() - started, "error")
+                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error",
+                                        transfer.written - from_before, time.monotonic() - started, "error")
                     raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
                                          f"and {resumes} resumes: {error}") from e
                 resumes += 1

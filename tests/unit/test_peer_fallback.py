@@ -75,7 +75,7 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
         async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
             collected += chunk
         server.coalescer.leave(transfer)
-        return transfer, bytes(collected), upstream.asked
+        return transfer, bytes(collected), upstream.asked, server.stats.snapshot()["bytes"]
     finally:
         await server._peer_session.close()
         await server.coalescer.close()
@@ -93,8 +93,11 @@ async def _peer(port: int) -> Peer:
 ])
 def test_the_upstream_finishes_what_a_replica_failed(tmp_path, caplog, behaviour, upstream_range):
     caplog.set_level(logging.INFO)
-    transfer, data, asked = asyncio.run(fill_from_failing_peer(behaviour, tmp_path))
+    transfer, data, asked, counted = asyncio.run(fill_from_failing_peer(behaviour, tmp_path))
     assert transfer.verified and data == BLOB
     assert asked == [{"Range": upstream_range} if upstream_range else {}]
+    from_peer = len(BLOB) // 2 if behaviour == "half" else 0
+    # each byte counted once, where it came from
+    assert (counted["from_other_replicas"], counted["fetched_from_upstream"]) == (from_peer, len(BLOB) - from_peer)
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("registry_mirror"))
     assert "the upstream sends the rest" in ours and PEER_KEY not in ours  # (the fake peer's access log has it)
