@@ -23,7 +23,7 @@ from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHe
 from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
 from .redact import error_text
-from .requests import Kind, RegistryRequest, classify
+from .requests import SHA256_RE, Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .routing import Route, Router
 from .stats import Stats
@@ -179,7 +179,7 @@ class BlobServer:
         file here is whole), and the registry checks them again as it links them to the new repository. The
         registry asked the upstream for the blob's HEAD in that repository first, so the upstream still decides
         which repositories have it."""
-        if self.storage is None:
+        if self.storage is None or not SHA256_RE.fullmatch(digest):  # the only layout looked up: sha256/<hex>
             return None
         algorithm, _, hex_digest = digest.partition(":")
         path = self.storage / "docker/registry/v2/blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
