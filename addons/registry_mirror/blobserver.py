@@ -160,11 +160,7 @@ class BlobServer:
         except (TransferFailed, ConnectionError) as e:
             self.stats.served("blob", "error", sent)
             log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
-            # headers are out: dropping the connection tells the client the body is short (returning, not
-            # raising: the server would log a routine disconnect as an error with a traceback)
-            if request.transport is not None:
-                request.transport.close()
-            return out
+            return _cut_short(request, out)
         await out.write_eof()
         self.stats.served("blob", outcome, sent)
         log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
@@ -205,9 +201,7 @@ class BlobServer:
         except (ConnectionError, AttributeError) as e:  # (no transport: the registry went away)
             self.stats.served("blob", "error", 0)
             log.warning("HIT %s from the mirror's storage ended early: %s", what, error_text(e))
-            if request.transport is not None:
-                request.transport.close()
-            return out
+            return _cut_short(request, out)
         await out.write_eof()
         self.stats.served("blob", "hit", last - first + 1)
         log.info("blob HIT %s: %d bytes from the mirror's storage, none from the upstream (%.0f ms)", what,
@@ -331,6 +325,14 @@ def _set_head(transfer: Transfer, answer_headers, scheme: str) -> None:
     transfer.size = int(length) if length and length.isdigit() else None
     headers = {k: v for k, v in passed_headers(answer_headers).items() if k not in ("Content-Length", "Content-Range")}
     transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
+
+
+def _cut_short(request: web.Request, out: web.StreamResponse) -> web.StreamResponse:
+    """Headers are out: dropping the connection tells the client the body is short. (Returning, not raising:
+    the server would log a routine disconnect as an error with a traceback.)"""
+    if request.transport is not None:
+        request.transport.close()
+    return out
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
