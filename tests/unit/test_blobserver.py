@@ -32,13 +32,19 @@ class StallingUpstream:
                               content=SimpleNamespace(iter_any=body)), "Basic"
 
 
+async def started_server(tmp_path, upstream, storage=None) -> BlobServer:
+    """A blob endpoint on 127.0.0.1 whose one route fetches from `upstream` (a stand-in with `open`)."""
+    route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
+                            upstream=upstream, health=UpstreamHealth())
+    server = BlobServer(SimpleNamespace(for_request=lambda req: route),
+                        CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
+    await server.start()
+    return server
+
+
 def test_shutdown_with_a_blob_in_flight_is_prompt(tmp_path):
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
-                                upstream=StallingUpstream(), health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, StallingUpstream())
         received = bytearray()
         async with aiohttp.ClientSession() as client:
             async def pull():
@@ -72,11 +78,7 @@ def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp
                                   content=SimpleNamespace(iter_any=body)), "Basic"
 
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
-                                upstream=FailingUpstream(), health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, FailingUpstream())
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
@@ -105,11 +107,7 @@ def test_a_blob_in_the_mirrors_storage_is_served_from_it_with_ranges(tmp_path):
             yield
 
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=60, blob_resumes=0),
-                                upstream=NoUpstream(), health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=str(storage))
-        await server.start()
+        server = await started_server(tmp_path, NoUpstream(), storage=str(storage))
         url = f"http://127.0.0.1:{server.port}/v2/other/repo/blobs/{DIGEST}"
         try:
             async with aiohttp.ClientSession() as client:
