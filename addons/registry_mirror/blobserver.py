@@ -101,11 +101,11 @@ class BlobServer:
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
+        route = self.router.for_request(req)
         stored = self._open_stored(req.reference)
         if stored is not None:
             with stored:
-                return await self._send_stored(request, stored, req.reference, what)
-        route = self.router.for_request(req)
+                return await self._send(request, _stored_transfer(req, stored), "HIT", stored, route, what)
         refusal = await self._refusal(req, route, what)
         if refusal is not None:
             self.stats.served("blob", "error", 0)
@@ -116,12 +116,13 @@ class BlobServer:
             return _error(503, "UNAVAILABLE", str(e))
         try:
             # opened before any wait: a spool unlinked later (failed, expired) stays readable through it
+            outcome = "COALESCED" if following else "PEER" if transfer.origin else "MISS"
             with open(transfer.path, "rb") as spool:
-                return await self._send(request, transfer, following, spool, route, what)
+                return await self._send(request, transfer, outcome, spool, route, what)
         finally:
             self.coalescer.leave(transfer)
 
-    async def _send(self, request: web.Request, transfer: Transfer, following: bool, spool, route: Route,
+    async def _send(self, request: web.Request, transfer: Transfer, outcome: str, spool, route: Route,
                     what: str) -> web.StreamResponse:
         timeout = route.cfg.request_timeout
         try:
@@ -140,7 +141,6 @@ class BlobServer:
         size = transfer.size
         wanted = parse_range(request.headers.get("Range"), size) if size is not None else None
         first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
-        outcome = "COALESCED" if following else "PEER" if transfer.origin else "MISS"
         headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.headers.get(AUTH_HEADER, "")}
         if size is not None:
             headers["Content-Length"] = str(last - first + 1)
@@ -163,7 +163,8 @@ class BlobServer:
             return _cut_short(request, out)
         await out.write_eof()
         self.stats.served("blob", outcome, sent)
-        log.info("blob %s %s: %d bytes to the registry (%.0f ms)", outcome, what, sent, _ms(started))
+        source = "from the mirror's storage, none from the upstream" if outcome == "HIT" else "to the registry"
+        log.info("blob %s %s: %d bytes %s (%.0f ms)", outcome, what, sent, source, _ms(started))
         return out
 
     def _open_stored(self, digest: str):
@@ -183,30 +184,6 @@ class BlobServer:
             return open(path, "rb")
         except OSError:  # not stored (or being removed by the registry's expiry): from the upstream
             return None
-
-    async def _send_stored(self, request: web.Request, stored, digest: str, what: str) -> web.StreamResponse:
-        size = os.fstat(stored.fileno()).st_size
-        wanted = parse_range(request.headers.get("Range"), size)
-        first, last = wanted or (0, size - 1)
-        headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest,
-                   "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1), CACHE_HEADER: "HIT"}
-        if wanted:
-            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        out = web.StreamResponse(status=206 if wanted else 200, headers=headers)
-        await out.prepare(request)
-        started = time.monotonic()
-        try:
-            if last >= first:
-                await asyncio.get_running_loop().sendfile(request.transport, stored, first, last - first + 1)
-        except (ConnectionError, AttributeError) as e:  # (no transport: the registry went away)
-            self.stats.served("blob", "error", 0)
-            log.warning("HIT %s from the mirror's storage ended early: %s", what, error_text(e))
-            return _cut_short(request, out)
-        await out.write_eof()
-        self.stats.served("blob", "hit", last - first + 1)
-        log.info("blob HIT %s: %d bytes from the mirror's storage, none from the upstream (%.0f ms)", what,
-                 last - first + 1, _ms(started))
-        return out
 
     async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
         """An uncached blob while its upstream is down waits up to the stale budget for it, then is refused."""
@@ -325,6 +302,15 @@ def _set_head(transfer: Transfer, answer_headers, scheme: str) -> None:
     transfer.size = int(length) if length and length.isdigit() else None
     headers = {k: v for k, v in passed_headers(answer_headers).items() if k not in ("Content-Length", "Content-Range")}
     transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
+
+
+def _stored_transfer(req: RegistryRequest, stored) -> Transfer:
+    """A blob in the registry's storage as a finished, verified transfer: served like any spool."""
+    size = os.fstat(stored.fileno()).st_size
+    transfer = Transfer(req.reference, req.name, Path(stored.name), size=size, written=size, verified=True)
+    transfer.head.set_result(UpstreamHead(200, {"Content-Type": "application/octet-stream",
+                                                "Docker-Content-Digest": req.reference, "Accept-Ranges": "bytes"}))
+    return transfer
 
 
 def _cut_short(request: web.Request, out: web.StreamResponse) -> web.StreamResponse:
