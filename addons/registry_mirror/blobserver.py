@@ -105,7 +105,7 @@ class BlobServer:
         stored = self._open_stored(req.reference)
         if stored is not None:
             with stored:
-                return await self._send(request, _stored_transfer(req, stored), "HIT", stored, route, what)
+                return await self._send(request, _stored_transfer(req, stored), stored, route, what, stored=True)
         refusal = await self._refusal(req, route, what)
         if refusal is not None:
             self.stats.served("blob", "error", 0)
@@ -116,14 +116,13 @@ class BlobServer:
             return _error(503, "UNAVAILABLE", str(e))
         try:
             # opened before any wait: a spool unlinked later (failed, expired) stays readable through it
-            outcome = "COALESCED" if following else "PEER" if transfer.origin else "MISS"
             with open(transfer.path, "rb") as spool:
-                return await self._send(request, transfer, outcome, spool, route, what)
+                return await self._send(request, transfer, spool, route, what, following=following)
         finally:
             self.coalescer.leave(transfer)
 
-    async def _send(self, request: web.Request, transfer: Transfer, outcome: str, spool, route: Route,
-                    what: str) -> web.StreamResponse:
+    async def _send(self, request: web.Request, transfer: Transfer, spool, route: Route, what: str,
+                    following: bool = False, stored: bool = False) -> web.StreamResponse:
         timeout = route.cfg.request_timeout
         try:
             head = await asyncio.wait_for(asyncio.shield(transfer.head), timeout)
@@ -141,6 +140,8 @@ class BlobServer:
         size = transfer.size
         wanted = parse_range(request.headers.get("Range"), size) if size is not None else None
         first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
+        # after the head: only then is it known whether another replica sends the bytes
+        outcome = "HIT" if stored else "COALESCED" if following else "PEER" if transfer.origin else "MISS"
         headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.headers.get(AUTH_HEADER, "")}
         if size is not None:
             headers["Content-Length"] = str(last - first + 1)
