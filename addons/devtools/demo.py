@@ -15,10 +15,11 @@ from pathlib import Path
 from registry_mirror import certs, processes
 from registry_mirror.cli import Mirror
 from registry_mirror.config import load
+from registry_mirror.stats_views import JSON_PATH
 
 from . import seed
 from .skopeo import ca_dir, pull
-from .upstream_harness import UpstreamHarness, wait_until_quiet
+from .upstream_harness import UpstreamHarness, wait_until_settled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +79,9 @@ def run(workdir: Path, layer_cache: Path, big: tuple[int, int]) -> int:
                           creds=f"{upstream.username}:{upstream.password}")
             upstream.control("reset")
             cold = pull(f"{cfg.mirror.listen}/{ref}", workdir / "pulled", cert_dir=trust)
-            wait_until_quiet(upstream)  # the stock registry's background fetches end after the client's pull
+            # the stock registry's background fetches end after the client's pull
+            wait_until_settled(upstream, cfg.mirror.storage, cfg.rewriter.listen.local_url(JSON_PATH),
+                               [blob.digest for blob in (*image.layers, image.config)])
             cold_bytes = upstream.stats()["body_bytes"]
             upstream.control("reset")
             warm = pull(f"{cfg.mirror.listen}/{ref}", workdir / "pulled", cert_dir=trust)

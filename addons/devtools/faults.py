@@ -4,7 +4,6 @@
     mode=status&code=503              answer with this status instead of serving
     mode=hang                         accept the request and never answer
     mode=reset&after=N                blob bodies: drop the connection after N bytes
-    mode=drip&rate=N                  blob bodies: send at most N bytes/s
     mode=corrupt                      blob bodies: flip one byte of the first chunk
 and for each: target=all|manifests|blobs|token (default all), times=K (the first K matching requests
 only; 0 for all of them until cleared).
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("none", "status", "hang", "reset", "drip", "corrupt")
+MODES = ("none", "status", "hang", "reset", "corrupt")
 TARGETS = ("all", "manifests", "blobs", "token")
 
 
@@ -23,7 +22,6 @@ class Fault:
     target: str = "all"
     code: int = 503
     after: int = 0
-    rate: int = 0
     times: int = 0
     applied: int = 0
 
@@ -31,7 +29,7 @@ class Fault:
     def from_query(cls, query) -> "Fault":
         fault = cls(mode=query.get("mode", "none"), target=query.get("target", "all"),
                     code=int(query.get("code", 503)), after=int(query.get("after", 0)),
-                    rate=int(query.get("rate", 0)), times=int(query.get("times", 0)))
+                    times=int(query.get("times", 0)))
         if fault.mode not in MODES or fault.target not in TARGETS:
             raise ValueError(f"mode must be one of {MODES} and target one of {TARGETS}")
         return fault

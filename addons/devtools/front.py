@@ -40,6 +40,7 @@ class ArtifactoryFront:
     def reset(self) -> None:
         self.records: list[dict] = []  # the last MAX_RECORDS requests...
         self.request_count = 0  # ...of this many
+        self.open = 0  # requests being answered: a test waits for 0 before it counts
         self.body_bytes = 0
         self.tokens_issued = 0
 
@@ -50,7 +51,6 @@ class ArtifactoryFront:
         loader.add_option("front_token_ttl", int, 300, "expires_in of issued tokens, in seconds.")
         loader.add_option("front_realm", str, "", "Advertise this token realm instead of our own.")
         loader.add_option("front_token_uses", int, 0, "A token expires after this many requests (0: never).")
-        loader.add_option("front_blob_rate", int, 0, "Send blob bodies at most this many bytes/s (0: no limit).")
         loader.add_option("front_root_v2", bool, False, "Also serve /v2/ at the root (direct pulls).")
 
     def configure(self, updated: set[str]) -> None:
@@ -73,6 +73,9 @@ class ArtifactoryFront:
         path = flow.request.path
         flow.metadata["front.credential"] = _credential_kind(flow.request.headers.get("Authorization", ""))
         if not path.startswith("/_front/"):
+            with self.lock:
+                self.open += 1
+            flow.metadata["front.open"] = True
             if self.fault.take(path, ("hang",)):
                 await asyncio.sleep(3600)  # accepts the request, never answers
                 return
@@ -119,9 +122,6 @@ class ArtifactoryFront:
         flow.metadata["front.record"] = record
 
         is_blob = "/blobs/" in record["path"] and flow.request.method == "GET"
-        rate = ctx.options.front_blob_rate if is_blob else 0
-        if is_blob and self.fault.take(record["path"], ("drip",)):
-            rate = self.fault.rate
         reset_after = self.fault.after if is_blob and self.fault.take(record["path"], ("reset",)) else None
         corrupt = is_blob and self.fault.take(record["path"], ("corrupt",))
 
@@ -135,8 +135,6 @@ class ArtifactoryFront:
             record["bytes"] += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
-            if rate:  # a slow upstream for the tests; short sleeps keep the rest of the front responsive
-                time.sleep(len(chunk) / rate)
             return chunk
         flow.response.stream = count
 
@@ -147,6 +145,9 @@ class ArtifactoryFront:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop("front.open", False):
+            with self.lock:
+                self.open -= 1
         record = flow.metadata.pop("front.record", None)
         if record is not None and not record["path"].startswith("/_front/"):
             with self.lock:
@@ -161,7 +162,8 @@ class ArtifactoryFront:
             with self.lock:
                 return _json(200, {"body_bytes": self.body_bytes, "tokens_issued": self.tokens_issued,
                                    "issued_tokens": list(self.issued),
-                                   "requests": list(self.records), "request_count": self.request_count})
+                                   "requests": list(self.records), "request_count": self.request_count,
+                                   "open": self.open})
         if path == "/_front/reset" and method == "POST":
             with self.lock:
                 self.reset()

@@ -14,8 +14,6 @@ import yaml
 from registry_mirror import processes
 from registry_mirror.registry_config import plain_registry_config
 
-# a drip fault sleeps inside the front's stream callbacks (4 s per 64 KiB at 16 KiB/s), one after another
-# while several dripping transfers are open: control requests wait behind them
 CONTROL_TIMEOUT = 60
 
 FRONT_ADDON = Path(__file__).resolve().parent.parent / "artifactory_front.py"
@@ -30,7 +28,6 @@ class UpstreamHarness:
     static_token: str = "static-access-token-0123456789"
     token_ttl: int = 300
     token_uses: int = 0
-    blob_rate: int = 0  # bytes/s, 0 for no limit
     repository: str = "docker-local"
     realm: str = ""
     host: str = "127.0.0.1"  # where clients (the mirror) reach the front
@@ -71,7 +68,7 @@ class UpstreamHarness:
                 "--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", f"front_auth={self.auth}", "--set", f"front_secrets={secrets_file}",
                 "--set", f"front_token_ttl={self.token_ttl}", "--set", f"front_token_uses={self.token_uses}",
-                "--set", f"front_blob_rate={self.blob_rate}", "--set", f"front_repository={self.repository}",
+                "--set", f"front_repository={self.repository}",
                 "--set", "front_root_v2=true"]
         if self.realm:
             args += ["--set", f"front_realm={self.realm}"]
@@ -104,9 +101,38 @@ class UpstreamHarness:
         urllib.request.urlopen(req, timeout=CONTROL_TIMEOUT).close()
 
 
-def wait_until_quiet(harness: UpstreamHarness, quiet: float = 1.0, timeout: float = 30.0) -> None:
-    """Wait until the upstream saw no new request for `quiet` seconds: the stock registry finishes its
-    background fetches (storeLocal) after the client's pull has returned."""
+def stored_digests(storage: Path) -> set[str]:
+    """The digests of the blobs a registry's filesystem storage holds."""
+    root = Path(storage) / "docker/registry/v2/blobs"
+    return {f"{p.parent.parent.parent.name}:{p.parent.name}" for p in root.glob("*/*/*/data")}
+
+
+def wait_until_settled(harness: UpstreamHarness, storage: Path, mirror_stats_url: str, digests=(),
+                       timeout: float = 120.0) -> None:
+    """Wait until the mirror's storage holds every blob in `digests`, the mirror has no blob transfer open and
+    the upstream answers no request: the stock registry finishes its background fetches (storeLocal) after the
+    client's pull has returned. Raises if that state is not reached within `timeout`."""
+    wanted = set(digests)
+
+    def settled() -> bool:
+        with urllib.request.urlopen(mirror_stats_url, timeout=CONTROL_TIMEOUT) as resp:
+            transfers = json.load(resp)["transfers"]
+        return wanted <= stored_digests(storage) and not transfers and harness.stats()["open"] == 0
+    wait_for(settled, f"the mirror to store {len(wanted)} blobs and end its upstream requests", timeout)
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition` until it holds; an AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_until_quiet(harness: UpstreamHarness, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """The benchmark's wait, for designs that report no state of their own (a plain proxy registry, HAProxy):
+    until the upstream saw no new request for `quiet` seconds. Tests wait on state: `wait_until_settled`."""
     deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
     while time.monotonic() < deadline:
         stats = harness.stats()
@@ -116,3 +142,4 @@ def wait_until_quiet(harness: UpstreamHarness, quiet: float = 1.0, timeout: floa
         elif time.monotonic() - since >= quiet:
             return
         time.sleep(0.1)
+    raise RuntimeError(f"the upstream did not go quiet within {timeout:.0f} s")

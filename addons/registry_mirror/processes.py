@@ -113,13 +113,25 @@ def _is_ready(url: str, netns: str | None) -> bool:
                           capture_output=True, timeout=10).returncode == 0
 
 
+_ACCEPT_PROBE = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.5) as s:
+        # a connect to a port nobody listens on in the ephemeral range can pick that very port as its own
+        # and connect to itself (TCP simultaneous open): that is no listener
+        sys.exit(0 if s.getsockname() != s.getpeername() else 1)
+except OSError:
+    sys.exit(1)
+"""
+
+
 def _accepts(host: str, port: int, netns: str | None) -> bool:
     if netns:
-        probe = f"import socket; socket.create_connection(({host!r}, {port}), 0.5)"
-        return subprocess.run(in_netns([sys.executable, "-c", probe], netns), capture_output=True).returncode == 0
+        return subprocess.run(in_netns([sys.executable, "-c", _ACCEPT_PROBE, host, str(port)], netns),
+                              capture_output=True).returncode == 0
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            return s.getsockname() != s.getpeername()  # see _ACCEPT_PROBE
     except OSError:
         return False
 

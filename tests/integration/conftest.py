@@ -14,10 +14,14 @@ import yaml
 from devtools import seed
 from devtools.redis_server import RedisServer
 from devtools.skopeo import ca_dir
-from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: F401 (re-exported)
+from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
 from registry_mirror import certs, processes
 from registry_mirror.cli import Mirror
 from registry_mirror.config import load
+from registry_mirror.stats_views import JSON_PATH
+from tests.support.wire import WireHarness
+
+__all__ = ["stored_digests", "wait_for"]  # for the tests of this folder
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +88,20 @@ class RunningMirror:
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.mirror.log_dir.glob("*.log"))
 
+    @property
+    def storage(self) -> Path:
+        return Path(self.cfg.mirror.storage)
+
+    def settle(self, upstream: UpstreamHarness, *images: seed.Image) -> None:
+        """Wait until the stock registry has stored every blob of `images` and nothing is in flight."""
+        digests = [blob.digest for image in images for blob in (*image.layers, image.config)]
+        wait_until_settled(upstream, self.storage, self.rewriter + JSON_PATH, digests)
+
+    def counters(self) -> dict:
+        """The stats snapshot's counters as flat `class:outcome` -> requests, e.g. `manifest-by-tag:stale`."""
+        return {f"{kind}:{outcome}": entry["requests"] for kind, outcomes in self.stats()["served"].items()
+                for outcome, entry in outcomes.items()}
+
 
 @pytest.fixture
 def mirror_factory(tmp_path):
@@ -115,6 +133,20 @@ def mirror_factory(tmp_path):
 
 
 @pytest.fixture
+def wire_factory(tmp_path):
+    """A wire server (tests/support/wire_server.py) in front of an upstream: bodies as real servers send them."""
+    started: list[WireHarness] = []
+
+    def make(upstream: UpstreamHarness) -> WireHarness:
+        wire = WireHarness(upstream.url, tmp_path / f"wire{len(started)}.log")
+        started.append(wire)
+        return wire.start()
+    yield make
+    for wire in started:
+        wire.stop()
+
+
+@pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path / "redis")
     try:
@@ -123,9 +155,9 @@ def redis_server(tmp_path):
         server.stop()
 
 
-def credentials_of(harness: UpstreamHarness) -> dict:
-    """The mirror.yaml upstream keys for a harness, the way an operator writes them."""
-    keys = {"url": harness.url}
+def credentials_of(harness: UpstreamHarness, via: WireHarness | None = None) -> dict:
+    """The mirror.yaml upstream keys for a harness (reached through `via` when given), as an operator writes them."""
+    keys = {"url": via.url if via else harness.url}
     if harness.auth == "bearer":
         keys["token"] = harness.static_token
     elif harness.auth == "none":

@@ -12,8 +12,7 @@ import pytest
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import (RunningMirror, assert_pulled_identical, blob_gets, credentials_of, small_image,
-                       wait_until_quiet)
+from .conftest import RunningMirror, assert_pulled_identical, blob_gets, credentials_of, small_image
 
 
 def chained_to(regional: RunningMirror) -> dict:
@@ -46,7 +45,8 @@ def test_pull_through_two_tiers_fetches_each_blob_once_from_artifactory(upstream
     pull(f"{data_center.address}/{image.name}:{image.tag}", tmp_path / "out", cert_dir=data_center.trust)
     assert_pulled_identical(tmp_path / "out", image)
 
-    wait_until_quiet(upstream)
+    for tier in (data_center, regional):
+        tier.settle(upstream, image)
     assert blob_gets_by_digest(upstream) == sorted(b.digest for b in (*image.layers, image.config))
 
     secrets = [upstream.password, base64.b64encode(f"{upstream.username}:{upstream.password}".encode()).decode(),
@@ -63,11 +63,12 @@ def test_second_data_center_is_served_from_the_regional_mirror(upstream, image, 
     """A data center added later warms from the regional mirror's storage: Artifactory sends no blob again."""
     first = mirror_factory(chained_to(regional), dump=False)
     pull(f"{first.address}/{image.name}:{image.tag}", tmp_path / "first", cert_dir=first.trust)
-    wait_until_quiet(upstream)
+    for tier in (first, regional):
+        tier.settle(upstream, image)
     upstream.control("reset")
 
     second = mirror_factory(chained_to(regional), dump=False)
     pull(f"{second.address}/{image.name}:{image.tag}", tmp_path / "second", cert_dir=second.trust)
     assert_pulled_identical(tmp_path / "second", image)
-    wait_until_quiet(upstream)
+    second.settle(upstream, image)
     assert blob_gets(upstream.stats()) == []

@@ -9,7 +9,7 @@ import urllib.request
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_request, small_image, wait_until_quiet
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_request, small_image
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -42,8 +42,8 @@ def test_routes_by_prefix_and_ns_with_their_own_credentials(upstream_factory, mi
     assert_pulled_identical(tmp_path / "app", app)
     assert_pulled_identical(tmp_path / "web", web)
     assert_pulled_identical(tmp_path / "nginx", nginx)
-    for harness in (team_a, default, hub):
-        wait_until_quiet(harness)
+    for harness, image in ((team_a, app), (default, web), (hub, nginx)):
+        mirror.settle(harness, image)
 
     # each upstream saw only its own names, under its own path, with its own credential (or none)
     assert {r["path"].split("/v2/")[1].split("/")[0] for r in blob_gets(team_a.stats())} == {"app"}

@@ -6,12 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from registry_mirror import processes
+
+from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,9 +72,7 @@ def test_sigterm_stops_both_and_a_dead_process_stops_the_other(tmp_path):
         os.kill(kids[-1], signal.SIGKILL)  # the registry dies
         out, err = proc.communicate(timeout=30)
         assert proc.returncode != 0 and "registry exited" in err
-        time.sleep(0.5)
-        assert all(not Path(f"/proc/{k}").exists() or "Z" in Path(f"/proc/{k}/stat").read_text().split()[2]
-                   for k in kids)
+        wait_for(lambda: all(gone(k) for k in kids), "both processes to be gone")
     finally:
         processes.stop(proc)
 
@@ -90,3 +89,11 @@ def test_sigterm_stops_both_and_a_dead_process_stops_the_other(tmp_path):
             assert not processes.port_in_use("127.0.0.1", rewriter_port)
         finally:
             processes.stop(proc)
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its (gone) parent left to init."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True

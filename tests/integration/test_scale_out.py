@@ -2,8 +2,6 @@
 a real redis-server, for the registry's blob descriptors and for one lock per digest in flight."""
 from __future__ import annotations
 
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,25 +10,34 @@ import redis
 from devtools import seed
 from devtools.skopeo import PullError, pull
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_until_quiet
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 
 
-def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream_factory, mirror_factory, redis_server,
+def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream, wire_factory, mirror_factory, redis_server,
                                                              layer_cache, tmp_path):
-    upstream = upstream_factory(blob_rate=2 * seed.MIB)  # slow enough that both replicas ask while it flows
+    wire = wire_factory(upstream)
     image = small_image(layer_cache, name="scale/app", seed_base=50)
     seed.push(upstream.registry_url, image)
-    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
-    replicas = [mirror_factory(credentials_of(upstream), **shared) for _ in range(2)]
+    # spools kept long: a replica that comes late reads the finished spool, whatever this machine's speed
+    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"},
+              "cache": {"spool_keep": 600}}
+    replicas = [mirror_factory(credentials_of(upstream, via=wire), **shared) for _ in range(2)]
+    wire.behave(target="blobs", hold_after=512 * 1024)  # the larger layers stop part-way: both replicas ask
 
     def pull_through(i: int) -> float:
         return pull(f"{replicas[i].address}/{image.name}:{image.tag}", tmp_path / f"machine{i}",
                     cert_dir=replicas[i].trust)
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(pull_through, range(2)))
+        pulls = [pool.submit(pull_through, i) for i in range(2)]
+        wait_for(lambda: any(t["from"] != "upstream" for r in replicas for t in r.stats()["transfers"]),
+                 "one replica reading a layer from the other's spool while it is fetched")
+        wire.release()
+        for done in pulls:
+            done.result(timeout=300)
     for i in range(2):
         assert_pulled_identical(tmp_path / f"machine{i}", image)
-    wait_until_quiet(upstream)
+    for replica in replicas:
+        replica.settle(upstream, image)
 
     # four stock-registry fetches per blob (two replicas x the double fetch), one upstream GET
     digests = sorted(r["path"].rsplit("/", 1)[1] for r in blob_gets(upstream.stats()))
@@ -67,40 +74,27 @@ def test_replicas_keep_serving_when_redis_is_gone(upstream_factory, mirror_facto
     assert "this replica fetches on its own" in replica.logs()
 
 
-def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream_factory, mirror_factory,
+def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream, wire_factory, mirror_factory,
                                                                         redis_server, layer_cache, tmp_path):
     """B reads a layer from A's spool; A's addon is killed half-way; B's pull still completes, the rest of the
     layer fetched from the upstream with a Range request."""
-    upstream = upstream_factory(blob_rate=seed.MIB)  # the 3 MiB layer takes about 3 s
+    wire = wire_factory(upstream)
     image = small_image(layer_cache, name="scale/fragile", seed_base=70)
     seed.push(upstream.registry_url, image)
     shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
-    a, b = (mirror_factory(credentials_of(upstream), **shared) for _ in range(2))
+    a, b = (mirror_factory(credentials_of(upstream, via=wire), **shared) for _ in range(2))
     ref = f"{image.name}:{image.tag}"
-    # the test front sends rate-limited blobs by sleeping in its event loop, so B's manifest and HEADs would
-    # wait behind A's layer: B asks for them first, and its caches answer them during the pull
-    for path in (f"manifests/{image.tag}", *(f"blobs/{blob.digest}" for blob in (*image.layers, image.config))):
-        request = urllib.request.Request(f"{b.rewriter}/v2/{image.name}/{path}", method="HEAD",
-                                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        urllib.request.urlopen(request, timeout=30).close()
+    wire.behave(target="blobs", hold_after=seed.MIB, hold_times=1)  # A's 3 MiB layer stops at 1 MiB
     with ThreadPoolExecutor(2) as pool:
         pull_a = pool.submit(pull, f"{a.address}/{ref}", tmp_path / "via-a", cert_dir=a.trust)
-        wait_for(lambda: any(t["readers"] for t in a.stats()["transfers"]), "A fetching the first layer")
+        wait_for(lambda: wire.stats()["holding"] == 1, "A's upstream GET of the first layer to stop part-way")
         pull_b = pool.submit(pull, f"{b.address}/{ref}", tmp_path / "via-b", cert_dir=b.trust)
         wait_for(lambda: any(t["from"] != "upstream" and t["received"] for t in b.stats()["transfers"]),
                  "B reading A's spool")
         a.mirror.mitm.kill()
-        pull_b.result(timeout=120)
+        pull_b.result(timeout=300)
         with pytest.raises(PullError):
-            pull_a.result(timeout=120)
+            pull_a.result(timeout=300)
     assert_pulled_identical(tmp_path / "via-b", image)
     assert "the upstream sends the rest" in b.logs()
     assert any(r["range"].startswith("bytes=") and r["range"] != "bytes=0-" for r in blob_gets(upstream.stats()))
-
-
-def wait_for(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -4,12 +4,12 @@ The stock registry's proxy looks a blob up per repository (a layer link under th
 `team/b` asks the remote again for a base layer it stored for `team/a` minutes ago."""
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, wait_until_quiet
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, wait_for
 
 
 def test_a_layer_shared_by_two_repositories_is_fetched_once(upstream, mirror_factory, layer_cache, tmp_path):
@@ -20,10 +20,11 @@ def test_a_layer_shared_by_two_repositories_is_fetched_once(upstream, mirror_fac
         seed.push(upstream.registry_url, image)
     mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"spool_keep": 0.5})
     pull(f"{mirror.address}/{a.name}:{a.tag}", tmp_path / "a", cert_dir=mirror.trust)
-    wait_until_quiet(upstream)
-    time.sleep(1.0)  # past spool_keep: the addon no longer has the layer in a spool
+    mirror.settle(upstream, a)
+    spool = Path(mirror.cfg.cache.spool_dir)
+    wait_for(lambda: not any(spool.glob("blob-*")), "the addon to drop its spools (spool_keep)")
     pull(f"{mirror.address}/{b.name}:{b.tag}", tmp_path / "b", cert_dir=mirror.trust)
-    wait_until_quiet(upstream)
+    mirror.settle(upstream, b)
     assert_pulled_identical(tmp_path / "a", a)
     assert_pulled_identical(tmp_path / "b", b)
     requests = upstream.stats()["requests"]

@@ -14,7 +14,7 @@ import pytest
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import credentials_of, small_image, wait_until_quiet
+from .conftest import credentials_of, small_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def pulled(upstream, mirror_factory, layer_cache, tmp_path):
     seed.push(upstream.registry_url, image)
     mirror = mirror_factory(credentials_of(upstream), dump=False, rewriter={"log_format": "json"})
     pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / "cold", cert_dir=mirror.trust)
-    wait_until_quiet(upstream)
+    mirror.settle(upstream, image)
     return upstream, mirror, image
 
 
