@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class Transfer:
     path: Path
     source: object = None  # whatever the fetch needs besides the name (the blob server: the route)
     origin: str = ""  # where the bytes come from when not from the upstream (another replica)
-    ended_at: float = 0.0  # monotonic time the transfer was verified or failed
+    ended_at: float = 0.0  # the coalescer's timer when the transfer was verified or failed
     head: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     size: int | None = None
     written: int = 0
@@ -111,8 +112,9 @@ class BlobCoalescer:
     """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
 
     def __init__(self, fetch, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
-                 keep_seconds: float = 10.0):
+                 keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic):
         self._fetch = fetch
+        self._timer = timer
         self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
         self._dir.mkdir(parents=True, exist_ok=True)
         for leftover in self._dir.glob("blob-*"):  # a crashed run's spools: never verified, never served
@@ -176,7 +178,7 @@ class BlobCoalescer:
             log.warning("blob %s transfer failed after %d bytes: %s", transfer.digest, transfer.written,
                         transfer.error)
         finally:
-            transfer.ended_at = time.monotonic()
+            transfer.ended_at = self._timer()
             transfer.notify()
             self._expire()
             # on time even when no request comes: a spool deleted within the kernel's dirty expiry (30 s by
@@ -224,7 +226,7 @@ class BlobCoalescer:
     def _expire(self) -> None:
         """Drop finished transfers nobody reads `keep_seconds` after they ended, or when the spool is over its
         bound."""
-        now = time.monotonic()
+        now = self._timer()
         total = sum(t.written for t in self.transfers.values())
         for digest, t in list(self.transfers.items()):
             if not t.finished or t.readers:

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 class UpstreamHealth:
     def __init__(self, failures_to_down: int = 3, down_seconds: float = 30.0,
-                 timer: Callable[[], float] = time.monotonic):
+                 timer: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self.failures_to_down = failures_to_down
         self.down_seconds = down_seconds
         self._timer = timer
+        self._wall_clock = wall_clock  # for `last_error_at`, an epoch the stats page shows
         self.consecutive_failures = 0
         self.down_until = 0.0
         self.last_error = ""
@@ -59,7 +60,7 @@ class UpstreamHealth:
         self.consecutive_failures += 1
         if hung:
             self.consecutive_failures = max(self.consecutive_failures, self.failures_to_down)
-        self.last_error, self.last_error_at = error, time.time()
+        self.last_error, self.last_error_at = error, self._wall_clock()
         if self.consecutive_failures >= self.failures_to_down:
             if not self.down:
                 log.warning("upstream assumed down for %.0f s after %d consecutive failures; last: %s",

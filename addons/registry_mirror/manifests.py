@@ -223,5 +223,5 @@ class ManifestService:
             key = (req.name, req.reference, accepts)
             if self.tags is not None:  # the digest is used only with the manifest it names, which may be evicted
                 self.tags[key] = actual
-            self.known.put(key, KnownTag(actual, manifest.content_type, len(body), time.time()))
+            self.known.put(key, KnownTag(actual, manifest.content_type, len(body), self.known.now()))
         return manifest_answer(manifest, "MISS", auth_scheme)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -51,8 +52,9 @@ class Peer:
 
 
 class PeerCoordinator:
-    def __init__(self, scale: ScaleConfig, keep_seconds: float):
+    def __init__(self, scale: ScaleConfig, keep_seconds: float, timer: Callable[[], float] = time.monotonic):
         self.scale, self.keep_seconds = scale, keep_seconds
+        self._timer = timer
         self.me: Peer | None = None
         self.redis_errors = 0
         self.last_error = ""
@@ -129,10 +131,10 @@ class PeerCoordinator:
                 self._failed(f"renew {digest}", e)
 
     def _skipping(self) -> bool:
-        return time.monotonic() < self._skip_until
+        return self._timer() < self._skip_until
 
     def _failed(self, what: str, e: BaseException) -> None:
-        self._skip_until = time.monotonic() + REDIS_RETRY_SECONDS
+        self._skip_until = self._timer() + REDIS_RETRY_SECONDS
         self.redis_errors += 1
         self.last_error = f"{what}: {error_text(e)}"
         log.warning("redis at %s unavailable (%s); this replica fetches on its own for %.0f s", self.scale.redis,

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def key_from_text(text: str) -> TagKey:
 
 
 class TagState:
-    def __init__(self, path: str | None, maxsize: int = 100_000):
+    def __init__(self, path: str | None, maxsize: int = 100_000, clock: Callable[[], float] = time.time):
         self.path = Path(path) if path else None
+        self._clock = clock  # wall-clock, like `fetched_at`
         self.tags: LRUCache = LRUCache(maxsize=maxsize)
         self._save_scheduled = False
         self._load()
@@ -55,8 +57,12 @@ class TagState:
         self.tags[key] = known
         self._schedule_save()
 
+    def now(self) -> float:
+        """The time to stamp a tag fetched now with (`fetched_at`)."""
+        return self._clock()
+
     def age(self, known: KnownTag) -> float:
-        return max(0.0, time.time() - known.fetched_at)
+        return max(0.0, self._clock() - known.fetched_at)
 
     def _load(self) -> None:
         if not self.path or not self.path.exists():

@@ -6,7 +6,10 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
+from registry_mirror import addon as addon_mod
 from registry_mirror.addon import RegistryMirror
+
+from .waits import BOUND
 
 
 @pytest.fixture
@@ -20,6 +23,17 @@ def config_file(tmp_path):
 def flow_for(method, path, headers=()):
     return tflow.tflow(req=tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=8081,
                                        headers=list(headers) or [(b"host", b"127.0.0.1:8081")]))
+
+
+class WatchedEvent(asyncio.Event):
+    """An event that tells when a request starts waiting on it."""
+    def __init__(self):
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self):
+        self.waited.set()
+        return await super().wait()
 
 
 def run_request(addon, config_file, method, path):
@@ -87,16 +101,17 @@ def test_a_request_before_start_up_finishes_waits_for_it(config_file, tmp_path):
     # mitmproxy listens before it calls the addons' `running`; a registry request in that gap must not fail
     config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
     addon = RegistryMirror()
+    addon.started = WatchedEvent()
 
     async def scenario():
         with taddons.context(addon) as tctx:
             tctx.configure(addon, mirror_config=str(config_file))
             f = flow_for("GET", "/v2/team/app/blobs/sha256:" + "a" * 64)
             pending = asyncio.create_task(addon.request(f))
-            await asyncio.sleep(0.2)
-            assert not pending.done() and f.response is None
+            await asyncio.wait_for(addon.started.waited.wait(), BOUND)
+            assert not pending.done() and f.response is None  # waiting for the start-up
             await addon.running()
-            await asyncio.wait_for(pending, 5)
+            await asyncio.wait_for(pending, BOUND)
             await addon.done()
             return f
     f = asyncio.run(scenario())
@@ -104,15 +119,18 @@ def test_a_request_before_start_up_finishes_waits_for_it(config_file, tmp_path):
     assert f.response.headers["X-Mirror-Cache"] == "BLOB-ENDPOINT"
 
 
-def test_an_unconfigured_addon_answers_503_at_once(tmp_path):
+def test_an_unconfigured_addon_answers_503_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(addon_mod, "STARTUP_WAIT", 3600.0)  # a wait for a start-up would outlast the bound
     addon = RegistryMirror()
+    addon.started = WatchedEvent()
 
     async def scenario():
         with taddons.context(addon):
             f = flow_for("GET", "/v2/team/app/manifests/1.0")
-            await asyncio.wait_for(addon.request(f), 1)
+            await asyncio.wait_for(addon.request(f), BOUND)
             return f
     f = asyncio.run(scenario())
+    assert not addon.started.waited.is_set()  # nothing to wait for: no configuration, no start-up coming
     assert f.response.status_code == 503
     assert "has not started" in json.loads(f.response.content)["errors"][0]["message"]
 

@@ -7,8 +7,18 @@ import pytest
 import registry_mirror.coalesce as coalesce
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
 
+from .waits import BOUND, until
+
 DATA = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
 
 
 @pytest.mark.parametrize("header,size,expected", [
@@ -75,7 +85,7 @@ def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_pat
             c.leave(t)
             return bytes(out)
         tasks = [asyncio.create_task(collect(c, leader)), asyncio.create_task(follower())]
-        assert await asyncio.wait_for(first_bytes, 5) > 0  # while the upstream is still stalled
+        assert await asyncio.wait_for(first_bytes, BOUND) > 0  # while the upstream is still stalled
         assert not leader.finished
         gate.set()
         results = await asyncio.gather(*tasks)
@@ -135,6 +145,24 @@ def test_finished_spools_expire_and_are_deleted(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_finished_spool_serves_stragglers_for_keep_seconds_on_the_coalescers_timer(tmp_path):
+    async def scenario():
+        clock, calls = Clock(), []
+        c = BlobCoalescer(make_fetch(DATA, calls=calls), str(tmp_path), keep_seconds=10, timer=clock)
+        t, _ = c.join(DIGEST, "app")
+        assert await collect(c, t) == DATA
+        clock.now = 9.9
+        straggler, following = c.join(DIGEST, "app")
+        assert following and straggler is t
+        assert await collect(c, straggler) == DATA and calls == [DIGEST]  # from the spool
+        clock.now = 10
+        late, following = c.join(DIGEST, "app")
+        assert not following and late is not t and not t.path.exists()  # expired: fetched again
+        assert await collect(c, late) == DATA and calls == [DIGEST, DIGEST]
+        await c.close()
+    asyncio.run(scenario())
+
+
 def test_a_crashed_runs_spools_are_removed_at_start(tmp_path):
     (tmp_path / "blob-leftover").write_bytes(b"half a layer")
     (tmp_path / "unrelated.txt").write_text("not ours")
@@ -165,12 +193,16 @@ def test_a_finished_spool_is_deleted_on_time_without_further_requests(tmp_path):
     """Left until the next request, a spool outlived the kernel's dirty expiry and was written to disk in the
     middle of later (warm) pulls."""
     async def scenario():
-        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0.3)
+        # keep_seconds is also the delay of the coalescer's own timer on the loop; the fake timer says when the
+        # spool is due, so that it is kept for stragglers however long the test itself takes
+        clock = Clock()
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0.05, timer=clock)
         t, _ = c.join(DIGEST, "app")
         assert await collect(c, t) == DATA
         assert t.path.exists()  # kept for stragglers...
-        await asyncio.sleep(0.6)
-        assert c.transfers == {} and not t.path.exists()  # ...then deleted by its own timer
+        clock.now = 1.0
+        await until(lambda: not c.transfers, "deleted without a further request")  # ...then by its own timer
+        assert not t.path.exists()
         await c.close()
     asyncio.run(scenario())
 
@@ -181,7 +213,8 @@ def test_a_joined_request_keeps_a_finished_spool_until_it_leaves(tmp_path):
     async def scenario():
         c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=0, max_spool_bytes=0)
         t, _ = c.join(DIGEST, "app")
-        await asyncio.sleep(0.1)  # the whole transfer, and its expiry, run before the request goes on
+        await asyncio.gather(*c._tasks)  # the whole transfer, and the expiry at its end, run before the request goes on
+        c._expire()  # and so does its timer's
         assert t.verified and t.path.exists() and c.transfers
         assert await collect(c, t) == DATA
         assert c.transfers == {} and not t.path.exists()  # gone as soon as it left
@@ -200,39 +233,56 @@ def test_closing_ends_readers_and_waiters_at_once(tmp_path):
             await asyncio.sleep(3600)
             yield DATA[100_000:]
 
+        asked, received = [], bytearray()
+
         async def never_answers(transfer):
+            asked.append(transfer.digest)
             await asyncio.sleep(3600)
             yield b""
+
+        async def stream(transfer):
+            try:
+                await transfer.head
+                async for chunk in c.read(transfer, 0, len(DATA) - 1):
+                    received.extend(chunk)
+            finally:
+                c.leave(transfer)
         spool_dir = tmp_path / "spool"
         c = BlobCoalescer(lambda t: stalls(t) if t.digest == DIGEST else never_answers(t), str(spool_dir))
         streaming, _ = c.join(DIGEST, "app")
         waiting, _ = c.join("sha256:" + "0" * 64, "app")
-        reader = asyncio.create_task(collect(c, streaming))
+        reader = asyncio.create_task(stream(streaming))
         head = asyncio.ensure_future(asyncio.shield(waiting.head))
-        await asyncio.sleep(0.2)
-        await asyncio.wait_for(c.close(), 2)
+        await until(lambda: len(received) == 100_000 and asked, "streaming, and waiting for the other answer")
+        await asyncio.wait_for(c.close(), BOUND)
         for task in (reader, head):
             with pytest.raises(TransferFailed, match="shutting down"):
-                await asyncio.wait_for(task, 2)
+                await asyncio.wait_for(task, BOUND)
         with pytest.raises(TransferFailed, match="shutting down"):
             c.join(DIGEST, "app")
         assert not spool_dir.exists()  # every spool deleted, then the directory
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("pause", [0.6, 0.05], ids=["trickling", "stalled-just-after-a-wake"])
-def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tmp_path, pause):
+@pytest.mark.parametrize("trickling", [True, False], ids=["trickling", "stalled-just-after-a-wake"])
+def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tmp_path, monkeypatch, trickling):
     """Fewer than NOTIFY_BYTES arrive, then nothing until the test releases the upstream: a caught-up reader
-    gets every byte within NOTIFY_SECONDS, whether the second chunk came long after the first (trickling) or
-    just after readers were woken, not when the upstream sends again (or its stall timeout ends it)."""
+    gets every byte from the NOTIFY_SECONDS timer, whether the second chunk came after the first one's wake
+    (trickling) or while that wake was pending, not when the upstream sends again (or its stall timeout ends it)."""
     async def scenario():
-        release = asyncio.Event()
+        more, release, woken = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        notify = coalesce.Transfer.notify
+
+        def recording_notify(transfer):
+            notify(transfer)
+            woken.set()
+        monkeypatch.setattr(coalesce.Transfer, "notify", recording_notify)
 
         async def fetch(transfer):
             transfer.size = len(DATA)
             transfer.head.set_result(UpstreamHead(200, {}))
             yield DATA[:1000]
-            await asyncio.sleep(pause)
+            await more.wait()
             yield DATA[1000:2000]
             await release.wait()
             yield DATA[2000:]
@@ -240,11 +290,12 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
         t, _ = c.join(DIGEST, "app")
         await t.head
         spans = c.spans(t, 0, len(DATA) - 1)
-        seen = 0
-        while seen < 2000:
-            offset, count = await asyncio.wait_for(spans.__anext__(), coalesce.NOTIFY_SECONDS + 1)
-            seen = offset + count
-        assert not release.is_set()  # all before the upstream sent again
+        assert await anext(spans) == (0, 1000)
+        reader = asyncio.ensure_future(anext(spans))  # caught up: it waits for a wake
+        if trickling:
+            await asyncio.wait_for(woken.wait(), BOUND)  # the first chunk's timer fired; the next needs its own
+        more.set()
+        assert await asyncio.wait_for(reader, BOUND) == (1000, 1000)  # before the upstream sent again
         release.set()
         await spans.aclose()
         c.leave(t)

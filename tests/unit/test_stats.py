@@ -22,7 +22,7 @@ def filled() -> tuple[Stats, UpstreamHealth]:
     stats.upstream("blob", "GET", "app@sha256:x", 200, 1000, 0.05)
     stats.upstream("token", "GET", "repository:app:pull", 200, 80, 0.05)
     stats.upstream("manifest-by-tag", "GET", "app:1.0", "timeout", 0, 5.0, "error")
-    health = UpstreamHealth()
+    health = UpstreamHealth(wall_clock=Clock())
     health.failure("GET app:1.0: timed out <script>")
     return stats, health
 
@@ -53,6 +53,7 @@ def test_snapshot_lists_every_route_with_its_own_health():
     assert [(r["route"], r["prefix"], r["state"]) for r in snap["routes"]] == [("routes[0]", "team-a", "up"),
                                                                              ("upstream", "", "up")]
     assert snap["routes"][1]["consecutive_failures"] == 1 and snap["routes"][0]["consecutive_failures"] == 0
+    assert snap["routes"][1]["last_error_at"] == snap["upstream"]["last_error_at"] == 1000.0  # an epoch, shown as such
     assert snap["upstream"]["url"] == "https://art/x" and snap["upstream"]["token_refreshes"] == 3
 
 

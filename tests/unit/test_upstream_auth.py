@@ -49,7 +49,7 @@ def make_auth(expires_in=300, **upstream):
 
     async def fetch(realm, params, authorization):
         calls.append((realm, params, authorization))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # a suspension point, as a real request has; no time passes
         return 200, json.dumps({"token": f"tok{len(calls)}", "expires_in": expires_in}).encode()
     clock = FakeClock()
     return UpstreamAuth(cfg, fetch, timer=clock), calls, clock
