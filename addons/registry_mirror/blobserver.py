@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from .bodies import BodyError, read_body
 from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
 from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint...
 KEY_PARAM = "mirror_key"  # ...or a registry the addon redirected here
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
+ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on to the registry
 
 
 class PeerError(Exception):
@@ -277,8 +279,12 @@ class BlobServer:
         async with route.upstream.open("GET", req, headers) as (up, scheme):
             if not transfer.head.done():  # the first answer for this transfer: it decides the registry's
                 if up.status != 200:
-                    body = await up.content.read(64 * 1024)
-                    transfer.head.set_result(UpstreamHead(up.status, passed_headers(up.headers), body))
+                    try:  # the upstream's reason, for the registry; a body too long or cut short is dropped
+                        body = await read_body(up.content, ERROR_BODY_CAP, up.content_length)
+                    except BodyError:
+                        body = b""
+                    headers = {k: v for k, v in passed_headers(up.headers).items() if k != "Content-Length"}
+                    transfer.head.set_result(UpstreamHead(up.status, headers, body))  # its length is the body's
                     self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", up.status, len(body), 0.0)
                     if up.status >= 500:
                         route.health.failure(f"GET blob {req.name}: status {up.status}")

@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
+from .bodies import BodyError, read_body
 from .config import UpstreamConfig
 from .redact import error_text, url_for_logs
 from .requests import RegistryRequest, upstream_path
@@ -25,6 +26,7 @@ from .upstream_auth import AuthError, UpstreamAuth
 log = logging.getLogger(__name__)
 
 MAX_SMALL_BODY = 8 * 1024 * 1024  # manifests and error bodies; Distribution caps manifests at 4 MiB
+MAX_TOKEN_BODY = 64 * 1024
 MAX_REDIRECTS = 3
 RETRIED_STATUSES = (502, 503, 504)
 RETRY_BACKOFF = 0.25  # seconds, doubled on each retry: 3 retries span a 1.75 s flap
@@ -98,16 +100,13 @@ class Upstream:
         async with self.open(method, request, headers, timeout) as (resp, authorized):
             body = b""
             if method != "HEAD":
+                what = f"{method} {request.kind.value} {request.name}:{request.reference}"
                 try:
-                    body = await resp.content.read(MAX_SMALL_BODY + 1)
+                    body = await read_body(resp.content, MAX_SMALL_BODY, resp.content_length)
                 except TimeoutError as e:
-                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: body timed out",
-                                        timed_out=True) from e
-                except (aiohttp.ClientError, OSError) as e:
-                    raise UpstreamError(f"{method} {request.kind.value} {request.name}: {error_text(e)}") from e
-                if len(body) > MAX_SMALL_BODY:
-                    raise UpstreamError(f"upstream answered more than {MAX_SMALL_BODY} bytes for "
-                                        f"{request.kind.value} {request.name}:{request.reference}")
+                    raise UpstreamError(f"{what}: body timed out", timed_out=True) from e
+                except (aiohttp.ClientError, OSError, BodyError) as e:
+                    raise UpstreamError(f"{what}: {error_text(e)}") from e
             return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
 
     @asynccontextmanager
@@ -188,11 +187,11 @@ class Upstream:
         try:
             async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
                                          allow_redirects=False) as resp:
-                body = await resp.content.read(64 * 1024 + 1)
+                body = await read_body(resp.content, MAX_TOKEN_BODY, resp.content_length)
                 self.stats.upstream("token", "GET", params.get("scope", ""), resp.status, len(body),
                                     time.monotonic() - started)
                 return resp.status, body
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, OSError, BodyError) as e:
             self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
                                 "error")
             raise AuthError(f"token endpoint {url_for_logs(realm)}: {error_text(e)}", upstream_failure=True) from e

@@ -26,7 +26,7 @@ HEAD_DEADLINE = 30.0
 
 @dataclass
 class Behaviour:
-    """How answers are written. `target`: all, manifests, blobs, token or tags."""
+    """How answers are written. `target`: all, or some of manifests, blobs, token, tags (comma-separated)."""
     target: str = "all"
     piece: int = 0  # write bodies in pieces of this many bytes (0: as they arrive)
     pause: float = 0.0  # seconds between pieces
@@ -52,7 +52,7 @@ class Behaviour:
         if self.target == "all":
             return True
         marker = {"manifests": "/manifests/", "blobs": "/blobs/", "token": "/v2/token", "tags": "/tags/"}
-        return marker.get(self.target, "\0") in path
+        return any(marker.get(t, "\0") in path for t in self.target.split(","))
 
     def takes_hold(self, path: str, length: int | None) -> bool:
         """Whether this answer stops part-way: only a body longer than `hold_after` (a shorter one would be
