@@ -6,7 +6,8 @@
 #   ./run.sh status  a short summary of the running mirror (its stats page: http://<rewriter.listen>/_mirror/stats)
 #   ./run.sh warm IMAGE... | -f FILE   pull images (every platform) into the running mirror before a deploy
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
-#   ./run.sh test    the test suite (pytest arguments may follow)
+#   ./run.sh test    lint, then the test suite (pytest arguments may follow)
+#   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
 #   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
@@ -65,6 +66,8 @@ print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' "$ROOT
   fi
 }
 
+lint() { (cd "$ROOT" && "$VENV/bin/ruff" check --quiet .) || die "ruff found the problems above"; }
+
 run_python() { cd "$ROOT" && PYTHONPATH="$ROOT/addons" exec "$VENV/bin/python" "$@"; }
 
 cmd="${1:-}"
@@ -90,7 +93,12 @@ case "$cmd" in
     # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server
     ensure_venv
+    lint
     run_python -m pytest "$@" ;;
+  test-unit)
+    ensure_venv
+    lint
+    run_python -m pytest tests/unit "$@" ;;
   bench)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy iproute2 redis-server
     ensure_venv
@@ -106,6 +114,6 @@ case "$cmd" in
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -28,19 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from devtools import seed
+from devtools.demo import peak_rss_mb
+from devtools.redis_server import RedisServer
+from devtools.skopeo import ca_dir, pull
+from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
+from registry_mirror import certs, processes
+from registry_mirror.cli import Mirror
+from registry_mirror.config import load
+from registry_mirror.registry_config import plain_registry_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "addons"))
-
-from devtools import seed  # noqa: E402
-from devtools.demo import peak_rss_mb  # noqa: E402
-from devtools.redis_server import RedisServer  # noqa: E402
-from devtools.skopeo import ca_dir, pull  # noqa: E402
-from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: E402
-from registry_mirror import certs, processes  # noqa: E402
-from registry_mirror.cli import Mirror  # noqa: E402
-from registry_mirror.config import load  # noqa: E402
-from registry_mirror.registry_config import plain_registry_config  # noqa: E402
 
 UP_NS, DC_NS = "amb-up", "amb-dc"
 REPLICAS = "artifactory-mirror, 2 replicas + redis"

@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "addons"))
+from devtools import seed
+from devtools.demo import write_mirror_config
+from devtools.skopeo import ca_dir, pull
+from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
+from registry_mirror import certs, processes
+from registry_mirror.cli import Mirror
+from registry_mirror.config import load
 
-from devtools import seed  # noqa: E402
-from devtools.demo import write_mirror_config  # noqa: E402
-from devtools.skopeo import ca_dir, pull  # noqa: E402
-from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: E402
-from registry_mirror import certs, processes  # noqa: E402
-from registry_mirror.cli import Mirror  # noqa: E402
-from registry_mirror.config import load  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_seconds(pid: int) -> float:

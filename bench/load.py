@@ -17,17 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from devtools import seed
+from devtools.demo import peak_rss_mb
+from devtools.skopeo import PullError, ca_dir, pull
+from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
+from registry_mirror import certs, processes
+from registry_mirror.cli import Mirror
+from registry_mirror.config import load
+from registry_mirror.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "addons"))
-
-from devtools import seed  # noqa: E402
-from devtools.demo import peak_rss_mb  # noqa: E402
-from devtools.skopeo import PullError, ca_dir, pull  # noqa: E402
-from devtools.upstream_harness import UpstreamHarness, wait_until_quiet  # noqa: E402
-from registry_mirror import certs, processes  # noqa: E402
-from registry_mirror.cli import Mirror  # noqa: E402
-from registry_mirror.config import load  # noqa: E402
 
 
 def make_images(cache: Path, count: int, tag: str, seed_base: int) -> list[seed.Image]:
@@ -55,9 +54,12 @@ def run_round(label: str, mirror_addr: str, images: list[seed.Image], clients: i
         results = list(pool.map(one, range(clients)))
     times = sorted(t for t, err in results if not err)
     errors = [err for _, err in results if err]
-    pct = lambda p: times[min(len(times) - 1, int(p * len(times)))] if times else float("nan")  # noqa: E731
-    return {"round": label, "clients": clients, "errors": len(errors), "p50_s": round(pct(0.5), 2),
-            "p99_s": round(pct(0.99), 2), "wall_s": round(time.monotonic() - started, 2),
+
+    def pct(p: float) -> float:
+        value = percentile(times, p)
+        return float("nan") if value is None else round(value, 2)
+    return {"round": label, "clients": clients, "errors": len(errors), "p50_s": pct(0.5),
+            "p99_s": pct(0.99), "wall_s": round(time.monotonic() - started, 2),
             "first_error": errors[0] if errors else ""}
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from registry_mirror import processes
 from registry_mirror.registry_config import plain_registry_config
 

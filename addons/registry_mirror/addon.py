@@ -20,7 +20,7 @@ from . import config as config_mod
 from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator
-from .requests import Kind, RegistryRequest, Refusal, classify
+from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
 from .stats import Stats

@@ -118,7 +118,7 @@ class BlobServer:
             return _error(503, "UNAVAILABLE", str(e))
         try:
             # opened before any wait: a spool unlinked later (failed, expired) stays readable through it
-            with open(transfer.path, "rb") as spool:
+            with open(transfer.path, "rb") as spool:  # noqa: ASYNC230 - a local spool file: opens at once
                 return await self._send(request, transfer, spool, route, what, following=following)
         finally:
             self.coalescer.leave(transfer)

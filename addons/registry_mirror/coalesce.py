@@ -159,7 +159,7 @@ class BlobCoalescer:
             # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the
             # file for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as
             # the registry and its clients fsync their copies; untruncated, it stays in the page cache
-            with open(transfer.path, "r+b", buffering=0) as spool:
+            with open(transfer.path, "r+b", buffering=0) as spool:  # noqa: ASYNC230 - local, opens at once
                 async for chunk in self._fetch(transfer):
                     _write_all(spool, chunk)
                     hasher.update(chunk)
@@ -213,7 +213,7 @@ class BlobCoalescer:
 
     async def read(self, transfer: Transfer, first: int, last: int):
         """The bytes of `spans`, in chunks of at most CHUNK."""
-        with open(transfer.path, "rb") as spool:
+        with open(transfer.path, "rb") as spool:  # noqa: ASYNC230 - a local spool file: opens at once
             async for offset, count in self.spans(transfer, first, last):
                 spool.seek(offset)
                 while count:

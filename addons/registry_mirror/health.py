@@ -43,14 +43,14 @@ class UpstreamHealth:
             self._back.set()
             self._back = None
 
-    async def wait_until_up(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the upstream to be back (a short outage, a flap); False if still down."""
+    async def wait_until_up(self, within: float) -> bool:
+        """Wait up to `within` seconds for the upstream to be back (a short outage, a flap); False if still down."""
         if not self.down:
             return True
         if self._back is None:
             self._back = asyncio.Event()
         try:
-            await asyncio.wait_for(self._back.wait(), min(timeout, self.retry_in()))
+            await asyncio.wait_for(self._back.wait(), min(within, self.retry_in()))
         except TimeoutError:
             pass
         return not self.down

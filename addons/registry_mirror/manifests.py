@@ -29,7 +29,6 @@ from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
 
-
 SICK_SECONDS = 10.0  # after a failed or slow refresh, a tag is answered stale at once this long
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import re
-from urllib.parse import unquote
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 # distribution/reference/regexp.go
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"

@@ -96,8 +96,8 @@ class Upstream:
 
     async def fetch_small(self, method: str, request: RegistryRequest, headers) -> SmallResponse:
         """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
-        async with self.open(method, request, headers, timeout) as (resp, authorized):
+        limits = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
+        async with self.open(method, request, headers, limits) as (resp, authorized):
             body = b""
             if method != "HEAD":
                 what = f"{method} {request.kind.value} {request.name}:{request.reference}"
@@ -110,10 +110,11 @@ class Upstream:
             return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
 
     @asynccontextmanager
-    async def open(self, method: str, request: RegistryRequest, headers, timeout: aiohttp.ClientTimeout | None = None):
-        """Yield (response, credential scheme) with its body unread; blobs stream from it."""
-        if timeout is None:  # blobs: a stall, not a total, bounds them
-            timeout = aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout,
+    async def open(self, method: str, request: RegistryRequest, headers, limits: aiohttp.ClientTimeout | None = None):
+        """Yield (response, credential scheme) with its body unread; blobs stream from it. `limits`: the
+        client's timeouts (default: a stall, not a total, bounds a blob)."""
+        if limits is None:
+            limits = aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout,
                                             sock_read=self.cfg.blob_stall_timeout)
         assert self._session is not None, "Upstream.start() was not awaited"
         base = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k))}
@@ -121,7 +122,7 @@ class Upstream:
         url, name = self.cfg.origin + upstream_path(self.cfg.prefix, asked), asked.name
         for attempt in range(2):
             sent = await self.auth.authorization(name)
-            resp = await self._send(method, url, base, sent, timeout)
+            resp = await self._send(method, url, base, sent, limits)
             if resp.status != 401 or attempt == 1:
                 break
             try:
@@ -139,12 +140,12 @@ class Upstream:
             resp.release()
 
     async def _send(self, method: str, url: str, headers: dict, authorization: str | None,
-                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+                    limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         for _hop in range(MAX_REDIRECTS + 1):
             h = dict(headers)
             if authorization and self._same_origin(url):
                 h["Authorization"] = authorization
-            resp = await self._request_with_retries(method, url, h, timeout)
+            resp = await self._request_with_retries(method, url, h, limits)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.release()
                 url = _redirect_target(url, resp.headers["Location"])
@@ -153,14 +154,14 @@ class Upstream:
         raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {url_for_logs(url)}")
 
     async def _request_with_retries(self, method: str, url: str, headers: dict,
-                                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+                                    limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         """One request; a dropped connection or a 502/503/504 is retried `upstream.retries` times with a short
         backoff; a refusal or a timeout is not (health.py deals with an upstream that is away)."""
         for attempt in range(self.cfg.retries + 1):
             last = attempt == self.cfg.retries
             try:
                 resp = await self._session.request(method, url, headers=headers, allow_redirects=False,
-                                                   timeout=timeout)
+                                                   timeout=limits)
             except TimeoutError as e:
                 raise UpstreamError(f"{method} {url_for_logs(url)}: {error_text(e)}", timed_out=True) from e
             except (aiohttp.ClientError, OSError) as e:

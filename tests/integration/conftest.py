@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from devtools import seed
 from devtools.redis_server import RedisServer
 from devtools.skopeo import ca_dir
@@ -19,6 +18,7 @@ from registry_mirror import certs, processes
 from registry_mirror.cli import Mirror
 from registry_mirror.config import load
 from registry_mirror.stats_views import JSON_PATH
+
 from tests.support.wire import WireHarness
 
 __all__ = ["stored_digests", "wait_for"]  # for the tests of this folder

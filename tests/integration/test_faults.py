@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

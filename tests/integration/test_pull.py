@@ -7,10 +7,9 @@ import subprocess
 import threading
 
 import pytest
-from mitmproxy import io as mitm_io
-
 from devtools import seed
 from devtools.skopeo import PullError, pull
+from mitmproxy import io as mitm_io
 from registry_mirror import processes
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_request, small_image, wait_for

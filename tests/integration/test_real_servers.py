@@ -6,12 +6,10 @@ import json
 import urllib.request
 
 import pytest
-
 from devtools import seed
 from devtools.skopeo import pull
 
 from .conftest import assert_pulled_identical, credentials_of, small_image
-
 
 SMALL_BODIES = "manifests,tags,token"
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from registry_mirror import processes
 
 from .conftest import wait_for

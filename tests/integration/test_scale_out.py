@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

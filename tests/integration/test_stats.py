@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from devtools import seed
 from devtools.skopeo import pull
 

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-
 from registry_mirror.blobserver import KEY_HEADER, BlobServer
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth

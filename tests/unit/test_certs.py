@@ -3,7 +3,6 @@ import os
 
 import pytest
 from cryptography import x509
-
 from registry_mirror.certs import CertError, ensure_self_signed
 
 

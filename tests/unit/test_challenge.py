@@ -1,5 +1,4 @@
 import pytest
-
 from registry_mirror.challenge import Challenge, parse_challenges, realm_refusal
 
 

@@ -3,7 +3,6 @@ import builtins
 import hashlib
 
 import pytest
-
 import registry_mirror.coalesce as coalesce
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
 

@@ -4,11 +4,10 @@ from urllib.parse import urljoin, urlsplit
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from registry_mirror.challenge import parse_challenges, realm_refusal
 from registry_mirror.config import ConfigError, parse
 from registry_mirror.manifests import accept_key
-from registry_mirror.requests import NAME_RE, RegistryRequest, Refusal, classify, upstream_path
+from registry_mirror.requests import NAME_RE, Refusal, RegistryRequest, classify, upstream_path
 from registry_mirror.upstream_auth import AuthError, parse_token_response
 
 ORIGIN = "https://art.example.com"

@@ -4,7 +4,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from registry_mirror import processes
 
 from .waits import BOUND, until_sync

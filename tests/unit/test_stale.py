@@ -2,7 +2,6 @@
 import asyncio
 
 import pytest
-
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.manifests import ManifestService, UpstreamDown

@@ -8,7 +8,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from registry_mirror.warm import WarmError, main, parse_ref, pinned_context, read_refs
 
 D = "sha256:" + "b" * 64
