@@ -90,8 +90,9 @@ case "$cmd" in
     ensure_venv
     run_python -m devtools.demo "$@" ;;
   test)
-    # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server
+    # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests;
+    # iproute2 and ethtool: the MTU-1500 path to the upstream
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server iproute2 ethtool
     ensure_venv
     lint
     run_python -m pytest "$@" ;;

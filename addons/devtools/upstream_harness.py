@@ -89,6 +89,11 @@ class UpstreamHarness:
                                     timeout=CONTROL_TIMEOUT) as resp:
             return json.load(resp)
 
+    def settled_stats(self, timeout: float = 60.0) -> dict:
+        """`stats()` once no request is open: a streamed blob's record is written after its last byte."""
+        wait_for(lambda: self.stats()["open"] == 0, "the upstream to end its open requests", timeout)
+        return self.stats()
+
     def fault(self, mode: str = "none", **params) -> None:
         """Inject a fault (devtools/faults.py); `fault()` clears it."""
         query = urllib.parse.urlencode({"mode": mode, **params})

@@ -17,7 +17,7 @@ import time
 from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
-from .blobserver import AUTH_HEADER, KEY_HEADER, BlobServer
+from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator
 from .requests import Kind, Refusal, RegistryRequest, classify
@@ -120,7 +120,7 @@ class RegistryMirror:
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
             flow.metadata["mirror.kind"] = req.kind.value
             flow.metadata["mirror.upstream_url"] = self.router.for_request(req).upstream.url_for(req)
-            self._route_to_blob_server(flow)
+            self._route_to_blob_server(flow, req)
         else:
             flow.response = await self._small_exchange(flow, req)
         if flow.response is not None and flow.request.method == "HEAD":
@@ -141,7 +141,11 @@ class RegistryMirror:
             flow.response.stream = True  # never hold a blob in memory, whatever stream_large_bodies says
             scheme = flow.response.headers.pop(AUTH_HEADER, "")
             self._show_upstream(flow, flow.metadata["mirror.upstream_url"], scheme)
-            flow.request.headers.pop(KEY_HEADER, None)
+            flow.request.headers.pop(TICKET_HEADER, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # before mitmproxy's Save (script addons come first), which writes a failed flow to a `-w` dump as it is
+        flow.request.headers.pop(TICKET_HEADER, None)
 
     def _stats_response(self, path: str) -> http.Response:
         snap = self.stats.snapshot(self.router.routes.values() if self.router else (),
@@ -164,10 +168,11 @@ class RegistryMirror:
         return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
                                              "X-Mirror-Upstream-Url": upstream_url})
 
-    def _route_to_blob_server(self, flow: http.HTTPFlow) -> None:
+    def _route_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
         host = self.blobs.address_for("127.0.0.1")
         flow.request.scheme, flow.request.host, flow.request.port = "http", host, self.blobs.port
-        flow.request.headers[KEY_HEADER] = self.blobs.key
+        # a ticket, never the endpoint's key: a flow still in flight when mitmproxy stops is saved as it is
+        flow.request.headers[TICKET_HEADER] = self.blobs.tickets.issue(req)
         flow.request.headers.pop("Authorization", None)
 
     async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:

@@ -12,6 +12,8 @@ import os
 import secrets
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
@@ -33,8 +35,17 @@ from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
 
-KEY_HEADER = "X-Mirror-Blob-Key"  # only the addon, which knows the key, may use this endpoint...
-KEY_PARAM = "mirror_key"  # ...or a registry the addon redirected here
+# Who may use this endpoint: whoever knows its key (the other replicas, which learn it from redis, send it in the
+# query; the header is for local callers), and the requests the addon sends here, each with a ticket: a redirected
+# registry in the query, a request mitmproxy routes here in a header. Flows (mitmweb, `-w` dumps) hold those
+# requests and the redirects' Locations, so they never carry the key; a ticket is good for one request for its
+# blob, within TICKET_SECONDS.
+KEY_HEADER = "X-Mirror-Blob-Key"
+KEY_PARAM = "mirror_key"
+TICKET_PARAM = "mirror_ticket"
+TICKET_HEADER = "X-Mirror-Blob-Ticket"
+TICKET_SECONDS = 60.0  # the registry follows a redirect at once; a ticket read from a dump later is void
+MAX_TICKETS = 10_000  # unused tickets kept, oldest dropped first: a bound on memory, far above any pull's need
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
 ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on to the registry
 
@@ -43,17 +54,50 @@ class PeerError(Exception):
     """Another replica did not serve a blob; the message never carries its key."""
 
 
+class Tickets:
+    """Single-use permissions to fetch one blob of one repository (and `ns`) from the endpoint, each valid for
+    `seconds` on `timer`; at most `limit` are kept."""
+
+    def __init__(self, seconds: float = TICKET_SECONDS, limit: int = MAX_TICKETS,
+                 timer: Callable[[], float] = time.monotonic):
+        self.seconds, self.limit, self._timer = seconds, limit, timer
+        self._issued: OrderedDict[str, tuple[tuple[str, str, str], float]] = OrderedDict()  # -> (blob, expiry)
+
+    def __len__(self) -> int:
+        return len(self._issued)
+
+    def issue(self, req: RegistryRequest) -> str:
+        now = self._timer()
+        while self._issued and (len(self._issued) >= self.limit or next(iter(self._issued.values()))[1] <= now):
+            self._issued.popitem(last=False)  # issued in order, with one lifetime: the oldest expire first
+        token = secrets.token_urlsafe(16)
+        self._issued[token] = ((req.name, req.reference, req.ns), now + self.seconds)
+        return token
+
+    def redeem(self, token: str, req: RegistryRequest) -> bool:
+        """Whether `token` is an unexpired ticket for exactly `req`'s blob; used up either way."""
+        issued = self._issued.pop(token, None)
+        return issued is not None and issued[0] == (req.name, req.reference, req.ns) and self._timer() < issued[1]
+
+
 class BlobServer:
     def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None):
         self.router, self.stats = router, stats
         self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
-        self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep)
+        self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
+                                       on_verified=self._verified)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
+        self.tickets = Tickets()
         self.host, self.port = "127.0.0.1", 0
         self.peers: PeerCoordinator | None = None
         self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
         self._runner: web.AppRunner | None = None
+
+    def _verified(self, transfer: Transfer) -> None:
+        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest."""
+        for route in self.router.routes.values():
+            route.manifests.blob_verified(transfer.digest, transfer.written)
 
     def share_with_peers(self, peers: PeerCoordinator) -> None:
         """Scale-out: coalesce with the other replicas through `peers` (call after start)."""
@@ -67,11 +111,11 @@ class BlobServer:
         return reached_at if any_address(self.host) else self.host
 
     def redirect_url(self, host: str, req: RegistryRequest) -> str:
-        """Where the registry fetches a blob itself: this endpoint."""
+        """Where the registry fetches a blob itself: this endpoint, with a new ticket for that one blob."""
         host = self.address_for(host)
         host = f"[{host}]" if ":" in host else host
         ns = f"&ns={quote(req.ns, safe='')}" if req.ns else ""  # the route is chosen again here, the same way
-        return f"http://{host}:{self.port}{req.v2_path}?{KEY_PARAM}={self.key}{ns}"
+        return f"http://{host}:{self.port}{req.v2_path}?{TICKET_PARAM}={self.tickets.issue(req)}{ns}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
@@ -93,13 +137,23 @@ class BlobServer:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
-        if not secrets.compare_digest(given.encode(), self.key.encode()):  # bytes: any input, no TypeError
-            return _error(403, "DENIED", "this endpoint serves only the mirror's own addon")
-        req = classify("GET", request.path)  # the path alone: the key in the query never goes upstream
-        if not isinstance(req, RegistryRequest) or req.kind is not Kind.BLOB:
+        req = classify("GET", request.path)  # the path alone: the key or ticket in the query never goes upstream
+        blob = replace(req, ns=request.query.get("ns", "").lower()) \
+            if isinstance(req, RegistryRequest) and req.kind is Kind.BLOB else None
+        if not self._allowed(request, blob):
+            return _error(403, "DENIED", "this endpoint serves only the mirror's own addon, its other replicas and "
+                                         f"requests it redirected here (a ticket is good for one request for its "
+                                         f"blob, within {self.tickets.seconds:g} s); ask the mirror again")
+        if blob is None:
             return _error(400, "BLOB_UNKNOWN", "only blob GETs are served here")
-        return await self._stream(request, replace(req, ns=request.query.get("ns", "").lower()))
+        return await self._stream(request, blob)
+
+    def _allowed(self, request: web.Request, blob: RegistryRequest | None) -> bool:
+        given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
+        if secrets.compare_digest(given.encode(), self.key.encode()):  # bytes: any input, no TypeError
+            return True
+        ticket = request.headers.get(TICKET_HEADER) or request.query.get(TICKET_PARAM, "")
+        return bool(ticket) and blob is not None and self.tickets.redeem(ticket, blob)
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"
@@ -128,6 +182,10 @@ class BlobServer:
         timeout = route.cfg.request_timeout
         try:
             head = await asyncio.wait_for(asyncio.shield(transfer.head), timeout)
+            if head.status == 200 and transfer.size == 0:
+                # no last byte to hold back, and a Content-Length: 0 answer is complete with its headers: they
+                # wait for the verdict instead, so that an empty body for a non-empty digest is still refused
+                await asyncio.wait_for(transfer.verdict(), timeout)
         except TimeoutError:
             self.stats.served("blob", "error", 0)
             return _error(504, "UNAVAILABLE", f"the upstream did not answer for {what} within {timeout:g} s")
@@ -160,11 +218,12 @@ class BlobServer:
                 # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
                 await loop.sendfile(request.transport, spool, offset, count)
                 sent += count
+            # spans ends only after the transfer's verdict: only then is the answer finished
+            await out.write_eof()
         except (TransferFailed, ConnectionError) as e:
             self.stats.served("blob", "error", sent)
             log.warning("%s %s ended after %d bytes: %s", outcome, what, sent, e)
             return _cut_short(request, out)
-        await out.write_eof()
         self.stats.served("blob", outcome, sent)
         source = "from the mirror's storage, none from the upstream" if outcome == "HIT" else "to the registry"
         log.info("blob %s %s: %d bytes %s (%.0f ms)", outcome, what, sent, source, _ms(started))

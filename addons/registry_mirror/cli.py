@@ -57,6 +57,8 @@ class Mirror:
         cfg = self.cfg
         rw = cfg.rewriter
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.dump:
+            private_dump_file(self.dump)
         mitm_log = self.log_dir / "mitmproxy.log"
         self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns)
         processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm,
@@ -91,6 +93,24 @@ class Mirror:
     def stop(self) -> None:
         processes.stop(self.registry)
         processes.stop(self.mitm)
+
+
+def private_dump_file(spec: str) -> Path:
+    """Create mitmproxy's `-w` file (`+path` appends) readable by its owner only, before mitmproxy opens it: the
+    flows hold every request's URL and headers, and blob redirects' tickets; mitmproxy itself would create it
+    world-readable (mode 0666 less the umask). An existing file is kept, made 0600."""
+    path = Path(spec[1:] if spec.startswith("+") else spec).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # the file opened, not whatever the name points to by now
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise processes.ProcessError(f"--dump {spec}: cannot create it readable only by its owner ({e}); "
+                                     f"choose a path in a folder you can write to") from e
+    return path
 
 
 def preflight(cfg: Config, web: bool) -> list[str]:

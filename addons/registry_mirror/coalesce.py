@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .requests import DIGEST_HEX_LENGTHS
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
@@ -83,6 +85,13 @@ class Transfer:
         if self.written == seen and not self.finished:
             await self._progress.wait()
 
+    async def verdict(self) -> None:
+        """Return once the bytes were checked against the digest; TransferFailed if they failed (or never came)."""
+        while not self.finished:
+            await self._progress.wait()
+        if self.error is not None:
+            raise TransferFailed(self.error)
+
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single `bytes=` range within `size`, or None to send the whole blob."""
@@ -102,6 +111,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+def _hasher(digest: str):
+    """A hash object for `digest`'s algorithm; TransferFailed for one the mirror does not check blobs with."""
+    algorithm = digest.partition(":")[0]
+    if algorithm not in DIGEST_HEX_LENGTHS:
+        raise TransferFailed(f"cannot check {digest[:100]!r}: its algorithm {algorithm[:30]!r} is not one of "
+                             f"{', '.join(DIGEST_HEX_LENGTHS)}")
+    return hashlib.new(algorithm)
+
+
 def _write_all(spool, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -112,8 +130,11 @@ class BlobCoalescer:
     """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
 
     def __init__(self, fetch, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
-                 keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic):
+                 keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic,
+                 on_verified: Callable[[Transfer], None] = lambda transfer: None):
+        """`on_verified`: told of every transfer whose bytes matched their digest (its size is now a fact)."""
         self._fetch = fetch
+        self._on_verified = on_verified
         self._timer = timer
         self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +175,8 @@ class BlobCoalescer:
         self._expire()
 
     async def _run(self, transfer: Transfer) -> None:
-        hasher = hashlib.new(transfer.digest.split(":", 1)[0])
         try:
+            hasher = _hasher(transfer.digest)  # in the try: a digest it cannot check fails the transfer cleanly
             # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the
             # file for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as
             # the registry and its clients fsync their copies; untruncated, it stays in the page cache
@@ -170,6 +191,7 @@ class BlobCoalescer:
             if actual != transfer.digest:
                 raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
             transfer.verified = True
+            self._on_verified(transfer)
         except asyncio.CancelledError:  # shutting down: the readers end now, not at their timeouts
             self._fail(transfer, "the mirror is shutting down")
             raise
@@ -196,20 +218,25 @@ class BlobCoalescer:
     async def spans(transfer: Transfer, first: int, last: int):
         """Yield (offset, count) spans of the spool's bytes first..last (inclusive) as they arrive.
 
-        The blob's final byte is held back until the digest is checked, so a corrupt blob is never
-        handed on whole."""
+        The last byte asked for (and, for a blob of unknown size, the newest byte) is held back until the digest
+        is checked, so that no answer, a range's included, is ever complete before that verdict: a corrupt blob
+        ends every answer short. The spans end only after the verdict; an empty range has no byte to hold back,
+        so its answer must wait for the verdict before it is begun (BlobServer._send)."""
         position = first
         while position <= last and not (transfer.verified and position >= transfer.written):
             if transfer.error:
                 raise TransferFailed(transfer.error)
             written = transfer.written
-            limit = written if transfer.verified else max(0, min(written, (transfer.size or written) - 1))
-            available = min(limit, last + 1)
+            if transfer.verified:
+                available = min(written, last + 1)
+            else:
+                available = max(0, min(last, written if transfer.size is not None else written - 1))
             if position < available:
                 yield position, available - position
                 position = available
             else:
                 await transfer.wait_for_progress(written)
+        await transfer.verdict()
 
     async def read(self, transfer: Transfer, first: int, last: int):
         """The bytes of `spans`, in chunks of at most CHUNK."""

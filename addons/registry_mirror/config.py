@@ -117,6 +117,7 @@ class RewriterConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     tag_ttl: float = 30.0  # seconds a tag's digest is trusted without asking the upstream
+    blob_head_ttl: float = 3600.0  # seconds a blob's HEAD (size, type) is answered from memory; 0: never
     manifest_bytes: int = 64 * 1024 * 1024  # LRU bound of manifests by digest, in bytes
     spool_dir: str | None = None  # blob spools; default: a new folder under the system's temp dir
     spool_max_bytes: int = 8 * 1024 ** 3  # finished spools kept for stragglers, at most this many bytes
@@ -171,9 +172,9 @@ _NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "a
 _MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool, "log_format": str}
-_CACHE_KEYS = {"tag_ttl": (int, float), "manifest_bytes": int, "spool_dir": str, "spool_max_bytes": int,
-               "spool_keep": (int, float), "stale_budget": (int, float), "max_stale": (int, float),
-               "tag_state_file": str}
+_CACHE_KEYS = {"tag_ttl": (int, float), "blob_head_ttl": (int, float), "manifest_bytes": int, "spool_dir": str,
+               "spool_max_bytes": int, "spool_keep": (int, float), "stale_budget": (int, float),
+               "max_stale": (int, float), "tag_state_file": str}
 _SCALE_KEYS = {"redis": str, "redis_db": int, "redis_password": str, "redis_password_file": str, "listen": str,
                "advertise": str, "lock_seconds": (int, float)}
 _SECTIONS = {"upstream": _UPSTREAM_KEYS, "mirror": _MIRROR_KEYS, "rewriter": _REWRITER_KEYS, "cache": _CACHE_KEYS,
@@ -430,12 +431,15 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def _cache(v: dict, resolve, storage: str) -> CacheConfig:
-    bounds = {"tag_ttl": (0, 86400), "spool_keep": (0, 3600), "manifest_bytes": (0, 2 ** 40),
-              "spool_max_bytes": (0, 2 ** 50), "stale_budget": (0.05, 600), "max_stale": (0, 10 ** 8)}
+    bounds = {"tag_ttl": (0, 86400), "blob_head_ttl": (0, 86400), "spool_keep": (0, 3600),
+              "manifest_bytes": (0, 2 ** 40), "spool_max_bytes": (0, 2 ** 50), "stale_budget": (0.05, 600),
+              "max_stale": (0, 10 ** 8)}
     for key, (low, high) in bounds.items():
         if key in v and not low <= v[key] <= high:
             raise ConfigError(f"cache.{key}: {v[key]} is out of range; expected {low} to {high}")
-    return CacheConfig(tag_ttl=float(v.get("tag_ttl", 30.0)), manifest_bytes=v.get("manifest_bytes", 64 * 1024 ** 2),
+    return CacheConfig(tag_ttl=float(v.get("tag_ttl", 30.0)),
+                       blob_head_ttl=float(v.get("blob_head_ttl", CacheConfig.blob_head_ttl)),
+                       manifest_bytes=v.get("manifest_bytes", 64 * 1024 ** 2),
                        spool_dir=resolve(v.get("spool_dir")), spool_max_bytes=v.get("spool_max_bytes", 8 * 1024 ** 3),
                        spool_keep=float(v.get("spool_keep", 10.0)),
                        stale_budget=float(v.get("stale_budget", 2.0)), max_stale=float(v.get("max_stale", 86400.0)),

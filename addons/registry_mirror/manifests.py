@@ -1,9 +1,12 @@
 """Manifests, tags and blob HEADs: answered from caches where that is safe, else from one upstream fetch.
 
-- Manifests by digest are immutable: an LRU bounded in bytes, stored only after their digest is checked.
+- Manifests by digest are immutable: an LRU bounded in bytes, stored only after their digest is checked
+  (a schema1 signed manifest's digest is that of its payload without the signatures, see schema1.py).
 - Tag -> digest lives `cache.tag_ttl` seconds (30 by default), keyed by the set of media types the client
   accepts, because the upstream answers a different manifest (index or image) for a different Accept.
-- Blob HEADs: a blob's size and type by digest never change; an LRU of them answers repeated HEADs.
+- Blob HEADs: a blob's size and type by digest never change, so an LRU of them answers repeated HEADs, each
+  for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified (`blob_verified`), every
+  cached HEAD of that digest with another size is dropped, so a wrong answer cannot stick.
 - Requests for the same thing that overlap share one upstream fetch.
 - Stale-if-error: a tag whose refresh fails, or takes longer than `cache.stale_budget`, is answered from its
   last known digest (up to `cache.max_stale` old) while the refresh goes on in the background; while the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +28,21 @@ from .config import CacheConfig
 from .health import UpstreamHealth
 from .requests import Kind, RegistryRequest
 from .responses import next_page_link, passed_headers
+from .schema1 import is_signed, signed_payload
 from .stats import Stats
 from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
 from .upstream_auth import AuthError
 
+log = logging.getLogger(__name__)
+
 SICK_SECONDS = 10.0  # after a failed or slow refresh, a tag is answered stale at once this long
+BLOB_HEADS = 65536  # cached blob HEADs, at most
+
+
+def refresh_failed(status: int) -> bool:
+    """An upstream answer a known tag is answered stale for: a 5xx, or a 429 (rate-limited)."""
+    return status >= 500 or status == 429
 
 
 class ManifestMismatch(Exception):
@@ -65,6 +78,51 @@ def digest_of(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
+class BlobHeads:
+    """Blob HEADs by (repository, digest), each trusted `ttl` seconds, with an index digest -> repositories so
+    that a verified transfer finds every cached HEAD of its digest without a scan of the cache."""
+
+    def __init__(self, ttl: float, timer: Callable[[], float], maxsize: int = BLOB_HEADS):
+        self._heads: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._names: dict[str, set[str]] = {}
+        self._indexed = 0  # names in the index, expired or evicted ones included until the next rebuild
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def get(self, name: str, digest: str) -> dict[str, str] | None:
+        return self._heads.get((name, digest))
+
+    def put(self, name: str, digest: str, headers: dict[str, str]) -> None:
+        self._heads[(name, digest)] = headers
+        names = self._names.setdefault(digest, set())
+        if name not in names:
+            names.add(name)
+            self._indexed += 1
+        if self._indexed > 2 * self._heads.maxsize:  # mostly expired or evicted: rebuilt, amortized O(1)
+            self._names = {}
+            for cached_name, cached_digest in self._heads:
+                self._names.setdefault(cached_digest, set()).add(cached_name)
+            self._indexed = sum(map(len, self._names.values()))
+
+    def drop_other_sizes(self, digest: str, size: int) -> int:
+        """Drop every cached HEAD of `digest` whose Content-Length is not `size`; how many were dropped."""
+        names, kept, dropped = self._names.pop(digest, set()), set(), 0
+        for name in names:
+            headers = self._heads.get((name, digest))  # None: expired or evicted, forgotten here too
+            if headers is None:
+                continue
+            if headers.get("Content-Length") == str(size):
+                kept.add(name)
+            else:
+                self._heads.pop((name, digest), None)
+                dropped += 1
+        self._indexed -= len(names) - len(kept)
+        if kept:
+            self._names[digest] = kept
+        return dropped
+
+
 def manifest_answer(manifest: Manifest, outcome: str, auth_scheme: str = "") -> Answer:
     headers = {"Content-Type": manifest.content_type, "Docker-Content-Digest": manifest.digest,
                "Content-Length": str(len(manifest.body)), "ETag": f'"{manifest.digest}"'}
@@ -81,7 +139,7 @@ class ManifestService:
         self.known = known if known is not None else TagState(cfg.tag_state_file)
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
-        self.blob_heads: LRUCache = LRUCache(maxsize=65536)
+        self.blob_heads: BlobHeads | None = BlobHeads(cfg.blob_head_ttl, timer) if cfg.blob_head_ttl else None
         self._inflight: dict[tuple, asyncio.Future] = {}
         # tags answered stale at once for SICK_SECONDS after a failed or slow refresh (bounded, expiring)
         self._sick: TTLCache = TTLCache(maxsize=65536, ttl=SICK_SECONDS, timer=timer)
@@ -99,12 +157,21 @@ class ManifestService:
             if cached is not None:
                 return manifest_answer(cached, "HIT")
             return await self._tag(req, headers, method, accepts)
-        elif req.kind is Kind.BLOB:
-            known = self.blob_heads.get((req.name, req.reference))
+        elif req.kind is Kind.BLOB and self.blob_heads is not None:
+            known = self.blob_heads.get(req.name, req.reference)
             if known is not None:
                 return Answer(200, dict(known), b"", "HIT")
         await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
+
+    def blob_verified(self, digest: str, size: int) -> None:
+        """A transfer of `digest` had `size` bytes that matched it: any cached HEAD of it (any repository)
+        that says another size is wrong, and is dropped so that the next HEAD asks the upstream."""
+        dropped = self.blob_heads.drop_other_sizes(digest, size) if self.blob_heads is not None else 0
+        if dropped:
+            log.warning("dropped %d cached HEAD(s) of %s that did not say its verified size %d", dropped, digest,
+                        size)
+            self.stats.dropped_inconsistent(dropped)
 
     async def _tag(self, req: RegistryRequest, headers, method: str, accepts: frozenset) -> Answer:
         """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow.
@@ -131,13 +198,13 @@ class ManifestService:
             self._sick[key] = True
             refresh.add_done_callback(lambda f: self._after_refresh(key, f))
             return stale
-        if answer.status >= 500:
+        if refresh_failed(answer.status):
             self._sick[key] = True
             return stale
         return answer
 
     def _after_refresh(self, key: tuple, refresh: asyncio.Future) -> None:
-        if refresh.cancelled() or refresh.exception() is not None or refresh.result().status >= 500:
+        if refresh.cancelled() or refresh.exception() is not None or refresh_failed(refresh.result().status):
             return
         self._sick.pop(key, None)
 
@@ -194,7 +261,7 @@ class ManifestService:
         self.stats.upstream(req.kind.value, method, what, up.status, len(up.body), time.monotonic() - started)
         if up.status >= 500:
             self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
-        else:
+        else:  # a 429 too: a rate-limited upstream answers, so it is not down (the probe agrees: any status < 500)
             self.health.success()
         if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
             return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, "MISS", up.authorized)
@@ -202,20 +269,25 @@ class ManifestService:
             return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
         if req.kind is Kind.BLOB:
             known = passed_headers(up.headers)
-            if "Content-Length" in known:
-                self.blob_heads[(req.name, req.reference)] = known
+            if "Content-Length" in known and self.blob_heads is not None:
+                self.blob_heads.put(req.name, req.reference, known)
             return Answer(200, known, b"", "MISS", up.authorized)
         return self._store_manifest(req, accept_key(headers.get_all("Accept")), up.headers, up.body, up.authorized)
 
     def _store_manifest(self, req: RegistryRequest, accepts: frozenset[str], up_headers, body: bytes,
                         auth_scheme: str) -> Answer:
-        actual = digest_of(body)
+        content_type = up_headers.get("Content-Type", "application/octet-stream")
+        try:  # a signed schema1 manifest is named by its payload, as Distribution names it
+            actual = digest_of(signed_payload(body) if is_signed(content_type) else body)
+        except ValueError as e:
+            raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} is a malformed signed "
+                                   f"manifest ({e}); discarded") from e
         claimed = up_headers.get("Docker-Content-Digest", actual)
         expected = req.reference if req.kind is Kind.MANIFEST_BY_DIGEST else claimed
         if actual != expected or claimed != actual:  # never cached, never handed on
             raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} does not match its digest "
                                    f"(expected {expected}, got {actual}); discarded")
-        manifest = Manifest(actual, up_headers.get("Content-Type", "application/octet-stream"), body)
+        manifest = Manifest(actual, content_type, body)
         if len(body) <= self.manifests.maxsize:
             self.manifests[actual] = manifest
         if req.kind is Kind.MANIFEST_BY_TAG:

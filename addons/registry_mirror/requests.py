@@ -15,8 +15,11 @@ from urllib.parse import unquote
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+# the algorithms the mirror can check a blob against, with their lengths in hex: only these reach the coalescer
+DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+DIGEST_RE = re.compile("|".join(f"{algorithm}:[0-9a-f]{{{n}}}" for algorithm, n in DIGEST_HEX_LENGTHS.items()))
 SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_EXPECTED_DIGEST = ", ".join(f"{algorithm}:<{n} lower-case hex>" for algorithm, n in DIGEST_HEX_LENGTHS.items())
 NAME_MAX_LENGTH = 255
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -62,9 +65,22 @@ def valid_name(name: str) -> bool:
 
 
 def valid_digest(digest: str) -> bool:
-    if not DIGEST_RE.fullmatch(digest):
-        return False
-    return not digest.startswith("sha256:") or SHA256_RE.fullmatch(digest) is not None
+    return DIGEST_RE.fullmatch(digest) is not None
+
+
+def digest_problem(digest: str) -> str | None:
+    """What keeps `digest` from being one the mirror can check bytes against, or None when it is one."""
+    if DIGEST_RE.fullmatch(digest):
+        return None
+    algorithm, sep, hex_part = digest.partition(":")
+    if not sep:
+        return f"no algorithm: expected one of {_EXPECTED_DIGEST}"
+    length = DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return f"algorithm {algorithm[:30]!r} is not supported: expected one of {_EXPECTED_DIGEST}"
+    if len(hex_part) != length:
+        return f"{algorithm} takes {length} hex characters, not {len(hex_part)}"
+    return f"{algorithm} takes lower-case hex (0-9, a-f) only"
 
 
 def classify(method: str, raw_path: str) -> RegistryRequest | Refusal:
@@ -98,12 +114,12 @@ def _reference_request(name: str, ref: str, kind: Kind | None, query: str, ns: s
     if not valid_name(name):
         return _bad_name(name)
     if kind is Kind.BLOB:
-        if not valid_digest(ref):
-            return Refusal(400, "DIGEST_INVALID", f"invalid blob digest {ref[:100]!r}: expected algorithm:hex")
+        if problem := digest_problem(ref):
+            return Refusal(400, "DIGEST_INVALID", f"invalid blob digest {ref[:100]!r}: {problem}")
         return RegistryRequest(Kind.BLOB, name, ref, query, ns)
     if ":" in ref:
-        if not valid_digest(ref):
-            return Refusal(400, "DIGEST_INVALID", f"invalid manifest digest {ref[:100]!r}: expected algorithm:hex")
+        if problem := digest_problem(ref):
+            return Refusal(400, "DIGEST_INVALID", f"invalid manifest digest {ref[:100]!r}: {problem}")
         return RegistryRequest(Kind.MANIFEST_BY_DIGEST, name, ref, query, ns)
     if not TAG_RE.fullmatch(ref):
         return Refusal(400, "MANIFEST_INVALID",

@@ -11,7 +11,7 @@ API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 CACHE_HEADER = "X-Mirror-Cache"
 # upstream response headers the stock registry needs; everything else (cookies, Artifactory ids) stays behind
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges",
-                           "Docker-Content-Digest", "ETag", "Last-Modified")
+                           "Docker-Content-Digest", "ETag", "Last-Modified", "Retry-After")
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -37,7 +37,10 @@ def passed_headers(upstream_headers) -> dict[str, str]:
 
 
 def upstream_status_error(status: int, what: str) -> tuple[int, str, str] | None:
-    """The error the mirror gives for an upstream status it must not pass on as is, else None."""
+    """The error the mirror gives for an upstream status it must not pass on as is, else None.
+
+    A 429 the upstream still answered after the mirror's own waits (upstream.py) is passed on as is, with its
+    Retry-After (a PASSED_RESPONSE_HEADERS entry), so that the registry and its client back off as asked."""
     if status == 401:
         return 401, "UNAUTHORIZED", (f"the upstream refused the mirror's credentials for {what}; check "
                                      f"upstream.username / password / token in the mirror's configuration")

@@ -35,6 +35,8 @@ class Stats:
         self.upstream_bytes: Counter = Counter()  # class -> body bytes received from the upstream
         self.peer_bytes = 0  # blob bytes read from another replica instead of the upstream (scale-out)
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer (not blob GETs)
+        self.bodies_cut_short = 0  # small upstream bodies over their cap or shorter than their Content-Length
+        self.cache_dropped_inconsistent = 0  # cached answers dropped because verified bytes contradicted them
 
     def served(self, kind: str, outcome: str, nbytes: int) -> None:
         """An answer to the stock registry."""
@@ -43,6 +45,14 @@ class Stats:
 
     def from_peer(self, nbytes: int) -> None:
         self.peer_bytes += nbytes
+
+    def body_cut_short(self) -> None:
+        """A small body (manifest, tag list, token, error) from the upstream was over its cap or cut short."""
+        self.bodies_cut_short += 1
+
+    def dropped_inconsistent(self, count: int = 1) -> None:
+        """Cached answers (blob HEADs) dropped because a verified transfer contradicted them."""
+        self.cache_dropped_inconsistent += count
 
     def upstream(self, kind: str, method: str, what: str, status: int | str, nbytes: int, seconds: float,
                  outcome: str = "") -> None:
@@ -83,6 +93,8 @@ class Stats:
             "served": by_class,
             "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
                       "saved": max(0, served - fetched), "from_other_replicas": self.peer_bytes},
+            "integrity": {"bodies_cut_short": self.bodies_cut_short,
+                          "cache_dropped_inconsistent": self.cache_dropped_inconsistent},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,
                            "readers": t.readers, "requests": t.served, "from": t.origin or "upstream"}
                           for t in transfers if not t.finished],

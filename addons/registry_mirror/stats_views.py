@@ -50,6 +50,7 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
         f"<td>{e(r['last_error']) or 'none'}</td></tr>" for r in snap.get("routes", []))
     b = snap["bytes"]
     lat = up["latency_ms"]
+    integrity = snap["integrity"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_seconds}">
 <title>artifactory-mirror stats</title>
@@ -79,6 +80,11 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <table id="answers"><tr><th></th>{''.join(f'<th>{e(o)}</th>' for o in outcomes)}</tr>{''.join(rows)}</table>
 <h2>Exchanges with the upstream, by class and status</h2>
 <table id="upstream"><tr><th></th><th>status</th><th>requests</th><th>bytes (class)</th></tr>{exchanges}</table>
+<h2>Integrity</h2>
+<table id="integrity"><tr><th>upstream bodies cut short or over their cap</th>
+<td id="bodies-cut-short">{integrity['bodies_cut_short']}</td></tr>
+<tr><th>cached answers dropped as inconsistent</th>
+<td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr></table>
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
 {transfers}</table>
@@ -114,6 +120,13 @@ class _SnapshotCollector:
         yield from (requests, served, upstream_requests, fetched)
         yield CounterMetricFamily("mirror_token_refreshes", "Tokens fetched from the upstream's realm.",
                                   value=up["token_refreshes"])
+        integrity = snap["integrity"]
+        yield CounterMetricFamily("mirror_bodies_cut_short",
+                                  "Small upstream bodies over their cap or shorter than their Content-Length.",
+                                  value=integrity["bodies_cut_short"])
+        yield CounterMetricFamily("mirror_cache_dropped_inconsistent",
+                                  "Cached answers dropped because verified bytes contradicted them.",
+                                  value=integrity["cache_dropped_inconsistent"])
         yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
                                 value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
@@ -148,6 +161,9 @@ def summary_text(snap: dict) -> str:
     for kind, entry in snap["served"].items():
         parts = ", ".join(f"{o} {v['requests']}" for o, v in sorted(entry.items()))
         lines.append(f"  {kind:20} {parts}")
+    if any(snap["integrity"].values()):
+        lines.append(f"integrity: {snap['integrity']['bodies_cut_short']} upstream bodies cut short, "
+                     f"{snap['integrity']['cache_dropped_inconsistent']} cached answers dropped as inconsistent")
     for t in snap["transfers"]:
         lines.append(f"  in flight: {t['digest'][:19]}… {human_bytes(t['received'])} of {human_bytes(t['size'])}")
     return "\n".join(lines)

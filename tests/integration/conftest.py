@@ -19,6 +19,7 @@ from registry_mirror.cli import Mirror
 from registry_mirror.config import load
 from registry_mirror.stats_views import JSON_PATH
 
+from tests.support.netpath import NAMESPACE_SIDE, MtuPath
 from tests.support.wire import WireHarness
 
 __all__ = ["stored_digests", "wait_for"]  # for the tests of this folder
@@ -50,17 +51,35 @@ def layer_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("layers")
 
 
+def pytest_generate_tests(metafunc):
+    """Tests marked `mtu1500` run twice: the upstream on loopback, and across an MTU-1500 path."""
+    if metafunc.definition.get_closest_marker("mtu1500") and "upstream_path" in metafunc.fixturenames:
+        metafunc.parametrize("upstream_path", ["loopback", "mtu1500"], indirect=True)
+
+
 @pytest.fixture
-def upstream_factory(tmp_path):
+def upstream_path(request) -> str:
+    return getattr(request, "param", "loopback")
+
+
+@pytest.fixture
+def upstream_factory(tmp_path, upstream_path):
     started: list[UpstreamHarness] = []
+    path = MtuPath().up() if upstream_path == "mtu1500" else None
 
     def make(**kwargs) -> UpstreamHarness:
+        if path:  # the upstream in the namespace; the mirror and the test reach it across the veth pair
+            kwargs = {"netns": path.netns, "host": NAMESPACE_SIDE, "control_host": NAMESPACE_SIDE, **kwargs}
         harness = UpstreamHarness(tmp_path / f"upstream{len(started)}", **kwargs)
         started.append(harness)
         return harness.start()
-    yield make
-    for harness in started:
-        harness.stop()
+    try:
+        yield make
+    finally:
+        for harness in started:
+            harness.stop()
+        if path:
+            path.down()
 
 
 @pytest.fixture
@@ -137,8 +156,8 @@ def wire_factory(tmp_path):
     """A wire server (tests/support/wire_server.py) in front of an upstream: bodies as real servers send them."""
     started: list[WireHarness] = []
 
-    def make(upstream: UpstreamHarness) -> WireHarness:
-        wire = WireHarness(upstream.url, tmp_path / f"wire{len(started)}.log")
+    def make(upstream: UpstreamHarness, **kwargs) -> WireHarness:
+        wire = WireHarness(upstream.url, tmp_path / f"wire{len(started)}", **kwargs)
         started.append(wire)
         return wire.start()
     yield make
@@ -157,7 +176,7 @@ def redis_server(tmp_path):
 
 def credentials_of(harness: UpstreamHarness, via: WireHarness | None = None) -> dict:
     """The mirror.yaml upstream keys for a harness (reached through `via` when given), as an operator writes them."""
-    keys = {"url": via.url if via else harness.url}
+    keys = {"url": via.url, **({"ca_file": via.ca_file} if via.tls else {})} if via else {"url": harness.url}
     if harness.auth == "bearer":
         keys["token"] = harness.static_token
     elif harness.auth == "none":

@@ -18,6 +18,7 @@ def stored_blobs(storage: Path) -> dict[str, Path]:
     return {f"{p.parent.parent.parent.name}:{p.parent.name}": p for p in root.glob("*/*/*/data")}
 
 
+@pytest.mark.mtu1500
 def test_concurrent_cold_pulls_make_one_upstream_get_per_blob(upstream, mirror_factory, layer_cache, tmp_path):
     layers = [seed.random_layer(layer_cache, 32 * seed.MIB, 40), seed.random_layer(layer_cache, 8 * seed.MIB, 41)]
     image = seed.build_image("team/big", "1.0", layers)

@@ -55,6 +55,7 @@ def expect_uncached_failure(mirror, image, tmp_path) -> str:
     return str(e.value)
 
 
+@pytest.mark.mtu1500
 @pytest.mark.parametrize("fault", [
     {"mode": "status", "code": 500}, {"mode": "status", "code": 502}, {"mode": "status", "code": 503},
     {"mode": "hang"}, "refused",

@@ -15,6 +15,7 @@ from registry_mirror import processes
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_request, small_image, wait_for
 
 
+@pytest.mark.mtu1500
 @pytest.mark.parametrize("blob_redirect", [True, False], ids=["blobs-redirected", "blobs-through-mitmproxy"])
 def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, mirror_factory, layer_cache, tmp_path,
                                                                       blob_redirect):
@@ -25,12 +26,11 @@ def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, 
 
     pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "cold", image)
+    mirror.settle(upstream, image)  # the upstream records a request once its answer has ended
     cold = upstream.stats()
     assert {r["method"] for r in cold["requests"]} <= {"GET", "HEAD"}
     assert all(r["path"].startswith("/artifactory/api/docker/docker-local/v2/") for r in cold["requests"])
     assert {r["path"].rsplit("/", 1)[1] for r in blob_gets(cold)} == {b.digest for b in (*image.layers, image.config)}
-
-    mirror.settle(upstream, image)
     upstream.control("reset")
     pull(ref, tmp_path / "warm", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "warm", image)
@@ -51,6 +51,7 @@ def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, 
         not r["path"].endswith("/v2/") for r in upstream.stats()["requests"])
 
 
+@pytest.mark.mtu1500
 @pytest.mark.parametrize("auth", ["basic", "bearer", "token"])
 def test_each_upstream_auth_kind(upstream_factory, mirror_factory, layer_cache, tmp_path, auth):
     upstream = upstream_factory(auth=auth)
@@ -67,6 +68,7 @@ def test_each_upstream_auth_kind(upstream_factory, mirror_factory, layer_cache, 
         assert [r for r in stats["requests"] if r["status"] == 401] == []  # credentials sent up front
 
 
+@pytest.mark.mtu1500
 def test_token_expiring_in_the_middle_of_a_pull_is_refreshed(upstream_factory, mirror_factory, layer_cache, tmp_path):
     # each token dies after 3 requests: the manifest HEAD, GET and one blob; every later request meets a 401
     upstream = upstream_factory(auth="token", token_uses=3)

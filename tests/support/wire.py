@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry_mirror import processes
+from registry_mirror import certs, processes
 
 SERVER = Path(__file__).with_name("wire_server.py")
 
@@ -16,20 +17,33 @@ SERVER = Path(__file__).with_name("wire_server.py")
 @dataclass
 class WireHarness:
     target: str  # the front's URL
-    log_path: Path
+    workdir: Path
+    tls: bool = False  # serve HTTPS with a certificate of its own (`ca_file`)
+    storage: bool = False  # a signed-URL storage host on 127.0.0.2 (another host: no credential may reach it)
     port: int = 0
     procs: list = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.workdir / "wire.crt")
 
     def start(self) -> "WireHarness":
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or processes.free_port()
-        proc = processes.start([sys.executable, str(SERVER), "--listen", f"127.0.0.1:{self.port}",
-                                "--target", self.target], self.log_path)
+        args = [sys.executable, str(SERVER), "--listen", f"127.0.0.1:{self.port}", "--target", self.target]
+        if self.storage:
+            args += ["--storage-listen", f"127.0.0.2:{processes.free_port('127.0.0.2')}"]
+        if self.tls:
+            certs.ensure_self_signed(self.ca_file, str(self.workdir / "wire.key"))
+            args += ["--tls-cert", self.ca_file, "--tls-key", str(self.workdir / "wire.key")]
+        log = self.workdir / "wire.log"
+        proc = processes.start(args, log)
         self.procs.append(proc)
-        processes.wait_for_port("127.0.0.1", self.port, proc, what="wire server", log_path=self.log_path)
+        processes.wait_for_port("127.0.0.1", self.port, proc, what="wire server", log_path=log)
         return self
 
     def stop(self) -> None:
@@ -46,9 +60,12 @@ class WireHarness:
         self._post("release")
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/_wire/stats", timeout=30) as resp:
+        with urllib.request.urlopen(f"{self.url}/_wire/stats", timeout=30, context=self._context()) as resp:
             return json.load(resp)
 
     def _post(self, action: str) -> None:
         req = urllib.request.Request(f"{self.url}/_wire/{action}", method="POST", data=b"")
-        urllib.request.urlopen(req, timeout=30).close()
+        urllib.request.urlopen(req, timeout=30, context=self._context()).close()
+
+    def _context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None

@@ -36,7 +36,7 @@ async def started_server(tmp_path, upstream, storage=None) -> BlobServer:
     """A blob endpoint on 127.0.0.1 whose one route fetches from `upstream` (a stand-in with `open`)."""
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=3600, blob_resumes=0),
                             upstream=upstream, health=UpstreamHealth())
-    server = BlobServer(SimpleNamespace(for_request=lambda req: route),
+    server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
                         CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
     await server.start()
     return server

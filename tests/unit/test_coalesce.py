@@ -1,5 +1,6 @@
 import asyncio
 import builtins
+import contextlib
 import hashlib
 
 import pytest
@@ -117,6 +118,21 @@ def test_wrong_bytes_are_never_handed_on_whole(tmp_path):
         assert not t.path.exists()
         t2, following = c.join(DIGEST, "app")  # a failed transfer is not reused
         assert not following and t2 is not t
+        await c.close()
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("sent,told", [(DATA, [(DIGEST, len(DATA))]), (DATA[:-1] + b"x", [])],
+                         ids=["verified", "corrupt"])
+def test_only_a_verified_transfer_is_told_with_its_size(tmp_path, sent, told):
+    async def scenario():
+        heard = []
+        c = BlobCoalescer(make_fetch(sent), str(tmp_path), on_verified=lambda t: heard.append((t.digest, t.written)))
+        t, _ = c.join(DIGEST, "app")
+        with pytest.raises(TransferFailed) if not told else contextlib.nullcontext():
+            await t.verdict()
+        assert heard == told
+        c.leave(t)
         await c.close()
     asyncio.run(scenario())
 

@@ -121,3 +121,21 @@ def test_scale_section():
     ]:
         with pytest.raises(ConfigError, match=message):
             parse({**base, "scale": scale})
+
+
+@pytest.mark.parametrize("value,expected", [(None, 3600.0), (0, 0.0), (90, 90.0), (86400, 86400.0), (1.5, 1.5)])
+def test_cache_blob_head_ttl(value, expected):
+    cache = {} if value is None else {"blob_head_ttl": value}
+    assert parse({**BASE, "cache": cache}).cache.blob_head_ttl == expected
+
+
+@pytest.mark.parametrize("value,fragment", [
+    (86401, "cache.blob_head_ttl: 86401 is out of range; expected 0 to 86400"),
+    (-1, "cache.blob_head_ttl: -1 is out of range; expected 0 to 86400"),
+    ("1h", "cache.blob_head_ttl: expected a number of seconds, got str '1h'"),
+    (True, "cache.blob_head_ttl: expected a number of seconds, got a boolean"),
+])
+def test_cache_blob_head_ttl_errors_name_the_key(value, fragment):
+    with pytest.raises(ConfigError) as e:
+        parse({**BASE, "cache": {"blob_head_ttl": value}})
+    assert fragment in str(e.value)

@@ -11,6 +11,8 @@ from registry_mirror.requests import classify
 from registry_mirror.responses import next_page_link
 from registry_mirror.upstream import SmallResponse
 
+from .test_schema1 import signed
+
 INDEX = "application/vnd.oci.image.index.v1+json"
 IMAGE = "application/vnd.oci.image.manifest.v1+json"
 
@@ -163,3 +165,52 @@ def test_the_tag_list_answer_carries_the_rewritten_link():
     svc = ManifestService(Paginating(), CacheConfig())
     answer = asyncio.run(svc.answer(classify("GET", "/v2/team/app/tags/list?n=2"), headers(), "GET"))
     assert answer.headers["Link"] == '</v2/team/app/tags/list?last=b&n=2>; rel="next"'
+
+
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+class Schema1Upstream(FakeUpstream):
+    """Serves a signed schema1 manifest, claiming the digest Distribution gives it (or the whole body's)."""
+
+    def __init__(self, body: bytes, claimed: str):
+        super().__init__()
+        self.body, self.claimed = body, claimed
+
+    async def fetch_small(self, method, req, headers):
+        self.calls.append((method, req.kind.value, req.reference))
+        return SmallResponse(200, CIMultiDict({"Content-Type": SCHEMA1, "Docker-Content-Digest": self.claimed,
+                                               "Content-Length": str(len(self.body))}), self.body, "Bearer", "")
+
+
+def test_a_signed_schema1_manifest_is_named_by_its_payload_and_cached():
+    body, payload = signed(keys=("K1", "K2"))
+    up = Schema1Upstream(body, digest(payload))
+    svc = ManifestService(up, CacheConfig())
+
+    async def scenario():
+        by_tag = await svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1))
+        assert by_tag.outcome == "MISS" and by_tag.body == body  # served as signed, byte for byte
+        assert by_tag.headers["Docker-Content-Digest"] == digest(payload) != digest(body)
+        assert by_tag.headers["Content-Type"] == SCHEMA1 and by_tag.headers["Content-Length"] == str(len(body))
+        by_digest = await svc.answer(classify("GET", f"/v2/app/manifests/{digest(payload)}"), headers(SCHEMA1))
+        assert by_digest.outcome == "HIT" and by_digest.body == body and len(up.calls) == 1
+    asyncio.run(scenario())
+    assert list(svc.manifests) == [digest(payload)]
+    assert svc.tags[("app", "1.0", frozenset({SCHEMA1}))] == digest(payload)
+
+
+def test_a_signed_schema1_manifest_claiming_its_whole_bodys_digest_is_refused():
+    body, _ = signed()
+    svc = ManifestService(Schema1Upstream(body, digest(body)), CacheConfig())
+    with pytest.raises(ManifestMismatch, match="does not match its digest"):
+        asyncio.run(svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1)))
+    assert len(svc.manifests) == 0
+
+
+def test_a_malformed_signed_manifest_is_refused_saying_why():
+    body = json.dumps({"schemaVersion": 1, "signatures": []}).encode()
+    svc = ManifestService(Schema1Upstream(body, digest(body)), CacheConfig())
+    with pytest.raises(ManifestMismatch, match='malformed signed manifest .*no "signatures" list'):
+        asyncio.run(svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1)))
+    assert len(svc.manifests) == 0 and len(svc.tags) == 0

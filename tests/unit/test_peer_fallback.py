@@ -64,7 +64,8 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     upstream = Upstream()
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
                             upstream=upstream, health=UpstreamHealth())
-    server = BlobServer(SimpleNamespace(for_request=lambda req: route), CacheConfig(spool_dir=str(tmp_path)), Stats())
+    server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
+                        CacheConfig(spool_dir=str(tmp_path)), Stats())
     server.peers = SimpleNamespace(claim=lambda digest: _peer(port))
     server._peer_session = aiohttp.ClientSession()
     try:

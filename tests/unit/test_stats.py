@@ -1,10 +1,16 @@
+import asyncio
 import json
 import logging
 from types import SimpleNamespace
 
+import pytest
+from registry_mirror.config import parse
 from registry_mirror.health import UpstreamHealth
+from registry_mirror.requests import Kind, RegistryRequest
 from registry_mirror.stats import Stats, percentile
 from registry_mirror.stats_views import human_bytes, prometheus_text, render_html, summary_text
+from registry_mirror.upstream import Upstream, UpstreamError
+from registry_mirror.upstream_auth import AuthError
 
 
 class Clock:
@@ -101,3 +107,72 @@ def test_latency_is_the_upstreams_answers_not_blob_transfers():
     stats.upstream("blob", "GET", "app@sha256:y", 200, 160_000_000, 8.5)  # a layer's transfer
     stats.upstream("blob", "GET", "app@sha256:z", 404, 90, 0.0)  # recorded without a timing
     assert sorted(stats.latencies) == [0.030, 0.040]
+
+
+def test_integrity_counters_in_the_snapshot_page_metrics_and_summary():
+    stats, health = filled()
+    snap = stats.snapshot([route(health, "u")])
+    assert snap["integrity"] == {"bodies_cut_short": 0, "cache_dropped_inconsistent": 0}
+    assert "integrity:" not in summary_text(snap)  # nothing to report
+    stats.body_cut_short()
+    stats.body_cut_short()
+    stats.dropped_inconsistent(3)
+    snap = stats.snapshot([route(health, "u")])
+    assert snap["integrity"] == {"bodies_cut_short": 2, "cache_dropped_inconsistent": 3}
+    page = render_html(snap)
+    assert '<td id="bodies-cut-short">2</td>' in page and '<td id="cache-dropped-inconsistent">3</td>' in page
+    text = prometheus_text(snap).decode()
+    assert "\nmirror_bodies_cut_short_total 2.0\n" in text
+    assert "\nmirror_cache_dropped_inconsistent_total 3.0\n" in text
+    assert "integrity: 2 upstream bodies cut short, 3 cached answers" in summary_text(snap)
+
+
+async def raw_server(answer: bytes) -> tuple[asyncio.Server, int]:
+    """Answers every request with `answer` (headers only, or a broken response), then closes."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+OVER_CAP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Length: not-a-number\r\n\r\n"
+
+
+def upstream_exchange(answer: bytes, token: bool = False) -> tuple[Exception, Stats]:
+    """The error of a manifest GET (or a token fetch) from an upstream answering `answer`, and the Stats."""
+    async def scenario():
+        server, port = await raw_server(answer)
+        stats = Stats()
+        cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
+                                  "retries": 0}}).upstream
+        upstream = Upstream(cfg, stats)
+        await upstream.start()
+        try:
+            with pytest.raises((UpstreamError, AuthError)) as e:
+                if token:
+                    await upstream._fetch_token(f"http://127.0.0.1:{port}/token", {"scope": "s"}, None)
+                else:
+                    await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "app", "1.0"), {})
+            return e.value, stats
+        finally:
+            await upstream.close()
+            server.close()
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_a_small_body_over_its_cap_is_counted_as_cut_short(token):
+    error, stats = upstream_exchange(OVER_CAP, token)
+    assert isinstance(error, AuthError if token else UpstreamError) and "cap" in str(error)
+    assert stats.bodies_cut_short == 1
+    assert stats.snapshot()["integrity"]["bodies_cut_short"] == 1
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_a_broken_answer_is_not_a_body_cut_short(token):
+    _, stats = upstream_exchange(GARBAGE, token)
+    assert stats.bodies_cut_short == 0
