@@ -172,7 +172,13 @@ class BlobServer:
             return _error(503, "UNAVAILABLE", str(e))
         try:
             # opened before any wait: a spool unlinked later (failed, expired) stays readable through it
-            with open(transfer.path, "rb") as spool:  # noqa: ASYNC230 - a local spool file: opens at once
+            spool = open(transfer.path, "rb")  # noqa: ASYNC230 - a local spool file: opens at once
+        except FileNotFoundError:  # mitmproxy starts tasks eagerly: the transfer can fail inside join
+            self.coalescer.leave(transfer)
+            self.stats.served("blob", "error", 0)
+            return _error(503, "UNAVAILABLE", f"{what}: {transfer.error or 'its transfer ended'}")
+        try:
+            with spool:
                 return await self._send(request, transfer, spool, route, what, following=following)
         finally:
             self.coalescer.leave(transfer)
@@ -360,6 +366,8 @@ class BlobServer:
                 raise UpstreamError(f"resume at byte {offset} answered {up.status}")
             async for chunk in up.content.iter_any():  # as received: no re-chunking copies
                 yield chunk
+            if transfer.size is not None and transfer.written < transfer.size:  # an interruption: resumed
+                raise UpstreamError(f"the body ended at byte {transfer.written} of {transfer.size}")
 
 
 def _set_head(transfer: Transfer, answer_headers, scheme: str) -> None:
