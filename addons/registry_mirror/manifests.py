@@ -26,6 +26,7 @@ from cachetools import LRUCache, TTLCache
 
 from .config import CacheConfig
 from .health import UpstreamHealth
+from .manifest_body import manifest_problem
 from .requests import Kind, RegistryRequest
 from .responses import next_page_link, passed_headers
 from .schema1 import is_signed, signed_payload
@@ -269,7 +270,10 @@ class ManifestService:
             return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
         if req.kind is Kind.BLOB:
             known = passed_headers(up.headers)
-            if "Content-Length" in known and self.blob_heads is not None:
+            # a size is kept only from an answer that names this blob: one that does not (a stray answer a
+            # broken connection left behind, a proxy's page) is passed on once, never cached
+            names_it = known.get("Docker-Content-Digest") == req.reference
+            if "Content-Length" in known and names_it and self.blob_heads is not None:
                 self.blob_heads.put(req.name, req.reference, known)
             return Answer(200, known, b"", "MISS", up.authorized)
         return self._store_manifest(req, accept_key(headers.get_all("Accept")), up.headers, up.body, up.authorized)
@@ -277,6 +281,9 @@ class ManifestService:
     def _store_manifest(self, req: RegistryRequest, accepts: frozenset[str], up_headers, body: bytes,
                         auth_scheme: str) -> Answer:
         content_type = up_headers.get("Content-Type", "application/octet-stream")
+        if problem := manifest_problem(body):  # never cached, never handed on
+            raise ManifestMismatch(f"upstream answer for manifest {req.name}:{req.reference} is not a manifest "
+                                   f"({problem}; {content_type}, {len(body)} bytes); discarded")
         try:  # a signed schema1 manifest is named by its payload, as Distribution names it
             actual = digest_of(signed_payload(body) if is_signed(content_type) else body)
         except ValueError as e:

@@ -201,6 +201,13 @@ def assert_pulled_identical(dest: Path, image: seed.Image) -> None:
         assert "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
 
 
+def assert_storage_intact(storage: Path) -> None:
+    """Every blob in the registry's storage matches its digest."""
+    for data in (storage / "docker/registry/v2/blobs").glob("*/*/*/data"):
+        digest = f"{data.parent.parent.parent.name}:{data.parent.name}"
+        assert "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest() == digest, f"corrupt blob {digest}"
+
+
 def raw_request(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, method=method, headers=headers or {})
     try:

@@ -7,26 +7,26 @@ mirror's storage must match its digest.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 from devtools import seed
 from devtools.skopeo import PullError, pull
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, stored_digests
+from .conftest import (
+    assert_pulled_identical,
+    assert_storage_intact,
+    blob_gets,
+    credentials_of,
+    small_image,
+    stored_digests,
+)
 
 # no tag TTL: every pull by tag asks the upstream, so a faulted one takes the stale path, never a cache HIT
 MIRROR_CACHE = {"tag_ttl": 0, "stale_budget": 1.0}
 # timeouts only an upstream that never answers can reach; the stall timeout is tripped by a held blob
 MIRROR_UPSTREAM = {"request_timeout": 10, "connect_timeout": 5, "blob_stall_timeout": 2, "down_period": 30}
 PULL_DEADLINE = 120  # a pull that has not failed by then has hung: that fails the test too
-
-
-def assert_storage_intact(storage: Path) -> None:
-    for data in (storage / "docker/registry/v2/blobs").glob("*/*/*/data"):
-        digest = f"{data.parent.parent.parent.name}:{data.parent.name}"
-        assert "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest() == digest, f"corrupt blob {digest}"
 
 
 @pytest.fixture

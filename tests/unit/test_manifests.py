@@ -30,12 +30,15 @@ class FakeUpstream:
 
     def __init__(self):
         self.calls, self.version, self.lie = [], 0, False
+        self.anonymous_heads = False  # blob HEADs without the Docker-Content-Digest that names the blob
 
     async def fetch_small(self, method, req, headers):
         self.calls.append((method, req.kind.value, req.reference))
         await asyncio.sleep(0)  # a suspension point, as a real request has; no time passes
         if req.kind.value == "blob":
-            return SmallResponse(200, CIMultiDict({"Content-Length": "42", "Content-Type": "x/y"}), b"", "Bearer", "")
+            named = {} if self.anonymous_heads else {"Docker-Content-Digest": req.reference}
+            return SmallResponse(200, CIMultiDict({"Content-Length": "42", "Content-Type": "x/y", **named}), b"",
+                                 "Bearer", "")
         media = INDEX if INDEX in (headers.get("Accept") or "") else IMAGE
         body = body_for(media, self.version)
         claimed = digest(body_for(media, 99)) if self.lie else digest(body)
@@ -140,6 +143,16 @@ def test_blob_heads_are_remembered():
         again = await svc.answer(head, headers())
         assert again.outcome == "HIT" and again.headers["Content-Length"] == "42"
         assert len(up.calls) == 1
+    asyncio.run(scenario())
+
+
+def test_a_blob_head_that_does_not_name_its_blob_is_passed_on_never_cached():
+    async def scenario():
+        svc, up, _ = service()
+        up.anonymous_heads = True  # a stray answer, a proxy's page: no Docker-Content-Digest for this blob
+        head = classify("HEAD", "/v2/app/blobs/sha256:" + "a" * 64)
+        outcomes = [(await svc.answer(head, headers())).outcome for _ in range(2)]
+        assert outcomes == ["MISS", "MISS"] and len(up.calls) == 2
     asyncio.run(scenario())
 
 
