@@ -7,11 +7,9 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import aiohttp
-from registry_mirror.blobserver import KEY_HEADER, BlobServer
-from registry_mirror.config import CacheConfig
-from registry_mirror.health import UpstreamHealth
-from registry_mirror.stats import Stats
+from registry_mirror.blobserver import KEY_HEADER
 
+from .blob_endpoint import started_server
 from .waits import BOUND
 
 BLOB = bytes(range(256)) * 1024
@@ -51,11 +49,7 @@ def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3):
     async def scenario():
         if eager:
             asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=3600, blob_stall_timeout=3600,
-                                                    blob_resumes=resumes), upstream=upstream, health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, upstream, resumes=resumes)
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",

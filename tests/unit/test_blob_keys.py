@@ -12,12 +12,10 @@ import aiohttp
 import pytest
 from mitmproxy.test import taddons, tflow, tutils
 from registry_mirror.addon import RegistryMirror
-from registry_mirror.blobserver import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, BlobServer, Tickets
-from registry_mirror.config import CacheConfig
-from registry_mirror.health import UpstreamHealth
+from registry_mirror.blobserver import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
 from registry_mirror.requests import Kind, RegistryRequest
-from registry_mirror.stats import Stats
 
+from .blob_endpoint import started_server
 from .waits import BOUND
 
 BLOB = bytes(range(256)) * 64
@@ -89,11 +87,7 @@ class Upstream:
 
 def with_server(tmp_path, scenario):
     async def run():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=3600, blob_stall_timeout=3600, blob_resumes=0),
-                                upstream=Upstream(), health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, Upstream())
         try:
             async with aiohttp.ClientSession() as client:
                 return await scenario(server, client)

@@ -11,11 +11,9 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from registry_mirror.blobserver import KEY_HEADER, BlobServer
-from registry_mirror.config import CacheConfig
-from registry_mirror.health import UpstreamHealth
-from registry_mirror.stats import Stats
+from registry_mirror.blobserver import KEY_HEADER
 
+from .blob_endpoint import started_server
 from .waits import BOUND
 
 EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -43,11 +41,7 @@ class FakeUpstream:
 def fetch_blob(tmp_path, upstream, digest, headers=()):
     """(status, body or the client's error, the endpoint's served blob stats) for one GET of `digest`."""
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=3600, blob_stall_timeout=3600, blob_resumes=0),
-                                upstream=upstream, health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, upstream)
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{digest}",
@@ -105,11 +99,7 @@ def test_a_range_of_a_corrupt_blob_is_never_complete(tmp_path):
     upstream = GatedUpstream(bytes([BLOB[0] ^ 1]) + BLOB[1:])
 
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=3600, blob_stall_timeout=3600, blob_resumes=0),
-                                upstream=upstream, health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, upstream)
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",

@@ -10,11 +10,9 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from registry_mirror.blobserver import KEY_HEADER, BlobServer
-from registry_mirror.config import CacheConfig
-from registry_mirror.health import UpstreamHealth
-from registry_mirror.stats import Stats
+from registry_mirror.blobserver import KEY_HEADER
 
+from .blob_endpoint import started_server
 from .waits import BOUND, until
 
 BLOB = bytes(range(256)) * 8192  # 2 MiB
@@ -30,16 +28,6 @@ class StallingUpstream:
             await asyncio.sleep(3600)
         yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
                               content=SimpleNamespace(iter_any=body)), "Basic"
-
-
-async def started_server(tmp_path, upstream, storage=None) -> BlobServer:
-    """A blob endpoint on 127.0.0.1 whose one route fetches from `upstream` (a stand-in with `open`)."""
-    route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=30, blob_stall_timeout=3600, blob_resumes=0),
-                            upstream=upstream, health=UpstreamHealth())
-    server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                        CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
-    await server.start()
-    return server
 
 
 def test_shutdown_with_a_blob_in_flight_is_prompt(tmp_path):

@@ -5,17 +5,14 @@ outside its try: the request waited for its timeout (then 504), and a spool file
 import asyncio
 import hashlib
 import json
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from registry_mirror.blobserver import KEY_HEADER, BlobServer
+from registry_mirror.blobserver import KEY_HEADER
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead
-from registry_mirror.config import CacheConfig
-from registry_mirror.health import UpstreamHealth
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, digest_problem
-from registry_mirror.stats import Stats
 
+from .blob_endpoint import started_server
 from .waits import BOUND
 
 HEX = {n: ("0123456789abcdef" * 8)[:n] for n in (32, 40, 64, 96, 128)}
@@ -85,11 +82,7 @@ def test_the_blob_endpoint_refuses_such_a_digest_before_any_transfer(tmp_path):
             raise AssertionError("the upstream was asked for a digest the mirror cannot check")
 
     async def scenario():
-        route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=3600, blob_stall_timeout=3600, blob_resumes=0),
-                                upstream=NoUpstream(), health=UpstreamHealth())
-        server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                            CacheConfig(spool_dir=str(tmp_path / "spool")), Stats())
-        await server.start()
+        server = await started_server(tmp_path, NoUpstream())
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/sha256+b64u:{HEX[64]}",

@@ -12,6 +12,7 @@ from registry_mirror.requests import Kind, RegistryRequest, classify
 from registry_mirror.responses import passed_headers, upstream_status_error
 from registry_mirror.upstream import RATE_LIMIT_WAIT_CAP, RETRY_BACKOFF, SmallResponse, Upstream, retry_after
 
+from .local_http import serve
 from .test_manifests import IMAGE, FakeUpstream, headers
 from .test_stale import TAG, make
 
@@ -30,16 +31,6 @@ def http_date(epoch: float) -> str:
 ])
 def test_retry_after(value, seconds):
     assert retry_after(value, NOW) == seconds
-
-
-async def serve(handler) -> tuple[web.AppRunner, int]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
 
 
 class FakeSleep:

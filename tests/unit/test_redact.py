@@ -11,6 +11,8 @@ from registry_mirror.redact import error_text, url_for_logs
 from registry_mirror.requests import Kind, RegistryRequest
 from registry_mirror.upstream import Upstream, UpstreamError
 
+from .local_http import serve
+
 SIGNATURE = "X-Amz-Signature=5ecret5ignature"
 
 
@@ -36,16 +38,6 @@ def test_no_query_or_userinfo_survives_whatever_the_url(authority, path, query):
     text = error_text(RuntimeError(f"400, message='Bad Request', url='{url}'"))
     assert "SECRET" not in text and "pa55word" not in text
     assert text.startswith("RuntimeError: 400, message='Bad Request', url='https://")
-
-
-async def serve(handler) -> tuple[web.AppRunner, int]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
 
 
 async def garbage_server() -> tuple[asyncio.Server, int]:

@@ -1,0 +1,18 @@
+"""A blob endpoint on 127.0.0.1 for unit tests: one route whose upstream is a stand-in with `open`."""
+from types import SimpleNamespace
+
+from registry_mirror.blobserver import BlobServer
+from registry_mirror.config import CacheConfig
+from registry_mirror.health import UpstreamHealth
+from registry_mirror.stats import Stats
+
+
+async def started_server(tmp_path, upstream, storage=None, request_timeout: float = 3600,
+                         resumes: int = 0) -> BlobServer:
+    """Timeouts no test can reach unless its upstream never answers; `resumes` blob resumes."""
+    route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=request_timeout, blob_stall_timeout=3600,
+                                                blob_resumes=resumes), upstream=upstream, health=UpstreamHealth())
+    server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
+                        CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
+    await server.start()
+    return server
