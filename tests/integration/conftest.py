@@ -149,6 +149,8 @@ def mirror_factory(tmp_path):
     yield make
     for mirror in started:
         mirror.stop()
+    for storage in {Path(mirror.cfg.mirror.storage) for mirror in started}:
+        assert_storage_intact(storage)  # whatever the test did, no blob in storage is corrupt
 
 
 @pytest.fixture
