@@ -4,6 +4,7 @@
 #   ./run.sh web     the same with mitmweb for inspecting flows (loopback, password protected)
 #   ./run.sh check   validate the configuration ($MIRROR_CONFIG or ./mirror.yaml) and exit
 #   ./run.sh status  a short summary of the running mirror (its stats page: http://<rewriter.listen>/_mirror/stats)
+#   ./run.sh evictions  what the next expiry pass would remove (mirror.max_age, mirror.max_bytes); changes nothing
 #   ./run.sh warm IMAGE... | -f FILE   pull images (every platform) into the running mirror before a deploy
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    lint, then the test suite (pytest arguments may follow)
@@ -79,7 +80,7 @@ case "$cmd" in
       ensure_debian_packages docker-registry
     ensure_venv
     run_python -m registry_mirror.cli "$cmd" "$@" ;;
-  check|status)  # only read the configuration or ask the running mirror: no package needed
+  check|status|evictions)  # only read the configuration, the storage or the running mirror: no package needed
     ensure_venv
     run_python -m registry_mirror.cli "$cmd" "$@" ;;
   warm)
@@ -115,6 +116,6 @@ case "$cmd" in
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -12,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
+from . import notifications
 from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
+from .expiry import Expiry
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator
+from .pulls import LastPulls
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
@@ -43,6 +49,8 @@ class RegistryMirror:
         self.config: config_mod.Config | None = None
         self.router: Router | None = None
         self.blobs: BlobServer | None = None
+        self.expiry: Expiry | None = None
+        self.notify_secret = ""
         self.stats = Stats()
         self.started = asyncio.Event()
 
@@ -83,9 +91,23 @@ class RegistryMirror:
         else:  # the registry, on the address it reaches the addon at
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
+        self.expiry = self._start_expiry()
         self.started.set()
 
+    def _start_expiry(self) -> Expiry:
+        mirror = self.config.mirror
+        self.notify_secret = notifications.notification_secret(mirror.storage)
+        # one file of last pulls per replica (replicas may share the storage), named by host and listener
+        replica = f"{socket.gethostname()}-{self.config.rewriter.listen.port}"
+        pulls = LastPulls(Path(mirror.storage.rstrip("/") + ".pulls"), replica)
+        expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
+                        in_flight=lambda: frozenset(self.blobs.coalescer.transfers))
+        expiry.start()
+        return expiry
+
     async def done(self) -> None:
+        if self.expiry:
+            await self.expiry.stop()
         if self.blobs:
             await self.blobs.close()
         if self.router:
@@ -101,6 +123,9 @@ class RegistryMirror:
             ready = self.started.is_set()
             flow.response = http.Response.make(200 if ready else 503, json.dumps({"ready": ready}).encode(),
                                                {"Content-Type": "application/json"})
+            return
+        if flow.request.path == notifications.NOTIFY_PATH:
+            flow.response = self._notified(flow)
             return
         if flow.request.path == "/favicon.ico":  # a browser on the stats page; not a registry request
             flow.response = http.Response.make(204)
@@ -147,6 +172,19 @@ class RegistryMirror:
         # before mitmproxy's Save (script addons come first), which writes a failed flow to a `-w` dump as it is
         flow.request.headers.pop(TICKET_HEADER, None)
 
+    def _notified(self, flow: http.HTTPFlow) -> http.Response:
+        """The registry's event: answered at once (it queues events in memory until then)."""
+        status, reason, envelope = notifications.check(
+            flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
+            self.notify_secret or "\0unset")
+        if status == 202 and self.expiry:
+            self.expiry.notified(envelope)
+        elif status != 202:
+            log.warning("refused a notification: %s", reason)
+        flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
+        return http.Response.make(status, json.dumps({"accepted": status == 202, "reason": reason}).encode(),
+                                  {"Content-Type": "application/json"})
+
     def _stats_response(self, path: str) -> http.Response:
         snap = self.stats.snapshot(self.router.routes.values() if self.router else (),
                                    self.blobs.coalescer.transfers.values() if self.blobs else ())
@@ -154,6 +192,9 @@ class RegistryMirror:
         if peers:
             snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
                              "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
+        if self.expiry:
+            snap["storage"] = {**asdict(self.expiry.state), "max_bytes": self.expiry.max_bytes,
+                               "max_age_s": self.expiry.max_age, "oldest_last_pull": self.expiry.pulls.oldest()}
         if path == JSON_PATH:
             return http.Response.make(200, json.dumps(snap, indent=1).encode(), {"Content-Type": "application/json"})
         if path == METRICS_PATH:

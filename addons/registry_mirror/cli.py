@@ -22,6 +22,9 @@ import yaml
 
 from . import certs, processes
 from .config import Config, ConfigError, config_path, load
+from .expiry import Expiry
+from .notifications import notification_secret
+from .pulls import LastPulls
 from .registry_config import proxy_registry_config
 from .stats_views import JSON_PATH, READY_PATH, summary_text
 
@@ -76,7 +79,7 @@ class Mirror:
             f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}")))
         registry_log = self.log_dir / "registry.log"
         self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log,
-                                        netns=self.netns)
+                                        netns=self.netns, redact=(notification_secret(cfg.mirror.storage),))
         processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
                                 what="the stock registry", log_path=registry_log, netns=self.netns)
 
@@ -170,6 +173,20 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_evictions(args) -> int:
+    """What the next expiry pass would remove, least recently pulled first; nothing is changed."""
+    cfg = _load_or_exit(args.config)
+    storage = cfg.mirror.storage
+    pulls = LastPulls(Path(storage.rstrip("/") + ".pulls"), replica="preview")  # every replica's, merged
+    plan = Expiry(storage, cfg.mirror.max_age, cfg.mirror.max_bytes, pulls).preview()
+    for removal in plan.removals:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(removal.last_pull))
+        print(f"{removal.image.repository}@{removal.image.digest}  last pulled {when}  ({removal.reason})")
+    print(f"{len(plan.removals)} images, {len(plan.blobs)} blobs, {plan.bytes_freed} bytes would go; "
+          f"{plan.bytes_kept} bytes stay (max_bytes: {cfg.mirror.max_bytes or 'none'})")
+    return 0
+
+
 def cmd_up(args) -> int:
     cfg = _load_or_exit(args.config)
     problems = preflight(cfg, args.web)
@@ -222,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
     sub.add_parser("status", help="a summary of the running mirror's stats").set_defaults(func=cmd_status)
+    sub.add_parser("evictions", help="what the next expiry pass would remove (changes nothing)").set_defaults(
+        func=cmd_evictions)
     for name, web in (("up", False), ("web", True)):
         p = sub.add_parser(name, help="run the mirror" + (" with mitmweb" if web else ""))
         p.add_argument("--log-dir", help="where the processes' logs go (default: a new temporary folder)")

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .requests import valid_name
+from .units import parse_duration, parse_size
 
 DEFAULT_PATH = "mirror.yaml"
 ENV_PATH = "MIRROR_CONFIG"
@@ -103,6 +104,8 @@ class MirrorConfig:
     tls: bool = True
     tls_cert: str = "certs/mirror.crt"
     tls_key: str = "certs/mirror.key"
+    max_age: float = 7 * 86400.0  # seconds an image not pulled is kept
+    max_bytes: int | None = None  # above this, the least recently pulled images go first
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,8 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class ScaleConfig:
-    """Replicas in one data center sharing storage: redis holds the registry's blob descriptors and one
-    lock per digest in flight, so a layer crosses the WAN once whichever replica is asked for it."""
+    """Replicas in one data center sharing storage: redis holds one lock per digest in flight, so a layer
+    crosses the WAN once whichever replica is asked for it."""
     redis: Address | None = None  # None: a single replica, nothing shared
     redis_db: int = 0
     redis_password: Secret | None = field(default=None, repr=False)
@@ -169,7 +172,8 @@ _ROUTE_KEYS = {**_UPSTREAM_KEYS, "prefix": str, "ns": list, "strip_prefix": bool
 _CREDENTIAL_KEYS = ("username", "password", "password_file", "token", "token_file", "anonymous")
 _NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts",
                            "repository", "library")
-_MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str}
+_MIRROR_KEYS = {"listen": str, "storage": str, "tls": bool, "tls_cert": str, "tls_key": str,
+                "max_age": (int, float, str), "max_bytes": (int, str)}
 _REWRITER_KEYS = {"listen": str, "web_listen": str, "web_password": str, "web_password_file": str,
                   "blob_redirect": bool, "log_format": str}
 _CACHE_KEYS = {"tag_ttl": (int, float), "blob_head_ttl": (int, float), "manifest_bytes": int, "spool_dir": str,
@@ -376,7 +380,16 @@ def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:
 
 
 def _mirror(v: dict, resolve) -> MirrorConfig:
+    try:
+        max_age = parse_duration("mirror.max_age", v.get("max_age", MirrorConfig.max_age))
+        max_bytes = parse_size("mirror.max_bytes", v["max_bytes"]) if v.get("max_bytes") is not None else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if max_age < 60:
+        raise ConfigError(f"mirror.max_age: {v.get('max_age')!r} is under a minute; an image would be gone before "
+                          f"its deploy ends (7d is the default)")
     return MirrorConfig(
+        max_age=max_age, max_bytes=max_bytes,
         listen=parse_address("mirror.listen", v.get("listen", "0.0.0.0:5000")),
         storage=resolve(v.get("storage", "./data/registry")),
         tls=v.get("tls", True),

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,14 +58,28 @@ def in_netns(args: list[str], netns: str | None) -> list[str]:
 
 
 def start(args: list[str], log_path: Path, env: dict[str, str] | None = None,
-          netns: str | None = None) -> subprocess.Popen:
-    """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), output to a file."""
+          netns: str | None = None, redact: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), output to a file,
+    with every string in `redact` replaced on its way there (the stock registry logs its notification
+    endpoint's headers)."""
     args = in_netns(args, netns)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE if redact else out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
                                 start_new_session=True)
+    if redact:
+        threading.Thread(target=_copy_redacted, args=(proc.stdout, log_path, redact), daemon=True).start()
+    return proc
+
+
+def _copy_redacted(source, log_path: Path, secrets: tuple[str, ...]) -> None:
+    with source, open(log_path, "ab", buffering=0) as out:
+        for line in source:
+            for secret in secrets:
+                line = line.replace(secret.encode(), b"<redacted by artifactory-mirror>")
+            out.write(line)
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,

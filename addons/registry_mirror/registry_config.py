@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets
 
 from .config import Config
+from .notifications import NOTIFY_PATH, endpoint_config, notification_secret
 
 
 def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None) -> dict:
@@ -20,18 +21,18 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
         "log": {"level": "info", "formatter": "text", "fields": {"service": "mirror-registry"}},
         "storage": {
             "filesystem": {"rootdirectory": cfg.mirror.storage},
-            # replicas sharing the storage share what they know of it, too
-            "cache": {"blobdescriptor": "redis" if cfg.scale.enabled else "inmemory"},
-            "delete": {"enabled": True},  # the proxy's 7-day expiry deletes through this
+            # no blob descriptor cache: the mirror's expiry deletes blobs behind the registry's back, and a
+            # cached descriptor of a deleted blob is served as 200 with no bytes
+            # deletes off: the proxy's own 7-day expiry then fails harmlessly instead of deleting blob data
+            # other repositories link to (distribution#2367, #4249); expiry.py expires instead
+            "delete": {"enabled": False},
         },
         "http": http,
         "proxy": {"remoteurl": remote_url},
+        # every pull it serves, from storage too: the last pulls the mirror's expiry goes by
+        "notifications": endpoint_config(remote_url.rstrip("/") + NOTIFY_PATH,
+                                         notification_secret(cfg.mirror.storage)),
     }
-    if cfg.scale.enabled:
-        generated["redis"] = {"addr": str(cfg.scale.redis), "db": cfg.scale.redis_db, "dialtimeout": "2s",
-                              "readtimeout": "2s", "writetimeout": "2s"}
-        if cfg.scale.redis_password:
-            generated["redis"]["password"] = str(cfg.scale.redis_password)
     return generated
 
 

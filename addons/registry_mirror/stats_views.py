@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -85,6 +86,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <td id="bodies-cut-short">{integrity['bodies_cut_short']}</td></tr>
 <tr><th>cached answers dropped as inconsistent</th>
 <td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr></table>
+{_storage_html(snap.get("storage"))}
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
 {transfers}</table>
@@ -92,6 +94,22 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
  &middot; refreshes every {refresh_seconds} s</small></p>
 </body></html>
 """
+
+
+def _storage_html(storage: dict | None) -> str:
+    if storage is None:
+        return ""
+    used = "not measured yet" if storage["used_bytes"] is None else human_bytes(storage["used_bytes"])
+    cap = "no cap" if storage["max_bytes"] is None else human_bytes(storage["max_bytes"])
+    oldest = storage["oldest_last_pull"]
+    oldest_text = "none" if oldest is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(oldest))
+    return f"""<h2>Storage and expiry</h2>
+<table id="storage"><tr><th>in storage</th><td id="storage-used">{used}</td></tr>
+<tr><th>cap (mirror.max_bytes)</th><td id="storage-cap">{cap}</td></tr>
+<tr><th>images in storage</th><td id="storage-images">{storage['images']}</td></tr>
+<tr><th>images evicted</th><td id="images-evicted">{storage['images_evicted']}</td></tr>
+<tr><th>bytes evicted</th><td id="bytes-evicted">{human_bytes(storage['bytes_evicted'])}</td></tr>
+<tr><th>oldest last pull</th><td id="oldest-last-pull">{oldest_text}</td></tr></table>"""
 
 
 class _SnapshotCollector:
@@ -127,6 +145,16 @@ class _SnapshotCollector:
         yield CounterMetricFamily("mirror_cache_dropped_inconsistent",
                                   "Cached answers dropped because verified bytes contradicted them.",
                                   value=integrity["cache_dropped_inconsistent"])
+        if storage := snap.get("storage"):
+            if storage["used_bytes"] is not None:
+                yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage at the last pass.",
+                                        value=storage["used_bytes"])
+            if storage["max_bytes"] is not None:
+                yield GaugeMetricFamily("mirror_storage_max_bytes", "mirror.max_bytes.", value=storage["max_bytes"])
+            yield CounterMetricFamily("mirror_images_evicted", "Images removed by the expiry.",
+                                      value=storage["images_evicted"])
+            yield CounterMetricFamily("mirror_bytes_evicted", "Blob bytes freed by the expiry.",
+                                      value=storage["bytes_evicted"])
         yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
                                 value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",

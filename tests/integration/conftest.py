@@ -127,14 +127,16 @@ def mirror_factory(tmp_path):
     started: list[Mirror] = []
 
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
-             routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None) -> RunningMirror:
+             routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
+             mirror_keys: dict | None = None) -> RunningMirror:
         workdir = tmp_path / f"mirror{len(started)}"
         workdir.mkdir()
         cfg_path = workdir / "mirror.yaml"
         cfg_path.write_text(yaml.safe_dump({
             "upstream": {"repository": "docker-local", **upstream_keys},
             "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(storage or workdir / "storage"),
-                       "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
+                       "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
+                       **(mirror_keys or {})},
             "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
             **({"routes": routes} if routes else {}),

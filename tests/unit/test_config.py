@@ -139,3 +139,23 @@ def test_cache_blob_head_ttl_errors_name_the_key(value, fragment):
     with pytest.raises(ConfigError) as e:
         parse({**BASE, "cache": {"blob_head_ttl": value}})
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("mirror,max_age,max_bytes", [
+    ({}, 7 * 86400.0, None),
+    ({"max_age": "12h", "max_bytes": "500GiB"}, 43200.0, 500 * 1024 ** 3),
+    ({"max_age": 3600, "max_bytes": 10 ** 9}, 3600.0, 10 ** 9),
+])
+def test_expiry_keys(mirror, max_age, max_bytes):
+    cfg = parse({**BASE, "mirror": mirror})
+    assert (cfg.mirror.max_age, cfg.mirror.max_bytes) == (max_age, max_bytes)
+
+
+@pytest.mark.parametrize("mirror,fragment", [
+    ({"max_age": "7 days"}, "mirror.max_age: '7 days' is not a duration; write seconds"),
+    ({"max_age": "30s"}, "mirror.max_age: '30s' is under a minute"),
+    ({"max_bytes": "500G"}, "mirror.max_bytes: '500G' is not a size; write bytes"),
+])
+def test_expiry_key_errors_name_the_key(mirror, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        parse({**BASE, "mirror": mirror})

@@ -1,0 +1,123 @@
+"""When each image was last pulled, from the stock registry's notifications: the clock of the mirror's expiry.
+
+The registry sends a `pull` event for every manifest and blob it serves, from its storage or from the
+remote (HEADs included), so pulls that never reach the addon count too. Kept per (repository, manifest
+digest) as wall-clock times, so that ages survive restarts; written whole (temp file + rename) at most once
+a second, one file per replica in a folder next to the storage, so that replicas sharing a storage each
+write their own and every replica's expiry sees the latest pull of any of them. An image found in storage
+with no pull known (written by an older mirror, or before this file existed) counts as pulled when first
+seen: nothing is removed on the strength of a time nobody recorded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recently pulled are forgotten
+
+MANIFEST_TYPES = frozenset({
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+json", "application/vnd.docker.distribution.manifest.v1+prettyjws",
+})
+
+
+def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
+    """(repository, manifest digest) of every manifest pull in a notification envelope; junk is skipped."""
+    events = envelope.get("events") if isinstance(envelope, dict) else None
+    found = []
+    for event in events if isinstance(events, list) else ():
+        target = event.get("target") if isinstance(event, dict) else None
+        if not isinstance(target, dict) or event.get("action") != "pull":
+            continue
+        repository, digest = target.get("repository"), target.get("digest")
+        if target.get("mediaType") in MANIFEST_TYPES and isinstance(repository, str) and isinstance(digest, str):
+            found.append((repository, digest))
+    return found
+
+
+def pulled_blob_bytes(envelope: object) -> int:
+    """Bytes of the blob pulls in an envelope (GETs only: a HEAD moves no bytes)."""
+    events = envelope.get("events") if isinstance(envelope, dict) else None
+    total = 0
+    for event in events if isinstance(events, list) else ():
+        if not isinstance(event, dict) or event.get("action") != "pull":
+            continue
+        target, request = event.get("target") or {}, event.get("request") or {}
+        size = target.get("size") if isinstance(target, dict) else None
+        if isinstance(size, int) and target.get("mediaType") not in MANIFEST_TYPES and \
+                isinstance(request, dict) and request.get("method") == "GET":
+            total += size
+    return total
+
+
+class LastPulls:
+    def __init__(self, folder: Path, replica: str, clock: Callable[[], float] = time.time):
+        self.folder, self.path, self._clock = folder, folder / f"{replica}.json", clock
+        self.mine: dict[tuple[str, str], float] = self._read(self.path)
+        self._dirty = False
+
+    def now(self) -> float:
+        return self._clock()
+
+    def record(self, images: Iterable[tuple[str, str]]) -> None:
+        now = self._clock()
+        for image in images:
+            self.mine.pop(image, None)  # re-inserted last: the dict stays in pull order, oldest first
+            self.mine[image] = now
+            self._dirty = True
+        while len(self.mine) > MAX_IMAGES:  # a flood of (forged or real) events cannot grow it without bound
+            self.mine.pop(next(iter(self.mine)))
+
+    def forget(self, images: Iterable[tuple[str, str]]) -> None:
+        for image in images:
+            self._dirty |= self.mine.pop(image, None) is not None
+
+    def first_seen(self, images: Iterable[tuple[str, str]], at: float) -> None:
+        """Images found in storage with no pull known: their age starts at `at` (and survives restarts)."""
+        for image in images:
+            if image not in self.mine:
+                self.mine[image] = at
+                self._dirty = True
+
+    def latest(self) -> dict[tuple[str, str], float]:
+        """Every replica's last pulls, merged (latest wins): what an expiry pass goes by."""
+        merged = dict(self.mine)
+        for path in sorted(self.folder.glob("*.json")):
+            if path != self.path:
+                for image, at in self._read(path).items():
+                    merged[image] = max(at, merged.get(image, 0.0))
+        return merged
+
+    def oldest(self) -> float | None:
+        return min(self.mine.values(), default=None)
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        data = {"pulls": [[repo, digest, at] for (repo, digest), at in sorted(self.mine.items())]}
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+            self._dirty = False
+        except OSError as e:
+            log.warning("cannot write the last pulls to %s: %s", self.path, e)
+
+    @staticmethod
+    def _read(path: Path) -> dict[tuple[str, str], float]:
+        try:
+            rows = json.loads(path.read_text()).get("pulls", [])
+            return {(str(r), str(d)): float(t) for r, d, t in rows}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            log.warning("ignoring the last pulls in %s (%s): its images count as pulled when next seen", path, e)
+            return {}

@@ -1,0 +1,265 @@
+"""What the registry's filesystem storage holds, read once: repositories and their links, blob sizes, and the
+digests each manifest names.
+
+Distribution 2.8's filesystem layout under `<root>/docker/registry/v2` (a link holds the bare digest text):
+
+    repositories/<name>/_layers/<alg>/<hex>/link                        a blob linked to the repository
+    repositories/<name>/_manifests/revisions/<alg>/<hex>/link           a manifest the repository has
+    repositories/<name>/_manifests/tags/<tag>/current/link              the tag's manifest
+    repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link    the tag's history
+    blobs/<alg>/<hex[:2]>/<hex>/data                                    the bytes of every blob and manifest
+
+The registry keeps serving while this reads, so whatever vanishes or cannot be read is skipped, never raised.
+It writes links in place (truncate, then write), so an empty or garbled link may be one being written: the
+digest its directory names is `pending`, as is a tag's manifest before its revision link exists (the proxy
+writes the tag first), and eviction keeps their data.
+
+An `Image`, the unit of expiry, is a manifest revision of a repository that no other revision there reaches
+(an index's children go with their index) or that a tag names. A child pulled by digest alone leaves no trace
+in the tree, so it expires with its index; tag it, and it is an image of its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+V2 = Path("docker", "registry", "v2")
+# any algorithm folder is read: skipping one would miss the links in it, and then data they name could go
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-f]{32,}")
+HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+MAX_MANIFEST = 4 << 20  # Distribution refuses larger manifests, so larger data is not one
+
+
+def is_digest(text: str) -> bool:
+    if not DIGEST.fullmatch(text):
+        return False
+    algorithm, hex_ = text.split(":")
+    return len(hex_) == HEX_LENGTHS.get(algorithm, len(hex_))
+
+
+def revision_link(digest: str) -> str:
+    return "_manifests/revisions/{}/{}/link".format(*digest.split(":"))
+
+
+def layer_link(digest: str) -> str:
+    return "_layers/{}/{}/link".format(*digest.split(":"))
+
+
+def tag_current_link(tag: str) -> str:
+    return f"_manifests/tags/{tag}/current/link"
+
+
+def tag_index_link(tag: str, digest: str) -> str:
+    return "_manifests/tags/{}/index/{}/{}/link".format(tag, *digest.split(":"))
+
+
+def blob_data(digest: str) -> str:
+    """The data file of a blob or manifest, relative to the v2 directory."""
+    algorithm, hex_ = digest.split(":")
+    return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+
+def parse_manifest(data: bytes) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(child manifests, other blobs) that a manifest names, or None when the data is not a JSON manifest.
+
+    Configs, layers, an index's children, schema1's fsLayers and an OCI artifact's blobs; not `subject`: a
+    signature needs the image it signs, but does not own it."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):  # undecodable bytes are a ValueError too
+        return None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") not in (1, 2):
+        return None
+
+    def digests(key: str, field: str = "digest") -> frozenset[str]:
+        entries = doc.get(key)
+        entries = [entries] if isinstance(entries, dict) else entries if isinstance(entries, list) else []
+        values = (entry.get(field) for entry in entries if isinstance(entry, dict))
+        return frozenset(v for v in values if isinstance(v, str) and is_digest(v))
+
+    blobs = digests("config") | digests("layers") | digests("blobs") | digests("fsLayers", "blobSum")
+    return digests("manifests"), blobs
+
+
+class Image(NamedTuple):
+    """A tuple, so that it is also the (repository, digest) key last pulls are recorded by."""
+    repository: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    revisions: Mapping[str, str]  # manifest digest -> the digest its link holds (another only across algorithms)
+    layers: Mapping[str, str]  # blob digest -> the digest its link holds
+    tags: Mapping[str, str]  # tag -> its current manifest digest
+    tag_history: Mapping[str, frozenset[str]]  # tag -> the digests its index entries are named by
+
+
+@dataclass(frozen=True)
+class Inventory:
+    repositories: Mapping[str, Repository]
+    blob_sizes: Mapping[str, int]  # digest -> bytes of its data file
+    references: Mapping[str, frozenset[str]]  # manifest digest -> the digests its data names
+    unreadable: frozenset[str]  # manifests whose data is missing or not a manifest
+    pending: frozenset[str]  # digests the registry may be writing links for right now
+    images: tuple[Image, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.blob_sizes.values())
+
+    def image_blobs(self, image: Image) -> frozenset[str]:
+        """Every digest the image needs: its manifest, configs, layers, children and theirs."""
+        repository = self.repositories[image.repository]
+        needed = _reach(image.digest, self.references)
+        if needed & self.unreadable:  # what it needs is unknown, so it keeps every layer of its repository
+            needed |= repository.layers.keys()
+        # a link may hold another algorithm's digest of the same blob: Distribution serves that one's data
+        needed |= {links[d] for links in (repository.revisions, repository.layers) for d in needed if d in links}
+        return frozenset(needed)
+
+
+def inventory(root: Path) -> Inventory:
+    """Reads the storage under the registry's `rootdirectory` once."""
+    v2 = root / V2
+    pending: set[str] = set()
+    repositories = _repositories(v2 / "repositories", pending)
+    references: dict[str, frozenset[str]] = {}
+    unreadable: set[str] = set()
+    revisions = {link for repository in repositories.values() for link in repository.revisions.items()}
+    todo, seen = list(revisions), set()
+    while todo:
+        digest, target = todo.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        data = _read(v2 / blob_data(target), MAX_MANIFEST + 1)
+        if data is None and (digest, target) not in revisions:
+            continue  # an index's child never pulled: the index names it, and that is all
+        parsed = parse_manifest(data) if data is not None and len(data) <= MAX_MANIFEST else None
+        if parsed is None:
+            unreadable.add(digest)
+            continue
+        children, blobs = parsed
+        references[digest] = children | blobs
+        todo.extend((child, child) for child in children)
+    for repository in repositories.values():
+        pending.update(set(repository.tags.values()) - repository.revisions.keys())
+    return Inventory(repositories, _blob_sizes(v2 / "blobs"), references, frozenset(unreadable),
+                     frozenset(pending), _images(repositories, references))
+
+
+def linked_now(root: Path) -> frozenset[str]:
+    """Every digest a link of any repository names at this moment, including links being written."""
+    named: set[str] = set()
+    for r in _repositories(root / V2 / "repositories", named).values():
+        named.update(r.revisions.keys(), r.revisions.values(), r.layers.keys(), r.layers.values(), r.tags.values())
+    return frozenset(named)
+
+
+def _images(repositories: Mapping[str, Repository], references: Mapping[str, frozenset[str]]) -> tuple[Image, ...]:
+    images = []
+    for name, repository in sorted(repositories.items()):
+        revisions = repository.revisions.keys()
+        reached = {d: _reach(d, references) for d in revisions}
+        children = {c for d, reach in reached.items() for c in reach - {d}} & revisions
+        roots = (revisions - children) | (set(repository.tags.values()) & revisions)
+        covered = set().union(*(reached[r] for r in roots))
+        roots |= revisions - covered  # revisions that only reach each other: garbage, but still someone's
+        images.extend(Image(name, digest) for digest in sorted(roots))
+    return tuple(images)
+
+
+def _reach(start: str, references: Mapping[str, frozenset[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        digest = todo.pop()
+        if digest not in seen:
+            seen.add(digest)
+            todo.extend(references.get(digest, ()))
+    return seen
+
+
+def _repositories(top: Path, pending: set[str]) -> dict[str, Repository]:
+    # a name has any number of components, and `team` can be a repository as well as `team/app`'s parent
+    found, todo = {}, [""]
+    while todo:
+        name = todo.pop()
+        children = _subdirs(top / name)
+        if name and ("_manifests" in children or "_layers" in children):
+            found[name] = _repository(name, top / name, pending)
+        todo.extend(f"{name}/{child}".lstrip("/") for child in children if not child.startswith("_"))
+    return found
+
+
+def _repository(name: str, path: Path, pending: set[str]) -> Repository:
+    manifests = path / "_manifests"
+    tags, history = {}, {}
+    for tag in _subdirs(manifests / "tags"):
+        current = _read_link(manifests / "tags" / tag / "current" / "link")
+        if current:
+            tags[tag] = current
+        entries = frozenset(digest for digest, _ in _link_dirs(manifests / "tags" / tag / "index"))
+        if entries:
+            history[tag] = entries
+    return Repository(name, _links(manifests / "revisions", pending), _links(path / "_layers", pending), tags,
+                      history)
+
+
+def _links(base: Path, pending: set[str]) -> dict[str, str]:
+    links = {}
+    for digest, link in _link_dirs(base):
+        target = _read_link(link)
+        if target:
+            links[digest] = target
+        else:
+            pending.add(digest)
+    return links
+
+
+def _link_dirs(base: Path) -> Iterator[tuple[str, Path]]:
+    for algorithm in _subdirs(base):
+        for hex_ in _subdirs(base / algorithm):
+            if is_digest(f"{algorithm}:{hex_}"):
+                yield f"{algorithm}:{hex_}", base / algorithm / hex_ / "link"
+
+
+def _blob_sizes(blobs: Path) -> dict[str, int]:
+    sizes = {}
+    for algorithm in _subdirs(blobs):
+        for prefix in _subdirs(blobs / algorithm):
+            for hex_ in _subdirs(blobs / algorithm / prefix):
+                digest = f"{algorithm}:{hex_}"
+                if is_digest(digest) and hex_.startswith(prefix):
+                    try:
+                        sizes[digest] = (blobs / algorithm / prefix / hex_ / "data").stat().st_size
+                    except OSError:
+                        pass  # being moved into place, or just deleted
+    return sizes
+
+
+def _read_link(path: Path) -> str | None:
+    text = (_read(path, 256) or b"").decode("ascii", "replace").strip()
+    return text if is_digest(text) else None
+
+
+def _read(path: Path, limit: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def _subdirs(path: Path) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []

@@ -1,0 +1,258 @@
+"""Eviction removes images by age and by size without ever leaving a link to deleted data, even across a crash."""
+import tempfile
+from pathlib import Path
+
+import pytest
+from registry_mirror.eviction import SimulatedCrash, apply, plan
+from registry_mirror.storage_inventory import Image, inventory
+
+from .test_storage_inventory import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage
+
+NOW, MAX_AGE = 1_000_000.0, 3600.0
+OLD, RECENT = NOW - 2 * MAX_AGE, NOW - 60
+
+
+def pulled(times: dict[tuple[str, str], float], default: float = RECENT):
+    return lambda repository, digest: times.get((repository, digest), default)
+
+
+def run(storage: Storage, times, max_bytes=None, in_flight=frozenset(), fail_after=None):
+    p = plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, max_bytes, in_flight)
+    return p, apply(storage.root, p, fail_after)
+
+
+def repository_tree(storage: Storage, name: str) -> dict:
+    return {k: v for k, v in storage.tree().items() if k.startswith(f"docker/registry/v2/repositories/{name}/")}
+
+
+@pytest.fixture
+def storage(tmp_path) -> Storage:
+    return Storage(tmp_path)
+
+
+@pytest.mark.parametrize("media_type", [DOCKER_V2, OCI_MANIFEST])
+@pytest.mark.parametrize("expired_name", ["a", "team/a"])
+def test_an_expired_repository_goes_and_the_blobs_it_shares_stay(storage, media_type, expired_name):
+    base = [storage.blob(1000), storage.blob(2000)]
+    only_a = storage.blob(300)
+    a = storage.image(expired_name, [*base, only_a], tag="1.0", media_type=media_type)
+    b = storage.image("b", base, tag="1.0", media_type=media_type)
+    b_before = repository_tree(storage, "b")
+    config_a = inventory(storage.root).image_blobs(Image(expired_name, a)) - {a, only_a, *base}
+    p, applied = run(storage, {(expired_name, a): OLD, ("b", b): RECENT})
+    assert [(r.image, r.reason) for r in p.removals] == [(Image(expired_name, a), "age")]
+    assert p.repositories_removed == (expired_name,)
+    assert not (storage.v2 / "repositories" / expired_name).exists()
+    assert not (storage.v2 / "repositories" / "team").exists()  # emptied parents go too
+    assert repository_tree(storage, "b") == b_before
+    assert all(storage.data_path(d).exists() for d in [*base, b])
+    assert set(p.blobs) == {a, only_a, *config_a} and not any(storage.data_path(d).exists() for d in p.blobs)
+    assert applied.images == ((Image(expired_name, a), OLD),) and set(applied.blobs) == set(p.blobs)
+    assert applied.bytes_freed == p.bytes_freed > 300 and storage.broken_links() == []
+
+
+def test_links_go_tags_first_then_revisions_then_layers(storage):
+    child = storage.image("multi", [storage.blob()])
+    index = storage.index("multi", [child], tag="1.0")
+    (removal,) = plan(inventory(storage.root), pulled({}, OLD), NOW, MAX_AGE, None).removals
+    kinds = ["tag" if "/tags/" in link else "revision" if "/revisions/" in link else "layer" for link in removal.links]
+    assert kinds == ["tag"] * 2 + ["revision"] * 2 + ["layer"] * 2
+    assert removal.links[-3] == "_manifests/revisions/sha256/{}/link".format(index.split(":")[1])  # its own last
+    assert removal.links[1] == "_manifests/tags/1.0/current/link"  # after the tag's history
+
+
+# sizes: base 1000 shared by all; a 10_000, b 20_000, c 40_000 of their own; manifests and configs < 2000 in all
+@pytest.mark.parametrize("max_bytes, removed", [
+    (None, []),
+    (80_000, []),  # 71_000 and some: counting the shared base thrice would make it 73_000 and more
+    (70_000, ["a"]),
+    (50_000, ["a", "b"]),
+    (40_000, ["a", "b", "c"]),
+    (0, ["a", "b", "c"]),
+])
+def test_above_the_cap_the_least_recently_pulled_go_first(storage, max_bytes, removed):
+    base = storage.blob(1000)
+    own = {name: storage.blob(size) for name, size in [("a", 10_000), ("b", 20_000), ("c", 40_000)]}
+    images = {name: storage.image(name, [base, layer], tag="1.0") for name, layer in own.items()}
+    times = {(name, images[name]): RECENT - 30 + i for i, name in enumerate(["a", "b", "c"])}
+    p, applied = run(storage, times, max_bytes)
+    assert [(r.image.repository, r.reason) for r in p.removals] == [(name, "size") for name in removed]
+    assert (base in p.blobs) == (len(removed) == 3)  # freed only when no remaining image needs it
+    assert all((own[name] in p.blobs) == (name in removed) for name in own)
+    assert max_bytes is None or p.bytes_kept <= max_bytes or len(removed) == 3
+    assert p.bytes_kept == inventory(storage.root).total_bytes and applied.bytes_freed == p.bytes_freed
+
+
+def test_expired_images_go_before_the_cap_is_considered(storage):
+    old, new = storage.image("old", [storage.blob(5000)]), storage.image("new", [storage.blob(5000)])
+    p, _ = run(storage, {("old", old): OLD, ("new", new): RECENT}, max_bytes=7000)
+    assert [(r.image.repository, r.reason) for r in p.removals] == [("old", "age")]
+
+
+@pytest.mark.parametrize("media_type", [DOCKER_LIST, OCI_INDEX])
+@pytest.mark.parametrize("index_pulled, children_stay", [(OLD, False), (RECENT, True)])
+def test_an_index_keeps_or_loses_all_its_platforms_together(storage, media_type, index_pulled, children_stay):
+    shared = storage.blob()
+    amd, arm = storage.image("multi", [shared, storage.blob()]), storage.image("multi", [shared, storage.blob()])
+    index = storage.index("multi", [amd, arm], tag="1.0", media_type=media_type)
+    other = storage.image("other", [shared], tag="1.0")
+    inv = inventory(storage.root)
+    platform_blobs = inv.image_blobs(Image("multi", index)) - {shared}
+    # the children's own pull times do not count: they are no images of their own
+    times = {("multi", index): index_pulled, ("multi", amd): OLD, ("multi", arm): OLD, ("other", other): NOW}
+    p, _ = run(storage, times)
+    assert [r.image for r in p.removals] == ([] if children_stay else [Image("multi", index)])
+    assert all(storage.data_path(d).exists() == children_stay for d in platform_blobs)
+    assert storage.data_path(shared).exists() and storage.broken_links() == []
+
+
+def test_a_tagged_child_outlives_its_expired_index(storage):
+    amd, arm = storage.image("multi", [storage.blob()]), storage.image("multi", [storage.blob()])
+    index = storage.index("multi", [amd, arm], tag="1.0")
+    storage.tag("multi", "arm", arm)
+    arm_blobs = inventory(storage.root).image_blobs(Image("multi", arm))
+    p, _ = run(storage, {("multi", index): OLD, ("multi", arm): RECENT})
+    assert [r.image for r in p.removals] == [Image("multi", index)]
+    left = inventory(storage.root)
+    assert left.images == (Image("multi", arm),) and left.image_blobs(Image("multi", arm)) == arm_blobs
+    assert set(left.blob_sizes) == arm_blobs and left.repositories["multi"].tags == {"arm": arm}
+
+
+@pytest.mark.parametrize("which", ["manifest", "config", "layer"])
+def test_in_flight_blobs_keep_their_data_and_lose_their_links(storage, which):
+    layer = storage.blob()
+    a = storage.image("a", [layer], tag="1.0")
+    config = next(d for d in inventory(storage.root).image_blobs(Image("a", a)) if d not in (a, layer))
+    flying = {"manifest": a, "config": config, "layer": layer}[which]
+    p, applied = run(storage, {("a", a): OLD}, in_flight=frozenset({flying}))
+    assert flying not in p.blobs and flying not in applied.blobs and storage.data_path(flying).exists()
+    assert not (storage.v2 / "repositories" / "a").exists() and len(applied.blobs) == 2
+    # unlinked and no longer in flight: an orphan, which the next pass collects
+    assert run(storage, {})[1].blobs == (flying,)
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_orphan_blobs_are_collected(storage, in_flight):
+    orphan = storage.blob(500)
+    stray = storage.blob(700)
+    kept = storage.image("app", [storage.blob()], tag="1.0")
+    storage.link("app", "layer", stray)  # linked, but no manifest of the repository names it
+    p, applied = run(storage, {("app", kept): RECENT}, in_flight=frozenset({orphan} if in_flight else ()))
+    assert p.removals == () and p.stray_links == {"app": ("_layers/sha256/{}/link".format(stray.split(":")[1]),)}
+    assert set(applied.blobs) == ({stray} if in_flight else {orphan, stray})
+    assert storage.data_path(orphan).exists() == in_flight and storage.broken_links() == []
+    assert inventory(storage.root).images == (Image("app", kept),)
+
+
+def test_a_blob_linked_again_after_the_plan_is_kept(storage):
+    layer = storage.blob()
+    a = storage.image("a", [layer], tag="1.0")
+    p = plan(inventory(storage.root), pulled({("a", a): OLD}), NOW, MAX_AGE, None)
+    storage.link("b", "layer", layer)  # a pull through another repository, between plan and apply
+    applied = apply(storage.root, p)
+    assert applied.relinked == (layer,) and layer not in applied.blobs and storage.broken_links() == []
+
+
+def test_applying_a_plan_twice_is_harmless(storage):
+    a = storage.image("a", [storage.blob()], tag="1.0")
+    p = plan(inventory(storage.root), pulled({("a", a): OLD}), NOW, MAX_AGE, None)
+    first, second = apply(storage.root, p), apply(storage.root, p)
+    assert len(first.blobs) == 3 and first.links_deleted == 5
+    assert (second.blobs, second.bytes_freed, second.links_deleted) == ((), 0, 0)
+
+
+@pytest.mark.parametrize("link", ["_layers/sha256/{}/link", "_manifests/revisions/sha256/{}/link"])
+@pytest.mark.parametrize("text", ["", "sha256:", "\x00\xff"])
+def test_an_unreadable_link_and_its_data_stay_it_may_be_mid_write(storage, link, text):
+    blob = storage.blob()
+    a = storage.image("app", [storage.blob()], tag="1.0")
+    storage.write_link("app", link.format(blob.split(":")[1]), text)
+    p, applied = run(storage, {("app", a): OLD})
+    assert [r.image for r in p.removals] == [Image("app", a)] and len(applied.blobs) == 3
+    assert storage.data_path(blob).exists() and (storage.v2 / "repositories" / "app" / link.format(
+        blob.split(":")[1])).read_text() == text
+
+
+@pytest.mark.parametrize("kind", ["layer", "revision"])
+@pytest.mark.parametrize("pulled_at, stays", [(OLD, False), (RECENT, True)])
+def test_a_link_naming_missing_data_goes_with_its_image(storage, kind, pulled_at, stays):
+    layer = storage.blob()
+    a = storage.image("app", [layer], tag="1.0")
+    storage.data_path(a if kind == "revision" else layer).unlink()
+    before = repository_tree(storage, "app")
+    p, applied = run(storage, {("app", a): pulled_at})
+    assert [r.image for r in p.removals] == ([] if stays else [Image("app", a)])
+    # a manifest whose data is missing keeps its layers: what it needs is unknown
+    assert repository_tree(storage, "app") == (before if stays else {}) and len(applied.blobs) == (0 if stays else 2)
+
+
+@pytest.mark.parametrize("pulled_at, stays", [(OLD, False), (RECENT, True)])
+def test_a_manifest_that_is_not_json_keeps_every_layer_of_its_repository(storage, pulled_at, stays):
+    layer = storage.blob()
+    good = storage.image("app", [layer], tag="1.0")
+    odd = storage.put(b"\x00 not a manifest")
+    storage.link("app", "revision", odd)
+    p, _ = run(storage, {("app", good): OLD, ("app", odd): pulled_at})
+    assert {r.image for r in p.removals} == {Image("app", good)} | (set() if stays else {Image("app", odd)})
+    # what it needs is unknown, so the repository's layers stay as long as it does
+    left = inventory(storage.root).repositories
+    assert layer in left["app"].layers if stays else "app" not in left
+    assert storage.data_path(layer).exists() == stays and storage.data_path(odd).exists() == stays
+    assert not storage.data_path(good).exists() and storage.broken_links() == []
+
+
+def scenario(storage: Storage) -> dict[tuple[str, str], float]:
+    """Shared layers, a nested repository, an index with a tagged child, an orphan, a stray link, and an image
+    that goes by size: every kind of deletion, in several repositories."""
+    base = storage.blob(1000)
+    old_app = storage.image("team/app", [base, storage.blob(300)], tag="1.0")
+    new_app = storage.image("team/app", [base, storage.blob(300)], tag="2.0")
+    storage.tag("team/app", "2.0", old_app)  # the tag's history names the old image too
+    storage.tag("team/app", "2.0", new_app)
+    lib = storage.image("lib", [base, storage.blob(20_000)], tag="latest")
+    # pulled before lib, so it goes first, though lib alone would have been enough: a pass that deleted lib's
+    # links before zeta's and crashed would find itself under the cap, and keep zeta
+    zeta = storage.image("zeta", [storage.blob(2000)], tag="latest")
+    amd, arm = storage.image("multi", [base, storage.blob(200)]), storage.image("multi", [storage.blob(200)])
+    index = storage.index("multi", [amd, arm], tag="1.0")
+    storage.tag("multi", "arm", arm)
+    team = storage.image("team", [storage.blob(5000)], tag="x")
+    storage.blob(100)  # an orphan
+    storage.link("team/app", "layer", storage.blob(100))  # a stray link
+    return {("team/app", old_app): OLD, ("team/app", new_app): RECENT, ("lib", lib): RECENT - 500,
+            ("zeta", zeta): RECENT - 1000, ("multi", index): OLD, ("multi", arm): RECENT, ("team", team): RECENT}
+
+
+CAP = 15_000  # without lib the rest is under 10_000, with it above 30_000
+
+
+def _deletions() -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        storage = Storage(Path(folder))
+        times = scenario(storage)
+        return plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, CAP).deletions
+
+
+DELETIONS = _deletions()
+
+
+def test_the_scenario_has_every_kind_of_deletion(storage):
+    p, _ = run(storage, scenario(storage), CAP)
+    assert {r.reason for r in p.removals} == {"age", "size"} and p.stray_links and len(p.blobs) > 5
+    assert [(r.image.repository, r.reason) for r in p.removals] == [
+        ("multi", "age"), ("team/app", "age"), ("zeta", "size"), ("lib", "size")]
+    assert set(p.repositories_removed) == {"lib", "zeta"} and DELETIONS == p.deletions > 30
+
+
+@pytest.mark.parametrize("fail_after", range(DELETIONS))
+def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(tmp_path, fail_after):
+    clean, crashed = Storage(tmp_path / "clean"), Storage(tmp_path / "crashed")
+    times = scenario(clean)
+    assert scenario(crashed) == times and crashed.tree() == clean.tree()
+    run(clean, times, CAP)
+    with pytest.raises(SimulatedCrash):
+        run(crashed, times, CAP, fail_after=fail_after)
+    assert crashed.broken_links() == []
+    run(crashed, times, CAP)
+    assert crashed.tree() == clean.tree()
+    assert run(clean, times, CAP)[0].deletions == 0  # and a pass over a finished tree has nothing to do

@@ -1,0 +1,82 @@
+"""The expiry's passes over a real storage tree, with a fake clock: orphans are marked, then swept; a
+notification that may cross the cap wakes a pass; last pulls decide by age."""
+import asyncio
+
+from registry_mirror.expiry import Expiry
+from registry_mirror.pulls import LastPulls
+
+from .test_storage_inventory import Storage
+
+DAY = 86400.0
+
+
+class Clock:
+    now = 100 * DAY
+
+    def __call__(self):
+        return self.now
+
+
+def expiry(tmp_path, clock, max_age=7 * DAY, max_bytes=None, in_flight=frozenset()):
+    pulls = LastPulls(tmp_path / "pulls", "test", clock)
+    return Expiry(str(tmp_path / "storage"), max_age, max_bytes, pulls, in_flight=lambda: in_flight), pulls
+
+
+def test_an_image_is_kept_from_its_first_sighting_then_goes_max_age_after_its_last_pull(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    old = storage.image("team/old", [storage.blob()])
+    ex, pulls = expiry(tmp_path, clock)
+    assert asyncio.run(ex.run_pass()).images == ()  # never seen pulled: its age starts now
+    assert pulls.mine == {("team/old", old): clock.now}
+    clock.now += 7 * DAY + 1
+    applied = asyncio.run(ex.run_pass())
+    assert [image for image, _ in applied.images] == [("team/old", old)]
+    assert ex.state.images_evicted == 1 and ex.state.images == 0 and pulls.mine == {}
+
+
+def test_an_orphan_is_swept_only_by_the_pass_after_the_one_that_first_saw_it(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    orphan = storage.blob(1000)  # data committed, its link not written yet
+    ex, _ = expiry(tmp_path, clock)
+    assert asyncio.run(ex.run_pass()).blobs == () and ex.state.kept_in_flight == 1
+    assert storage.data_path(orphan).exists()
+    assert asyncio.run(ex.run_pass()).blobs == (orphan,)
+    assert not storage.data_path(orphan).exists()
+
+
+def test_an_orphan_linked_between_passes_is_kept(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    blob = storage.blob(1000)
+    ex, _ = expiry(tmp_path, clock)
+    asyncio.run(ex.run_pass())
+    storage.image("team/app", [blob])  # the registry wrote its links meanwhile
+    asyncio.run(ex.run_pass())
+    assert storage.data_path(blob).exists()
+
+
+def test_a_notification_that_may_cross_the_cap_wakes_a_pass(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    storage.image("team/app", [storage.blob(4000)])
+    ex, pulls = expiry(tmp_path, clock, max_bytes=10_000)
+
+    async def scenario():
+        await ex.run_pass()
+        event = {"action": "pull", "request": {"method": "GET"},
+                 "target": {"mediaType": "application/octet-stream", "size": 5000, "repository": "team/app",
+                            "digest": "sha256:" + "f" * 64}}
+        ex.notified({"events": [event]})
+        assert not ex._wake.is_set()  # 4 KB stored + 5 KB pulled: under the cap
+        ex.notified({"events": [event]})
+        assert ex._wake.is_set()
+    asyncio.run(scenario())
+
+
+def test_blobs_in_flight_are_never_deleted(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    layer = storage.blob(1000)
+    image = storage.image("team/app", [layer])
+    ex, pulls = expiry(tmp_path, clock, in_flight=frozenset({layer}))
+    pulls.record([("team/app", image)])
+    clock.now += 8 * DAY
+    applied = asyncio.run(ex.run_pass())
+    assert applied.images and storage.data_path(layer).exists()
