@@ -12,6 +12,7 @@
 #   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
 #   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
+#   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -111,11 +112,15 @@ case "$cmd" in
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/cold_cpu.py "$@" ;;
+  bench-descriptors)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python bench/descriptor_cache.py "$@" ;;
   bench-load)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

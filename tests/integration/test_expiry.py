@@ -60,9 +60,8 @@ def test_the_registrys_own_expiry_deletes_nothing_another_repository_needs(upstr
         entries[key]["ExpiryData"] = past
     schedule.write_text(json.dumps(entries))
     mirror.mirror.start()
-    registry_log = mirror.mirror.log_dir / "registry.log"
-    wait_for(lambda: registry_log.read_text().count("Scheduler error returned from OnExpire") >= len(moved),
-             "the registry to run the expiries now due")
+    # the registry drops an entry once its expiry has run, whatever it did (the file is written every 5 s)
+    wait_for(lambda: not set(moved) & set(json.loads(schedule.read_text())), "the registry to run the expiries due")
     assert blobs_of(a) | blobs_of(b) <= stored_digests(mirror.storage)  # nothing deleted
     upstream.control("reset")
     pull_all(mirror, tmp_path, b, label="after-")

@@ -80,3 +80,23 @@ def test_blobs_in_flight_are_never_deleted(tmp_path):
     clock.now += 8 * DAY
     applied = asyncio.run(ex.run_pass())
     assert applied.images and storage.data_path(layer).exists()
+
+
+def test_the_evictions_command_lists_what_the_next_pass_would_remove_and_changes_nothing(tmp_path, capsys):
+    import json
+
+    from registry_mirror.cli import main
+    storage = Storage(tmp_path / "storage")
+    old, new = storage.image("team/old", [storage.blob()]), storage.image("team/new", [storage.blob()])
+    (tmp_path / "storage.pulls").mkdir()
+    (tmp_path / "storage.pulls" / "host-8081.json").write_text(json.dumps({"pulls": [
+        ["team/old", old, 1.0], ["team/new", new, 4e9]]}))  # 1970, and 2096
+    config = tmp_path / "mirror.yaml"
+    config.write_text(f"upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
+                      f"mirror:\n  storage: {tmp_path / 'storage'}\n  max_age: 7d\n")
+    before = storage.tree()
+    assert main(["--config", str(config), "evictions"]) == 0
+    out = capsys.readouterr().out
+    assert f"team/old@{old}  last pulled 1970-01-01 00:00 UTC  (age)" in out and "team/new" not in out
+    assert out.strip().endswith("bytes stay (max_bytes: none)") and "1 images" in out
+    assert storage.tree() == before
