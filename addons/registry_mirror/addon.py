@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -97,11 +96,14 @@ class RegistryMirror:
     def _start_expiry(self) -> Expiry:
         mirror = self.config.mirror
         self.notify_secret = notifications.notification_secret(mirror.storage)
-        # one file of last pulls per replica (replicas may share the storage), named by host and listener
-        replica = f"{socket.gethostname()}-{self.config.rewriter.listen.port}"
+        # one file of last pulls per replica (replicas may share the storage), named by what the configuration
+        # says of it, so that a restart (a new container's hostname) writes the same file
+        scale = self.config.scale
+        replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
         pulls = LastPulls(Path(mirror.storage.rstrip("/") + ".pulls"), replica)
         expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
                         in_flight=lambda: frozenset(self.blobs.coalescer.transfers))
+        self.blobs.on_stored = expiry.stored
         expiry.start()
         return expiry
 

@@ -89,15 +89,18 @@ class BlobServer:
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()
+        self.on_stored: Callable[[int], None] = lambda nbytes: None  # told of every verified transfer's size
         self.host, self.port = "127.0.0.1", 0
         self.peers: PeerCoordinator | None = None
         self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
         self._runner: web.AppRunner | None = None
 
     def _verified(self, transfer: Transfer) -> None:
-        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest."""
+        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest; and
+        the bytes are about to be stored (the expiry's cap)."""
         for route in self.router.routes.values():
             route.manifests.blob_verified(transfer.digest, transfer.written)
+        self.on_stored(transfer.written)
 
     def share_with_peers(self, peers: PeerCoordinator) -> None:
         """Scale-out: coalesce with the other replicas through `peers` (call after start)."""

@@ -15,7 +15,7 @@ def manifest_problem(body: bytes) -> str | None:
     """Why `body` cannot be a manifest, or None."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # a hostile nesting depth included
         return "not JSON"
     if not isinstance(data, dict):
         return "not a JSON object"

@@ -75,11 +75,15 @@ def start(args: list[str], log_path: Path, env: dict[str, str] | None = None,
 
 
 def _copy_redacted(source, log_path: Path, secrets: tuple[str, ...]) -> None:
+    """Drains the process's output whatever happens to the log file: a full pipe would stop the process."""
     with source, open(log_path, "ab", buffering=0) as out:
         for line in source:
             for secret in secrets:
                 line = line.replace(secret.encode(), b"<redacted by artifactory-mirror>")
-            out.write(line)
+            try:
+                out.write(line)
+            except OSError:  # a full disk loses log lines, as a direct write would; the process goes on
+                pass
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,

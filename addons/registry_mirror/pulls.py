@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,26 +43,12 @@ def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
     return found
 
 
-def pulled_blob_bytes(envelope: object) -> int:
-    """Bytes of the blob pulls in an envelope (GETs only: a HEAD moves no bytes)."""
-    events = envelope.get("events") if isinstance(envelope, dict) else None
-    total = 0
-    for event in events if isinstance(events, list) else ():
-        if not isinstance(event, dict) or event.get("action") != "pull":
-            continue
-        target, request = event.get("target") or {}, event.get("request") or {}
-        size = target.get("size") if isinstance(target, dict) else None
-        if isinstance(size, int) and target.get("mediaType") not in MANIFEST_TYPES and \
-                isinstance(request, dict) and request.get("method") == "GET":
-            total += size
-    return total
-
-
 class LastPulls:
     def __init__(self, folder: Path, replica: str, clock: Callable[[], float] = time.time):
         self.folder, self.path, self._clock = folder, folder / f"{replica}.json", clock
         self.mine: dict[tuple[str, str], float] = self._read(self.path)
         self._dirty = False
+        self._write_lock = threading.Lock()
 
     def now(self) -> float:
         return self._clock()
@@ -86,9 +73,13 @@ class LastPulls:
                 self.mine[image] = at
                 self._dirty = True
 
-    def latest(self) -> dict[tuple[str, str], float]:
-        """Every replica's last pulls, merged (latest wins): what an expiry pass goes by."""
-        merged = dict(self.mine)
+    def snapshot(self) -> dict[tuple[str, str], float]:
+        return dict(self.mine)
+
+    def merged(self, mine: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+        """`mine` (a snapshot) with every other replica's last pulls, latest wins: what a pass goes by. Reads
+        files: call it off the event loop."""
+        merged = dict(mine)
         for path in sorted(self.folder.glob("*.json")):
             if path != self.path:
                 for image, at in self._read(path).items():
@@ -98,18 +89,28 @@ class LastPulls:
     def oldest(self) -> float | None:
         return min(self.mine.values(), default=None)
 
-    def save(self) -> None:
+    def rows_to_save(self) -> list | None:
+        """The rows to write (in pull order, so that a restart keeps the bound's order), or None if unchanged."""
         if not self._dirty:
-            return
-        data = {"pulls": [[repo, digest, at] for (repo, digest), at in sorted(self.mine.items())]}
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
-            self._dirty = False
-        except OSError as e:
-            log.warning("cannot write the last pulls to %s: %s", self.path, e)
+            return None
+        self._dirty = False
+        return [[repo, digest, at] for (repo, digest), at in self.mine.items()]
+
+    def write(self, rows: list) -> None:
+        """Write `rows` whole (temp file, then rename); safe from a thread."""
+        with self._write_lock:
+            tmp = self.path.with_suffix(".tmp")
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps({"pulls": rows}))
+                os.replace(tmp, self.path)
+            except OSError as e:
+                self._dirty = True  # tried again with the next save
+                log.warning("cannot write the last pulls to %s: %s", self.path, e)
+
+    def save(self) -> None:
+        if (rows := self.rows_to_save()) is not None:
+            self.write(rows)
 
     @staticmethod
     def _read(path: Path) -> dict[tuple[str, str], float]:

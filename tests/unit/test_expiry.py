@@ -54,21 +54,37 @@ def test_an_orphan_linked_between_passes_is_kept(tmp_path):
     assert storage.data_path(blob).exists()
 
 
-def test_a_notification_that_may_cross_the_cap_wakes_a_pass(tmp_path):
+def test_bytes_stored_that_may_cross_the_cap_wake_a_pass_and_it_evicts_below_the_cap(tmp_path):
     storage, clock = Storage(tmp_path / "storage"), Clock()
-    storage.image("team/app", [storage.blob(4000)])
-    ex, pulls = expiry(tmp_path, clock, max_bytes=10_000)
+    images = [storage.image(f"team/app{n}", [storage.blob(4000)]) for n in range(3)]
+    ex, pulls = expiry(tmp_path, clock, max_bytes=100_000)
 
     async def scenario():
+        for n, image in enumerate(images):
+            clock.now += 1
+            pulls.record([(f"team/app{n}", image)])
         await ex.run_pass()
-        event = {"action": "pull", "request": {"method": "GET"},
-                 "target": {"mediaType": "application/octet-stream", "size": 5000, "repository": "team/app",
-                            "digest": "sha256:" + "f" * 64}}
-        ex.notified({"events": [event]})
-        assert not ex._wake.is_set()  # 4 KB stored + 5 KB pulled: under the cap
-        ex.notified({"events": [event]})
+        ex.stored(80_000)
+        assert not ex._wake.is_set()  # some 13 KB stored + 80 KB new: under the cap
+        ex.stored(10_000)
         assert ex._wake.is_set()
+        ex.max_bytes = 9000  # two images' worth: above it, a pass evicts down to 90% of it
+        applied = await ex.run_pass()
+        assert [image.repository for image, _ in applied.images] == ["team/app0", "team/app1"]
+        assert ex.state.used_bytes <= 0.9 * 9000
     asyncio.run(scenario())
+
+
+def test_an_index_pulled_by_its_platform_digests_stays(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    child = storage.image("team/app", [storage.blob()])
+    index = storage.index("team/app", [child], tag="1.0")
+    ex, pulls = expiry(tmp_path, clock)
+    pulls.record([("team/app", index)])
+    clock.now += 6 * DAY
+    pulls.record([("team/app", child)])  # Kubernetes pulls the platform's digest
+    clock.now += 6 * DAY  # the index's own pull is twelve days old, the platform's six
+    assert asyncio.run(ex.run_pass()).images == ()
 
 
 def test_blobs_in_flight_are_never_deleted(tmp_path):
