@@ -357,7 +357,7 @@ class BlobServer:
                     if up.status >= 500:
                         route.health.failure(f"GET blob {req.name}: status {up.status}")
                     raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")
-                _set_head(transfer, up.headers, scheme)
+                _set_head(transfer, up.headers, scheme, route.manifests.blob_size(req.name, req.reference))
             elif offset == 0:  # a replica answered the head, then failed before its first byte
                 if up.status != 200:
                     raise UpstreamError(f"GET answered {up.status} after another replica failed the blob")
@@ -373,10 +373,12 @@ class BlobServer:
                 raise UpstreamError(f"the body ended at byte {transfer.written} of {transfer.size}")
 
 
-def _set_head(transfer: Transfer, answer_headers, scheme: str) -> None:
-    """A 200's size and headers for every request of the transfer; lengths are set per request."""
+def _set_head(transfer: Transfer, answer_headers, scheme: str, known_size: int | None = None) -> None:
+    """A 200's size and headers for every request of the transfer; lengths are set per request. An answer
+    without a length (chunked) takes the size the blob's HEAD gave: the stock registry fails a blob it is
+    sent without one, and the transfer is checked against it (and the digest) at its end anyway."""
     length = answer_headers.get("Content-Length")
-    transfer.size = int(length) if length and length.isdigit() else None
+    transfer.size = int(length) if length and length.isdigit() else known_size
     headers = {k: v for k, v in passed_headers(answer_headers).items() if k not in ("Content-Length", "Content-Range")}
     transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
 

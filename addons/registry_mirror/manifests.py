@@ -165,6 +165,12 @@ class ManifestService:
         await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
 
+    def blob_size(self, name: str, digest: str) -> int | None:
+        """The size a cached HEAD of the blob gave, if any."""
+        known = self.blob_heads.get(name, digest) if self.blob_heads is not None else None
+        length = (known or {}).get("Content-Length", "")
+        return int(length) if length.isdigit() else None
+
     def blob_verified(self, digest: str, size: int) -> None:
         """A transfer of `digest` had `size` bytes that matched it: any cached HEAD of it (any repository)
         that says another size is wrong, and is dropped so that the next HEAD asks the upstream."""

@@ -14,8 +14,9 @@ from .conftest import assert_pulled_identical, assert_storage_intact, credential
 SMALL_BODIES = "manifests,tags,token"
 
 
-@pytest.mark.parametrize("behaviour", [{"piece": 100, "pause": 0.002}, {"piece": 512, "chunked": 1}],
-                         ids=["pieces", "chunked"])
+@pytest.mark.parametrize("behaviour", [{"piece": 100, "pause": 0.002}, {"piece": 512, "chunked": 1},
+                                       {"target": "all", "piece": 16384, "chunked": 1}],
+                         ids=["pieces", "chunked", "chunked-blobs-too"])
 def test_manifests_tag_lists_and_tokens_written_in_pieces_arrive_whole(upstream, wire_factory, mirror_factory,
                                                                        layer_cache, tmp_path, behaviour):
     wire = wire_factory(upstream)
@@ -24,7 +25,7 @@ def test_manifests_tag_lists_and_tokens_written_in_pieces_arrive_whole(upstream,
     for n in range(40):  # a tag list of some 1.5 KB: many pieces
         seed.push(upstream.registry_url, seed.build_image(image.name, f"release-{n:04d}", [image.layers[2]]))
     mirror = mirror_factory(credentials_of(upstream, via=wire), dump=False)
-    wire.behave(target=SMALL_BODIES, **behaviour)
+    wire.behave(**{"target": SMALL_BODIES, **behaviour})
     pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / "out", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "out", image)
     with urllib.request.urlopen(f"{mirror.rewriter}/v2/{image.name}/tags/list", timeout=30) as resp:

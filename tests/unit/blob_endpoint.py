@@ -8,10 +8,12 @@ from registry_mirror.stats import Stats
 
 
 async def started_server(tmp_path, upstream, storage=None, request_timeout: float = 3600,
-                         resumes: int = 0) -> BlobServer:
-    """Timeouts no test can reach unless its upstream never answers; `resumes` blob resumes."""
+                         resumes: int = 0, head_size: int | None = None) -> BlobServer:
+    """Timeouts no test can reach unless its upstream never answers; `resumes` blob resumes; `head_size`: the
+    size a cached HEAD of every blob gave (None: no HEAD cached)."""
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=request_timeout, blob_stall_timeout=3600,
-                                                blob_resumes=resumes), upstream=upstream, health=UpstreamHealth())
+                                                blob_resumes=resumes), upstream=upstream, health=UpstreamHealth(),
+                            manifests=SimpleNamespace(blob_size=lambda name, digest: head_size))
     server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
                         CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
     await server.start()

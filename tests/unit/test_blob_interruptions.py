@@ -45,11 +45,11 @@ class FailsAtOnce:
         yield  # pragma: no cover
 
 
-def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3):
+def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3, head_size=None):
     async def scenario():
         if eager:
             asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
-        server = await started_server(tmp_path, upstream, resumes=resumes)
+        server = await started_server(tmp_path, upstream, resumes=resumes, head_size=head_size)
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
@@ -70,3 +70,26 @@ def test_a_body_short_of_its_length_is_resumed_with_a_range(tmp_path):
 def test_a_transfer_failing_inside_join_is_a_clean_503(tmp_path):
     status, body = get_blob(tmp_path, FailsAtOnce(), eager=True, resumes=0)
     assert status == 503 and b"connection reset" in body
+
+
+class Chunked:
+    """A 200 without a Content-Length (chunked through a proxy or CDN)."""
+
+    @asynccontextmanager
+    async def open(self, method, req, headers):
+        async def content():
+            yield BLOB
+        yield SimpleNamespace(status=200, headers={}, content=SimpleNamespace(iter_any=content)), "Basic"
+
+
+def test_a_chunked_blob_is_served_with_the_size_its_head_gave(tmp_path):
+    async def scenario():
+        server = await started_server(tmp_path, Chunked(), head_size=len(BLOB))
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
+                                      headers={KEY_HEADER: server.key}) as resp:
+                    return resp.headers.get("Content-Length"), await resp.read()
+        finally:
+            await server.close()
+    assert asyncio.run(asyncio.wait_for(scenario(), BOUND)) == (str(len(BLOB)), BLOB)

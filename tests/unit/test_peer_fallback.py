@@ -63,7 +63,8 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     port = site._server.sockets[0].getsockname()[1]
     upstream = Upstream()
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
-                            upstream=upstream, health=UpstreamHealth())
+                            upstream=upstream, health=UpstreamHealth(),
+                            manifests=SimpleNamespace(blob_size=lambda name, digest: None))
     server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
                         CacheConfig(spool_dir=str(tmp_path)), Stats())
     server.peers = SimpleNamespace(claim=lambda digest: _peer(port))
