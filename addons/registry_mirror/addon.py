@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
@@ -24,7 +23,7 @@ from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
 from .expiry import Expiry
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator
-from .pulls import LastPulls
+from .pulls import LastPulls, pulls_folder
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
@@ -100,7 +99,7 @@ class RegistryMirror:
         # says of it, so that a restart (a new container's hostname) writes the same file
         scale = self.config.scale
         replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
-        pulls = LastPulls(Path(mirror.storage.rstrip("/") + ".pulls"), replica)
+        pulls = LastPulls(pulls_folder(mirror.storage), replica)
         expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
                         in_flight=lambda: frozenset(self.blobs.coalescer.transfers))
         self.blobs.on_stored = expiry.stored

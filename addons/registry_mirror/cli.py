@@ -24,7 +24,7 @@ from . import certs, processes
 from .config import Config, ConfigError, config_path, load
 from .expiry import Expiry
 from .notifications import notification_secret
-from .pulls import LastPulls
+from .pulls import LastPulls, pulls_folder
 from .registry_config import proxy_registry_config
 from .stats_views import JSON_PATH, READY_PATH, summary_text
 
@@ -177,7 +177,7 @@ def cmd_evictions(args) -> int:
     """What the next expiry pass would remove, least recently pulled first; nothing is changed."""
     cfg = _load_or_exit(args.config)
     storage = cfg.mirror.storage
-    pulls = LastPulls(Path(storage.rstrip("/") + ".pulls"), replica="preview")  # every replica's, merged
+    pulls = LastPulls(pulls_folder(storage), replica="preview")  # every replica's, merged
     plan = Expiry(storage, cfg.mirror.max_age, cfg.mirror.max_bytes, pulls).preview()
     for removal in plan.removals:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(removal.last_pull))

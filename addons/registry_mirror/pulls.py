@@ -29,6 +29,11 @@ MANIFEST_TYPES = frozenset({
 })
 
 
+def pulls_folder(storage: str) -> Path:
+    """Where every replica's file of last pulls lives: next to the storage they share."""
+    return Path(storage.rstrip("/") + ".pulls")
+
+
 def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
     """(repository, manifest digest) of every manifest pull in a notification envelope; junk is skipped."""
     events = envelope.get("events") if isinstance(envelope, dict) else None

@@ -130,12 +130,10 @@ class Upstream:
             if method != "HEAD":
                 what = f"{method} {request.kind.value} {request.name}:{request.reference}"
                 try:
-                    body = await read_body(resp.content, MAX_SMALL_BODY, resp.content_length)
+                    body = await self._read_small(resp, MAX_SMALL_BODY)
                 except TimeoutError as e:
                     raise UpstreamError(f"{what}: body timed out", timed_out=True) from e
                 except (aiohttp.ClientError, OSError, BodyError) as e:
-                    if isinstance(e, BodyError):
-                        self.stats.body_cut_short()
                     raise UpstreamError(f"{what}: {error_text(e)}") from e
             return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
 
@@ -218,6 +216,14 @@ class Upstream:
             await self._sleep(RETRY_BACKOFF * 2 ** attempt)
         raise AssertionError("unreachable")
 
+    async def _read_small(self, resp: aiohttp.ClientResponse, cap: int) -> bytes:
+        """The whole body under `cap`; one over it or cut short is counted (the stats' integrity) and raised."""
+        try:
+            return await read_body(resp.content, cap, resp.content_length)
+        except BodyError:
+            self.stats.body_cut_short()
+            raise
+
     def _same_origin(self, url: str) -> bool:
         parts = urlsplit(url)
         return (parts.scheme, parts.hostname, parts.port) == (
@@ -230,13 +236,11 @@ class Upstream:
         try:
             async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
                                          allow_redirects=False) as resp:
-                body = await read_body(resp.content, MAX_TOKEN_BODY, resp.content_length)
+                body = await self._read_small(resp, MAX_TOKEN_BODY)
                 self.stats.upstream("token", "GET", params.get("scope", ""), resp.status, len(body),
                                     time.monotonic() - started)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError, OSError, BodyError) as e:
-            if isinstance(e, BodyError):
-                self.stats.body_cut_short()
             self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
                                 "error")
             raise AuthError(f"token endpoint {url_for_logs(realm)}: {error_text(e)}", upstream_failure=True) from e

@@ -75,25 +75,26 @@ def test_warm_pull_by_tag_within_the_ttl_makes_no_upstream_request(upstream, mir
     assert "HIT HEAD manifest-by-tag" in mirror.logs()
 
 
-def test_a_tag_moved_upstream_is_the_known_digest_within_the_ttl(upstream, mirror_factory, layer_cache, tmp_path):
+def moved_tag(upstream, mirror_factory, layer_cache, tmp_path, tag_ttl: float):
+    """A mirror with `tag_ttl` that pulled `old` by tag, after which the tag moved upstream to `new`."""
     old, new = small_image(layer_cache, tag="stable"), small_image(layer_cache, tag="stable", seed_base=30)
     seed.push(upstream.registry_url, old)
-    mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"tag_ttl": 3600})
+    mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"tag_ttl": tag_ttl})
     ref = f"{mirror.address}/{old.name}:stable"
     pull(ref, tmp_path / "a", cert_dir=mirror.trust)
     seed.push(upstream.registry_url, new)  # the tag moves upstream
+    return mirror, ref, old, new
+
+
+def test_a_tag_moved_upstream_is_the_known_digest_within_the_ttl(upstream, mirror_factory, layer_cache, tmp_path):
+    mirror, ref, old, _ = moved_tag(upstream, mirror_factory, layer_cache, tmp_path, tag_ttl=3600)
     pull(ref, tmp_path / "b", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "b", old)
     assert mirror.counters()["manifest-by-tag:hit"] >= 1
 
 
 def test_a_tag_moved_upstream_is_seen_after_the_ttl(upstream, mirror_factory, layer_cache, tmp_path):
-    old, new = small_image(layer_cache, tag="stable"), small_image(layer_cache, tag="stable", seed_base=30)
-    seed.push(upstream.registry_url, old)
-    mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"tag_ttl": 1})
-    ref = f"{mirror.address}/{old.name}:stable"
-    pull(ref, tmp_path / "a", cert_dir=mirror.trust)
-    seed.push(upstream.registry_url, new)  # the tag moves upstream
+    mirror, ref, _, new = moved_tag(upstream, mirror_factory, layer_cache, tmp_path, tag_ttl=1)
 
     def pulls_new() -> bool:
         pull(ref, tmp_path / "b", cert_dir=mirror.trust)
