@@ -48,29 +48,27 @@ ensure_debian_packages() {
   fi
 }
 
-ensure_venv() {
-  local py stamp="$VENV/.installed"
+ensure_venv() {  # $1: the package's extras to install with it (test, bench), none for the operator's commands
+  local py spec="$ROOT${1:+[$1]}" stamp="$VENV/.installed${1:+-$1}"
   if [ ! -x "$VENV/bin/python" ]; then
     py="$(find_python)" || die "mitmproxy 12 needs Python >= 3.12 and none was found; install one, e.g.
   pyenv install 3.12 (then re-run), or: apt-get install python3.12 python3.12-venv on a distribution that has it"
     echo "run.sh: creating $VENV with $py"
     "$py" -m venv "$VENV"
   fi
-  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-    echo "run.sh: installing Python dependencies into $VENV"
-    # the dependency list lives once, in pyproject.toml
-    mapfile -t deps < <("$VENV/bin/python" -c '
-import tomllib, sys
-p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' "$ROOT/pyproject.toml")
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${deps[@]}" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
+    echo "run.sh: installing the package and its dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" \
+      -e "$spec" 2>&1 | { grep -v "^WARNING: Location" || true; }
     touch "$stamp"
   fi
 }
 
 lint() { (cd "$ROOT" && "$VENV/bin/ruff" check --quiet .) || die "ruff found the problems above"; }
 
-run_python() { cd "$ROOT" && PYTHONPATH="$ROOT/addons" exec "$VENV/bin/python" "$@"; }
+# devtools/, bench/ and tests/ import from the checkout; the package is installed in .venv (editable)
+run_python() { cd "$ROOT" && PYTHONPATH="$ROOT" exec "$VENV/bin/python" "$@"; }
+mirror_command() { exec "$VENV/bin/artifactory-mirror" "$@"; }
 
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
@@ -80,13 +78,10 @@ case "$cmd" in
     command -v docker-registry >/dev/null 2>&1 || command -v registry >/dev/null 2>&1 ||
       ensure_debian_packages docker-registry
     ensure_venv
-    run_python -m registry_mirror.cli "$cmd" "$@" ;;
-  check|status|evictions)  # only read the configuration, the storage or the running mirror: no package needed
+    mirror_command "$cmd" "$@" ;;
+  check|status|evictions|warm|--version)  # only the configuration, the storage or the running mirror: no OS package
     ensure_venv
-    run_python -m registry_mirror.cli "$cmd" "$@" ;;
-  warm)
-    ensure_venv
-    run_python -m registry_mirror.warm "$@" ;;
+    mirror_command "$cmd" "$@" ;;
   demo)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
@@ -95,18 +90,16 @@ case "$cmd" in
     # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests;
     # iproute2 and ethtool: the MTU-1500 path to the upstream
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server iproute2 ethtool
-    ensure_venv
+    ensure_venv test
     lint
     run_python -m pytest "$@" ;;
   test-unit)
-    ensure_venv
+    ensure_venv test
     lint
     run_python -m pytest tests/unit "$@" ;;
   bench)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy iproute2 redis-server
-    ensure_venv
-    "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null ||
-      "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'matplotlib>=3.8' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    ensure_venv bench
     run_python bench/bench.py "$@" ;;
   bench-cpu)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from devtools import seed
 from devtools.demo import peak_rss_mb
+from devtools.ports import free_port, plain_registry_config
 from devtools.redis_server import RedisServer
 from devtools.skopeo import ca_dir, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
 from registry_mirror.config import load
-from registry_mirror.registry_config import plain_registry_config
+from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,7 @@ class Site:
 
 def start_seed_design(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str]):
     """The seed's design: the stock registry in proxy mode + HAProxy rewriting /v2/ and adding fixed Basic."""
-    ha_port, reg_port = processes.free_port(), processes.free_port()
+    ha_port, reg_port = free_port(), free_port()
     basic = base64.b64encode(f"{upstream.username}:{upstream.password}".encode()).decode()
     up_host = f"{site.up_url_host}:{upstream.front_port}"
     (workdir / "haproxy.cfg").write_text(f"""global
@@ -157,14 +158,14 @@ def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tup
                  storage: Path | None = None, scale: dict | None = None, cache: dict | None = None):
     """One mirror; with `storage` and `scale`, one replica of several sharing them."""
     workdir.mkdir(exist_ok=True)
-    mirror_port = processes.free_port()
+    mirror_port = free_port()
     cfg_path = workdir / "mirror.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "upstream": {"url": f"http://{site.up_url_host}:{upstream.front_port}", "repository": "docker-local",
                      "username": upstream.username, "password": upstream.password},
         "mirror": {"listen": f"127.0.0.1:{mirror_port}", "storage": str(storage or workdir / "mirror-storage"),
                    "tls_cert": cert[0], "tls_key": cert[1]},
-        "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
+        "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
         "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
         **({"scale": scale} if scale else {})}))
     cfg_path.chmod(0o600)
@@ -312,7 +313,7 @@ def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site,
     seq = {r["design"]: r["times"] for r in rows if r["mode"] == "one after another"}
     local_dir = workdir / "local-registry"
     local_dir.mkdir()
-    port = processes.free_port()
+    port = free_port()
     cfg = plain_registry_config(f"127.0.0.1:{port}", str(local_dir / "storage"))
     cfg["http"]["tls"] = {"certificate": cert[0], "key": cert[1]}
     (local_dir / "registry.yml").write_text(yaml.safe_dump(cfg))

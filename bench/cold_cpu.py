@@ -22,11 +22,12 @@ from pathlib import Path
 
 from devtools import seed
 from devtools.demo import write_mirror_config
+from devtools.ports import free_port
 from devtools.skopeo import ca_dir, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
 from registry_mirror.config import load
+from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ def main() -> int:
                 pull, f"127.0.0.1:{upstream.front_port}/{ref}", run / "direct", tls_verify=False,
                 creds=f"{upstream.username}:{upstream.password}"), disk=run)
             cfg_path = write_mirror_config(run, upstream.url, upstream.username, upstream.password,
-                                           processes.free_port(), processes.free_port())
+                                           free_port(), free_port())
             with cfg_path.open("a") as f:  # the floor pull is served from the spools of the cold one
                 f.write("cache:\n  spool_keep: 600\n  tag_ttl: 600\n")
             cfg = load(cfg_path)

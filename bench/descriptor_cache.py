@@ -20,13 +20,15 @@ import time
 from pathlib import Path
 
 import yaml
+
 from devtools import seed
 from devtools.demo import write_mirror_config
+from devtools.ports import free_port
 from devtools.skopeo import ca_dir, pull
 from devtools.upstream_harness import UpstreamHarness
 from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
 from registry_mirror.config import load
+from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("no cache (shipped)", "inmemory cache")
@@ -88,7 +90,7 @@ def main() -> int:
         image = seed.build_image("bench/small", "1.0", layers)
         seed.push(upstream.registry_url, image)
         cfg = load(write_mirror_config(workdir, upstream.url, upstream.username, upstream.password,
-                                       processes.free_port(), processes.free_port()))
+                                       free_port(), free_port()))
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
         mirror = Mirror(cfg, workdir / "logs")
         mirror.start()

@@ -17,14 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
 from devtools import seed
 from devtools.demo import peak_rss_mb
+from devtools.ports import free_port
 from devtools.skopeo import PullError, ca_dir, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
-from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
+from registry_mirror import certs
 from registry_mirror.config import load
 from registry_mirror.stats import percentile
+from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,9 +132,9 @@ def main() -> int:
         cfg_path.write_text(yaml.safe_dump({
             "upstream": {"url": upstream.url, "repository": "docker-local", "username": upstream.username,
                          "password": upstream.password, "request_timeout": 5, "connect_timeout": 2},
-            "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(workdir / "storage"),
+            "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(workdir / "storage"),
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key")},
-            "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}"},
+            "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
             "cache": {"tag_ttl": 1, "spool_dir": str(workdir / "spool")}}))
         cfg_path.chmod(0o600)
         cfg = load(cfg_path)

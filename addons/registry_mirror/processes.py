@@ -46,12 +46,6 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def in_netns(args: list[str], netns: str | None) -> list[str]:
     """The command run inside a network namespace (`ip netns exec` execs it: the PID stays the command's)."""
     return ["ip", "netns", "exec", netns, *args] if netns else args

@@ -34,13 +34,3 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
                                          notification_secret(cfg.mirror.storage)),
     }
     return generated
-
-
-def plain_registry_config(listen: str, storage: str) -> dict:
-    """A plain registry (no proxy, no TLS): the storage behind the demo's and tests' upstream front."""
-    return {
-        "version": 0.1,
-        "log": {"level": "warn", "formatter": "text"},
-        "storage": {"filesystem": {"rootdirectory": storage}, "delete": {"enabled": True}},
-        "http": {"addr": listen, "secret": secrets.token_hex(16)},
-    }

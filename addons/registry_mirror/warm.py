@@ -1,4 +1,4 @@
-"""`./run.sh warm IMAGE... | -f FILE`: pull images into the mirror before a deploy, every platform of an index.
+"""`artifactory-mirror warm IMAGE... | -f FILE`: pull images into the mirror before a deploy, every platform.
 
 It asks the mirror (the stock registry, as a client would) for each image's manifest, follows an index to
 every platform's manifest, and reads every blob once, discarding the bytes: the mirror fetches what it lacks
@@ -6,7 +6,6 @@ from the upstream and stores it. A progress line on stderr; at the end, images, 
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import ssl
@@ -15,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError, any_address, config_path, load
+from .config import Config, any_address
 from .requests import TAG_RE, valid_digest, valid_name
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -157,28 +156,3 @@ def warm(cfg: Config, refs: list[str], out=sys.stdout) -> int:
           f"{progress.done_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
           f"({progress.done_bytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s)", file=out)
     return 1 if failed_images or failed_blobs else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run.sh warm", description=__doc__)
-    parser.add_argument("images", nargs="*", help="team/app:1.0 or team/app@sha256:...")
-    parser.add_argument("-f", "--file", help="a file of references, one per line (- for stdin; # comments)")
-    parser.add_argument("--config", default="", help="mirror.yaml (default: $MIRROR_CONFIG or ./mirror.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load(config_path(args.config))
-    except ConfigError as e:
-        print(f"warm: configuration error: {e}", file=sys.stderr)
-        return 2
-    try:
-        refs = read_refs(args.images, args.file)
-    except OSError as e:
-        print(f"warm: cannot read the list of images {args.file}: {e.strerror}", file=sys.stderr)
-        return 2
-    if not refs:
-        parser.error("name at least one image, or -f FILE")
-    return warm(cfg, refs)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,21 +4,23 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
 from devtools import seed
+from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.skopeo import ca_dir
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
-from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
+from registry_mirror import certs
 from registry_mirror.config import load
 from registry_mirror.stats_views import JSON_PATH
-
+from registry_mirror.supervisor import Mirror
 from tests.support.netpath import NAMESPACE_SIDE, MtuPath
 from tests.support.wire import WireHarness
 
@@ -32,6 +34,8 @@ if not shutil.which("skopeo") or not shutil.which("docker-registry"):
 
 
 LOG_TAIL_LINES = 40
+# the console script pip installed beside this interpreter: the commands are tested as operators run them
+MIRROR_COMMAND = str(Path(sys.executable).with_name("artifactory-mirror"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -134,10 +138,10 @@ def mirror_factory(tmp_path):
         cfg_path = workdir / "mirror.yaml"
         cfg_path.write_text(yaml.safe_dump({
             "upstream": {"repository": "docker-local", **upstream_keys},
-            "mirror": {"listen": f"127.0.0.1:{processes.free_port()}", "storage": str(storage or workdir / "storage"),
+            "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(storage or workdir / "storage"),
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
                        **(mirror_keys or {})},
-            "rewriter": {"listen": f"127.0.0.1:{processes.free_port()}", **(rewriter or {})},
+            "rewriter": {"listen": f"127.0.0.1:{free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
             **({"routes": routes} if routes else {}),
             **({"scale": scale} if scale else {}),

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

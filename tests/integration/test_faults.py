@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

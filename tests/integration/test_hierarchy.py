@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import pull
 

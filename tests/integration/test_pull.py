@@ -7,10 +7,11 @@ import subprocess
 import threading
 
 import pytest
-from devtools import seed
-from devtools.skopeo import PullError, pull
 from mitmproxy import io as mitm_io
-from registry_mirror import processes
+
+from devtools import seed
+from devtools.ports import free_port
+from devtools.skopeo import PullError, pull
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_request, small_image, wait_for
 
@@ -164,7 +165,7 @@ def test_invalid_names_are_refused_before_the_upstream(upstream, mirror_factory,
 
 
 def test_registry_starts_while_the_upstream_is_down(upstream_factory, mirror_factory, layer_cache, tmp_path):
-    port = processes.free_port()
+    port = free_port()
     mirror = mirror_factory({"url": f"http://127.0.0.1:{port}", "username": "deployer",
                              "password": "s3cret-Pa55word"})
     # the registry pings its remote as it starts and panics if that fails: the addon answered it

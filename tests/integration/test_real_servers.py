@@ -6,6 +6,7 @@ import json
 import urllib.request
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

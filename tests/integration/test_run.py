@@ -1,24 +1,24 @@
-"""`run.sh up` (registry_mirror.cli): configuration errors before any process, ports in use, supervision."""
+"""`artifactory-mirror up`: configuration errors before any process, ports in use, supervision."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from devtools.ports import free_port
 from registry_mirror import processes
 
-from .conftest import wait_for
+from .conftest import MIRROR_COMMAND, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "registry_mirror.cli", *args], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "addons")},
+    return subprocess.Popen([MIRROR_COMMAND, *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -40,7 +40,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_bad_config_stops_before_anything_starts(tmp_path):
-    cfg = write_config(tmp_path, processes.free_port(), processes.free_port(), url="artifactory:8081")
+    cfg = write_config(tmp_path, free_port(), free_port(), url="artifactory:8081")
     proc = cli(tmp_path, "--config", str(cfg), "up", "--log-dir", str(tmp_path / "logs"))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -53,7 +53,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg = write_config(tmp_path, port, processes.free_port())
+        cfg = write_config(tmp_path, port, free_port())
         proc = cli(tmp_path, "--config", str(cfg), "up")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -61,7 +61,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 
 
 def test_sigterm_stops_both_and_a_dead_process_stops_the_other(tmp_path):
-    mirror_port, rewriter_port = processes.free_port(), processes.free_port()
+    mirror_port, rewriter_port = free_port(), free_port()
     cfg = write_config(tmp_path, mirror_port, rewriter_port)
     proc = cli(tmp_path, "--config", str(cfg), "up", "--log-dir", str(tmp_path / "logs"))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import PullError, pull
 

@@ -5,15 +5,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import credentials_of, small_image
+from .conftest import MIRROR_COMMAND, credentials_of, small_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,8 +95,7 @@ def test_the_stats_page_in_headless_chromium(pulled, tmp_path):
 
 def test_run_sh_status_summarises_the_running_mirror(pulled):
     upstream, mirror, image = pulled
-    result = subprocess.run([sys.executable, "-m", "registry_mirror.cli", "--config", mirror.cfg.source, "status"],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "addons")})
+    result = subprocess.run([MIRROR_COMMAND, "--config", mirror.cfg.source, "status"],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "UP" in result.stdout and "WAN saved" in result.stdout and "blob" in result.stdout

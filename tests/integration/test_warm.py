@@ -1,15 +1,13 @@
 """`run.sh warm`: every platform of an index lands in the mirror, which then serves it with the upstream gone."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import credentials_of, small_image
+from .conftest import MIRROR_COMMAND, credentials_of, small_image
 from .test_faults import assert_storage_intact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,9 +18,8 @@ def stored_digests(storage: Path) -> set[str]:
 
 
 def run_warm(mirror, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "registry_mirror.warm", "--config", mirror.cfg.source, *args],
-                          capture_output=True, text=True, timeout=300, input=stdin,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "addons")})
+    return subprocess.run([MIRROR_COMMAND, "warm", "--config", mirror.cfg.source, *args],
+                          capture_output=True, text=True, timeout=300, input=stdin)
 
 
 def test_warm_fetches_every_platform_then_serves_without_the_upstream(upstream, mirror_factory, layer_cache,

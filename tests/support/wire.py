@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.ports import free_port
 from registry_mirror import certs, processes
 
 SERVER = Path(__file__).with_name("wire_server.py")
@@ -33,10 +34,10 @@ class WireHarness:
 
     def start(self) -> "WireHarness":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or processes.free_port()
+        self.port = self.port or free_port()
         args = [sys.executable, str(SERVER), "--listen", f"127.0.0.1:{self.port}", "--target", self.target]
         if self.storage:
-            args += ["--storage-listen", f"127.0.0.2:{processes.free_port('127.0.0.2')}"]
+            args += ["--storage-listen", f"127.0.0.2:{free_port('127.0.0.2')}"]
         if self.tls:
             certs.ensure_self_signed(self.ca_file, str(self.workdir / "wire.key"))
             args += ["--tls-cert", self.ca_file, "--tls-key", str(self.workdir / "wire.key")]

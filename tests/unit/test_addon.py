@@ -5,6 +5,7 @@ import json
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
+
 from registry_mirror import addon as addon_mod
 from registry_mirror.addon import RegistryMirror
 

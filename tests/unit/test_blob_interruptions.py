@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import aiohttp
+
 from registry_mirror.blobserver import KEY_HEADER
 
 from .blob_endpoint import started_server

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from mitmproxy.test import taddons, tflow, tutils
+
 from registry_mirror.addon import RegistryMirror
 from registry_mirror.blobserver import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
 from registry_mirror.requests import Kind, RegistryRequest

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+
 from registry_mirror.blobserver import KEY_HEADER
 
 from .blob_endpoint import started_server

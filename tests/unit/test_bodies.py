@@ -4,6 +4,7 @@ import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from registry_mirror.bodies import BodyError, read_body
 
 

@@ -3,6 +3,7 @@ import os
 
 import pytest
 from cryptography import x509
+
 from registry_mirror.certs import CertError, ensure_self_signed
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from registry_mirror.challenge import Challenge, parse_challenges, realm_refusal
 
 

@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 
 import pytest
+
 import registry_mirror.coalesce as coalesce
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
 

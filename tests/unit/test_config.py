@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from registry_mirror.config import ConfigError, Secret, load, parse
 
 BASE = {"upstream": {"url": "https://art.example.com", "repository": "docker-local",

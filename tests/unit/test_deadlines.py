@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from mitmproxy import http, options
 from mitmproxy.test import tflow
 from mitmproxy.tools.dump import DumpMaster
+
 from registry_mirror import deadlines
 from registry_mirror.deadlines import HEADER_DEADLINE, HeaderDeadline
 

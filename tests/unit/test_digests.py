@@ -8,6 +8,7 @@ import json
 
 import aiohttp
 import pytest
+
 from registry_mirror.blobserver import KEY_HEADER
 from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, digest_problem

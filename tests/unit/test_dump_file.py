@@ -5,7 +5,8 @@ import os
 import stat
 
 import pytest
-from registry_mirror import cli, processes
+
+from registry_mirror import processes, supervisor
 from registry_mirror.config import load
 
 
@@ -21,7 +22,7 @@ def loose_umask():
 
 
 def test_a_new_dump_file_is_created_0600(tmp_path, loose_umask):
-    path = cli.private_dump_file(str(tmp_path / "flows" / "mirror.flows"))
+    path = supervisor.private_dump_file(str(tmp_path / "flows" / "mirror.flows"))
     assert path == tmp_path / "flows" / "mirror.flows"
     assert mode_of(path) == 0o600 and path.read_bytes() == b""
 
@@ -30,7 +31,7 @@ def test_an_existing_dump_file_is_made_0600_and_kept(tmp_path, loose_umask):
     path = tmp_path / "mirror.flows"
     path.write_bytes(b"earlier flows")
     path.chmod(0o644)
-    cli.private_dump_file(f"+{path}")  # mitmproxy's "append" spelling names the same file
+    supervisor.private_dump_file(f"+{path}")  # mitmproxy's "append" spelling names the same file
     assert mode_of(path) == 0o600 and path.read_bytes() == b"earlier flows"
     assert not (tmp_path / f"+{path.name}").exists()
 
@@ -39,7 +40,7 @@ def test_a_dump_file_that_cannot_be_created_is_a_process_error_naming_it(tmp_pat
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     with pytest.raises(processes.ProcessError, match="--dump .*not-a-folder/flows.*choose a path"):
-        cli.private_dump_file(str(blocker / "flows"))
+        supervisor.private_dump_file(str(blocker / "flows"))
 
 
 def test_the_mirror_creates_the_dump_file_before_it_starts_mitmproxy(tmp_path, monkeypatch, loose_umask):
@@ -52,7 +53,7 @@ def test_the_mirror_creates_the_dump_file_before_it_starts_mitmproxy(tmp_path, m
         at_start.append((args[args.index("-w") + 1], mode_of(dump) if dump.exists() else None))
         raise processes.ProcessError("not started in a unit test")
     monkeypatch.setattr(processes, "start", start)
-    mirror = cli.Mirror(load(str(config)), tmp_path / "logs", dump=str(dump))
+    mirror = supervisor.Mirror(load(str(config)), tmp_path / "logs", dump=str(dump))
     with pytest.raises(processes.ProcessError, match="not started"):
         mirror.start()
     assert at_start == [(str(dump), 0o600)]

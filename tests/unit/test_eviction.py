@@ -3,6 +3,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from registry_mirror.eviction import SimulatedCrash, apply, plan
 from registry_mirror.storage_inventory import Image, inventory
 

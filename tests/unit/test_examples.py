@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import yaml
+
 from registry_mirror.config import parse
 
 ROOT = Path(__file__).resolve().parents[2]

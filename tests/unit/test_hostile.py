@@ -4,6 +4,7 @@ from urllib.parse import urljoin, urlsplit
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from registry_mirror.challenge import parse_challenges, realm_refusal
 from registry_mirror.config import ConfigError, parse
 from registry_mirror.manifests import accept_key

@@ -5,6 +5,7 @@ import json
 import pytest
 from mitmproxy.http import Headers
 from multidict import CIMultiDict
+
 from registry_mirror.config import CacheConfig
 from registry_mirror.manifests import ManifestMismatch, ManifestService, accept_key
 from registry_mirror.requests import classify

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+
 from registry_mirror.notifications import MAX_BODY, check, notification_secret, secret_file
 from registry_mirror.pulls import LastPulls, pulled_manifests
 

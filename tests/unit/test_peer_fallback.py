@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from aiohttp import web
+
 from registry_mirror.blobserver import BlobServer
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth

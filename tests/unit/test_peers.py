@@ -3,6 +3,7 @@ redis again."""
 import asyncio
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+
 from registry_mirror.config import Address, ScaleConfig
 from registry_mirror.peers import REDIS_RETRY_SECONDS, PeerCoordinator
 

@@ -4,6 +4,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from devtools.ports import free_port
 from registry_mirror import processes
 
 from .waits import BOUND, until_sync
@@ -31,7 +33,7 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 @pytest.fixture
 def server(tmp_path):
-    port = processes.free_port()
+    port = free_port()
     ready_file, answers = tmp_path / "ready", tmp_path / "answers"
     answers.touch()
     # a session of its own, as processes.start gives: processes.stop ends it by its process group
@@ -62,7 +64,7 @@ def test_a_process_that_dies_while_starting_is_named(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     named = r"(?s)mitmproxy with the addon exited with status 3.*upstream\.url"
     with pytest.raises(processes.ProcessError, match=named):
-        processes.wait_until_ready(f"http://127.0.0.1:{processes.free_port()}/_mirror/ready", proc,
+        processes.wait_until_ready(f"http://127.0.0.1:{free_port()}/_mirror/ready", proc,
                                    what="mitmproxy with the addon", log_path=log)
 
 

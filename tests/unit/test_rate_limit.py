@@ -7,6 +7,7 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+
 from registry_mirror.config import parse
 from registry_mirror.requests import Kind, RegistryRequest, classify
 from registry_mirror.responses import passed_headers, upstream_status_error

@@ -6,6 +6,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from registry_mirror.config import parse
 from registry_mirror.redact import error_text, url_for_logs
 from registry_mirror.requests import Kind, RegistryRequest

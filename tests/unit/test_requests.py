@@ -1,4 +1,5 @@
 import pytest
+
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, upstream_path
 
 D = "sha256:" + "a" * 64

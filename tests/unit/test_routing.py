@@ -1,5 +1,6 @@
 """Routes: which upstream serves a name, what name it is asked for, and what the configuration accepts."""
 import pytest
+
 from registry_mirror.config import ConfigError, parse
 from registry_mirror.requests import Kind, RegistryRequest, classify
 from registry_mirror.routing import choose, tag_state_file

@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import pytest
+
 from registry_mirror.schema1 import MEDIA_TYPE, base64url_decode, is_signed, signed_payload
 
 MANIFEST = {

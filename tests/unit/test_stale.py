@@ -2,6 +2,7 @@
 import asyncio
 
 import pytest
+
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.manifests import ManifestService, UpstreamDown

@@ -4,6 +4,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+
 from registry_mirror.config import parse
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.requests import Kind, RegistryRequest

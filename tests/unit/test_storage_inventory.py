@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from registry_mirror.storage_inventory import Image, inventory, parse_manifest
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"

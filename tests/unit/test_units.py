@@ -1,4 +1,5 @@
 import pytest
+
 from registry_mirror.units import parse_duration, parse_size
 
 

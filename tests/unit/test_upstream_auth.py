@@ -2,6 +2,7 @@ import asyncio
 import json
 
 import pytest
+
 from registry_mirror.config import parse
 from registry_mirror.upstream_auth import AuthError, UpstreamAuth, basic_header, parse_token_response, usable_lifetime
 

@@ -8,7 +8,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from registry_mirror.warm import WarmError, main, parse_ref, pinned_context, read_refs
+
+from registry_mirror.cli import main
+from registry_mirror.warm import WarmError, parse_ref, pinned_context, read_refs
 
 D = "sha256:" + "b" * 64
 
@@ -39,7 +41,7 @@ def test_read_refs_skips_comments_and_blanks(tmp_path):
 
 def test_a_missing_list_of_images_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "mirror.yaml").write_text("upstream:\n  url: http://127.0.0.1:9\n  repository: r\n  anonymous: true\n")
-    code = main(["-f", str(tmp_path / "nope.txt"), "--config", str(tmp_path / "mirror.yaml")])
+    code = main(["warm", "-f", str(tmp_path / "nope.txt"), "--config", str(tmp_path / "mirror.yaml")])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"warm: cannot read the list of images {tmp_path / 'nope.txt'}: " \
                                                "No such file or directory"

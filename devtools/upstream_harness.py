@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from devtools.ports import free_port, plain_registry_config
 from registry_mirror import processes
-from registry_mirror.registry_config import plain_registry_config
 
 CONTROL_TIMEOUT = 60
 
-FRONT_ADDON = Path(__file__).resolve().parent.parent / "artifactory_front.py"
+FRONT_ADDON = Path(__file__).resolve().with_name("artifactory_front.py")
 
 
 @dataclass
@@ -47,8 +48,8 @@ class UpstreamHarness:
 
     def start(self) -> "UpstreamHarness":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.registry_port = self.registry_port or processes.free_port()
-        self.front_port = self.front_port or processes.free_port(self.host if not self.netns else "127.0.0.1")
+        self.registry_port = self.registry_port or free_port()
+        self.front_port = self.front_port or free_port(self.host if not self.netns else "127.0.0.1")
         bind = "0.0.0.0" if self.netns else "127.0.0.1"
         cfg = self.workdir / "upstream-registry.yml"
         cfg.write_text(yaml.safe_dump(plain_registry_config(f"{bind}:{self.registry_port}",

@@ -12,10 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from devtools.ports import free_port
 from registry_mirror import certs, processes
-from registry_mirror.cli import Mirror
 from registry_mirror.config import load
 from registry_mirror.stats_views import JSON_PATH
+from registry_mirror.supervisor import Mirror
 
 from . import seed
 from .skopeo import ca_dir, pull
@@ -64,7 +65,7 @@ def run(workdir: Path, layer_cache: Path, big: tuple[int, int]) -> int:
         print(f"demo: seeding {_mb(sum(big))} of layers (cached in {layer_cache})")
         images = seed.seed_demo_images(upstream.registry_url, layer_cache, big)
         cfg_path = write_mirror_config(workdir, upstream.url, upstream.username, upstream.password,
-                                       processes.free_port(), processes.free_port())
+                                       free_port(), free_port())
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
         trust = ca_dir(cfg.mirror.tls_cert, workdir / "client-ca")

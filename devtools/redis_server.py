@@ -6,6 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.ports import free_port
 from registry_mirror import processes
 
 
@@ -27,7 +28,7 @@ class RedisServer:
             raise processes.ProcessError("redis-server is not installed: apt-get install redis-server "
                                          "(./run.sh test and ./run.sh bench install it when run as root)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or processes.free_port()
+        self.port = self.port or free_port()
         log = self.workdir / "redis.log"
         self.proc = processes.start([binary, "--bind", self.host, "--port", str(self.port), "--save", "",
                                      "--appendonly", "no", "--dir", str(self.workdir)], log, netns=self.netns)
