@@ -22,7 +22,7 @@ from . import seed
 from .skopeo import ca_dir, pull
 from .upstream_harness import UpstreamHarness, wait_until_settled
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_mirror_config(workdir: Path, upstream_url: str, username: str, password: str,

@@ -1,15 +1,19 @@
 """Push images of random layers into a plain registry (the storage behind the demo's upstream).
 
 Layers are files of random bytes, streamed from disk on upload and cached between runs by (seed, size).
-Images are OCI manifests with uncompressed-tar layer types, so the config's diff_ids are the layer digests.
+Images are OCI manifests with uncompressed-tar layer types, so the config's diff_ids are the layer digests;
+clients that unpack (containerd, podman, docker) get `tar_layer`s: real gzip'd tar files.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -18,6 +22,7 @@ MIB = 1024 * 1024
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+GZIP_LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Blob:
     size: int
     path: Path | None = None
     data: bytes = b""
+    diff_id: str = ""  # a compressed layer's uncompressed digest; "" for an uncompressed one (the digest)
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,33 @@ def random_layer(cache_dir: Path, size: int, seed: int) -> Blob:
     return Blob(f"sha256:{h.hexdigest()}", size, path)
 
 
-def build_image(name: str, tag: str, layers: list[Blob]) -> Image:
+def tar_layer(size: int, seed: int, name: str = "data.bin") -> Blob:
+    """A gzip'd tar holding one file of `size` random bytes at /<name>, in memory: for clients that unpack."""
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        member = tarfile.TarInfo(name)
+        member.size, member.mtime, member.mode = size, 0, 0o644
+        tar.addfile(member, io.BytesIO(random.Random(seed).randbytes(size)))
+    raw = tar_bytes.getvalue()
+    packed = gzip.compress(raw, compresslevel=1, mtime=0)
+    return Blob(_sha256(packed), len(packed), data=packed, diff_id=_sha256(raw))
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def build_image(name: str, tag: str, layers: list[Blob], architecture: str = "amd64") -> Image:
     config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+        "architecture": architecture, "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id or layer.digest for layer in layers]},
     }, sort_keys=True).encode()
     config_blob = Blob("sha256:" + hashlib.sha256(config).hexdigest(), len(config), data=config)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
         "config": {"mediaType": CONFIG_TYPE, "digest": config_blob.digest, "size": config_blob.size},
-        "layers": [{"mediaType": LAYER_TYPE, "digest": b.digest, "size": b.size} for b in layers],
+        "layers": [{"mediaType": GZIP_LAYER_TYPE if b.diff_id else LAYER_TYPE, "digest": b.digest, "size": b.size}
+                   for b in layers],
     }, indent=3).encode()
     return Image(name, tag, manifest, "sha256:" + hashlib.sha256(manifest).hexdigest(), tuple(layers), config_blob)
 

@@ -59,8 +59,30 @@ def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ..
     return True
 
 
-def trust_hint(cert_path: str, host: str, port: int) -> str:
-    shown = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
-    return (f"clients must trust {cert_path}: for docker, copy it to /etc/docker/certs.d/{shown}:{port}/ca.crt; "
-            f"for podman/skopeo/containerd, to /etc/containers/certs.d/{shown}:{port}/ca.crt "
-            f"(or skopeo --src-cert-dir {Path(cert_path).parent})")
+def trust_folder(cert_path: str) -> Path:
+    """The folder clients point at (skopeo --src-cert-dir, podman --cert-dir): the CA certificate and nothing else,
+    for a .key beside it makes containers/image demand a matching client certificate."""
+    return Path(cert_path).parent / "trust"
+
+
+def write_trust_folder(ca_file: str, cert_path: str) -> Path:
+    """`trust_folder(cert_path)/ca.crt` as a copy of `ca_file`, replaced atomically when it differs."""
+    folder = trust_folder(cert_path)
+    target, pem = folder / "ca.crt", Path(ca_file).read_bytes()
+    if target.exists() and target.read_bytes() == pem:
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(pem)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise CertError(f"cannot write the clients' trust folder {folder}: {e.strerror}; make the folder of "
+                        f"mirror.tls_cert writable, or copy {ca_file} to the clients by hand") from e
+    return folder
+
+
+def trust_hint(cert_path: str) -> str:
+    ca_file = trust_folder(cert_path) / "ca.crt"
+    return (f"clients trust {ca_file} (skopeo/podman --cert-dir {ca_file.parent}); "
+            f"`artifactory-mirror clients` prints docker's, containerd's and podman's configuration")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -11,8 +12,8 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from . import certs, processes, warm
-from .config import Config, ConfigError, config_path, load
+from . import certs, clients, processes, warm
+from .config import Config, ConfigError, any_address, config_path, load
 from .expiry import Expiry
 from .pulls import LastPulls, pulls_folder
 from .stats_views import JSON_PATH, summary_text
@@ -87,6 +88,29 @@ def cmd_warm(args) -> int:
     return warm.warm(cfg, refs)
 
 
+def cmd_clients(args) -> int:
+    """Each client's configuration for this mirror, from its address and certificate."""
+    cfg = _load_or_exit(args.config)
+    if not cfg.mirror.tls:
+        print(f"{PROG}: mirror.tls is off; clients need a TLS mirror (or each its own insecure setting)",
+              file=sys.stderr)
+        return 2
+    try:
+        trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+    except (certs.CertError, OSError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    listen = cfg.mirror.listen
+    mirror = args.address or f"{socket.getfqdn() if any_address(listen.host) else listen.host}:{listen.port}"
+    upstreams = {}
+    for route in (cfg.upstream, *cfg.routes):
+        upstream = clients.Upstream.from_url(route.origin, route.repository)
+        upstreams.setdefault(upstream.host, upstream)
+    found = clients.all_clients(mirror, list(upstreams.values()), str(trust))
+    print(clients.render(found, str(trust / "ca.crt")))
+    return 0
+
+
 def cmd_up(args) -> int:
     cfg = _load_or_exit(args.config)
     problems = preflight(cfg, args.web)
@@ -114,7 +138,7 @@ def cmd_up(args) -> int:
         print(f"{PROG}: serving {scheme}://{cfg.mirror.listen} -> addon {cfg.rewriter.listen} -> "
               f"{cfg.upstream.origin}{cfg.upstream.prefix}/v2/ (logs in {log_dir})", flush=True)
         if cfg.mirror.tls:
-            print(f"{PROG}: " + certs.trust_hint(cfg.mirror.tls_cert, cfg.mirror.listen.host, cfg.mirror.listen.port))
+            print(f"{PROG}: " + certs.trust_hint(cfg.mirror.tls_cert))
         if args.web:
             login = "password from rewriter.web_password" if cfg.rewriter.web_password else \
                 f"token in {log_dir / 'mitmproxy.log'}"
@@ -156,6 +180,10 @@ def parser() -> argparse.ArgumentParser:
     w = command("warm", cmd_warm, "pull images (every platform) into the running mirror before a deploy")
     w.add_argument("images", nargs="*", help="team/app:1.0 or team/app@sha256:...")
     w.add_argument("-f", "--file", help="a file of references, one per line (- for stdin; # comments)")
+    c = command("clients", cmd_clients, "print docker's, containerd's, Kubernetes', podman's and skopeo's "
+                "configuration for this mirror")
+    c.add_argument("--address", help="HOST:PORT clients reach the mirror at (default: mirror.listen, or this "
+                   "machine's name when it listens on every address); the certificate must name it")
     command("evictions", cmd_evictions, "what the next expiry pass would remove (changes nothing)")
     return top
 

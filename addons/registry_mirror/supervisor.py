@@ -14,7 +14,7 @@ from pathlib import Path
 import argon2
 import yaml
 
-from . import processes
+from . import certs, processes
 from .config import Config
 from .notifications import notification_secret
 from .registry_config import proxy_registry_config
@@ -52,6 +52,8 @@ class Mirror:
         cfg = self.cfg
         rw = cfg.rewriter
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.mirror.tls:
+            certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
         if self.dump:
             private_dump_file(self.dump)
         mitm_log = self.log_dir / "mitmproxy.log"

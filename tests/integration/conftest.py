@@ -15,7 +15,6 @@ import yaml
 from devtools import seed
 from devtools.ports import free_port
 from devtools.redis_server import RedisServer
-from devtools.skopeo import ca_dir
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
 from registry_mirror import certs
 from registry_mirror.config import load
@@ -147,11 +146,11 @@ def mirror_factory(tmp_path):
             **({"scale": scale} if scale else {}),
         }))
         cfg = load(cfg_path)
-        certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
+        certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
         mirror = Mirror(cfg, workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
         started.append(mirror)
         mirror.start()
-        return RunningMirror(mirror, ca_dir(cfg.mirror.tls_cert, workdir / "client-ca"))
+        return RunningMirror(mirror, certs.trust_folder(cfg.mirror.tls_cert))
     yield make
     for mirror in started:
         mirror.stop()

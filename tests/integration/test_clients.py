@@ -1,0 +1,148 @@
+"""containerd, podman and docker pull through the mirror with exactly what `artifactory-mirror clients` prints.
+
+Each test applies the printed files and copies (moved under the test's folder), pulls the upstream host's
+references as users write them, and asserts on the mirror's own counters and the upstream's request log that
+the pull went through the mirror: a client that fell back to the upstream shows there as a request for /v2/ at
+the upstream's root, which only a direct client sends.
+"""
+from __future__ import annotations
+
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+
+from devtools import seed
+from devtools.ports import free_port
+from tests.support.clients import ClientError, Containerd, Dockerd, Podman, apply_printed
+from tests.support.netpath import HOST_SIDE, MtuPath
+
+from .conftest import MIRROR_COMMAND, credentials_of
+
+
+def tar_image(name: str, tag: str, seed_base: int, architecture: str = "amd64") -> seed.Image:
+    """Two real gzip'd tar layers: clients unpack what they pull."""
+    layers = [seed.tar_layer(2 * seed.MIB, seed_base), seed.tar_layer(64 * 1024, seed_base + 1)]
+    return seed.build_image(name, tag, layers, architecture)
+
+
+def blobs_of(*images: seed.Image) -> set[str]:
+    return {blob.digest for image in images for blob in (*image.layers, image.config)}
+
+
+def printed_clients(mirror) -> str:
+    result = subprocess.run([MIRROR_COMMAND, "clients", "--config", mirror.cfg.source], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def direct_requests(upstream) -> list[dict]:
+    """Requests that reached the upstream without the mirror: a client's own, at /v2/ under the root."""
+    return [r for r in upstream.stats()["requests"] if r["path"].startswith("/v2")]
+
+
+def stored_blobs(mirror) -> set[str]:
+    return {f"sha256:{p.parent.name}" for p in mirror.storage.glob("docker/registry/v2/blobs/sha256/*/*/data")}
+
+
+@pytest.fixture
+def images(upstream):
+    """team/app:1.0, and team/multi:2.0, an index of linux/amd64 and linux/arm64 with layers of their own."""
+    app = tar_image("team/app", "1.0", 500)
+    amd64, arm64 = tar_image("team/multi", "2.0", 510), tar_image("team/multi", "2.0", 520, "arm64")
+    seed.push(upstream.registry_url, app)
+    seed.push_index(upstream.registry_url, "team/multi", "2.0",
+                                      {"linux/amd64": amd64, "linux/arm64": arm64})
+    return {"app": app, "amd64": amd64, "arm64": arm64}
+
+
+@pytest.fixture
+def containerd(tmp_path):
+    daemon = Containerd(tmp_path / "containerd")
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+def upstream_host(upstream) -> str:
+    return urlsplit(upstream.url).netloc
+
+
+def test_containerd_pulls_tag_digest_and_one_platform_through_the_mirror(upstream, images, mirror_factory,
+                                                                        containerd, tmp_path):
+    mirror = mirror_factory(credentials_of(upstream))
+    host = upstream_host(upstream)
+    apply_printed(printed_clients(mirror), f"containerd (without the fallback to {host})", tmp_path / "root")
+    hosts_dir = tmp_path / "root/etc/containerd/certs.d"
+
+    containerd.pull(f"{host}/team/app:1.0", hosts_dir)
+    containerd.pull(f"{host}/team/app@{images['app'].manifest_digest}", hosts_dir)
+    containerd.pull(f"{host}/team/multi:2.0", hosts_dir, platform="linux/arm64")
+    mirror.settle(upstream, images["app"], images["arm64"])
+
+    counters = mirror.counters()
+    assert counters.get("manifest-by-tag:miss", 0) >= 2  # team/app:1.0 and team/multi:2.0, fetched once each
+    assert direct_requests(upstream) == []
+    # the arm64 platform's layers crossed, the amd64 one's did not: containerd chose through the mirror
+    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
+    assert not set(blob.digest for blob in images["amd64"].layers) & stored_blobs(mirror)
+
+
+def test_containerd_with_the_fallback_pulls_through_the_mirror(upstream, images, mirror_factory, containerd,
+                                                              tmp_path):
+    mirror = mirror_factory(credentials_of(upstream))
+    host = upstream_host(upstream)
+    apply_printed(printed_clients(mirror), f"containerd (with the fallback to {host})", tmp_path / "root")
+    containerd.pull(f"{host}/team/app:1.0", tmp_path / "root/etc/containerd/certs.d")
+    mirror.settle(upstream, images["app"])
+    assert mirror.counters().get("manifest-by-tag:miss") == 1
+    assert direct_requests(upstream) == []
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["mirror-only", "with-fallback"])
+def test_podman_pulls_through_the_mirror(upstream, images, mirror_factory, tmp_path, fallback):
+    mirror = mirror_factory(credentials_of(upstream))
+    host = upstream_host(upstream)
+    title = f"podman and CRI-O ({'with' if fallback else 'without'} the fallback to {host})"
+    placed = apply_printed(printed_clients(mirror), title, tmp_path / "root")
+    (conf,) = [where for path, where in placed.items() if path.endswith(".conf")]
+    cert_dir = tmp_path / f"root/etc/containers/certs.d/{mirror.address}"
+    podman = Podman(tmp_path / "podman").start()
+    try:
+        podman.pull(f"{host}/team/app:1.0", conf, cert_dir)
+        podman.pull(f"{host}/team/multi:2.0", conf, cert_dir, platform="linux/arm64")
+    finally:
+        podman.stop()
+    mirror.settle(upstream, images["app"], images["arm64"])
+    assert mirror.counters().get("manifest-by-tag:miss", 0) >= 2
+    assert direct_requests(upstream) == []
+    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
+
+
+@pytest.fixture
+def docker_path():
+    path = MtuPath(netns="amtdocker").up()
+    try:
+        yield path
+    finally:
+        path.down()
+
+
+def test_docker_pulls_by_the_mirrors_name_trusting_its_ca(upstream, images, mirror_factory, docker_path, tmp_path):
+    # docker skips TLS checks on 127.0.0.0/8: the mirror listens on the veth address the daemon's namespace reaches
+    mirror = mirror_factory(credentials_of(upstream), mirror_keys={"listen": f"{HOST_SIDE}:{free_port(HOST_SIDE)}"})
+    dockerd = Dockerd(tmp_path / "docker", docker_path.netns)
+    try:
+        dockerd.start()
+        with pytest.raises(ClientError, match="certificate"):  # before the CA is in place, docker refuses it
+            dockerd.pull(f"{mirror.address}/team/app:1.0")
+        apply_printed(printed_clients(mirror), "docker", tmp_path / "root", reroot={"/etc/docker": dockerd.etc_docker})
+        dockerd.pull(f"{mirror.address}/team/app:1.0")
+        dockerd.pull(f"{mirror.address}/team/multi:2.0", platform="linux/arm64")
+    finally:
+        dockerd.stop()
+    mirror.settle(upstream, images["app"], images["arm64"])
+    assert mirror.counters().get("manifest-by-tag:miss", 0) >= 2
+    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
