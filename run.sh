@@ -88,8 +88,10 @@ case "$cmd" in
     run_python -m devtools.demo "$@" ;;
   test)
     # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests;
-    # iproute2 and ethtool: the MTU-1500 path to the upstream; docker-compose: validating the compose file
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server iproute2 ethtool docker-compose
+    # iproute2 and ethtool: the MTU-1500 path to the upstream; docker-compose: validating the compose file;
+    # containerd, podman and docker.io: the clients that pull through the mirror
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server iproute2 ethtool docker-compose \
+      containerd podman docker.io
     ensure_venv test
     lint
     run_python -m pytest "$@" ;;
