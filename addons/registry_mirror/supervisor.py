@@ -53,7 +53,10 @@ class Mirror:
         rw = cfg.rewriter
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if cfg.mirror.tls:
-            certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+            try:
+                certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+            except certs.CertError as e:  # a convenience for clients: the mirror serves without it
+                print(f"artifactory-mirror: {e}", file=sys.stderr)
         if self.dump:
             private_dump_file(self.dump)
         mitm_log = self.log_dir / "mitmproxy.log"
