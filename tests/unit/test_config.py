@@ -58,7 +58,8 @@ def test_static_token_and_anonymous():
     (with_upstream(url="https://a.example/artifactory"), "put the repository path in upstream.repository"),
     (with_upstream(url="https://u:hunter2@a.example"), "<redacted>"),
     (with_upstream(url="https://a.example:99999"), "upstream.url"),
-    (with_upstream(url=5000), "upstream.url: expected a string, got int"),
+    (with_upstream(url=5000), "upstream.url: expected scheme://host[:port] with scheme http or https, e.g. "
+                              "https://artifactory.example.com, got int 5000"),
     (with_upstream(repository=None), "upstream.repository: missing"),
     (with_upstream(repository="bad/key"), "upstream.repository: 'bad/key'"),
     (with_upstream(password=None), "upstream.password: missing for upstream.username"),
@@ -68,7 +69,8 @@ def test_static_token_and_anonymous():
     (with_upstream(password=None, password_file="/nonexistent/secret"), "upstream.password_file: cannot read"),
     (with_upstream(ca_file="/nonexistent/ca.pem"), "upstream.ca_file: cannot load"),
     (with_upstream(tls_verify="yes"), "upstream.tls_verify: expected true or false"),
-    (with_upstream(connect_timeout=0), "upstream.connect_timeout: 0.0 is out of range"),
+    (with_upstream(connect_timeout=0), "upstream.connect_timeout: 0 is out of range; expected more than 0, "
+                                     "at most 3600 seconds"),
     (with_upstream(connect_timeout=True), "upstream.connect_timeout: expected a number of seconds, got a boolean"),
     (with_upstream(allowed_realm_hosts=["https://x/"]), "upstream.allowed_realm_hosts"),
     (with_upstream(path_prefix="artifactory"), "upstream.path_prefix: 'artifactory' must start with /"),
