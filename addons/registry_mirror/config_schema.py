@@ -29,7 +29,7 @@ class Key:
     routes_only: bool = False  # a key of `routes` entries only
 
     def range(self) -> str:
-        low, high = self.bounds or ("", "")
+        low, high = self.bounds
         return f"more than {low}, at most {high}" if self.above else f"{low} to {high}"
 
     def complaint(self, value: Any) -> str | None:
@@ -37,7 +37,7 @@ class Key:
         if self.bounds:
             low, high = self.bounds
             if not (low < value <= high if self.above else low <= value <= high):  # NaN is out of range too
-                return f"is out of range; expected {self.range()}{' ' + self.kind.unit if self.kind.unit else ''}"
+                return f"is out of range; expected {self.range()} {self.kind.unit}".rstrip()
         if self.choices and value not in self.choices:
             return f"is not one of {', '.join(self.choices)}"
         return self.check(value) if self.check else None

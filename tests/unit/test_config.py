@@ -1,8 +1,20 @@
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
 
-from registry_mirror.config import ConfigError, Secret, load, parse
+from registry_mirror.config import (
+    CacheConfig,
+    ConfigError,
+    MirrorConfig,
+    RewriterConfig,
+    ScaleConfig,
+    Secret,
+    load,
+    parse,
+)
+from registry_mirror.config_keys import SECTIONS
+from registry_mirror.config_schema import declared
 
 BASE = {"upstream": {"url": "https://art.example.com", "repository": "docker-local",
                      "username": "u", "password": "p"}}
@@ -162,3 +174,21 @@ def test_expiry_keys(mirror, max_age, max_bytes):
 def test_expiry_key_errors_name_the_key(mirror, fragment):
     with pytest.raises(ConfigError, match=fragment):
         parse({**BASE, "mirror": mirror})
+
+
+def test_a_section_left_out_is_its_dataclass_defaults(tmp_path):
+    base = tmp_path.resolve()
+    cfg = parse(BASE, base_dir=base)
+    assert (cfg.rewriter, cfg.scale, cfg.routes) == (RewriterConfig(), ScaleConfig(), ())
+    assert cfg.mirror == MirrorConfig(storage=f"{base}/data/registry", tls_cert=f"{base}/certs/mirror.crt",
+                                      tls_key=f"{base}/certs/mirror.key")
+    assert cfg.cache == CacheConfig(tag_state_file=f"{base}/data/registry.tags.json")
+
+
+def test_every_key_is_documented_and_its_default_valid():
+    for section, cls in SECTIONS.items():
+        for name, (_, declaration) in declared(cls, routes=True).items():
+            assert declaration.doc.endswith(".") and "\n" not in declaration.doc, f"{section}.{name}"
+            if declaration.default not in (MISSING, None):
+                value = declaration.kind.convert(f"{section}.{name}", declaration.default)
+                assert declaration.complaint(value) is None, f"{section}.{name}"
