@@ -1,8 +1,20 @@
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
 
-from registry_mirror.config import ConfigError, Secret, load, parse
+from registry_mirror.config import (
+    CacheConfig,
+    ConfigError,
+    MirrorConfig,
+    RewriterConfig,
+    ScaleConfig,
+    Secret,
+    load,
+    parse,
+)
+from registry_mirror.config_keys import SECTIONS
+from registry_mirror.config_schema import declared
 
 BASE = {"upstream": {"url": "https://art.example.com", "repository": "docker-local",
                      "username": "u", "password": "p"}}
@@ -58,7 +70,8 @@ def test_static_token_and_anonymous():
     (with_upstream(url="https://a.example/artifactory"), "put the repository path in upstream.repository"),
     (with_upstream(url="https://u:hunter2@a.example"), "<redacted>"),
     (with_upstream(url="https://a.example:99999"), "upstream.url"),
-    (with_upstream(url=5000), "upstream.url: expected a string, got int"),
+    (with_upstream(url=5000), "upstream.url: expected scheme://host[:port] with scheme http or https, e.g. "
+                              "https://artifactory.example.com, got int 5000"),
     (with_upstream(repository=None), "upstream.repository: missing"),
     (with_upstream(repository="bad/key"), "upstream.repository: 'bad/key'"),
     (with_upstream(password=None), "upstream.password: missing for upstream.username"),
@@ -68,7 +81,8 @@ def test_static_token_and_anonymous():
     (with_upstream(password=None, password_file="/nonexistent/secret"), "upstream.password_file: cannot read"),
     (with_upstream(ca_file="/nonexistent/ca.pem"), "upstream.ca_file: cannot load"),
     (with_upstream(tls_verify="yes"), "upstream.tls_verify: expected true or false"),
-    (with_upstream(connect_timeout=0), "upstream.connect_timeout: 0.0 is out of range"),
+    (with_upstream(connect_timeout=0), "upstream.connect_timeout: 0 is out of range; expected more than 0, "
+                                     "at most 3600 seconds"),
     (with_upstream(connect_timeout=True), "upstream.connect_timeout: expected a number of seconds, got a boolean"),
     (with_upstream(allowed_realm_hosts=["https://x/"]), "upstream.allowed_realm_hosts"),
     (with_upstream(path_prefix="artifactory"), "upstream.path_prefix: 'artifactory' must start with /"),
@@ -160,3 +174,21 @@ def test_expiry_keys(mirror, max_age, max_bytes):
 def test_expiry_key_errors_name_the_key(mirror, fragment):
     with pytest.raises(ConfigError, match=fragment):
         parse({**BASE, "mirror": mirror})
+
+
+def test_a_section_left_out_is_its_dataclass_defaults(tmp_path):
+    base = tmp_path.resolve()
+    cfg = parse(BASE, base_dir=base)
+    assert (cfg.rewriter, cfg.scale, cfg.routes) == (RewriterConfig(), ScaleConfig(), ())
+    assert cfg.mirror == MirrorConfig(storage=f"{base}/data/registry", tls_cert=f"{base}/certs/mirror.crt",
+                                      tls_key=f"{base}/certs/mirror.key")
+    assert cfg.cache == CacheConfig(tag_state_file=f"{base}/data/registry.tags.json")
+
+
+def test_every_key_is_documented_and_its_default_valid():
+    for section, cls in SECTIONS.items():
+        for name, (_, declaration) in declared(cls, routes=True).items():
+            assert declaration.doc.endswith(".") and "\n" not in declaration.doc, f"{section}.{name}"
+            if declaration.default not in (MISSING, None):
+                value = declaration.kind.convert(f"{section}.{name}", declaration.default)
+                assert declaration.complaint(value) is None, f"{section}.{name}"
