@@ -68,10 +68,11 @@ def trust_folder(cert_path: str) -> Path:
 def write_trust_folder(ca_file: str, cert_path: str) -> Path:
     """`trust_folder(cert_path)/ca.crt` as a copy of `ca_file`, replaced atomically when it differs."""
     folder = trust_folder(cert_path)
-    target, pem = folder / "ca.crt", Path(ca_file).read_bytes()
-    if target.exists() and target.read_bytes() == pem:
-        return folder
+    target = folder / "ca.crt"
     try:
+        pem = Path(ca_file).read_bytes()
+        if target.exists() and target.read_bytes() == pem:
+            return folder
         folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(pem)
