@@ -20,6 +20,7 @@ from . import notifications
 from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
 from .expiry import Expiry
 from .manifests import ManifestMismatch, UpstreamDown
+from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder
 from .requests import Kind, Refusal, RegistryRequest, classify
@@ -150,9 +151,9 @@ class RegistryMirror:
     def _local_answer(self, flow: http.HTTPFlow, req: RegistryRequest | Refusal) -> http.Response:
         if isinstance(req, Refusal):
             log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)
-            self.stats.served("other", "refused", 0)
+            self.stats.served("other", Outcome.REFUSED, 0)
             return error_response(req.status, req.code, req.message)
-        self.stats.served("ping", "local", 0)
+        self.stats.served("ping", Outcome.LOCAL, 0)
         return ping_response()
 
     def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
@@ -186,14 +187,14 @@ class RegistryMirror:
             answer = await route.manifests.answer(req, flow.request.headers, method)
         except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
             log.warning("%s %s failed: %s", method, what, e)
-            self.stats.served(req.kind.value, "error", 0)
+            self.stats.served(req.kind.value, Outcome.ERROR, 0)
             return error_response(503, "UNAVAILABLE", str(e))
-        stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome == "STALE" else ""
+        stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome is Outcome.STALE else ""
         log.info("%s %s %s -> %d %d bytes (%.0f ms)%s", answer.outcome, method, what, answer.status,
                  len(answer.body), (time.monotonic() - started) * 1000, stale)
-        self.stats.served(req.kind.value, answer.outcome if answer.status < 400 else "error",
+        self.stats.served(req.kind.value, answer.outcome if answer.status < 400 else Outcome.ERROR,
                           0 if method == "HEAD" else len(answer.body))
-        if answer.outcome in ("HIT", "STALE"):  # mitmweb: answered from the mirror's caches, nothing went upstream
+        if answer.outcome.cached:  # mitmweb: answered from the mirror's caches, nothing went upstream
             flow.marked = ":floppy_disk:"
             flow.comment = f"answered by artifactory-mirror from its cache ({answer.outcome})"
         else:

@@ -27,6 +27,7 @@ from cachetools import LRUCache, TTLCache
 from .config import CacheConfig
 from .health import UpstreamHealth
 from .manifest_body import manifest_problem
+from .outcomes import Outcome
 from .requests import Kind, RegistryRequest
 from .responses import next_page_link, passed_headers
 from .schema1 import is_signed, signed_payload
@@ -66,7 +67,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
-    outcome: str  # HIT, MISS or COALESCED
+    outcome: Outcome  # HIT, MISS, COALESCED or STALE
     auth_scheme: str = ""  # the credential kind sent upstream, for the flow's redaction marker
 
 
@@ -124,7 +125,7 @@ class BlobHeads:
         return dropped
 
 
-def manifest_answer(manifest: Manifest, outcome: str, auth_scheme: str = "") -> Answer:
+def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "") -> Answer:
     headers = {"Content-Type": manifest.content_type, "Docker-Content-Digest": manifest.digest,
                "Content-Length": str(len(manifest.body)), "ETag": f'"{manifest.digest}"'}
     return Answer(200, headers, manifest.body, outcome, auth_scheme)
@@ -151,17 +152,17 @@ class ManifestService:
         if req.kind is Kind.MANIFEST_BY_DIGEST:
             cached = self.manifests.get(req.reference)
             if cached is not None:
-                return manifest_answer(cached, "HIT")
+                return manifest_answer(cached, Outcome.HIT)
         elif req.kind is Kind.MANIFEST_BY_TAG:
             digest = self.tags.get((req.name, req.reference, accepts)) if self.tags is not None else None
             cached = self.manifests.get(digest) if digest else None
             if cached is not None:
-                return manifest_answer(cached, "HIT")
+                return manifest_answer(cached, Outcome.HIT)
             return await self._tag(req, headers, method, accepts)
         elif req.kind is Kind.BLOB and self.blob_heads is not None:
             known = self.blob_heads.get(req.name, req.reference)
             if known is not None:
-                return Answer(200, dict(known), b"", "HIT")
+                return Answer(200, dict(known), b"", Outcome.HIT)
         await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
 
@@ -221,10 +222,10 @@ class ManifestService:
             return None
         cached = self.manifests.get(known.digest)
         if cached is not None:
-            answer = manifest_answer(cached, "STALE")
+            answer = manifest_answer(cached, Outcome.STALE)
         elif method == "HEAD":  # after a restart: the registry has the manifest itself, by digest
             answer = Answer(200, {"Content-Type": known.content_type, "Docker-Content-Digest": known.digest,
-                                  "Content-Length": str(known.length)}, b"", "STALE")
+                                  "Content-Length": str(known.length)}, b"", Outcome.STALE)
         else:
             return None
         answer.headers.update({"Age": str(int(age)), "X-Mirror-Stale-Age": str(int(age)),
@@ -243,7 +244,7 @@ class ManifestService:
         pending = self._inflight.get(key)
         if pending is not None:
             answer = await asyncio.shield(pending)
-            return Answer(answer.status, answer.headers, answer.body, "COALESCED", answer.auth_scheme)
+            return Answer(answer.status, answer.headers, answer.body, Outcome.COALESCED, answer.auth_scheme)
         pending = asyncio.ensure_future(self._fetch(req, headers))
         self._inflight[key] = pending
         pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
@@ -259,7 +260,7 @@ class ManifestService:
         except UpstreamError as e:
             self.health.failure(str(e), hung=e.timed_out)
             self.stats.upstream(req.kind.value, method, what, "timeout" if e.timed_out else "error", 0,
-                                time.monotonic() - started, "error")
+                                time.monotonic() - started, Outcome.ERROR)
             raise
         except AuthError as e:
             if e.upstream_failure:
@@ -271,9 +272,9 @@ class ManifestService:
         else:  # a 429 too: a rate-limited upstream answers, so it is not down (the probe agrees: any status < 500)
             self.health.success()
         if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
-            return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, "MISS", up.authorized)
+            return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, Outcome.MISS, up.authorized)
         if up.status != 200 or req.kind is Kind.TAGS:
-            return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
+            return Answer(up.status, passed_headers(up.headers), up.body, Outcome.MISS, up.authorized)
         if req.kind is Kind.BLOB:
             known = passed_headers(up.headers)
             # a size is kept only from an answer that names this blob: one that does not (a stray answer a
@@ -281,7 +282,7 @@ class ManifestService:
             names_it = known.get("Docker-Content-Digest") == req.reference
             if "Content-Length" in known and names_it and self.blob_heads is not None:
                 self.blob_heads.put(req.name, req.reference, known)
-            return Answer(200, known, b"", "MISS", up.authorized)
+            return Answer(200, known, b"", Outcome.MISS, up.authorized)
         return self._store_manifest(req, accept_key(headers.get_all("Accept")), up.headers, up.body, up.authorized)
 
     def _store_manifest(self, req: RegistryRequest, accepts: frozenset[str], up_headers, body: bytes,
@@ -308,4 +309,4 @@ class ManifestService:
             if self.tags is not None:  # the digest is used only with the manifest it names, which may be evicted
                 self.tags[key] = actual
             self.known.put(key, KnownTag(actual, manifest.content_type, len(body), self.known.now()))
-        return manifest_answer(manifest, "MISS", auth_scheme)
+        return manifest_answer(manifest, Outcome.MISS, auth_scheme)
