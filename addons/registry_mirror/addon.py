@@ -19,7 +19,8 @@ from . import config as config_mod
 from . import notifications
 from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
 from .expiry import Expiry
-from .manifests import ManifestMismatch, UpstreamDown
+from .manifest_body import ManifestMismatch
+from .manifests import UpstreamDown
 from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder

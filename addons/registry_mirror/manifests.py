@@ -1,12 +1,13 @@
 """Manifests, tags and blob HEADs: answered from caches where that is safe, else from one upstream fetch.
 
-- Manifests by digest are immutable: an LRU bounded in bytes, stored only after their digest is checked
-  (a schema1 signed manifest's digest is that of its payload without the signatures, see schema1.py).
+- Manifests by digest are immutable: an LRU bounded in bytes, stored only after manifest_body.py has checked
+  the body and its digest.
 - Tag -> digest lives `cache.tag_ttl` seconds (30 by default), keyed by the set of media types the client
   accepts, because the upstream answers a different manifest (index or image) for a different Accept.
-- Blob HEADs: a blob's size and type by digest never change, so an LRU of them answers repeated HEADs, each
-  for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified (`blob_verified`), every
-  cached HEAD of that digest with another size is dropped, so a wrong answer cannot stick.
+- Blob HEADs: a blob's size and type by digest never change, so a cache of them (blob_heads.py) answers
+  repeated HEADs, each for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified
+  (`blob_verified`), every cached HEAD of that digest with another size is dropped, so a wrong answer cannot
+  stick.
 - Requests for the same thing that overlap share one upstream fetch.
 - Stale-if-error: a tag whose refresh fails, or takes longer than `cache.stale_budget`, is answered from its
   last known digest (up to `cache.max_stale` old) while the refresh goes on in the background; while the
@@ -16,7 +17,6 @@ Every answer says how it was served: HIT, MISS, COALESCED or STALE (with its age
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
+from .blob_heads import BlobHeads
 from .config import CacheConfig
 from .health import UpstreamHealth
-from .manifest_body import manifest_problem
+from .manifest_body import verified_digest
 from .outcomes import Outcome
 from .requests import Kind, RegistryRequest
 from .responses import next_page_link, passed_headers
-from .schema1 import is_signed, signed_payload
 from .stats import Stats
 from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
@@ -39,16 +39,11 @@ from .upstream_auth import AuthError
 log = logging.getLogger(__name__)
 
 SICK_SECONDS = 10.0  # after a failed or slow refresh, a tag is answered stale at once this long
-BLOB_HEADS = 65536  # cached blob HEADs, at most
 
 
 def refresh_failed(status: int) -> bool:
     """An upstream answer a known tag is answered stale for: a 5xx, or a 429 (rate-limited)."""
     return status >= 500 or status == 429
-
-
-class ManifestMismatch(Exception):
-    """The upstream's manifest bytes do not match their digest."""
 
 
 class UpstreamDown(Exception):
@@ -74,55 +69,6 @@ class Answer:
 def accept_key(accept_values: list[str]) -> frozenset[str]:
     """The media types a client accepts, whatever their order, spacing or parameters."""
     return frozenset(t.split(";", 1)[0].strip().lower() for v in accept_values for t in v.split(",") if t.strip())
-
-
-def digest_of(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-class BlobHeads:
-    """Blob HEADs by (repository, digest), each trusted `ttl` seconds, with an index digest -> repositories so
-    that a verified transfer finds every cached HEAD of its digest without a scan of the cache."""
-
-    def __init__(self, ttl: float, timer: Callable[[], float], maxsize: int = BLOB_HEADS):
-        self._heads: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
-        self._names: dict[str, set[str]] = {}
-        self._indexed = 0  # names in the index, expired or evicted ones included until the next rebuild
-
-    def __len__(self) -> int:
-        return len(self._heads)
-
-    def get(self, name: str, digest: str) -> dict[str, str] | None:
-        return self._heads.get((name, digest))
-
-    def put(self, name: str, digest: str, headers: dict[str, str]) -> None:
-        self._heads[(name, digest)] = headers
-        names = self._names.setdefault(digest, set())
-        if name not in names:
-            names.add(name)
-            self._indexed += 1
-        if self._indexed > 2 * self._heads.maxsize:  # mostly expired or evicted: rebuilt, amortized O(1)
-            self._names = {}
-            for cached_name, cached_digest in self._heads:
-                self._names.setdefault(cached_digest, set()).add(cached_name)
-            self._indexed = sum(map(len, self._names.values()))
-
-    def drop_other_sizes(self, digest: str, size: int) -> int:
-        """Drop every cached HEAD of `digest` whose Content-Length is not `size`; how many were dropped."""
-        names, kept, dropped = self._names.pop(digest, set()), set(), 0
-        for name in names:
-            headers = self._heads.get((name, digest))  # None: expired or evicted, forgotten here too
-            if headers is None:
-                continue
-            if headers.get("Content-Length") == str(size):
-                kept.add(name)
-            else:
-                self._heads.pop((name, digest), None)
-                dropped += 1
-        self._indexed -= len(names) - len(kept)
-        if kept:
-            self._names[digest] = kept
-        return dropped
 
 
 def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "") -> Answer:
@@ -288,19 +234,9 @@ class ManifestService:
     def _store_manifest(self, req: RegistryRequest, accepts: frozenset[str], up_headers, body: bytes,
                         auth_scheme: str) -> Answer:
         content_type = up_headers.get("Content-Type", "application/octet-stream")
-        if problem := manifest_problem(body):  # never cached, never handed on
-            raise ManifestMismatch(f"upstream answer for manifest {req.name}:{req.reference} is not a manifest "
-                                   f"({problem}; {content_type}, {len(body)} bytes); discarded")
-        try:  # a signed schema1 manifest is named by its payload, as Distribution names it
-            actual = digest_of(signed_payload(body) if is_signed(content_type) else body)
-        except ValueError as e:
-            raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} is a malformed signed "
-                                   f"manifest ({e}); discarded") from e
-        claimed = up_headers.get("Docker-Content-Digest", actual)
-        expected = req.reference if req.kind is Kind.MANIFEST_BY_DIGEST else claimed
-        if actual != expected or claimed != actual:  # never cached, never handed on
-            raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} does not match its digest "
-                                   f"(expected {expected}, got {actual}); discarded")
+        asked = req.reference if req.kind is Kind.MANIFEST_BY_DIGEST else None
+        actual = verified_digest(body, content_type, up_headers.get("Docker-Content-Digest"), asked,
+                                 f"{req.name}:{req.reference}")
         manifest = Manifest(actual, content_type, body)
         if len(body) <= self.manifests.maxsize:
             self.manifests[actual] = manifest

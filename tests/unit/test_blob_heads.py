@@ -1,8 +1,9 @@
 """Cached blob HEADs expire after `cache.blob_head_ttl`, and a verified transfer drops any that contradict it."""
 import asyncio
 
+from registry_mirror.blob_heads import BlobHeads
 from registry_mirror.config import CacheConfig
-from registry_mirror.manifests import BlobHeads, ManifestService
+from registry_mirror.manifests import ManifestService
 from registry_mirror.requests import classify
 from registry_mirror.stats import Stats
 

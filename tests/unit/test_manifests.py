@@ -7,7 +7,8 @@ from mitmproxy.http import Headers
 from multidict import CIMultiDict
 
 from registry_mirror.config import CacheConfig
-from registry_mirror.manifests import ManifestMismatch, ManifestService, accept_key
+from registry_mirror.manifest_body import ManifestMismatch
+from registry_mirror.manifests import ManifestService, accept_key
 from registry_mirror.requests import classify
 from registry_mirror.responses import next_page_link
 from registry_mirror.upstream import SmallResponse
