@@ -20,17 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage_inventory import (
-    V2,
-    Image,
-    Inventory,
-    blob_data,
-    layer_link,
-    linked_now,
-    revision_link,
-    tag_current_link,
-    tag_index_link,
-)
+from .storage_inventory import Image, Inventory, linked_now
+from .storage_layout import V2, blob_data, layer_link, revision_link, tag_current_link, tag_index_link
 
 
 @dataclass(frozen=True)
