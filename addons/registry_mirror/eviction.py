@@ -67,10 +67,6 @@ class Applied:
     relinked: tuple[str, ...]  # kept: a link named them again by the time their data was due
 
 
-class SimulatedCrash(RuntimeError):
-    """`apply(fail_after=n)` stopped after n deletions (tests only)."""
-
-
 def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max_age: float,
          max_bytes: int | None, in_flight: frozenset[str] = frozenset()) -> Plan:
     """What a pass removes; `last_pull(repository, digest)` is a wall-clock time, like `now`."""
@@ -133,25 +129,16 @@ def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max
                 inv.total_bytes - sum(blobs.values()))
 
 
-def apply(root: Path, plan: Plan, fail_after: int | None = None) -> Applied:
+def apply(root: Path, plan: Plan) -> Applied:
     """Carries a plan out under the registry's `rootdirectory`; running it again is harmless."""
     v2 = root / V2
     repositories, blobs = v2 / "repositories", v2 / "blobs"
-    done = 0
-
-    def delete(path: Path, stop: Path) -> bool:
-        nonlocal done
-        if fail_after is not None and done >= fail_after:
-            raise SimulatedCrash(f"stopped before {path}: fail_after={fail_after} deletions")
-        done += 1
-        return _delete(path, stop)
-
-    links = sum(delete(repositories / name / link, repositories) for name, link in plan.link_files)
+    links = sum(_delete(repositories / name / link, repositories) for name, link in plan.link_files)
     for name in plan.repositories_removed:
         _prune_repository(repositories / name, repositories)
     linked = linked_now(root)  # the registry may have linked a blob since the inventory
     relinked = tuple(digest for digest in plan.blobs if digest in linked)
-    deleted = [digest for digest in plan.blobs if digest not in linked and delete(v2 / blob_data(digest), blobs)]
+    deleted = [digest for digest in plan.blobs if digest not in linked and _delete(v2 / blob_data(digest), blobs)]
     return Applied(tuple((r.image, r.last_pull) for r in plan.removals), tuple(deleted),
                    sum(plan.blobs[digest] for digest in deleted), links, relinked)
 
