@@ -78,13 +78,9 @@ def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "")
 
 
 class ManifestService:
-    def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth | None = None,
-                 timer: Callable[[], float] = time.monotonic, stats: Stats | None = None,
-                 known: TagState | None = None):
-        self.upstream, self.cfg = upstream, cfg
-        self.stats = stats or Stats()
-        self.health = health or UpstreamHealth(timer=timer)
-        self.known = known if known is not None else TagState(cfg.tag_state_file)
+    def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth, stats: Stats, known: TagState,
+                 timer: Callable[[], float] = time.monotonic):
+        self.upstream, self.cfg, self.health, self.stats, self.known = upstream, cfg, health, stats, known
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: BlobHeads | None = BlobHeads(cfg.blob_head_ttl, timer) if cfg.blob_head_ttl else None
