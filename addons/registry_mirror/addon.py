@@ -62,7 +62,7 @@ class RegistryMirror:
             if self.router is not None:  # routes, caches and the registry were built from the loaded one
                 raise exceptions.OptionsError(
                     f"mirror_config: the running mirror was started with {self.config.source}; restart it "
-                    f"(./run.sh up) to use {path}")
+                    f"(artifactory-mirror up) to use {path}")
             try:
                 self.config = config_mod.load(path)
             except config_mod.ConfigError as e:
