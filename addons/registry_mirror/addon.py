@@ -3,17 +3,15 @@
 Each request is classified once (requests.classify). The ping is answered here; manifests, tags and blob
 HEADs are answered by ManifestService (caches, stale-if-error, one upstream fetch for overlapping requests)
 with `Response.make`; blob GETs get a 307 to the in-process blob endpoint (or, with
-`rewriter.blob_redirect: false`, are routed there and streamed on by mitmproxy). The stats page, its JSON
-and /metrics are served on reserved paths. Credentials never enter a flow: the upstream client adds them,
-and the flow shows a redacted marker where they went.
+`rewriter.blob_redirect: false`, are routed there and streamed on by mitmproxy). The mirror's own pages
+(stats, readiness, notifications) are another addon's, pages.py. Credentials never enter a flow: the
+upstream client adds them, and the flow shows a redacted marker where they went.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict
 
 from mitmproxy import ctx, exceptions, http
 
@@ -21,22 +19,23 @@ from . import config as config_mod
 from . import notifications
 from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
 from .expiry import Expiry
-from .manifests import ManifestMismatch, UpstreamDown
+from .manifest_body import ManifestMismatch
+from .manifests import UpstreamDown
+from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
 from .stats import Stats
-from .stats_views import JSON_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
 
 REDACTED = "<redacted by artifactory-mirror>"
-# options the mirror cannot work without; see docs/field-notes: eager connects drop local answers, and
-# unstreamed bodies are held whole in memory
+# options the mirror cannot work without: with eager connects mitmproxy dials the reverse target before the
+# addon answers, and a failed dial drops the local answer; an unstreamed body is held whole in memory
 REQUIRED_OPTIONS = {"connection_strategy": "lazy", "stream_large_bodies": "1m"}
 # mitmproxy listens before it runs the addons' `running` hooks; a request in between waits this long
 STARTUP_WAIT = 30.0
@@ -63,7 +62,7 @@ class RegistryMirror:
             if self.router is not None:  # routes, caches and the registry were built from the loaded one
                 raise exceptions.OptionsError(
                     f"mirror_config: the running mirror was started with {self.config.source}; restart it "
-                    f"(./run.sh up) to use {path}")
+                    f"(artifactory-mirror up) to use {path}")
             try:
                 self.config = config_mod.load(path)
             except config_mod.ConfigError as e:
@@ -115,38 +114,15 @@ class RegistryMirror:
             await self.router.close()
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        if flow.request.path in (STATS_PATH, JSON_PATH, METRICS_PATH):
-            flow.response = self._stats_response(flow.request.path)
-            return
-        if flow.request.path == READY_PATH:
-            ready = self.started.is_set()
-            flow.response = http.Response.make(200 if ready else 503, json.dumps({"ready": ready}).encode(),
-                                               {"Content-Type": "application/json"})
-            return
-        if flow.request.path == notifications.NOTIFY_PATH:
-            flow.response = self._notified(flow)
-            return
-        if flow.request.path == "/favicon.ico":  # a browser on the stats page; not a registry request
-            flow.response = http.Response.make(204)
+        if flow.response or flow.error or not flow.live:  # answered already: a reserved page (pages.py)
             return
         req = classify(flow.request.method, flow.request.path)
-        if isinstance(req, Refusal):
-            log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)
-            self.stats.served("other", "refused", 0)
-            flow.response = error_response(req.status, req.code, req.message)
-        elif req.kind is Kind.PING:
-            self.stats.served("ping", "local", 0)
-            flow.response = ping_response()
+        if isinstance(req, Refusal) or req.kind is Kind.PING:  # answered here, started or not
+            flow.response = self._local_answer(flow, req)
         elif not await self._wait_until_started():
             flow.response = error_response(503, "UNAVAILABLE", "the mirror has not started; see its log")
-        elif req.kind is Kind.BLOB and flow.request.method == "GET" and self.config.rewriter.blob_redirect:
-            flow.response = self._redirect_to_blob_server(flow, req)
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
-            flow.metadata["mirror.kind"] = req.kind.value
-            flow.metadata["mirror.upstream_url"] = self.router.for_request(req).upstream.url_for(req)
-            self._route_to_blob_server(flow, req)
+            self._to_blob_server(flow, req)
         else:
             flow.response = await self._small_exchange(flow, req)
         if flow.response is not None and flow.request.method == "HEAD":
@@ -173,34 +149,19 @@ class RegistryMirror:
         # before mitmproxy's Save (script addons come first), which writes a failed flow to a `-w` dump as it is
         flow.request.headers.pop(TICKET_HEADER, None)
 
-    def _notified(self, flow: http.HTTPFlow) -> http.Response:
-        """The registry's event: answered at once (it queues events in memory until then)."""
-        status, reason, envelope = notifications.check(
-            flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
-            self.notify_secret or "\0unset")
-        if status == 202 and self.expiry:
-            self.expiry.notified(envelope)
-        elif status != 202:
-            log.warning("refused a notification: %s", reason)
-        flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
-        return http.Response.make(status, json.dumps({"accepted": status == 202, "reason": reason}).encode(),
-                                  {"Content-Type": "application/json"})
+    def _local_answer(self, flow: http.HTTPFlow, req: RegistryRequest | Refusal) -> http.Response:
+        if isinstance(req, Refusal):
+            log.info("refused %s %s: %s", flow.request.method, flow.request.path[:200], req.message)
+            self.stats.served("other", Outcome.REFUSED, 0)
+            return error_response(req.status, req.code, req.message)
+        self.stats.served("ping", Outcome.LOCAL, 0)
+        return ping_response()
 
-    def _stats_response(self, path: str) -> http.Response:
-        snap = self.stats.snapshot(self.router.routes.values() if self.router else (),
-                                   self.blobs.coalescer.transfers.values() if self.blobs else ())
-        peers = self.blobs.peers if self.blobs else None
-        if peers:
-            snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
-                             "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
-        if self.expiry:
-            snap["storage"] = {**asdict(self.expiry.state), "max_bytes": self.expiry.max_bytes,
-                               "max_age_s": self.expiry.max_age, "oldest_last_pull": self.expiry.pulls.oldest()}
-        if path == JSON_PATH:
-            return http.Response.make(200, json.dumps(snap, indent=1).encode(), {"Content-Type": "application/json"})
-        if path == METRICS_PATH:
-            return http.Response.make(200, prometheus_text(snap), {"Content-Type": "text/plain; version=0.0.4"})
-        return http.Response.make(200, render_html(snap).encode(), {"Content-Type": "text/html; charset=utf-8"})
+    def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
+        if self.config.rewriter.blob_redirect:
+            flow.response = self._redirect_to_blob_server(flow, req)
+        else:
+            self._route_to_blob_server(flow, req)
 
     def _redirect_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
@@ -211,6 +172,8 @@ class RegistryMirror:
                                              "X-Mirror-Upstream-Url": upstream_url})
 
     def _route_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
+        flow.metadata["mirror.kind"] = req.kind.value  # for responseheaders
+        flow.metadata["mirror.upstream_url"] = self.router.for_request(req).upstream.url_for(req)
         host = self.blobs.address_for("127.0.0.1")
         flow.request.scheme, flow.request.host, flow.request.port = "http", host, self.blobs.port
         # a ticket, never the endpoint's key: a flow still in flight when mitmproxy stops is saved as it is
@@ -225,14 +188,14 @@ class RegistryMirror:
             answer = await route.manifests.answer(req, flow.request.headers, method)
         except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
             log.warning("%s %s failed: %s", method, what, e)
-            self.stats.served(req.kind.value, "error", 0)
+            self.stats.served(req.kind.value, Outcome.ERROR, 0)
             return error_response(503, "UNAVAILABLE", str(e))
-        stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome == "STALE" else ""
+        stale = f" (stale, {answer.headers['X-Mirror-Stale-Age']} s old)" if answer.outcome is Outcome.STALE else ""
         log.info("%s %s %s -> %d %d bytes (%.0f ms)%s", answer.outcome, method, what, answer.status,
                  len(answer.body), (time.monotonic() - started) * 1000, stale)
-        self.stats.served(req.kind.value, answer.outcome if answer.status < 400 else "error",
+        self.stats.served(req.kind.value, answer.outcome if answer.status < 400 else Outcome.ERROR,
                           0 if method == "HEAD" else len(answer.body))
-        if answer.outcome in ("HIT", "STALE"):  # mitmweb: answered from the mirror's caches, nothing went upstream
+        if answer.outcome.cached:  # mitmweb: answered from the mirror's caches, nothing went upstream
             flow.marked = ":floppy_disk:"
             flow.comment = f"answered by artifactory-mirror from its cache ({answer.outcome})"
         else:

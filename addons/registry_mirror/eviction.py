@@ -20,17 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage_inventory import (
-    V2,
-    Image,
-    Inventory,
-    blob_data,
-    layer_link,
-    linked_now,
-    revision_link,
-    tag_current_link,
-    tag_index_link,
-)
+from .storage_inventory import Image, Inventory, linked_now
+from .storage_layout import V2, blob_data, layer_link, revision_link, tag_current_link, tag_index_link
 
 
 @dataclass(frozen=True)
@@ -74,10 +65,6 @@ class Applied:
     bytes_freed: int
     links_deleted: int
     relinked: tuple[str, ...]  # kept: a link named them again by the time their data was due
-
-
-class SimulatedCrash(RuntimeError):
-    """`apply(fail_after=n)` stopped after n deletions (tests only)."""
 
 
 def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max_age: float,
@@ -142,25 +129,16 @@ def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max
                 inv.total_bytes - sum(blobs.values()))
 
 
-def apply(root: Path, plan: Plan, fail_after: int | None = None) -> Applied:
+def apply(root: Path, plan: Plan) -> Applied:
     """Carries a plan out under the registry's `rootdirectory`; running it again is harmless."""
     v2 = root / V2
     repositories, blobs = v2 / "repositories", v2 / "blobs"
-    done = 0
-
-    def delete(path: Path, stop: Path) -> bool:
-        nonlocal done
-        if fail_after is not None and done >= fail_after:
-            raise SimulatedCrash(f"stopped before {path}: fail_after={fail_after} deletions")
-        done += 1
-        return _delete(path, stop)
-
-    links = sum(delete(repositories / name / link, repositories) for name, link in plan.link_files)
+    links = sum(_delete(repositories / name / link, repositories) for name, link in plan.link_files)
     for name in plan.repositories_removed:
         _prune_repository(repositories / name, repositories)
     linked = linked_now(root)  # the registry may have linked a blob since the inventory
     relinked = tuple(digest for digest in plan.blobs if digest in linked)
-    deleted = [digest for digest in plan.blobs if digest not in linked and delete(v2 / blob_data(digest), blobs)]
+    deleted = [digest for digest in plan.blobs if digest not in linked and _delete(v2 / blob_data(digest), blobs)]
     return Applied(tuple((r.image, r.last_pull) for r in plan.removals), tuple(deleted),
                    sum(plan.blobs[digest] for digest in deleted), links, relinked)
 

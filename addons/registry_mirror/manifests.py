@@ -1,12 +1,13 @@
 """Manifests, tags and blob HEADs: answered from caches where that is safe, else from one upstream fetch.
 
-- Manifests by digest are immutable: an LRU bounded in bytes, stored only after their digest is checked
-  (a schema1 signed manifest's digest is that of its payload without the signatures, see schema1.py).
+- Manifests by digest are immutable: an LRU bounded in bytes, stored only after manifest_body.py has checked
+  the body and its digest.
 - Tag -> digest lives `cache.tag_ttl` seconds (30 by default), keyed by the set of media types the client
   accepts, because the upstream answers a different manifest (index or image) for a different Accept.
-- Blob HEADs: a blob's size and type by digest never change, so an LRU of them answers repeated HEADs, each
-  for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified (`blob_verified`), every
-  cached HEAD of that digest with another size is dropped, so a wrong answer cannot stick.
+- Blob HEADs: a blob's size and type by digest never change, so a cache of them (blob_heads.py) answers
+  repeated HEADs, each for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified
+  (`blob_verified`), every cached HEAD of that digest with another size is dropped, so a wrong answer cannot
+  stick.
 - Requests for the same thing that overlap share one upstream fetch.
 - Stale-if-error: a tag whose refresh fails, or takes longer than `cache.stale_budget`, is answered from its
   last known digest (up to `cache.max_stale` old) while the refresh goes on in the background; while the
@@ -16,7 +17,6 @@ Every answer says how it was served: HIT, MISS, COALESCED or STALE (with its age
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
+from .blob_heads import BlobHeads
 from .config import CacheConfig
 from .health import UpstreamHealth
-from .manifest_body import manifest_problem
+from .manifest_body import verified_digest
+from .outcomes import Outcome
 from .requests import Kind, RegistryRequest
 from .responses import next_page_link, passed_headers
-from .schema1 import is_signed, signed_payload
 from .stats import Stats
 from .tag_state import KnownTag, TagState
 from .upstream import Upstream, UpstreamError
@@ -38,16 +39,11 @@ from .upstream_auth import AuthError
 log = logging.getLogger(__name__)
 
 SICK_SECONDS = 10.0  # after a failed or slow refresh, a tag is answered stale at once this long
-BLOB_HEADS = 65536  # cached blob HEADs, at most
 
 
 def refresh_failed(status: int) -> bool:
     """An upstream answer a known tag is answered stale for: a 5xx, or a 429 (rate-limited)."""
     return status >= 500 or status == 429
-
-
-class ManifestMismatch(Exception):
-    """The upstream's manifest bytes do not match their digest."""
 
 
 class UpstreamDown(Exception):
@@ -66,7 +62,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
-    outcome: str  # HIT, MISS or COALESCED
+    outcome: Outcome  # HIT, MISS, COALESCED or STALE
     auth_scheme: str = ""  # the credential kind sent upstream, for the flow's redaction marker
 
 
@@ -75,69 +71,16 @@ def accept_key(accept_values: list[str]) -> frozenset[str]:
     return frozenset(t.split(";", 1)[0].strip().lower() for v in accept_values for t in v.split(",") if t.strip())
 
 
-def digest_of(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-class BlobHeads:
-    """Blob HEADs by (repository, digest), each trusted `ttl` seconds, with an index digest -> repositories so
-    that a verified transfer finds every cached HEAD of its digest without a scan of the cache."""
-
-    def __init__(self, ttl: float, timer: Callable[[], float], maxsize: int = BLOB_HEADS):
-        self._heads: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
-        self._names: dict[str, set[str]] = {}
-        self._indexed = 0  # names in the index, expired or evicted ones included until the next rebuild
-
-    def __len__(self) -> int:
-        return len(self._heads)
-
-    def get(self, name: str, digest: str) -> dict[str, str] | None:
-        return self._heads.get((name, digest))
-
-    def put(self, name: str, digest: str, headers: dict[str, str]) -> None:
-        self._heads[(name, digest)] = headers
-        names = self._names.setdefault(digest, set())
-        if name not in names:
-            names.add(name)
-            self._indexed += 1
-        if self._indexed > 2 * self._heads.maxsize:  # mostly expired or evicted: rebuilt, amortized O(1)
-            self._names = {}
-            for cached_name, cached_digest in self._heads:
-                self._names.setdefault(cached_digest, set()).add(cached_name)
-            self._indexed = sum(map(len, self._names.values()))
-
-    def drop_other_sizes(self, digest: str, size: int) -> int:
-        """Drop every cached HEAD of `digest` whose Content-Length is not `size`; how many were dropped."""
-        names, kept, dropped = self._names.pop(digest, set()), set(), 0
-        for name in names:
-            headers = self._heads.get((name, digest))  # None: expired or evicted, forgotten here too
-            if headers is None:
-                continue
-            if headers.get("Content-Length") == str(size):
-                kept.add(name)
-            else:
-                self._heads.pop((name, digest), None)
-                dropped += 1
-        self._indexed -= len(names) - len(kept)
-        if kept:
-            self._names[digest] = kept
-        return dropped
-
-
-def manifest_answer(manifest: Manifest, outcome: str, auth_scheme: str = "") -> Answer:
+def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "") -> Answer:
     headers = {"Content-Type": manifest.content_type, "Docker-Content-Digest": manifest.digest,
                "Content-Length": str(len(manifest.body)), "ETag": f'"{manifest.digest}"'}
     return Answer(200, headers, manifest.body, outcome, auth_scheme)
 
 
 class ManifestService:
-    def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth | None = None,
-                 timer: Callable[[], float] = time.monotonic, stats: Stats | None = None,
-                 known: TagState | None = None):
-        self.upstream, self.cfg = upstream, cfg
-        self.stats = stats or Stats()
-        self.health = health or UpstreamHealth(timer=timer)
-        self.known = known if known is not None else TagState(cfg.tag_state_file)
+    def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth, stats: Stats, known: TagState,
+                 timer: Callable[[], float] = time.monotonic):
+        self.upstream, self.cfg, self.health, self.stats, self.known = upstream, cfg, health, stats, known
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
         self.blob_heads: BlobHeads | None = BlobHeads(cfg.blob_head_ttl, timer) if cfg.blob_head_ttl else None
@@ -151,17 +94,17 @@ class ManifestService:
         if req.kind is Kind.MANIFEST_BY_DIGEST:
             cached = self.manifests.get(req.reference)
             if cached is not None:
-                return manifest_answer(cached, "HIT")
+                return manifest_answer(cached, Outcome.HIT)
         elif req.kind is Kind.MANIFEST_BY_TAG:
             digest = self.tags.get((req.name, req.reference, accepts)) if self.tags is not None else None
             cached = self.manifests.get(digest) if digest else None
             if cached is not None:
-                return manifest_answer(cached, "HIT")
+                return manifest_answer(cached, Outcome.HIT)
             return await self._tag(req, headers, method, accepts)
         elif req.kind is Kind.BLOB and self.blob_heads is not None:
             known = self.blob_heads.get(req.name, req.reference)
             if known is not None:
-                return Answer(200, dict(known), b"", "HIT")
+                return Answer(200, dict(known), b"", Outcome.HIT)
         await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
 
@@ -221,10 +164,10 @@ class ManifestService:
             return None
         cached = self.manifests.get(known.digest)
         if cached is not None:
-            answer = manifest_answer(cached, "STALE")
+            answer = manifest_answer(cached, Outcome.STALE)
         elif method == "HEAD":  # after a restart: the registry has the manifest itself, by digest
             answer = Answer(200, {"Content-Type": known.content_type, "Docker-Content-Digest": known.digest,
-                                  "Content-Length": str(known.length)}, b"", "STALE")
+                                  "Content-Length": str(known.length)}, b"", Outcome.STALE)
         else:
             return None
         answer.headers.update({"Age": str(int(age)), "X-Mirror-Stale-Age": str(int(age)),
@@ -243,7 +186,7 @@ class ManifestService:
         pending = self._inflight.get(key)
         if pending is not None:
             answer = await asyncio.shield(pending)
-            return Answer(answer.status, answer.headers, answer.body, "COALESCED", answer.auth_scheme)
+            return Answer(answer.status, answer.headers, answer.body, Outcome.COALESCED, answer.auth_scheme)
         pending = asyncio.ensure_future(self._fetch(req, headers))
         self._inflight[key] = pending
         pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
@@ -259,7 +202,7 @@ class ManifestService:
         except UpstreamError as e:
             self.health.failure(str(e), hung=e.timed_out)
             self.stats.upstream(req.kind.value, method, what, "timeout" if e.timed_out else "error", 0,
-                                time.monotonic() - started, "error")
+                                time.monotonic() - started, Outcome.ERROR)
             raise
         except AuthError as e:
             if e.upstream_failure:
@@ -271,9 +214,9 @@ class ManifestService:
         else:  # a 429 too: a rate-limited upstream answers, so it is not down (the probe agrees: any status < 500)
             self.health.success()
         if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
-            return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, "MISS", up.authorized)
+            return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, Outcome.MISS, up.authorized)
         if up.status != 200 or req.kind is Kind.TAGS:
-            return Answer(up.status, passed_headers(up.headers), up.body, "MISS", up.authorized)
+            return Answer(up.status, passed_headers(up.headers), up.body, Outcome.MISS, up.authorized)
         if req.kind is Kind.BLOB:
             known = passed_headers(up.headers)
             # a size is kept only from an answer that names this blob: one that does not (a stray answer a
@@ -281,25 +224,15 @@ class ManifestService:
             names_it = known.get("Docker-Content-Digest") == req.reference
             if "Content-Length" in known and names_it and self.blob_heads is not None:
                 self.blob_heads.put(req.name, req.reference, known)
-            return Answer(200, known, b"", "MISS", up.authorized)
+            return Answer(200, known, b"", Outcome.MISS, up.authorized)
         return self._store_manifest(req, accept_key(headers.get_all("Accept")), up.headers, up.body, up.authorized)
 
     def _store_manifest(self, req: RegistryRequest, accepts: frozenset[str], up_headers, body: bytes,
                         auth_scheme: str) -> Answer:
         content_type = up_headers.get("Content-Type", "application/octet-stream")
-        if problem := manifest_problem(body):  # never cached, never handed on
-            raise ManifestMismatch(f"upstream answer for manifest {req.name}:{req.reference} is not a manifest "
-                                   f"({problem}; {content_type}, {len(body)} bytes); discarded")
-        try:  # a signed schema1 manifest is named by its payload, as Distribution names it
-            actual = digest_of(signed_payload(body) if is_signed(content_type) else body)
-        except ValueError as e:
-            raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} is a malformed signed "
-                                   f"manifest ({e}); discarded") from e
-        claimed = up_headers.get("Docker-Content-Digest", actual)
-        expected = req.reference if req.kind is Kind.MANIFEST_BY_DIGEST else claimed
-        if actual != expected or claimed != actual:  # never cached, never handed on
-            raise ManifestMismatch(f"upstream manifest for {req.name}:{req.reference} does not match its digest "
-                                   f"(expected {expected}, got {actual}); discarded")
+        asked = req.reference if req.kind is Kind.MANIFEST_BY_DIGEST else None
+        actual = verified_digest(body, content_type, up_headers.get("Docker-Content-Digest"), asked,
+                                 f"{req.name}:{req.reference}")
         manifest = Manifest(actual, content_type, body)
         if len(body) <= self.manifests.maxsize:
             self.manifests[actual] = manifest
@@ -308,4 +241,4 @@ class ManifestService:
             if self.tags is not None:  # the digest is used only with the manifest it names, which may be evicted
                 self.tags[key] = actual
             self.known.put(key, KnownTag(actual, manifest.content_type, len(body), self.known.now()))
-        return manifest_answer(manifest, "MISS", auth_scheme)
+        return manifest_answer(manifest, Outcome.MISS, auth_scheme)

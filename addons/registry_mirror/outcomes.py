@@ -14,6 +14,8 @@ class Outcome(enum.StrEnum):
     PEER = "PEER"  # read from a peer replica's fetch in progress
     STALE = "STALE"  # the upstream failed: the last good answer, past its TTL
     ERROR = "ERROR"  # stats only: an answer with status >= 400
+    LOCAL = "LOCAL"  # answered by the mirror itself: the ping
+    REFUSED = "REFUSED"  # refused by the mirror with a registry-style error, never forwarded
 
     @property
     def cached(self) -> bool:

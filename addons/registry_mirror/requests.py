@@ -30,7 +30,6 @@ class Kind(enum.Enum):
     MANIFEST_BY_DIGEST = "manifest-by-digest"
     BLOB = "blob"
     TAGS = "tags"
-    TOKEN = "token"  # upstream token exchanges, for logs and stats
 
 
 @dataclass(frozen=True)

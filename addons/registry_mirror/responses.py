@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
 
+from .outcomes import Outcome
+
 API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 CACHE_HEADER = "X-Mirror-Cache"
 # upstream response headers the stock registry needs; everything else (cookies, Artifactory ids) stays behind
@@ -20,7 +22,7 @@ def error_body(code: str, message: str) -> bytes:
 
 def error_response(status: int, code: str, message: str) -> http.Response:
     return http.Response.make(status, error_body(code, message),
-                              {"Content-Type": "application/json", **API_VERSION, CACHE_HEADER: "REFUSED"})
+                              {"Content-Type": "application/json", **API_VERSION, CACHE_HEADER: Outcome.REFUSED})
 
 
 def ping_response() -> http.Response:
@@ -28,7 +30,7 @@ def ping_response() -> http.Response:
     # re-pings /v2/ before every operation under one global lock. It has no Basic handler, so it sends no
     # credential; the mirror owns upstream authentication.
     return http.Response.make(401, b'{"errors":[]}', {
-        "Content-Type": "application/json", **API_VERSION, CACHE_HEADER: "LOCAL",
+        "Content-Type": "application/json", **API_VERSION, CACHE_HEADER: Outcome.LOCAL,
         "WWW-Authenticate": 'Basic realm="artifactory-mirror (credentials are added by the mirror)"'})
 
 

@@ -67,7 +67,7 @@ class Router:
             health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
             known = TagState(tag_state_file(config.cache.tag_state_file, index))
             self.routes[cfg.label] = Route(cfg, upstream, health,
-                                           ManifestService(upstream, config.cache, health, stats=stats, known=known))
+                                           ManifestService(upstream, config.cache, health, stats, known))
 
     def for_request(self, req: RegistryRequest) -> Route:
         return self.routes[choose(self.config.routes, self.config.upstream, req.name, req.ns).label]

@@ -11,10 +11,11 @@ import logging
 import time
 from collections import Counter, deque
 
+from .outcomes import Outcome
+
 exchange_log = logging.getLogger("registry_mirror.exchanges")
 
 CLASSES = ("ping", "token", "manifest-by-tag", "manifest-by-digest", "blob", "tags")
-OUTCOMES = ("hit", "miss", "coalesced", "stale", "error", "local", "refused")
 LATENCY_SAMPLES = 2048
 
 
@@ -38,8 +39,8 @@ class Stats:
         self.bodies_cut_short = 0  # small upstream bodies over their cap or shorter than their Content-Length
         self.cache_dropped_inconsistent = 0  # cached answers dropped because verified bytes contradicted them
 
-    def served(self, kind: str, outcome: str, nbytes: int) -> None:
-        """An answer to the stock registry."""
+    def served(self, kind: str, outcome: Outcome, nbytes: int) -> None:
+        """An answer to the stock registry (counted by the outcome's lower-case value)."""
         self.requests[(kind, outcome.lower())] += 1
         self.served_bytes[(kind, outcome.lower())] += nbytes
 
@@ -55,14 +56,15 @@ class Stats:
         self.cache_dropped_inconsistent += count
 
     def upstream(self, kind: str, method: str, what: str, status: int | str, nbytes: int, seconds: float,
-                 outcome: str = "") -> None:
-        """An exchange with the upstream (status is a number, or a word when there was no answer)."""
+                 outcome: Outcome | str = Outcome.MISS) -> None:
+        """An exchange with the upstream (status is a number, or a word when there was no answer); `outcome`
+        is logged lower-case, a blob GET's with how often it resumed."""
         self.upstream_requests[(kind, str(status))] += 1
         self.upstream_bytes[kind] += nbytes
         if isinstance(status, int) and not (kind == "blob" and method == "GET"):
             # answers only: a blob GET's time is its transfer (seconds for a layer), not how fast the upstream answers
             self.latencies.append(seconds)
-        fields = {"class": kind, "method": method, "what": what, "outcome": outcome or "miss",
+        fields = {"class": kind, "method": method, "what": what, "outcome": (outcome or Outcome.MISS).lower(),
                   "status": status, "bytes": nbytes, "ms": round(seconds * 1000, 1)}
         if self.log_format == "json":
             exchange_log.info(json.dumps(fields))

@@ -77,13 +77,8 @@ class TagState:
     def _schedule_save(self) -> None:
         if not self.path or self._save_scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.save()
-            return
         self._save_scheduled = True
-        loop.call_later(1.0, self.save)
+        asyncio.get_running_loop().call_later(1.0, self.save)  # puts come from the event loop's fetches
 
     def save(self) -> None:
         self._save_scheduled = False

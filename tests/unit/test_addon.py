@@ -1,13 +1,17 @@
-"""The addon's hooks, called directly inside mitmproxy's test context."""
+"""The addon's hooks inside mitmproxy's test context: called directly, or a request through the entry script's
+addons in their order (the reserved pages first), as mitmproxy calls them."""
 import asyncio
 import json
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import taddons, tflow, tutils
 
 from registry_mirror import addon as addon_mod
 from registry_mirror.addon import RegistryMirror
+from registry_mirror.notifications import SECRET_HEADER
+from registry_mirror.script.mirror import mirror_addons
 
 from .waits import BOUND
 
@@ -36,13 +40,22 @@ class WatchedEvent(asyncio.Event):
         return await super().wait()
 
 
-def run_request(addon, config_file, method, path):
+def run_request(config_file, method, path, headers=(), started=False):
+    """A request through the entry script's addons (the mirror started first, if `started`)."""
+    addons = mirror_addons()
+    mirror = next(a for a in addons if isinstance(a, RegistryMirror))
+
     async def scenario():
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, mirror_config=str(config_file))
-            f = flow_for(method, path)
-            await addon.request(f)
-            return f
+        with taddons.context(*addons) as tctx:
+            tctx.configure(mirror, mirror_config=str(config_file))
+            if started:
+                await mirror.running()
+            try:
+                f = flow_for(method, path, headers)
+                await tctx.master.addons.handle_lifecycle(HttpRequestHook(f))
+                return f
+            finally:
+                await mirror.done()
     return asyncio.run(scenario())
 
 
@@ -56,7 +69,7 @@ def run_request(addon, config_file, method, path):
     ("GET", "/admin", 404, "NOT_FOUND"),
 ])
 def test_refusals_are_answered_locally(config_file, method, path, status, code):
-    f = run_request(RegistryMirror(), config_file, method, path)
+    f = run_request(config_file, method, path)
     assert f.response.status_code == status
     assert json.loads(f.response.content)["errors"][0]["code"] == code
     assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
@@ -64,14 +77,14 @@ def test_refusals_are_answered_locally(config_file, method, path, status, code):
 
 
 def test_ping_answered_locally_with_a_challenge(config_file):
-    f = run_request(RegistryMirror(), config_file, "GET", "/v2/")
+    f = run_request(config_file, "GET", "/v2/")
     assert f.response.status_code == 401
     assert f.response.headers["WWW-Authenticate"].startswith("Basic ")
     assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
 
 
 def test_head_answer_has_no_body(config_file):
-    f = run_request(RegistryMirror(), config_file, "HEAD", "/v2/Bad/manifests/x")
+    f = run_request(config_file, "HEAD", "/v2/Bad/manifests/x")
     assert f.response.status_code == 400
     assert f.response.raw_content == b""
     assert int(f.response.headers["Content-Length"]) > 0
@@ -153,3 +166,39 @@ def test_the_configuration_cannot_be_swapped_under_a_running_mirror(config_file,
                 await addon.done()
     asyncio.run(scenario())
     assert addon.config.upstream.prefix.endswith("/docker-local")
+
+
+@pytest.fixture
+def startable(config_file, tmp_path):
+    config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
+    return config_file
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_ready_says_whether_the_mirror_has_started(startable, started):
+    f = run_request(startable, "GET", "/_mirror/ready", started=started)
+    assert (f.response.status_code, json.loads(f.response.content)) == ((200, {"ready": True}) if started
+                                                                         else (503, {"ready": False}))
+
+
+@pytest.mark.parametrize("path,content_type,marker", [
+    ("/_mirror/stats", "text/html; charset=utf-8", b"<title>artifactory-mirror stats</title>"),
+    ("/_mirror/stats.json", "application/json", b'"upstream"'),
+    ("/metrics", "text/plain; version=0.0.4", b"mirror_upstream_up"),
+])
+def test_the_stats_pages_are_answered_before_the_registry_handler(startable, path, content_type, marker):
+    f = run_request(startable, "GET", path, started=True)
+    assert f.response.status_code == 200 and f.response.headers["Content-Type"] == content_type
+    assert marker in f.response.content and "X-Mirror-Cache" not in f.response.headers
+    assert b'"storage"' in f.response.content or path != "/_mirror/stats.json"  # the expiry runs
+
+
+def test_a_browsers_favicon_is_no_registry_request(config_file):
+    assert run_request(config_file, "GET", "/favicon.ico").response.status_code == 204
+
+
+def test_a_notification_without_the_secret_is_refused_and_its_header_dropped(startable):
+    f = run_request(startable, "POST", "/_mirror/notifications",
+                    headers=[(b"host", b"127.0.0.1:8081"), (SECRET_HEADER.encode(), b"guess")], started=True)
+    assert f.response.status_code == 401 and json.loads(f.response.content)["accepted"] is False
+    assert SECRET_HEADER not in f.request.headers

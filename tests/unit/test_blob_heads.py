@@ -1,12 +1,13 @@
 """Cached blob HEADs expire after `cache.blob_head_ttl`, and a verified transfer drops any that contradict it."""
 import asyncio
 
+from registry_mirror.blob_heads import BlobHeads
 from registry_mirror.config import CacheConfig
-from registry_mirror.manifests import BlobHeads, ManifestService
+from registry_mirror.manifests import ManifestService
 from registry_mirror.requests import classify
 from registry_mirror.stats import Stats
 
-from .test_manifests import Clock, FakeUpstream, headers
+from .test_manifests import Clock, FakeUpstream, headers, manifest_service
 
 BLOB = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64  # FakeUpstream says every blob is 42 bytes
@@ -14,7 +15,7 @@ OTHER = "sha256:" + "b" * 64  # FakeUpstream says every blob is 42 bytes
 
 def service(ttl: float = 3600.0):
     up, clock, stats = FakeUpstream(), Clock(), Stats()
-    return ManifestService(up, CacheConfig(blob_head_ttl=ttl), timer=clock, stats=stats), up, clock, stats
+    return manifest_service(up, CacheConfig(blob_head_ttl=ttl), clock, stats=stats), up, clock, stats
 
 
 def head(svc: ManifestService, name: str, digest: str = BLOB) -> str:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from registry_mirror.eviction import SimulatedCrash, apply, plan
+from registry_mirror import eviction
+from registry_mirror.eviction import apply, plan
 from registry_mirror.storage_inventory import Image, inventory
 
 from .test_storage_inventory import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage
@@ -13,13 +14,17 @@ NOW, MAX_AGE = 1_000_000.0, 3600.0
 OLD, RECENT = NOW - 2 * MAX_AGE, NOW - 60
 
 
+class SimulatedCrash(Exception):
+    pass
+
+
 def pulled(times: dict[tuple[str, str], float], default: float = RECENT):
     return lambda repository, digest: times.get((repository, digest), default)
 
 
-def run(storage: Storage, times, max_bytes=None, in_flight=frozenset(), fail_after=None):
+def run(storage: Storage, times, max_bytes=None, in_flight=frozenset()):
     p = plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, max_bytes, in_flight)
-    return p, apply(storage.root, p, fail_after)
+    return p, apply(storage.root, p)
 
 
 def repository_tree(storage: Storage, name: str) -> dict:
@@ -246,13 +251,23 @@ def test_the_scenario_has_every_kind_of_deletion(storage):
 
 
 @pytest.mark.parametrize("fail_after", range(DELETIONS))
-def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(tmp_path, fail_after):
+def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(tmp_path, fail_after,
+                                                                                monkeypatch):
     clean, crashed = Storage(tmp_path / "clean"), Storage(tmp_path / "crashed")
     times = scenario(clean)
     assert scenario(crashed) == times and crashed.tree() == clean.tree()
     run(clean, times, CAP)
-    with pytest.raises(SimulatedCrash):
-        run(crashed, times, CAP, fail_after=fail_after)
+    deletions, delete = [], eviction._delete
+
+    def crashing(path, stop):  # the process dies before its (fail_after + 1)th deletion
+        if len(deletions) >= fail_after:
+            raise SimulatedCrash(path)
+        deletions.append(path)
+        return delete(path, stop)
+    with monkeypatch.context() as patched:
+        patched.setattr(eviction, "_delete", crashing)
+        with pytest.raises(SimulatedCrash):
+            run(crashed, times, CAP)
     assert crashed.broken_links() == []
     run(crashed, times, CAP)
     assert crashed.tree() == clean.tree()

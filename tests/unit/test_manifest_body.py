@@ -4,8 +4,7 @@ import asyncio
 import pytest
 from multidict import CIMultiDict
 
-from registry_mirror.manifest_body import manifest_problem
-from registry_mirror.manifests import ManifestMismatch
+from registry_mirror.manifest_body import ManifestMismatch, manifest_problem
 from registry_mirror.requests import classify
 from registry_mirror.upstream import SmallResponse
 

@@ -1,15 +1,20 @@
 import asyncio
 import hashlib
 import json
+import time
 
 import pytest
 from mitmproxy.http import Headers
 from multidict import CIMultiDict
 
 from registry_mirror.config import CacheConfig
-from registry_mirror.manifests import ManifestMismatch, ManifestService, accept_key
+from registry_mirror.health import UpstreamHealth
+from registry_mirror.manifest_body import ManifestMismatch
+from registry_mirror.manifests import ManifestService, accept_key
 from registry_mirror.requests import classify
 from registry_mirror.responses import next_page_link
+from registry_mirror.stats import Stats
+from registry_mirror.tag_state import TagState
 from registry_mirror.upstream import SmallResponse
 
 from .test_schema1 import signed
@@ -54,9 +59,16 @@ class Clock:
         return self.now
 
 
+def manifest_service(up, cfg: CacheConfig, clock=time.monotonic, health=None, stats=None, known=None):
+    """A ManifestService with what Router gives one (the route's health, the stats, its last known tags), each
+    a fresh one unless given."""
+    return ManifestService(up, cfg, health or UpstreamHealth(timer=clock), stats or Stats(),
+                           TagState(cfg.tag_state_file) if known is None else known, timer=clock)
+
+
 def service(ttl=30.0):
     up, clock = FakeUpstream(), Clock()
-    return ManifestService(up, CacheConfig(tag_ttl=ttl), timer=clock), up, clock
+    return manifest_service(up, CacheConfig(tag_ttl=ttl), clock), up, clock
 
 
 def headers(*accept):
@@ -176,7 +188,7 @@ def test_the_tag_list_answer_carries_the_rewritten_link():
             return SmallResponse(200, CIMultiDict({"Content-Type": "application/json", "Link":
                                                    '</artifactory/api/docker/r/v2/team/app/tags/list?last=b&n=2>; '
                                                    'rel="next"'}), b'{"tags": ["a", "b"]}', "Bearer", "")
-    svc = ManifestService(Paginating(), CacheConfig())
+    svc = manifest_service(Paginating(), CacheConfig())
     answer = asyncio.run(svc.answer(classify("GET", "/v2/team/app/tags/list?n=2"), headers(), "GET"))
     assert answer.headers["Link"] == '</v2/team/app/tags/list?last=b&n=2>; rel="next"'
 
@@ -200,7 +212,7 @@ class Schema1Upstream(FakeUpstream):
 def test_a_signed_schema1_manifest_is_named_by_its_payload_and_cached():
     body, payload = signed(keys=("K1", "K2"))
     up = Schema1Upstream(body, digest(payload))
-    svc = ManifestService(up, CacheConfig())
+    svc = manifest_service(up, CacheConfig())
 
     async def scenario():
         by_tag = await svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1))
@@ -216,7 +228,7 @@ def test_a_signed_schema1_manifest_is_named_by_its_payload_and_cached():
 
 def test_a_signed_schema1_manifest_claiming_its_whole_bodys_digest_is_refused():
     body, _ = signed()
-    svc = ManifestService(Schema1Upstream(body, digest(body)), CacheConfig())
+    svc = manifest_service(Schema1Upstream(body, digest(body)), CacheConfig())
     with pytest.raises(ManifestMismatch, match="does not match its digest"):
         asyncio.run(svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1)))
     assert len(svc.manifests) == 0
@@ -224,7 +236,7 @@ def test_a_signed_schema1_manifest_claiming_its_whole_bodys_digest_is_refused():
 
 def test_a_malformed_signed_manifest_is_refused_saying_why():
     body = json.dumps({"schemaVersion": 1, "signatures": []}).encode()
-    svc = ManifestService(Schema1Upstream(body, digest(body)), CacheConfig())
+    svc = manifest_service(Schema1Upstream(body, digest(body)), CacheConfig())
     with pytest.raises(ManifestMismatch, match='malformed signed manifest .*no "signatures" list'):
         asyncio.run(svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1)))
     assert len(svc.manifests) == 0 and len(svc.tags) == 0

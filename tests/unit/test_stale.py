@@ -5,12 +5,12 @@ import pytest
 
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth
-from registry_mirror.manifests import ManifestService, UpstreamDown
+from registry_mirror.manifests import UpstreamDown
 from registry_mirror.requests import classify
 from registry_mirror.tag_state import KnownTag, TagState
 from registry_mirror.upstream import UpstreamError
 
-from .test_manifests import IMAGE, FakeUpstream, body_for, headers
+from .test_manifests import IMAGE, FakeUpstream, body_for, headers, manifest_service
 from .waits import BOUND
 
 
@@ -47,7 +47,7 @@ def make(tmp_path=None, budget=30.0, **cache):
     tag_state_file = str(tmp_path / "tags.json") if tmp_path else None
     cfg = CacheConfig(tag_ttl=30, stale_budget=budget, tag_state_file=tag_state_file, **cache)
     health = UpstreamHealth(failures_to_down=3, down_seconds=300, timer=clock)
-    return ManifestService(up, cfg, health, timer=clock, known=TagState(tag_state_file, clock=clock)), up, clock
+    return manifest_service(up, cfg, clock, health, known=TagState(tag_state_file, clock=clock)), up, clock
 
 
 TAG = "/v2/app/manifests/1.0"

@@ -5,5 +5,14 @@ A folder of its own: mitmproxy puts a script's folder on sys.path, and the packa
 """
 from registry_mirror.addon import RegistryMirror
 from registry_mirror.deadlines import HeaderDeadline
+from registry_mirror.pages import MirrorPages
 
-addons = [RegistryMirror(), HeaderDeadline()]
+
+def mirror_addons() -> list:
+    """The mirror's addons in the order mitmproxy calls their hooks: the reserved pages answer their paths
+    before RegistryMirror would classify them as registry requests."""
+    mirror = RegistryMirror()
+    return [MirrorPages(mirror), mirror, HeaderDeadline()]
+
+
+addons = mirror_addons()

@@ -1,0 +1,81 @@
+"""The mirror's own pages on reserved paths: the stats page, its JSON, /metrics, readiness, the registry's
+notifications and a browser's favicon.
+
+An addon of its own, listed before RegistryMirror in the entry script: mitmproxy calls `request` on its
+addons in that order, and RegistryMirror leaves a flow that has a response alone, so a reserved path is
+never classified as a registry request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+
+from mitmproxy import http
+
+from . import notifications
+from .addon import RegistryMirror
+from .stats_views import JSON_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
+
+log = logging.getLogger(__name__)
+
+FAVICON_PATH = "/favicon.ico"  # a browser on the stats page asks for it; not a registry request
+
+
+def json_response(status: int, data: object, indent: int | None = None) -> http.Response:
+    return http.Response.make(status, json.dumps(data, indent=indent).encode(), {"Content-Type": "application/json"})
+
+
+class MirrorPages:
+    def __init__(self, mirror: RegistryMirror) -> None:
+        self.mirror = mirror
+        self.pages = {STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
+                      READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified,
+                      FAVICON_PATH: lambda _flow: http.Response.make(204)}
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if page := self.pages.get(flow.request.path):
+            flow.response = page(flow)
+
+    def stats_page(self, _flow: http.HTTPFlow) -> http.Response:
+        return http.Response.make(200, render_html(self.snapshot()).encode(),
+                                  {"Content-Type": "text/html; charset=utf-8"})
+
+    def stats_json(self, _flow: http.HTTPFlow) -> http.Response:
+        return json_response(200, self.snapshot(), indent=1)
+
+    def metrics(self, _flow: http.HTTPFlow) -> http.Response:
+        return http.Response.make(200, prometheus_text(self.snapshot()), {"Content-Type": "text/plain; version=0.0.4"})
+
+    def ready(self, _flow: http.HTTPFlow) -> http.Response:
+        ready = self.mirror.started.is_set()
+        return json_response(200 if ready else 503, {"ready": ready})
+
+    def notified(self, flow: http.HTTPFlow) -> http.Response:
+        """The registry's event: answered at once (it queues events in memory until then)."""
+        expiry = self.mirror.expiry
+        status, reason, envelope = notifications.check(
+            flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
+            self.mirror.notify_secret or "\0unset")
+        if status == 202 and expiry:
+            expiry.notified(envelope)
+        elif status != 202:
+            log.warning("refused a notification: %s", reason)
+        flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
+        return json_response(status, {"accepted": status == 202, "reason": reason})
+
+    def snapshot(self) -> dict:
+        """The stats, with the scale-out and storage state when the mirror runs them."""
+        mirror = self.mirror
+        snap = mirror.stats.snapshot(mirror.router.routes.values() if mirror.router else (),
+                                     mirror.blobs.coalescer.transfers.values() if mirror.blobs else ())
+        peers = mirror.blobs.peers if mirror.blobs else None
+        if peers:
+            snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
+                             "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
+        if expiry := mirror.expiry:
+            snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
+                               "oldest_last_pull": expiry.pulls.oldest()}
+        return snap

@@ -1,0 +1,49 @@
+"""Distribution 2.8's filesystem layout under `<root>/docker/registry/v2` (a link holds the bare digest text):
+
+    repositories/<name>/_layers/<alg>/<hex>/link                        a blob linked to the repository
+    repositories/<name>/_manifests/revisions/<alg>/<hex>/link           a manifest the repository has
+    repositories/<name>/_manifests/tags/<tag>/current/link              the tag's manifest
+    repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link    the tag's history
+    blobs/<alg>/<hex[:2]>/<hex>/data                                    the bytes of every blob and manifest
+
+Link paths are relative to a repository's folder, data paths to the v2 folder.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .requests import DIGEST_HEX_LENGTHS
+
+V2 = Path("docker", "registry", "v2")
+# any algorithm folder is read: skipping one would miss the links in it, and then data they name could go
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-f]{32,}")
+
+
+def is_digest(text: str) -> bool:
+    if not DIGEST.fullmatch(text):
+        return False
+    algorithm, hex_ = text.split(":")
+    return len(hex_) == DIGEST_HEX_LENGTHS.get(algorithm, len(hex_))
+
+
+def revision_link(digest: str) -> str:
+    return "_manifests/revisions/{}/{}/link".format(*digest.split(":"))
+
+
+def layer_link(digest: str) -> str:
+    return "_layers/{}/{}/link".format(*digest.split(":"))
+
+
+def tag_current_link(tag: str) -> str:
+    return f"_manifests/tags/{tag}/current/link"
+
+
+def tag_index_link(tag: str, digest: str) -> str:
+    return "_manifests/tags/{}/index/{}/{}/link".format(tag, *digest.split(":"))
+
+
+def blob_data(digest: str) -> str:
+    """The data file of a blob or manifest, relative to the v2 directory."""
+    algorithm, hex_ = digest.split(":")
+    return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
