@@ -101,14 +101,20 @@ def cmd_clients(args) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     listen = cfg.mirror.listen
-    mirror = args.address or f"{socket.getfqdn() if any_address(listen.host) else listen.host}:{listen.port}"
+    mirror = args.address or f"{machine_name() if any_address(listen.host) else listen.host}:{listen.port}"
     upstreams = {}
     for route in (cfg.upstream, *cfg.routes):
-        upstream = clients.Upstream.from_url(route.origin, route.repository)
+        upstream = clients.Upstream.from_url(route.origin, route.repository, route.repository_path_names)
         upstreams.setdefault(upstream.host, upstream)
     found = clients.all_clients(mirror, list(upstreams.values()), str(trust))
     print(clients.render(found, str(trust / "ca.crt")))
     return 0
+
+
+def machine_name() -> str:
+    """This machine's name as clients elsewhere use it (its certificate names both)."""
+    fqdn = socket.getfqdn()
+    return socket.gethostname() if fqdn.startswith("localhost") else fqdn
 
 
 def cmd_up(args) -> int:

@@ -32,11 +32,17 @@ class Upstream:
     host: str
     scheme: str
     repository: str  # a repository key, for the examples
+    repository_paths: bool = False  # `<repository>/<image>` names are served too
 
     @classmethod
-    def from_url(cls, url: str, repository: str) -> "Upstream":
+    def from_url(cls, url: str, repository: str, repository_paths: bool = False) -> "Upstream":
         parts = urlsplit(url)
-        return cls(parts.netloc, parts.scheme, repository)
+        return cls(parts.netloc, parts.scheme, repository, repository_paths)
+
+    def examples(self, registry: str) -> tuple[str, ...]:
+        """References a user pulls, at `registry`: a name, and a repository-path name where those are served."""
+        return (f"{registry}/team/app:1.0",
+                *([f"{registry}/{self.repository}/team/app:1.0"] if self.repository_paths else []))
 
 
 def containerd(mirror: str, upstream: Upstream, fallback: bool) -> Client:
@@ -54,9 +60,7 @@ def containerd(mirror: str, upstream: Upstream, fallback: bool) -> Client:
         (trade, "the ca path is relative to the hosts.toml that names it; containerd sends no credentials to a "
                 "mirror"),
         (File(f"{folder}/hosts.toml", hosts),), (f"{folder}/{CA_NAME}",),
-        (f"ctr images pull --hosts-dir /etc/containerd/certs.d {upstream.host}/team/app:1.0",
-         f"ctr images pull --hosts-dir /etc/containerd/certs.d {upstream.host}/{upstream.repository}/team/app:1.0"
-         "   # a repository-path name"))
+        tuple(f"ctr images pull --hosts-dir /etc/containerd/certs.d {ref}" for ref in upstream.examples(upstream.host)))
 
 
 def kubernetes() -> Client:
@@ -89,7 +93,7 @@ def podman(mirror: str, upstream: Upstream, fallback: bool) -> Client:
                 "must hold no .key (a .key makes it demand a client certificate)"),
         (File(f"/etc/containers/registries.conf.d/artifactory-mirror-{'fallback' if fallback else 'only'}.conf",
               conf),), (f"/etc/containers/certs.d/{mirror}/ca.crt",),
-        (f"podman pull {upstream.host}/team/app:1.0",))
+        tuple(f"podman pull {ref}" for ref in upstream.examples(upstream.host)))
 
 
 def docker(mirror: str, upstream: Upstream) -> Client:
@@ -99,8 +103,7 @@ def docker(mirror: str, upstream: Upstream) -> Client:
          "references the same everywhere)",
          "docker trusts any certificate on 127.0.0.0/8; from other addresses it needs the CA below"),
         (), (f"/etc/docker/certs.d/{mirror}/ca.crt",),
-        (f"docker pull {mirror}/team/app:1.0",
-         f"docker pull {mirror}/{upstream.repository}/team/app:1.0   # a repository-path name"))
+        tuple(f"docker pull {ref}" for ref in upstream.examples(mirror)))
 
 
 def skopeo(mirror: str, trust_folder: str) -> Client:

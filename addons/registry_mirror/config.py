@@ -80,11 +80,13 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         raise ConfigError("upstream: missing; it needs at least url and repository")
     resolve = lambda p: str((base_dir / p).resolve()) if p else p  # noqa: E731 - paths are relative to the file
     section = lambda name: convert(name, sections.get(name, {}), declared(SECTIONS[name]), resolve)  # noqa: E731
+    upstream = _upstream(sections["upstream"], resolve)
+    explicit = _routes(routes, sections["upstream"], resolve)
     return Config(
-        upstream=_upstream(sections["upstream"], resolve),
+        upstream=upstream,
         rewriter=RewriterConfig(**section("rewriter")),
         scale=_scale(sections.get("scale", {}), resolve),
-        routes=_routes(routes, sections["upstream"], resolve),
+        routes=(*explicit, *_repository_path_routes((*explicit, upstream))),
         mirror=MirrorConfig(**section("mirror")),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
@@ -135,6 +137,23 @@ def _routes(routes: list[dict], default: dict, resolve) -> tuple[UpstreamConfig,
         merged = {**{k: v for k, v in default.items() if k not in not_inherited}, **route}
         built.append(replace(_upstream(merged, resolve, label), **own))
     return tuple(built)
+
+
+def _repository_path_routes(configured: tuple[UpstreamConfig, ...]) -> tuple[UpstreamConfig, ...]:
+    """For each route with repository_path_names: `<its repository>/<name>` served by it, asked for as `<name>`
+    (what follows the key is the name in that repository, whatever prefix the route itself matches)."""
+    derived, taken = [], {(r.match_prefix, r.match_ns): r.label for r in configured}
+    for route in configured:
+        if not (route.repository_path_names and route.repository):
+            continue
+        prefix = route.repository
+        if (prefix, route.match_ns) in taken:
+            raise ConfigError(f"{route.label}.repository_path_names: {taken[prefix, route.match_ns]} already "
+                              f"serves the names under {prefix}/; drop one of them")
+        taken[prefix, route.match_ns] = f"{route.label}.repository_path_names"
+        derived.append(replace(route, match_prefix=prefix, strip_prefix=True, repository_path_names=False,
+                               label=f"{route.label} ({route.repository}/ names)"))
+    return tuple(derived)
 
 
 def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:

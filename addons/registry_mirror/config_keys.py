@@ -74,6 +74,10 @@ class UpstreamConfig:
     library: str = key(STRING, "`add`: a one-component name is asked for as `library/<name>` (Docker Hub-style "
                        "upstreams); `strip`: `library/<name>` is asked for as `<name>`.", "keep",
                        choices=("keep", "add", "strip"))
+    repository_path_names: bool = key(BOOL, "Also serve Artifactory's repository-path names: "
+                                      "`<repository>/<image>` (as in `artifactory.example.com/docker-local/app`, "
+                                      "which containerd and podman send a mirror as `docker-local/app`) is "
+                                      "`<image>` from this repository. Routes inherit it.", False)
     match_prefix: str = key(IMAGE_PREFIX, "Image names this route serves (whole path components).", "",
                             name="prefix", routes_only=True, required="`prefix` or `ns`")
     match_ns: tuple[str, ...] = key(REGISTRY_HOSTS, "containerd `ns` values this route serves, e.g. "

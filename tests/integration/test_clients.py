@@ -90,6 +90,20 @@ def test_containerd_pulls_tag_digest_and_one_platform_through_the_mirror(upstrea
     assert not set(blob.digest for blob in images["amd64"].layers) & stored_blobs(mirror)
 
 
+def test_containerd_pulls_artifactory_repository_path_names(upstream, images, mirror_factory, containerd, tmp_path):
+    mirror = mirror_factory({**credentials_of(upstream), "repository_path_names": True})
+    host = upstream_host(upstream)
+    printed = printed_clients(mirror)
+    assert f"ctr images pull --hosts-dir /etc/containerd/certs.d {host}/docker-local/team/app:1.0" in printed
+    apply_printed(printed, f"containerd (without the fallback to {host})", tmp_path / "root")
+    containerd.pull(f"{host}/docker-local/team/app:1.0", tmp_path / "root/etc/containerd/certs.d")
+    mirror.settle(upstream, images["app"])
+    # the route of docker-local/ names asked the upstream's docker-local repository for team/app
+    assert mirror.counters().get("manifest-by-tag:miss") == 1 and direct_requests(upstream) == []
+    assert {r["path"] for r in upstream.stats()["requests"] if "/manifests/" in r["path"]} == {
+        "/artifactory/api/docker/docker-local/v2/team/app/manifests/1.0"}
+
+
 def test_containerd_with_the_fallback_pulls_through_the_mirror(upstream, images, mirror_factory, containerd,
                                                               tmp_path):
     mirror = mirror_factory(credentials_of(upstream))

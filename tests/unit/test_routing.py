@@ -114,3 +114,34 @@ def test_ns_values_match_whatever_their_case():
     assert choose(cfg.routes, cfg.upstream, "app", classify("GET", "/v2/app/tags/list?ns=registry.example.com").ns) \
         is cfg.routes[0]
     assert classify("GET", "/v2/app/tags/list?ns=docker%2Eio").ns == "docker.io"
+
+
+def _repository_path_config(**upstream) -> object:
+    return parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True,
+                               "repository_path_names": True, **upstream},
+                  "routes": [{"prefix": "team-a", "strip_prefix": True, "repository": "docker-team-a"}]})
+
+
+@pytest.mark.parametrize("name, label, upstream_name", [
+    ("docker-local/team/app", "upstream (docker-local/ names)", "team/app"),
+    ("docker-team-a/app", "routes[0] (docker-team-a/ names)", "app"),
+    ("team-a/app", "routes[0]", "app"),
+    ("team/app", "upstream", "team/app"),
+])
+def test_repository_path_names_are_served_from_their_repository(name, label, upstream_name):
+    cfg = _repository_path_config()
+    route = choose(cfg.routes, cfg.upstream, name, ns="art.example.com")  # containerd sends the host it pulls
+    assert (route.label, route.upstream_name(name)) == (label, upstream_name)
+
+
+def test_repository_path_names_off_serves_the_key_as_part_of_the_name():
+    cfg = _repository_path_config(repository_path_names=False)
+    assert choose(cfg.routes, cfg.upstream, "docker-local/team/app").label == "upstream"
+
+
+def test_a_route_already_serving_a_repository_key_is_a_clear_conflict():
+    with pytest.raises(ConfigError, match=r"upstream\.repository_path_names: routes\[0\] already serves the names "
+                                          r"under docker-local/"):
+        parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True,
+                            "repository_path_names": True},
+               "routes": [{"prefix": "docker-local", "repository": "other", "repository_path_names": False}]})
