@@ -13,15 +13,15 @@ import pytest
 import yaml
 
 from devtools import seed
+from devtools.netpath import NAMESPACE_SIDE, MtuPath
 from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
+from devtools.wire import WireHarness
 from registry_mirror import certs
 from registry_mirror.config import load
 from registry_mirror.stats_views import JSON_PATH
 from registry_mirror.supervisor import Mirror
-from tests.support.netpath import NAMESPACE_SIDE, MtuPath
-from tests.support.wire import WireHarness
 
 __all__ = ["stored_digests", "wait_for"]  # for the tests of this folder
 
@@ -160,7 +160,7 @@ def mirror_factory(tmp_path):
 
 @pytest.fixture
 def wire_factory(tmp_path):
-    """A wire server (tests/support/wire_server.py) in front of an upstream: bodies as real servers send them."""
+    """A wire server (devtools/wire_server.py) in front of an upstream: bodies as real servers send them."""
     started: list[WireHarness] = []
 
     def make(upstream: UpstreamHarness, **kwargs) -> WireHarness:

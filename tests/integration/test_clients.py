@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from devtools import seed
+from devtools.clients import ClientError, Containerd, Dockerd, Podman, apply_printed
+from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
-from tests.support.clients import ClientError, Containerd, Dockerd, Podman, apply_printed
-from tests.support.netpath import HOST_SIDE, MtuPath
 
 from .conftest import MIRROR_COMMAND, credentials_of
 
