@@ -13,6 +13,7 @@
 #   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
+#   ./run.sh bench-clients  docker, containerd and podman: cold and warm through the mirror, and direct (root)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -111,11 +112,15 @@ case "$cmd" in
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/descriptor_cache.py "$@" ;;
+  bench-clients)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" iproute2 ethtool containerd podman docker.io
+    ensure_venv
+    run_python bench/clients.py "$@" ;;
   bench-load)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

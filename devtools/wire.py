@@ -22,11 +22,12 @@ class WireHarness:
     tls: bool = False  # serve HTTPS with a certificate of its own (`ca_file`)
     storage: bool = False  # a signed-URL storage host on 127.0.0.2 (another host: no credential may reach it)
     port: int = 0
+    host: str = "127.0.0.1"  # where it listens (its certificate names it)
     procs: list = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> str:
@@ -34,17 +35,17 @@ class WireHarness:
 
     def start(self) -> "WireHarness":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        args = [sys.executable, str(SERVER), "--listen", f"127.0.0.1:{self.port}", "--target", self.target]
+        self.port = self.port or free_port(self.host)
+        args = [sys.executable, str(SERVER), "--listen", f"{self.host}:{self.port}", "--target", self.target]
         if self.storage:
             args += ["--storage-listen", f"127.0.0.2:{free_port('127.0.0.2')}"]
         if self.tls:
-            certs.ensure_self_signed(self.ca_file, str(self.workdir / "wire.key"))
+            certs.ensure_self_signed(self.ca_file, str(self.workdir / "wire.key"), extra_names=(self.host,))
             args += ["--tls-cert", self.ca_file, "--tls-key", str(self.workdir / "wire.key")]
         log = self.workdir / "wire.log"
         proc = processes.start(args, log)
         self.procs.append(proc)
-        processes.wait_for_port("127.0.0.1", self.port, proc, what="wire server", log_path=log)
+        processes.wait_for_port(self.host, self.port, proc, what="wire server", log_path=log)
         return self
 
     def stop(self) -> None:

@@ -67,6 +67,11 @@ class UpstreamHealth:
                             self.down_seconds, self.consecutive_failures, error)
             self.down_until = self._timer() + self.down_seconds
 
+    def refused(self, error: str) -> None:
+        """The upstream answered but refused the mirror (its credential, its permissions): not down, yet the
+        reason a client only sees as "not found" belongs on the stats page."""
+        self.last_error, self.last_error_at = error, self._wall_clock()
+
     def retry_in(self) -> float:
         return max(0.0, self.down_until - self._timer())
 

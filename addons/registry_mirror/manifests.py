@@ -205,14 +205,16 @@ class ManifestService:
                                 time.monotonic() - started, Outcome.ERROR)
             raise
         except AuthError as e:
-            if e.upstream_failure:
-                self.health.failure(str(e))
+            (self.health.failure if e.upstream_failure else self.health.refused)(str(e))
             raise
         self.stats.upstream(req.kind.value, method, what, up.status, len(up.body), time.monotonic() - started)
         if up.status >= 500:
             self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
         else:  # a 429 too: a rate-limited upstream answers, so it is not down (the probe agrees: any status < 500)
             self.health.success()
+        if up.status in (401, 403):
+            self.health.refused(f"{method} {req.kind.value} {req.name}: status {up.status}: the upstream refused "
+                                "the mirror's credential or its permissions")
         if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
             return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, Outcome.MISS, up.authorized)
         if up.status != 200 or req.kind is Kind.TAGS:

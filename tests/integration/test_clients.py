@@ -160,3 +160,35 @@ def test_docker_pulls_by_the_mirrors_name_trusting_its_ca(upstream, images, mirr
     mirror.settle(upstream, images["app"], images["arm64"])
     assert mirror.counters().get("manifest-by-tag:miss", 0) >= 2
     assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
+
+
+@pytest.mark.parametrize("case", ["unknown image", "upstream down", "credential refused"])
+def test_what_clients_show_when_a_pull_fails_and_where_the_reason_is(upstream, images, mirror_factory, containerd,
+                                                                    tmp_path, case):
+    """Registry 2.8 turns any upstream failure on a tag into "manifest unknown": the clients show not found, and
+    the reason is on the mirror's stats page (and in its log). No client falls back: the mirror-only variant."""
+    keys = credentials_of(upstream)
+    mirror = mirror_factory({**keys, "password": "not-the-password"} if case == "credential refused" else keys)
+    host = upstream_host(upstream)
+    printed = printed_clients(mirror)
+    apply_printed(printed, f"containerd (without the fallback to {host})", tmp_path / "root")
+    placed = apply_printed(printed, f"podman and CRI-O (without the fallback to {host})", tmp_path / "root")
+    (conf,) = [where for path, where in placed.items() if path.endswith(".conf")]
+    name = "team/nope" if case == "unknown image" else "team/app"
+    if case == "upstream down":
+        upstream.stop()
+    podman = Podman(tmp_path / "podman").start()
+    try:
+        with pytest.raises(ClientError, match=f"{host}/{name}:1.0: not found"):
+            containerd.pull(f"{host}/{name}:1.0", tmp_path / "root/etc/containerd/certs.d")
+        with pytest.raises(ClientError, match=f"reading manifest 1.0 in {mirror.address}/{name}: manifest unknown"):
+            podman.pull(f"{host}/{name}:1.0", conf, tmp_path / f"root/etc/containers/certs.d/{mirror.address}")
+    finally:
+        podman.stop()
+    last_error = mirror.stats()["upstream"]["last_error"]
+    if case == "unknown image":
+        assert last_error == ""  # the upstream answered 404: nothing is wrong with it
+    elif case == "upstream down":
+        assert "Cannot connect to host" in last_error
+    else:
+        assert "token endpoint answered 401" in last_error and "check upstream.username" in last_error

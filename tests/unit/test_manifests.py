@@ -240,3 +240,19 @@ def test_a_malformed_signed_manifest_is_refused_saying_why():
     with pytest.raises(ManifestMismatch, match='malformed signed manifest .*no "signatures" list'):
         asyncio.run(svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(SCHEMA1)))
     assert len(svc.manifests) == 0 and len(svc.tags) == 0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_credential_is_the_last_error_though_the_upstream_is_up(status):
+    class Refusing(FakeUpstream):
+        async def fetch_small(self, method, req, headers):
+            return SmallResponse(status, CIMultiDict({"Content-Type": "application/json"}), b"{}", "Basic", "")
+
+    async def scenario():
+        health = UpstreamHealth()
+        svc = manifest_service(Refusing(), CacheConfig(), health=health)
+        answer = await svc.answer(classify("GET", "/v2/app/manifests/1.0"), headers(IMAGE))
+        assert answer.status == status and not health.down
+        assert health.last_error == (f"GET manifest-by-tag app: status {status}: the upstream refused the mirror's "
+                                     "credential or its permissions")
+    asyncio.run(scenario())
