@@ -164,11 +164,12 @@ def test_docker_pulls_by_the_mirrors_name_trusting_its_ca(upstream, images, mirr
 
 @pytest.mark.parametrize("case", ["unknown image", "upstream down", "credential refused"])
 def test_what_clients_show_when_a_pull_fails_and_where_the_reason_is(upstream, images, mirror_factory, containerd,
-                                                                    tmp_path, case):
+                                                                    docker_path, tmp_path, case):
     """Registry 2.8 turns any upstream failure on a tag into "manifest unknown": the clients show not found, and
-    the reason is on the mirror's stats page (and in its log). No client falls back: the mirror-only variant."""
+    the reason is on the mirror's stats page (and in its log). No client falls back: the mirror-only variants."""
     keys = credentials_of(upstream)
-    mirror = mirror_factory({**keys, "password": "not-the-password"} if case == "credential refused" else keys)
+    mirror = mirror_factory({**keys, "password": "not-the-password"} if case == "credential refused" else keys,
+                            mirror_keys={"listen": f"{HOST_SIDE}:{free_port(HOST_SIDE)}"})
     host = upstream_host(upstream)
     printed = printed_clients(mirror)
     apply_printed(printed, f"containerd (without the fallback to {host})", tmp_path / "root")
@@ -177,14 +178,19 @@ def test_what_clients_show_when_a_pull_fails_and_where_the_reason_is(upstream, i
     name = "team/nope" if case == "unknown image" else "team/app"
     if case == "upstream down":
         upstream.stop()
-    podman = Podman(tmp_path / "podman").start()
+    podman, dockerd = Podman(tmp_path / "podman").start(), Dockerd(tmp_path / "docker", docker_path.netns)
     try:
+        dockerd.start()
+        apply_printed(printed, "docker", tmp_path / "root", reroot={"/etc/docker": dockerd.etc_docker})
         with pytest.raises(ClientError, match=f"{host}/{name}:1.0: not found"):
             containerd.pull(f"{host}/{name}:1.0", tmp_path / "root/etc/containerd/certs.d")
         with pytest.raises(ClientError, match=f"reading manifest 1.0 in {mirror.address}/{name}: manifest unknown"):
             podman.pull(f"{host}/{name}:1.0", conf, tmp_path / f"root/etc/containers/certs.d/{mirror.address}")
+        with pytest.raises(ClientError, match=f"manifest for {mirror.address}/{name}:1.0 not found: manifest unknown"):
+            dockerd.pull(f"{mirror.address}/{name}:1.0")
     finally:
         podman.stop()
+        dockerd.stop()
     last_error = mirror.stats()["upstream"]["last_error"]
     if case == "unknown image":
         assert last_error == ""  # the upstream answered 404: nothing is wrong with it
