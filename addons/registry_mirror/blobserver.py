@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from .bodies import BodyError, read_body
-from .coalesce import CHUNK, BlobCoalescer, Transfer, TransferFailed, UpstreamHead, parse_range
+from .coalesce import CHUNK, BlobCoalescer, parse_range
 from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
 from .redact import error_text
@@ -30,6 +30,7 @@ from .requests import SHA256_RE, Kind, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
 from .routing import Route, Router
 from .stats import Stats
+from .transfers import Transfer, TransferFailed, UpstreamHead
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
 
@@ -170,7 +171,7 @@ class BlobServer:
             self.stats.served("blob", "error", 0)
             return refusal
         try:
-            transfer, following = self.coalescer.join(req.reference, req.name, source=route)
+            transfer, following = self.coalescer.join(req.reference, req.name, route)
         except TransferFailed as e:  # shutting down
             return _error(503, "UNAVAILABLE", str(e))
         try:
@@ -221,7 +222,7 @@ class BlobServer:
         sent, started = 0, time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            async for offset, count in self.coalescer.spans(transfer, first, last):
+            async for offset, count in transfer.spans(first, last):
                 if request.transport is None:
                     raise ConnectionResetError("the registry closed the connection")
                 # zero-copy from the spool file to the socket (a plain read/write loop where unsupported)
@@ -285,7 +286,7 @@ class BlobServer:
     async def _fetch_from_peer(self, peer: Peer, transfer: Transfer):
         """The blob from another replica's growing spool; on a failure it ends early with `origin` cleared."""
         req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
-        route: Route = transfer.source
+        route = transfer.route
         timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_read=route.cfg.blob_stall_timeout)
         started = time.monotonic()
         try:
@@ -313,7 +314,7 @@ class BlobServer:
         An interrupted stream (reset, stall) resumes with a Range request from the last byte received, up to
         `upstream.blob_resumes` times."""
         req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
-        route: Route = transfer.source
+        route = transfer.route
         what = f"blob {req.name}@{req.reference}"
         started, resumes = time.monotonic(), 0
         from_before = transfer.written  # bytes another replica sent before it failed: not the upstream's

@@ -6,7 +6,8 @@ import hashlib
 import pytest
 
 import registry_mirror.coalesce as coalesce
-from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
+from registry_mirror.coalesce import BlobCoalescer, parse_range
+from registry_mirror.transfers import Transfer, TransferFailed, UpstreamHead
 
 from .waits import BOUND, until
 
@@ -287,12 +288,12 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
     (trickling) or while that wake was pending, not when the upstream sends again (or its stall timeout ends it)."""
     async def scenario():
         more, release, woken = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        notify = coalesce.Transfer.notify
+        notify = Transfer.notify
 
         def recording_notify(transfer):
             notify(transfer)
             woken.set()
-        monkeypatch.setattr(coalesce.Transfer, "notify", recording_notify)
+        monkeypatch.setattr(Transfer, "notify", recording_notify)
 
         async def fetch(transfer):
             transfer.size = len(DATA)
@@ -305,7 +306,7 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
         c = BlobCoalescer(fetch, str(tmp_path))
         t, _ = c.join(DIGEST, "app")
         await t.head
-        spans = c.spans(t, 0, len(DATA) - 1)
+        spans = t.spans(0, len(DATA) - 1)
         assert await anext(spans) == (0, 1000)
         reader = asyncio.ensure_future(anext(spans))  # caught up: it waits for a wake
         if trickling:

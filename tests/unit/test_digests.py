@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from registry_mirror.blobserver import KEY_HEADER
-from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead
+from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, digest_problem
+from registry_mirror.transfers import TransferFailed, UpstreamHead
 
 from .blob_endpoint import started_server
 from .waits import BOUND

@@ -71,7 +71,7 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     server.peers = SimpleNamespace(claim=lambda digest: _peer(port))
     server._peer_session = aiohttp.ClientSession()
     try:
-        transfer, _ = server.coalescer.join(DIGEST, "team/app", source=route)
+        transfer, _ = server.coalescer.join(DIGEST, "team/app", route)
         collected = bytearray()
         await transfer.head
         async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
