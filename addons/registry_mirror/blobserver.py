@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from .bodies import BodyError, read_body
-from .coalesce import CHUNK, BlobCoalescer, parse_range
+from .coalesce import BlobCoalescer, parse_range
 from .config import CacheConfig, any_address
 from .peers import Peer, PeerCoordinator
 from .redact import error_text
@@ -49,6 +49,7 @@ TICKET_SECONDS = 60.0  # the registry follows a redirect at once; a ticket read 
 MAX_TICKETS = 10_000  # unused tickets kept, oldest dropped first: a bound on memory, far above any pull's need
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
 ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on to the registry
+SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores a resume's Range
 
 
 class PeerError(Exception):
@@ -365,7 +366,7 @@ class BlobServer:
             elif up.status == 200:  # the upstream ignored the Range: skip what the spool has, chunk by chunk
                 skip = offset
                 while skip:
-                    skip -= len(await up.content.readexactly(min(CHUNK, skip)))
+                    skip -= len(await up.content.readexactly(min(SKIP_CHUNK, skip)))
             elif up.status != 206 or not up.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                 raise UpstreamError(f"resume at byte {offset} answered {up.status}")
             async for chunk in up.content.iter_any():  # as received: no re-chunking copies

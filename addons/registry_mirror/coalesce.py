@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
-
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single `bytes=` range within `size`, or None to send the whole blob."""
@@ -145,18 +143,6 @@ class BlobCoalescer:
             # on time even when no request comes: a spool deleted within the kernel's dirty expiry (30 s by
             # default) is never written to disk at all
             asyncio.get_running_loop().call_later(self.keep_seconds, self._expire)
-
-    async def read(self, transfer: Transfer, first: int, last: int):
-        """The bytes of `spans`, in chunks of at most CHUNK."""
-        with open(transfer.path, "rb") as spool:  # noqa: ASYNC230 - a local spool file: opens at once
-            async for offset, count in transfer.spans(first, last):
-                spool.seek(offset)
-                while count:
-                    chunk = spool.read(min(CHUNK, count))
-                    if not chunk:
-                        raise TransferFailed("spool file shorter than its transfer")
-                    count -= len(chunk)
-                    yield chunk
 
     def _expire(self) -> None:
         """Drop finished transfers nobody reads `keep_seconds` after they ended, or when the spool is over its

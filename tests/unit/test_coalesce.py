@@ -9,6 +9,7 @@ import registry_mirror.coalesce as coalesce
 from registry_mirror.coalesce import BlobCoalescer, parse_range
 from registry_mirror.transfers import Transfer, TransferFailed, UpstreamHead
 
+from .spool_reads import sent_bytes
 from .waits import BOUND, until
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -60,7 +61,7 @@ async def collect(coalescer, transfer, first=0, last=None):
     try:
         await transfer.head
         out = bytearray()
-        async for chunk in coalescer.read(transfer, first, len(DATA) - 1 if last is None else last):
+        async for chunk in sent_bytes(transfer, first, len(DATA) - 1 if last is None else last):
             out += chunk
         return bytes(out)
     finally:
@@ -80,7 +81,7 @@ def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_pat
             assert following and t is leader
             await t.head
             out = bytearray()
-            async for chunk in c.read(t, 0, len(DATA) - 1):
+            async for chunk in sent_bytes(t, 0, len(DATA) - 1):
                 if not first_bytes.done():
                     first_bytes.set_result(len(chunk))
                 out += chunk
@@ -113,7 +114,7 @@ def test_wrong_bytes_are_never_handed_on_whole(tmp_path):
         got = bytearray()
         with pytest.raises(TransferFailed, match="do not match"):
             await t.head
-            async for chunk in c.read(t, 0, len(DATA) - 1):
+            async for chunk in sent_bytes(t, 0, len(DATA) - 1):
                 got += chunk
         c.leave(t)
         assert len(got) < len(DATA)  # the last byte is held back until the digest is checked
@@ -260,7 +261,7 @@ def test_closing_ends_readers_and_waiters_at_once(tmp_path):
         async def stream(transfer):
             try:
                 await transfer.head
-                async for chunk in c.read(transfer, 0, len(DATA) - 1):
+                async for chunk in sent_bytes(transfer, 0, len(DATA) - 1):
                     received.extend(chunk)
             finally:
                 c.leave(transfer)

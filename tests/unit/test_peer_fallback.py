@@ -18,6 +18,8 @@ from registry_mirror.health import UpstreamHealth
 from registry_mirror.peers import Peer
 from registry_mirror.stats import Stats
 
+from .spool_reads import sent_bytes
+
 BLOB = bytes(range(256)) * 12_000  # ~3 MB
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 PEER_KEY = "peer-key-never-logged"
@@ -74,7 +76,7 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
         transfer, _ = server.coalescer.join(DIGEST, "team/app", route)
         collected = bytearray()
         await transfer.head
-        async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
+        async for chunk in sent_bytes(transfer, 0, len(BLOB) - 1):
             collected += chunk
         server.coalescer.leave(transfer)
         return transfer, bytes(collected), upstream.asked, server.stats.snapshot()["bytes"]
