@@ -1,33 +1,33 @@
-"""Blob coalescing: requests for the same digest that overlap in time share one upstream fetch.
+"""Blob coalescing: requests for the same digest that overlap in time share one fetch.
 
 The stock registry fetches every blob twice on a cold pull (one stream for the client, one in the
 background to fill its store) and once more per concurrent pull (distribution#1334, #3969). Here the first
-request for a digest starts a transfer that tees the upstream's bytes into a spool file; every request,
-the first included, is served from the growing spool, so followers get bytes as they arrive. The last byte
-is handed on only after the digest has been checked: a corrupt blob ends every stream short, and the stock
-registry, which verifies what it stores, stores nothing. Finished spools are kept briefly for stragglers
-(until the registry has committed its copy), within a bound in bytes, then deleted.
+request for a digest starts a transfer whose fill is teed into a spool file (spool_writer.py); every request,
+the first included, is served from the growing spool, so followers get bytes as they arrive. Finished spools
+are kept briefly for stragglers (until the registry has committed its copy), within a bound in bytes, then
+deleted.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .requests import DIGEST_HEX_LENGTHS
+from .spool_writer import write_verified
 from .transfers import Transfer, TransferFailed
 
 if TYPE_CHECKING:
     from .routing import Route
 
 log = logging.getLogger(__name__)
+
+Fill = Callable[[Transfer], AsyncIterator[bytes]]  # a transfer's bytes, from wherever; it sets the head
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -48,29 +48,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def _hasher(digest: str):
-    """A hash object for `digest`'s algorithm; TransferFailed for one the mirror does not check blobs with."""
-    algorithm = digest.partition(":")[0]
-    if algorithm not in DIGEST_HEX_LENGTHS:
-        raise TransferFailed(f"cannot check {digest[:100]!r}: its algorithm {algorithm[:30]!r} is not one of "
-                             f"{', '.join(DIGEST_HEX_LENGTHS)}")
-    return hashlib.new(algorithm)
-
-
-def _write_all(spool, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[spool.write(view):]
-
-
 class BlobCoalescer:
-    """Shares in-flight upstream blob fetches by digest; `fetch(digest, transfer)` fills one transfer."""
+    """Shares in-flight blob fetches by digest; `fill(transfer)` yields one transfer's bytes."""
 
-    def __init__(self, fetch, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
+    def __init__(self, fill: Fill, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
                  keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic,
                  on_verified: Callable[[Transfer], None] = lambda transfer: None):
         """`on_verified`: told of every transfer whose bytes matched their digest (its size is now a fact)."""
-        self._fetch = fetch
+        self._fill = fill
         self._on_verified = on_verified
         self._timer = timer
         self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
@@ -113,21 +98,7 @@ class BlobCoalescer:
 
     async def _run(self, transfer: Transfer) -> None:
         try:
-            hasher = _hasher(transfer.digest)  # in the try: a digest it cannot check fails the transfer cleanly
-            # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the
-            # file for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as
-            # the registry and its clients fsync their copies; untruncated, it stays in the page cache
-            with open(transfer.path, "r+b", buffering=0) as spool:  # noqa: ASYNC230 - local, opens at once
-                async for chunk in self._fetch(transfer):
-                    _write_all(spool, chunk)
-                    hasher.update(chunk)
-                    transfer.wrote(len(chunk))
-            actual = f"{hasher.name}:{hasher.hexdigest()}"
-            if transfer.size is not None and transfer.written != transfer.size:
-                raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
-            if actual != transfer.digest:
-                raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
-            transfer.verified = True
+            await write_verified(transfer, self._fill(transfer))
             self._on_verified(transfer)
         except asyncio.CancelledError:  # shutting down: the readers end now, not at their timeouts
             transfer.fail("the mirror is shutting down")

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-import registry_mirror.coalesce as coalesce
+import registry_mirror.spool_writer as spool_writer
 from registry_mirror.coalesce import BlobCoalescer, parse_range
 from registry_mirror.transfers import Transfer, TransferFailed, UpstreamHead
 
@@ -196,7 +196,7 @@ def test_the_spool_is_written_without_truncating_it(tmp_path, monkeypatch):
     def recording_open(file, mode="r", *args, **kwargs):
         modes.append(mode)
         return builtins.open(file, mode, *args, **kwargs)
-    monkeypatch.setattr(coalesce, "open", recording_open, raising=False)
+    monkeypatch.setattr(spool_writer, "open", recording_open, raising=False)
 
     async def scenario():
         c = BlobCoalescer(make_fetch(DATA), str(tmp_path))
