@@ -19,7 +19,8 @@ from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
 from . import notifications
-from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
+from .blob_access import TICKET_HEADER
+from .blobserver import AUTH_HEADER, BlobServer
 from .expiry import Expiry
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator

@@ -12,7 +12,6 @@ import os
 import secrets
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from .blob_access import KEY_PARAM, TICKET_PARAM, Tickets, allowed
 from .bodies import BodyError, read_body
 from .coalesce import BlobCoalescer, parse_range
 from .config import CacheConfig, any_address
@@ -36,17 +36,6 @@ from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
 
-# Who may use this endpoint: whoever knows its key (the other replicas, which learn it from redis, send it in the
-# query; the header is for local callers), and the requests the addon sends here, each with a ticket: a redirected
-# registry in the query, a request mitmproxy routes here in a header. Flows (mitmweb, `-w` dumps) hold those
-# requests and the redirects' Locations, so they never carry the key; a ticket is good for one request for its
-# blob, within TICKET_SECONDS.
-KEY_HEADER = "X-Mirror-Blob-Key"
-KEY_PARAM = "mirror_key"
-TICKET_PARAM = "mirror_ticket"
-TICKET_HEADER = "X-Mirror-Blob-Ticket"
-TICKET_SECONDS = 60.0  # the registry follows a redirect at once; a ticket read from a dump later is void
-MAX_TICKETS = 10_000  # unused tickets kept, oldest dropped first: a bound on memory, far above any pull's need
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
 ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on to the registry
 SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores a resume's Range
@@ -54,32 +43,6 @@ SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores
 
 class PeerError(Exception):
     """Another replica did not serve a blob; the message never carries its key."""
-
-
-class Tickets:
-    """Single-use permissions to fetch one blob of one repository (and `ns`) from the endpoint, each valid for
-    `seconds` on `timer`; at most `limit` are kept."""
-
-    def __init__(self, seconds: float = TICKET_SECONDS, limit: int = MAX_TICKETS,
-                 timer: Callable[[], float] = time.monotonic):
-        self.seconds, self.limit, self._timer = seconds, limit, timer
-        self._issued: OrderedDict[str, tuple[tuple[str, str, str], float]] = OrderedDict()  # -> (blob, expiry)
-
-    def __len__(self) -> int:
-        return len(self._issued)
-
-    def issue(self, req: RegistryRequest) -> str:
-        now = self._timer()
-        while self._issued and (len(self._issued) >= self.limit or next(iter(self._issued.values()))[1] <= now):
-            self._issued.popitem(last=False)  # issued in order, with one lifetime: the oldest expire first
-        token = secrets.token_urlsafe(16)
-        self._issued[token] = ((req.name, req.reference, req.ns), now + self.seconds)
-        return token
-
-    def redeem(self, token: str, req: RegistryRequest) -> bool:
-        """Whether `token` is an unexpired ticket for exactly `req`'s blob; used up either way."""
-        issued = self._issued.pop(token, None)
-        return issued is not None and issued[0] == (req.name, req.reference, req.ns) and self._timer() < issued[1]
 
 
 class BlobServer:
@@ -145,20 +108,13 @@ class BlobServer:
         req = classify("GET", request.path)  # the path alone: the key or ticket in the query never goes upstream
         blob = replace(req, ns=request.query.get("ns", "").lower()) \
             if isinstance(req, RegistryRequest) and req.kind is Kind.BLOB else None
-        if not self._allowed(request, blob):
+        if not allowed(request.headers, request.query, self.key, self.tickets, blob):
             return _error(403, "DENIED", "this endpoint serves only the mirror's own addon, its other replicas and "
                                          f"requests it redirected here (a ticket is good for one request for its "
                                          f"blob, within {self.tickets.seconds:g} s); ask the mirror again")
         if blob is None:
             return _error(400, "BLOB_UNKNOWN", "only blob GETs are served here")
         return await self._stream(request, blob)
-
-    def _allowed(self, request: web.Request, blob: RegistryRequest | None) -> bool:
-        given = request.headers.get(KEY_HEADER) or request.query.get(KEY_PARAM, "")
-        if secrets.compare_digest(given.encode(), self.key.encode()):  # bytes: any input, no TypeError
-            return True
-        ticket = request.headers.get(TICKET_HEADER) or request.query.get(TICKET_PARAM, "")
-        return bool(ticket) and blob is not None and self.tickets.redeem(ticket, blob)
 
     async def _stream(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
         what = f"blob {req.name}@{req.reference}"

@@ -13,7 +13,7 @@ import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from registry_mirror.addon import RegistryMirror
-from registry_mirror.blobserver import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
+from registry_mirror.blob_access import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
 from registry_mirror.requests import Kind, RegistryRequest
 
 from .blob_endpoint import started_server

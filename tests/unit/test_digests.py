@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from registry_mirror.blobserver import KEY_HEADER
+from registry_mirror.blob_access import KEY_HEADER
 from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, digest_problem
 from registry_mirror.transfers import TransferFailed, UpstreamHead
