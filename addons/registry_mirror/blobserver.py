@@ -17,61 +17,54 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
 
-from .blob_access import KEY_PARAM, TICKET_PARAM, Tickets, allowed
-from .bodies import BodyError, read_body
+from .blob_access import TICKET_PARAM, Tickets, allowed
+from .blob_fill import BlobFill
 from .coalesce import BlobCoalescer, parse_range
 from .config import CacheConfig, any_address
-from .peers import Peer, PeerCoordinator
-from .redact import error_text
+from .peers import PeerCoordinator
 from .requests import SHA256_RE, Kind, RegistryRequest, classify
-from .responses import CACHE_HEADER, error_body, passed_headers, upstream_status_error
+from .responses import CACHE_HEADER, error_body, upstream_status_error
 from .routing import Route, Router
 from .stats import Stats
 from .transfers import Transfer, TransferFailed, UpstreamHead
-from .upstream import UpstreamError
-from .upstream_auth import AuthError
 
 log = logging.getLogger(__name__)
 
 AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
-ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on to the registry
-SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores a resume's Range
-
-
-class PeerError(Exception):
-    """Another replica did not serve a blob; the message never carries its key."""
 
 
 class BlobServer:
     def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None):
         self.router, self.stats = router, stats
         self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
-        self.coalescer = BlobCoalescer(self._fetch, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
-                                       on_verified=self._verified)
+        self.fill = BlobFill(router, stats)
+        self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
+                                       on_verified=self.fill.verified)
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()
-        self.on_stored: Callable[[int], None] = lambda nbytes: None  # told of every verified transfer's size
         self.host, self.port = "127.0.0.1", 0
-        self.peers: PeerCoordinator | None = None
-        self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
         self._runner: web.AppRunner | None = None
 
-    def _verified(self, transfer: Transfer) -> None:
-        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest; and
-        the bytes are about to be stored (the expiry's cap)."""
-        for route in self.router.routes.values():
-            route.manifests.blob_verified(transfer.digest, transfer.written)
-        self.on_stored(transfer.written)
+    @property
+    def on_stored(self) -> Callable[[int], None]:
+        """Told of every verified transfer's size (the expiry's cap)."""
+        return self.fill.on_stored
+
+    @on_stored.setter
+    def on_stored(self, told: Callable[[int], None]) -> None:
+        self.fill.on_stored = told
+
+    @property
+    def peers(self) -> PeerCoordinator | None:
+        return self.fill.peers
 
     def share_with_peers(self, peers: PeerCoordinator) -> None:
         """Scale-out: coalesce with the other replicas through `peers` (call after start)."""
         peers.announce(self.port, self.key)
-        self.peers = peers
-        self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        self.fill.share_with_peers(peers)
 
     def address_for(self, reached_at: str) -> str:
         """The host a local client dials for this endpoint: where it reached the addon, when the endpoint
@@ -97,10 +90,7 @@ class BlobServer:
     async def close(self) -> None:
         # the transfers first: their readers end at once, so the server's shutdown waits for no handler
         await self.coalescer.close()
-        if self._peer_session:
-            await self._peer_session.close()
-        if self.peers:
-            await self.peers.close()
+        await self.fill.close()
         if self._runner:
             await self._runner.cleanup()
 
@@ -169,7 +159,7 @@ class BlobServer:
         first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
         # after the head: only then is it known whether another replica sends the bytes
         outcome = "HIT" if stored else "COALESCED" if following else "PEER" if transfer.origin else "MISS"
-        headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.headers.get(AUTH_HEADER, "")}
+        headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.scheme}
         if size is not None:
             headers["Content-Length"] = str(last - first + 1)
         if wanted:
@@ -221,124 +211,6 @@ class BlobServer:
             return None
         return _error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {health.retry_in():.0f} s;"
                                           f" last error: {health.last_error}); {what} is not cached")
-
-    async def _fetch(self, transfer: Transfer):
-        """Fill a transfer: from the replica already fetching the blob (scale-out), else from the upstream."""
-        if self.peers is None:
-            async for chunk in self._fetch_upstream(transfer):
-                yield chunk
-            return
-        peer = await self.peers.claim(transfer.digest)
-        if peer is None:
-            async with self.peers.leading(transfer.digest):
-                async for chunk in self._fetch_upstream(transfer):
-                    yield chunk
-            return
-        async for chunk in self._fetch_from_peer(peer, transfer):
-            yield chunk
-        if not transfer.origin:  # the replica failed it: the upstream sends the rest, with a Range resume
-            async for chunk in self._fetch_upstream(transfer):
-                yield chunk
-
-    async def _fetch_from_peer(self, peer: Peer, transfer: Transfer):
-        """The blob from another replica's growing spool; on a failure it ends early with `origin` cleared."""
-        req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
-        route = transfer.route
-        timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_read=route.cfg.blob_stall_timeout)
-        started = time.monotonic()
-        try:
-            async with self._peer_session.get(f"{peer.url}{req.v2_path}", params={KEY_PARAM: peer.key},
-                                              timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:  # (the error names the status only: the URL carries the peer's key)
-                    raise PeerError(f"answered {resp.status}")
-                transfer.origin = peer.url
-                if not transfer.head.done():
-                    _set_head(transfer, resp.headers, "")
-                async for chunk in resp.content.iter_any():
-                    yield chunk
-            self.stats.from_peer(transfer.written)
-            log.info("blob %s@%s: %d bytes from replica %s, not the upstream (%.0f ms)", req.name, req.reference,
-                     transfer.written, peer.url, _ms(started))
-        except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as e:
-            transfer.origin = ""
-            self.stats.from_peer(transfer.written)
-            log.warning("replica %s failed blob %s@%s after %d bytes (%s); the upstream sends the rest", peer.url,
-                        req.name, req.reference, transfer.written, error_text(e))
-
-    async def _fetch_upstream(self, transfer: Transfer):
-        """Fill a transfer from the upstream: the whole blob, so that its digest can be checked.
-
-        An interrupted stream (reset, stall) resumes with a Range request from the last byte received, up to
-        `upstream.blob_resumes` times."""
-        req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
-        route = transfer.route
-        what = f"blob {req.name}@{req.reference}"
-        started, resumes = time.monotonic(), 0
-        from_before = transfer.written  # bytes another replica sent before it failed: not the upstream's
-        while True:
-            offset = transfer.written
-            try:
-                async for chunk in self._fetch_from(route, transfer, req, offset):
-                    yield chunk
-                route.health.success()
-                self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", 200, transfer.written - from_before,
-                                    time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
-                return
-            except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
-                error = str(e) if isinstance(e, UpstreamError) else error_text(e)
-                route.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
-                if resumes >= route.cfg.blob_resumes or not transfer.head.done():
-                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", "error",
-                                        transfer.written - from_before, time.monotonic() - started, "error")
-                    raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
-                                         f"and {resumes} resumes: {error}") from e
-                resumes += 1
-                log.warning("upstream GET %s interrupted at byte %d (%s); resuming (%d of %d)", what,
-                            transfer.written, error, resumes, route.cfg.blob_resumes)
-            except AuthError as e:
-                if e.upstream_failure:
-                    route.health.failure(str(e))
-                raise TransferFailed(str(e)) from e
-
-    async def _fetch_from(self, route: Route, transfer: Transfer, req: RegistryRequest, offset: int):
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with route.upstream.open("GET", req, headers) as (up, scheme):
-            if not transfer.head.done():  # the first answer for this transfer: it decides the registry's
-                if up.status != 200:
-                    try:  # the upstream's reason, for the registry; a body too long or cut short is dropped
-                        body = await read_body(up.content, ERROR_BODY_CAP, up.content_length)
-                    except BodyError:
-                        body = b""
-                    headers = {k: v for k, v in passed_headers(up.headers).items() if k != "Content-Length"}
-                    transfer.head.set_result(UpstreamHead(up.status, headers, body))  # its length is the body's
-                    self.stats.upstream("blob", "GET", f"{req.name}@{req.reference}", up.status, len(body), 0.0)
-                    if up.status >= 500:
-                        route.health.failure(f"GET blob {req.name}: status {up.status}")
-                    raise TransferFailed(f"upstream answered {up.status} for blob {req.name}@{req.reference}")
-                _set_head(transfer, up.headers, scheme, route.manifests.blob_size(req.name, req.reference))
-            elif offset == 0:  # a replica answered the head, then failed before its first byte
-                if up.status != 200:
-                    raise UpstreamError(f"GET answered {up.status} after another replica failed the blob")
-            elif up.status == 200:  # the upstream ignored the Range: skip what the spool has, chunk by chunk
-                skip = offset
-                while skip:
-                    skip -= len(await up.content.readexactly(min(SKIP_CHUNK, skip)))
-            elif up.status != 206 or not up.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-                raise UpstreamError(f"resume at byte {offset} answered {up.status}")
-            async for chunk in up.content.iter_any():  # as received: no re-chunking copies
-                yield chunk
-            if transfer.size is not None and transfer.written < transfer.size:  # an interruption: resumed
-                raise UpstreamError(f"the body ended at byte {transfer.written} of {transfer.size}")
-
-
-def _set_head(transfer: Transfer, answer_headers, scheme: str, known_size: int | None = None) -> None:
-    """A 200's size and headers for every request of the transfer; lengths are set per request. An answer
-    without a length (chunked) takes the size the blob's HEAD gave: the stock registry fails a blob it is
-    sent without one, and the transfer is checked against it (and the digest) at its end anyway."""
-    length = answer_headers.get("Content-Length")
-    transfer.size = int(length) if length and length.isdigit() else known_size
-    headers = {k: v for k, v in passed_headers(answer_headers).items() if k not in ("Content-Length", "Content-Range")}
-    transfer.head.set_result(UpstreamHead(200, {**headers, AUTH_HEADER: scheme}))
 
 
 def _stored_transfer(req: RegistryRequest, stored) -> Transfer:

@@ -25,9 +25,11 @@ class TransferFailed(Exception):
 
 @dataclass
 class UpstreamHead:
+    """The answer every request of a transfer gives: status and headers (lengths are set per request)."""
     status: int
     headers: dict[str, str]
     body: bytes = b""  # for error answers only
+    scheme: str = ""  # the credential scheme the upstream was asked with, for the flow's redaction marker
 
 
 @dataclass
