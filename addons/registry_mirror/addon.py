@@ -20,7 +20,8 @@ from mitmproxy import ctx, exceptions, http
 from . import config as config_mod
 from . import notifications
 from .blob_access import TICKET_HEADER
-from .blobserver import AUTH_HEADER, BlobServer
+from .blob_answer import AUTH_HEADER
+from .blob_server import BlobServer
 from .expiry import Expiry
 from .manifests import ManifestMismatch, UpstreamDown
 from .peers import PeerCoordinator

@@ -30,24 +30,6 @@ log = logging.getLogger(__name__)
 Fill = Callable[[Transfer], AsyncIterator[bytes]]  # a transfer's bytes, from wherever; it sets the head
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(first, last) byte of a single `bytes=` range within `size`, or None to send the whole blob."""
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    first, _, last = header[len("bytes="):].strip().partition("-")
-    try:
-        if first == "":  # suffix range: the last N bytes
-            n = int(last)
-            return (max(0, size - n), size - 1) if n > 0 else None
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start > end or start >= size:
-        return None
-    return start, min(end, size - 1)
-
-
 class BlobCoalescer:
     """Shares in-flight blob fetches by digest; `fill(transfer)` yields one transfer's bytes."""
 

@@ -95,7 +95,7 @@ class Transfer:
 
         The last byte asked for (and, for a blob of unknown size, the newest byte) is held back until the
         verdict, and the spans end only after it. An empty range has no byte to hold back, so its answer must
-        wait for the verdict before it is begun (BlobServer._send)."""
+        wait for the verdict before it is begun (blob_answer.py)."""
         position = first
         while position <= last and not (self.verified and position >= self.written):
             if self.error:

@@ -6,7 +6,8 @@ import hashlib
 import pytest
 
 import registry_mirror.spool_writer as spool_writer
-from registry_mirror.coalesce import BlobCoalescer, parse_range
+from registry_mirror.blob_answer import parse_range
+from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.transfers import Transfer, TransferFailed, UpstreamHead
 
 from .spool_reads import sent_bytes
