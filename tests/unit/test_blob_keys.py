@@ -122,7 +122,7 @@ def test_the_addons_header_key_and_the_replicas_query_key_still_open_the_endpoin
     async def scenario(server, client):
         url = f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}"
         return (await status_of(client, url, headers={KEY_HEADER: server.key}),
-                await status_of(client, url, params={KEY_PARAM: server.key}),  # as _fetch_from_peer asks
+                await status_of(client, url, params={KEY_PARAM: server.key}),  # as peer_fill.from_peer asks
                 await status_of(client, url, headers={TICKET_HEADER: server.tickets.issue(
                     RegistryRequest(Kind.BLOB, "team/app", DIGEST))}),
                 await status_of(client, url),
