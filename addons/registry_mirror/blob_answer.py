@@ -78,12 +78,7 @@ async def send(request: web.Request, share: Share, stats: Stats, head_within: fl
     wanted = parse_range(request.headers.get("Range"), size) if size is not None else None
     first, last = wanted or (0, size - 1 if size is not None else sys.maxsize)
     outcome = share.outcome
-    headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.scheme}
-    if size is not None:
-        headers["Content-Length"] = str(last - first + 1)
-    if wanted:
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    out = web.StreamResponse(status=206 if wanted else 200, headers=headers)
+    out = web.StreamResponse(status=206 if wanted else 200, headers=_headers(head, outcome, size, wanted))
     await out.prepare(request)
     sent, started = 0, time.monotonic()
     try:
@@ -99,6 +94,18 @@ async def send(request: web.Request, share: Share, stats: Stats, head_within: fl
     source = "from the mirror's storage, none from the upstream" if outcome is Outcome.HIT else "to the registry"
     log.info("blob %s %s: %d bytes %s (%.0f ms)", outcome, what, sent, source, (time.monotonic() - started) * 1000)
     return out
+
+
+def _headers(head: UpstreamHead, outcome: Outcome, size: int | None,
+             wanted: tuple[int, int] | None) -> dict[str, str]:
+    """The head's headers, how the answer came about, and the length of what it sends (unknown: chunked)."""
+    headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.scheme}
+    if size is not None:
+        first, last = wanted or (0, size - 1)
+        headers["Content-Length"] = str(last - first + 1)
+    if wanted:
+        headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{size}"
+    return headers
 
 
 async def _head(transfer: Transfer, within: float, what: str) -> UpstreamHead | web.Response:

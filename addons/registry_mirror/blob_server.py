@@ -101,18 +101,23 @@ class BlobServer:
         return await self._serve(request, blob)
 
     async def _serve(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
+        """From the mirror's storage if it has the blob, else from a shared transfer unless the upstream is down."""
         what = f"blob {req.name}@{req.reference}"
         route = self.router.for_request(req)
-        timeout = route.cfg.request_timeout
         stored = open_stored(self.storage, req.reference)
         if stored is not None:
             with stored:
                 return await send(request, Share(stored_transfer(req, stored), stored, stored=True), self.stats,
-                                  timeout, what)
+                                  route.cfg.request_timeout, what)
         refusal = await self._refusal(req, route, what)
         if refusal is not None:
             self.stats.served("blob", Outcome.ERROR, 0)
             return refusal
+        return await self._shared(request, req, route, what)
+
+    async def _shared(self, request: web.Request, req: RegistryRequest, route: Route,
+                      what: str) -> web.StreamResponse:
+        """The answer from the transfer of `req`'s blob, joined (or started) for this request."""
         try:
             transfer, following = self.coalescer.join(req.reference, req.name, route)
         except TransferFailed as e:  # shutting down
@@ -125,7 +130,8 @@ class BlobServer:
             return error(503, "UNAVAILABLE", f"{what}: {transfer.error or 'its transfer ended'}")
         try:
             with spool:
-                return await send(request, Share(transfer, spool, following=following), self.stats, timeout, what)
+                return await send(request, Share(transfer, spool, following=following), self.stats,
+                                  route.cfg.request_timeout, what)
         finally:
             self.coalescer.leave(transfer)
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin, urlsplit
@@ -89,7 +89,7 @@ class Upstream:
         name = self.cfg.upstream_name(request.name)
         return request if name == request.name else replace(request, name=name)
 
-    async def fetch_small(self, method: str, request: RegistryRequest, headers) -> SmallResponse:
+    async def fetch_small(self, method: str, request: RegistryRequest, headers: Mapping[str, str]) -> SmallResponse:
         """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
         limits = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
         async with self.open(method, request, headers, limits) as (resp, authorized):
@@ -105,7 +105,8 @@ class Upstream:
             return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
 
     @asynccontextmanager
-    async def open(self, method: str, request: RegistryRequest, headers, limits: aiohttp.ClientTimeout | None = None):
+    async def open(self, method: str, request: RegistryRequest, headers: Mapping[str, str],
+                   limits: aiohttp.ClientTimeout | None = None) -> AsyncIterator[tuple[aiohttp.ClientResponse, str]]:
         """Yield (response, credential scheme) with its body unread; blobs stream from it. `limits`: the
         client's timeouts (default: a stall, not a total, bounds a blob)."""
         if limits is None:
@@ -134,7 +135,7 @@ class Upstream:
         finally:
             resp.release()
 
-    async def _send(self, method: str, url: str, headers: dict, authorization: str | None,
+    async def _send(self, method: str, url: str, headers: dict[str, str], authorization: str | None,
                     limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         for _hop in range(MAX_REDIRECTS + 1):
             h = dict(headers)
