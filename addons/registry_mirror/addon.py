@@ -17,7 +17,9 @@ from mitmproxy import ctx, exceptions, http
 
 from . import config as config_mod
 from . import notifications
-from .blobserver import AUTH_HEADER, TICKET_HEADER, BlobServer
+from .blob_access import TICKET_HEADER
+from .blob_answer import AUTH_HEADER
+from .blob_server import BlobServer
 from .expiry import Expiry
 from .manifest_body import ManifestMismatch
 from .manifests import UpstreamDown

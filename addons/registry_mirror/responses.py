@@ -41,7 +41,7 @@ def passed_headers(upstream_headers) -> dict[str, str]:
 def upstream_status_error(status: int, what: str) -> tuple[int, str, str] | None:
     """The error the mirror gives for an upstream status it must not pass on as is, else None.
 
-    A 429 the upstream still answered after the mirror's own waits (upstream.py) is passed on as is, with its
+    A 429 the upstream still answered after the mirror's own waits (upstream_retry.py) is passed on as is, with its
     Retry-After (a PASSED_RESPONSE_HEADERS entry), so that the registry and its client back off as asked."""
     if status == 401:
         return 401, "UNAUTHORIZED", (f"the upstream refused the mirror's credentials for {what}; check "

@@ -1,5 +1,5 @@
-"""The HTTP client toward the upstream: credentials, one retry on 401, redirects, bounded timeouts, and a
-429 (rate-limited) retried after its Retry-After while that stays within RATE_LIMIT_WAIT_CAP.
+"""The HTTP client toward the upstream: credentials, one retry on 401, redirects, bounded timeouts; retries
+of flaps and 429s are upstream_retry.py's.
 
 Only GET and HEAD ever leave here. Redirects to another host (Artifactory's signed cloud-storage URLs) are
 followed without the upstream's `Authorization`.
@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -27,29 +24,15 @@ from .redact import error_text, url_for_logs
 from .requests import RegistryRequest, upstream_path
 from .stats import Stats
 from .upstream_auth import AuthError, UpstreamAuth
+from .upstream_retry import Retrying, UpstreamError
 
 log = logging.getLogger(__name__)
 
 MAX_SMALL_BODY = 8 * 1024 * 1024  # manifests and error bodies; Distribution caps manifests at 4 MiB
 MAX_TOKEN_BODY = 64 * 1024
 MAX_REDIRECTS = 3
-RETRIED_STATUSES = (502, 503, 504)
-RETRY_BACKOFF = 0.25  # seconds, doubled on each retry: 3 retries span a 1.75 s flap
-# a 429 is retried (within upstream.retries) after its Retry-After, or the backoff without one, while all the
-# waits of one request add up to at most this; a longer Retry-After is passed on to the registry at once
-RATE_LIMIT_WAIT_CAP = 5.0
 # request headers worth passing on from the stock registry; everything else (Authorization included) stays
 FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Range")
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or answered nonsense; the message carries no secret.
-
-    `timed_out`: it accepted the connection and did not answer in time (hung), which health treats as down."""
-
-    def __init__(self, message: str, timed_out: bool = False):
-        super().__init__(message)
-        self.timed_out = timed_out
 
 
 @dataclass
@@ -61,30 +44,14 @@ class SmallResponse:
     url: str
 
 
-def retry_after(value: str | None, now: float) -> float | None:
-    """The seconds a `Retry-After` asks for (delay-seconds, or an HTTP date, against the epoch `now`); None
-    for a missing or malformed one."""
-    value = (value or "").strip()
-    if re.fullmatch(r"\d{1,9}", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # a "-0000" zone: UTC, by RFC 5322
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
-
-
 class Upstream:
-    """`sleep` and `clock` (an epoch, for Retry-After dates) are injected so that retry waits are tested
-    without time passing."""
+    """`sleep` and `clock`: for the retries' waits (upstream_retry.Retrying)."""
 
     def __init__(self, cfg: UpstreamConfig, stats: Stats | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.stats = stats or Stats()
-        self._sleep, self._clock = sleep, clock
+        self._retrying = Retrying(cfg.retries, sleep, clock)
         self.auth = UpstreamAuth(cfg, self._fetch_token)
         self._session: aiohttp.ClientSession | None = None
         self._origin = urlsplit(cfg.origin)
@@ -122,7 +89,7 @@ class Upstream:
         name = self.cfg.upstream_name(request.name)
         return request if name == request.name else replace(request, name=name)
 
-    async def fetch_small(self, method: str, request: RegistryRequest, headers) -> SmallResponse:
+    async def fetch_small(self, method: str, request: RegistryRequest, headers: Mapping[str, str]) -> SmallResponse:
         """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
         limits = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
         async with self.open(method, request, headers, limits) as (resp, authorized):
@@ -138,7 +105,8 @@ class Upstream:
             return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
 
     @asynccontextmanager
-    async def open(self, method: str, request: RegistryRequest, headers, limits: aiohttp.ClientTimeout | None = None):
+    async def open(self, method: str, request: RegistryRequest, headers: Mapping[str, str],
+                   limits: aiohttp.ClientTimeout | None = None) -> AsyncIterator[tuple[aiohttp.ClientResponse, str]]:
         """Yield (response, credential scheme) with its body unread; blobs stream from it. `limits`: the
         client's timeouts (default: a stall, not a total, bounds a blob)."""
         if limits is None:
@@ -167,54 +135,19 @@ class Upstream:
         finally:
             resp.release()
 
-    async def _send(self, method: str, url: str, headers: dict, authorization: str | None,
+    async def _send(self, method: str, url: str, headers: dict[str, str], authorization: str | None,
                     limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         for _hop in range(MAX_REDIRECTS + 1):
             h = dict(headers)
             if authorization and self._same_origin(url):
                 h["Authorization"] = authorization
-            resp = await self._request_with_retries(method, url, h, limits)
+            resp = await self._retrying.request(self._session, method, url, h, limits)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.release()
                 url = _redirect_target(url, resp.headers["Location"])
                 continue
             return resp
         raise UpstreamError(f"upstream redirected more than {MAX_REDIRECTS} times for {url_for_logs(url)}")
-
-    async def _request_with_retries(self, method: str, url: str, headers: dict,
-                                    limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-        """One request; a dropped connection or a 502/503/504 is retried `upstream.retries` times with a short
-        backoff; a refusal or a timeout is not (health.py deals with an upstream that is away). A 429 is
-        retried within the same count after its Retry-After, while the waits stay within RATE_LIMIT_WAIT_CAP;
-        the last 429 is answered, Retry-After and all."""
-        rate_limited_for = 0.0  # seconds waited on 429s so far
-        for attempt in range(self.cfg.retries + 1):
-            last = attempt == self.cfg.retries
-            try:
-                resp = await self._session.request(method, url, headers=headers, allow_redirects=False,
-                                                   timeout=limits)
-            except TimeoutError as e:
-                raise UpstreamError(f"{method} {url_for_logs(url)}: {error_text(e)}", timed_out=True) from e
-            except (aiohttp.ClientError, OSError) as e:
-                # refused: it is not listening, and retrying costs the caller time a cached answer would not
-                if last or isinstance(e, (aiohttp.ServerTimeoutError, aiohttp.ClientConnectorError)):
-                    raise UpstreamError(f"{method} {url_for_logs(url)}: {error_text(e)}",
-                                        timed_out=isinstance(e, aiohttp.ServerTimeoutError)) from e
-            else:
-                if resp.status == 429 and not last:
-                    wait = retry_after(resp.headers.get("Retry-After"), self._clock())
-                    wait = RETRY_BACKOFF * 2 ** attempt if wait is None else wait
-                    if rate_limited_for + wait > RATE_LIMIT_WAIT_CAP:
-                        return resp  # asked to wait longer than a pull should: the registry hears it at once
-                    rate_limited_for += wait
-                    resp.release()
-                    await self._sleep(wait)
-                    continue
-                if resp.status not in RETRIED_STATUSES or last:
-                    return resp
-                resp.release()
-            await self._sleep(RETRY_BACKOFF * 2 ** attempt)
-        raise AssertionError("unreachable")
 
     async def _read_small(self, resp: aiohttp.ClientResponse, cap: int) -> bytes:
         """The whole body under `cap`; one over it or cut short is counted (the stats' integrity) and raised."""

@@ -1,7 +1,7 @@
 """A blob endpoint on 127.0.0.1 for unit tests: one route whose upstream is a stand-in with `open`."""
 from types import SimpleNamespace
 
-from registry_mirror.blobserver import BlobServer
+from registry_mirror.blob_server import BlobServer
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.stats import Stats

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import aiohttp
 
-from registry_mirror.blobserver import KEY_HEADER
+from registry_mirror.blob_access import KEY_HEADER
 
 from .blob_endpoint import started_server
 from .waits import BOUND

@@ -13,7 +13,7 @@ import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from registry_mirror.addon import RegistryMirror
-from registry_mirror.blobserver import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
+from registry_mirror.blob_access import KEY_HEADER, KEY_PARAM, TICKET_HEADER, TICKET_PARAM, Tickets
 from registry_mirror.requests import Kind, RegistryRequest
 
 from .blob_endpoint import started_server
@@ -122,7 +122,7 @@ def test_the_addons_header_key_and_the_replicas_query_key_still_open_the_endpoin
     async def scenario(server, client):
         url = f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}"
         return (await status_of(client, url, headers={KEY_HEADER: server.key}),
-                await status_of(client, url, params={KEY_PARAM: server.key}),  # as _fetch_from_peer asks
+                await status_of(client, url, params={KEY_PARAM: server.key}),  # as peer_fill.from_peer asks
                 await status_of(client, url, headers={TICKET_HEADER: server.tickets.issue(
                     RegistryRequest(Kind.BLOB, "team/app", DIGEST))}),
                 await status_of(client, url),

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from registry_mirror.blobserver import KEY_HEADER
+from registry_mirror.blob_access import KEY_HEADER
 
 from .blob_endpoint import started_server
 from .waits import BOUND, until

@@ -5,9 +5,12 @@ import hashlib
 
 import pytest
 
-import registry_mirror.coalesce as coalesce
-from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead, parse_range
+import registry_mirror.spool_writer as spool_writer
+from registry_mirror.blob_answer import parse_range
+from registry_mirror.coalesce import BlobCoalescer
+from registry_mirror.transfers import Transfer, TransferFailed, UpstreamHead
 
+from .spool_reads import sent_bytes
 from .waits import BOUND, until
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -59,7 +62,7 @@ async def collect(coalescer, transfer, first=0, last=None):
     try:
         await transfer.head
         out = bytearray()
-        async for chunk in coalescer.read(transfer, first, len(DATA) - 1 if last is None else last):
+        async for chunk in sent_bytes(transfer, first, len(DATA) - 1 if last is None else last):
             out += chunk
         return bytes(out)
     finally:
@@ -79,7 +82,7 @@ def test_overlapping_requests_share_one_fetch_and_followers_stream_early(tmp_pat
             assert following and t is leader
             await t.head
             out = bytearray()
-            async for chunk in c.read(t, 0, len(DATA) - 1):
+            async for chunk in sent_bytes(t, 0, len(DATA) - 1):
                 if not first_bytes.done():
                     first_bytes.set_result(len(chunk))
                 out += chunk
@@ -112,7 +115,7 @@ def test_wrong_bytes_are_never_handed_on_whole(tmp_path):
         got = bytearray()
         with pytest.raises(TransferFailed, match="do not match"):
             await t.head
-            async for chunk in c.read(t, 0, len(DATA) - 1):
+            async for chunk in sent_bytes(t, 0, len(DATA) - 1):
                 got += chunk
         c.leave(t)
         assert len(got) < len(DATA)  # the last byte is held back until the digest is checked
@@ -194,7 +197,7 @@ def test_the_spool_is_written_without_truncating_it(tmp_path, monkeypatch):
     def recording_open(file, mode="r", *args, **kwargs):
         modes.append(mode)
         return builtins.open(file, mode, *args, **kwargs)
-    monkeypatch.setattr(coalesce, "open", recording_open, raising=False)
+    monkeypatch.setattr(spool_writer, "open", recording_open, raising=False)
 
     async def scenario():
         c = BlobCoalescer(make_fetch(DATA), str(tmp_path))
@@ -259,7 +262,7 @@ def test_closing_ends_readers_and_waiters_at_once(tmp_path):
         async def stream(transfer):
             try:
                 await transfer.head
-                async for chunk in c.read(transfer, 0, len(DATA) - 1):
+                async for chunk in sent_bytes(transfer, 0, len(DATA) - 1):
                     received.extend(chunk)
             finally:
                 c.leave(transfer)
@@ -287,12 +290,12 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
     (trickling) or while that wake was pending, not when the upstream sends again (or its stall timeout ends it)."""
     async def scenario():
         more, release, woken = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        notify = coalesce.Transfer.notify
+        notify = Transfer.notify
 
         def recording_notify(transfer):
             notify(transfer)
             woken.set()
-        monkeypatch.setattr(coalesce.Transfer, "notify", recording_notify)
+        monkeypatch.setattr(Transfer, "notify", recording_notify)
 
         async def fetch(transfer):
             transfer.size = len(DATA)
@@ -305,7 +308,7 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
         c = BlobCoalescer(fetch, str(tmp_path))
         t, _ = c.join(DIGEST, "app")
         await t.head
-        spans = c.spans(t, 0, len(DATA) - 1)
+        spans = t.spans(0, len(DATA) - 1)
         assert await anext(spans) == (0, 1000)
         reader = asyncio.ensure_future(anext(spans))  # caught up: it waits for a wake
         if trickling:

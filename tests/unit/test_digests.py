@@ -9,11 +9,13 @@ import json
 import aiohttp
 import pytest
 
-from registry_mirror.blobserver import KEY_HEADER
-from registry_mirror.coalesce import BlobCoalescer, TransferFailed, UpstreamHead
+from registry_mirror.blob_access import KEY_HEADER
+from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.requests import Kind, Refusal, RegistryRequest, classify, digest_problem
+from registry_mirror.transfers import TransferFailed, UpstreamHead
 
 from .blob_endpoint import started_server
+from .spool_reads import sent_bytes
 from .waits import BOUND
 
 HEX = {n: ("0123456789abcdef" * 8)[:n] for n in (32, 40, 64, 96, 128)}
@@ -111,7 +113,7 @@ def test_a_sha512_blob_is_fetched_and_checked(tmp_path):
         c = BlobCoalescer(fetch, str(tmp_path / "spool"))
         transfer, _ = c.join(digest, "app")
         await transfer.head
-        got = b"".join([chunk async for chunk in c.read(transfer, 0, len(data) - 1)])
+        got = b"".join([chunk async for chunk in sent_bytes(transfer, 0, len(data) - 1)])
         c.leave(transfer)
         await c.close()
         return got, transfer.verified

@@ -8,15 +8,16 @@ import logging
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from registry_mirror.blobserver import BlobServer
-from registry_mirror.config import CacheConfig
+from registry_mirror.blob_fill import BlobFill
+from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.health import UpstreamHealth
 from registry_mirror.peers import Peer
 from registry_mirror.stats import Stats
+
+from .spool_reads import sent_bytes
 
 BLOB = bytes(range(256)) * 12_000  # ~3 MB
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -66,22 +67,26 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
                             upstream=upstream, health=UpstreamHealth(),
                             manifests=SimpleNamespace(blob_size=lambda name, digest: None))
-    server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                        CacheConfig(spool_dir=str(tmp_path)), Stats())
-    server.peers = SimpleNamespace(claim=lambda digest: _peer(port))
-    server._peer_session = aiohttp.ClientSession()
+    stats = Stats()
+    fill = BlobFill(SimpleNamespace(routes={}), stats)
+    fill.share_with_peers(SimpleNamespace(claim=lambda digest: _peer(port), close=_nothing))
+    coalescer = BlobCoalescer(fill.fill, str(tmp_path), on_verified=fill.verified)
     try:
-        transfer, _ = server.coalescer.join(DIGEST, "team/app", source=route)
+        transfer, _ = coalescer.join(DIGEST, "team/app", route)
         collected = bytearray()
         await transfer.head
-        async for chunk in server.coalescer.read(transfer, 0, len(BLOB) - 1):
+        async for chunk in sent_bytes(transfer, 0, len(BLOB) - 1):
             collected += chunk
-        server.coalescer.leave(transfer)
-        return transfer, bytes(collected), upstream.asked, server.stats.snapshot()["bytes"]
+        coalescer.leave(transfer)
+        return transfer, bytes(collected), upstream.asked, stats.snapshot()["bytes"]
     finally:
-        await server._peer_session.close()
-        await server.coalescer.close()
+        await coalescer.close()
+        await fill.close()
         await runner.cleanup()
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _peer(port: int) -> Peer:

@@ -11,7 +11,8 @@ from multidict import CIMultiDict
 from registry_mirror.config import parse
 from registry_mirror.requests import Kind, RegistryRequest, classify
 from registry_mirror.responses import passed_headers, upstream_status_error
-from registry_mirror.upstream import RATE_LIMIT_WAIT_CAP, RETRY_BACKOFF, SmallResponse, Upstream, retry_after
+from registry_mirror.upstream import SmallResponse, Upstream
+from registry_mirror.upstream_retry import RATE_LIMIT_WAIT_CAP, RETRY_BACKOFF, retry_after
 
 from .local_http import serve
 from .test_manifests import IMAGE, FakeUpstream, headers

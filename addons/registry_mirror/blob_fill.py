@@ -1,0 +1,69 @@
+"""The fill policy: where a transfer's bytes come from, and what a verified transfer tells the rest of the mirror.
+
+Alone, a replica fetches from the upstream. With replicas (scale-out), the first to claim a digest in redis
+fetches it from the upstream; the others read that replica's growing spool, and if it fails them the upstream
+sends the rest with a Range resume.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+
+from .peer_fill import from_peer
+from .peers import PeerCoordinator
+from .routing import Route, Router
+from .stats import Stats
+from .transfers import Transfer
+from .upstream_fill import from_upstream
+
+
+class BlobFill:
+    def __init__(self, router: Router, stats: Stats):
+        self.router, self.stats = router, stats
+        self.on_stored: Callable[[int], None] = lambda nbytes: None  # told of every verified transfer's size
+        self.peers: PeerCoordinator | None = None
+        self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
+
+    def share_with_peers(self, peers: PeerCoordinator) -> None:
+        """Coalesce with the other replicas through `peers` (announced already)."""
+        self.peers = peers
+        self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+
+    async def fill(self, transfer: Transfer) -> AsyncIterator[bytes]:
+        """A transfer's bytes: from the replica already fetching the blob, else from the upstream."""
+        route = _route_of(transfer)
+        if self.peers is None:
+            async for chunk in from_upstream(transfer, route, self.stats):
+                yield chunk
+            return
+        peer = await self.peers.claim(transfer.digest)
+        if peer is None:
+            async with self.peers.leading(transfer.digest):
+                async for chunk in from_upstream(transfer, route, self.stats):
+                    yield chunk
+            return
+        async for chunk in from_peer(self._peer_session, peer, transfer, route, self.stats):
+            yield chunk
+        if not transfer.origin:  # the replica failed it: the upstream sends the rest
+            async for chunk in from_upstream(transfer, route, self.stats):
+                yield chunk
+
+    def verified(self, transfer: Transfer) -> None:
+        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest; and
+        the bytes are about to be stored (the expiry's cap)."""
+        for route in self.router.routes.values():
+            route.manifests.blob_verified(transfer.digest, transfer.written)
+        self.on_stored(transfer.written)
+
+    async def close(self) -> None:
+        if self._peer_session:
+            await self._peer_session.close()
+        if self.peers:
+            await self.peers.close()
+
+
+def _route_of(transfer: Transfer) -> Route:
+    if transfer.route is None:
+        raise ValueError(f"transfer of {transfer.digest} has no route to fill it from")
+    return transfer.route

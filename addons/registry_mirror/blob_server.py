@@ -1,0 +1,144 @@
+"""A loopback endpoint inside the addon's process that the stock registry fetches blobs from.
+
+The addon redirects blob GETs here (or, without redirects, mitmproxy routes them here and streams the answer
+on). Every request is served from a shared transfer (coalesce.py): one fetch per digest in flight, teed into a
+spool file, so bytes pass in chunks, never whole, and memory stays flat whatever the blob's size. Where the
+bytes come from is the fill's business (blob_fill.py); how an answer is sent, blob_answer.py's.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .blob_access import TICKET_PARAM, Tickets, allowed
+from .blob_answer import Share, error, send
+from .blob_fill import BlobFill
+from .coalesce import BlobCoalescer
+from .config import CacheConfig, any_address
+from .outcomes import Outcome
+from .peers import PeerCoordinator
+from .requests import Kind, RegistryRequest, classify
+from .routing import Route, Router
+from .stats import Stats
+from .stored_blobs import open_stored, stored_transfer
+from .transfers import TransferFailed
+
+
+class BlobServer:
+    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None):
+        self.router, self.stats = router, stats
+        self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
+        self.fill = BlobFill(router, stats)
+        self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
+                                       on_verified=self.fill.verified)
+        self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
+        self.key = secrets.token_urlsafe(16)
+        self.tickets = Tickets()
+        self.host, self.port = "127.0.0.1", 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def on_stored(self) -> Callable[[int], None]:
+        """Told of every verified transfer's size (the expiry's cap)."""
+        return self.fill.on_stored
+
+    @on_stored.setter
+    def on_stored(self, told: Callable[[int], None]) -> None:
+        self.fill.on_stored = told
+
+    @property
+    def peers(self) -> PeerCoordinator | None:
+        return self.fill.peers
+
+    def share_with_peers(self, peers: PeerCoordinator) -> None:
+        """Scale-out: coalesce with the other replicas through `peers` (call after start)."""
+        peers.announce(self.port, self.key)
+        self.fill.share_with_peers(peers)
+
+    def address_for(self, reached_at: str) -> str:
+        """The host a local client dials for this endpoint: where it reached the addon, when the endpoint
+        listens on every address, else the one address it listens on."""
+        return reached_at if any_address(self.host) else self.host
+
+    def redirect_url(self, host: str, req: RegistryRequest) -> str:
+        """Where the registry fetches a blob itself: this endpoint, with a new ticket for that one blob."""
+        host = self.address_for(host)
+        host = f"[{host}]" if ":" in host else host
+        ns = f"&ns={quote(req.ns, safe='')}" if req.ns else ""  # the route is chosen again here, the same way
+        return f"http://{host}:{self.port}{req.v2_path}?{TICKET_PARAM}={self.tickets.issue(req)}{ns}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.host, self.port = host, site._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        # the transfers first: their readers end at once, so the server's shutdown waits for no handler
+        await self.coalescer.close()
+        await self.fill.close()
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        req = classify("GET", request.path)  # the path alone: the key or ticket in the query never goes upstream
+        blob = replace(req, ns=request.query.get("ns", "").lower()) \
+            if isinstance(req, RegistryRequest) and req.kind is Kind.BLOB else None
+        if not allowed(request.headers, request.query, self.key, self.tickets, blob):
+            return error(403, "DENIED", "this endpoint serves only the mirror's own addon, its other replicas and "
+                                        f"requests it redirected here (a ticket is good for one request for its "
+                                        f"blob, within {self.tickets.seconds:g} s); ask the mirror again")
+        if blob is None:
+            return error(400, "BLOB_UNKNOWN", "only blob GETs are served here")
+        return await self._serve(request, blob)
+
+    async def _serve(self, request: web.Request, req: RegistryRequest) -> web.StreamResponse:
+        """From the mirror's storage if it has the blob, else from a shared transfer unless the upstream is down."""
+        what = f"blob {req.name}@{req.reference}"
+        route = self.router.for_request(req)
+        stored = open_stored(self.storage, req.reference)
+        if stored is not None:
+            with stored:
+                return await send(request, Share(stored_transfer(req, stored), stored, stored=True), self.stats,
+                                  route.cfg.request_timeout, what)
+        refusal = await self._refusal(req, route, what)
+        if refusal is not None:
+            self.stats.served("blob", Outcome.ERROR, 0)
+            return refusal
+        return await self._shared(request, req, route, what)
+
+    async def _shared(self, request: web.Request, req: RegistryRequest, route: Route,
+                      what: str) -> web.StreamResponse:
+        """The answer from the transfer of `req`'s blob, joined (or started) for this request."""
+        try:
+            transfer, following = self.coalescer.join(req.reference, req.name, route)
+        except TransferFailed as e:  # shutting down
+            return error(503, "UNAVAILABLE", str(e))
+        try:
+            spool = open(transfer.path, "rb")  # noqa: ASYNC230 - a local spool file: opens at once
+        except FileNotFoundError:  # mitmproxy starts tasks eagerly: the transfer can fail inside join
+            self.coalescer.leave(transfer)
+            self.stats.served("blob", Outcome.ERROR, 0)
+            return error(503, "UNAVAILABLE", f"{what}: {transfer.error or 'its transfer ended'}")
+        try:
+            with spool:
+                return await send(request, Share(transfer, spool, following=following), self.stats,
+                                  route.cfg.request_timeout, what)
+        finally:
+            self.coalescer.leave(transfer)
+
+    async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
+        """An uncached blob while its upstream is down waits up to the stale budget for it, then is refused."""
+        health = route.health
+        if req.reference in self.coalescer.transfers or await health.wait_until_up(self.down_wait):
+            return None
+        return error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {health.retry_in():.0f} s;"
+                                         f" last error: {health.last_error}); {what} is not cached")

@@ -1,0 +1,44 @@
+"""Writes a transfer's bytes into its spool as they come, and checks them against the digest at the end."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from .requests import DIGEST_HEX_LENGTHS
+from .transfers import Transfer, TransferFailed
+
+
+async def write_verified(transfer: Transfer, chunks: AsyncIterator[bytes]) -> None:
+    """Tee `chunks` into the spool, waking its readers; TransferFailed unless they are the digest's bytes, in
+    full. On success the transfer is verified."""
+    hasher = _hasher(transfer.digest)
+    # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the file
+    # for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as the
+    # registry and its clients fsync their copies; untruncated, it stays in the page cache
+    with open(transfer.path, "r+b", buffering=0) as spool:  # noqa: ASYNC230 - local, opens at once
+        async for chunk in chunks:
+            _write_all(spool, chunk)
+            hasher.update(chunk)
+            transfer.wrote(len(chunk))
+    if transfer.size is not None and transfer.written != transfer.size:
+        raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
+    actual = f"{hasher.name}:{hasher.hexdigest()}"
+    if actual != transfer.digest:
+        raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
+    transfer.verified = True
+
+
+def _hasher(digest: str) -> hashlib._Hash:
+    """A hash object for `digest`'s algorithm; TransferFailed for one the mirror does not check blobs with."""
+    algorithm = digest.partition(":")[0]
+    if algorithm not in DIGEST_HEX_LENGTHS:
+        raise TransferFailed(f"cannot check {digest[:100]!r}: its algorithm {algorithm[:30]!r} is not one of "
+                             f"{', '.join(DIGEST_HEX_LENGTHS)}")
+    return hashlib.new(algorithm)
+
+
+def _write_all(spool: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[spool.write(view):]
