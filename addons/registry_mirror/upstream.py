@@ -41,7 +41,6 @@ class SmallResponse:
     headers: CIMultiDict
     body: bytes
     authorized: str  # the scheme of the credential that was sent ("Basic", "Bearer" or "")
-    url: str
 
 
 class Upstream:
@@ -102,7 +101,7 @@ class Upstream:
                     raise UpstreamError(f"{what}: body timed out", timed_out=True) from e
                 except (aiohttp.ClientError, OSError, BodyError) as e:
                     raise UpstreamError(f"{what}: {error_text(e)}") from e
-            return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized, str(resp.url))
+            return SmallResponse(resp.status, CIMultiDict(resp.headers), body, authorized)
 
     @asynccontextmanager
     async def open(self, method: str, request: RegistryRequest, headers: Mapping[str, str],

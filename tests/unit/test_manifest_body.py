@@ -34,7 +34,7 @@ def test_a_token_reply_read_as_a_manifest_is_never_cached():
 
         async def desynchronized(method, req, hdrs):  # no Docker-Content-Digest: the digest would be its own
             up.calls.append(method)
-            return SmallResponse(200, CIMultiDict({"Content-Type": "application/json"}), token_reply, "Bearer", "")
+            return SmallResponse(200, CIMultiDict({"Content-Type": "application/json"}), token_reply, "Bearer")
         up.fetch_small = desynchronized
         tag = classify("GET", "/v2/app/manifests/1.0")
         with pytest.raises(ManifestMismatch, match=r"is not a manifest \(schemaVersion is null"):

@@ -44,12 +44,12 @@ class FakeUpstream:
         if req.kind.value == "blob":
             named = {} if self.anonymous_heads else {"Docker-Content-Digest": req.reference}
             return SmallResponse(200, CIMultiDict({"Content-Length": "42", "Content-Type": "x/y", **named}), b"",
-                                 "Bearer", "")
+                                 "Bearer")
         media = INDEX if INDEX in (headers.get("Accept") or "") else IMAGE
         body = body_for(media, self.version)
         claimed = digest(body_for(media, 99)) if self.lie else digest(body)
         return SmallResponse(200, CIMultiDict({"Content-Type": media, "Docker-Content-Digest": claimed,
-                                               "Content-Length": str(len(body))}), body, "Bearer", "")
+                                               "Content-Length": str(len(body))}), body, "Bearer")
 
 
 class Clock:
@@ -187,7 +187,7 @@ def test_the_tag_list_answer_carries_the_rewritten_link():
         async def fetch_small(self, method, req, headers):
             return SmallResponse(200, CIMultiDict({"Content-Type": "application/json", "Link":
                                                    '</artifactory/api/docker/r/v2/team/app/tags/list?last=b&n=2>; '
-                                                   'rel="next"'}), b'{"tags": ["a", "b"]}', "Bearer", "")
+                                                   'rel="next"'}), b'{"tags": ["a", "b"]}', "Bearer")
     svc = manifest_service(Paginating(), CacheConfig())
     answer = asyncio.run(svc.answer(classify("GET", "/v2/team/app/tags/list?n=2"), headers(), "GET"))
     assert answer.headers["Link"] == '</v2/team/app/tags/list?last=b&n=2>; rel="next"'
@@ -206,7 +206,7 @@ class Schema1Upstream(FakeUpstream):
     async def fetch_small(self, method, req, headers):
         self.calls.append((method, req.kind.value, req.reference))
         return SmallResponse(200, CIMultiDict({"Content-Type": SCHEMA1, "Docker-Content-Digest": self.claimed,
-                                               "Content-Length": str(len(self.body))}), self.body, "Bearer", "")
+                                               "Content-Length": str(len(self.body))}), self.body, "Bearer")
 
 
 def test_a_signed_schema1_manifest_is_named_by_its_payload_and_cached():
@@ -246,7 +246,7 @@ def test_a_malformed_signed_manifest_is_refused_saying_why():
 def test_a_refused_credential_is_the_last_error_though_the_upstream_is_up(status):
     class Refusing(FakeUpstream):
         async def fetch_small(self, method, req, headers):
-            return SmallResponse(status, CIMultiDict({"Content-Type": "application/json"}), b"{}", "Basic", "")
+            return SmallResponse(status, CIMultiDict({"Content-Type": "application/json"}), b"{}", "Basic")
 
     async def scenario():
         health = UpstreamHealth()

@@ -125,7 +125,7 @@ class RateLimited(FakeUpstream):
         if self.limited:
             self.calls.append(("429", req.reference))
             return SmallResponse(429, CIMultiDict({"Retry-After": "30", "Content-Type": "application/json"}),
-                                 b'{"errors":[{"code":"TOOMANYREQUESTS"}]}', "Bearer", "")
+                                 b'{"errors":[{"code":"TOOMANYREQUESTS"}]}', "Bearer")
         return await super().fetch_small(method, req, hdrs)
 
 
