@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from devtools import seed
-from devtools.clients import Containerd, Dockerd, Podman, apply_printed
+from devtools.client_drivers import Containerd, Dockerd, Podman, apply_printed
 from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
 from devtools.upstream_harness import UpstreamHarness

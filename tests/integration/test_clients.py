@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from devtools import seed
-from devtools.clients import ClientError, Containerd, Dockerd, Podman, apply_printed
+from devtools.client_drivers import ClientError, Containerd, Dockerd, Podman, apply_printed
 from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
 
