@@ -6,6 +6,7 @@
 #   ./run.sh status  a short summary of the running mirror (its stats page: http://<rewriter.listen>/_mirror/stats)
 #   ./run.sh evictions  what the next expiry pass would remove (mirror.max_age, mirror.max_bytes); changes nothing
 #   ./run.sh warm IMAGE... | -f FILE   pull images (every platform) into the running mirror before a deploy
+#   ./run.sh clients  docker's, containerd's, Kubernetes', podman's and skopeo's configuration for this mirror
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    lint, then the test suite (pytest arguments may follow)
 #   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
@@ -80,7 +81,7 @@ case "$cmd" in
       ensure_debian_packages docker-registry
     ensure_venv
     mirror_command "$cmd" "$@" ;;
-  check|status|evictions|warm|--version)  # only the configuration, the storage or the running mirror: no OS package
+  check|status|evictions|warm|clients|--version)  # only the configuration, the storage or the running mirror: no OS package
     ensure_venv
     mirror_command "$cmd" "$@" ;;
   demo)
@@ -121,6 +122,6 @@ case "$cmd" in
     ensure_venv
     run_python bench/load.py "$@" ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -85,5 +85,5 @@ def write_trust_folder(ca_file: str, cert_path: str) -> Path:
 
 def trust_hint(cert_path: str) -> str:
     ca_file = trust_folder(cert_path) / "ca.crt"
-    return (f"clients trust {ca_file} (skopeo/podman --cert-dir {ca_file.parent}); "
-            f"`artifactory-mirror clients` prints docker's, containerd's and podman's configuration")
+    return (f"clients trust {ca_file} (skopeo copy --src-cert-dir {ca_file.parent}, podman pull --cert-dir "
+            f"{ca_file.parent}); `artifactory-mirror clients` prints docker's, containerd's and podman's configuration")

@@ -95,18 +95,24 @@ def cmd_clients(args) -> int:
         print(f"{PROG}: mirror.tls is off; clients need a TLS mirror (or each its own insecure setting)",
               file=sys.stderr)
         return 2
+    if not Path(cfg.mirror.tls_cert).exists():
+        print(f"{PROG}: mirror.tls_cert {cfg.mirror.tls_cert} does not exist yet: start the mirror once (`up` "
+              f"generates a self-signed pair) or put your certificate and key there", file=sys.stderr)
+        return 2
     try:
-        trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
-    except (certs.CertError, OSError) as e:
+        trust = certs.write_trust_folder(cfg.mirror.tls_ca or cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+    except certs.CertError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     listen = cfg.mirror.listen
     mirror = args.address or f"{machine_name() if any_address(listen.host) else listen.host}:{listen.port}"
-    upstreams = {}
-    for route in (cfg.upstream, *cfg.routes):
-        upstream = clients.Upstream.from_url(route.origin, route.repository, route.repository_path_names)
-        upstreams.setdefault(upstream.host, upstream)
-    found = clients.all_clients(mirror, list(upstreams.values()), str(trust))
+    # containerd and podman mirror one registry host: upstream's. The stock registry drops containerd's ns, so a
+    # route with a url of its own is chosen by its image-name prefix: its clients pull by the mirror's name
+    upstream = clients.Upstream.from_url(cfg.upstream.origin, cfg.upstream.repository,
+                                         cfg.upstream.repository_path_names)
+    others = sorted({f"{route.match_prefix}/" for route in cfg.routes if route.origin != cfg.upstream.origin
+                     and route.match_prefix})
+    found = clients.all_clients(mirror, upstream, str(trust), others)
     print(clients.render(found, str(trust / "ca.crt")))
     return 0
 

@@ -37,7 +37,9 @@ class Upstream:
     @classmethod
     def from_url(cls, url: str, repository: str, repository_paths: bool = False) -> "Upstream":
         parts = urlsplit(url)
-        return cls(parts.netloc, parts.scheme, repository, repository_paths)
+        default_port = {"https": 443, "http": 80}.get(parts.scheme)
+        host = parts.hostname if parts.port in (None, default_port) else f"{parts.hostname}:{parts.port}"
+        return cls(host, parts.scheme, repository, repository_paths)
 
     def examples(self, registry: str) -> tuple[str, ...]:
         """References a user pulls, at `registry`: a name, and a repository-path name where those are served."""
@@ -72,7 +74,8 @@ def kubernetes() -> Client:
          "/etc/containerd/certs.d); a certificate from a CA the nodes already trust needs no ca line",
          "pull secrets: containerd sends no credentials to a mirror, so the mirror pulls with its own Artifactory "
          "credential and any pod on the node can pull what that credential can read; imagePullSecrets apply to "
-         "the fallback only"),
+         "the fallback only",
+         "containerd 2.x names the section plugins.\"io.containerd.cri.v1.images\".registry"),
         (File("/etc/containerd/config.toml (excerpt)",
               '[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n'),))
 
@@ -91,17 +94,20 @@ def podman(mirror: str, upstream: Upstream, fallback: bool) -> Client:
         f"podman and CRI-O ({'with' if fallback else 'without'} the fallback to {upstream.host})",
         (trade, "containers/image takes the mirror's CA from /etc/containers/certs.d/<mirror>/ca.crt; that folder "
                 "must hold no .key (a .key makes it demand a client certificate)"),
-        (File(f"/etc/containers/registries.conf.d/artifactory-mirror-{'fallback' if fallback else 'only'}.conf",
-              conf),), (f"/etc/containers/certs.d/{mirror}/ca.crt",),
+        (File(f"/etc/containers/registries.conf.d/artifactory-mirror-{upstream.host}"
+              f"-{'fallback' if fallback else 'only'}.conf", conf),), (f"/etc/containers/certs.d/{mirror}/ca.crt",),
         tuple(f"podman pull {ref}" for ref in upstream.examples(upstream.host)))
 
 
-def docker(mirror: str, upstream: Upstream) -> Client:
+def docker(mirror: str, upstream: Upstream, others: list[str] | tuple = ()) -> Client:
+    by_name = [f"routes to other registries ({', '.join(others)}) are reached by the mirror's name too, by every "
+               f"client: docker pull {mirror}/{others[0]}<image>"] if others else []
     return Client(
         "docker",
         ("docker mirrors Docker Hub only: pull by the mirror's name (one DNS name per data center keeps "
          "references the same everywhere)",
-         "docker trusts any certificate on 127.0.0.0/8; from other addresses it needs the CA below"),
+         "docker trusts any certificate on 127.0.0.0/8; from other addresses it needs the CA (the install line)",
+         *by_name),
         (), (f"/etc/docker/certs.d/{mirror}/ca.crt",),
         tuple(f"docker pull {ref}" for ref in upstream.examples(mirror)))
 
@@ -112,16 +118,12 @@ def skopeo(mirror: str, trust_folder: str) -> Client:
                             "dir:/tmp/app",))
 
 
-def all_clients(mirror: str, upstreams: list[Upstream], trust_folder: str) -> list[Client]:
-    """Every client's configuration; containerd and podman once per upstream host, with and without fallback."""
-    found = [docker(mirror, upstreams[0])]
-    for upstream in upstreams:
-        found += [containerd(mirror, upstream, fallback) for fallback in (True, False)]
-    found.append(kubernetes())
-    for upstream in upstreams:
-        found += [podman(mirror, upstream, fallback) for fallback in (True, False)]
-    found.append(skopeo(mirror, trust_folder))
-    return found
+def all_clients(mirror: str, upstream: Upstream, trust_folder: str, others: list[str] = ()) -> list[Client]:
+    """Every client's configuration; containerd and podman with and without the fallback (choose one each).
+    `others`: the prefixes of routes to other registries, which clients reach by the mirror's name."""
+    return [docker(mirror, upstream, list(others)),
+            *(containerd(mirror, upstream, fallback) for fallback in (True, False)), kubernetes(),
+            *(podman(mirror, upstream, fallback) for fallback in (True, False)), skopeo(mirror, trust_folder)]
 
 
 def render(clients: list[Client], ca_file: str) -> str:

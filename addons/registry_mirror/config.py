@@ -36,7 +36,7 @@ ENV_PATH = "MIRROR_CONFIG"
 # its repository or library handling (another host's repository is named, not guessed)
 _CREDENTIAL_KEYS = ("username", "password", "password_file", "token", "token_file", "anonymous")
 _NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts",
-                           "repository", "library")
+                           "repository", "library", "repository_path_names")
 
 
 def config_path(option_value: str = "") -> Path:
@@ -86,7 +86,7 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         upstream=upstream,
         rewriter=RewriterConfig(**section("rewriter")),
         scale=_scale(sections.get("scale", {}), resolve),
-        routes=(*explicit, *_repository_path_routes((*explicit, upstream))),
+        routes=(*explicit, *_repository_path_routes(upstream, explicit)),
         mirror=MirrorConfig(**section("mirror")),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
@@ -139,20 +139,25 @@ def _routes(routes: list[dict], default: dict, resolve) -> tuple[UpstreamConfig,
     return tuple(built)
 
 
-def _repository_path_routes(configured: tuple[UpstreamConfig, ...]) -> tuple[UpstreamConfig, ...]:
+def _repository_path_routes(upstream: UpstreamConfig,
+                            explicit: tuple[UpstreamConfig, ...]) -> tuple[UpstreamConfig, ...]:
     """For each route with repository_path_names: `<its repository>/<name>` served by it, asked for as `<name>`
-    (what follows the key is the name in that repository, whatever prefix the route itself matches)."""
-    derived, taken = [], {(r.match_prefix, r.match_ns): r.label for r in configured}
-    for route in configured:
-        if not (route.repository_path_names and route.repository):
+    (what follows the key is the name in that repository, whatever prefix the route itself matches). One route
+    per host, repository and ns: upstream's first, so a route that inherits both its repository and the switch
+    adds nothing."""
+    derived, served = [], set()
+    taken = {(r.match_prefix, r.match_ns): r.label for r in explicit}
+    for route in (upstream, *explicit):
+        identity = (route.origin, route.repository, route.match_ns)
+        if not (route.repository_path_names and route.repository) or identity in served:
             continue
-        prefix = route.repository
-        if (prefix, route.match_ns) in taken:
-            raise ConfigError(f"{route.label}.repository_path_names: {taken[prefix, route.match_ns]} already "
-                              f"serves the names under {prefix}/; drop one of them")
-        taken[prefix, route.match_ns] = f"{route.label}.repository_path_names"
-        derived.append(replace(route, match_prefix=prefix, strip_prefix=True, repository_path_names=False,
-                               label=f"{route.label} ({route.repository}/ names)"))
+        served.add(identity)
+        if (route.repository, route.match_ns) in taken:
+            raise ConfigError(f"{route.label}.repository_path_names: {taken[route.repository, route.match_ns]} "
+                              f"already serves the names under {route.repository}/; set repository_path_names: "
+                              f"false on {route.label}, or give that route another prefix")
+        derived.append(replace(route, match_prefix=route.repository, strip_prefix=True, repository_path_names=False,
+                               label=f"{route.label} ({route.repository}/ names)", path_names_of=route.label))
     return tuple(derived)
 
 

@@ -85,6 +85,7 @@ class UpstreamConfig:
                                     required="`prefix` or `ns`")
     strip_prefix: bool = key(BOOL, "Ask the upstream for `team-a/app` as `app`.", False, routes_only=True)
     label: str = "upstream"  # where it is configured, for messages: upstream or routes[N]
+    path_names_of: str = ""  # a route serving another's repository-path names: that route's label
 
     @property
     def origin(self) -> str:
@@ -115,6 +116,8 @@ class MirrorConfig:
     tls_cert: str = key(PATH, "The mirror's certificate; generated self-signed when it and `tls_key` are missing.",
                         "certs/mirror.crt")
     tls_key: str = key(PATH, "The key of `tls_cert`.", "certs/mirror.key")
+    tls_ca: str | None = key(PATH, "The CA certificate that issued `tls_cert`, which clients are told to trust "
+                             "(`artifactory-mirror clients`).", None, shown="`tls_cert` itself (self-signed)")
     max_age: float = key(DURATION, "An image not pulled for this long is removed (at least a minute). Pulls "
                          "served from storage count: they come from the registry's notifications.", "7d",
                          check=_at_least_a_minute)
@@ -125,7 +128,7 @@ class MirrorConfig:
 @dataclass(frozen=True)
 class RewriterConfig:
     listen: Address = key(ADDRESS, "Where the addon listens: the registry's `proxy.remoteurl`.", "127.0.0.1:8081")
-    web_listen: Address = key(ADDRESS, "mitmweb's UI for `./run.sh web`.", "127.0.0.1:8082")
+    web_listen: Address = key(ADDRESS, "mitmweb's UI for `artifactory-mirror web`.", "127.0.0.1:8082")
     web_password: Secret | None = key(SECRET, "mitmweb's password (passed to mitmweb as an argon2 hash).", None,
                                       shown="a one-time token")
     blob_redirect: bool = key(BOOL, "Send the registry to the blob endpoint with a `307` (blob bytes skip "

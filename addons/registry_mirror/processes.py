@@ -23,7 +23,8 @@ def venv_tool(name: str) -> str:
         return str(candidate)
     found = shutil.which(name)
     if not found:
-        raise ProcessError(f"{name} not found next to {sys.executable} or on PATH; run ./run.sh to set up .venv")
+        raise ProcessError(f"{name} not found next to {sys.executable} or on PATH; install the package "
+                           f"(pip install .) in this environment, or run ./run.sh from a checkout")
     return found
 
 
@@ -33,7 +34,7 @@ def registry_binary() -> str:
         if found := shutil.which(name):
             return found
     raise ProcessError("the stock registry is not installed: apt-get install docker-registry "
-                       "(or run ./run.sh, which installs it when run as root)")
+                       "(or a `registry` binary on PATH, as in the registry:2 image)")
 
 
 def port_in_use(host: str, port: int) -> bool:

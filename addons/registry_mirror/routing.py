@@ -49,13 +49,15 @@ class Route:
         return self.cfg.origin + self.cfg.prefix
 
 
-def tag_state_file(base: str | None, index: int | None) -> str | None:
+def tag_state_file(base: str | None, index: int | str | None) -> str | None:
     """Last known tags per route: an `ns` route and the default may both know `nginx:latest`, from two
-    registries. The default route keeps the configured file; route N adds `.routeN` before its suffix."""
+    registries. The default route keeps the configured file; route N adds `.routeN` before its suffix, a
+    route of repository-path names `.repository-<key>`."""
     if base is None or index is None:
         return base
     path = Path(base)
-    return str(path.with_name(f"{path.stem}.route{index}{path.suffix}"))
+    name = index if isinstance(index, str) else f"route{index}"
+    return str(path.with_name(f"{path.stem}.{name}{path.suffix}"))
 
 
 class Router:
@@ -65,7 +67,9 @@ class Router:
         for index, cfg in [*enumerate(config.routes), (None, config.upstream)]:
             upstream = Upstream(cfg, stats)
             health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
-            known = TagState(tag_state_file(config.cache.tag_state_file, index))
+            # a route of repository-path names is named by its repository: its index moves as routes are added
+            suffix = f"repository-{cfg.repository}" if cfg.path_names_of else index
+            known = TagState(tag_state_file(config.cache.tag_state_file, suffix))
             self.routes[cfg.label] = Route(cfg, upstream, health,
                                            ManifestService(upstream, config.cache, health, stats, known))
 

@@ -54,7 +54,7 @@ class Mirror:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if cfg.mirror.tls:
             try:
-                certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+                certs.write_trust_folder(cfg.mirror.tls_ca or cfg.mirror.tls_cert, cfg.mirror.tls_cert)
             except certs.CertError as e:  # a convenience for clients: the mirror serves without it
                 print(f"artifactory-mirror: {e}", file=sys.stderr)
         if self.dump:
@@ -85,7 +85,7 @@ class Mirror:
         while True:
             for name, proc in (("mitmproxy", self.mitm), ("registry", self.registry)):
                 if proc is not None and proc.poll() is not None:
-                    print(f"mirror: {name} exited with status {proc.returncode}; stopping the other "
+                    print(f"artifactory-mirror: {name} exited with status {proc.returncode}; stopping the other "
                           f"(logs in {self.log_dir})", file=sys.stderr)
                     return proc.returncode or 1
             time.sleep(0.2)

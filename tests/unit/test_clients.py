@@ -35,3 +35,15 @@ def test_the_trust_folder_holds_only_the_ca_certificate(tmp_path):
     assert folder == tmp_path / "certs/trust"
     assert [p.name for p in folder.iterdir()] == ["ca.crt"] and (folder / "ca.crt").read_bytes() == cert.read_bytes()
     assert certs.write_trust_folder(str(cert), str(cert)) == folder  # again: nothing to change
+
+
+def test_containerd_and_podman_mirror_upstreams_host_and_other_registries_are_pulled_by_name():
+    found = clients.all_clients(MIRROR, ARTIFACTORY, "/srv/certs/trust", ["hub/"])
+    hosts = {f.path for c in found for f in c.files if f.path.endswith("hosts.toml")}
+    assert hosts == {"/etc/containerd/certs.d/artifactory.example.com/hosts.toml"}
+    assert any(f"docker pull {MIRROR}/hub/<image>" in note for note in found[0].notes)
+
+
+def test_a_default_port_is_not_part_of_the_host_clients_name():
+    assert clients.Upstream.from_url("https://art.example.com:443", "r").host == "art.example.com"
+    assert clients.Upstream.from_url("https://art.example.com:8443", "r").host == "art.example.com:8443"

@@ -145,3 +145,19 @@ def test_a_route_already_serving_a_repository_key_is_a_clear_conflict():
         parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True,
                             "repository_path_names": True},
                "routes": [{"prefix": "docker-local", "repository": "other", "repository_path_names": False}]})
+
+
+def test_a_route_inheriting_the_repository_and_the_switch_adds_no_second_route_for_it():
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True,
+                              "repository_path_names": True},
+                 "routes": [{"prefix": "team-a", "token": "t0ken-of-team-a"},  # inherits docker-local and the switch
+                            {"prefix": "hub", "strip_prefix": True, "url": "https://nexus.example.com",
+                             "path_prefix": "", "anonymous": True}]})  # its own url: no switch inherited
+    derived = [r.label for r in cfg.routes if r.path_names_of]
+    assert derived == ["upstream (docker-local/ names)"]
+
+
+def test_repository_path_routes_keep_their_tag_file_when_routes_are_added():
+    assert tag_state_file("/s/registry.tags.json", "repository-docker-local") == \
+        "/s/registry.tags.repository-docker-local.json"
+    assert tag_state_file("/s/registry.tags.json", 2) == "/s/registry.tags.route2.json"
