@@ -21,13 +21,14 @@ from .config_keys import (
     RewriterConfig,
     ScaleConfig,
     UpstreamConfig,
+    WebhooksConfig,
 )
 from .config_kinds import Address, ConfigError, Secret, any_address, parse_address
 from .config_schema import check_types, convert, declared, expand
 
 __all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "Address", "CacheConfig", "Config", "ConfigError",
-           "MirrorConfig", "RewriterConfig", "ScaleConfig", "Secret", "UpstreamConfig", "any_address", "config_path",
-           "expand", "load", "parse", "parse_address"]
+           "MirrorConfig", "RewriterConfig", "ScaleConfig", "Secret", "UpstreamConfig", "WebhooksConfig", "any_address",
+           "config_path", "expand", "load", "parse", "parse_address"]
 
 DEFAULT_PATH = "mirror.yaml"
 ENV_PATH = "MIRROR_CONFIG"
@@ -82,12 +83,15 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     section = lambda name: convert(name, sections.get(name, {}), declared(SECTIONS[name]), resolve)  # noqa: E731
     upstream = _upstream(sections["upstream"], resolve)
     explicit = _routes(routes, sections["upstream"], resolve)
+    mirror, rewriter = MirrorConfig(**section("mirror")), RewriterConfig(**section("rewriter"))
     return Config(
         upstream=upstream,
-        rewriter=RewriterConfig(**section("rewriter")),
+        rewriter=rewriter,
         scale=_scale(sections.get("scale", {}), resolve),
         routes=(*explicit, *_repository_path_routes((*explicit, upstream))),
-        mirror=MirrorConfig(**section("mirror")),
+        mirror=mirror,
+        webhooks=_webhooks(sections.get("webhooks", {}), resolve, {"mirror.listen": mirror.listen,
+                                                                  "rewriter.listen": rewriter.listen}),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
     )
@@ -195,3 +199,25 @@ def _scale(v: dict, resolve) -> ScaleConfig:
         raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the blob endpoint "
                           f"listens on {listen.host} only (scale.listen); make them the same, or listen on 0.0.0.0")
     return ScaleConfig(**{**values, "advertise": advertise})
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    return a.port == b.port and (a.host == b.host or any_address(a.host) or any_address(b.host))
+
+
+def _webhooks(v: dict, resolve, taken: dict[str, Address]) -> WebhooksConfig:
+    if not v.get("listen"):
+        if v:
+            raise ConfigError(f"webhooks.listen: missing; the webhook keys ({', '.join(v)}) need the address "
+                              f"Artifactory posts to, host:port, e.g. 0.0.0.0:8084")
+        return WebhooksConfig()
+    values = convert("webhooks", v, declared(WebhooksConfig), resolve)
+    listen = values["listen"]
+    for name, address in taken.items():
+        if _same_socket(listen, address):
+            raise ConfigError(f"webhooks.listen: {listen} is {name} ({address}); the webhook listener needs a "
+                              f"port of its own, e.g. {listen.host}:8084")
+    if values["secret"] is None:
+        raise ConfigError("webhooks.secret: missing for webhooks.listen; set secret or secret_file to the "
+                          "webhook's secret in Artifactory (unsigned events would let anyone start warms)")
+    return WebhooksConfig(**values)

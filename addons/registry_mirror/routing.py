@@ -36,6 +36,25 @@ def choose(routes: Sequence[UpstreamConfig], default: UpstreamConfig, name: str,
     return best
 
 
+def mirror_names(config: Config, repository: str, image: str) -> list[str]:
+    """The names the mirror's clients pull `image` of Artifactory repository `repository` by: every name whose
+    route (chosen as for the stock registry's requests, which carry no `ns`) asks that repository for that
+    image. Candidates are the inverse of each route's prefix and library handling, kept only if the forward
+    mapping gives `image` back; empty when no route serves it."""
+    names = []
+    for route in (*config.routes, config.upstream):
+        if route.repository != repository or route.match_ns:
+            continue
+        bare = image[len("library/"):] if image.startswith("library/") else image
+        for name in {image, bare, f"library/{image}"}:
+            if route.strip_prefix and route.match_prefix:
+                name = f"{route.match_prefix}/{name}"
+            if name not in names and route.upstream_name(name) == image \
+                    and choose(config.routes, config.upstream, name) is route:
+                names.append(name)
+    return sorted(names)
+
+
 @dataclass
 class Route:
     cfg: UpstreamConfig
@@ -70,7 +89,10 @@ class Router:
                                            ManifestService(upstream, config.cache, health, stats, known))
 
     def for_request(self, req: RegistryRequest) -> Route:
-        return self.routes[choose(self.config.routes, self.config.upstream, req.name, req.ns).label]
+        return self.for_name(req.name, req.ns)
+
+    def for_name(self, name: str, ns: str = "") -> Route:
+        return self.routes[choose(self.config.routes, self.config.upstream, name, ns).label]
 
     async def start(self) -> None:
         for route in self.routes.values():
