@@ -181,11 +181,17 @@ def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:
     return UpstreamConfig(**values, label=label)
 
 
+def _switched_on(section: str, key: str, v: dict, what: str) -> bool:
+    """Whether an optional section is on: its `key` is set; its other keys without it are an error."""
+    if v.get(key):
+        return True
+    if v:
+        raise ConfigError(f"{section}.{key}: missing; the {section} keys ({', '.join(v)}) need {what}")
+    return False
+
+
 def _scale(v: dict, resolve) -> ScaleConfig:
-    if not v.get("redis"):
-        if v:
-            raise ConfigError(f"scale.redis: missing; the scale keys ({', '.join(v)}) need the redis shared by "
-                              f"the replicas, host:port, e.g. 10.0.0.5:6379")
+    if not _switched_on("scale", "redis", v, "the redis shared by the replicas, host:port, e.g. 10.0.0.5:6379"):
         return ScaleConfig()
     values = convert("scale", v, declared(ScaleConfig), resolve)
     listen = values["listen"]
@@ -206,10 +212,7 @@ def _same_socket(a: Address, b: Address) -> bool:
 
 
 def _webhooks(v: dict, resolve, taken: dict[str, Address]) -> WebhooksConfig:
-    if not v.get("listen"):
-        if v:
-            raise ConfigError(f"webhooks.listen: missing; the webhook keys ({', '.join(v)}) need the address "
-                              f"Artifactory posts to, host:port, e.g. 0.0.0.0:8084")
+    if not _switched_on("webhooks", "listen", v, "the address Artifactory posts to, host:port, e.g. 0.0.0.0:8084"):
         return WebhooksConfig()
     values = convert("webhooks", v, declared(WebhooksConfig), resolve)
     listen = values["listen"]

@@ -37,21 +37,19 @@ def choose(routes: Sequence[UpstreamConfig], default: UpstreamConfig, name: str,
 
 
 def mirror_names(config: Config, repository: str, image: str) -> list[str]:
-    """The names the mirror's clients pull `image` of Artifactory repository `repository` by: every name whose
-    route (chosen as for the stock registry's requests, which carry no `ns`) asks that repository for that
-    image. Candidates are the inverse of each route's prefix and library handling, kept only if the forward
-    mapping gives `image` back; empty when no route serves it."""
-    names = []
+    """The names the mirror's clients pull `image` of Artifactory repository `repository` by: per route that
+    asks that repository (chosen as for the stock registry's requests, which carry no `ns`), the shortest name
+    it serves that image as. Candidates are the inverse of the route's prefix and library handling, kept only
+    if the forward mapping gives `image` back; empty when no route serves it."""
+    names = set()
+    bare = image[len("library/"):] if image.startswith("library/") else image
     for route in (*config.routes, config.upstream):
         if route.repository != repository or route.match_ns:
             continue
-        bare = image[len("library/"):] if image.startswith("library/") else image
-        for name in {image, bare, f"library/{image}"}:
-            if route.strip_prefix and route.match_prefix:
-                name = f"{route.match_prefix}/{name}"
-            if name not in names and route.upstream_name(name) == image \
-                    and choose(config.routes, config.upstream, name) is route:
-                names.append(name)
+        served = [name for name in (bare, image, f"library/{image}")
+                  for name in [f"{route.match_prefix}/{name}" if route.strip_prefix else name]
+                  if route.upstream_name(name) == image and choose(config.routes, config.upstream, name) is route]
+        names.update(served[:1])
     return sorted(names)
 
 
