@@ -12,7 +12,7 @@ B = WarmJob("sha256:" + "b" * 64, ("team/app",), "1.1")
 
 
 def clock_at(now: float = 100.0) -> Clock:
-    clock = clock_at()
+    clock = Clock()
     clock.now = now
     return clock
 
