@@ -84,14 +84,16 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     upstream = _upstream(sections["upstream"], resolve)
     explicit = _routes(routes, sections["upstream"], resolve)
     mirror, rewriter = MirrorConfig(**section("mirror")), RewriterConfig(**section("rewriter"))
+    scale = _scale(sections.get("scale", {}), resolve)
+    taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
+             "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}
     return Config(
         upstream=upstream,
         rewriter=rewriter,
-        scale=_scale(sections.get("scale", {}), resolve),
+        scale=scale,
         routes=(*explicit, *_repository_path_routes((*explicit, upstream))),
         mirror=mirror,
-        webhooks=_webhooks(sections.get("webhooks", {}), resolve, {"mirror.listen": mirror.listen,
-                                                                  "rewriter.listen": rewriter.listen}),
+        webhooks=_webhooks(sections.get("webhooks", {}), resolve, taken),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
     )

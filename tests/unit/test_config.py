@@ -213,6 +213,7 @@ def test_webhooks_section(tmp_path):
     ({"listen": "10.0.0.1:9000", "secret": "s"}, {"listen": "0.0.0.0:9000"}, r"is rewriter\.listen"),
     ({"listen": "0.0.0.0:5000", "secret": "s"}, {}, r"webhooks\.listen: 0\.0\.0\.0:5000 is mirror\.listen "
                                                     r"\(0\.0\.0\.0:5000\); the webhook listener needs a port"),
+    ({"listen": "127.0.0.1:8082", "secret": "s"}, {}, r"is rewriter\.web_listen"),
     ({"listen": "0.0.0.0:8084", "secret": "s", "platforms": ["amd64"]}, {},
      r"webhooks\.platforms: 'amd64' is not a platform; expected os/architecture\[/variant\]"),
     ({"listen": "0.0.0.0:8084", "secret": "s", "platforms": "linux/amd64"}, {},
