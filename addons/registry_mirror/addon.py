@@ -32,6 +32,7 @@ from .routing import Router
 from .stats import Stats
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
+from .webhooks import WebhookListener
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class RegistryMirror:
         self.router: Router | None = None
         self.blobs: BlobServer | None = None
         self.expiry: Expiry | None = None
+        self.webhooks: WebhookListener | None = None
         self.notify_secret = ""
         self.stats = Stats()
         self.started = asyncio.Event()
@@ -91,6 +93,9 @@ class RegistryMirror:
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
         self.expiry = self._start_expiry()
+        if self.config.webhooks.enabled:  # its own listener: Artifactory never reaches rewriter.listen
+            self.webhooks = WebhookListener(self.config, self.router)
+            await self.webhooks.start()
         self.started.set()
 
     def _start_expiry(self) -> Expiry:
@@ -108,6 +113,8 @@ class RegistryMirror:
         return expiry
 
     async def done(self) -> None:
+        if self.webhooks:
+            await self.webhooks.close()
         if self.expiry:
             await self.expiry.stop()
         if self.blobs:

@@ -18,6 +18,7 @@ from .expiry import Expiry
 from .pulls import LastPulls, pulls_folder
 from .stats_views import JSON_PATH, summary_text
 from .supervisor import Mirror, preflight
+from .webhooks import WEBHOOK_PATH
 
 PROG = "artifactory-mirror"
 
@@ -35,6 +36,8 @@ def cmd_check(args) -> int:
     cfg = _load_or_exit(args.config)
     print(f"{cfg.source}: OK; upstream {cfg.upstream.origin}{cfg.upstream.prefix}/v2/, mirror on "
           f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
+    if cfg.webhooks.enabled:
+        print(f"  webhooks: {'https' if cfg.mirror.tls else 'http'}://{cfg.webhooks.listen}{WEBHOOK_PATH}")
     for route in cfg.routes:
         asked = f"{route.match_prefix}/<name>" if route.match_prefix else "<name>"
         print(f"  {route.label}: {describe_match(route)}: /v2/{asked} -> "

@@ -21,13 +21,14 @@ from .config_keys import (
     RewriterConfig,
     ScaleConfig,
     UpstreamConfig,
+    WebhooksConfig,
 )
 from .config_kinds import Address, ConfigError, Secret, any_address, parse_address
 from .config_schema import check_types, convert, declared, expand
 
 __all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "Address", "CacheConfig", "Config", "ConfigError",
-           "MirrorConfig", "RewriterConfig", "ScaleConfig", "Secret", "UpstreamConfig", "any_address", "config_path",
-           "expand", "load", "parse", "parse_address"]
+           "MirrorConfig", "RewriterConfig", "ScaleConfig", "Secret", "UpstreamConfig", "WebhooksConfig", "any_address",
+           "config_path", "expand", "load", "parse", "parse_address"]
 
 DEFAULT_PATH = "mirror.yaml"
 ENV_PATH = "MIRROR_CONFIG"
@@ -82,12 +83,17 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     section = lambda name: convert(name, sections.get(name, {}), declared(SECTIONS[name]), resolve)  # noqa: E731
     upstream = _upstream(sections["upstream"], resolve)
     explicit = _routes(routes, sections["upstream"], resolve)
+    mirror, rewriter = MirrorConfig(**section("mirror")), RewriterConfig(**section("rewriter"))
+    scale = _scale(sections.get("scale", {}), resolve)
+    taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
+             "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}
     return Config(
         upstream=upstream,
-        rewriter=RewriterConfig(**section("rewriter")),
-        scale=_scale(sections.get("scale", {}), resolve),
+        rewriter=rewriter,
+        scale=scale,
         routes=(*explicit, *_repository_path_routes(upstream, explicit)),
-        mirror=MirrorConfig(**section("mirror")),
+        mirror=mirror,
+        webhooks=_webhooks(sections.get("webhooks", {}), resolve, taken),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
     )
@@ -182,11 +188,17 @@ def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:
     return UpstreamConfig(**values, label=label)
 
 
+def _switched_on(section: str, key: str, v: dict, what: str) -> bool:
+    """Whether an optional section is on: its `key` is set; its other keys without it are an error."""
+    if v.get(key):
+        return True
+    if v:
+        raise ConfigError(f"{section}.{key}: missing; the {section} keys ({', '.join(v)}) need {what}")
+    return False
+
+
 def _scale(v: dict, resolve) -> ScaleConfig:
-    if not v.get("redis"):
-        if v:
-            raise ConfigError(f"scale.redis: missing; the scale keys ({', '.join(v)}) need the redis shared by "
-                              f"the replicas, host:port, e.g. 10.0.0.5:6379")
+    if not _switched_on("scale", "redis", v, "the redis shared by the replicas, host:port, e.g. 10.0.0.5:6379"):
         return ScaleConfig()
     values = convert("scale", v, declared(ScaleConfig), resolve)
     listen = values["listen"]
@@ -200,3 +212,22 @@ def _scale(v: dict, resolve) -> ScaleConfig:
         raise ConfigError(f"scale.advertise: the other replicas would dial {advertise}, but the blob endpoint "
                           f"listens on {listen.host} only (scale.listen); make them the same, or listen on 0.0.0.0")
     return ScaleConfig(**{**values, "advertise": advertise})
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    return a.port == b.port and (a.host == b.host or any_address(a.host) or any_address(b.host))
+
+
+def _webhooks(v: dict, resolve, taken: dict[str, Address]) -> WebhooksConfig:
+    if not _switched_on("webhooks", "listen", v, "the address Artifactory posts to, host:port, e.g. 0.0.0.0:8084"):
+        return WebhooksConfig()
+    values = convert("webhooks", v, declared(WebhooksConfig), resolve)
+    listen = values["listen"]
+    for name, address in taken.items():
+        if _same_socket(listen, address):
+            raise ConfigError(f"webhooks.listen: {listen} is {name} ({address}); the webhook listener needs a "
+                              f"port of its own, e.g. {listen.host}:8084")
+    if values["secret"] is None:
+        raise ConfigError("webhooks.secret: missing for webhooks.listen; set secret or secret_file to the "
+                          "webhook's secret in Artifactory (unsigned events would let anyone start warms)")
+    return WebhooksConfig(**values)

@@ -19,6 +19,7 @@ from .config_kinds import (
     IMAGE_PREFIX,
     PATH,
     PATH_PREFIX,
+    PLATFORMS,
     REGISTRY_HOSTS,
     SECONDS,
     SECRET,
@@ -183,6 +184,22 @@ class ScaleConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Artifactory's webhooks: a signed "tag pushed" event warms that image in the mirror at once."""
+    listen: Address | None = key(ADDRESS, "Where the webhook listener serves `POST /_mirror/webhooks/artifactory` "
+                                 "(TLS as `mirror.tls`); unset: no listener.", None, required="for webhooks",
+                                 shown="none")
+    secret: Secret | None = key(SECRET, "The webhook's secret in Artifactory: sent as `X-JFrog-Event-Auth`, or "
+                                "the key of its HMAC-SHA256 of the body (\"use secret for signing\").", None,
+                                required="with `listen`")
+    platforms: tuple[str, ...] = key(PLATFORMS, "Platforms of an index to warm; `[]`: every platform.", [])
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig  # the default route: every name no entry of `routes` serves
     mirror: MirrorConfig
@@ -191,8 +208,9 @@ class Config:
     source: str = "<memory>"
     routes: tuple[UpstreamConfig, ...] = ()
     scale: ScaleConfig = ScaleConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
 
 # the sections of mirror.yaml, besides `routes` (a list of UpstreamConfig's keys and its routes_only ones)
 SECTIONS = {"upstream": UpstreamConfig, "mirror": MirrorConfig, "rewriter": RewriterConfig, "cache": CacheConfig,
-            "scale": ScaleConfig}
+            "scale": ScaleConfig, "webhooks": WebhooksConfig}

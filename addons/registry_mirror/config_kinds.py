@@ -135,6 +135,17 @@ def _hosts(what: str) -> Callable[[str, list], tuple[str, ...]]:
     return convert
 
 
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+
+
+def _platforms(name: str, values: list) -> tuple[str, ...]:
+    for value in values:
+        if not isinstance(value, str) or not _PLATFORM_RE.fullmatch(value):
+            raise ConfigError(f"{name}: {value!r} is not a platform; expected os/architecture[/variant] as in an "
+                              f"image index, e.g. linux/amd64 or linux/arm64/v8")
+    return tuple(values)
+
+
 def _any_port(name: str, value: str) -> Address:
     return parse_address(name, value if ":" in value.strip("[]") else f"{value}:0", allow_any_port=True)
 
@@ -158,3 +169,4 @@ HOSTS = Kind("a list of host or host:port", (list,), _hosts("a host or host:port
 REGISTRY_HOSTS = Kind("a list of registry host names", (list,), _hosts(
     "a registry host name such as docker.io; ns values are matched against containerd's ?ns= parameter, "
     "never dialled"))
+PLATFORMS = Kind("a list of os/architecture[/variant], e.g. [linux/amd64]", (list,), _platforms)

@@ -108,6 +108,14 @@ class ManifestService:
         await self._wait_if_down()
         return await self._shared_fetch(req, headers, accepts)
 
+    def forget_tag(self, name: str, tag: str) -> int:
+        """Drop the cached digest of `name:tag` (for every Accept), so that the next request asks the upstream:
+        a webhook said the tag moved. The last known digest stays, for stale-if-error. How many were dropped."""
+        keys = [key for key in self.tags or () if key[:2] == (name, tag)]
+        for key in keys:
+            self.tags.pop(key, None)
+        return len(keys)
+
     def blob_size(self, name: str, digest: str) -> int | None:
         """The size a cached HEAD of the blob gave, if any."""
         known = self.blob_heads.get(name, digest) if self.blob_heads is not None else None

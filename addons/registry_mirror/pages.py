@@ -15,6 +15,7 @@ from mitmproxy import http
 
 from . import notifications
 from .addon import RegistryMirror
+from .pulls import served_pulls
 from .stats_views import JSON_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class MirrorPages:
         status, reason, envelope = notifications.check(
             flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
             self.mirror.notify_secret or "\0unset")
+        if status == 202:
+            self.mirror.stats.pulled(served_pulls(envelope))
         if status == 202 and expiry:
             expiry.notified(envelope)
         elif status != 202:
@@ -78,4 +81,6 @@ class MirrorPages:
         if expiry := mirror.expiry:
             snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
                                "oldest_last_pull": expiry.pulls.oldest()}
+        if mirror.webhooks:
+            snap["webhooks"] = mirror.webhooks.snapshot()
         return snap

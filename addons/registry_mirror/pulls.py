@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .warm import USER_AGENT as WARM_AGENT
+
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recently pulled are forgotten
@@ -34,14 +36,35 @@ def pulls_folder(storage: str) -> Path:
     return Path(storage.rstrip("/") + ".pulls")
 
 
-def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
-    """(repository, manifest digest) of every manifest pull in a notification envelope; junk is skipped."""
+def _pulls(envelope: object) -> list[tuple[dict, dict]]:
+    """(event, target) of every pull event in a notification envelope; junk is skipped."""
     events = envelope.get("events") if isinstance(envelope, dict) else None
     found = []
     for event in events if isinstance(events, list) else ():
         target = event.get("target") if isinstance(event, dict) else None
-        if not isinstance(target, dict) or event.get("action") != "pull":
-            continue
+        if isinstance(target, dict) and event.get("action") == "pull":
+            found.append((event, target))
+    return found
+
+
+def served_pulls(envelope: object) -> list[tuple[str, str, str, int]]:
+    """(who, class, method, bytes) of every pull the registry served: who is `warming` for the mirror's own
+    warms (their User-Agent), else `clients`; a GET's bytes are the target's length, a HEAD sends none."""
+    found = []
+    for event, target in _pulls(envelope):
+        request = event.get("request") if isinstance(event.get("request"), dict) else {}
+        agent, method = str(request.get("useragent", "")), str(request.get("method", "GET")).upper()
+        length = target.get("length", target.get("size", 0))
+        nbytes = length if isinstance(length, int) and length > 0 and method == "GET" else 0
+        kind = "manifest" if target.get("mediaType") in MANIFEST_TYPES else "blob"
+        found.append(("warming" if agent.startswith(WARM_AGENT) else "clients", kind, method, nbytes))
+    return found
+
+
+def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
+    """(repository, manifest digest) of every manifest pull in a notification envelope; junk is skipped."""
+    found = []
+    for _event, target in _pulls(envelope):
         repository, digest = target.get("repository"), target.get("digest")
         if target.get("mediaType") in MANIFEST_TYPES and isinstance(repository, str) and isinstance(digest, str):
             found.append((repository, digest))

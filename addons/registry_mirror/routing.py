@@ -36,6 +36,23 @@ def choose(routes: Sequence[UpstreamConfig], default: UpstreamConfig, name: str,
     return best
 
 
+def mirror_names(config: Config, repository: str, image: str) -> list[str]:
+    """The names the mirror's clients pull `image` of Artifactory repository `repository` by: per route that
+    asks that repository (chosen as for the stock registry's requests, which carry no `ns`), the shortest name
+    it serves that image as. Candidates are the inverse of the route's prefix and library handling, kept only
+    if the forward mapping gives `image` back; empty when no route serves it."""
+    names = set()
+    bare = image[len("library/"):] if image.startswith("library/") else image
+    for route in (*config.routes, config.upstream):
+        if route.repository != repository or route.match_ns:
+            continue
+        served = [name for name in (bare, image, f"library/{image}")
+                  for name in [f"{route.match_prefix}/{name}" if route.strip_prefix else name]
+                  if route.upstream_name(name) == image and choose(config.routes, config.upstream, name) is route]
+        names.update(served[:1])
+    return sorted(names)
+
+
 @dataclass
 class Route:
     cfg: UpstreamConfig
@@ -74,7 +91,10 @@ class Router:
                                            ManifestService(upstream, config.cache, health, stats, known))
 
     def for_request(self, req: RegistryRequest) -> Route:
-        return self.routes[choose(self.config.routes, self.config.upstream, req.name, req.ns).label]
+        return self.for_name(req.name, req.ns)
+
+    def for_name(self, name: str, ns: str = "") -> Route:
+        return self.routes[choose(self.config.routes, self.config.upstream, name, ns).label]
 
     async def start(self) -> None:
         for route in self.routes.values():

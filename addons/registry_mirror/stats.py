@@ -38,11 +38,20 @@ class Stats:
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer (not blob GETs)
         self.bodies_cut_short = 0  # small upstream bodies over their cap or shorter than their Content-Length
         self.cache_dropped_inconsistent = 0  # cached answers dropped because verified bytes contradicted them
+        # (who, class, method) -> pulls the registry served, from its notifications: from its storage too
+        self.registry_pulls: Counter = Counter()
+        self.registry_pull_bytes: Counter = Counter()
 
     def served(self, kind: str, outcome: Outcome, nbytes: int) -> None:
         """An answer to the stock registry (counted by the outcome's lower-case value)."""
         self.requests[(kind, outcome.lower())] += 1
         self.served_bytes[(kind, outcome.lower())] += nbytes
+
+    def pulled(self, pulls: list[tuple[str, str, str, int]]) -> None:
+        """Pulls the registry reported (pulls.served_pulls): who (clients or warming), class, method, bytes."""
+        for who, kind, method, nbytes in pulls:
+            self.registry_pulls[(who, kind, method)] += 1
+            self.registry_pull_bytes[(who, kind, method)] += nbytes
 
     def from_peer(self, nbytes: int) -> None:
         self.peer_bytes += nbytes
@@ -80,6 +89,13 @@ class Stats:
             entry[outcome] = {"requests": count, "bytes": self.served_bytes[(kind, outcome)]}
         served = sum(self.served_bytes.values())
         fetched = sum(self.upstream_bytes.values())
+        pulls: dict = {}
+        for (who, kind, method), count in self.registry_pulls.items():
+            entry = pulls.setdefault(who, {}).setdefault(kind, {"requests": 0, "heads": 0, "bytes": 0})
+            entry["requests"] += count
+            entry["heads"] += count if method == "HEAD" else 0
+            entry["bytes"] += self.registry_pull_bytes[(who, kind, method)]
+        to_clients = sum(e["bytes"] for e in pulls.get("clients", {}).values())
         route_states = [_route_state(r) for r in routes]
         default = route_states[-1] if route_states else _route_state(None)
         return {
@@ -93,8 +109,12 @@ class Stats:
             },
             "routes": route_states,
             "served": by_class,
+            # saved: what clients received (from the registry's storage too) beyond what crossed the WAN
             "bytes": {"served_to_registry": served, "fetched_from_upstream": fetched,
-                      "saved": max(0, served - fetched), "from_other_replicas": self.peer_bytes},
+                      "served_to_clients": to_clients,
+                      "served_to_warming": sum(e["bytes"] for e in pulls.get("warming", {}).values()),
+                      "saved": max(0, to_clients - fetched), "from_other_replicas": self.peer_bytes},
+            "registry_pulls": pulls,
             "integrity": {"bodies_cut_short": self.bodies_cut_short,
                           "cache_dropped_inconsistent": self.cache_dropped_inconsistent},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,

@@ -8,19 +8,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .stats import CLASSES
+from .stats_warms import pull_metrics, pulls_html, warm_metrics, warming_html
+from .units import human_bytes
 
 STATS_PATH, JSON_PATH, METRICS_PATH = "/_mirror/stats", "/_mirror/stats.json", "/metrics"
 READY_PATH = "/_mirror/ready"  # 200 {"ready": true} once the addon has started, else 503
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def render_html(snap: dict, refresh_seconds: int = 5) -> str:
@@ -70,6 +62,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
  &middot; up for {snap['uptime_s']:.0f} s</p>
 <p>Last error: <span id="last-error">{e(up['last_error']) or 'none'}</span></p>
 <div class="cards">
+<div class="card">served to clients<b id="served-to-clients">{human_bytes(b.get('served_to_clients'))}</b></div>
 <div class="card">served to the registry<b id="served">{human_bytes(b['served_to_registry'])}</b></div>
 <div class="card">fetched from the upstream<b id="fetched">{human_bytes(b['fetched_from_upstream'])}</b></div>
 <div class="card">WAN saved<b id="saved">{human_bytes(b['saved'])}</b></div>
@@ -86,6 +79,8 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <td id="bodies-cut-short">{integrity['bodies_cut_short']}</td></tr>
 <tr><th>cached answers dropped as inconsistent</th>
 <td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr></table>
+{pulls_html(snap.get("registry_pulls", {}))}
+{warming_html(snap.get("webhooks"))}
 {_storage_html(snap.get("storage"))}
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
@@ -155,6 +150,9 @@ class _SnapshotCollector:
                                       value=storage["images_evicted"])
             yield CounterMetricFamily("mirror_bytes_evicted", "Blob bytes freed by the expiry.",
                                       value=storage["bytes_evicted"])
+        yield from pull_metrics(snap.get("registry_pulls", {}))
+        if webhooks := snap.get("webhooks"):
+            yield from warm_metrics(webhooks)
         yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
                                 value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
@@ -185,7 +183,12 @@ def summary_text(snap: dict) -> str:
              *(f"  route {r['route']} ({r['prefix'] or ','.join(r['ns'])}) -> {r['url']}: {r['state'].upper()}"
                for r in snap.get("routes", [])[:-1]),
              f"served to the registry {human_bytes(b['served_to_registry'])}, fetched from the upstream "
-             f"{human_bytes(b['fetched_from_upstream'])}, WAN saved {human_bytes(b['saved'])}"]
+             f"{human_bytes(b['fetched_from_upstream'])}, served to clients "
+             f"{human_bytes(b.get('served_to_clients'))}, WAN saved {human_bytes(b['saved'])}"]
+    if webhooks := snap.get("webhooks"):
+        w = webhooks["warms"]
+        lines.append(f"warms: {w['queued']} queued, {w['running']} running, {w['done']} done, {w['failed']} failed, "
+                     f"{human_bytes(w['bytes'])}")
     for kind, entry in snap["served"].items():
         parts = ", ".join(f"{o} {v['requests']}" for o, v in sorted(entry.items()))
         lines.append(f"  {kind:20} {parts}")

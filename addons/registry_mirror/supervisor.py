@@ -119,6 +119,8 @@ def preflight(cfg: Config, web: bool) -> list[str]:
     listens = [("mirror.listen", cfg.mirror.listen), ("rewriter.listen", cfg.rewriter.listen)]
     if web:
         listens.append(("rewriter.web_listen", cfg.rewriter.web_listen))
+    if cfg.webhooks.enabled:
+        listens.append(("webhooks.listen", cfg.webhooks.listen))
     for key, addr in listens:
         if processes.port_in_use(addr.host, addr.port):
             problems.append(f"{key}: {addr} is already in use; stop what listens there or choose another port")

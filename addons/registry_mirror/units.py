@@ -29,3 +29,13 @@ def parse_size(key: str, value: object) -> int:
     if match is None or (unit and not unit.endswith("b")) or unit not in _BYTES:
         raise ValueError(f"{key}: {value!r} is not a size; write bytes (536870912000) or 500GiB, 2TB, 800MiB")
     return int(float(match.group(1)) * _BYTES[unit])
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)

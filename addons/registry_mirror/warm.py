@@ -22,6 +22,8 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
 CHUNK = 1024 * 1024
+# the registry's notifications carry it: warm pulls are counted apart from the clients'
+USER_AGENT = "artifactory-mirror-warm"
 
 
 class WarmError(Exception):
@@ -35,8 +37,11 @@ class Progress:
     blobs: int = 0
     seen: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
+    quiet: bool = False  # inside the addon: no progress bar in its log
 
     def show(self, label: str, out=sys.stderr) -> None:
+        if self.quiet:
+            return
         pct = 100 * self.done_bytes / self.total_bytes if self.total_bytes else 100
         width = 30
         bar = "#" * int(width * pct / 100)
@@ -82,7 +87,7 @@ class MirrorClient:
         listen = cfg.mirror.listen
         self.host = "127.0.0.1" if any_address(listen.host) else listen.host
         self.port = listen.port
-        self.context = pinned_context(cfg.mirror.tls_cert) if cfg.mirror.tls else None
+        self.context = pinned_context(cfg.mirror.tls_ca or cfg.mirror.tls_cert) if cfg.mirror.tls else None
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.context:
@@ -93,7 +98,7 @@ class MirrorClient:
         conn = self._conn()
         try:
             conn.request("GET", f"/v2/{name}/manifests/{reference}",
-                         headers={"Accept": ", ".join(INDEX_TYPES + MANIFEST_TYPES)})
+                         headers={"Accept": ", ".join(INDEX_TYPES + MANIFEST_TYPES), "User-Agent": USER_AGENT})
             resp = conn.getresponse()
             body = resp.read(8 * 1024 * 1024)
             if resp.status != 200:
@@ -105,7 +110,7 @@ class MirrorClient:
     def read_blob(self, name: str, digest: str, progress: Progress) -> None:
         conn = self._conn()
         try:
-            conn.request("GET", f"/v2/{name}/blobs/{digest}")
+            conn.request("GET", f"/v2/{name}/blobs/{digest}", headers={"User-Agent": USER_AGENT})
             resp = conn.getresponse()
             if resp.status != 200:
                 raise WarmError(f"blob {name}@{digest}: the mirror answered {resp.status}")
@@ -116,13 +121,49 @@ class MirrorClient:
             conn.close()
 
 
-def image_manifests(client: MirrorClient, name: str, reference: str) -> list[dict]:
-    """The image manifests of a reference: itself, or every platform of an index."""
+def platform_of(entry: dict) -> str:
+    """An index entry's platform as os/architecture[/variant]."""
+    p = entry.get("platform") or {}
+    return "/".join(str(v) for v in (p.get("os"), p.get("architecture"), p.get("variant")) if v)
+
+
+def image_manifests(client: MirrorClient, name: str, reference: str, platforms: tuple[str, ...] = ()) -> list[dict]:
+    """The image manifests of a reference: itself, or every platform of an index (those in `platforms`, if
+    given: `linux/arm64` also takes its variants)."""
     media_type, manifest = client.manifest(name, reference)
     media_type = manifest.get("mediaType", media_type)
     if media_type in INDEX_TYPES or "manifests" in manifest:
-        return [client.manifest(name, entry["digest"])[1] for entry in manifest.get("manifests", [])]
+        entries = [e for e in manifest.get("manifests", []) if not platforms
+                   or any(platform_of(e) == p or platform_of(e).startswith(p + "/") for p in platforms)]
+        return [client.manifest(name, entry["digest"])[1] for entry in entries]
     return [manifest]
+
+
+def plan_blobs(name: str, manifests: list[dict], progress: Progress) -> list[tuple[str, str, int]]:
+    """(name, digest, size) of every blob of `manifests` not planned yet."""
+    plan = []
+    for manifest in manifests:
+        for blob in (manifest.get("config"), *manifest.get("layers", [])):
+            if blob and blob["digest"] not in progress.seen:
+                progress.seen.add(blob["digest"])
+                plan.append((name, blob["digest"], int(blob.get("size", 0))))
+    return plan
+
+
+def warm_digest(cfg: Config, names: tuple[str, ...], digest: str, tag: str = "",
+                platforms: tuple[str, ...] = ()) -> Progress:
+    """Warm one image by digest under each of its names (a webhook's event), quietly; the tag is asked for
+    first, so that the registry and the addon know its new digest. WarmError or OSError on a failure."""
+    client, progress = MirrorClient(cfg), Progress(quiet=True)
+    for name in names:
+        if tag:
+            client.manifest(name, tag)
+        plan = plan_blobs(name, image_manifests(client, name, digest, platforms), progress)
+        progress.seen.clear()  # each name is its own repository in the registry's storage
+        for _, blob, _size in plan:
+            client.read_blob(name, blob, progress)
+            progress.blobs += 1
+    return progress
 
 
 def warm(cfg: Config, refs: list[str], out=sys.stdout) -> int:
@@ -136,11 +177,7 @@ def warm(cfg: Config, refs: list[str], out=sys.stdout) -> int:
             print(f"warm: {ref}: {e}", file=sys.stderr)
             failed_images += 1
             continue
-        for manifest in manifests:
-            for blob in (manifest.get("config"), *manifest.get("layers", [])):
-                if blob and blob["digest"] not in progress.seen:
-                    progress.seen.add(blob["digest"])
-                    plan.append((name, blob["digest"], int(blob.get("size", 0))))
+        plan += plan_blobs(name, manifests, progress)
         print(f"warm: {ref}: {len(manifests)} platform(s)", file=sys.stderr)
     progress.total_bytes = sum(size for _, _, size in plan)
     for name, digest, _size in plan:

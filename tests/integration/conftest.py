@@ -131,7 +131,7 @@ def mirror_factory(tmp_path):
 
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
-             mirror_keys: dict | None = None) -> RunningMirror:
+             mirror_keys: dict | None = None, webhooks: dict | None = None) -> RunningMirror:
         workdir = tmp_path / f"mirror{len(started)}"
         workdir.mkdir()
         cfg_path = workdir / "mirror.yaml"
@@ -144,6 +144,7 @@ def mirror_factory(tmp_path):
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
             **({"routes": routes} if routes else {}),
             **({"scale": scale} if scale else {}),
+            **({"webhooks": webhooks} if webhooks else {}),
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))

@@ -13,7 +13,7 @@ import pytest
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import MIRROR_COMMAND, credentials_of, small_image
+from .conftest import MIRROR_COMMAND, credentials_of, small_image, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,11 +48,18 @@ def test_counters_and_bytes_match_an_actual_pull(pulled, tmp_path):
     assert served_blob["coalesced"]["requests"] == len(blobs)
     assert served_blob["miss"]["bytes"] == blob_bytes and served_blob["coalesced"]["bytes"] == blob_bytes
     assert snap["served"]["manifest-by-tag"]["miss"]["requests"] == 1
-    assert snap["bytes"]["saved"] == snap["bytes"]["served_to_registry"] - snap["bytes"]["fetched_from_upstream"]
     assert snap["transfers"] == []
+    # the registry's notifications: what the client received; a cold pull saves nothing on the WAN
+    pulled_bytes = blob_bytes + len(image.manifest)
+    wait_for(lambda: mirror.stats()["bytes"]["served_to_clients"] == pulled_bytes, "the cold pull's notifications")
+    cold = mirror.stats()["bytes"]
+    assert cold["saved"] == max(0, cold["served_to_clients"] - cold["fetched_from_upstream"])
 
     pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / "warm", cert_dir=mirror.trust)
+    wait_for(lambda: mirror.stats()["bytes"]["served_to_clients"] == 2 * pulled_bytes, "the warm pull's")
     warm = mirror.stats()
+    assert warm["bytes"]["saved"] == 2 * pulled_bytes - warm["bytes"]["fetched_from_upstream"] > blob_bytes * 0.99
+    assert warm["registry_pulls"]["clients"]["blob"]["bytes"] == 2 * blob_bytes
     assert warm["served"]["manifest-by-tag"]["hit"]["requests"] >= 1
     assert warm["upstream"]["bytes"] == up["bytes"]  # nothing more crossed
 

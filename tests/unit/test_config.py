@@ -192,3 +192,37 @@ def test_every_key_is_documented_and_its_default_valid():
             if declaration.default not in (MISSING, None):
                 value = declaration.kind.convert(f"{section}.{name}", declaration.default)
                 assert declaration.complaint(value) is None, f"{section}.{name}"
+
+
+def test_webhooks_section(tmp_path):
+    assert not parse(BASE).webhooks.enabled and parse(BASE).webhooks.platforms == ()
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("from-a-file\n")
+    cfg = parse({**BASE, "webhooks": {"listen": "0.0.0.0:8084", "secret_file": str(secret),
+                                      "platforms": ["linux/amd64", "linux/arm64/v8"]}})
+    hooks = cfg.webhooks
+    assert hooks.enabled and str(hooks.listen) == "0.0.0.0:8084" and hooks.secret == "from-a-file"
+    assert hooks.platforms == ("linux/amd64", "linux/arm64/v8") and "from-a-file" not in repr(cfg)
+
+
+@pytest.mark.parametrize("webhooks, rewriter, message", [
+    ({"secret": "s"}, {}, r"webhooks\.listen: missing; the webhooks keys \(secret\) need the address"),
+    ({"listen": "0.0.0.0:8084"}, {}, r"webhooks\.secret: missing for webhooks\.listen; set secret or secret_file"),
+    ({"listen": "8084", "secret": "s"}, {}, r"webhooks\.listen: '8084' is not host:port"),
+    ({"listen": "127.0.0.1:8081", "secret": "s"}, {}, r"webhooks\.listen: 127\.0\.0\.1:8081 is rewriter\.listen"),
+    ({"listen": "10.0.0.1:9000", "secret": "s"}, {"listen": "0.0.0.0:9000"}, r"is rewriter\.listen"),
+    ({"listen": "0.0.0.0:5000", "secret": "s"}, {}, r"webhooks\.listen: 0\.0\.0\.0:5000 is mirror\.listen "
+                                                    r"\(0\.0\.0\.0:5000\); the webhook listener needs a port"),
+    ({"listen": "127.0.0.1:8082", "secret": "s"}, {}, r"is rewriter\.web_listen"),
+    ({"listen": "0.0.0.0:8084", "secret": "s", "platforms": ["amd64"]}, {},
+     r"webhooks\.platforms: 'amd64' is not a platform; expected os/architecture\[/variant\]"),
+    ({"listen": "0.0.0.0:8084", "secret": "s", "platforms": "linux/amd64"}, {},
+     r"webhooks\.platforms: expected a list"),
+    ({"listen": "0.0.0.0:8084", "secret": ""}, {}, r"webhooks\.secret: empty"),
+    ({"listen": "0.0.0.0:8084", "secret": "s", "secret_file": "/x"}, {}, r"set secret or secret_file, not both"),
+    ({"listen": "0.0.0.0:8084", "token": "s"}, {}, r"unknown key webhooks\.token: valid keys are listen, secret"),
+])
+def test_webhooks_errors_name_the_key(webhooks, rewriter, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse({**BASE, "webhooks": webhooks, **({"rewriter": rewriter} if rewriter else {})})
+    assert "'s'" not in str(e.value)  # never the secret

@@ -13,7 +13,8 @@ def with_secret_files(data: dict, tmp_path: Path) -> dict:
     """Point every *_file secret at a real file: the examples name production paths."""
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
-    for section in [data.get("upstream", {}), data.get("scale") or {}, *data.get("routes", [])]:
+    for section in [data.get("upstream", {}), data.get("scale") or {}, data.get("webhooks") or {},
+                    *data.get("routes", [])]:
         for key in [k for k in section if k.endswith("_file")]:
             section[key] = str(secret)
     return data
@@ -28,6 +29,7 @@ def test_mirror_example_with_its_commented_sections(tmp_path):
     full = {**yaml.safe_load(text), **yaml.safe_load(uncommented)}
     cfg = parse(with_secret_files(full, tmp_path), environ={"ARTIFACTORY_USER": "svc"})
     assert [r.match_prefix for r in cfg.routes] == ["team-a", "hub"] and cfg.scale.advertise == "10.0.0.11"
+    assert cfg.webhooks.listen.port == 8084 and cfg.webhooks.platforms == ("linux/amd64",)
 
 
 def test_readme_yaml_examples(tmp_path):
@@ -37,3 +39,5 @@ def test_readme_yaml_examples(tmp_path):
     assert cfg.routes[1].upstream_name("hub/nginx") == "library/nginx" and cfg.routes[2].match_ns == ("docker.io",)
     scale = next(yaml.safe_load(b) for b in blocks if "scale:" in b)
     assert parse({**routes, **scale}).scale.enabled
+    hooks = next(yaml.safe_load(b) for b in blocks if "webhooks:" in b)
+    assert parse(with_secret_files({**routes, **hooks}, tmp_path)).webhooks.platforms == ("linux/amd64",)

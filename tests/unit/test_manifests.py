@@ -256,3 +256,20 @@ def test_a_refused_credential_is_the_last_error_though_the_upstream_is_up(status
         assert health.last_error == (f"GET manifest-by-tag app: status {status}: the upstream refused the mirror's "
                                      "credential or its permissions")
     asyncio.run(scenario())
+
+
+def test_forget_tag_makes_the_next_answer_ask_the_upstream():
+    async def scenario():
+        svc, up, _ = service()
+        tag = classify("GET", "/v2/app/manifests/1.0")
+        await svc.answer(tag, headers(IMAGE))
+        await svc.answer(tag, headers(INDEX))
+        await svc.answer(classify("GET", "/v2/app/manifests/2.0"), headers(IMAGE))
+        up.version = 1  # pushed: a webhook says so before the TTL ends
+        assert svc.forget_tag("app", "1.0") == 2  # every Accept set
+        later = await svc.answer(tag, headers(IMAGE))
+        assert later.outcome == "MISS" and later.body == body_for(IMAGE, 1)
+        assert (await svc.answer(classify("GET", "/v2/app/manifests/2.0"), headers(IMAGE))).outcome == "HIT"
+        assert svc.known.get(("app", "1.0", frozenset({INDEX}))) is not None  # still there for stale-if-error
+    asyncio.run(scenario())
+    assert service(ttl=0)[0].forget_tag("app", "1.0") == 0

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from registry_mirror.notifications import MAX_BODY, check, notification_secret, secret_file
-from registry_mirror.pulls import LastPulls, pulled_manifests
+from registry_mirror.pulls import LastPulls, pulled_manifests, served_pulls
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -91,3 +91,17 @@ def test_an_unreadable_state_file_is_ignored_with_a_warning(tmp_path, caplog):
     assert "count as pulled when next seen" in caplog.text
     (tmp_path / "a.json").write_text(json.dumps({"pulls": [["r", "d", 5.0]]}))
     assert LastPulls(tmp_path, "a").mine == {("r", "d"): 5.0}
+
+
+def test_every_pull_is_counted_with_its_bytes_and_warms_apart():
+    blob = "application/octet-stream"
+    warm_get = {**event(media=blob, size=5000), "request": {"method": "GET", "useragent": "artifactory-mirror-warm"}}
+    envelope = {"events": [
+        event(size=1200), event(media=blob, size=5000), event(media=blob, size=7000, method="HEAD"),
+        {**event(media=blob), "target": {"mediaType": blob, "length": 300, "size": 999}}, warm_get,
+        event(action="push"), "junk", {"action": "pull", "target": {"size": "many"}},
+    ]}
+    assert served_pulls(envelope) == [
+        ("clients", "manifest", "GET", 1200), ("clients", "blob", "GET", 5000), ("clients", "blob", "HEAD", 0),
+        ("clients", "blob", "GET", 300), ("warming", "blob", "GET", 5000), ("clients", "blob", "GET", 0)]
+    assert served_pulls("junk") == [] and served_pulls({"events": None}) == []

@@ -161,3 +161,20 @@ def test_repository_path_routes_keep_their_tag_file_when_routes_are_added():
     assert tag_state_file("/s/registry.tags.json", "repository-docker-local") == \
         "/s/registry.tags.repository-docker-local.json"
     assert tag_state_file("/s/registry.tags.json", 2) == "/s/registry.tags.route2.json"
+
+
+@pytest.mark.parametrize("repository, image, names", [
+    ("docker-local", "team/app", ["docker-local/team/app", "team/app"]),  # with repository-path names, both
+    ("docker-team-a", "team-a/app", ["team-a/app"]),  # docker-local/team-a/app is docker-local's team-a/app
+    ("docker-team-a", "other/app", []),  # that route serves team-a/ only; other/app is docker-local's
+    ("docker-hub-cache", "library/nginx", ["docker-hub-cache/nginx", "hub/nginx"]),  # strip_prefix, library add
+    ("docker-hub-cache", "nginx", []),  # asked for as library/nginx: no name of the mirror gives plain nginx
+    ("docker-elsewhere", "team/app", []),
+    ("docker-ns", "app", []),  # an ns route: the stock registry's requests never carry ns
+])
+def test_mirror_names_of_an_artifactory_image(repository, image, names):
+    from registry_mirror.routing import mirror_names
+    cfg = config({"prefix": "team-a/", "repository": "docker-team-a", "repository_path_names": False},
+                 {"prefix": "hub/", "repository": "docker-hub-cache", "strip_prefix": True, "library": "add"},
+                 {"ns": ["docker.io"], "repository": "docker-ns"}, repository_path_names=True)
+    assert mirror_names(cfg, repository, image) == names

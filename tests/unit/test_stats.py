@@ -29,6 +29,9 @@ def filled() -> tuple[Stats, UpstreamHealth]:
     stats.upstream("blob", "GET", "app@sha256:x", 200, 1000, 0.05)
     stats.upstream("token", "GET", "repository:app:pull", 200, 80, 0.05)
     stats.upstream("manifest-by-tag", "GET", "app:1.0", "timeout", 0, 5.0, "error")
+    # the registry's notifications: clients pulled 2500 bytes (from its storage too), a warm 700
+    stats.pulled([("clients", "blob", "GET", 2000), ("clients", "manifest", "GET", 500),
+                  ("clients", "manifest", "HEAD", 0), ("warming", "blob", "GET", 700)])
     health = UpstreamHealth(wall_clock=Clock())
     health.failure("GET app:1.0: timed out <script>")
     return stats, health
@@ -46,8 +49,11 @@ def test_snapshot_counts_and_savings():
     snap = stats.snapshot([route(health, "https://art/x")])
     assert snap["served"]["blob"] == {"miss": {"requests": 1, "bytes": 1000},
                                       "coalesced": {"requests": 1, "bytes": 1000}}
-    assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "saved": 1420,
-                             "from_other_replicas": 0}
+    assert snap["bytes"] == {"served_to_registry": 2500, "fetched_from_upstream": 1080, "served_to_clients": 2500,
+                             "served_to_warming": 700, "saved": 1420, "from_other_replicas": 0}
+    assert snap["registry_pulls"] == {"clients": {"blob": {"requests": 1, "heads": 0, "bytes": 2000},
+                                                  "manifest": {"requests": 2, "heads": 1, "bytes": 500}},
+                                      "warming": {"blob": {"requests": 1, "heads": 0, "bytes": 700}}}
     assert snap["upstream"]["requests"] == {"blob:200": 1, "manifest-by-tag:timeout": 1, "token:200": 1}
     assert snap["upstream"]["latency_ms"]["p50"] == 50.0  # a request with no answer has no latency
     assert json.loads(json.dumps(snap)) == snap
@@ -82,6 +88,24 @@ def test_prometheus_exposition():
     assert 'mirror_requests_total{class="blob",outcome="miss"} 1.0' in text
     assert 'mirror_upstream_requests_total{class="manifest-by-tag",status="timeout"} 1.0' in text
     assert "mirror_upstream_up 1.0" in text and 'mirror_upstream_latency_ms{quantile="p50"} 50.0' in text
+    assert 'mirror_registry_pulls_total{by="clients",class="manifest"} 2.0' in text
+    assert 'mirror_registry_pull_bytes_total{by="warming",class="blob"} 700.0' in text
+
+
+def test_warms_on_the_page_and_in_metrics():
+    stats, health = filled()
+    snap = stats.snapshot([route(health, "u")])
+    snap["webhooks"] = {"listen": "0.0.0.0:8084", "answers": {"202": 3, "401": 1},
+                        "warms": {"queued": 1, "running": 1, "done": 2, "failed": 1, "retries": 2, "coalesced": 4,
+                                  "refused": 0, "bytes": 4_200_000, "blobs": 8, "seconds": 3.5, "last_seconds": 1.25,
+                                  "last_error": "the mirror answered <500>"}}
+    page = render_html(snap)
+    assert 'id="warms-done">2<' in page and "1.2 s" in page and "&lt;500&gt;" in page and "202: 3" in page
+    assert "Pulls the registry served" in page and 'id="served-to-clients">2.5 KB<' in page
+    text = prometheus_text(snap).decode()
+    assert 'mirror_warms{state="queued"} 1.0' in text and 'mirror_warms_ended_total{outcome="failed"} 1.0' in text
+    assert "mirror_warm_bytes_total 4.2e+06" in text and 'mirror_webhook_answers_total{status="401"} 1.0' in text
+    assert "warms: 1 queued, 1 running, 2 done, 1 failed" in summary_text(snap)
 
 
 def test_summary_and_units():

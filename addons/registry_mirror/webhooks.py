@@ -1,0 +1,117 @@
+"""The webhook listener: Artifactory's "Docker tag pushed / promoted" events warm that image in the mirror.
+
+A listener of its own on `webhooks.listen` (TLS as the mirror's, with its certificate), never the addon's
+`rewriter.listen`, which answers with the upstream credentials and stays on loopback. Each request is read
+under a 64 KiB cap, its `X-JFrog-Event-Auth` checked, then its JSON parsed (webhook_events.py); a valid event
+is answered 202 at once and its warm queued (warming.py). A warm is a pull through the mirror's own stock
+registry (warm.py, in a thread: it is synchronous), so the registry stores the image as for any client; the
+addon's cached tag is dropped first, so that the warm, and every pull after it, sees the new digest.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+
+from aiohttp import web
+
+from . import warm
+from .bodies import BodyError, read_body
+from .config import Config
+from .routing import Router, mirror_names
+from .warming import Warmer, WarmJob, WarmQueue
+from .webhook_events import AUTH_HEADER, MAX_BODY, EventError, TagEvent, authentic, parse
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/_mirror/webhooks/artifactory"
+READ_SECONDS = 20.0  # for the whole body: a sender that trickles it is dropped
+
+
+def answer(status: int, reason: str = "", **fields) -> web.Response:
+    return web.json_response({"accepted": status == 202, "reason": reason, **fields}, status=status)
+
+
+class WebhookListener:
+    def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None):
+        self.cfg, self.router = cfg, router
+        self.warmer = Warmer(queue or WarmQueue(), self._warm)
+        self.answers: Counter = Counter()  # status -> requests answered
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", WEBHOOK_PATH, self.handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        listen = self.cfg.webhooks.listen
+        site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=self._tls())
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.warmer.start()
+        log.info("webhook listener on %s://%s%s", "https" if self.cfg.mirror.tls else "http", listen, WEBHOOK_PATH)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.cfg.mirror.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cfg.mirror.tls_cert, self.cfg.mirror.tls_key)
+        return context
+
+    async def close(self) -> None:
+        await self.warmer.stop()
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._answer(request)
+        self.answers[response.status] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return answer(405, "webhook events are POSTed")
+        try:
+            body = await asyncio.wait_for(read_body(request.content, MAX_BODY, request.content_length),
+                                          READ_SECONDS)
+        except BodyError as e:
+            return answer(413, f"an event is at most {MAX_BODY} bytes: {e}")
+        except TimeoutError:
+            return answer(408, f"the body did not arrive within {READ_SECONDS:g} s")
+        if not authentic(request.headers.get(AUTH_HEADER, ""), self.cfg.webhooks.secret, body):
+            log.warning("refused a webhook event from %s: %s missing or wrong", request.remote, AUTH_HEADER)
+            return answer(401, f"{AUTH_HEADER} is missing or wrong; give the webhook the secret of "
+                               f"webhooks.secret (signed or not)")
+        try:
+            event = parse(body)
+        except EventError as e:
+            return answer(400, str(e))
+        if event is None:
+            return answer(202, "not a Docker pushed or promoted event: nothing to warm", ignored=True)
+        return self._queue(event)
+
+    def _queue(self, event: TagEvent) -> web.Response:
+        names = tuple(mirror_names(self.cfg, event.repo_key, event.image_name))
+        if not names:
+            return answer(422, f"no route of this mirror serves {event.image_name} of repository "
+                               f"{event.repo_key}; see `artifactory-mirror check` for the routes")
+        outcome = self.warmer.submit(WarmJob(event.digest, names, event.tag))
+        log.info("webhook %s: warm %s (%s)", event, ", ".join(names), outcome)
+        if outcome == "full":
+            return answer(503, "too many warms are waiting; Artifactory may send the event again")
+        return answer(202, "", warm=outcome, names=list(names))
+
+    async def _warm(self, job: WarmJob) -> tuple[int, int]:
+        """Drop the addon's cached tag (on the event loop), then pull through the registry in a thread."""
+        if job.tag:
+            for name in job.names:
+                self.router.for_name(name).manifests.forget_tag(name, job.tag)
+        progress = await asyncio.to_thread(warm.warm_digest, self.cfg, job.names, job.digest, job.tag,
+                                           self.cfg.webhooks.platforms)
+        return progress.done_bytes, progress.blobs
+
+    def snapshot(self) -> dict:
+        answers = {str(status): n for status, n in sorted(self.answers.items())}
+        return {"listen": str(self.cfg.webhooks.listen), "answers": answers, "warms": self.warmer.queue.snapshot()}

@@ -1,0 +1,150 @@
+"""The webhook listener, on a real socket: what each request is answered, and that only a signed, valid event
+for a repository the mirror serves starts a warm (warm.warm_digest is replaced: nothing is dialled)."""
+import asyncio
+import json
+import threading
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+
+from devtools.ports import free_port
+from registry_mirror import certs, warm, webhooks
+from registry_mirror.config import parse
+from registry_mirror.webhook_events import AUTH_HEADER, signature
+from registry_mirror.webhooks import WEBHOOK_PATH, WebhookListener
+
+from .test_webhook_events import SECRET, SHA, event
+from .waits import until
+
+DIGEST = f"sha256:{SHA}"
+
+
+def config(tmp_path, tls=False, **webhook_keys):
+    mirror = {"tls": tls, "tls_cert": str(tmp_path / "mirror.crt"), "tls_key": str(tmp_path / "mirror.key")}
+    return parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True,
+                               "repository_path_names": True},
+                  "routes": [{"prefix": "team-b/", "repository": "docker-team-b", "strip_prefix": True,
+                              "repository_path_names": False},
+                             {"prefix": "team-c/", "repository": "docker-team-c", "repository_path_names": False}],
+                  "mirror": mirror, "webhooks": {"listen": f"127.0.0.1:{free_port()}", "secret": SECRET,
+                                                 **webhook_keys}})
+
+
+class Recorder:
+    """Stands in for warm.warm_digest (in its thread) and for the routes' tag caches."""
+    def __init__(self, hold: bool = False):
+        self.warms, self.forgotten = [], []
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def warm_digest(self, cfg, names, digest, tag, platforms):
+        self.release.wait(30)
+        self.warms.append((names, digest, tag, platforms))
+        return SimpleNamespace(done_bytes=1234, blobs=3)
+
+    def for_name(self, name, ns=""):
+        return SimpleNamespace(manifests=SimpleNamespace(forget_tag=lambda n, t: self.forgotten.append((n, t))))
+
+
+def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, **webhook_keys):
+    """Start a listener, send `requests` ((headers, body) pairs, or a coroutine function of the session and
+    URL), wait for the warms, stop it; the answers, the recorder and the snapshot."""
+    cfg = config(tmp_path, tls, **webhook_keys)
+    recorder = recorder or Recorder()
+    monkeypatch.setattr(webhooks.warm, "warm_digest", recorder.warm_digest)
+    context = warm.pinned_context(cfg.mirror.tls_cert) if tls else None
+
+    async def scenario():
+        listener = WebhookListener(cfg, recorder)
+        await listener.start()
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context or False)) as session:
+                answers = []
+                for headers, body in requests:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        answers.append((resp.status, await resp.json()))
+                recorder.release.set()
+                totals = listener.warmer.queue.totals
+                await until(lambda: totals.queued + totals.running == 0, "the warms ended")
+                return answers, listener.snapshot()
+        finally:
+            await listener.close()
+    answers, snap = asyncio.run(scenario())
+    return answers, recorder, snap
+
+
+def signed(body: bytes) -> dict:
+    return {AUTH_HEADER: signature(SECRET, body), "Content-Type": "application/json"}
+
+
+def test_a_signed_event_is_accepted_at_once_and_warms_every_name_of_the_image(tmp_path, monkeypatch):
+    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(event()), event())])
+    status, body = answers[0]
+    assert status == 202 and body["warm"] == "queued"
+    assert body["names"] == ["docker-local/team/app", "team/app"]  # with repository_path_names, both
+    assert recorder.warms == [(("docker-local/team/app", "team/app"), DIGEST, "1.0", ())]
+    assert recorder.forgotten == [("docker-local/team/app", "1.0"), ("team/app", "1.0")]
+    assert snap["warms"]["done"] == 1 and snap["warms"]["bytes"] == 1234 and snap["answers"] == {"202": 1}
+
+
+def test_the_plain_secret_works_too_over_tls_with_the_mirror_certificate(tmp_path, monkeypatch):
+    certs.ensure_self_signed(str(tmp_path / "mirror.crt"), str(tmp_path / "mirror.key"))
+    body = event(repo_key="docker-team-b", image_name="app")
+    answers, recorder, _ = run(tmp_path, monkeypatch, [({AUTH_HEADER: SECRET}, body)], tls=True,
+                               platforms=["linux/amd64"])
+    assert answers[0][0] == 202
+    assert recorder.warms == [(("team-b/app",), DIGEST, "1.0", ("linux/amd64",))]
+
+
+@pytest.mark.parametrize("headers", [{}, {AUTH_HEADER: ""}, {AUTH_HEADER: "wrong"},
+                                     {AUTH_HEADER: signature("another", event())},
+                                     {AUTH_HEADER: signature(SECRET, event(tag="2.0"))}])
+def test_unauthenticated_events_get_401_and_nothing_is_fetched(tmp_path, monkeypatch, caplog, headers):
+    answers, recorder, snap = run(tmp_path, monkeypatch, [(headers, event())])
+    assert answers[0][0] == 401 and AUTH_HEADER in answers[0][1]["reason"]
+    assert recorder.warms == [] and recorder.forgotten == [] and snap["warms"]["queued"] == 0
+    assert SECRET not in caplog.text and SECRET not in json.dumps(answers) and SECRET not in json.dumps(snap)
+
+
+def test_bad_bodies(tmp_path, monkeypatch):
+    big = event(path="x" * (64 * 1024))
+    wrong_shape = json.dumps({"domain": "docker", "event_type": "pushed", "data": {"repo_key": "docker-local"}})
+    unknown_repo = event(repo_key="docker-elsewhere")
+    outside_route = event(repo_key="docker-team-c", image_name="other/app")  # that route serves team-c/ only
+    requests = [(signed(big), big), ({AUTH_HEADER: SECRET}, b"not json"),
+                ({AUTH_HEADER: SECRET}, wrong_shape.encode()), (signed(unknown_repo), unknown_repo),
+                (signed(outside_route), outside_route)]
+    answers, recorder, snap = run(tmp_path, monkeypatch, requests)
+    assert [status for status, _ in answers] == [413, 400, 400, 422, 422]
+    assert "docker-elsewhere" in answers[3][1]["reason"] and "other/app" in answers[4][1]["reason"]
+    assert "data.image_name" in answers[2][1]["reason"]
+    assert recorder.warms == [] and recorder.forgotten == [] and snap["answers"] == {"400": 2, "413": 1, "422": 2}
+
+
+def test_other_domains_and_event_types_are_acknowledged_and_ignored(tmp_path, monkeypatch):
+    bodies = [event(domain="artifact", event_type="deployed"), event(event_type="deleted")]
+    answers, recorder, _ = run(tmp_path, monkeypatch, [(signed(b), b) for b in bodies])
+    assert [(s, a["ignored"]) for s, a in answers] == [(202, True), (202, True)]
+    assert recorder.warms == []
+
+
+def test_a_burst_of_duplicates_makes_one_warm(tmp_path, monkeypatch):
+    recorder = Recorder(hold=True)  # the first warm runs until the whole burst is in
+    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(event()), event())] * 10, recorder)
+    assert [a["warm"] for _, a in answers] == ["queued"] + ["coalesced"] * 9
+    assert len(recorder.warms) == 1 and snap["warms"]["coalesced"] == 9 and snap["warms"]["done"] == 1
+
+
+def test_only_post():
+    async def scenario():
+        listener = WebhookListener(config_for_get(), Recorder())
+        return await listener._answer(SimpleNamespace(method="GET"))
+    assert asyncio.run(scenario()).status == 405
+
+
+def config_for_get():
+    return parse({"upstream": {"url": "https://a", "repository": "r", "anonymous": True},
+                  "webhooks": {"listen": "127.0.0.1:8084", "secret": SECRET}})
