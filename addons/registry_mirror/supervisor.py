@@ -60,7 +60,9 @@ class Mirror:
         if self.dump:
             private_dump_file(self.dump)
         mitm_log = self.log_dir / "mitmproxy.log"
-        self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns)
+        # the addon never logs the webhook secret; its log is redacted of it all the same
+        webhook_secret = (cfg.webhooks.secret,) if cfg.webhooks.secret else ()
+        self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns, redact=webhook_secret)
         processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm,
                                    what="mitmproxy with the addon", log_path=mitm_log, netns=self.netns)
         self.start_registry()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import ssl
 import sys
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from .config import Config, any_address
 from .requests import TAG_RE, valid_digest, valid_name
+
+log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -153,11 +156,16 @@ def plan_blobs(name: str, manifests: list[dict], progress: Progress) -> list[tup
 def warm_digest(cfg: Config, names: tuple[str, ...], digest: str, tag: str = "",
                 platforms: tuple[str, ...] = ()) -> Progress:
     """Warm one image by digest under each of its names (a webhook's event), quietly; the tag is asked for
-    first, so that the registry and the addon know its new digest. WarmError or OSError on a failure."""
+    first, so that the registry and the addon know its new digest, but only as a courtesy: the tag may have
+    moved or gone since the event, and the digest is what is warmed. WarmError or OSError on a failure."""
     client, progress = MirrorClient(cfg), Progress(quiet=True)
     for name in names:
         if tag:
-            client.manifest(name, tag)
+            try:
+                client.manifest(name, tag)
+            except (WarmError, OSError) as e:
+                log.info("warm of %s@%s: the tag %s is not refreshed (%s); the digest is warmed", name, digest,
+                         tag, e)
         plan = plan_blobs(name, image_manifests(client, name, digest, platforms), progress)
         progress.seen.clear()  # each name is its own repository in the registry's storage
         for _, blob, _size in plan:

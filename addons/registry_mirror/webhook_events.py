@@ -47,8 +47,10 @@ def signature(secret: str, body: bytes) -> str:
 def authentic(given: str, secret: str, body: bytes) -> bool:
     """`given` (the header) is the secret or the body's signature under it. Both comparisons always run, each
     in constant time, so neither the mode nor a prefix of the secret shows in how long the answer takes."""
-    plain = hmac.compare_digest(given.encode(), secret.encode())
-    signed = hmac.compare_digest(given.strip().lower().encode(), signature(secret, body).encode())
+    # a header aiohttp decoded with surrogateescape (not UTF-8) is compared as the bytes it was
+    raw = given.encode("utf-8", "surrogateescape")
+    plain = hmac.compare_digest(raw, secret.encode())
+    signed = hmac.compare_digest(raw.strip().lower(), signature(secret, body).encode())
     return bool(given) and (plain | signed)
 
 
@@ -76,6 +78,17 @@ def parse(body: bytes) -> TagEvent | None:
     if not isinstance(sha, str) or not _HEX_RE.fullmatch(sha):
         raise EventError(f"data.sha256: {_shown(sha)} is not 64 lower-case hex digits")
     return TagEvent(event["event_type"], repo_key, image, tag, f"sha256:{sha}")
+
+
+def kind_of(body: bytes) -> str:
+    """`domain/event_type` of an authenticated body, for the log line of an event that is ignored."""
+    try:
+        event = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return "not JSON"
+    if not isinstance(event, dict):
+        return "not an object"
+    return f"{_shown(event.get('domain'))}/{_shown(event.get('event_type'))}"
 
 
 def _shown(value: object) -> str:

@@ -21,7 +21,7 @@ from .bodies import BodyError, read_body
 from .config import Config
 from .routing import Router, mirror_names
 from .warming import Warmer, WarmJob, WarmQueue
-from .webhook_events import AUTH_HEADER, MAX_BODY, EventError, TagEvent, authentic, parse
+from .webhook_events import AUTH_HEADER, MAX_BODY, EventError, TagEvent, authentic, kind_of, parse
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class WebhookListener:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", WEBHOOK_PATH, self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # keepalive_timeout is armed when a connection opens: one that sends no request within it is closed,
+        # so a sender trickling headers cannot hold connections (the addon's HeaderDeadline is mitmproxy's only)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=READ_SECONDS)
         await self._runner.setup()
         listen = self.cfg.webhooks.listen
         site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=self._tls())
@@ -77,6 +79,8 @@ class WebhookListener:
             body = await asyncio.wait_for(read_body(request.content, MAX_BODY, request.content_length),
                                           READ_SECONDS)
         except BodyError as e:
+            if "cut short" in str(e):
+                return answer(400, str(e))
             return answer(413, f"an event is at most {MAX_BODY} bytes: {e}")
         except TimeoutError:
             return answer(408, f"the body did not arrive within {READ_SECONDS:g} s")
@@ -88,7 +92,8 @@ class WebhookListener:
             event = parse(body)
         except EventError as e:
             return answer(400, str(e))
-        if event is None:
+        if event is None:  # a deleted tag, another domain: nothing to fetch, but an operator may want to know
+            log.info("webhook event acknowledged and ignored: %s", kind_of(body))
             return answer(202, "not a Docker pushed or promoted event: nothing to warm", ignored=True)
         return self._queue(event)
 
@@ -97,17 +102,21 @@ class WebhookListener:
         if not names:
             return answer(422, f"no route of this mirror serves {event.image_name} of repository "
                                f"{event.repo_key}; see `artifactory-mirror check` for the routes")
+        self._forget_tag(names, event.tag)  # at once, coalesced or not: no deploy sees the old digest meanwhile
         outcome = self.warmer.submit(WarmJob(event.digest, names, event.tag))
         log.info("webhook %s: warm %s (%s)", event, ", ".join(names), outcome)
         if outcome == "full":
             return answer(503, "too many warms are waiting; Artifactory may send the event again")
         return answer(202, "", warm=outcome, names=list(names))
 
+    def _forget_tag(self, names: tuple[str, ...], tag: str) -> None:
+        for name in names if tag else ():
+            self.router.for_name(name).manifests.forget_tag(name, tag)
+
     async def _warm(self, job: WarmJob) -> tuple[int, int]:
-        """Drop the addon's cached tag (on the event loop), then pull through the registry in a thread."""
-        if job.tag:
-            for name in job.names:
-                self.router.for_name(name).manifests.forget_tag(name, job.tag)
+        """Drop the addon's cached tag again (a retry may come after the TTL refilled it), then pull through the
+        registry in a thread."""
+        self._forget_tag(job.names, job.tag)
         progress = await asyncio.to_thread(warm.warm_digest, self.cfg, job.names, job.digest, job.tag,
                                            self.cfg.webhooks.platforms)
         return progress.done_bytes, progress.blobs
