@@ -33,7 +33,7 @@ from devtools import seed
 from devtools.demo import peak_rss_mb
 from devtools.ports import free_port, plain_registry_config
 from devtools.redis_server import RedisServer
-from devtools.skopeo import ca_dir, pull
+from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs, processes
 from registry_mirror.config import load
@@ -230,7 +230,7 @@ def run(args) -> int:
         seed.push(upstream.registry_url, image)
         cert = (str(workdir / "certs/mirror.crt"), str(workdir / "certs/mirror.key"))
         certs.ensure_self_signed(*cert)
-        trust = ca_dir(cert[0], workdir / "client-ca")
+        trust = certs.write_trust_folder(cert[0], cert[0])
         counter = site.bytes_counter(upstream)
         ref_path = f"{image.name}:{image.tag}"
         print(f"bench: image {image.size / 1e6:.1f} MB, {args.machines} machines, "

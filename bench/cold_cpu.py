@@ -23,7 +23,7 @@ from pathlib import Path
 from devtools import seed
 from devtools.demo import write_mirror_config
 from devtools.ports import free_port
-from devtools.skopeo import ca_dir, pull
+from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs, processes
 from registry_mirror.config import load
@@ -109,7 +109,7 @@ def main() -> int:
                 mirror.start()
                 wait_until_quiet(upstream, quiet=0.5)
                 pids = {**front, "addon": mirror.mitm.pid, "mirror registry": mirror.registry.pid}
-                trust = ca_dir(cfg.mirror.tls_cert, run / "ca")
+                trust = certs.trust_folder(cfg.mirror.tls_cert)  # written by start()
                 # the registry's background fetch that outlives the pull is counted too
                 cold, cold_cpu, cold_disk = measured(pids, partial(pull, f"{cfg.mirror.listen}/{ref}", run / "cold",
                                                                    cert_dir=trust),

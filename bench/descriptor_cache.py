@@ -24,7 +24,7 @@ import yaml
 from devtools import seed
 from devtools.demo import write_mirror_config
 from devtools.ports import free_port
-from devtools.skopeo import ca_dir, pull
+from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness
 from registry_mirror import certs, processes
 from registry_mirror.config import load
@@ -95,7 +95,7 @@ def main() -> int:
         mirror = Mirror(cfg, workdir / "logs")
         mirror.start()
         pull(f"{cfg.mirror.listen}/{image.name}:{image.tag}", workdir / "warm",
-             cert_dir=ca_dir(cfg.mirror.tls_cert, workdir / "ca"))
+             cert_dir=certs.trust_folder(cfg.mirror.tls_cert))
         context = ssl.create_default_context(cafile=cfg.mirror.tls_cert)
         samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for n in range(args.rounds):

@@ -21,7 +21,7 @@ import yaml
 from devtools import seed
 from devtools.demo import peak_rss_mb
 from devtools.ports import free_port
-from devtools.skopeo import PullError, ca_dir, pull
+from devtools.skopeo import PullError, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs
 from registry_mirror.config import load
@@ -139,7 +139,7 @@ def main() -> int:
         cfg_path.chmod(0o600)
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
-        trust = ca_dir(cfg.mirror.tls_cert, workdir / "ca")
+        trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
         mirror = Mirror(cfg, workdir / "mirror-logs")
         mirror.start()
         addr = str(cfg.mirror.listen)

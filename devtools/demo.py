@@ -19,7 +19,7 @@ from registry_mirror.stats_views import JSON_PATH
 from registry_mirror.supervisor import Mirror
 
 from . import seed
-from .skopeo import ca_dir, pull
+from .skopeo import pull
 from .upstream_harness import UpstreamHarness, wait_until_settled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def run(workdir: Path, layer_cache: Path, big: tuple[int, int]) -> int:
                                        free_port(), free_port())
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
-        trust = ca_dir(cfg.mirror.tls_cert, workdir / "client-ca")
+        trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
         mirror = Mirror(cfg, workdir / "mirror-logs")
         mirror.start()
         print(f"demo: mirror on https://{cfg.mirror.listen} (config {cfg_path}, logs {workdir / 'mirror-logs'})\n")

@@ -36,10 +36,3 @@ def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | 
     if result.returncode != 0:
         raise PullError(f"skopeo pull of {image_ref} failed: {result.stderr.strip()[-800:]}")
     return elapsed
-
-
-def ca_dir(cert_file: str, into: Path) -> Path:
-    """A folder holding only the CA certificate: skopeo's cert dir treats a lone .key as a client cert."""
-    into.mkdir(parents=True, exist_ok=True)
-    shutil.copy(cert_file, into / "ca.crt")
-    return into

@@ -103,7 +103,7 @@ def cmd_clients(args) -> int:
               f"generates a self-signed pair) or put your certificate and key there", file=sys.stderr)
         return 2
     try:
-        trust = certs.write_trust_folder(cfg.mirror.tls_ca or cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+        trust = certs.write_trust_folder(cfg.mirror.trusted_ca, cfg.mirror.tls_cert)
     except certs.CertError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2

@@ -125,6 +125,11 @@ class MirrorConfig:
     max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
                                 None, shown="none")
 
+    @property
+    def trusted_ca(self) -> str:
+        """The certificate clients (and warm) trust: `tls_ca`, or the self-signed `tls_cert` itself."""
+        return self.tls_ca or self.tls_cert
+
 
 @dataclass(frozen=True)
 class RewriterConfig:

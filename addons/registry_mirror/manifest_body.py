@@ -12,7 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+from . import schema1
 from .schema1 import is_signed, signed_payload
+
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+               "application/vnd.docker.distribution.manifest.v2+json")
+MANIFEST_TYPES = frozenset({*INDEX_TYPES, *IMAGE_TYPES, "application/vnd.docker.distribution.manifest.v1+json",
+                            schema1.MEDIA_TYPE})
 
 
 class ManifestMismatch(Exception):

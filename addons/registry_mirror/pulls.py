@@ -18,17 +18,12 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .manifest_body import MANIFEST_TYPES
 from .warm import USER_AGENT as WARM_AGENT
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recently pulled are forgotten
-
-MANIFEST_TYPES = frozenset({
-    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+json", "application/vnd.docker.distribution.manifest.v1+prettyjws",
-})
 
 
 def pulls_folder(storage: str) -> Path:

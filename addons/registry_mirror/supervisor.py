@@ -54,7 +54,7 @@ class Mirror:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if cfg.mirror.tls:
             try:
-                certs.write_trust_folder(cfg.mirror.tls_ca or cfg.mirror.tls_cert, cfg.mirror.tls_cert)
+                certs.write_trust_folder(cfg.mirror.trusted_ca, cfg.mirror.tls_cert)
             except certs.CertError as e:  # a convenience for clients: the mirror serves without it
                 print(f"artifactory-mirror: {e}", file=sys.stderr)
         if self.dump:

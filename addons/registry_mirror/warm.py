@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, any_address
+from .manifest_body import IMAGE_TYPES, INDEX_TYPES
 from .requests import TAG_RE, valid_digest, valid_name
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-               "application/vnd.docker.distribution.manifest.list.v2+json")
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v2+json")
 CHUNK = 1024 * 1024
 # the registry's notifications carry it: warm pulls are counted apart from the clients'
 USER_AGENT = "artifactory-mirror-warm"
@@ -90,7 +87,7 @@ class MirrorClient:
         listen = cfg.mirror.listen
         self.host = "127.0.0.1" if any_address(listen.host) else listen.host
         self.port = listen.port
-        self.context = pinned_context(cfg.mirror.tls_ca or cfg.mirror.tls_cert) if cfg.mirror.tls else None
+        self.context = pinned_context(cfg.mirror.trusted_ca) if cfg.mirror.tls else None
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.context:
@@ -101,7 +98,7 @@ class MirrorClient:
         conn = self._conn()
         try:
             conn.request("GET", f"/v2/{name}/manifests/{reference}",
-                         headers={"Accept": ", ".join(INDEX_TYPES + MANIFEST_TYPES), "User-Agent": USER_AGENT})
+                         headers={"Accept": ", ".join(INDEX_TYPES + IMAGE_TYPES), "User-Agent": USER_AGENT})
             resp = conn.getresponse()
             body = resp.read(8 * 1024 * 1024)
             if resp.status != 200:
