@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -172,7 +173,28 @@ class Dockerd:
     def stop(self) -> None:
         processes.stop(self.proc, timeout=20)
         if self.run_dir:
+            # dockerd starts its containerd in a session of its own: stopped with dockerd when all goes well,
+            # by its PID here when it does not
+            _stop_pid_file(self.run_dir / "exec" / "containerd" / "containerd.pid", "containerd")
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _stop_pid_file(pid_file: Path, name: str, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, the process `pid_file` names, if it is still that program."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        if name not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return  # gone, and its PID reused
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def apply_printed(printed: str, title: str, root: Path, reroot: dict[str, Path] | None = None) -> dict[str, Path]:

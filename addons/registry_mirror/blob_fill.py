@@ -30,13 +30,15 @@ class BlobFill:
         self.peers = peers
         self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
 
-    async def fill(self, transfer: Transfer) -> AsyncIterator[bytes]:
-        """A transfer's bytes: from the replica already fetching the blob, else from the upstream."""
+    def fill(self, transfer: Transfer) -> AsyncIterator[bytes]:
+        """A transfer's bytes: from the replica already fetching the blob, else from the upstream (directly, one
+        generator less per chunk, for a single replica)."""
         route = _route_of(transfer)
         if self.peers is None:
-            async for chunk in from_upstream(transfer, route, self.stats):
-                yield chunk
-            return
+            return from_upstream(transfer, route, self.stats)
+        return self._fill_shared(transfer, route)
+
+    async def _fill_shared(self, transfer: Transfer, route: Route) -> AsyncIterator[bytes]:
         peer = await self.peers.claim(transfer.digest)
         if peer is None:
             async with self.peers.leading(transfer.digest):

@@ -16,6 +16,14 @@ class BodyError(Exception):
     """A body over its cap or cut short; the message says which, with the byte counts."""
 
 
+class BodyTooLarge(BodyError):
+    pass
+
+
+class BodyCutShort(BodyError):
+    pass
+
+
 class Readable(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
 
@@ -23,13 +31,13 @@ class Readable(Protocol):
 async def read_body(stream: Readable, cap: int, content_length: int | None = None) -> bytes:
     """The whole body of `stream`, at most `cap` bytes; `content_length` is what the headers promised."""
     if content_length is not None and content_length > cap:
-        raise BodyError(f"body of {content_length} bytes is over the {cap}-byte cap")
+        raise BodyTooLarge(f"body of {content_length} bytes is over the {cap}-byte cap")
     parts, size = [], 0
     while chunk := await stream.read(READ_SIZE):
         size += len(chunk)
         if size > cap:
-            raise BodyError(f"body is over the {cap}-byte cap")
+            raise BodyTooLarge(f"body is over the {cap}-byte cap")
         parts.append(chunk)
     if content_length is not None and size != content_length:
-        raise BodyError(f"body cut short: {size} of {content_length} bytes arrived")
+        raise BodyCutShort(f"body cut short: {size} of {content_length} bytes arrived")
     return b"".join(parts)

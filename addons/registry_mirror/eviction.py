@@ -50,9 +50,6 @@ class Plan:
         own = [(r.image.repository, link) for r in self.removals for link in r.links]
         return tuple(own + [(name, link) for name, links in sorted(self.stray_links.items()) for link in links])
 
-    def links(self, repository: str) -> tuple[str, ...]:
-        return tuple(link for name, link in self.link_files if name == repository)
-
     @property
     def deletions(self) -> int:
         return len(self.link_files) + len(self.blobs)

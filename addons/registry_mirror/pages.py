@@ -60,12 +60,12 @@ class MirrorPages:
         status, reason, envelope = notifications.check(
             flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
             self.mirror.notify_secret or "\0unset")
-        if status == 202:
-            self.mirror.stats.pulled(served_pulls(envelope))
-        if status == 202 and expiry:
-            expiry.notified(envelope)
-        elif status != 202:
+        if status != 202:
             log.warning("refused a notification: %s", reason)
+        else:
+            self.mirror.stats.pulled(served_pulls(envelope))
+            if expiry:
+                expiry.notified(envelope)
         flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
         return json_response(status, {"accepted": status == 202, "reason": reason})
 

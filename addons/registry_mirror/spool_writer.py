@@ -39,6 +39,8 @@ def _hasher(digest: str) -> hashlib._Hash:
 
 
 def _write_all(spool: BinaryIO, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[spool.write(view):]
+    written = spool.write(data)  # an unbuffered file writes it whole, all but always
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[spool.write(view):]

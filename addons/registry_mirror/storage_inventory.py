@@ -198,7 +198,7 @@ def _blob_sizes(blobs: Path) -> dict[str, int]:
                 digest = f"{algorithm}:{hex_}"
                 if is_digest(digest) and hex_.startswith(prefix):
                     try:
-                        sizes[digest] = (blobs / algorithm / prefix / hex_ / "data").stat().st_size
+                        sizes[digest] = (blobs.parent / blob_data(digest)).stat().st_size
                     except OSError:
                         pass  # being moved into place, or just deleted
     return sizes

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .requests import SHA256_RE, RegistryRequest
+from .storage_layout import V2, blob_data
 from .transfers import Transfer, UpstreamHead
 
 
@@ -20,10 +21,8 @@ def open_stored(storage: Path | None, digest: str) -> BinaryIO | None:
     """The blob's file in the registry's filesystem storage, open, or None."""
     if storage is None or not SHA256_RE.fullmatch(digest):  # the only layout looked up: sha256/<hex>
         return None
-    algorithm, _, hex_digest = digest.partition(":")
-    path = storage / "docker/registry/v2/blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
     try:
-        return open(path, "rb")
+        return open(storage / V2 / blob_data(digest), "rb")
     except OSError:  # not stored (or being removed by the registry's expiry): from the upstream
         return None
 

@@ -17,7 +17,7 @@ from collections import Counter
 from aiohttp import web
 
 from . import warm
-from .bodies import BodyError, read_body
+from .bodies import BodyCutShort, BodyTooLarge, read_body
 from .config import Config
 from .routing import Router, mirror_names
 from .warming import Warmer, WarmJob, WarmQueue
@@ -78,9 +78,9 @@ class WebhookListener:
         try:
             body = await asyncio.wait_for(read_body(request.content, MAX_BODY, request.content_length),
                                           READ_SECONDS)
-        except BodyError as e:
-            if "cut short" in str(e):
-                return answer(400, str(e))
+        except BodyCutShort as e:
+            return answer(400, str(e))
+        except BodyTooLarge as e:
             return answer(413, f"an event is at most {MAX_BODY} bytes: {e}")
         except TimeoutError:
             return answer(408, f"the body did not arrive within {READ_SECONDS:g} s")

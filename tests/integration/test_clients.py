@@ -17,7 +17,7 @@ from devtools.client_drivers import ClientError, Containerd, Dockerd, Podman, ap
 from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
 
-from .conftest import MIRROR_COMMAND, credentials_of
+from .conftest import MIRROR_COMMAND, credentials_of, stored_digests
 
 
 def tar_image(name: str, tag: str, seed_base: int, architecture: str = "amd64") -> seed.Image:
@@ -40,10 +40,6 @@ def printed_clients(mirror) -> str:
 def direct_requests(upstream) -> list[dict]:
     """Requests that reached the upstream without the mirror: a client's own, at /v2/ under the root."""
     return [r for r in upstream.stats()["requests"] if r["path"].startswith("/v2")]
-
-
-def stored_blobs(mirror) -> set[str]:
-    return {f"sha256:{p.parent.name}" for p in mirror.storage.glob("docker/registry/v2/blobs/sha256/*/*/data")}
 
 
 @pytest.fixture
@@ -86,8 +82,8 @@ def test_containerd_pulls_tag_digest_and_one_platform_through_the_mirror(upstrea
     assert counters.get("manifest-by-tag:miss", 0) >= 2  # team/app:1.0 and team/multi:2.0, fetched once each
     assert direct_requests(upstream) == []
     # the arm64 platform's layers crossed, the amd64 one's did not: containerd chose through the mirror
-    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
-    assert not set(blob.digest for blob in images["amd64"].layers) & stored_blobs(mirror)
+    assert blobs_of(images["app"], images["arm64"]) <= stored_digests(mirror.storage)
+    assert not set(blob.digest for blob in images["amd64"].layers) & stored_digests(mirror.storage)
 
 
 def test_containerd_pulls_artifactory_repository_path_names(upstream, images, mirror_factory, containerd, tmp_path):
@@ -132,7 +128,7 @@ def test_podman_pulls_through_the_mirror(upstream, images, mirror_factory, tmp_p
     mirror.settle(upstream, images["app"], images["arm64"])
     assert mirror.counters().get("manifest-by-tag:miss", 0) >= 2
     assert direct_requests(upstream) == []
-    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
+    assert blobs_of(images["app"], images["arm64"]) <= stored_digests(mirror.storage)
 
 
 @pytest.fixture
@@ -159,7 +155,7 @@ def test_docker_pulls_by_the_mirrors_name_trusting_its_ca(upstream, images, mirr
         dockerd.stop()
     mirror.settle(upstream, images["app"], images["arm64"])
     assert mirror.counters().get("manifest-by-tag:miss", 0) >= 2
-    assert blobs_of(images["app"], images["arm64"]) <= stored_blobs(mirror)
+    assert blobs_of(images["app"], images["arm64"]) <= stored_digests(mirror.storage)
 
 
 @pytest.mark.parametrize("case", ["unknown image", "upstream down", "credential refused"])

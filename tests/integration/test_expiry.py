@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from devtools import seed
 from devtools.skopeo import pull
+from registry_mirror.pulls import pulls_folder
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, stored_digests, wait_for
-
-WEEK = 7 * 86400
 
 
 def sharing_images(layer_cache) -> tuple[seed.Image, seed.Image]:
@@ -40,6 +38,14 @@ def storage_state(mirror) -> dict:
     return mirror.stats()["storage"]
 
 
+def read_schedule(path) -> dict | None:
+    """The registry's expiry schedule, or None while it is missing or half-written (it rewrites it every 5 s)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def test_the_registrys_own_expiry_deletes_nothing_another_repository_needs(upstream, mirror_factory, layer_cache,
                                                                            tmp_path):
     """The reproduction: A's scheduler entries moved into the past while the mirror is stopped."""
@@ -50,7 +56,7 @@ def test_the_registrys_own_expiry_deletes_nothing_another_repository_needs(upstr
     pull_all(mirror, tmp_path, a, b)
     mirror.settle(upstream, a, b)
     schedule = mirror.storage / "scheduler-state.json"
-    wait_for(lambda: schedule.exists() and any(k.startswith("team/a@") for k in json.loads(schedule.read_text())),
+    wait_for(lambda: any(k.startswith("team/a@") for k in read_schedule(schedule) or {}),
              "the registry to write its expiry schedule (every 5 s)")
     mirror.mirror.stop()
     entries = json.loads(schedule.read_text())
@@ -61,7 +67,8 @@ def test_the_registrys_own_expiry_deletes_nothing_another_repository_needs(upstr
     schedule.write_text(json.dumps(entries))
     mirror.mirror.start()
     # the registry drops an entry once its expiry has run, whatever it did (the file is written every 5 s)
-    wait_for(lambda: not set(moved) & set(json.loads(schedule.read_text())), "the registry to run the expiries due")
+    wait_for(lambda: (now := read_schedule(schedule)) is not None and not set(moved) & set(now),
+             "the registry to run the expiries due")
     assert blobs_of(a) | blobs_of(b) <= stored_digests(mirror.storage)  # nothing deleted
     upstream.control("reset")
     pull_all(mirror, tmp_path, b, label="after-")
@@ -78,7 +85,7 @@ def test_an_image_not_pulled_for_max_age_goes_and_what_others_share_stays(upstre
     mirror.settle(upstream, a, b)
     wait_for(lambda: storage_state(mirror)["pulls_notified"] >= 2, "the registry's pull notifications")
     mirror.mirror.stop()
-    pulls_dir = Path(str(mirror.storage) + ".pulls")
+    pulls_dir = pulls_folder(mirror.cfg.mirror.storage)
     for path in pulls_dir.glob("*.json"):  # A last pulled eight days ago; B stays as pulled now
         rows = json.loads(path.read_text())["pulls"]
         for row in rows:

@@ -14,8 +14,6 @@ from registry_mirror import processes
 
 from .conftest import MIRROR_COMMAND, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def cli(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([MIRROR_COMMAND, *args], cwd=tmp_path,

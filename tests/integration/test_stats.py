@@ -15,8 +15,6 @@ from devtools.skopeo import pull
 
 from .conftest import MIRROR_COMMAND, credentials_of, small_image, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as resp:

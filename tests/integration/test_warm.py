@@ -7,14 +7,7 @@ from pathlib import Path
 from devtools import seed
 from devtools.skopeo import pull
 
-from .conftest import MIRROR_COMMAND, credentials_of, small_image
-from .test_faults import assert_storage_intact
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def stored_digests(storage: Path) -> set[str]:
-    return {f"sha256:{p.parent.name}" for p in storage.glob("docker/registry/v2/blobs/sha256/*/*/data")}
+from .conftest import MIRROR_COMMAND, assert_storage_intact, credentials_of, small_image, stored_digests
 
 
 def run_warm(mirror, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

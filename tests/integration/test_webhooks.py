@@ -87,16 +87,20 @@ def test_a_webhook_warms_the_image_which_then_pulls_with_the_upstream_gone(upstr
 
 
 def test_a_burst_of_duplicate_events_makes_one_warm_and_bad_ones_fetch_nothing(upstream, mirror_factory,
-                                                                              layer_cache):
+                                                                              wire_factory, layer_cache):
     image = small_image(layer_cache, name="team/burst", seed_base=120)
     seed.push(upstream.registry_url, image)
-    mirror = hooked_mirror(mirror_factory, upstream)
+    wire = wire_factory(upstream)  # the warm's first blob is held until the whole burst is answered
+    mirror = mirror_factory(credentials_of(upstream, via=wire), dump=False,
+                            webhooks={"listen": f"127.0.0.1:{free_port()}", "secret": SECRET})
     body = tag_pushed("team/burst", "1.0", image.manifest_digest)
     assert post(mirror, body, signature("not-the-secret", body))[0] == 401
     assert post(mirror, tag_pushed("team/burst", "1.0", image.manifest_digest, repo_key="docker-other"))[0] == 422
     assert upstream.stats()["requests"] == [] and warms(mirror)["queued"] == 0  # nothing dialled
+    wire.behave(target="blobs", hold_after=0, hold_times=1)
     with ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda _: post(mirror, body), range(10)))
+    wire.release()
     assert [status for status, _ in answers] == [202] * 10
     assert sorted(a["warm"] for _, a in answers) == ["coalesced"] * 9 + ["queued"]
     wait_for(lambda: warms(mirror)["done"] == 1, "the warm")
