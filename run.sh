@@ -10,7 +10,7 @@
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    lint, then the test suite (pytest arguments may follow)
 #   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
-#   ./run.sh bench   the benchmark: direct vs the seed's design vs this mirror over a shaped WAN (root)
+#   ./run.sh bench   the benchmark: direct, the seed's design, this mirror (1 and 2 replicas), an nginx cache; WAN + loopback
 #   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
@@ -102,9 +102,9 @@ case "$cmd" in
     lint
     run_python -m pytest tests/unit "$@" ;;
   bench)
-    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy iproute2 redis-server
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" haproxy nginx iproute2 redis-server
     ensure_venv bench
-    run_python bench/bench.py "$@" ;;
+    run_python -m bench.bench "$@" ;;
   bench-cpu)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv

@@ -1,424 +1,223 @@
-"""`./run.sh bench`: the seed's scenario over a simulated WAN, three designs, printed and saved.
+"""`./run.sh bench`: five designs deploy the seed's 230 MB image to 10 machines, over a shaped WAN and on loopback.
 
-Topology (root needed): network namespace `amb-up` holds the upstream (a docker-registry behind the
-Artifactory-compatible front), `amb-dc` holds a data center (the mirror and the "machines", skopeo),
-joined by a veth pair shaped with `tc tbf` (netem is not available here). The driver seeds and reads the
-upstream through an unshaped control link, and probes the data center's services from inside it. Bytes
-on the WAN are read from the WAN interface's counters. Where namespaces cannot be made, it says so and runs
-on loopback, counting bytes at the upstream.
+Topology (root needed for the WAN): network namespace `amb-up` holds the upstream (a docker-registry behind the
+Artifactory-compatible front, serving HTTPS as Artifactory does), `amb-dc` holds a data center (the design and
+the "machines", skopeo), joined by a veth pair shaped with `tc tbf` (netem is not available here). The driver
+seeds and reads the upstream through an unshaped control link. Bytes on the WAN are read from the WAN
+interface's counters, sampled during each deploy to tell how fully the link was used. Where namespaces cannot
+be made, only loopback runs, bytes counted at the upstream.
 
-Designs: (a) direct pulls from the upstream, (b) the seed's design (the stock registry + HAProxy with the
-seed's rewrite and a fixed Basic header), (c) this mirror, (d) this mirror as two replicas sharing one storage
-folder and a redis-server, the machines taking them in turn as a round-robin load balancer would. Each deploys
-the 160 + 60 MB image to N machines one after another and all at once, from an empty mirror.
+Designs (bench/designs.py): direct pulls from the upstream, the seed's design (registry + HAProxy), this mirror,
+two replicas of it, and an nginx cache with `proxy_cache_lock`, every one serving TLS. Each round starts every
+design afresh, in alternating order (forward, then backward), and for each, after a `sync`: one machine's cold
+pull of one image, then 10 machines pulling another image at once, cold, then (caching designs) the same
+again, warm. The CPU time of the design's own processes is read from /proc around each deploy. Medians of the
+rounds are reported with every sample. On the WAN, the mirror then serves ever more concurrent cold pulls
+while the link's use is sampled. Last, one machine's warm pulls through the mirror take turns with pulls from a
+plain local registry holding the same image.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
+from bench import designs, report
+from bench.designs import CACHING, DESIGNS, MIRROR, Bed
+from bench.network import LinkSampler, Network, Site, namespaces_available
 from devtools import seed
-from devtools.demo import peak_rss_mb
 from devtools.ports import free_port, plain_registry_config
-from devtools.redis_server import RedisServer
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror import certs, processes
-from registry_mirror.config import load
-from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
-
-UP_NS, DC_NS = "amb-up", "amb-dc"
-REPLICAS = "artifactory-mirror, 2 replicas + redis"
-WAN_UP, WAN_DC = "10.77.0.1", "10.77.0.2"
-CTL_UP = ("10.78.0.1", "10.78.0.2")  # the driver's control link to the upstream: (root side, namespace side)
+GB = 1e9
 
 
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(args, check=check, capture_output=True, text=True)
+def ref(image: seed.Image) -> str:
+    return f"{image.name}:{image.tag}"
 
 
-class Network:
-    """The two namespaces, the shaped WAN link between them, and the driver's control links."""
-
-    def __init__(self, rate: str):
-        self.rate = rate
-
-    def up(self) -> None:
-        self.down()
-        for ns in (UP_NS, DC_NS):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "wan-up", "netns", UP_NS, "type", "veth", "peer", "name", "wan-dc", "netns", DC_NS)
-        sh("ip", "-n", UP_NS, "addr", "add", f"{WAN_UP}/24", "dev", "wan-up")
-        sh("ip", "-n", DC_NS, "addr", "add", f"{WAN_DC}/24", "dev", "wan-dc")
-        for ns, dev in ((UP_NS, "wan-up"), (DC_NS, "wan-dc")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            # both directions shaped; the queue bound keeps latency sane under load
-            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
-               "burst", "256kb", "latency", "100ms")
-        sh("ip", "link", "add", "ctl-up", "type", "veth", "peer", "name", "ctl", "netns", UP_NS)
-        sh("ip", "addr", "add", f"{CTL_UP[0]}/24", "dev", "ctl-up")
-        sh("ip", "link", "set", "ctl-up", "up")
-        sh("ip", "-n", UP_NS, "addr", "add", f"{CTL_UP[1]}/24", "dev", "ctl")
-        sh("ip", "-n", UP_NS, "link", "set", "ctl", "up")
-
-    def down(self) -> None:
-        for ns in (UP_NS, DC_NS):
-            sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "link", "del", "ctl-up", check=False)
-
-    @staticmethod
-    def wan_bytes() -> int:
-        """Bytes sent from the upstream's side of the WAN link toward the data center."""
-        out = sh("ip", "-n", UP_NS, "-j", "-s", "link", "show", "dev", "wan-up").stdout
-        return json.loads(out)[0]["stats64"]["tx"]["bytes"]
-
-
-def namespaces_available() -> str | None:
-    """Why namespaces cannot be made here, or None."""
-    if os.geteuid() != 0:
-        return "not root"
-    if not shutil.which("ip") or not shutil.which("tc"):
-        return "iproute2 (ip, tc) missing"
-    probe = sh("ip", "netns", "add", "amb-probe", check=False)
-    sh("ip", "netns", "del", "amb-probe", check=False)
-    return None if probe.returncode == 0 else f"ip netns add failed: {probe.stderr.strip()}"
-
-
-@dataclass
-class Site:
-    """Where things run and how the driver reaches them."""
-    wan: bool
-    dc_netns: str | None
-    up_url_host: str  # how the data center reaches the upstream
-
-    def bytes_counter(self, upstream: UpstreamHarness):
-        if self.wan:
-            return Network.wan_bytes
-        return lambda: upstream.stats()["body_bytes"]
-
-
-def start_seed_design(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str]):
-    """The seed's design: the stock registry in proxy mode + HAProxy rewriting /v2/ and adding fixed Basic."""
-    ha_port, reg_port = free_port(), free_port()
-    basic = base64.b64encode(f"{upstream.username}:{upstream.password}".encode()).decode()
-    up_host = f"{site.up_url_host}:{upstream.front_port}"
-    (workdir / "haproxy.cfg").write_text(f"""global
-  maxconn 2000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 600s
-  timeout server 600s
-frontend mirror_in
-  bind 127.0.0.1:{ha_port}
-  default_backend artifactory
-backend artifactory
-  http-request replace-path ^/v2/(.*) /artifactory/api/docker/docker-local/v2/\\1
-  http-request set-header Host {up_host}
-  http-request set-header Authorization "Basic {basic}"
-  server art {up_host}
-""")
-    (workdir / "haproxy.cfg").chmod(0o600)
-    procs = []
-    try:
-        procs.append(processes.start(["haproxy", "-f", str(workdir / "haproxy.cfg")], workdir / "haproxy.log",
-                                     netns=site.dc_netns))
-        # the stock registry panics at start if its remote refuses the connection
-        processes.wait_for_port("127.0.0.1", ha_port, procs[0], what="HAProxy", netns=site.dc_netns)
-        cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
-        cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
-        cfg["http"]["tls"] = {"certificate": cert[0], "key": cert[1]}
-        (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
-        procs.append(processes.start([processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")],
-                                     workdir / "seed-registry.log", netns=site.dc_netns))
-        processes.wait_for_port("127.0.0.1", reg_port, procs[1], what="seed-design registry", netns=site.dc_netns)
-        return procs, f"127.0.0.1:{reg_port}"
-    except BaseException:  # nothing it started outlives it
-        for proc in procs:
-            processes.stop(proc)
-        raise
-
-
-def start_mirror(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str],
-                 storage: Path | None = None, scale: dict | None = None, cache: dict | None = None):
-    """One mirror; with `storage` and `scale`, one replica of several sharing them."""
-    workdir.mkdir(exist_ok=True)
-    mirror_port = free_port()
-    cfg_path = workdir / "mirror.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "upstream": {"url": f"http://{site.up_url_host}:{upstream.front_port}", "repository": "docker-local",
-                     "username": upstream.username, "password": upstream.password},
-        "mirror": {"listen": f"127.0.0.1:{mirror_port}", "storage": str(storage or workdir / "mirror-storage"),
-                   "tls_cert": cert[0], "tls_key": cert[1]},
-        "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
-        "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
-        **({"scale": scale} if scale else {})}))
-    cfg_path.chmod(0o600)
-    mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=site.dc_netns)
-    try:
-        mirror.start()
-    except BaseException:
-        mirror.stop()  # whatever of it started
-        raise
-    return mirror, f"127.0.0.1:{mirror_port}"
-
-
-def start_replicas(workdir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str], count: int = 2):
-    """`count` mirrors sharing one storage folder and a redis-server, all in the data center."""
-    redis_server = RedisServer(workdir / "redis", netns=site.dc_netns).start()
-    mirrors = []
-    try:
-        for i in range(count):
-            mirrors.append(start_mirror(workdir / f"replica{i}", site, upstream, cert, workdir / "shared-storage",
-                                        {"redis": redis_server.address, "listen": "127.0.0.1"})[0])
-    except BaseException:
-        for mirror in mirrors:
-            mirror.stop()
-        redis_server.stop()
-        raise
-    return mirrors, redis_server
-
-
-def deploy(refs: list[str], machines: int, concurrent: bool, workdir: Path, site: Site, **pull_args) -> list[float]:
-    """Machine i pulls refs[i % len(refs)]: several refs are replicas behind one name, taken in turn."""
+def deploy(running: designs.Running, ref_path: str, machines: int, workdir: Path, site: Site) -> list[float]:
+    """Machines 0..n-1 pull at once; machine i pulls from running.addresses[i % len(...)] (a load balancer's
+    turns)."""
     def one(i: int) -> float:
-        return pull(refs[i % len(refs)], workdir / f"machine{i}", netns=site.dc_netns, **pull_args)
-    if concurrent:
-        with ThreadPoolExecutor(machines) as pool:
-            return list(pool.map(one, range(machines)))
-    return [one(i) for i in range(machines)]
+        address = running.addresses[i % len(running.addresses)]
+        return pull(f"{address}/{ref_path}", workdir / f"machine{i}", netns=site.dc_netns, **running.pull_args)
+    with ThreadPoolExecutor(machines) as pool:
+        return list(pool.map(one, range(machines)))
 
 
-def run(args) -> int:
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(args.workdir)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    why_not = None if args.loopback else namespaces_available()
-    wan = why_not is None and not args.loopback
-    if not wan:
-        print(f"bench: network namespaces unavailable ({why_not or '--loopback'}): running on loopback, "
-              f"bytes counted at the upstream")
-    net = Network(args.rate)
-    if wan:
-        net.up()
-    site = Site(wan=wan, dc_netns=DC_NS if wan else None, up_url_host=WAN_UP if wan else "127.0.0.1")
-    upstream = UpstreamHarness(workdir / "upstream", auth="basic", netns=UP_NS if wan else None,
-                               host=WAN_UP if wan else "127.0.0.1", control_host=CTL_UP[1] if wan else "127.0.0.1")
+def measured_deploy(running: designs.Running, ref_path: str, machines: int, workdir: Path, bed: Bed,
+                    image_bytes: int) -> dict:
+    """One deploy after a `sync`: its wall time, each pull's, the bytes that crossed the WAN, how fully the link
+    was used, and the CPU seconds the design's processes spent (until the upstream went quiet) per GB served."""
+    counter = bytes_counter(bed)
+    wait_until_quiet(bed.upstream, quiet=0.5)
+    os.sync()
+    before_bytes, before_cpu = counter(), designs.cpu_seconds(running.pids)
+    with LinkSampler(bed.site.rate) if bed.site.wan else nullcontext() as sampler:
+        started = time.monotonic()
+        times = deploy(running, ref_path, machines, workdir, bed.site)
+        wall = time.monotonic() - started
+        wait_until_quiet(bed.upstream, quiet=1.5)  # the stock registry's background fetches
+    cpu = designs.cpu_seconds(running.pids) - before_cpu
+    wan_bytes = counter() - before_bytes
+    return {"wall_s": round(wall, 2), "times": [round(t, 2) for t in times], "wan_bytes": wan_bytes,
+            "wan_x_image": round(wan_bytes / image_bytes, 3), "cpu_s": round(cpu, 2),
+            "cpu_s_per_gb": round(cpu / (machines * image_bytes / GB), 2),
+            "link": sampler.utilisation() if sampler else None}
+
+
+def bytes_counter(bed: Bed):
+    return Network.wan_bytes if bed.site.wan else lambda: bed.upstream.stats()["body_bytes"]
+
+
+def one_round(index: int, order: tuple[str, ...], bed: Bed, images: dict, args, workdir: Path) -> list[dict]:
     rows = []
-    try:
-        upstream.start()
-        layers = [seed.random_layer(Path(args.layer_cache), args.base_mb * seed.MIB, 1),
-                  seed.random_layer(Path(args.layer_cache), args.app_mb * seed.MIB, 2)]
-        image = seed.build_image("team/java-service", "1.0", layers)
-        seed.push(upstream.registry_url, image)
-        cert = (str(workdir / "certs/mirror.crt"), str(workdir / "certs/mirror.key"))
-        certs.ensure_self_signed(*cert)
-        trust = certs.write_trust_folder(cert[0], cert[0])
-        counter = site.bytes_counter(upstream)
-        ref_path = f"{image.name}:{image.tag}"
-        print(f"bench: image {image.size / 1e6:.1f} MB, {args.machines} machines, "
-              f"{'WAN ' + args.rate + ' (tc tbf)' if wan else 'loopback'}")
-        for design in ("direct", "seed design (registry + HAProxy)", "artifactory-mirror", REPLICAS):
-            for concurrent in (False, True):
-                run_dir = workdir / f"{design.split()[0].strip(',')}{'-replicas' if design == REPLICAS else ''}-" \
-                                    f"{'conc' if concurrent else 'seq'}"
-                run_dir.mkdir()
-                procs, mirrors, redis_server = [], [], None
-                try:
-                    if design == "direct":
-                        ref, pull_args = (f"{site.up_url_host}:{upstream.front_port}/{ref_path}",
-                                          {"tls_verify": False, "creds": f"{upstream.username}:{upstream.password}"})
-                    elif design.startswith("seed"):
-                        procs, addr = start_seed_design(run_dir, site, upstream, cert)
-                        ref, pull_args = f"{addr}/{ref_path}", {"cert_dir": trust}
-                    elif design == REPLICAS:
-                        mirrors, redis_server = start_replicas(run_dir, site, upstream, cert)
-                        ref, pull_args = [f"{m.cfg.mirror.listen}/{ref_path}" for m in mirrors], {"cert_dir": trust}
-                    else:
-                        mirror, addr = start_mirror(run_dir, site, upstream, cert)
-                        mirrors, ref, pull_args = [mirror], f"{addr}/{ref_path}", {"cert_dir": trust}
-                    wait_until_quiet(upstream, quiet=0.5)
-                    before, t0 = counter(), time.monotonic()
-                    times = deploy(ref if isinstance(ref, list) else [ref], args.machines, concurrent, run_dir, site,
-                                   **pull_args)
-                    wall = time.monotonic() - t0
-                    wait_until_quiet(upstream, quiet=1.5)  # the stock registry's background fetches
-                    wan_bytes = counter() - before
-                    peak = max((peak_rss_mb(m.mitm.pid) for m in mirrors), default=None)
-                    rows.append({"design": design, "mode": "all at once" if concurrent else "one after another",
-                                 "machines": args.machines, "wall_s": round(wall, 2), "times": times,
-                                 "first_pull_s": round(times[0], 2), "wan_bytes": wan_bytes,
-                                 "wan_x_image": round(wan_bytes / image.size, 3),
-                                 "addon_peak_mb": round(peak) if peak else None})
-                    print(f"bench: {design:34} {rows[-1]['mode']:18} wall {wall:7.2f} s  "
-                          f"WAN {wan_bytes / 1e6:9.1f} MB ({wan_bytes / image.size:5.2f}x)"
-                          + (f"  addon peak {peak:.0f} MB" if peak else ""), flush=True)
-                finally:
-                    for mirror in mirrors:
-                        mirror.stop()
-                    if redis_server:
-                        redis_server.stop()
-                    for proc in procs:
-                        processes.stop(proc)
-        cold = [next(r["times"][0] for r in rows if r["design"] == "artifactory-mirror")]
-        cold += [cold_pull(workdir / f"mirror-cold{i}", site, upstream, cert, trust, ref_path)
-                 for i in range(1, args.cold_rounds)]
-        single = single_pulls(rows, cold, workdir, site, upstream, cert, trust, ref_path, args.machines)
-        report(rows, single, image.size, wan, args, results_dir)
-        return 0
-    finally:
-        upstream.stop()
-        if wan:
-            net.down()
+    for design in order:
+        run_dir = workdir / f"round{index}" / designs.SLUGS[design]
+        running = designs.start(design, run_dir, bed)
+        try:
+            row = {"design": design, "round": index,
+                   "single": measured_deploy(running, ref(images["single"]), 1, run_dir / "single", bed,
+                                             images["single"].size),
+                   "cold": measured_deploy(running, ref(images["deploy"]), args.machines, run_dir, bed,
+                                           images["deploy"].size)}
+            if design in CACHING:
+                row["warm"] = measured_deploy(running, ref(images["deploy"]), args.machines, run_dir, bed,
+                                              images["deploy"].size)
+            row["addon_peak_mb"] = running.addon_peak_mb()
+        finally:
+            running.stop()
+        shutil.rmtree(run_dir)  # 2.3 GB of machines' copies per deploy; a failure leaves it, with its logs
+        rows.append(row)
+        print(f"bench: round {index + 1} {design:40} one cold {row['single']['wall_s']:6.2f} s  "
+              f"{args.machines} at once cold {row['cold']['wall_s']:6.2f} s"
+              + (f" warm {row['warm']['wall_s']:6.2f} s" if "warm" in row else "")
+              + f"  WAN {row['cold']['wan_x_image']:5.2f}x image  CPU {row['cold']['cpu_s']:5.1f} s", flush=True)
+    return rows
 
 
-def cold_pull(run_dir: Path, site: Site, upstream: UpstreamHarness, cert: tuple[str, str], trust: Path,
-              ref_path: str) -> float:
-    """One pull through a new, empty mirror: a further sample of the cold time, which varies run to run."""
-    run_dir.mkdir()
-    mirror, addr = start_mirror(run_dir, site, upstream, cert)
-    try:
-        wait_until_quiet(upstream, quiet=0.5)
-        seconds = pull(f"{addr}/{ref_path}", run_dir / "machine", netns=site.dc_netns, cert_dir=trust)
-        wait_until_quiet(upstream, quiet=1.5)
-        print(f"bench: another cold pull through a new mirror: {seconds:.2f} s", flush=True)
-        return seconds
-    finally:
-        mirror.stop()
+def capacity(bed: Bed, images: dict, counts: list[int], workdir: Path) -> list[dict]:
+    """On the WAN: how fully the link is used while the mirror serves n concurrent cold pulls, for each n."""
+    rows = []
+    for n in counts:
+        run_dir = workdir / f"capacity{n}"
+        running = designs.start(MIRROR, run_dir, bed)
+        try:
+            result = measured_deploy(running, ref(images["deploy"]), n, run_dir, bed, images["deploy"].size)
+        finally:
+            running.stop()
+        shutil.rmtree(run_dir)
+        rows.append({"machines": n, **result})
+        link = result["link"]
+        print(f"bench: capacity: {n:3} cold pulls at once: {result['wall_s']:6.2f} s, link used "
+              f"{link['mean']:.0%} (lowest second {link['lowest_second'] or 0:.0%}), WAN {result['wan_x_image']:.2f}x",
+              flush=True)
+    return rows
 
 
-def single_pulls(rows: list[dict], cold: list[float], workdir: Path, site: Site, upstream: UpstreamHarness,
-                 cert: tuple[str, str], trust: Path, ref_path: str, machines: int) -> dict:
-    """One machine's pull: direct (every direct pull is cold), cold through new mirrors, and warm through a
-    mirror against a plain local registry holding the same image. Warm and local pulls take turns, so both
-    meet the same machine (page cache, disk, neighbours): measured in separate stretches, they drifted apart
-    by more than the difference under test. Medians, since single pulls vary by several tenths of a second."""
-    seq = {r["design"]: r["times"] for r in rows if r["mode"] == "one after another"}
-    local_dir = workdir / "local-registry"
-    local_dir.mkdir()
+def warm_against_local(bed: Bed, image, turns: int, workdir: Path) -> dict:
+    """One machine's warm pull through the mirror against a plain local registry holding the same image, in
+    turns (each going first every other time), so both meet the same machine: measured in separate stretches,
+    they drifted apart by more than the difference under test."""
+    site, local_dir = bed.site, workdir / "local-registry"
+    local_dir.mkdir(parents=True)
     port = free_port()
     cfg = plain_registry_config(f"127.0.0.1:{port}", str(local_dir / "storage"))
-    cfg["http"]["tls"] = {"certificate": cert[0], "key": cert[1]}
+    cfg["http"]["tls"] = {"certificate": bed.cert[0], "key": bed.cert[1]}
     (local_dir / "registry.yml").write_text(yaml.safe_dump(cfg))
     reg = processes.start([processes.registry_binary(), "serve", str(local_dir / "registry.yml")],
                           local_dir / "registry.log", netns=site.dc_netns)
     mirror = None
     try:
         processes.wait_for_port("127.0.0.1", port, reg, what="plain local registry", netns=site.dc_netns)
-        source = workdir / "artifactory-mirror-seq" / "machine0"
+        # a tag TTL longer than the turns: every warm pull is "within the TTL"
+        mirror = designs.start_mirror(workdir / "mirror-warm", bed, cache={"tag_ttl": 3600})
+        mirror_addr, local_addr = str(mirror.cfg.mirror.listen), f"127.0.0.1:{port}"
+        source = workdir / "mirror-warm" / "first"
+        pull(f"{mirror_addr}/{ref(image)}", source, netns=site.dc_netns, cert_dir=bed.trust)
         # the same bytes under the same digests: pushed as they are, not recompressed
         subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--preserve-digests",
-                                           "--dest-cert-dir", str(trust), f"dir:{source}",
-                                           f"docker://127.0.0.1:{port}/{ref_path}"], site.dc_netns),
+                                           "--dest-cert-dir", str(bed.trust), f"dir:{source}",
+                                           f"docker://{local_addr}/{ref(image)}"], site.dc_netns),
                        check=True, capture_output=True)
-        # a tag TTL longer than the turns: every warm pull is "within the TTL"
-        mirror, addr = start_mirror(workdir / "mirror-warm", site, upstream, cert, cache={"tag_ttl": 3600})
-        pull(f"{addr}/{ref_path}", workdir / "mirror-warm" / "first", netns=site.dc_netns, cert_dir=trust)
-        wait_until_quiet(upstream, quiet=1.5)
-        requests_before = upstream.stats()["request_count"]
+        wait_until_quiet(bed.upstream, quiet=1.5)
+        requests_before = bed.upstream.stats()["request_count"]
         warm, local = [], []
-        (workdir / "turns").mkdir()
         # one untimed pull from each first: the mirror's registry may still be writing the cold pull's copy,
         # the local one its push; the turns measure the steady state
-        for registry in (addr, f"127.0.0.1:{port}"):
-            pull(f"{registry}/{ref_path}", workdir / "turns" / "untimed", netns=site.dc_netns, cert_dir=trust)
-        for i in range(machines):  # in turns, each going first every other time
-            turn = [(warm, addr), (local, f"127.0.0.1:{port}")]
-            for times, registry in (turn if i % 2 == 0 else turn[::-1]):
-                times.append(pull(f"{registry}/{ref_path}", workdir / "turns" / f"machine{i}-{len(times)}",
-                                  netns=site.dc_netns, cert_dir=trust))
-        upstream_requests = upstream.stats()["request_count"] - requests_before
+        for address in (mirror_addr, local_addr):
+            pull(f"{address}/{ref(image)}", workdir / "turns" / "untimed", netns=site.dc_netns, cert_dir=bed.trust)
+        for i in range(turns):
+            turn = [(warm, mirror_addr), (local, local_addr)]
+            for times, address in (turn if i % 2 == 0 else turn[::-1]):
+                os.sync()
+                times.append(pull(f"{address}/{ref(image)}", workdir / "turns" / "machine", netns=site.dc_netns,
+                                  cert_dir=bed.trust))
+        upstream_requests = bed.upstream.stats()["request_count"] - requests_before
     finally:
         if mirror:
             mirror.stop()
         processes.stop(reg)
-    deploy_warm = seq["artifactory-mirror"][1:]
-    return {"direct_s": round(statistics.median(seq["direct"]), 2), "mirror_cold_s": round(statistics.median(cold), 2),
-            "mirror_cold_samples_s": [round(t, 2) for t in cold],
-            "mirror_warm_median_s": round(statistics.median(warm), 2),
-            "local_registry_median_s": round(statistics.median(local), 2),
-            "warm_pulls_upstream_requests": upstream_requests,
-            "mirror_warm_in_deploy_median_s": round(statistics.median(deploy_warm), 2) if deploy_warm else None,
-            "seed_cold_s": round(seq["seed design (registry + HAProxy)"][0], 2)}
+    return {"mirror_warm_s": [round(t, 2) for t in warm], "local_registry_s": [round(t, 2) for t in local],
+            "upstream_requests": upstream_requests}
 
 
-def report(rows: list[dict], single: dict, image_size: int, wan: bool, args, results_dir: Path) -> None:
-    link = f"{args.rate} WAN link (veth + tc tbf, two network namespaces)" if wan else "loopback"
-    lines = [f"# Deploying the {image_size / 1e6:.1f} MB image to {args.machines} machines over {link}", "",
-             f"Measured {time.strftime('%Y-%m-%d')} with `./run.sh bench{' --loopback' if not wan else ''} "
-             f"--rate {args.rate} --machines {args.machines}` on a 2-core machine. WAN bytes: "
-             f"{'the WAN interface counters' if wan else 'bytes the upstream sent'}.", "",
-             "| design | machines deploy | wall time | first pull | bytes on the WAN | x image | addon peak RSS |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['design']} | {r['mode']} | {r['wall_s']:.2f} s | {r['first_pull_s']:.2f} s | "
-                     f"{r['wan_bytes'] / 1e6:,.1f} MB | {r['wan_x_image']:.2f}x | "
-                     f"{str(r['addon_peak_mb']) + ' MB' if r['addon_peak_mb'] else '-'} |")
-    d, cold, warm, local = (single["direct_s"], single["mirror_cold_s"], single["mirror_warm_median_s"],
-                            single["local_registry_median_s"])
-    samples = ", ".join(f"{t:.2f}" for t in single["mirror_cold_samples_s"])
-    in_deploy = single["mirror_warm_in_deploy_median_s"]
-    deploy_warm = f"; the deploy's own warm pulls, 2 to {args.machines}: {in_deploy:.2f}" if in_deploy else ""
-    lines += ["", f"One machine's pull, seconds, medians: direct of {args.machines} pulls, mirror cold of "
-              f"{len(single['mirror_cold_samples_s'])} new mirrors ({samples}), mirror warm and plain local registry "
-              f"of {args.machines} pulls each, taken in turns after one untimed pull each "
-              f"({single['warm_pulls_upstream_requests']} upstream "
-              f"requests during the warm pulls{deploy_warm}); seed cold: its first pull:", "",
-              "| direct | seed design, cold | mirror, cold | mirror cold / direct | mirror, warm (tag cached) | "
-              "plain local registry | mirror warm / local |", "|---|---|---|---|---|---|---|",
-              f"| {d:.2f} | {single['seed_cold_s']:.2f} | {cold:.2f} | {cold / d:.2f}x | {warm:.2f} | {local:.2f} | "
-              f"{warm / local:.2f}x |"]
-    name = "wan" if wan else "loopback"
-    (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    for r in rows:
-        r["times"] = [round(t, 3) for t in r["times"]]
-    (results_dir / f"{name}.json").write_text(json.dumps({"runs": rows, "single_pull": single}, indent=1) + "\n")
-    print("\n".join(lines))
-    chart(rows, results_dir / f"{name}.png", link)
+def seed_images(upstream: UpstreamHarness, args) -> dict:
+    """Two images of the seed's shape (a 160 MB base layer, a 60 MB app layer) sharing no layer: one for the
+    single pulls, one for the deploys, so each design's deploy starts cold after its single pull."""
+    cache = Path(args.layer_cache)
+    images = {}
+    for i, (role, name) in enumerate((("single", "team/java-service"), ("deploy", "team/java-api"))):
+        layers = [seed.random_layer(cache, args.base_mb * seed.MIB, 2 * i + 1),
+                  seed.random_layer(cache, args.app_mb * seed.MIB, 2 * i + 2)]
+        images[role] = seed.build_image(name, "1.0", layers)
+        seed.push(upstream.registry_url, images[role])
+    return images
 
 
-def chart(rows: list[dict], path: Path, link: str) -> None:
+def run_site(site: Site, args, workdir: Path) -> dict:
+    net = Network(site.rate)
+    if site.wan:
+        net.up()
+    upstream = UpstreamHarness(workdir / "upstream", auth="basic", tls=True, netns=site.up_netns,
+                               host=site.up_host, control_host=site.control_host)
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("bench: matplotlib missing, no chart (./run.sh bench installs it)")
-        return
-    designs = list(dict.fromkeys(r["design"] for r in rows))
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
-    for ax, key, title in ((axes[0], "wan_x_image", "bytes on the WAN (x image size)"),
-                           (axes[1], "wall_s", "wall time of the whole deploy (s)")):
-        for j, mode in enumerate(modes):
-            values = [next(r[key] for r in rows if r["design"] == d and r["mode"] == mode) for d in designs]
-            bars = ax.bar([i + (j - 0.5) * width for i in range(len(designs))], values, width, label=mode)
-            ax.bar_label(bars, fmt="%.1f", fontsize=8)
-        ax.set_xticks(range(len(designs)), [d.replace(" (", "\n(") for d in designs], fontsize=8)
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{rows[0]['machines']} machines pull the seed's 220 MB image over {link}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"bench: chart {path}")
+        upstream.start()
+        images = seed_images(upstream, args)
+        cert = (str(workdir / "certs/mirror.crt"), str(workdir / "certs/mirror.key"))
+        certs.ensure_self_signed(*cert)
+        bed = Bed(site, upstream, cert, certs.write_trust_folder(cert[0], cert[0]),
+                  certs.write_trust_folder(upstream.ca_file, upstream.ca_file))
+        size = images["deploy"].size
+        floor = site.floor_s(size)
+        print(f"bench: {site.name}: images {images['single'].size / 1e6:.1f} and {size / 1e6:.1f} MB, "
+              f"{args.machines} machines, {args.rounds} rounds"
+              + (f", {site.rate} link (tc tbf): floor {floor:.2f} s per image" if site.wan else ""), flush=True)
+        rows = []
+        for index in range(args.rounds):
+            order = DESIGNS if index % 2 == 0 else DESIGNS[::-1]
+            rows += one_round(index, order, bed, images, args, workdir)
+        result = {"site": site.name, "rate": site.rate if site.wan else None, "machines": args.machines,
+                  "rounds": args.rounds, "image_bytes": size, "floor_s": floor, "runs": rows,
+                  "capacity": capacity(bed, images, args.capacity, workdir) if site.wan else [],
+                  "warm_against_local": warm_against_local(bed, images["single"], args.turns, workdir / "warm")}
+        return result
+    finally:
+        upstream.stop()
+        if site.wan:
+            net.down()
 
 
 def main() -> int:
@@ -426,13 +225,42 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default="200mbit", help="WAN rate for tc tbf (default 200mbit)")
     parser.add_argument("--machines", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every design (default 3)")
+    parser.add_argument("--quick", action="store_true", help="one round, a shorter capacity sweep")
+    parser.add_argument("--only", choices=("wan", "loopback"), help="one site (default: the WAN, then loopback)")
+    parser.add_argument("--capacity", default="1,10,20,40",
+                        help="concurrent cold pulls through the mirror on the WAN (default 1,10,20,40)")
+    parser.add_argument("--turns", type=int, default=6, help="warm pulls against a plain local registry")
     parser.add_argument("--base-mb", type=int, default=160)
     parser.add_argument("--app-mb", type=int, default=60)
-    parser.add_argument("--cold-rounds", type=int, default=3, help="cold pulls through new mirrors (median)")
-    parser.add_argument("--loopback", action="store_true", help="skip namespaces: loopback, upstream byte counts")
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
-    return run(parser.parse_args())
+    args = parser.parse_args()
+    args.capacity = [int(n) for n in args.capacity.split(",")]
+    if args.quick:
+        args.rounds, args.capacity, args.turns = 1, [n for n in args.capacity if n <= args.machines], 2
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    sites = []
+    if args.only != "loopback":
+        why_not = namespaces_available()
+        if why_not is None:
+            sites.append(Site(wan=True, rate=args.rate))
+        elif args.only == "wan":
+            print(f"bench: network namespaces unavailable ({why_not}): no WAN", file=sys.stderr)
+            return 1
+        else:
+            print(f"bench: network namespaces unavailable ({why_not}): loopback only")
+    if args.only != "wan":
+        sites.append(Site(wan=False, rate=args.rate))
+    started = time.monotonic()
+    for site in sites:
+        workdir = Path(args.workdir) / site.name
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        report.save(run_site(site, args, workdir), results_dir, quick=args.quick)
+    print(f"bench: done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | 
          tls_verify: bool = True, timeout: float = 600, netns: str | None = None) -> float:
     """Copy `host:port/name:tag` into `dest` (emptied first); return the wall time in seconds."""
     shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     args = ["skopeo", "--insecure-policy", "copy", "--retry-times", "0"]
     if cert_dir:
         args += ["--src-cert-dir", str(cert_dir)]

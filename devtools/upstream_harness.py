@@ -12,10 +12,11 @@ from pathlib import Path
 import yaml
 
 from devtools.ports import free_port, plain_registry_config
-from registry_mirror import processes
+from registry_mirror import certs, processes
 
 CONTROL_TIMEOUT = 60
 
+TLS_NAME = "artifactory.test"  # a DNS name its certificate holds besides its address (nginx checks names only)
 FRONT_ADDON = Path(__file__).resolve().with_name("artifactory_front.py")
 
 
@@ -33,13 +34,19 @@ class UpstreamHarness:
     host: str = "127.0.0.1"  # where clients (the mirror) reach the front
     netns: str | None = None  # run inside this network namespace...
     control_host: str = "127.0.0.1"  # ...reached by this driver here (stats, seeding, readiness)
+    tls: bool = False  # serve HTTPS, as Artifactory does, with a certificate of its own (`ca_file`)
     front_port: int = 0
     registry_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.front_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.front_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """The front's self-signed certificate, which its TLS clients trust."""
+        return str(self.workdir / "front.crt")
 
     @property
     def registry_url(self) -> str:
@@ -72,6 +79,8 @@ class UpstreamHarness:
                 "--set", "front_root_v2=true"]
         if self.realm:
             args += ["--set", f"front_realm={self.realm}"]
+        if self.tls:  # mitmproxy tells TLS from plain HTTP per connection: the control calls stay plain
+            args += ["--set", f"certs=*={self._certificate_pem()}"]
         log = self.workdir / "upstream-front.log"
         front = processes.start(args, log, netns=self.netns)
         self.procs.append(front)
@@ -79,6 +88,15 @@ class UpstreamHarness:
         processes.wait_until_ready(f"http://{ready_host}:{self.front_port}/_front/ready", front,
                                    what="upstream front", log_path=log, netns=self.netns)
         return self
+
+    def _certificate_pem(self) -> Path:
+        """Certificate and key in one file, as mitmproxy's `certs` option takes them."""
+        key = self.workdir / "front.key"
+        certs.ensure_self_signed(self.ca_file, str(key), extra_names=(self.host, TLS_NAME))
+        pem = self.workdir / "front.pem"
+        pem.write_bytes(Path(self.ca_file).read_bytes() + key.read_bytes())
+        pem.chmod(0o600)
+        return pem
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -1,0 +1,250 @@
+"""The designs the bench compares, each started in the data center as a user would deploy it (TLS toward the
+machines and toward the upstream), and stopped by its PIDs.
+
+- direct: the machines pull from the upstream itself, with its credentials.
+- seed design: the stock registry in proxy mode behind HAProxy, which rewrites `/v2/` to the repository path and
+  adds a fixed Basic header (the seed's write-up).
+- artifactory-mirror: this mirror; and two replicas sharing one storage folder and a redis-server, taken in
+  turn by the machines as a round-robin load balancer would.
+- nginx cache: a caching reverse proxy with `proxy_cache_lock` (rpardini/docker-registry-proxy's design): the
+  same rewrite and credential, one upstream fetch per blob, followers wait until it is cached.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.network import Site
+from devtools.demo import peak_rss_mb
+from devtools.ports import free_port, plain_registry_config
+from devtools.redis_server import RedisServer
+from devtools.upstream_harness import TLS_NAME, UpstreamHarness
+from registry_mirror import processes
+from registry_mirror.config import load
+from registry_mirror.supervisor import Mirror
+
+DIRECT, SEED, MIRROR, REPLICAS, NGINX = ("direct", "seed design (registry + HAProxy)", "artifactory-mirror",
+                                         "artifactory-mirror, 2 replicas + redis", "nginx cache (proxy_cache_lock)")
+DESIGNS = (DIRECT, SEED, MIRROR, REPLICAS, NGINX)
+SLUGS = dict(zip(DESIGNS, ("direct", "seed", "mirror", "replicas", "nginx"), strict=True))  # folder names
+CACHING = DESIGNS[1:]  # the designs a warm deploy is measured for
+LOCK_SECONDS = 880  # rpardini/docker-registry-proxy's proxy_cache_lock timeout and age: the largest blob's fetch
+
+
+@dataclass
+class Bed:
+    """What every design is started with."""
+    site: Site
+    upstream: UpstreamHarness
+    cert: tuple[str, str]  # the data center's certificate and key (self-signed)
+    trust: Path  # the machines' trust folder for `cert`
+    upstream_trust: Path  # ... and for the upstream's certificate (direct pulls)
+
+    @property
+    def upstream_host(self) -> str:
+        return f"{self.site.up_host}:{self.upstream.front_port}"
+
+    @property
+    def basic(self) -> str:
+        return base64.b64encode(f"{self.upstream.username}:{self.upstream.password}".encode()).decode()
+
+
+@dataclass
+class Running:
+    """A started design: the addresses the machines pull from, taken in turn, and what it runs on."""
+    addresses: list[str]
+    pull_args: dict
+    procs: list = field(default_factory=list)  # processes.start's Popen objects, stopped in reverse
+    mirrors: list[Mirror] = field(default_factory=list)
+    redis: RedisServer | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        """The data center's processes of this design: its CPU time is their CPU time (and their children's)."""
+        return ([p.pid for p in self.procs] + [p.pid for m in self.mirrors for p in (m.mitm, m.registry)]
+                + ([self.redis.proc.pid] if self.redis else []))
+
+    def addon_peak_mb(self) -> float | None:
+        return max((peak_rss_mb(m.mitm.pid) for m in self.mirrors), default=None)
+
+    def stop(self) -> None:
+        for mirror in self.mirrors:
+            mirror.stop()
+        if self.redis:
+            self.redis.stop()
+        for proc in reversed(self.procs):
+            processes.stop(proc)
+
+
+def start(design: str, workdir: Path, bed: Bed) -> Running:
+    workdir.mkdir(parents=True, exist_ok=True)
+    running = Running([], {"cert_dir": bed.trust})
+    try:
+        STARTERS[design](workdir, bed, running)
+    except BaseException:  # nothing it started outlives it
+        running.stop()
+        raise
+    return running
+
+
+def _direct(workdir: Path, bed: Bed, running: Running) -> None:
+    running.addresses = [bed.upstream_host]
+    running.pull_args = {"cert_dir": bed.upstream_trust,
+                         "creds": f"{bed.upstream.username}:{bed.upstream.password}"}
+
+
+def _seed(workdir: Path, bed: Bed, running: Running) -> None:
+    ha_port, reg_port = free_port(), free_port()
+    config = workdir / "haproxy.cfg"
+    config.touch(mode=0o600)  # it holds the credential
+    config.write_text(f"""global
+  maxconn 2000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+frontend mirror_in
+  bind 127.0.0.1:{ha_port}
+  default_backend artifactory
+backend artifactory
+  http-request replace-path ^/v2/(.*) /artifactory/api/docker/{bed.upstream.repository}/v2/\\1
+  http-request set-header Host {bed.upstream_host}
+  http-request set-header Authorization "Basic {bed.basic}"
+  server art {bed.upstream_host} ssl verify required ca-file {bed.upstream.ca_file}
+""")
+    netns = bed.site.dc_netns
+    running.procs.append(processes.start(["haproxy", "-f", str(config)], workdir / "haproxy.log", netns=netns))
+    # the stock registry panics at start if its remote refuses the connection
+    processes.wait_for_port("127.0.0.1", ha_port, running.procs[0], what="HAProxy", netns=netns)
+    cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
+    cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
+    cfg["http"]["tls"] = {"certificate": bed.cert[0], "key": bed.cert[1]}
+    (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
+    running.procs.append(processes.start([processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")],
+                                         workdir / "seed-registry.log", netns=netns))
+    processes.wait_for_port("127.0.0.1", reg_port, running.procs[1], what="seed-design registry", netns=netns)
+    running.addresses = [f"127.0.0.1:{reg_port}"]
+
+
+def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: dict | None = None,
+                 cache: dict | None = None) -> Mirror:
+    """One mirror; with `storage` and `scale`, one replica of several sharing them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "mirror.yaml"
+    cfg_path.touch(mode=0o600)
+    up = bed.upstream
+    cfg_path.write_text(yaml.safe_dump({
+        "upstream": {"url": f"https://{bed.upstream_host}", "repository": up.repository, "ca_file": up.ca_file,
+                     "username": up.username, "password": up.password},
+        "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(storage or workdir / "mirror-storage"),
+                   "tls_cert": bed.cert[0], "tls_key": bed.cert[1]},
+        "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
+        "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
+        **({"scale": scale} if scale else {})}))
+    mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=bed.site.dc_netns)
+    try:
+        mirror.start()
+    except BaseException:
+        mirror.stop()  # whatever of it started
+        raise
+    return mirror
+
+
+def _mirror(workdir: Path, bed: Bed, running: Running) -> None:
+    running.mirrors.append(start_mirror(workdir, bed))
+    running.addresses = [str(running.mirrors[0].cfg.mirror.listen)]
+
+
+def _replicas(workdir: Path, bed: Bed, running: Running, count: int = 2) -> None:
+    running.redis = RedisServer(workdir / "redis", netns=bed.site.dc_netns).start()
+    for i in range(count):
+        running.mirrors.append(start_mirror(workdir / f"replica{i}", bed, workdir / "shared-storage",
+                                            {"redis": running.redis.address, "listen": "127.0.0.1"}))
+    running.addresses = [str(m.cfg.mirror.listen) for m in running.mirrors]
+
+
+def nginx_config(workdir: Path, port: int, bed: Bed) -> str:
+    """rpardini/docker-registry-proxy's caching, reduced to one upstream: blobs and manifests by digest cached
+    for 60 days, everything else for a second, a cache lock long enough for the largest blob."""
+    up, repo = bed.upstream, bed.upstream.repository
+    location = f"""proxy_pass https://artifactory/artifactory/api/docker/{repo}/v2/$1$is_args$args;"""
+    return f"""worker_processes auto;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/client-body;
+  proxy_temp_path {workdir}/proxy-temp;
+  proxy_cache_path {workdir}/cache levels=1:2 keys_zone=registry:16m max_size=50g inactive=60d use_temp_path=off;
+  upstream artifactory {{ server {bed.upstream_host}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {bed.cert[0]};
+    ssl_certificate_key {bed.cert[1]};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host {bed.upstream_host};
+    proxy_set_header Authorization "Basic {bed.basic}";
+    proxy_ssl_verify on;
+    proxy_ssl_trusted_certificate {up.ca_file};
+    proxy_ssl_name {TLS_NAME};
+    proxy_ssl_session_reuse on;
+    proxy_read_timeout {LOCK_SECONDS}s;
+    proxy_cache registry;
+    proxy_cache_lock on;
+    proxy_cache_lock_timeout {LOCK_SECONDS}s;
+    proxy_cache_lock_age {LOCK_SECONDS}s;
+    proxy_ignore_headers Cache-Control Expires Set-Cookie;
+    proxy_cache_key $uri$http_accept;
+    location ~ "^/v2/(.*/blobs/sha256:[0-9a-f]{{64}})$" {{ proxy_cache_key $uri; proxy_cache_valid 200 60d; {location} }}
+    location ~ "^/v2/(.*/manifests/sha256:[0-9a-f]{{64}})$" {{ proxy_cache_valid 200 60d; {location} }}
+    location ~ ^/v2/(.*)$ {{ proxy_cache_valid 200 1s; {location} }}
+  }}
+}}
+"""
+
+
+def _nginx(workdir: Path, bed: Bed, running: Running) -> None:
+    port = free_port()
+    config = workdir / "nginx.conf"
+    config.touch(mode=0o600)  # it holds the credential
+    config.write_text(nginx_config(workdir, port, bed))
+    running.procs.append(processes.start(["nginx", "-c", str(config), "-p", str(workdir)], workdir / "nginx.log",
+                                         netns=bed.site.dc_netns))
+    processes.wait_for_port("127.0.0.1", port, running.procs[0], what="nginx", log_path=workdir / "nginx.log",
+                            netns=bed.site.dc_netns)
+    running.addresses = [f"127.0.0.1:{port}"]
+
+
+STARTERS: dict[str, Callable[[Path, Bed, Running], None]] = {
+    DIRECT: _direct, SEED: _seed, MIRROR: _mirror, REPLICAS: _replicas, NGINX: _nginx}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and of all their descendants, alive or reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it exited meanwhile
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))  # ppid; u+s+cu+cs
+    todo, seen, total = list(pids), set(), 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo += [child for child, (ppid, _) in stats.items() if ppid == pid]
+    return total / tick

@@ -1,0 +1,156 @@
+"""Where the bench runs: two network namespaces joined by a shaped WAN link, or loopback; the link's counters."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+UP_NS, DC_NS = "amb-up", "amb-dc"
+WAN_UP, WAN_DC = "10.77.0.1", "10.77.0.2"
+CTL_UP = ("10.78.0.1", "10.78.0.2")  # the driver's control link to the upstream: (root side, namespace side)
+UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def bits_per_second(rate: str) -> float:
+    """tc's rate spelling (`200mbit`, `1gbit`) in bits per second."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.lower())
+    if not match:
+        raise ValueError(f"--rate {rate!r}: expected tc's spelling of bits per second, e.g. 200mbit or 1gbit")
+    return float(match[1]) * UNITS[match[2]]
+
+
+class Network:
+    """The two namespaces, the shaped WAN link between them, and the driver's control link."""
+
+    def __init__(self, rate: str):
+        self.rate = rate
+
+    def up(self) -> None:
+        self.down()
+        for ns in (UP_NS, DC_NS):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "wan-up", "netns", UP_NS, "type", "veth", "peer", "name", "wan-dc", "netns", DC_NS)
+        sh("ip", "-n", UP_NS, "addr", "add", f"{WAN_UP}/24", "dev", "wan-up")
+        sh("ip", "-n", DC_NS, "addr", "add", f"{WAN_DC}/24", "dev", "wan-dc")
+        for ns, dev in ((UP_NS, "wan-up"), (DC_NS, "wan-dc")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            # both directions shaped; the queue bound keeps latency sane under load
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
+               "burst", "256kb", "latency", "100ms")
+        sh("ip", "link", "add", "ctl-up", "type", "veth", "peer", "name", "ctl", "netns", UP_NS)
+        sh("ip", "addr", "add", f"{CTL_UP[0]}/24", "dev", "ctl-up")
+        sh("ip", "link", "set", "ctl-up", "up")
+        sh("ip", "-n", UP_NS, "addr", "add", f"{CTL_UP[1]}/24", "dev", "ctl")
+        sh("ip", "-n", UP_NS, "link", "set", "ctl", "up")
+
+    @staticmethod
+    def down() -> None:
+        for ns in (UP_NS, DC_NS):
+            sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", "ctl-up", check=False)
+
+    @staticmethod
+    def wan_bytes() -> int:
+        """Bytes (frames, headers included) sent from the upstream's side of the WAN link to the data center."""
+        out = sh("ip", "-n", UP_NS, "-j", "-s", "link", "show", "dev", "wan-up").stdout
+        return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+
+
+def namespaces_available() -> str | None:
+    """Why namespaces cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not shutil.which("ip") or not shutil.which("tc"):
+        return "iproute2 (ip, tc) missing"
+    probe = sh("ip", "netns", "add", "amb-probe", check=False)
+    sh("ip", "netns", "del", "amb-probe", check=False)
+    return None if probe.returncode == 0 else f"ip netns add failed: {probe.stderr.strip()}"
+
+
+@dataclass
+class Site:
+    """Where things run and how the driver reaches them."""
+    wan: bool
+    rate: str  # the WAN link's (tc's spelling); unused on loopback
+
+    @property
+    def name(self) -> str:
+        return "wan" if self.wan else "loopback"
+
+    @property
+    def dc_netns(self) -> str | None:
+        return DC_NS if self.wan else None
+
+    @property
+    def up_netns(self) -> str | None:
+        return UP_NS if self.wan else None
+
+    @property
+    def up_host(self) -> str:
+        """How the data center reaches the upstream."""
+        return WAN_UP if self.wan else "127.0.0.1"
+
+    @property
+    def control_host(self) -> str:
+        """How this driver reaches the upstream."""
+        return CTL_UP[1] if self.wan else "127.0.0.1"
+
+    def floor_s(self, image_bytes: int) -> float | None:
+        """The link's floor for one image: its bytes over the link rate (None on loopback)."""
+        return image_bytes * 8 / bits_per_second(self.rate) if self.wan else None
+
+
+class LinkSampler:
+    """Samples the WAN link's byte counter while a deploy runs: how fully the transfer used the link."""
+
+    PERIOD = 0.1
+
+    def __init__(self, rate: str):
+        self.capacity = bits_per_second(rate) / 8  # bytes per second
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "LinkSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), Network.wan_bytes()))
+            self._stop.wait(self.PERIOD)
+
+    def utilisation(self) -> dict:
+        """Over the transfer (from the first sample after bytes began to move to the last one where they
+        still moved): the mean share of the link's rate used, and the lowest of its whole seconds."""
+        moving = [i for i in range(1, len(self.samples)) if self.samples[i][1] > self.samples[i - 1][1]]
+        if len(moving) < 2:
+            return {"mean": None, "lowest_second": None, "transfer_s": 0.0}
+        first, last = moving[0], moving[-1]  # sample `first` is the first to end a moving interval
+        (t0, b0), (t1, b1) = self.samples[first - 1], self.samples[last]
+        mean = (b1 - b0) / (t1 - t0) / self.capacity
+        seconds = []
+        i = first - 1
+        while True:  # whole seconds inside the transfer
+            j = next((k for k in range(i + 1, last + 1) if self.samples[k][0] - self.samples[i][0] >= 1.0), None)
+            if j is None:
+                break
+            (ta, ba), (tb, bb) = self.samples[i], self.samples[j]
+            seconds.append((bb - ba) / (tb - ta) / self.capacity)
+            i = j
+        return {"mean": round(mean, 3), "lowest_second": round(min(seconds), 3) if seconds else None,
+                "transfer_s": round(t1 - t0, 2)}

@@ -1,0 +1,149 @@
+"""The bench's results: medians with every sample, the targets, the capacity sweep; printed and saved as
+bench/results/<site>.md, .json and .png."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from bench.designs import DESIGNS, DIRECT, MIRROR, NGINX
+
+CAPACITY_SHARE = 0.90  # the link's share a capacity figure must keep
+
+
+def samples(result: dict, design: str, scenario: str, key: str = "wall_s") -> list[float]:
+    return [r[scenario][key] for r in result["runs"] if r["design"] == design and scenario in r]
+
+
+def median(result: dict, design: str, scenario: str, key: str = "wall_s") -> float | None:
+    values = samples(result, design, scenario, key)
+    return statistics.median(values) if values else None
+
+
+def cell(result: dict, design: str, scenario: str) -> str:
+    """`median s (x floor) [every sample]`."""
+    values = samples(result, design, scenario)
+    if not values:
+        return "-"
+    mid, floor = statistics.median(values), result["floor_s"]
+    text = f"{mid:.2f} s" + (f" ({mid / floor:.2f}x floor)" if floor and scenario != "warm" else "")
+    return text + (f" [{', '.join(f'{v:.2f}' for v in values)}]" if len(values) > 1 else "")
+
+
+def targets(result: dict) -> list[tuple[str, float, float]]:
+    """(what, measured ratio, the bound it must not exceed)."""
+    m = result["machines"]
+    mirror_cold, nginx_cold = median(result, MIRROR, "cold"), median(result, NGINX, "cold")
+    mirror_one, direct_one = median(result, MIRROR, "single"), median(result, DIRECT, "single")
+    if result["floor_s"]:
+        return [(f"{m} at once, cold: mirror / link floor", mirror_cold / result["floor_s"], 1.10),
+                (f"{m} at once, cold: mirror / nginx cache", mirror_cold / nginx_cold, 0.85),
+                ("one cold pull: mirror / direct", mirror_one / direct_one, 1.05)]
+    return [("one cold pull: mirror / direct (TLS)", mirror_one / direct_one, 1.25),
+            (f"{m} at once, cold: mirror / nginx cache", mirror_cold / nginx_cold, 1.00)]
+
+
+def capacity_lines(result: dict) -> list[str]:
+    rows = result["capacity"]
+    if not rows:
+        return []
+    kept = [r["machines"] for r in rows if (r["link"]["mean"] or 0) >= CAPACITY_SHARE]
+    lines = ["", f"Capacity on the WAN: the mirror serving n cold pulls at once, the link's use sampled every "
+             f"0.1 s over the transfer (its frames, headers included, against the {result['rate']} rate):", "",
+             "| cold pulls at once | wall time | bytes on the WAN | link used, mean | lowest whole second |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        link = r["link"]
+        lowest = f"{link['lowest_second']:.0%}" if link["lowest_second"] is not None else "-"
+        lines.append(f"| {r['machines']} | {r['wall_s']:.2f} s ({r['wall_s'] / result['floor_s']:.2f}x floor) | "
+                     f"{r['wan_x_image']:.2f}x image | {link['mean']:.0%} | {lowest} |")
+    most = max(kept) if kept else None
+    lines += ["", f"The link stays at >= {CAPACITY_SHARE:.0%} of its rate with up to "
+              f"{most} concurrent cold pulls (of those tried)." if most else
+              f"The link fell below {CAPACITY_SHARE:.0%} of its rate at every count tried."]
+    return lines
+
+
+def markdown(result: dict, quick: bool) -> str:
+    m, size, floor = result["machines"], result["image_bytes"], result["floor_s"]
+    site = (f"a {result['rate']} WAN link (veth + tc tbf, two network namespaces, MTU 1500)" if floor
+            else "loopback")
+    command = f"./run.sh bench{' --quick' if quick else ''} --only {result['site']}"
+    lines = [f"# {m} machines pull the {size / 1e6:.1f} MB image over {site}", "",
+             f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on a 2-core machine: {result['rounds']} "
+             f"round(s), the designs' order alternating, a `sync` before each timed pull; every design serves "
+             f"TLS to the machines and reaches the upstream over TLS. Medians, every sample in brackets."
+             + (f" The link's floor for the image (its bytes over the link rate): **{floor:.2f} s**." if floor else ""),
+             "", f"| design | one cold pull | {m} at once, cold | {m} at once, warm | bytes on the WAN, cold "
+             f"| CPU s per GB served, cold / warm | addon peak RSS |", "|---|---|---|---|---|---|---|"]
+    for design in DESIGNS:
+        if not samples(result, design, "cold"):
+            continue
+        wan = median(result, design, "cold", "wan_x_image")
+        cpu = "-" if design == DIRECT else " / ".join(
+            f"{median(result, design, s, 'cpu_s_per_gb'):.2f}" for s in ("cold", "warm"))
+        peaks = [r["addon_peak_mb"] for r in result["runs"] if r["design"] == design and r["addon_peak_mb"]]
+        lines.append(f"| {design} | {cell(result, design, 'single')} | {cell(result, design, 'cold')} | "
+                     f"{cell(result, design, 'warm')} | {wan:.2f}x image | {cpu} | "
+                     f"{f'{max(peaks):.0f} MB' if peaks else '-'} |")
+    lines += ["", "| target | measured | bound | met |", "|---|---|---|---|"]
+    lines += [f"| {what} | {value:.2f}x | <= {bound:.2f}x | {'yes' if value <= bound else '**no**'} |"
+              for what, value, bound in targets(result)]
+    lines += capacity_lines(result)
+    warm = result["warm_against_local"]
+    mirror_warm, local = statistics.median(warm["mirror_warm_s"]), statistics.median(warm["local_registry_s"])
+    lines += ["", f"One machine's warm pull of the other image through the mirror (tag cached) taking turns with a "
+              f"pull from a plain local registry holding the same image: mirror {mirror_warm:.2f} s "
+              f"{warm['mirror_warm_s']}, local {local:.2f} s {warm['local_registry_s']}: "
+              f"{mirror_warm / local:.2f}x; {warm['upstream_requests']} upstream requests during the warm pulls."]
+    return "\n".join(lines) + "\n"
+
+
+def save(result: dict, results_dir: Path, quick: bool) -> None:
+    name = result["site"] + ("-quick" if quick else "")
+    text = markdown(result, quick)
+    (results_dir / f"{name}.md").write_text(text)
+    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(text)
+    chart(result, results_dir / f"{name}.png")
+
+
+def chart(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing, no chart (./run.sh bench installs it)")
+        return
+    present = [d for d in DESIGNS if samples(result, d, "cold")]
+    labels = [d.replace(" (", "\n(").replace(", ", ",\n") for d in present]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    panels = ((axes[0], (("single", "one cold pull"),), "one machine's cold pull (s)"),
+              (axes[1], (("cold", "cold"), ("warm", "warm")), f"{result['machines']} machines at once (s)"))
+    for ax, scenarios, title in panels:
+        width = 0.8 / len(scenarios)
+        for j, (scenario, label) in enumerate(scenarios):
+            xs = [i + (j - (len(scenarios) - 1) / 2) * width for i in range(len(present))]
+            values = [median(result, d, scenario) or 0 for d in present]
+            bars = ax.bar(xs, values, width, label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+            for x, d in zip(xs, present, strict=True):
+                points = samples(result, d, scenario)
+                ax.plot([x] * len(points), points, "k.", markersize=3)
+        if result["floor_s"]:
+            ax.axhline(result["floor_s"], color="grey", linestyle="--", linewidth=1)
+            ax.text(len(present) - 0.5, result["floor_s"], f"link floor {result['floor_s']:.1f} s", fontsize=7,
+                    ha="right", va="bottom", color="grey")
+        ax.set_xticks(range(len(present)), labels, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        if len(scenarios) > 1:
+            ax.legend(fontsize=8)
+    where = f"a {result['rate']} WAN (tc tbf)" if result["floor_s"] else "loopback"
+    fig.suptitle(f"the {result['image_bytes'] / 1e6:.0f} MB image over {where}, TLS everywhere; "
+                 f"medians of {result['rounds']} round(s), dots: samples", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"bench: chart {path}")
+
