@@ -61,19 +61,20 @@ def measured_deploy(running: designs.Running, ref_path: str, machines: int, work
                     image_bytes: int) -> dict:
     """One deploy after a `sync`: its wall time, each pull's, the bytes that crossed the WAN, how fully the link
     was used, and the CPU seconds the design's processes spent (until the upstream went quiet) per GB served."""
-    counter = bytes_counter(bed)
+    counter, parts = bytes_counter(bed), running.parts
     wait_until_quiet(bed.upstream, quiet=0.5)
     os.sync()
-    before_bytes, before_cpu = counter(), designs.cpu_seconds(running.pids)
+    before_bytes, before_cpu = counter(), {name: designs.cpu_seconds(pids) for name, pids in parts.items()}
     with LinkSampler(bed.site.rate) if bed.site.wan else nullcontext() as sampler:
         started = time.monotonic()
         times = deploy(running, ref_path, machines, workdir, bed.site)
         wall = time.monotonic() - started
         wait_until_quiet(bed.upstream, quiet=1.5)  # the stock registry's background fetches
-    cpu = designs.cpu_seconds(running.pids) - before_cpu
+    cpu_parts = {name: round(designs.cpu_seconds(pids) - before_cpu[name], 2) for name, pids in parts.items()}
+    cpu = sum(cpu_parts.values())
     wan_bytes = counter() - before_bytes
     return {"wall_s": round(wall, 2), "times": [round(t, 2) for t in times], "wan_bytes": wan_bytes,
-            "wan_x_image": round(wan_bytes / image_bytes, 3), "cpu_s": round(cpu, 2),
+            "wan_x_image": round(wan_bytes / image_bytes, 3), "cpu_s": round(cpu, 2), "cpu_parts_s": cpu_parts,
             "cpu_s_per_gb": round(cpu / (machines * image_bytes / GB), 2),
             "link": sampler.utilisation() if sampler else None}
 
@@ -207,7 +208,7 @@ def run_site(site: Site, args, workdir: Path) -> dict:
               + (f", {site.rate} link (tc tbf): floor {floor:.2f} s per image" if site.wan else ""), flush=True)
         rows = []
         for index in range(args.rounds):
-            order = DESIGNS if index % 2 == 0 else DESIGNS[::-1]
+            order = args.designs if index % 2 == 0 else args.designs[::-1]
             rows += one_round(index, order, bed, images, args, workdir)
         result = {"site": site.name, "rate": site.rate if site.wan else None, "machines": args.machines,
                   "rounds": args.rounds, "image_bytes": size, "floor_s": floor, "runs": rows,
@@ -228,6 +229,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every design (default 3)")
     parser.add_argument("--quick", action="store_true", help="one round, a shorter capacity sweep")
     parser.add_argument("--only", choices=("wan", "loopback"), help="one site (default: the WAN, then loopback)")
+    parser.add_argument("--designs", default=",".join(designs.SLUGS.values()),
+                        help=f"which designs, by name (default all: {','.join(designs.SLUGS.values())})")
     parser.add_argument("--capacity", default="1,10,20,40",
                         help="concurrent cold pulls through the mirror on the WAN (default 1,10,20,40)")
     parser.add_argument("--turns", type=int, default=6, help="warm pulls against a plain local registry")
@@ -236,7 +239,12 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
     args = parser.parse_args()
-    args.capacity = [int(n) for n in args.capacity.split(",")]
+    args.capacity = [int(n) for n in args.capacity.split(",") if n]
+    by_slug = {slug: design for design, slug in designs.SLUGS.items()}
+    unknown = [d for d in args.designs.split(",") if d not in by_slug]
+    if unknown:
+        parser.error(f"--designs: unknown {', '.join(unknown)}; the designs are {', '.join(by_slug)}")
+    args.designs = tuple(d for d in DESIGNS if designs.SLUGS[d] in args.designs.split(","))
     if args.quick:
         args.rounds, args.capacity, args.turns = 1, [n for n in args.capacity if n <= args.machines], 2
     results_dir = ROOT / "bench" / "results"

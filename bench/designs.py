@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,15 +60,20 @@ class Running:
     """A started design: the addresses the machines pull from, taken in turn, and what it runs on."""
     addresses: list[str]
     pull_args: dict
-    procs: list = field(default_factory=list)  # processes.start's Popen objects, stopped in reverse
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # by name, stopped in reverse
     mirrors: list[Mirror] = field(default_factory=list)
     redis: RedisServer | None = None
 
     @property
-    def pids(self) -> list[int]:
-        """The data center's processes of this design: its CPU time is their CPU time (and their children's)."""
-        return ([p.pid for p in self.procs] + [p.pid for m in self.mirrors for p in (m.mitm, m.registry)]
-                + ([self.redis.proc.pid] if self.redis else []))
+    def parts(self) -> dict[str, list[int]]:
+        """The data center's processes of this design by part: its CPU time is theirs (and their children's)."""
+        parts = {name: [proc.pid] for name, proc in self.procs.items()}
+        if self.mirrors:
+            parts["addon"] = [m.mitm.pid for m in self.mirrors]
+            parts["registry"] = [m.registry.pid for m in self.mirrors]
+        if self.redis:
+            parts["redis"] = [self.redis.proc.pid]
+        return parts
 
     def addon_peak_mb(self) -> float | None:
         return max((peak_rss_mb(m.mitm.pid) for m in self.mirrors), default=None)
@@ -77,7 +83,7 @@ class Running:
             mirror.stop()
         if self.redis:
             self.redis.stop()
-        for proc in reversed(self.procs):
+        for proc in reversed(self.procs.values()):
             processes.stop(proc)
 
 
@@ -119,16 +125,18 @@ backend artifactory
   server art {bed.upstream_host} ssl verify required ca-file {bed.upstream.ca_file}
 """)
     netns = bed.site.dc_netns
-    running.procs.append(processes.start(["haproxy", "-f", str(config)], workdir / "haproxy.log", netns=netns))
+    haproxy = running.procs["HAProxy"] = processes.start(["haproxy", "-f", str(config)], workdir / "haproxy.log",
+                                                          netns=netns)
     # the stock registry panics at start if its remote refuses the connection
-    processes.wait_for_port("127.0.0.1", ha_port, running.procs[0], what="HAProxy", netns=netns)
+    processes.wait_for_port("127.0.0.1", ha_port, haproxy, what="HAProxy", netns=netns)
     cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
     cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
     cfg["http"]["tls"] = {"certificate": bed.cert[0], "key": bed.cert[1]}
     (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
-    running.procs.append(processes.start([processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")],
-                                         workdir / "seed-registry.log", netns=netns))
-    processes.wait_for_port("127.0.0.1", reg_port, running.procs[1], what="seed-design registry", netns=netns)
+    registry = running.procs["registry"] = processes.start(
+        [processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")], workdir / "seed-registry.log",
+        netns=netns)
+    processes.wait_for_port("127.0.0.1", reg_port, registry, what="seed-design registry", netns=netns)
     running.addresses = [f"127.0.0.1:{reg_port}"]
 
 
@@ -204,7 +212,9 @@ http {{
     proxy_cache_lock_age {LOCK_SECONDS}s;
     proxy_ignore_headers Cache-Control Expires Set-Cookie;
     proxy_cache_key $uri$http_accept;
-    location ~ "^/v2/(.*/blobs/sha256:[0-9a-f]{{64}})$" {{ proxy_cache_key $uri; proxy_cache_valid 200 60d; {location} }}
+    location ~ "^/v2/(.*/blobs/sha256:[0-9a-f]{{64}})$" {{
+      proxy_cache_key $uri; proxy_cache_valid 200 60d; {location}
+    }}
     location ~ "^/v2/(.*/manifests/sha256:[0-9a-f]{{64}})$" {{ proxy_cache_valid 200 60d; {location} }}
     location ~ ^/v2/(.*)$ {{ proxy_cache_valid 200 1s; {location} }}
   }}
@@ -217,9 +227,9 @@ def _nginx(workdir: Path, bed: Bed, running: Running) -> None:
     config = workdir / "nginx.conf"
     config.touch(mode=0o600)  # it holds the credential
     config.write_text(nginx_config(workdir, port, bed))
-    running.procs.append(processes.start(["nginx", "-c", str(config), "-p", str(workdir)], workdir / "nginx.log",
-                                         netns=bed.site.dc_netns))
-    processes.wait_for_port("127.0.0.1", port, running.procs[0], what="nginx", log_path=workdir / "nginx.log",
+    nginx = running.procs["nginx"] = processes.start(["nginx", "-c", str(config), "-p", str(workdir)],
+                                                      workdir / "nginx.log", netns=bed.site.dc_netns)
+    processes.wait_for_port("127.0.0.1", port, nginx, what="nginx", log_path=workdir / "nginx.log",
                             netns=bed.site.dc_netns)
     running.addresses = [f"127.0.0.1:{port}"]
 

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 UP_NS, DC_NS = "amb-up", "amb-dc"
 WAN_UP, WAN_DC = "10.77.0.1", "10.77.0.2"
@@ -111,13 +112,16 @@ class Site:
 
 
 class LinkSampler:
-    """Samples the WAN link's byte counter while a deploy runs: how fully the transfer used the link."""
+    """Samples the WAN link's byte counter from inside the upstream's namespace (a thread of its own there:
+    reading /proc costs microseconds, where a process per sample would skew the times under load): when bytes
+    began and ended, and how fully the transfer between used the link."""
 
-    PERIOD = 0.1
+    PERIOD = 0.05
 
     def __init__(self, rate: str):
         self.capacity = bits_per_second(rate) / 8  # bytes per second
         self.samples: list[tuple[float, int]] = []
+        self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -130,27 +134,54 @@ class LinkSampler:
         self._thread.join()
 
     def _run(self) -> None:
+        fd = os.open(f"/run/netns/{UP_NS}", os.O_RDONLY)
+        try:
+            os.setns(fd, os.CLONE_NEWNET)  # this thread only
+        finally:
+            os.close(fd)
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), Network.wan_bytes()))
+            self.samples.append((time.monotonic() - self.started, _tx_bytes("wan-up")))
             self._stop.wait(self.PERIOD)
 
+    def at(self, share: float) -> float:
+        """Seconds from the start until `share` of the bytes sent had been sent (interpolated)."""
+        first, last = self.samples[0][1], self.samples[-1][1]
+        goal = first + share * (last - first)
+        for (ta, ba), (tb, bb) in zip(self.samples, self.samples[1:], strict=False):
+            if bb >= goal:
+                return ta + (tb - ta) * ((goal - ba) / (bb - ba) if bb > ba else 1.0)
+        return self.samples[-1][0]
+
     def utilisation(self) -> dict:
-        """Over the transfer (from the first sample after bytes began to move to the last one where they
-        still moved): the mean share of the link's rate used, and the lowest of its whole seconds."""
-        moving = [i for i in range(1, len(self.samples)) if self.samples[i][1] > self.samples[i - 1][1]]
-        if len(moving) < 2:
-            return {"mean": None, "lowest_second": None, "transfer_s": 0.0}
-        first, last = moving[0], moving[-1]  # sample `first` is the first to end a moving interval
-        (t0, b0), (t1, b1) = self.samples[first - 1], self.samples[last]
-        mean = (b1 - b0) / (t1 - t0) / self.capacity
-        seconds = []
-        i = first - 1
-        while True:  # whole seconds inside the transfer
-            j = next((k for k in range(i + 1, last + 1) if self.samples[k][0] - self.samples[i][0] >= 1.0), None)
-            if j is None:
-                break
-            (ta, ba), (tb, bb) = self.samples[i], self.samples[j]
-            seconds.append((bb - ba) / (tb - ta) / self.capacity)
-            i = j
-        return {"mean": round(mean, 3), "lowest_second": round(min(seconds), 3) if seconds else None,
-                "transfer_s": round(t1 - t0, 2)}
+        """The transfer is taken from 2% to 98% of the bytes sent (the ends are the manifests' trickle and
+        the last TCP segments): the share of the link's rate it used on average and in its slowest whole
+        second; also when bytes began to flow and when the last one crossed."""
+        if len(self.samples) < 3 or self.samples[-1][1] == self.samples[0][1]:
+            return {"mean": None, "lowest_second": None, "first_byte_s": None, "last_byte_s": None}
+        begin, end = self.at(0.02), self.at(0.98)
+        sent = (self.samples[-1][1] - self.samples[0][1]) * 0.96
+        seconds, t = [], begin
+        while t + 1.0 <= end:
+            seconds.append(self._bytes_between(t, t + 1.0) / self.capacity)
+            t += 1.0
+        return {"mean": round(sent / (end - begin) / self.capacity, 3) if end > begin else None,
+                "lowest_second": round(min(seconds), 3) if seconds else None,
+                "first_byte_s": round(self.at(0.0001), 2), "last_byte_s": round(self.at(1.0), 2)}
+
+    def _bytes_between(self, a: float, b: float) -> float:
+        return self._bytes_at(b) - self._bytes_at(a)
+
+    def _bytes_at(self, t: float) -> float:
+        for (ta, ba), (tb, bb) in zip(self.samples, self.samples[1:], strict=False):
+            if tb >= t:
+                return ba + (bb - ba) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return self.samples[-1][1]
+
+
+def _tx_bytes(device: str) -> int:
+    """Bytes the device sent, in the calling thread's network namespace."""
+    for line in Path("/proc/thread-self/net/dev").read_text().splitlines()[2:]:
+        name, _, counters = line.partition(":")
+        if name.strip() == device:
+            return int(counters.split()[8])
+    raise LookupError(f"no network device {device} in this namespace")
