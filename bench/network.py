@@ -139,9 +139,12 @@ class LinkSampler:
             os.setns(fd, os.CLONE_NEWNET)  # this thread only
         finally:
             os.close(fd)
+        before = _tcp_counters()
         while not self._stop.is_set():
             self.samples.append((time.monotonic() - self.started, _tx_bytes("wan-up")))
             self._stop.wait(self.PERIOD)
+        after = _tcp_counters()
+        self.tcp = {name: after[name] - before[name] for name in after}
 
     def at(self, share: float) -> float:
         """Seconds from the start until `share` of the bytes sent had been sent (interpolated)."""
@@ -164,9 +167,12 @@ class LinkSampler:
         while t + 1.0 <= end:
             seconds.append(self._bytes_between(t, t + 1.0) / self.capacity)
             t += 1.0
+        quarters = [round(self._bytes_between(i / 4, (i + 1) / 4) * 4 / 1e6, 1)
+                    for i in range(int(self.samples[-1][0] * 4))]
         return {"mean": round(sent / (end - begin) / self.capacity, 3) if end > begin else None,
                 "lowest_second": round(min(seconds), 3) if seconds else None,
-                "first_byte_s": round(self.at(0.0001), 2), "last_byte_s": round(self.at(1.0), 2)}
+                "first_byte_s": round(self.at(0.0001), 2), "last_byte_s": round(self.at(1.0), 2),
+                "mb_per_s_by_quarter_second": quarters, "upstream_tcp": self.tcp}
 
     def _bytes_between(self, a: float, b: float) -> float:
         return self._bytes_at(b) - self._bytes_at(a)
@@ -176,6 +182,18 @@ class LinkSampler:
             if tb >= t:
                 return ba + (bb - ba) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
         return self.samples[-1][1]
+
+
+def _tcp_counters() -> dict[str, int]:
+    """The calling thread's namespace's TCP counters a sender's stall shows in: segments sent again, and
+    retransmission timeouts (a flow silent until its timer fires)."""
+    counters = {}
+    for table, names in (("snmp", ("RetransSegs",)), ("netstat", ("TCPTimeouts", "TCPLossProbes"))):
+        lines = Path(f"/proc/thread-self/net/{table}").read_text().splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=True):
+            row = dict(zip(head.split()[1:], values.split()[1:], strict=True))
+            counters.update({n: int(row[n]) for n in names if n in row})
+    return counters
 
 
 def _tx_bytes(device: str) -> int:

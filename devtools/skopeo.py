@@ -12,7 +12,7 @@ class PullError(RuntimeError):
 
 
 def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | None = None,
-         tls_verify: bool = True, timeout: float = 600, netns: str | None = None) -> float:
+         tls_verify: bool = True, timeout: float = 600, netns: str | None = None, nice: int = 0) -> float:
     """Copy `host:port/name:tag` into `dest` (emptied first); return the wall time in seconds."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +26,8 @@ def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | 
     else:
         args += ["--src-no-creds"]
     args += [f"docker://{image_ref}", f"dir:{dest}"]
+    if nice:
+        args = ["nice", "-n", str(nice), *args]
     if netns:
         args = ["ip", "netns", "exec", netns, *args]
     started = time.monotonic()

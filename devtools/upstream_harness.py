@@ -35,6 +35,7 @@ class UpstreamHarness:
     netns: str | None = None  # run inside this network namespace...
     control_host: str = "127.0.0.1"  # ...reached by this driver here (stats, seeding, readiness)
     tls: bool = False  # serve HTTPS, as Artifactory does, with a certificate of its own (`ca_file`)
+    nice: int = 0  # run at this priority: a bench's upstream stands for another host, never starved by the bench
     front_port: int = 0
     registry_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -62,7 +63,7 @@ class UpstreamHarness:
         cfg.write_text(yaml.safe_dump(plain_registry_config(f"{bind}:{self.registry_port}",
                                                             str(self.workdir / "upstream-storage"))))
         log = self.workdir / "upstream-registry.log"
-        reg = processes.start([processes.registry_binary(), "serve", str(cfg)], log, netns=self.netns)
+        reg = processes.start([*self._niced(), processes.registry_binary(), "serve", str(cfg)], log, netns=self.netns)
         self.procs.append(reg)
         processes.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log,
                                 netns=self.netns)
@@ -82,12 +83,15 @@ class UpstreamHarness:
         if self.tls:  # mitmproxy tells TLS from plain HTTP per connection: the control calls stay plain
             args += ["--set", f"certs=*={self._certificate_pem()}"]
         log = self.workdir / "upstream-front.log"
-        front = processes.start(args, log, netns=self.netns)
+        front = processes.start([*self._niced(), *args], log, netns=self.netns)
         self.procs.append(front)
         ready_host = "127.0.0.1" if self.netns else self.host
         processes.wait_until_ready(f"http://{ready_host}:{self.front_port}/_front/ready", front,
                                    what="upstream front", log_path=log, netns=self.netns)
         return self
+
+    def _niced(self) -> list[str]:
+        return ["nice", "-n", str(self.nice)] if self.nice else []  # nice execs: the PID stays the process's
 
     def _certificate_pem(self) -> Path:
         """Certificate and key in one file, as mitmproxy's `certs` option takes them."""

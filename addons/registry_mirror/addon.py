@@ -212,6 +212,8 @@ class RegistryMirror:
         mapped = upstream_status_error(answer.status, what)
         if mapped:
             return error_response(*mapped)
+        if self.blobs.prefetch and method == "GET" and answer.status == 200 and answer.outcome is not Outcome.STALE:
+            self.blobs.prefetch.manifest_served(req.name, route, answer.body, answer.headers.get("Content-Type", ""))
         resp = small_response(answer.status, answer.headers, answer.body, is_head=method == "HEAD")
         resp.headers[CACHE_HEADER] = answer.outcome
         return resp

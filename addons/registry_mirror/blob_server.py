@@ -22,6 +22,7 @@ from .coalesce import BlobCoalescer
 from .config import CacheConfig, any_address
 from .outcomes import Outcome
 from .peers import PeerCoordinator
+from .prefetch import Prefetcher
 from .requests import Kind, RegistryRequest, classify
 from .routing import Route, Router
 from .stats import Stats
@@ -36,6 +37,7 @@ class BlobServer:
         self.fill = BlobFill(router, stats)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
                                        on_verified=self.fill.verified)
+        self.prefetch = Prefetcher(self.coalescer, storage) if cache.prefetch else None
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()
@@ -83,6 +85,8 @@ class BlobServer:
 
     async def close(self) -> None:
         # the transfers first: their readers end at once, so the server's shutdown waits for no handler
+        if self.prefetch:
+            await self.prefetch.close()
         await self.coalescer.close()
         await self.fill.close()
         if self._runner:

@@ -5,7 +5,8 @@ background to fill its store) and once more per concurrent pull (distribution#13
 request for a digest starts a transfer whose fill is teed into a spool file (spool_writer.py); every request,
 the first included, is served from the growing spool, so followers get bytes as they arrive. Finished spools
 are kept briefly for stragglers (until the registry has committed its copy), within a bound in bytes, then
-deleted.
+deleted. A transfer started ahead of any request (prefetch.py) is held until a request joins it, or for
+`hold_seconds`, within the same bound.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class BlobCoalescer:
 
     def __init__(self, fill: Fill, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
                  keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic,
-                 on_verified: Callable[[Transfer], None] = lambda transfer: None):
+                 on_verified: Callable[[Transfer], None] = lambda transfer: None, hold_seconds: float = 600.0):
         """`on_verified`: told of every transfer whose bytes matched their digest (its size is now a fact)."""
         self._fill = fill
         self._on_verified = on_verified
@@ -46,6 +47,7 @@ class BlobCoalescer:
             leftover.unlink(missing_ok=True)
         self.max_spool_bytes = max_spool_bytes
         self.keep_seconds = keep_seconds
+        self.hold_seconds = hold_seconds
         self.transfers: OrderedDict[str, Transfer] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
@@ -61,9 +63,31 @@ class BlobCoalescer:
         self._expire()
         current = self.transfers.get(digest)
         if current is not None and current.error is None:
+            prefetched = current.held
+            if prefetched:  # the first request takes over from the prefetch's hold
+                current.held = False
+                current.readers -= 1
             current.served += 1
             current.readers += 1
-            return current, True
+            return current, not prefetched
+        return self._start(digest, name, route), False
+
+    def hold(self, digest: str, name: str, route: Route | None = None) -> Transfer:
+        """Start the transfer for `digest` before any request asks for it, or return the one under way; a
+        started one counts as read until a request joins it or `hold_seconds` after it ended."""
+        if self.closed:
+            raise TransferFailed("the mirror is shutting down")
+        current = self.transfers.get(digest)
+        if current is not None and current.error is None:
+            return current
+        transfer = self._start(digest, name, route)
+        transfer.served, transfer.held = 0, True
+        return transfer
+
+    def spooled_bytes(self) -> int:
+        return sum(t.written for t in self.transfers.values())
+
+    def _start(self, digest: str, name: str, route: Route | None) -> Transfer:
         fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
         os.close(fd)
         transfer = Transfer(digest, name, Path(path), route)
@@ -72,7 +96,7 @@ class BlobCoalescer:
         task = asyncio.create_task(self._run(transfer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return transfer, False
+        return transfer
 
     def leave(self, transfer: Transfer) -> None:
         transfer.readers -= 1
@@ -95,14 +119,21 @@ class BlobCoalescer:
             self._expire()
             # on time even when no request comes: a spool deleted within the kernel's dirty expiry (30 s by
             # default) is never written to disk at all
-            asyncio.get_running_loop().call_later(self.keep_seconds, self._expire)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.keep_seconds, self._expire)
+            if transfer.held:
+                loop.call_later(self.hold_seconds, self._expire)
 
     def _expire(self) -> None:
         """Drop finished transfers nobody reads `keep_seconds` after they ended, or when the spool is over its
         bound."""
         now = self._timer()
-        total = sum(t.written for t in self.transfers.values())
+        total = self.spooled_bytes()
         for digest, t in list(self.transfers.items()):
+            if t.held and t.finished and (t.error or total > self.max_spool_bytes
+                                          or now - t.ended_at >= self.hold_seconds):
+                t.held = False  # prefetched and never asked for, or crowding out what clients read
+                t.readers -= 1
             if not t.finished or t.readers:
                 continue
             if t.error or total > self.max_spool_bytes or now - t.ended_at >= self.keep_seconds:

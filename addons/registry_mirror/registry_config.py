@@ -16,6 +16,9 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
     }
     if cfg.mirror.tls:
         http["tls"] = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
+        # HTTP/1.1 only: a pull is a few large streams, and Go's HTTP/2 frames them at a CPU cost the registry and
+        # its clients both pay (docs/benchmarks.md)
+        http["http2"] = {"disabled": True}
     generated = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "fields": {"service": "mirror-registry"}},

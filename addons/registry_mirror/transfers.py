@@ -47,6 +47,7 @@ class Transfer:
     error: str | None = None
     readers: int = 0  # requests joined and not yet left: while any, the spool stays
     served: int = 0  # requests served from this transfer, the first included
+    held: bool = False  # started ahead of any request (a prefetch): counts as one reader until a request joins
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _notified: int = 0  # `written` when readers were last woken
     _pending_wake: asyncio.TimerHandle | None = None
