@@ -37,6 +37,7 @@ from .webhooks import WebhookListener
 log = logging.getLogger(__name__)
 
 REDACTED = "<redacted by artifactory-mirror>"
+MANIFEST_KINDS = (Kind.MANIFEST_BY_TAG, Kind.MANIFEST_BY_DIGEST)
 # options the mirror cannot work without: with eager connects mitmproxy dials the reverse target before the
 # addon answers, and a failed dial drops the local answer; an unstreamed body is held whole in memory
 REQUIRED_OPTIONS = {"connection_strategy": "lazy", "stream_large_bodies": "1m"}
@@ -212,7 +213,8 @@ class RegistryMirror:
         mapped = upstream_status_error(answer.status, what)
         if mapped:
             return error_response(*mapped)
-        if self.blobs.prefetch and method == "GET" and answer.status == 200 and answer.outcome is not Outcome.STALE:
+        if self.blobs.prefetch and req.kind in MANIFEST_KINDS and method == "GET" and answer.status == 200 \
+                and answer.outcome is not Outcome.STALE:
             self.blobs.prefetch.manifest_served(req.name, route, answer.body, answer.headers.get("Content-Type", ""))
         resp = small_response(answer.status, answer.headers, answer.body, is_head=method == "HEAD")
         resp.headers[CACHE_HEADER] = answer.outcome

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .blob_access import TICKET_PARAM, Tickets, allowed
+from .blob_access import KEY_PARAM, TICKET_PARAM, Tickets, allowed
 from .blob_answer import Share, error, send
 from .blob_fill import BlobFill
 from .coalesce import BlobCoalescer
@@ -108,6 +108,9 @@ class BlobServer:
         """From the mirror's storage if it has the blob, else from a shared transfer unless the upstream is down."""
         what = f"blob {req.name}@{req.reference}"
         route = self.router.for_request(req)
+        peer = KEY_PARAM in request.query  # another replica's fill, not this registry's request
+        if self.prefetch and not peer:
+            self.prefetch.blob_requested(req.reference)
         stored = open_stored(self.storage, req.reference)
         if stored is not None:
             with stored:
@@ -117,13 +120,13 @@ class BlobServer:
         if refusal is not None:
             self.stats.served("blob", Outcome.ERROR, 0)
             return refusal
-        return await self._shared(request, req, route, what)
+        return await self._shared(request, req, route, what, peer)
 
-    async def _shared(self, request: web.Request, req: RegistryRequest, route: Route,
-                      what: str) -> web.StreamResponse:
+    async def _shared(self, request: web.Request, req: RegistryRequest, route: Route, what: str,
+                      peer: bool) -> web.StreamResponse:
         """The answer from the transfer of `req`'s blob, joined (or started) for this request."""
         try:
-            transfer, following = self.coalescer.join(req.reference, req.name, route)
+            transfer, following = self.coalescer.join(req.reference, req.name, route, take_hold=not peer)
         except TransferFailed as e:  # shutting down
             return error(503, "UNAVAILABLE", str(e))
         try:

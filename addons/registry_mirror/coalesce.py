@@ -52,9 +52,11 @@ class BlobCoalescer:
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
 
-    def join(self, digest: str, name: str, route: Route | None = None) -> tuple[Transfer, bool]:
+    def join(self, digest: str, name: str, route: Route | None = None,
+             take_hold: bool = True) -> tuple[Transfer, bool]:
         """The transfer for `digest` and whether this request follows one already under way. The request
-        counts as a reader, so that the spool stays, until it calls `leave`.
+        counts as a reader, so that the spool stays, until it calls `leave`; the first one (unless `take_hold`
+        is false: another replica reading) takes over a prefetch's hold.
 
         Keyed by digest alone: the bytes are checked against it, and a base layer shared by many
         repositories then crosses the WAN once."""
@@ -63,10 +65,13 @@ class BlobCoalescer:
         self._expire()
         current = self.transfers.get(digest)
         if current is not None and current.error is None:
-            prefetched = current.held
-            if prefetched:  # the first request takes over from the prefetch's hold
+            prefetched = current.held and take_hold
+            if prefetched:  # the first request takes over from the prefetch's hold...
                 current.held = False
                 current.readers -= 1
+                if current.finished:  # ...and the registry's second fetch of it finds it for keep_seconds
+                    current.ended_at = self._timer()
+                    asyncio.get_running_loop().call_later(self.keep_seconds, self._expire)
             current.served += 1
             current.readers += 1
             return current, not prefetched

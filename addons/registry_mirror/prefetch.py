@@ -1,19 +1,21 @@
-"""An image's blobs fetched ahead of the registry's requests for them.
+"""An image's layers fetched ahead of the registry's requests for them.
 
-When the stock registry asks for an image manifest, it holds the image only in part or not at all, and its
-clients ask for the config and the layers next. A client that fetches one layer at a time (containers/image
-into some destinations, any client with fewer parallel downloads than layers) leaves the WAN idle between
-layers until the fastest of its machines has read the last one to its end and asks for the next: on the bench's
-shaped link, a second of an idle link per layer with 10 machines pulling at once. So the config and layers
-are fetched one after another, in the manifest's order, each as soon as the one before it has crossed the WAN,
-into shared transfers (coalesce.py) the registry's requests then join; a blob asked for out of order starts
-its own transfer at once, as before. Only blobs the registry's storage lacks; none while the upstream is down.
+A client that fetches one layer at a time (containers/image into some destinations, any client with fewer
+parallel downloads than layers) leaves the WAN idle between layers until the fastest of its machines has read
+the last one to its end and asks for the next: on the bench's shaped link, a second of an idle link per layer
+with 10 machines pulling at once. So once the registry, having fetched an image manifest, asks for its config
+blob (a pull does; `docker manifest inspect` and `skopeo inspect --raw` do not), the layers are fetched one
+after another, in the manifest's order, each as soon as the one before it has crossed the WAN, into shared
+transfers (coalesce.py) the registry's requests then join. A layer asked for out of order starts its own
+transfer at once, as before. Only layers the registry's storage lacks, one image at a time, within the spool's
+bound; none while the upstream is down.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def image_blobs(body: bytes, content_type: str) -> list[str]:
-    """The config's and the layers' digests of an image manifest, in its order; [] for anything else (an index,
-    schema1, a body that does not parse). Foreign layers (with `urls`) are left to the client."""
-    if content_type not in IMAGE_TYPES:
+def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
+    """The config's and the layers' digests and sizes of an image manifest, in its order; [] for anything else
+    (an index, schema1, a body that does not parse). Foreign layers (with `urls`) are left to the client."""
+    if content_type.split(";")[0].strip() not in IMAGE_TYPES:
         return []
     try:
         data = json.loads(body)
@@ -41,45 +43,60 @@ def image_blobs(body: bytes, content_type: str) -> list[str]:
     if not isinstance(data, dict):
         return []
     entries = [data.get("config")] + (data.get("layers") if isinstance(data.get("layers"), list) else [])
-    digests = []
+    blobs: dict[str, int] = {}
     for entry in entries:
         digest = entry.get("digest") if isinstance(entry, dict) else None
-        if isinstance(digest, str) and SHA256_RE.fullmatch(digest) and not entry.get("urls") \
-                and digest not in digests:
-            digests.append(digest)
-    return digests
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if isinstance(digest, str) and SHA256_RE.fullmatch(digest) and not entry.get("urls"):
+            blobs.setdefault(digest, size if isinstance(size, int) and not isinstance(size, bool) else 0)
+    return list(blobs.items())
 
 
 class Prefetcher:
+    MAX_PENDING = 256  # images whose manifest the registry fetched and whose config it has not asked for yet
+
     def __init__(self, coalescer: BlobCoalescer, storage: str | None):
         self.coalescer = coalescer
         self.storage = Path(storage) if storage else None
+        self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()
+        self._one_image = asyncio.Lock()  # one image's layers at a time: the WAN is shared, the spool bounded
         self._tasks: set[asyncio.Task] = set()
 
     def manifest_served(self, name: str, route: Route, body: bytes, content_type: str) -> None:
-        """The registry was handed this manifest: fetch what it will ask for next."""
-        digests = image_blobs(body, content_type)
-        if digests and not route.health.down:
-            task = asyncio.create_task(self._fetch_in_order(name, route, digests))
+        """The registry was handed this manifest: its layers are fetched once it asks for the config."""
+        blobs = image_blobs(body, content_type)
+        if len(blobs) > 1:
+            self._pending[blobs[0][0]] = (name, route, blobs[1:])
+            while len(self._pending) > self.MAX_PENDING:
+                self._pending.popitem(last=False)
+
+    def blob_requested(self, digest: str) -> None:
+        """The registry asks for a blob: if it is the config of an image it fetched the manifest of, a pull
+        has begun, and its layers come next."""
+        pending = self._pending.pop(digest, None)
+        if pending is not None and not pending[1].health.down and not self.coalescer.closed:
+            task = asyncio.create_task(self._fetch_in_order(*pending))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _fetch_in_order(self, name: str, route: Route, digests: list[str]) -> None:
-        for digest in digests:
-            if self._stored(digest):
-                continue
-            if self.coalescer.spooled_bytes() >= self.coalescer.max_spool_bytes:
-                return  # the spool is for what clients read now
-            try:
-                await self.coalescer.hold(digest, name, route).verdict()
-            except TransferFailed as e:  # the registry's own request tries again, and reports it
-                log.info("prefetch of blob %s@%s stopped: %s", name, digest, e)
-                return
+    async def _fetch_in_order(self, name: str, route: Route, layers: list[tuple[str, int]]) -> None:
+        async with self._one_image:
+            for digest, size in layers:
+                if self._stored(digest) or digest in self.coalescer.transfers:
+                    continue  # stored, or asked for already: the registry's own transfer
+                if self.coalescer.spooled_bytes() + size > self.coalescer.max_spool_bytes:
+                    return  # the spool is for what clients read now
+                try:
+                    await self.coalescer.hold(digest, name, route).verdict()
+                except (TransferFailed, OSError) as e:  # the registry's own request tries again, and reports it
+                    log.info("prefetch of blob %s@%s stopped: %s", name, digest, e)
+                    return
 
     def _stored(self, digest: str) -> bool:
         return self.storage is not None and (self.storage / V2 / blob_data(digest)).exists()
 
     async def close(self) -> None:
+        self._pending.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -29,13 +29,14 @@ def manifest(*layers: dict, config: str = CONFIG) -> bytes:
 
 def test_an_image_manifest_names_its_config_then_its_layers_in_order():
     body = manifest({"digest": BASE, "size": 5}, {"digest": APP, "size": 3}, {"digest": BASE, "size": 5})
-    assert image_blobs(body, DOCKER_V2) == [CONFIG, BASE, APP]
+    assert image_blobs(body, DOCKER_V2) == [(CONFIG, 10), (BASE, 5), (APP, 3)]
+    assert image_blobs(body, DOCKER_V2 + "; charset=utf-8") == image_blobs(body, DOCKER_V2)
 
 
 def test_foreign_layers_bad_digests_and_other_documents_name_nothing_to_fetch():
     foreign = {"digest": APP, "size": 3, "urls": ["https://example.invalid/layer"]}
     assert image_blobs(manifest({"digest": BASE}, foreign, {"digest": "sha256:../../etc"}), DOCKER_V2) == \
-        [CONFIG, BASE]
+        [(CONFIG, 10), (BASE, 0)]
     assert image_blobs(json.dumps({"schemaVersion": 2, "manifests": [{"digest": BASE}]}).encode(), OCI_INDEX) == []
     assert image_blobs(b"not json", DOCKER_V2) == []
     assert image_blobs(b"[1, 2]", DOCKER_V2) == []
@@ -52,9 +53,14 @@ def test_a_held_transfer_waits_for_its_first_request_then_expires_like_any_other
         clock.now = 599  # long past keep_seconds: nobody has asked yet, so it stays
         c._expire()
         assert DIGEST in c.transfers and held.path.exists()
+        peer, _ = c.join(DIGEST, "app", take_hold=False)  # another replica reading: the hold stays
+        assert await collect(c, peer) == DATA and held.held
         transfer, following = c.join(DIGEST, "app")
-        assert transfer is held and not following and transfer.served == 1  # the first request, served from it
+        assert transfer is held and not following and transfer.served == 2  # the first request, served from it
         assert await collect(c, transfer) == DATA
+        clock.now = 599 + 9  # the registry's second fetch of it still finds it
+        c._expire()
+        assert DIGEST in c.transfers and held.path.exists()
         clock.now = 599 + 10
         c._expire()
         assert DIGEST not in c.transfers and not held.path.exists()
@@ -96,21 +102,23 @@ class FakeFetch:
         yield data
 
 
-def test_the_registrys_next_blobs_are_fetched_one_after_another_skipping_those_stored(tmp_path):
+def test_once_the_config_is_asked_for_the_layers_are_fetched_one_after_another_skipping_those_stored(tmp_path):
     async def scenario():
-        blobs = {d: d.encode() * 1000 for d in (CONFIG, BASE, APP)}
+        blobs = {d: d.encode() * 1000 for d in (CONFIG, BASE, APP, "stored")}
         blobs = {"sha256:" + hashlib.sha256(v).hexdigest(): v for v in blobs.values()}
-        config, base, app = blobs
+        config, base, app, stored = blobs
         fetch = FakeFetch(blobs)
         storage = tmp_path / "storage"
-        stored = storage / V2 / blob_data(config)
-        stored.parent.mkdir(parents=True)
-        stored.write_bytes(blobs[config])
+        (storage / V2 / blob_data(stored)).parent.mkdir(parents=True)
+        (storage / V2 / blob_data(stored)).write_bytes(blobs[stored])
         c = BlobCoalescer(fetch, str(tmp_path / "spool"))
         prefetch = Prefetcher(c, str(storage))
         route = SimpleNamespace(health=SimpleNamespace(down=False))
-        body = manifest({"digest": base}, {"digest": app}, config=config)
+        body = manifest({"digest": stored}, {"digest": base}, {"digest": app}, config=config)
         prefetch.manifest_served("team/app", route, body, DOCKER_V2)
+        prefetch.blob_requested(base)  # not a config the registry fetched a manifest for: nothing
+        assert not prefetch._tasks and not c.transfers
+        prefetch.blob_requested(config)  # a pull has begun
         await until(lambda: fetch.calls == [base], "the first layer fetched")
         assert app not in c.transfers  # the next waits until the one before it has crossed
         fetch.gates[base].set()
@@ -123,16 +131,22 @@ def test_the_registrys_next_blobs_are_fetched_one_after_another_skipping_those_s
     asyncio.run(scenario())
 
 
-def test_nothing_is_fetched_ahead_while_the_upstream_is_down_or_for_an_index(tmp_path):
+def test_nothing_is_fetched_ahead_while_the_upstream_is_down_for_an_index_or_beyond_the_spools_bound(tmp_path):
     async def scenario():
         fetch = FakeFetch({})
-        c = BlobCoalescer(fetch, str(tmp_path / "spool"))
+        c = BlobCoalescer(fetch, str(tmp_path / "spool"), max_spool_bytes=100)
         prefetch = Prefetcher(c, None)
         down = SimpleNamespace(health=SimpleNamespace(down=True))
         up = SimpleNamespace(health=SimpleNamespace(down=False))
         prefetch.manifest_served("team/app", down, manifest({"digest": BASE}), DOCKER_V2)
-        prefetch.manifest_served("team/app", up, json.dumps({"schemaVersion": 2, "manifests": []}).encode(),
-                                 OCI_INDEX)
-        assert not prefetch._tasks and not c.transfers and fetch.calls == []
+        prefetch.blob_requested(CONFIG)
+        prefetch.manifest_served("team/app", up, json.dumps({"schemaVersion": 2, "manifests": [
+            {"digest": CONFIG}, {"digest": BASE}]}).encode(), OCI_INDEX)
+        prefetch.blob_requested(CONFIG)
+        assert not prefetch._tasks
+        prefetch.manifest_served("team/app", up, manifest({"digest": BASE, "size": 101}), DOCKER_V2)
+        prefetch.blob_requested(CONFIG)
+        await asyncio.gather(*prefetch._tasks)
+        assert not c.transfers and fetch.calls == []
         await c.close()
     asyncio.run(scenario())
