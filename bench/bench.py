@@ -41,10 +41,15 @@ from registry_mirror import certs, processes
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
-# The upstream and the machines stand for other hosts. On these 2 cores the machines' 10 skopeo processes would
-# take the CPU the design's own processes have on a host of their own (and starve its WAN reads: measured, the
-# link's use fell from 93% to 80%), so they run at a lower priority; the upstream at a higher one
-UPSTREAM_NICE, MACHINES_NICE = -10, 10
+# On the WAN the upstream and the machines stand for other hosts: on these 2 cores the machines' 10 skopeo
+# processes would take the CPU the design's own processes have on a host of their own and starve its WAN reads
+# (measured: the link's use fell from 93% to 80%), so they run at a lower priority, the upstream at a higher one.
+# On loopback CPU decides, and everything shares it alike.
+WAN_NICE = {"upstream": -10, "machines": 10}
+
+
+def nice(site: Site, who: str) -> int:
+    return WAN_NICE[who] if site.wan else 0
 
 
 def ref(image: seed.Image) -> str:
@@ -56,7 +61,7 @@ def deploy(running: designs.Running, ref_path: str, machines: int, workdir: Path
     turns)."""
     def one(i: int) -> float:
         address = running.addresses[i % len(running.addresses)]
-        return pull(f"{address}/{ref_path}", workdir / f"machine{i}", netns=site.dc_netns, nice=MACHINES_NICE,
+        return pull(f"{address}/{ref_path}", workdir / f"machine{i}", netns=site.dc_netns, nice=nice(site, "machines"),
                     **running.pull_args)
     with ThreadPoolExecutor(machines) as pool:
         return list(pool.map(one, range(machines)))
@@ -199,14 +204,15 @@ def run_site(site: Site, args, workdir: Path) -> dict:
         net.up()
     # the upstream stands for Artifactory's own hosts: the data center's load on these 2 cores must not starve it
     upstream = UpstreamHarness(workdir / "upstream", auth="basic", tls=True, netns=site.up_netns,
-                               host=site.up_host, control_host=site.control_host, nice=UPSTREAM_NICE)
+                               host=site.up_host, control_host=site.control_host, nice=nice(site, "upstream"))
     try:
         upstream.start()
         images = seed_images(upstream, args)
         cert = (str(workdir / "certs/mirror.crt"), str(workdir / "certs/mirror.key"))
         certs.ensure_self_signed(*cert)
         bed = Bed(site, upstream, cert, certs.write_trust_folder(cert[0], cert[0]),
-                  certs.write_trust_folder(upstream.ca_file, upstream.ca_file))
+                  certs.write_trust_folder(upstream.ca_file, upstream.ca_file),
+                  {"prefetch": True} if args.prefetch else {})
         size = images["deploy"].size
         floor = site.floor_s(size)
         print(f"bench: {site.name}: images {images['single'].size / 1e6:.1f} and {size / 1e6:.1f} MB, "
@@ -235,6 +241,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every design (default 3)")
     parser.add_argument("--quick", action="store_true", help="one round, a shorter capacity sweep")
     parser.add_argument("--only", choices=("wan", "loopback"), help="one site (default: the WAN, then loopback)")
+    parser.add_argument("--prefetch", action="store_true", help="the mirror with cache.prefetch on")
     parser.add_argument("--designs", default=",".join(designs.SLUGS.values()),
                         help=f"which designs, by name (default all: {','.join(designs.SLUGS.values())})")
     parser.add_argument("--capacity", default="1,10,20,40",
@@ -272,7 +279,7 @@ def main() -> int:
         workdir = Path(args.workdir) / site.name
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        report.save(run_site(site, args, workdir), results_dir, quick=args.quick)
+        report.save(run_site(site, args, workdir), results_dir, quick=args.quick, prefetch=args.prefetch)
     print(f"bench: done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

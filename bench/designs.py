@@ -45,6 +45,7 @@ class Bed:
     cert: tuple[str, str]  # the data center's certificate and key (self-signed)
     trust: Path  # the machines' trust folder for `cert`
     upstream_trust: Path  # ... and for the upstream's certificate (direct pulls)
+    mirror_cache: dict = field(default_factory=dict)  # the mirrors' `cache` keys beyond the defaults
 
     @property
     def upstream_host(self) -> str:
@@ -153,7 +154,7 @@ def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: di
         "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(storage or workdir / "mirror-storage"),
                    "tls_cert": bed.cert[0], "tls_key": bed.cert[1]},
         "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
-        "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
+        "cache": {"spool_dir": str(workdir / "spool"), **bed.mirror_cache, **(cache or {})},
         **({"scale": scale} if scale else {})}))
     mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=bed.site.dc_netns)
     try:

@@ -96,11 +96,10 @@ def capacity_lines(result: dict) -> list[str]:
     return lines
 
 
-def markdown(result: dict, quick: bool) -> str:
+def markdown(result: dict, command: str) -> str:
     m, size, floor = result["machines"], result["image_bytes"], result["floor_s"]
     site = (f"a {result['rate']} WAN link (veth + tc tbf, two network namespaces, MTU 1500)" if floor
             else "loopback")
-    command = f"./run.sh bench{' --quick' if quick else ''} --only {result['site']}"
     lines = [f"# {m} machines pull the {size / 1e6:.1f} MB image over {site}", "",
              f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on a 2-core machine: {result['rounds']} "
              f"round(s), the designs' order alternating, a `sync` before each timed pull; every design serves "
@@ -132,9 +131,10 @@ def markdown(result: dict, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: dict, results_dir: Path, quick: bool) -> None:
-    name = result["site"] + ("-quick" if quick else "")
-    text = markdown(result, quick)
+def save(result: dict, results_dir: Path, quick: bool, prefetch: bool) -> None:
+    options = (" --prefetch" if prefetch else "") + (" --quick" if quick else "")
+    name = result["site"] + options.replace(" --", "-")
+    text = markdown(result, f"./run.sh bench{options} --only {result['site']}")
     (results_dir / f"{name}.md").write_text(text)
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(text)

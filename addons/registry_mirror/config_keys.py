@@ -159,9 +159,10 @@ class CacheConfig:
     spool_keep: float = key(SECONDS, "Seconds a spool is kept after its transfer ended, for requests that arrive "
                             "before the registry has stored its copy. Short on purpose: a spool deleted within the "
                             "kernel's dirty expiry (30 s) is never written to disk.", 10, bounds=(0, 3600))
-    prefetch: bool = key(BOOL, "When the registry asks for an image manifest, fetch its config and layers from the "
-                         "upstream one after another at once, before the registry asks for each (the WAN stays busy "
-                         "between layers); `false` fetches each blob when asked.", True)
+    prefetch: bool = key(BOOL, "Once the registry asks for one blob of an image whose manifest it fetched, fetch the "
+                         "image's other blobs one after another ahead of its requests (the WAN stays busy between "
+                         "layers). Off by default: the stock registry 2.8 writes a layer's link in place, and a pull "
+                         "arriving while a prefetched layer is committed can get a 500 (docs/benchmarks.md).", False)
     stale_budget: float = key(SECONDS, "Seconds a tag refresh may take before the last known digest is answered "
                               "(the refresh goes on in the background).", 2, bounds=(0.05, 600))
     max_stale: float = key(SECONDS, "The oldest last known digest (seconds) still answered when the upstream "

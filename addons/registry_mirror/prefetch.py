@@ -3,12 +3,12 @@
 A client that fetches one layer at a time (containers/image into some destinations, any client with fewer
 parallel downloads than layers) leaves the WAN idle between layers until the fastest of its machines has read
 the last one to its end and asks for the next: on the bench's shaped link, a second of an idle link per layer
-with 10 machines pulling at once. So once the registry, having fetched an image manifest, asks for its config
-blob (a pull does; `docker manifest inspect` and `skopeo inspect --raw` do not), the layers are fetched one
-after another, in the manifest's order, each as soon as the one before it has crossed the WAN, into shared
-transfers (coalesce.py) the registry's requests then join. A layer asked for out of order starts its own
-transfer at once, as before. Only layers the registry's storage lacks, one image at a time, within the spool's
-bound; none while the upstream is down.
+with 10 machines pulling at once. So once the registry, having fetched an image manifest, asks for one of the
+image's blobs (a pull has begun: `docker manifest inspect` and `skopeo inspect --raw` ask for none), the
+image's other blobs are fetched one after another, in the manifest's order, each as soon as the one before it
+has crossed the WAN, into shared transfers (coalesce.py) the registry's requests then join. A blob asked for
+out of order starts its own transfer at once, as before. Only blobs the registry's storage lacks, one image at
+a time, within the spool's bound; none while the upstream is down.
 """
 from __future__ import annotations
 
@@ -53,41 +53,56 @@ def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
 
 
 class Prefetcher:
-    MAX_PENDING = 256  # images whose manifest the registry fetched and whose config it has not asked for yet
+    MAX_PENDING = 256  # images whose manifest the registry fetched and of which it has not asked for a blob yet
 
     def __init__(self, coalescer: BlobCoalescer, storage: str | None):
         self.coalescer = coalescer
         self.storage = Path(storage) if storage else None
-        self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()
-        self._one_image = asyncio.Lock()  # one image's layers at a time: the WAN is shared, the spool bounded
+        self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()  # by manifest
+        self._image_of: dict[str, str] = {}  # a pending image's blob -> its manifest's key in _pending
+        self._one_image = asyncio.Lock()  # one image's blobs at a time: the WAN is shared, the spool bounded
         self._tasks: set[asyncio.Task] = set()
 
     def manifest_served(self, name: str, route: Route, body: bytes, content_type: str) -> None:
-        """The registry was handed this manifest: its layers are fetched once it asks for the config."""
+        """The registry was handed this manifest: its blobs are fetched once it asks for one of them."""
         blobs = image_blobs(body, content_type)
-        if len(blobs) > 1:
-            self._pending[blobs[0][0]] = (name, route, blobs[1:])
-            while len(self._pending) > self.MAX_PENDING:
-                self._pending.popitem(last=False)
+        if len(blobs) < 2:
+            return  # nothing to fetch ahead of the one it asks for
+        key = "|".join(digest for digest, _ in blobs)
+        self._pending[key] = (name, route, blobs)
+        self._image_of.update((digest, key) for digest, _ in blobs)
+        while len(self._pending) > self.MAX_PENDING:
+            self._forget(next(iter(self._pending)))
 
     def blob_requested(self, digest: str) -> None:
-        """The registry asks for a blob: if it is the config of an image it fetched the manifest of, a pull
-        has begun, and its layers come next."""
-        pending = self._pending.pop(digest, None)
-        if pending is not None and not pending[1].health.down and not self.coalescer.closed:
-            task = asyncio.create_task(self._fetch_in_order(*pending))
+        """The registry asks for a blob: if it is one of an image it fetched the manifest of, a pull has begun,
+        and the image's other blobs come next."""
+        key = self._image_of.get(digest)
+        if key is None:
+            return
+        name, route, blobs = self._forget(key)
+        if not route.health.down and not self.coalescer.closed:
+            task = asyncio.create_task(self._fetch_in_order(name, route, blobs))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _fetch_in_order(self, name: str, route: Route, layers: list[tuple[str, int]]) -> None:
+    def _forget(self, key: str) -> tuple[str, Route, list[tuple[str, int]]]:
+        pending = self._pending.pop(key)
+        for digest, _ in pending[2]:
+            if self._image_of.get(digest) == key:
+                del self._image_of[digest]
+        return pending
+
+    async def _fetch_in_order(self, name: str, route: Route, blobs: list[tuple[str, int]]) -> None:
         async with self._one_image:
-            for digest, size in layers:
-                if self._stored(digest) or digest in self.coalescer.transfers:
-                    continue  # stored, or asked for already: the registry's own transfer
-                if self.coalescer.spooled_bytes() + size > self.coalescer.max_spool_bytes:
+            for digest, size in blobs:
+                current = self.coalescer.transfers.get(digest)
+                if current is None and self._stored(digest):
+                    continue
+                if current is None and self.coalescer.spooled_bytes() + size > self.coalescer.max_spool_bytes:
                     return  # the spool is for what clients read now
-                try:
-                    await self.coalescer.hold(digest, name, route).verdict()
+                try:  # in the manifest's order, one at a time: a blob under way (the one asked for) is waited for
+                    await (current or self.coalescer.hold(digest, name, route)).verdict()
                 except (TransferFailed, OSError) as e:  # the registry's own request tries again, and reports it
                     log.info("prefetch of blob %s@%s stopped: %s", name, digest, e)
                     return
@@ -97,6 +112,7 @@ class Prefetcher:
 
     async def close(self) -> None:
         self._pending.clear()
+        self._image_of.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

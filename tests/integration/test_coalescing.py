@@ -144,7 +144,7 @@ def test_a_pulls_first_blob_request_brings_the_images_layers_before_it_asks_for_
         upstream, mirror_factory, layer_cache, tmp_path):
     image = small_image(layer_cache, name="team/ahead")
     seed.push(upstream.registry_url, image)
-    mirror = mirror_factory(credentials_of(upstream), dump=False)
+    mirror = mirror_factory(credentials_of(upstream), dump=False, cache={"prefetch": True})
     ref = f"{mirror.address}/{image.name}:{image.tag}"
     # the manifest and the config, as a pull begins: the client asks for no layer
     subprocess.run(["skopeo", "inspect", "--cert-dir", str(mirror.trust), f"docker://{ref}"], check=True,

@@ -22,8 +22,8 @@ def digest(text: str) -> str:
 CONFIG, BASE, APP = digest("config"), digest("base"), digest("app")
 
 
-def manifest(*layers: dict, config: str = CONFIG) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "config": {"digest": config, "size": 10},
+def manifest(*layers: dict, config: str = CONFIG, config_size: int = 10) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "config": {"digest": config, "size": config_size},
                        "layers": list(layers)}).encode()
 
 
@@ -102,7 +102,7 @@ class FakeFetch:
         yield data
 
 
-def test_once_the_config_is_asked_for_the_layers_are_fetched_one_after_another_skipping_those_stored(tmp_path):
+def test_once_one_blob_is_asked_for_the_others_are_fetched_one_after_another_skipping_those_stored(tmp_path):
     async def scenario():
         blobs = {d: d.encode() * 1000 for d in (CONFIG, BASE, APP, "stored")}
         blobs = {"sha256:" + hashlib.sha256(v).hexdigest(): v for v in blobs.values()}
@@ -116,13 +116,16 @@ def test_once_the_config_is_asked_for_the_layers_are_fetched_one_after_another_s
         route = SimpleNamespace(health=SimpleNamespace(down=False))
         body = manifest({"digest": stored}, {"digest": base}, {"digest": app}, config=config)
         prefetch.manifest_served("team/app", route, body, DOCKER_V2)
-        prefetch.blob_requested(base)  # not a config the registry fetched a manifest for: nothing
+        prefetch.blob_requested(digest("unrelated"))  # a blob of no manifest the registry fetched: nothing
         assert not prefetch._tasks and not c.transfers
-        prefetch.blob_requested(config)  # a pull has begun
-        await until(lambda: fetch.calls == [base], "the first layer fetched")
+        prefetch.blob_requested(config)  # a pull has begun (with the config, or a layer: the others come next)
+        assert not prefetch._image_of and not prefetch._pending  # once per manifest served
+        await until(lambda: fetch.calls == [config], "the config fetched (no request has joined it here)")
+        fetch.gates[config].set()
+        await until(lambda: fetch.calls == [config, base], "the first layer fetched, the stored one skipped")
         assert app not in c.transfers  # the next waits until the one before it has crossed
         fetch.gates[base].set()
-        await until(lambda: fetch.calls == [base, app], "the second layer fetched after the first")
+        await until(lambda: fetch.calls == [config, base, app], "the second layer fetched after the first")
         fetch.gates[app].set()
         await c.transfers[app].verdict()
         assert all(c.transfers[d].held and c.transfers[d].verified for d in (base, app))
@@ -144,8 +147,8 @@ def test_nothing_is_fetched_ahead_while_the_upstream_is_down_for_an_index_or_bey
             {"digest": CONFIG}, {"digest": BASE}]}).encode(), OCI_INDEX)
         prefetch.blob_requested(CONFIG)
         assert not prefetch._tasks
-        prefetch.manifest_served("team/app", up, manifest({"digest": BASE, "size": 101}), DOCKER_V2)
-        prefetch.blob_requested(CONFIG)
+        prefetch.manifest_served("team/app", up, manifest({"digest": BASE}, config_size=101), DOCKER_V2)
+        prefetch.blob_requested(BASE)  # the config first, but 101 bytes do not fit a 100-byte spool
         await asyncio.gather(*prefetch._tasks)
         assert not c.transfers and fetch.calls == []
         await c.close()
