@@ -5,10 +5,12 @@ parallel downloads than layers) leaves the WAN idle between layers until the fas
 the last one to its end and asks for the next: on the bench's shaped link, a second of an idle link per layer
 with 10 machines pulling at once. So once the registry, having fetched an image manifest, asks for one of the
 image's blobs (a pull has begun: `docker manifest inspect` and `skopeo inspect --raw` ask for none), the
-image's other blobs are fetched one after another, in the manifest's order, each as soon as the one before it
-has crossed the WAN, into shared transfers (coalesce.py) the registry's requests then join. A blob asked for
-out of order starts its own transfer at once, as before. Only blobs the registry's storage lacks, one image at
-a time, within the spool's bound; none while the upstream is down.
+image's blobs are fetched one after another in the manifest's order (the one asked for is waited on), each
+as soon as the one before it has crossed the WAN, into shared transfers (coalesce.py) the registry's requests
+then join. A blob asked for out of order starts its own transfer at once, as before. Only blobs the
+registry's storage lacks, one image at a time, within the spool's bound; none while the upstream is down.
+Off by default (`cache.prefetch`): the stock registry 2.8 writes a layer's link in place, and a pull that asks
+for a layer as a prefetched copy of it is committed can read the link empty and get a 500.
 """
 from __future__ import annotations
 
