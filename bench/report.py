@@ -157,11 +157,11 @@ def chart(result: dict, path: Path) -> None:
     for ax, scenarios, title in panels:
         width = 0.8 / len(scenarios)
         for j, (scenario, label) in enumerate(scenarios):
-            xs = [i + (j - (len(scenarios) - 1) / 2) * width for i in range(len(present))]
-            values = [median(result, d, scenario) or 0 for d in present]
-            bars = ax.bar(xs, values, width, label=label)
+            shown = [(i, d) for i, d in enumerate(present) if samples(result, d, scenario)]  # direct: no warm
+            xs = [i + (j - (len(scenarios) - 1) / 2) * width for i, _ in shown]
+            bars = ax.bar(xs, [median(result, d, scenario) for _, d in shown], width, label=label)
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
-            for x, d in zip(xs, present, strict=True):
+            for x, (_, d) in zip(xs, shown, strict=True):
                 points = samples(result, d, scenario)
                 ax.plot([x] * len(points), points, "k.", markersize=3)
         if result["floor_s"]:
