@@ -108,7 +108,7 @@ case "$cmd" in
   bench-cpu)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
-    run_python bench/cold_cpu.py "$@" ;;
+    run_python -m bench.cold_cpu "$@" ;;
   bench-descriptors)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv

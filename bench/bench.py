@@ -33,6 +33,7 @@ import yaml
 from bench import designs, report
 from bench.designs import CACHING, DESIGNS, MIRROR, Bed
 from bench.network import LinkSampler, Network, Site, namespaces_available
+from bench.procstat import cpu_seconds
 from devtools import seed
 from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import pull
@@ -74,13 +75,13 @@ def measured_deploy(running: designs.Running, ref_path: str, machines: int, work
     counter, parts = bytes_counter(bed), running.parts
     wait_until_quiet(bed.upstream, quiet=0.5)
     os.sync()
-    before_bytes, before_cpu = counter(), {name: designs.cpu_seconds(pids) for name, pids in parts.items()}
+    before_bytes, before_cpu = counter(), {name: cpu_seconds(pids) for name, pids in parts.items()}
     with LinkSampler(bed.site.rate) if bed.site.wan else nullcontext() as sampler:
         started = time.monotonic()
         times = deploy(running, ref_path, machines, workdir, bed.site)
         wall = time.monotonic() - started
         wait_until_quiet(bed.upstream, quiet=1.5)  # the stock registry's background fetches
-    cpu_parts = {name: round(designs.cpu_seconds(pids) - before_cpu[name], 2) for name, pids in parts.items()}
+    cpu_parts = {name: round(cpu_seconds(pids) - before_cpu[name], 2) for name, pids in parts.items()}
     cpu = sum(cpu_parts.values())
     wan_bytes = counter() - before_bytes
     return {"wall_s": round(wall, 2), "times": [round(t, 2) for t in times], "wan_bytes": wan_bytes,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.procstat import cpu_seconds
 from devtools import seed
 from devtools.demo import write_mirror_config
 from devtools.ports import free_port
@@ -30,11 +31,6 @@ from registry_mirror.config import load
 from registry_mirror.supervisor import Mirror
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_written_mb(path: Path) -> float:
@@ -52,11 +48,11 @@ def disk_written_mb(path: Path) -> float:
 def measured(pids: dict[str, int], action, settle=lambda: None, disk: Path | None = None):
     """The action's wall time, each process's CPU time from its start until `settle` returns, and the
     megabytes written to `disk`'s device meanwhile."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
     written = disk_written_mb(disk) if disk else 0.0
     seconds = action()
     settle()
-    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu = {name: cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
     return seconds, cpu, (disk_written_mb(disk) - written if disk else 0.0)
 
 

@@ -12,7 +12,6 @@ machines and toward the upstream), and stopped by its PIDs.
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -237,25 +236,3 @@ def _nginx(workdir: Path, bed: Bed, running: Running) -> None:
 
 STARTERS: dict[str, Callable[[Path, Bed, Running], None]] = {
     DIRECT: _direct, SEED: _seed, MIRROR: _mirror, REPLICAS: _replicas, NGINX: _nginx}
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and of all their descendants, alive or reaped."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # it exited meanwhile
-            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))  # ppid; u+s+cu+cs
-    todo, seen, total = list(pids), set(), 0
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        total += stats[pid][1]
-        todo += [child for child, (ppid, _) in stats.items() if ppid == pid]
-    return total / tick

@@ -1,7 +1,6 @@
 """Where the bench runs: two network namespaces joined by a shaped WAN link, or loopback; the link's counters."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -63,8 +62,15 @@ class Network:
     @staticmethod
     def wan_bytes() -> int:
         """Bytes (frames, headers included) sent from the upstream's side of the WAN link to the data center."""
-        out = sh("ip", "-n", UP_NS, "-j", "-s", "link", "show", "dev", "wan-up").stdout
-        return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+        result: list[int] = []
+
+        def read() -> None:
+            _enter(UP_NS)
+            result.append(_tx_bytes("wan-up"))
+        reader = threading.Thread(target=read)  # a namespace is entered per thread: this one ends with it
+        reader.start()
+        reader.join()
+        return result[0]
 
 
 def namespaces_available() -> str | None:
@@ -134,11 +140,7 @@ class LinkSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        fd = os.open(f"/run/netns/{UP_NS}", os.O_RDONLY)
-        try:
-            os.setns(fd, os.CLONE_NEWNET)  # this thread only
-        finally:
-            os.close(fd)
+        _enter(UP_NS)
         before = _tcp_counters()
         while not self._stop.is_set():
             self.samples.append((time.monotonic() - self.started, _tx_bytes("wan-up")))
@@ -182,6 +184,15 @@ class LinkSampler:
             if tb >= t:
                 return ba + (bb - ba) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
         return self.samples[-1][1]
+
+
+def _enter(netns: str) -> None:
+    """Move the calling thread (only it) into the network namespace `netns`."""
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        os.setns(fd, os.CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 def _tcp_counters() -> dict[str, int]:

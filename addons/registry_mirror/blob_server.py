@@ -37,7 +37,7 @@ class BlobServer:
         self.fill = BlobFill(router, stats)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
                                        on_verified=self.fill.verified)
-        self.prefetch = Prefetcher(self.coalescer, storage) if cache.prefetch else None
+        self.prefetch = Prefetcher(self.coalescer, self.storage) if cache.prefetch else None
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .coalesce import BlobCoalescer
 from .manifest_body import IMAGE_TYPES
 from .requests import SHA256_RE
-from .storage_layout import V2, blob_data
+from .stored_blobs import stored_path
 from .transfers import TransferFailed
 
 if TYPE_CHECKING:
@@ -57,9 +57,9 @@ def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
 class Prefetcher:
     MAX_PENDING = 256  # images whose manifest the registry fetched and of which it has not asked for a blob yet
 
-    def __init__(self, coalescer: BlobCoalescer, storage: str | None):
+    def __init__(self, coalescer: BlobCoalescer, storage: Path | None):
         self.coalescer = coalescer
-        self.storage = Path(storage) if storage else None
+        self.storage = storage  # the registry's filesystem storage
         self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()  # by manifest
         self._image_of: dict[str, str] = {}  # a pending image's blob -> its manifest's key in _pending
         self._one_image = asyncio.Lock()  # one image's blobs at a time: the WAN is shared, the spool bounded
@@ -110,7 +110,8 @@ class Prefetcher:
                     return
 
     def _stored(self, digest: str) -> bool:
-        return self.storage is not None and (self.storage / V2 / blob_data(digest)).exists()
+        path = stored_path(self.storage, digest)
+        return path is not None and path.exists()
 
     async def close(self) -> None:
         self._pending.clear()

@@ -17,12 +17,20 @@ from .storage_layout import V2, blob_data
 from .transfers import Transfer, UpstreamHead
 
 
-def open_stored(storage: Path | None, digest: str) -> BinaryIO | None:
-    """The blob's file in the registry's filesystem storage, open, or None."""
+def stored_path(storage: Path | None, digest: str) -> Path | None:
+    """Where the registry's filesystem storage keeps the blob's bytes (None: no storage, or not sha256)."""
     if storage is None or not SHA256_RE.fullmatch(digest):  # the only layout looked up: sha256/<hex>
         return None
+    return storage / V2 / blob_data(digest)
+
+
+def open_stored(storage: Path | None, digest: str) -> BinaryIO | None:
+    """The blob's file in the registry's filesystem storage, open, or None."""
+    path = stored_path(storage, digest)
+    if path is None:
+        return None
     try:
-        return open(storage / V2 / blob_data(digest), "rb")
+        return open(path, "rb")
     except OSError:  # not stored (or being removed by the registry's expiry): from the upstream
         return None
 

@@ -112,7 +112,7 @@ def test_once_one_blob_is_asked_for_the_others_are_fetched_one_after_another_ski
         (storage / V2 / blob_data(stored)).parent.mkdir(parents=True)
         (storage / V2 / blob_data(stored)).write_bytes(blobs[stored])
         c = BlobCoalescer(fetch, str(tmp_path / "spool"))
-        prefetch = Prefetcher(c, str(storage))
+        prefetch = Prefetcher(c, storage)
         route = SimpleNamespace(health=SimpleNamespace(down=False))
         body = manifest({"digest": stored}, {"digest": base}, {"digest": app}, config=config)
         prefetch.manifest_served("team/app", route, body, DOCKER_V2)
