@@ -111,7 +111,7 @@ def _headers(head: UpstreamHead, outcome: Outcome, size: int | None,
 async def _head(transfer: Transfer, within: float, what: str) -> UpstreamHead | web.Response:
     """The transfer's 200 head, or the error answer the registry gets instead."""
     try:
-        head = await asyncio.wait_for(asyncio.shield(transfer.head), within)
+        head = await _wait_for_head(transfer, within)
         if head.status == 200 and transfer.size == 0:
             # no last byte to hold back, and a Content-Length: 0 answer is complete with its headers: they
             # wait for the verdict instead, so that an empty body for a non-empty digest is still refused
@@ -124,6 +124,18 @@ async def _head(transfer: Transfer, within: float, what: str) -> UpstreamHead | 
         return head
     mapped = upstream_status_error(head.status, what)
     return error(*mapped) if mapped else web.Response(status=head.status, body=head.body, headers=head.headers)
+
+
+async def _wait_for_head(transfer: Transfer, within: float) -> UpstreamHead:
+    """The head, `within` seconds after the transfer got an upstream slot: a wait in line is not the upstream's
+    (upstream_slots.py bounds it, and fails the transfer when it runs out)."""
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(transfer.head), within)
+        except TimeoutError:
+            if not transfer.queued:
+                raise
+            await transfer.admitted()
 
 
 async def _sendfile(request: web.Request, spool: BinaryIO, offset: int, count: int) -> None:

@@ -67,6 +67,11 @@ class UpstreamConfig:
                        "doubling); refusals and timeouts are not retried.", 3, bounds=(0, 10))
     blob_resumes: int = key(WHOLE, "How many times an interrupted blob transfer resumes with a Range request "
                             "before it fails.", 3, bounds=(0, 100))
+    max_blob_transfers: int = key(WHOLE, "Blob transfers from this upstream at once; more wait in line for one "
+                                  "(the stats page shows how many).", 256, bounds=(1, 100_000))
+    blob_queue_timeout: float = key(SECONDS, "Seconds a blob transfer may wait in line for one of "
+                                    "`max_blob_transfers`; then it is refused with a 503 before any byte. The wait "
+                                    "never counts as an upstream failure.", 300, bounds=(0, 86400), above=True)
     failures_before_down: int = key(WHOLE, "Consecutive failures (transport errors, timeouts, 5xx) after which "
                                     "the upstream is assumed down.", 3, bounds=(1, 1000))
     down_period: float = key(SECONDS, "Seconds the upstream is assumed down: cached answers at once, uncached "

@@ -18,6 +18,7 @@ from .requests import RegistryRequest
 from .stats import Stats
 from .tag_state import TagState
 from .upstream import Upstream
+from .upstream_slots import TransferSlots
 
 
 def choose(routes: Sequence[UpstreamConfig], default: UpstreamConfig, name: str, ns: str = "") -> UpstreamConfig:
@@ -59,6 +60,7 @@ class Route:
     upstream: Upstream
     health: UpstreamHealth
     manifests: ManifestService
+    blob_slots: TransferSlots
     prober: HealthProbe | None = None
 
     @property
@@ -88,7 +90,8 @@ class Router:
             suffix = f"repository-{cfg.repository}" if cfg.path_names_of else index
             known = TagState(tag_state_file(config.cache.tag_state_file, suffix))
             self.routes[cfg.label] = Route(cfg, upstream, health,
-                                           ManifestService(upstream, config.cache, health, stats, known))
+                                           ManifestService(upstream, config.cache, health, stats, known),
+                                           TransferSlots(cfg.max_blob_transfers, cfg.blob_queue_timeout))
 
     def for_request(self, req: RegistryRequest) -> Route:
         return self.for_name(req.name, req.ns)

@@ -126,12 +126,15 @@ class Stats:
 def _route_state(route) -> dict:
     if route is None:
         return {"route": "upstream", "prefix": "", "ns": [], "url": "", "state": "up", "consecutive_failures": 0,
-                "last_error": "", "last_error_at": 0, "token_refreshes": 0}
-    health, cfg = route.health, route.cfg
+                "last_error": "", "last_error_at": 0, "token_refreshes": 0,
+                "blob_transfers": {"active": 0, "waiting": 0, "limit": 0, "queue_timeouts": 0}}
+    health, cfg, slots = route.health, route.cfg, route.blob_slots
     return {"route": cfg.label, "prefix": cfg.match_prefix, "ns": list(cfg.match_ns), "url": route.url,
             "state": "down" if health.down else "up", "consecutive_failures": health.consecutive_failures,
             "last_error": health.last_error, "last_error_at": health.last_error_at,
-            "token_refreshes": route.upstream.auth.token_refreshes}
+            "token_refreshes": route.upstream.auth.token_refreshes,
+            "blob_transfers": {"active": slots.active, "waiting": slots.waiting, "limit": slots.limit,
+                               "queue_timeouts": slots.timed_out}}
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -40,6 +40,7 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
         f"<tr><th>{e(r['route'])}</th><td>{e(r['prefix'] or ('*' if not r['ns'] else ''))}</td>"
         f"<td>{e(', '.join(r['ns']))}</td><td><code>{e(r['url'])}</code></td>"
         f"<td class='{'down' if r['state'] == 'down' else 'up'}'>{e(r['state'])}</td>"
+        f"<td>{_slots_text(r['blob_transfers'])}</td>"
         f"<td>{e(r['last_error']) or 'none'}</td></tr>" for r in snap.get("routes", []))
     b = snap["bytes"]
     lat = up["latency_ms"]
@@ -68,7 +69,8 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <div class="card">WAN saved<b id="saved">{human_bytes(b['saved'])}</b></div>
 </div>
 <h2>Routes: image-name prefix or containerd ns to upstream</h2>
-<table id="routes"><tr><th>route</th><th>prefix</th><th>ns</th><th>upstream</th><th>state</th><th>last error</th></tr>
+<table id="routes"><tr><th>route</th><th>prefix</th><th>ns</th><th>upstream</th><th>state</th>
+<th>blob transfers</th><th>last error</th></tr>
 {routes}</table>
 <h2>Answers to the registry, by request class and outcome (requests, bytes)</h2>
 <table id="answers"><tr><th></th>{''.join(f'<th>{e(o)}</th>' for o in outcomes)}</tr>{''.join(rows)}</table>
@@ -89,6 +91,16 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
  &middot; refreshes every {refresh_seconds} s</small></p>
 </body></html>
 """
+
+
+def _slots_text(slots: dict) -> str:
+    """A route's blob transfers: how many run, of how many at once, and how many wait in line."""
+    text = f"{slots['active']} of {slots['limit']}"
+    if slots["waiting"]:
+        text += f", {slots['waiting']} waiting"
+    if slots["queue_timeouts"]:
+        text += f", {slots['queue_timeouts']} refused after waiting"
+    return text
 
 
 def _storage_html(storage: dict | None) -> str:
@@ -157,9 +169,19 @@ class _SnapshotCollector:
                                 value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
                                      labels=["route", "prefix"])
+        active = GaugeMetricFamily("mirror_blob_transfers", "Blob transfers from the route's upstream holding a "
+                                   "slot.", labels=["route"])
+        waiting = GaugeMetricFamily("mirror_blob_transfers_waiting", "Blob transfers waiting for a slot "
+                                    "(upstream.max_blob_transfers).", labels=["route"])
+        timeouts = CounterMetricFamily("mirror_blob_queue_timeouts", "Blob transfers refused after waiting "
+                                       "upstream.blob_queue_timeout for a slot.", labels=["route"])
         for r in snap.get("routes", []):
             route_up.add_metric([r["route"], r["prefix"]], 0 if r["state"] == "down" else 1)
-        yield route_up
+            slots = r["blob_transfers"]
+            active.add_metric([r["route"]], slots["active"])
+            waiting.add_metric([r["route"]], slots["waiting"])
+            timeouts.add_metric([r["route"]], slots["queue_timeouts"])
+        yield from (route_up, active, waiting, timeouts)
         latency = GaugeMetricFamily("mirror_upstream_latency_ms", "Upstream answer latency.", labels=["quantile"])
         for q in ("p50", "p99"):
             if up["latency_ms"][q] is not None:

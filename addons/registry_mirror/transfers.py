@@ -48,6 +48,7 @@ class Transfer:
     readers: int = 0  # requests joined and not yet left: while any, the spool stays
     served: int = 0  # requests served from this transfer, the first included
     held: bool = False  # started ahead of any request (a prefetch): counts as one reader until a request joins
+    queued: bool = False  # waiting for one of the upstream's transfer slots: its head is not late yet
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _notified: int = 0  # `written` when readers were last woken
     _pending_wake: asyncio.TimerHandle | None = None
@@ -82,6 +83,11 @@ class Transfer:
 
     async def wait_for_progress(self, seen: int) -> None:
         if self.written == seen and not self.finished:
+            await self._progress.wait()
+
+    async def admitted(self) -> None:
+        """Return once the transfer is no longer waiting for an upstream transfer slot."""
+        while self.queued and not self.finished:
             await self._progress.wait()
 
     async def verdict(self) -> None:

@@ -17,6 +17,7 @@ from .stats import Stats
 from .transfers import Transfer, TransferFailed, UpstreamHead
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
+from .upstream_slots import SlotTimeout
 
 if TYPE_CHECKING:
     from .routing import Route
@@ -50,6 +51,22 @@ class _UpstreamFill:
         self.exchange = f"{transfer.name}@{transfer.digest}"  # as the stats' exchange log names it
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The blob's bytes once one of the upstream's transfer slots is free; a wait that runs out fails the
+        transfer before its head, and is no upstream failure."""
+        transfer = self.transfer
+        transfer.queued = True
+        try:
+            async with self.route.blob_slots.slot():
+                transfer.queued = False
+                transfer.notify()  # its readers' wait for the head starts now
+                async for chunk in self._resumed():
+                    yield chunk
+        except SlotTimeout as e:
+            raise TransferFailed(f"blob {self.exchange}: {e}") from e
+        finally:
+            transfer.queued = False
+
+    async def _resumed(self) -> AsyncIterator[bytes]:
         """An interrupted stream (reset, stall, a body short of its length) resumes from the last byte
         received, up to `upstream.blob_resumes` times."""
         transfer, route, what = self.transfer, self.route, f"blob {self.exchange}"

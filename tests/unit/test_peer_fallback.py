@@ -14,6 +14,7 @@ from aiohttp import web
 from registry_mirror.blob_fill import BlobFill
 from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.health import UpstreamHealth
+from registry_mirror.upstream_slots import TransferSlots
 from registry_mirror.peers import Peer
 from registry_mirror.stats import Stats
 
@@ -65,7 +66,7 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     port = site._server.sockets[0].getsockname()[1]
     upstream = Upstream()
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
-                            upstream=upstream, health=UpstreamHealth(),
+                            upstream=upstream, health=UpstreamHealth(), blob_slots=TransferSlots(256, 3600),
                             manifests=SimpleNamespace(blob_size=lambda name, digest: None))
     stats = Stats()
     fill = BlobFill(SimpleNamespace(routes={}), stats)

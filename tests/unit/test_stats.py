@@ -12,6 +12,7 @@ from registry_mirror.stats import Stats, percentile
 from registry_mirror.stats_views import human_bytes, prometheus_text, render_html, summary_text
 from registry_mirror.upstream import Upstream, UpstreamError
 from registry_mirror.upstream_auth import AuthError
+from registry_mirror.upstream_slots import TransferSlots
 
 
 class Clock:
@@ -41,6 +42,7 @@ def route(health: UpstreamHealth, url: str, label: str = "upstream", prefix: str
     """What the snapshot reads of a routing.Route."""
     return SimpleNamespace(health=health, url=url,
                            upstream=SimpleNamespace(auth=SimpleNamespace(token_refreshes=refreshes)),
+                           blob_slots=TransferSlots(256, 300),
                            cfg=SimpleNamespace(label=label, match_prefix=prefix, match_ns=()))
 
 
