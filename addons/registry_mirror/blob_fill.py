@@ -28,7 +28,9 @@ class BlobFill:
     def share_with_peers(self, peers: PeerCoordinator) -> None:
         """Coalesce with the other replicas through `peers` (announced already)."""
         self.peers = peers
-        self._peer_session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        # no pool limit: a replica reading as many blobs as the upstream's slots allow never waits on a pool
+        self._peer_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                                   cookie_jar=aiohttp.DummyCookieJar())
 
     def fill(self, transfer: Transfer) -> AsyncIterator[bytes]:
         """A transfer's bytes: from the replica already fetching the blob, else from the upstream (directly, one

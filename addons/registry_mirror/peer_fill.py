@@ -31,7 +31,7 @@ async def from_peer(session: aiohttp.ClientSession, peer: Peer, transfer: Transf
     """The blob from `peer`'s spool; on a failure it ends early with the transfer's `origin` cleared, for the
     upstream to send the rest. Each byte is counted once, where it came from."""
     req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
-    timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_read=route.cfg.blob_stall_timeout)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=route.cfg.blob_stall_timeout)
     started = time.monotonic()
     try:
         async with session.get(f"{peer.url}{req.v2_path}", params={KEY_PARAM: peer.key}, timeout=timeout,
