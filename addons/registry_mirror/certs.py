@@ -1,16 +1,21 @@
-"""The mirror's TLS certificate: a self-signed one is generated on first use (cryptography ships with mitmproxy)."""
+"""The mirror's TLS certificate: a self-signed one is generated on first use (cryptography ships with mitmproxy);
+its expiry is checked, for the stock registry reads it only at start and never says it has expired (issue 22)."""
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
 import socket
+import time
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+EXPIRY_WARNING_DAYS = 14  # a renewal through a CA can take days of tickets: warn while there is time
 
 
 class CertError(Exception):
@@ -87,3 +92,51 @@ def trust_hint(cert_path: str) -> str:
     ca_file = trust_folder(cert_path) / "ca.crt"
     return (f"clients trust {ca_file} (skopeo copy --src-cert-dir {ca_file.parent}, podman pull --cert-dir "
             f"{ca_file.parent}); `artifactory-mirror clients` prints docker's, containerd's and podman's configuration")
+
+
+def certificate_expiry(cert_path: str) -> float:
+    """The notAfter of the (first) certificate in a PEM file, as an epoch."""
+    try:
+        pem = Path(cert_path).read_bytes()
+    except OSError as e:
+        raise CertError(f"cannot read mirror.tls_cert {cert_path}: {e.strerror}") from e
+    try:
+        return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+    except ValueError as e:
+        raise CertError(f"mirror.tls_cert {cert_path} is not a PEM certificate ({e}); put the mirror's "
+                        f"certificate there (-----BEGIN CERTIFICATE-----)") from e
+
+
+def date_text(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def expiry_problem(cert_path: str, not_after: float, now: float) -> tuple[str, str] | None:
+    """("error", why) once `not_after` is past, ("warning", why) within EXPIRY_WARNING_DAYS of it, else None."""
+    date = date_text(not_after)
+    renew = ("put a renewed certificate and its key at mirror.tls_cert / mirror.tls_key (for a generated "
+             "self-signed pair: delete both and `up` makes a new one, which clients must trust again)")
+    if not_after <= now:
+        return "error", (f"mirror.tls_cert {cert_path} expired on {date}: clients fail with `x509: certificate "
+                         f"has expired`; renew it: {renew}")
+    left = (not_after - now) / 86400
+    if left <= EXPIRY_WARNING_DAYS:
+        when = f"in {int(left)} days" if left >= 1 else "within a day"
+        return "warning", f"mirror.tls_cert {cert_path} expires on {date}, {when}; renew it before then: {renew}"
+    return None
+
+
+def pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """Why a certificate and key cannot be served together (unparsable, say half-written, or not a pair), or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as e:
+        return f"the certificate is not PEM (still being written?): {e}"
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # TypeError: it wants a passphrase
+        return f"the key is not an unencrypted PEM private key (still being written?): {e}"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        return "the key does not match the certificate (one of the two not replaced yet?)"
+    return None

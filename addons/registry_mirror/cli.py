@@ -32,8 +32,18 @@ def _load_or_exit(path: str) -> Config:
         sys.exit(2)
 
 
-def cmd_check(args) -> int:
+def cmd_check(args, clock=time.time) -> int:
     cfg = _load_or_exit(args.config)
+    cert = cfg.mirror.tls_cert
+    if cfg.mirror.tls and Path(cert).exists():  # a missing pair is fine: `up` generates one
+        try:  # the registry never checks its certificate; the webhook listener serves it too
+            problem = certs.expiry_problem(cert, certs.certificate_expiry(cert), clock())
+        except certs.CertError as e:
+            problem = ("error", str(e))
+        if problem:
+            print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
+            if problem[0] == "error":
+                return 2
     print(f"{cfg.source}: OK; upstream {cfg.upstream.origin}{cfg.upstream.prefix}/v2/, mirror on "
           f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
     if cfg.webhooks.enabled:
