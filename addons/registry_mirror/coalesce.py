@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .spool_folder import SpoolFolder
 from .spool_writer import write_verified
 from .transfers import Transfer, TransferFailed
 
@@ -41,10 +42,10 @@ class BlobCoalescer:
         self._fill = fill
         self._on_verified = on_verified
         self._timer = timer
-        self._dir = Path(spool_dir or tempfile.mkdtemp(prefix="artifactory-mirror-spool-"))
-        self._dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self._dir.glob("blob-*"):  # a crashed run's spools: never verified, never served
-            leftover.unlink(missing_ok=True)
+        # in a folder of its own under `spool_dir` (else $TMPDIR), locked while it runs; a killed run's folder
+        # (its spools never verified, never served) is removed by the next start
+        self._spool = SpoolFolder(spool_dir)
+        self._dir = self._spool.path  # where the spool files go
         self.max_spool_bytes = max_spool_bytes
         self.keep_seconds = keep_seconds
         self.hold_seconds = hold_seconds
@@ -152,10 +153,5 @@ class BlobCoalescer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for t in self.transfers.values():
-            t.path.unlink(missing_ok=True)
         self.transfers.clear()
-        try:
-            self._dir.rmdir()
-        except OSError:
-            pass
+        self._spool.close()  # every spool with the folder

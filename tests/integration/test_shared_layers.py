@@ -22,7 +22,8 @@ def test_a_layer_shared_by_two_repositories_is_fetched_once(upstream, mirror_fac
     pull(f"{mirror.address}/{a.name}:{a.tag}", tmp_path / "a", cert_dir=mirror.trust)
     mirror.settle(upstream, a)
     spool = Path(mirror.cfg.cache.spool_dir)
-    wait_for(lambda: not any(spool.glob("blob-*")), "the addon to drop its spools (spool_keep)")
+    wait_for(lambda: not any(spool.glob("artifactory-mirror-spool-*/blob-*")),
+             "the addon to drop its spools (spool_keep)")
     pull(f"{mirror.address}/{b.name}:{b.tag}", tmp_path / "b", cert_dir=mirror.trust)
     mirror.settle(upstream, b)
     assert_pulled_identical(tmp_path / "a", a)

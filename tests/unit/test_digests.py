@@ -71,7 +71,7 @@ def test_a_transfer_for_a_digest_it_cannot_check_fails_cleanly(tmp_path):
         with pytest.raises(TransferFailed, match="'foo' is not one of sha256, sha384, sha512"):
             await asyncio.wait_for(asyncio.shield(transfer.head), BOUND)
         c.leave(transfer)
-        state = (dict(c.transfers), list((tmp_path / "spool").iterdir()), transfer.error)
+        state = (dict(c.transfers), list(c._dir.glob("blob-*")), transfer.error)
         await c.close()
         return state
     transfers, spools, error = asyncio.run(scenario())
@@ -91,7 +91,7 @@ def test_the_blob_endpoint_refuses_such_a_digest_before_any_transfer(tmp_path):
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/sha256+b64u:{HEX[64]}",
                                       headers={KEY_HEADER: server.key}) as resp:
                     answer = resp.status, await resp.read()
-            return answer, dict(server.coalescer.transfers), list((tmp_path / "spool").iterdir())
+            return answer, dict(server.coalescer.transfers), list(server.coalescer._dir.glob("blob-*"))
         finally:
             await server.close()
     (status, body), transfers, spools = asyncio.run(asyncio.wait_for(scenario(), BOUND))
