@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
@@ -20,6 +22,7 @@ from . import notifications
 from .blob_access import TICKET_HEADER
 from .blob_answer import AUTH_HEADER
 from .blob_server import BlobServer
+from .disk import DiskWatch
 from .expiry import Expiry
 from .manifest_body import ManifestMismatch
 from .manifests import UpstreamDown
@@ -52,6 +55,8 @@ class RegistryMirror:
         self.blobs: BlobServer | None = None
         self.expiry: Expiry | None = None
         self.webhooks: WebhookListener | None = None
+        self.disk: DiskWatch | None = None
+        self.log_files: dict = {}  # the supervisor's report of its log files: lines dropped, last error
         self.notify_secret = ""
         self.stats = Stats()
         self.started = asyncio.Event()
@@ -60,6 +65,8 @@ class RegistryMirror:
         loader.add_option("mirror_config", str, "",
                           f"Path of the mirror's YAML configuration (default: ${config_mod.ENV_PATH} or "
                           f"./{config_mod.DEFAULT_PATH}).")
+        loader.add_option("mirror_log_dir", str, "", "The folder of the processes' logs, whose free space the "
+                                                     "stats page shows (artifactory-mirror up sets it).")
 
     def configure(self, updated: set[str]) -> None:
         if "mirror_config" in updated:
@@ -85,7 +92,13 @@ class RegistryMirror:
         self.stats = Stats(self.config.rewriter.log_format)
         self.router = Router(self.config, self.stats)
         await self.router.start()
-        self.blobs = BlobServer(self.router, self.config.cache, self.stats, storage=self.config.mirror.storage)
+        mirror, cache = self.config.mirror, self.config.cache
+        dump = ctx.options.mirror_dump.lstrip("+") if "mirror_dump" in ctx.options else ""
+        self.disk = DiskWatch(mirror.min_free, {"storage": mirror.storage,
+                                                "spool": cache.spool_dir or tempfile.gettempdir(),
+                                                "logs": ctx.options.mirror_log_dir,
+                                                "dump": str(Path(dump).parent) if dump else None})
+        self.blobs = BlobServer(self.router, cache, self.stats, storage=mirror.storage, disk=self.disk)
         scale = self.config.scale
         if scale.enabled:  # the other replicas read spools here too
             await self.blobs.start(scale.listen.host, scale.listen.port)

@@ -7,6 +7,7 @@ bytes come from is the fill's business (blob_fill.py); how an answer is sent, bl
 """
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,6 +21,7 @@ from .blob_answer import Share, error, send
 from .blob_fill import BlobFill
 from .coalesce import BlobCoalescer
 from .config import CacheConfig, any_address
+from .disk import DiskWatch
 from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .prefetch import Prefetcher
@@ -29,10 +31,14 @@ from .stats import Stats
 from .stored_blobs import open_stored, stored_transfer
 from .transfers import TransferFailed
 
+log = logging.getLogger(__name__)
+
 
 class BlobServer:
-    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None):
-        self.router, self.stats = router, stats
+    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None,
+                 disk: DiskWatch | None = None):
+        """`disk`: refuses cold fetches when the storage's or the spool's filesystem runs low."""
+        self.router, self.stats, self.disk = router, stats, disk
         self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
         self.fill = BlobFill(router, stats)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
@@ -122,6 +128,12 @@ class BlobServer:
             return refusal
         return await self._shared(request, req, route, what, peer)
 
+    def _incoming(self, route: Route, req: RegistryRequest) -> int:
+        """Bytes still to be written for this blob (its size, as its HEAD gave it) and the transfers in flight."""
+        in_flight = sum(t.size - t.written for t in self.coalescer.transfers.values()
+                        if t.size is not None and not t.finished)
+        return in_flight + (route.manifests.blob_size(req.name, req.reference) or 0)
+
     async def _shared(self, request: web.Request, req: RegistryRequest, route: Route, what: str,
                       peer: bool) -> web.StreamResponse:
         """The answer from the transfer of `req`'s blob, joined (or started) for this request."""
@@ -143,9 +155,15 @@ class BlobServer:
             self.coalescer.leave(transfer)
 
     async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
-        """An uncached blob while its upstream is down waits up to the stale budget for it, then is refused."""
+        """An uncached blob is refused at once while its filesystems are short of space; while its upstream is
+        down it waits up to the stale budget for it, then is refused."""
+        if req.reference in self.coalescer.transfers:
+            return None
+        if self.disk and (short := self.disk.refusal(self._incoming(route, req))):
+            log.warning("refused %s: %s", what, short)
+            return error(503, "UNAVAILABLE", f"{what} is not cached, and {short}")
         health = route.health
-        if req.reference in self.coalescer.transfers or await health.wait_until_up(self.down_wait):
+        if await health.wait_until_up(self.down_wait):
             return None
         return error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {health.retry_in():.0f} s;"
                                          f" last error: {health.last_error}); {what} is not cached")

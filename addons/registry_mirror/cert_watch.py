@@ -1,7 +1,7 @@
 """Noticing that the mirror's certificate and key were replaced, so that what serves them can take the new pair.
 
 The stock registry reads its pair only at start, and the webhook listener when it starts: a renewed certificate
-would wait for the next restart while clients fail with `x509: certificate has expired` (issue 22). CertWatch
+would wait for the next restart while clients fail with `x509: certificate has expired`. CertWatch
 is polled (no thread, no inotify: the files may be on a volume a secret manager rewrites); it reports a change
 once, and only when the new pair loads and matches, so that nothing is restarted onto a half-written file or
 onto a certificate whose key has not been replaced yet.

@@ -1,5 +1,5 @@
 """The mirror's TLS certificate: a self-signed one is generated on first use (cryptography ships with mitmproxy);
-its expiry is checked, for the stock registry reads it only at start and never says it has expired (issue 22)."""
+its expiry is checked, for the stock registry reads it only at start and never says it has expired."""
 from __future__ import annotations
 
 import datetime

@@ -127,6 +127,12 @@ class MirrorConfig:
     max_age: float = key(DURATION, "An image not pulled for this long is removed (at least a minute). Pulls "
                          "served from storage count: they come from the registry's notifications.", "7d",
                          check=_at_least_a_minute)
+    drain_timeout: float = key(SECONDS, "On a stop (SIGTERM), seconds the registry may finish the pulls in "
+                               "flight, new connections refused, while the addon still serves them; then they are "
+                               "cut. Keep systemd's `TimeoutStopSec` above it.", 60, bounds=(0, 3600))
+    min_free: int = key(SIZE, "Free space kept on the storage's and the spool's filesystems: below it cold "
+                        "fetches are refused at once (cached images keep being served) until space comes back.",
+                        "1GiB")
     max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
                                 None, shown="none")
 
@@ -157,8 +163,10 @@ class CacheConfig:
                                "contradicts is dropped at once.", 3600, bounds=(0, 86400))
     manifest_bytes: int = key(BYTES, "Bytes of manifests (by digest) kept in memory, least recently used first "
                               "out.", 64 * 1024 ** 2, bounds=(0, 2 ** 40))
-    spool_dir: str | None = key(PATH, "Where blob transfers are spooled while they stream; emptied on stop.", None,
-                                shown="a new folder under `$TMPDIR`")
+    spool_dir: str | None = key(PATH, "Parent folder of the spool: each running mirror spools into its own "
+                                "`artifactory-mirror-spool-*` folder here, locked while it runs and removed on stop; a "
+                                "start removes every such folder whose lock is free (a crashed or killed run's).", None,
+                                shown="`$TMPDIR`")
     spool_max_bytes: int = key(BYTES, "Finished spools kept for stragglers, at most this many bytes.",
                                8 * 1024 ** 3, bounds=(0, 2 ** 50))
     spool_keep: float = key(SECONDS, "Seconds a spool is kept after its transfer ended, for requests that arrive "

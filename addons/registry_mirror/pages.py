@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict
 
 from mitmproxy import http
 
-from . import notifications
+from . import certs, notifications
 from .addon import RegistryMirror
+from .flow_dump import FlowDump
 from .pulls import served_pulls
-from .stats_views import JSON_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
+from .stats_views import JSON_PATH, LOGS_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
 
 log = logging.getLogger(__name__)
 
 FAVICON_PATH = "/favicon.ico"  # a browser on the stats page asks for it; not a registry request
+
+
+def certificate_state(cert_path: str, now: float) -> dict:
+    """The mirror's certificate as clients see it: its expiry, and what to do about it when it is near or past."""
+    try:
+        not_after = certs.certificate_expiry(cert_path)
+    except certs.CertError as e:
+        return {"certificate": cert_path, "not_after": None, "problem": str(e)}
+    problem = certs.expiry_problem(cert_path, not_after, now)
+    return {"certificate": cert_path, "not_after": not_after, "problem": problem[1] if problem else ""}
 
 
 def json_response(status: int, data: object, indent: int | None = None) -> http.Response:
@@ -28,10 +40,10 @@ def json_response(status: int, data: object, indent: int | None = None) -> http.
 
 
 class MirrorPages:
-    def __init__(self, mirror: RegistryMirror) -> None:
-        self.mirror = mirror
+    def __init__(self, mirror: RegistryMirror, dump: FlowDump | None = None) -> None:
+        self.mirror, self.dump = mirror, dump
         self.pages = {STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
-                      READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified,
+                      READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified, LOGS_PATH: self.log_report,
                       FAVICON_PATH: lambda _flow: http.Response.make(204)}
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -69,6 +81,20 @@ class MirrorPages:
         flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
         return json_response(status, {"accepted": status == 202, "reason": reason})
 
+    def log_report(self, flow: http.HTTPFlow) -> http.Response:
+        """The supervisor's report of its log files (lines dropped on a full disk), with the registry's secret."""
+        status, reason, report = notifications.check(
+            flow.request.method, flow.request.headers.pop(notifications.SECRET_HEADER, ""), flow.request.content,
+            self.mirror.notify_secret or "\0unset")
+        try:
+            files = {str(name): {"dropped_lines": int(v["dropped_lines"]), "last_error": str(v["last_error"])}
+                     for name, v in report.items()} if status == 202 else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            status, reason, files = 400, "a JSON object of log files", None
+        if files is not None:
+            self.mirror.log_files = files
+        return json_response(status, {"accepted": status == 202, "reason": reason})
+
     def snapshot(self) -> dict:
         """The stats, with the scale-out and storage state when the mirror runs them."""
         mirror = self.mirror
@@ -83,4 +109,9 @@ class MirrorPages:
                                "oldest_last_pull": expiry.pulls.oldest()}
         if mirror.webhooks:
             snap["webhooks"] = mirror.webhooks.snapshot()
+        if mirror.config and mirror.config.mirror.tls:
+            snap["tls"] = certificate_state(mirror.config.mirror.tls_cert, time.time())
+        if mirror.disk:
+            snap["disk"] = {**mirror.disk.snapshot(), "log_files": mirror.log_files,
+                            "dump": self.dump.snapshot() if self.dump and self.dump.path else None}
         return snap

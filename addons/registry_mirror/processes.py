@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from .logfiles import LogFile, copy_lines
+
 
 class ProcessError(RuntimeError):
     pass
@@ -52,33 +54,18 @@ def in_netns(args: list[str], netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns, *args] if netns else args
 
 
-def start(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+def start(args: list[str], log: Path | LogFile, env: dict[str, str] | None = None,
           netns: str | None = None, redact: tuple[str, ...] = ()) -> subprocess.Popen:
-    """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), output to a file,
-    with every string in `redact` replaced on its way there (the stock registry logs its notification
-    endpoint's headers)."""
+    """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), its output piped to
+    `log` (logfiles.py: rotated, and a full disk drops lines, never stops the process), with every string in
+    `redact` replaced on its way there (the stock registry logs its notification endpoint's headers)."""
     args = in_netns(args, netns)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE if redact else out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
-                                start_new_session=True)
-    if redact:
-        threading.Thread(target=_copy_redacted, args=(proc.stdout, log_path, redact), daemon=True).start()
+    log = log if isinstance(log, LogFile) else LogFile(log)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
+                            start_new_session=True)
+    threading.Thread(target=copy_lines, args=(proc.stdout, log, redact), daemon=True).start()
     return proc
-
-
-def _copy_redacted(source, log_path: Path, secrets: tuple[str, ...]) -> None:
-    """Drains the process's output whatever happens to the log file: a full pipe would stop the process."""
-    with source, open(log_path, "ab", buffering=0) as out:
-        for line in source:
-            for secret in secrets:
-                line = line.replace(secret.encode(), b"<redacted by artifactory-mirror>")
-            try:
-                out.write(line)
-            except OSError:  # a full disk loses log lines, as a direct write would; the process goes on
-                pass
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
@@ -150,19 +137,21 @@ def _accepts(host: str, port: int, netns: str | None) -> bool:
         return False
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """Stop a process by its PID: SIGTERM, then SIGKILL after `timeout`."""
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
+    """Stop a process by its PID: SIGTERM, then SIGKILL after `timeout`; True if it had to be killed."""
     if proc is None or proc.poll() is not None:
-        return
+        return False
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return False
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        return True
+    return False
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -14,6 +14,8 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
         "secret": http_secret or secrets.token_hex(16),
         "headers": {"X-Content-Type-Options": ["nosniff"]},
     }
+    if cfg.mirror.drain_timeout:  # SIGTERM closes the listener and lets the requests in flight finish
+        http["draintimeout"] = f"{cfg.mirror.drain_timeout:g}s"
     if cfg.mirror.tls:
         http["tls"] = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
         # HTTP/1.1 only: a pull is a few large streams, and Go's HTTP/2 frames them at a CPU cost the registry and

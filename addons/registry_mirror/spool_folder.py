@@ -1,7 +1,7 @@
 """The spool's folder: one per running mirror, `<parent>/artifactory-mirror-spool-<random>`, locked while it runs.
 
 A crash or `kill -9` cannot clean up after itself, and a new folder per start used to leave the old one for
-ever (issue 22). Each folder therefore holds a lock file that its mirror keeps an exclusive `flock` on; the
+ever. Each folder therefore holds a lock file that its mirror keeps an exclusive `flock` on; the
 kernel drops the lock when the process dies, however it dies. A start removes every spool folder in the
 parent whose lock it can take, then makes its own. The parent is `cache.spool_dir`, else `$TMPDIR`.
 """

@@ -13,6 +13,7 @@ from .units import human_bytes
 
 STATS_PATH, JSON_PATH, METRICS_PATH = "/_mirror/stats", "/_mirror/stats.json", "/metrics"
 READY_PATH = "/_mirror/ready"  # 200 {"ready": true} once the addon has started, else 503
+LOGS_PATH = "/_mirror/logs"  # the supervisor POSTs its log files' dropped lines here
 
 
 def render_html(snap: dict, refresh_seconds: int = 5) -> str:
@@ -62,6 +63,8 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
  &middot; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms &middot; token refreshes {up['token_refreshes']}
  &middot; up for {snap['uptime_s']:.0f} s</p>
 <p>Last error: <span id="last-error">{e(up['last_error']) or 'none'}</span></p>
+{_disk_warning(snap.get("disk"))}
+{_tls_html(snap.get("tls"))}
 <div class="cards">
 <div class="card">served to clients<b id="served-to-clients">{human_bytes(b.get('served_to_clients'))}</b></div>
 <div class="card">served to the registry<b id="served">{human_bytes(b['served_to_registry'])}</b></div>
@@ -84,6 +87,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 {pulls_html(snap.get("registry_pulls", {}))}
 {warming_html(snap.get("webhooks"))}
 {_storage_html(snap.get("storage"))}
+{_disk_html(snap.get("disk"))}
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
 {transfers}</table>
@@ -91,6 +95,50 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
  &middot; refreshes every {refresh_seconds} s</small></p>
 </body></html>
 """
+
+
+def disk_warnings(disk: dict | None) -> list[str]:
+    """What an operator must act on: a filesystem under the reserve, log lines or flows dropped."""
+    if not disk:
+        return []
+    warnings = [f"{fs['what']} filesystem {fs['path']}: {human_bytes(fs['free_bytes'])} free, under mirror.min_free "
+                f"({human_bytes(disk['min_free_bytes'])})" for fs in disk["filesystems"] if fs["low"]]
+    warnings += [f"{name}: {v['dropped_lines']} lines dropped ({v['last_error']})"
+                 for name, v in disk["log_files"].items() if v["dropped_lines"]]
+    if (dump := disk.get("dump")) and dump["dropped"]:
+        warnings.append(f"flow dump {dump['path']}: {dump['dropped']} flows dropped ({dump['last_error']})")
+    return warnings
+
+
+def _tls_html(tls: dict | None) -> str:
+    if not tls:
+        return ""
+    until = "unreadable" if tls["not_after"] is None else \
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(tls["not_after"]))
+    problem = f" <span id='tls-problem' class='down'>{html.escape(tls['problem'])}</span>" if tls["problem"] else ""
+    return f"<p>Certificate <code>{html.escape(tls['certificate'])}</code> valid until " \
+           f"<span id='tls-expiry'>{until}</span>.{problem}</p>"
+
+
+def _disk_warning(disk: dict | None) -> str:
+    warnings = disk_warnings(disk)
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    refusal = html.escape(disk["last_refusal"]) if disk["last_refusal"] else "none yet"
+    return (f"<div id='disk-warning' class='down'>Disk: <ul>{items}</ul></div>"
+            f"<p>Last cold fetch refused for space: <span id='last-refusal'>{refusal}</span></p>")
+
+
+def _disk_html(disk: dict | None) -> str:
+    if not disk:
+        return ""
+    rows = "".join(f"<tr><th>{html.escape(fs['what'])}</th><td><code>{html.escape(fs['path'])}</code></td>"
+                   f"<td class='{'down' if fs['low'] else 'up'}'>{human_bytes(fs['free_bytes'])}</td>"
+                   f"<td>{human_bytes(fs['total_bytes'])}</td></tr>" for fs in disk["filesystems"])
+    return f"""<h2>Disk (reserve mirror.min_free: {human_bytes(disk['min_free_bytes'])})</h2>
+<table id="disk"><tr><th>for</th><th>path</th><th>free</th><th>size</th></tr>{rows}</table>
+<p>Cold fetches refused for space: <span id="refused-fetches">{disk['refused_fetches']}</span></p>"""
 
 
 def _slots_text(slots: dict) -> str:
@@ -165,6 +213,11 @@ class _SnapshotCollector:
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)
+        if disk := snap.get("disk"):
+            yield from _disk_metrics(disk)
+        if (tls := snap.get("tls")) and tls["not_after"] is not None:
+            yield GaugeMetricFamily("mirror_tls_certificate_expiry_timestamp_seconds",
+                                    "When mirror.tls_cert expires (Unix time).", value=tls["not_after"])
         yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
                                 value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
@@ -189,6 +242,27 @@ class _SnapshotCollector:
         yield latency
         yield GaugeMetricFamily("mirror_transfers_in_flight", "Blob transfers from the upstream in flight.",
                                 value=len(snap["transfers"]))
+
+
+def _disk_metrics(disk: dict):
+    free = GaugeMetricFamily("mirror_filesystem_free_bytes", "Free bytes where the mirror writes.", labels=["use"])
+    size = GaugeMetricFamily("mirror_filesystem_size_bytes", "Size of the filesystems the mirror writes to.",
+                             labels=["use"])
+    for fs in disk["filesystems"]:
+        free.add_metric([fs["what"]], fs["free_bytes"])
+        size.add_metric([fs["what"]], fs["total_bytes"])
+    yield from (free, size)
+    yield GaugeMetricFamily("mirror_filesystem_reserve_bytes", "mirror.min_free.", value=disk["min_free_bytes"])
+    yield CounterMetricFamily("mirror_fetches_refused_for_space", "Cold fetches refused under mirror.min_free.",
+                              value=disk["refused_fetches"])
+    dropped = CounterMetricFamily("mirror_log_lines_dropped", "Log lines that could not be written.",
+                                  labels=["file"])
+    for name, v in disk["log_files"].items():
+        dropped.add_metric([name], v["dropped_lines"])
+    yield dropped
+    if dump := disk.get("dump"):
+        yield CounterMetricFamily("mirror_dump_flows_dropped", "Flows the --dump file could not take.",
+                                  value=dump["dropped"])
 
 
 def prometheus_text(snap: dict) -> bytes:
@@ -217,6 +291,9 @@ def summary_text(snap: dict) -> str:
     if any(snap["integrity"].values()):
         lines.append(f"integrity: {snap['integrity']['bodies_cut_short']} upstream bodies cut short, "
                      f"{snap['integrity']['cache_dropped_inconsistent']} cached answers dropped as inconsistent")
+    lines += [f"disk: {w}" for w in disk_warnings(snap.get("disk"))]
+    if (tls := snap.get("tls")) and tls["problem"]:
+        lines.append(f"certificate: {tls['problem']}")
     for t in snap["transfers"]:
         lines.append(f"  in flight: {t['digest'][:19]}… {human_bytes(t['received'])} of {human_bytes(t['size'])}")
     return "\n".join(lines)

@@ -1,26 +1,38 @@
 """The running pair, supervised: mitmdump (or mitmweb) with the addon, then the stock registry.
 
 mitmproxy starts first and the registry only once the addon says it is ready, because the registry pings
-its remote at start and panics if nothing listens; if either process dies the other is stopped.
+its remote at start and panics if nothing listens; if either process dies the other is stopped. A stop drains:
+the registry closes its listener and finishes the requests in flight (`mirror.drain_timeout`) while the addon
+still serves them, then the addon stops.
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import argon2
 import yaml
 
 from . import certs, processes
+from .cert_watch import CertWatch
 from .config import Config
-from .notifications import notification_secret
+from .logfiles import LogFile
+from .notifications import SECRET_HEADER, notification_secret
 from .registry_config import proxy_registry_config
-from .stats_views import READY_PATH
+from .stats_views import JSON_PATH, LOGS_PATH, READY_PATH
 
 ADDON = Path(__file__).resolve().parent / "script" / "mirror.py"
+STOP_MARGIN = 5.0  # seconds past the drain timeout before a registry that has not exited is killed
+LOG_REPORT_SECONDS = 2.0  # how often dropped log lines are reported to the addon (its stats page)
+CERT_POLL_SECONDS = 5.0  # how often the mirror's certificate and key are checked for a renewal
 
 
 class Mirror:
@@ -32,26 +44,32 @@ class Mirror:
         self.cfg, self.log_dir, self.web, self.dump, self.netns = cfg, log_dir, web, dump, netns
         self.mitm: subprocess.Popen | None = None
         self.registry: subprocess.Popen | None = None
+        # one file per process across registry restarts; a line that cannot be written is dropped and counted
+        self.logs = {name: LogFile(log_dir / f"{name}.log") for name in ("mitmproxy", "registry")}
+        self.draining: list[subprocess.Popen] = []  # registries replaced by a restart, finishing their requests
+        self._stopping = threading.Event()
 
     def mitm_args(self) -> list[str]:
         rw = self.cfg.rewriter
         args = [processes.venv_tool("mitmweb" if self.web else "mitmdump"), "-s", str(ADDON),
                 "--mode", f"reverse:{self.cfg.upstream.origin}@{rw.listen.host}:{rw.listen.port}",
                 "--set", f"mirror_config={self.cfg.source}", "--set", "connection_strategy=lazy",
-                "--set", "stream_large_bodies=1m", "--set", "flow_detail=0"]
+                "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
+                "--set", f"mirror_log_dir={self.log_dir}"]
         if self.web:
             args += ["--set", f"web_host={rw.web_listen.host}", "--set", f"web_port={rw.web_listen.port}",
                      "--set", "web_open_browser=false"]
             if rw.web_password:  # an argon2 hash: the command line (visible in ps) never holds the password
                 args += ["--set", f"web_password={argon2.PasswordHasher().hash(rw.web_password)}"]
-        if self.dump:
-            args += ["-w", self.dump]
+        if self.dump:  # written by the addon (flow_dump.py): a failed write drops that flow, not the process
+            args += ["--set", f"mirror_dump={self.dump}"]
         return args
 
     def start(self) -> None:
         cfg = self.cfg
         rw = cfg.rewriter
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        raise_open_files_limit()
         if cfg.mirror.tls:
             try:
                 certs.write_trust_folder(cfg.mirror.trusted_ca, cfg.mirror.tls_cert)
@@ -59,13 +77,13 @@ class Mirror:
                 print(f"artifactory-mirror: {e}", file=sys.stderr)
         if self.dump:
             private_dump_file(self.dump)
-        mitm_log = self.log_dir / "mitmproxy.log"
         # the addon never logs the webhook secret; its log is redacted of it all the same
         webhook_secret = (cfg.webhooks.secret,) if cfg.webhooks.secret else ()
-        self.mitm = processes.start(self.mitm_args(), mitm_log, netns=self.netns, redact=webhook_secret)
-        processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm,
-                                   what="mitmproxy with the addon", log_path=mitm_log, netns=self.netns)
+        self.mitm = processes.start(self.mitm_args(), self.logs["mitmproxy"], netns=self.netns, redact=webhook_secret)
+        processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm, what="mitmproxy with the addon",
+                                   log_path=self.logs["mitmproxy"].path, netns=self.netns)
         self.start_registry()
+        threading.Thread(target=self._report_dropped_lines, daemon=True).start()
 
     def start_registry(self) -> None:
         """The stock registry, with a configuration generated from mirror.yaml (again after a restart)."""
@@ -76,25 +94,97 @@ class Mirror:
         # created 0600: it may hold the redis password, and no one else may read it even for a moment
         with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}")))
-        registry_log = self.log_dir / "registry.log"
-        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], registry_log,
+        log = self.logs["registry"]
+        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], log,
                                         netns=self.netns, redact=(notification_secret(cfg.mirror.storage),))
         processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
-                                what="the stock registry", log_path=registry_log, netns=self.netns)
+                                what="the stock registry", log_path=log.path, netns=self.netns)
 
     def wait(self) -> int:
-        """Block until one process exits; return non-zero naming it."""
+        """Block until one process exits; return non-zero naming it. A renewed certificate restarts the registry."""
+        mirror = self.cfg.mirror
+        watch = CertWatch(mirror.tls_cert, mirror.tls_key) if mirror.tls else None
+        next_check = time.monotonic() + CERT_POLL_SECONDS
         while True:
             for name, proc in (("mitmproxy", self.mitm), ("registry", self.registry)):
                 if proc is not None and proc.poll() is not None:
                     print(f"artifactory-mirror: {name} exited with status {proc.returncode}; stopping the other "
                           f"(logs in {self.log_dir})", file=sys.stderr)
                     return proc.returncode or 1
+            self.draining = [proc for proc in self.draining if proc.poll() is None]
+            if watch and time.monotonic() >= next_check:
+                next_check = time.monotonic() + CERT_POLL_SECONDS
+                if watch.changed():
+                    self.restart_registry()
             time.sleep(0.2)
 
+    def restart_registry(self) -> float:
+        """A new registry (it reads its certificate only at start) while the old one drains: the old one closes its
+        listener at once and finishes its requests; the new one binds as soon as the port is free. Returns the
+        seconds no listener was there."""
+        old, listen = self.registry, self.cfg.mirror.listen
+        os.killpg(old.pid, signal.SIGTERM)
+        self.draining.append(old)
+        deadline = time.monotonic() + 30
+        while processes.port_in_use(listen.host, listen.port) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the old listener closing: a SIGTERM handler's moment
+        closed = time.monotonic()
+        self.start_registry()
+        gap = time.monotonic() - closed
+        expiry = certs.date_text(certs.certificate_expiry(self.cfg.mirror.tls_cert))
+        print(f"artifactory-mirror: {self.cfg.mirror.tls_cert} changed: the registry restarted with it (valid until "
+              f"{expiry}); no listener for {gap * 1000:.0f} ms, the previous registry finishes its requests",
+              file=sys.stderr, flush=True)
+        return gap
+
     def stop(self) -> None:
-        processes.stop(self.registry)
+        """Drain: the registry stops taking connections and finishes its requests within the drain timeout,
+        the addon serving them meanwhile; then the addon stops. What the timeout cut is logged."""
+        self._stopping.set()
+        drain = self.cfg.mirror.drain_timeout
+        for previous in self.draining:  # replaced by a restart: already draining
+            processes.stop(previous, timeout=drain + STOP_MARGIN)
+        cut = processes.stop(self.registry, timeout=drain + STOP_MARGIN)
+        if (cut or (self.registry is not None and self.registry.returncode not in (0, None))) and drain:
+            print(f"artifactory-mirror: the registry did not finish its requests within mirror.drain_timeout "
+                  f"({drain:g} s); {self._in_flight() or 'requests in flight'} cut", file=sys.stderr)
         processes.stop(self.mitm)
+
+    def _in_flight(self) -> str:
+        """The addon's blob transfers in flight, for the message of a drain cut short."""
+        try:
+            with urllib.request.urlopen(self.cfg.rewriter.listen.local_url(JSON_PATH), timeout=2) as resp:
+                transfers = json.load(resp)["transfers"]
+        except (OSError, ValueError, KeyError):
+            return ""
+        return f"{len(transfers)} blob transfers ({', '.join(t['digest'][:19] for t in transfers[:5])})" \
+            if transfers else ""
+
+    def _report_dropped_lines(self) -> None:
+        """Tell the addon (its stats page, /metrics) of log lines dropped since the last report."""
+        reported: dict = {}
+        while not self._stopping.wait(LOG_REPORT_SECONDS):
+            state = {f"{name}.log": {"dropped_lines": log.dropped_lines, "last_error": log.last_error}
+                     for name, log in self.logs.items()}
+            if state == reported:
+                continue
+            request = urllib.request.Request(
+                self.cfg.rewriter.listen.local_url(LOGS_PATH), data=json.dumps(state).encode(), method="POST",
+                headers={"Content-Type": "application/json",
+                         SECRET_HEADER: notification_secret(self.cfg.mirror.storage)})
+            try:
+                with urllib.request.urlopen(request, timeout=5):
+                    reported = state
+            except OSError:
+                pass  # the addon is stopping or busy: the next round tells it
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one, for both processes (they inherit it): each blob in
+    flight holds a client connection, an upstream connection and spool files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def private_dump_file(spec: str) -> Path:

@@ -33,6 +33,9 @@ if not shutil.which("skopeo") or not shutil.which("docker-registry"):
 
 
 LOG_TAIL_LINES = 40
+# the reserve of free space the tests' mirrors keep: a machine with less free disk than the default (1 GiB)
+# still runs the suite; the disk tests set their own on a filesystem of their own
+TEST_MIN_FREE = "64MiB"
 # the console script pip installed beside this interpreter: the commands are tested as operators run them
 MIRROR_COMMAND = str(Path(sys.executable).with_name("artifactory-mirror"))
 
@@ -131,15 +134,17 @@ def mirror_factory(tmp_path):
 
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
-             mirror_keys: dict | None = None, webhooks: dict | None = None) -> RunningMirror:
-        workdir = tmp_path / f"mirror{len(started)}"
-        workdir.mkdir()
+             mirror_keys: dict | None = None, webhooks: dict | None = None, workdir: Path | None = None,
+             log_dir: Path | None = None) -> RunningMirror:
+        """`workdir`: where its configuration, storage, spool, logs and dump go (a filesystem of the test's)."""
+        workdir = workdir or tmp_path / f"mirror{len(started)}"
+        workdir.mkdir(exist_ok=True)
         cfg_path = workdir / "mirror.yaml"
         cfg_path.write_text(yaml.safe_dump({
             "upstream": {"repository": "docker-local", **upstream_keys},
             "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(storage or workdir / "storage"),
                        "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
-                       **(mirror_keys or {})},
+                       "min_free": TEST_MIN_FREE, **(mirror_keys or {})},
             "rewriter": {"listen": f"127.0.0.1:{free_port()}", **(rewriter or {})},
             "cache": {"spool_dir": str(workdir / "spool"), **(cache or {})},
             **({"routes": routes} if routes else {}),
@@ -148,7 +153,7 @@ def mirror_factory(tmp_path):
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
-        mirror = Mirror(cfg, workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
+        mirror = Mirror(cfg, log_dir or workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
         started.append(mirror)
         mirror.start()
         return RunningMirror(mirror, certs.trust_folder(cfg.mirror.tls_cert))

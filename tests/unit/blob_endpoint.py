@@ -4,8 +4,8 @@ from types import SimpleNamespace
 from registry_mirror.blob_server import BlobServer
 from registry_mirror.config import CacheConfig
 from registry_mirror.health import UpstreamHealth
-from registry_mirror.upstream_slots import TransferSlots
 from registry_mirror.stats import Stats
+from registry_mirror.upstream_slots import TransferSlots
 
 
 async def started_server(tmp_path, upstream, storage=None, request_timeout: float = 3600,
@@ -14,7 +14,8 @@ async def started_server(tmp_path, upstream, storage=None, request_timeout: floa
     """Timeouts no test can reach unless its upstream never answers; `resumes` blob resumes; `head_size`: the
     size a cached HEAD of every blob gave (None: no HEAD cached); `slots`: the route's transfer slots."""
     route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=request_timeout, blob_stall_timeout=3600,
-                                                blob_resumes=resumes), upstream=upstream, health=UpstreamHealth(), blob_slots=slots or TransferSlots(256, 3600),
+                                                blob_resumes=resumes), upstream=upstream, health=UpstreamHealth(),
+                            blob_slots=slots or TransferSlots(256, 3600),
                             manifests=SimpleNamespace(blob_size=lambda name, digest: head_size))
     server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
                         CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)

@@ -50,7 +50,8 @@ def test_the_mirror_creates_the_dump_file_before_it_starts_mitmproxy(tmp_path, m
     at_start = []
 
     def start(args, log_path, **kwargs):
-        at_start.append((args[args.index("-w") + 1], mode_of(dump) if dump.exists() else None))
+        option = next(a for a in args if a.startswith("mirror_dump="))
+        at_start.append((option.partition("=")[2], mode_of(dump) if dump.exists() else None))
         raise processes.ProcessError("not started in a unit test")
     monkeypatch.setattr(processes, "start", start)
     mirror = supervisor.Mirror(load(str(config)), tmp_path / "logs", dump=str(dump))

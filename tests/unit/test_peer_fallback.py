@@ -14,9 +14,9 @@ from aiohttp import web
 from registry_mirror.blob_fill import BlobFill
 from registry_mirror.coalesce import BlobCoalescer
 from registry_mirror.health import UpstreamHealth
-from registry_mirror.upstream_slots import TransferSlots
 from registry_mirror.peers import Peer
 from registry_mirror.stats import Stats
+from registry_mirror.upstream_slots import TransferSlots
 
 from .spool_reads import sent_bytes
 

@@ -1,0 +1,99 @@
+"""`artifactory-mirror up --dump FILE`: flows written as mitmdump's `-w` writes them, except that a write that fails
+(a full disk) drops that flow instead of stopping mitmproxy, whose own writer exits on purpose.
+
+Listed after RegistryMirror in the entry script: by the time a flow is written its credentials are redacted.
+A flow is written whole or not at all: a record cut short by a full disk is truncated away, so the file always
+reads back.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.io import FlowWriter
+
+log = logging.getLogger(__name__)
+
+
+class FlowDump:
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.written = 0
+        self.dropped = 0  # flows that could not be written
+        self.last_error = ""
+        self._file: BinaryIO | None = None
+        self._active: set[http.HTTPFlow] = set()  # flows in flight, written as they are if mitmproxy stops
+
+    def load(self, loader) -> None:
+        loader.add_option("mirror_dump", str, "", "Write flows to this file (+FILE appends), as -w would; a "
+                                                  "failed write drops that flow and the proxy goes on.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "mirror_dump" not in updated:
+            return
+        self.done()
+        spec = ctx.options.mirror_dump
+        if not spec:
+            return
+        self.path = Path(spec[1:] if spec.startswith("+") else spec).expanduser()
+        try:
+            self._file = open(self.path, "ab" if spec.startswith("+") else "wb")
+        except OSError as e:
+            raise exceptions.OptionsError(f"mirror_dump {spec}: cannot open it for writing: {e.strerror}") from e
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self._file is not None:
+            self._active.add(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._save(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._save(flow)
+
+    def done(self) -> None:
+        if self._file is None:
+            return
+        for flow in list(self._active):
+            self._save(flow)
+        self._file.close()
+        self._file = None
+
+    def _save(self, flow: http.HTTPFlow) -> None:
+        self._active.discard(flow)
+        if self._file is None:
+            return
+        record = io.BytesIO()
+        FlowWriter(record).add(flow)
+        end = self._file.tell()
+        try:
+            self._file.write(record.getvalue())
+            self._file.flush()
+        except OSError as e:
+            self.dropped += 1
+            self.last_error = f"{self.path}: {e.strerror or e}"
+            log.warning("flow dump: dropped a flow (%s)", self.last_error)
+            self._truncate(end)
+            return
+        self.written += 1
+
+    def _truncate(self, end: int) -> None:
+        """Cut a record a failed write left half in the file; the buffered rest is discarded with it."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the failed flush again: the bytes it could not write are gone, as intended
+        try:
+            self._file = open(self.path, "r+b")
+            self._file.truncate(end)
+            self._file.seek(end)
+        except OSError as e:
+            log.warning("flow dump: cannot reopen %s (%s); no more flows are written", self.path, e.strerror)
+            self._file = None
+
+    def snapshot(self) -> dict:
+        return {"path": str(self.path or ""), "written": self.written, "dropped": self.dropped,
+                "last_error": self.last_error}
