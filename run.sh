@@ -11,7 +11,7 @@
 #   ./run.sh test    lint, then the test suite (pytest arguments may follow)
 #   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
 #   ./run.sh bench   the benchmark: direct, the seed's design, this mirror (1 and 2 replicas), an nginx cache; WAN + loopback
-#   ./run.sh bench-load  50 concurrent clients, the upstream steady, flapping and down
+#   ./run.sh bench-load  50 concurrent clients (upstream steady, flapping, down); 200 distinct cold layers at once
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
 #   ./run.sh bench-clients  docker, containerd and podman: cold and warm through the mirror, and direct (root)

@@ -235,10 +235,13 @@ class _SnapshotCollector:
             waiting.add_metric([r["route"]], slots["waiting"])
             timeouts.add_metric([r["route"]], slots["queue_timeouts"])
         yield from (route_up, active, waiting, timeouts)
-        latency = GaugeMetricFamily("mirror_upstream_latency_ms", "Upstream answer latency.", labels=["quantile"])
-        for q in ("p50", "p99"):
+        # one convention for every metric: mirror_ prefix, _total, _bytes, _seconds, a `route` label, never an
+        # image name or digest (label values stay few)
+        latency = GaugeMetricFamily("mirror_upstream_latency_seconds", "Upstream answer latency over the last "
+                                    "answers.", labels=["quantile"])
+        for q, quantile in (("p50", "0.5"), ("p99", "0.99")):
             if up["latency_ms"][q] is not None:
-                latency.add_metric([q], up["latency_ms"][q])
+                latency.add_metric([quantile], up["latency_ms"][q] / 1000)
         yield latency
         yield GaugeMetricFamily("mirror_transfers_in_flight", "Blob transfers from the upstream in flight.",
                                 value=len(snap["transfers"]))

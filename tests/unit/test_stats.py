@@ -89,7 +89,7 @@ def test_prometheus_exposition():
     text = prometheus_text(stats.snapshot([route(health, "u")])).decode()
     assert 'mirror_requests_total{class="blob",outcome="miss"} 1.0' in text
     assert 'mirror_upstream_requests_total{class="manifest-by-tag",status="timeout"} 1.0' in text
-    assert "mirror_upstream_up 1.0" in text and 'mirror_upstream_latency_ms{quantile="p50"} 50.0' in text
+    assert "mirror_upstream_up 1.0" in text and 'mirror_upstream_latency_seconds{quantile="0.5"} 0.05' in text
     assert 'mirror_registry_pulls_total{by="clients",class="manifest"} 2.0' in text
     assert 'mirror_registry_pull_bytes_total{by="warming",class="blob"} 700.0' in text
 
