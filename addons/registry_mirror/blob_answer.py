@@ -129,13 +129,15 @@ async def _head(transfer: Transfer, within: float, what: str) -> UpstreamHead | 
 async def _wait_for_head(transfer: Transfer, within: float) -> UpstreamHead:
     """The head, `within` seconds after the transfer got an upstream slot: a wait in line is not the upstream's
     (upstream_slots.py bounds it, and fails the transfer when it runs out)."""
+    loop = asyncio.get_running_loop()
+    wait = within
     while True:
         try:
-            return await asyncio.wait_for(asyncio.shield(transfer.head), within)
+            return await asyncio.wait_for(asyncio.shield(transfer.head), wait)
         except TimeoutError:
-            if not transfer.queued:
-                raise
             await transfer.admitted()
+            if transfer.admitted_at is None or (wait := transfer.admitted_at + within - loop.time()) <= 0:
+                raise
 
 
 async def _sendfile(request: web.Request, spool: BinaryIO, offset: int, count: int) -> None:

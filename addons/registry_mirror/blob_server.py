@@ -141,6 +141,9 @@ class BlobServer:
             transfer, following = self.coalescer.join(req.reference, req.name, route, take_hold=not peer)
         except TransferFailed as e:  # shutting down
             return error(503, "UNAVAILABLE", str(e))
+        if peer and transfer.queued:  # its readers would time out waiting: the other replica fetches it itself
+            self.coalescer.leave(transfer)
+            return error(503, "UNAVAILABLE", f"{what} is waiting for an upstream transfer slot here")
         try:
             spool = open(transfer.path, "rb")  # noqa: ASYNC230 - a local spool file: opens at once
         except FileNotFoundError:  # mitmproxy starts tasks eagerly: the transfer can fail inside join
@@ -157,8 +160,8 @@ class BlobServer:
     async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
         """An uncached blob is refused at once while its filesystems are short of space; while its upstream is
         down it waits up to the stale budget for it, then is refused."""
-        if req.reference in self.coalescer.transfers:
-            return None
+        if (current := self.coalescer.transfers.get(req.reference)) and current.error is None:
+            return None  # joined: no new fetch
         if self.disk and (short := self.disk.refusal(self._incoming(route, req))):
             log.warning("refused %s: %s", what, short)
             return error(503, "UNAVAILABLE", f"{what} is not cached, and {short}")

@@ -150,6 +150,13 @@ def cmd_up(args) -> int:
         except certs.CertError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
+        try:  # served all the same: clients that trust it otherwise still get their cached images
+            problem = certs.expiry_problem(cfg.mirror.tls_cert, certs.certificate_expiry(cfg.mirror.tls_cert),
+                                           time.time())
+        except certs.CertError as e:
+            problem = ("error", str(e))
+        if problem:
+            print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="artifactory-mirror-"))
     mirror = Mirror(cfg, log_dir, web=args.web, dump=args.dump)
 
@@ -170,12 +177,15 @@ def cmd_up(args) -> int:
             print(f"{PROG}: mitmweb on http://{cfg.rewriter.web_listen}/ ({login})")
         return mirror.wait()
     except KeyboardInterrupt:
-        print(f"{PROG}: stopping", file=sys.stderr)
+        print(f"{PROG}: stopping: the registry finishes the pulls in flight (mirror.drain_timeout "
+              f"{cfg.mirror.drain_timeout:g} s)", file=sys.stderr)
         return 0
     except processes.ProcessError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a second one would cut the drain short
+            signal.signal(signum, signal.SIG_IGN)
         mirror.stop()
 
 

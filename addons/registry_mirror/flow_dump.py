@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,8 +40,10 @@ class FlowDump:
         if not spec:
             return
         self.path = Path(spec[1:] if spec.startswith("+") else spec).expanduser()
-        try:
-            self._file = open(self.path, "ab" if spec.startswith("+") else "wb")
+        try:  # readable by its owner only: flows hold every request's URL and headers
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if spec.startswith("+") else os.O_TRUNC),
+                         0o600)
+            self._file = os.fdopen(fd, "ab" if spec.startswith("+") else "wb")
         except OSError as e:
             raise exceptions.OptionsError(f"mirror_dump {spec}: cannot open it for writing: {e.strerror}") from e
 

@@ -7,6 +7,7 @@ full disk) is dropped and counted, and writing resumes when space comes back.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -35,12 +36,15 @@ class LogFile:
                     self._rotate()
                 if self._file is None:
                     self._open()
-                self._file.write(line)
-                self._size += len(line)
+                written = self._file.write(line)
+                if written < len(line):  # a full disk took part of it: cut it back, a truncate needs no space
+                    os.ftruncate(self._file.fileno(), self._size)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                self._size += written
             except OSError as e:
                 self.dropped_lines += 1
                 self.last_error = f"{self.path}: {e.strerror or e}"
-                self._size = self._end()  # a line cut short by a full disk: the size is what reached the file
+                self._size = self._end()
 
     def close(self) -> None:
         with self._lock:
@@ -60,8 +64,8 @@ class LogFile:
 
     def _rotate(self) -> None:
         """mitmproxy.log -> .1 -> .2 ...; the oldest goes. A rename needs no space: it works on a full disk."""
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        file.close()
         for n in range(self.kept, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path
             if older.exists():
@@ -75,5 +79,8 @@ def copy_lines(source: BinaryIO, log: LogFile, secrets: tuple[str, ...] = ()) ->
         for line in source:
             for secret in secrets:
                 line = line.replace(secret.encode(), b"<redacted by artifactory-mirror>")
-            log.write(line)
+            try:
+                log.write(line)
+            except Exception:  # noqa: BLE001 - a dead copier would leave the process blocked on a full pipe
+                log.dropped_lines += 1
     log.close()

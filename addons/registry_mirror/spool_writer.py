@@ -1,6 +1,7 @@
 """Writes a transfer's bytes into its spool as they come, and checks them against the digest at the end."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import BinaryIO
@@ -16,11 +17,13 @@ async def write_verified(transfer: Transfer, chunks: AsyncIterator[bytes]) -> No
     # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the file
     # for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as the
     # registry and its clients fsync their copies; untruncated, it stays in the page cache
-    with open(transfer.path, "r+b", buffering=0) as spool:  # noqa: ASYNC230 - local, opens at once
-        async for chunk in chunks:
-            _write_all(spool, chunk)
-            hasher.update(chunk)
-            transfer.wrote(len(chunk))
+    # aclosing: a failed write (a full spool disk) ends the fill at once, its upstream slot and response with it
+    async with contextlib.aclosing(chunks):
+        with open(transfer.path, "r+b", buffering=0) as spool:  # noqa: ASYNC230 - local, opens at once
+            async for chunk in chunks:
+                _write_all(spool, chunk)
+                hasher.update(chunk)
+                transfer.wrote(len(chunk))
     if transfer.size is not None and transfer.written != transfer.size:
         raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
     actual = f"{hasher.name}:{hasher.hexdigest()}"

@@ -123,7 +123,10 @@ class Mirror:
         listener at once and finishes its requests; the new one binds as soon as the port is free. Returns the
         seconds no listener was there."""
         old, listen = self.registry, self.cfg.mirror.listen
-        os.killpg(old.pid, signal.SIGTERM)
+        try:
+            os.killpg(old.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it has just exited: the wait loop says so
         self.draining.append(old)
         deadline = time.monotonic() + 30
         while processes.port_in_use(listen.host, listen.port) and time.monotonic() < deadline:
@@ -131,7 +134,10 @@ class Mirror:
         closed = time.monotonic()
         self.start_registry()
         gap = time.monotonic() - closed
-        expiry = certs.date_text(certs.certificate_expiry(self.cfg.mirror.tls_cert))
+        try:
+            expiry = certs.date_text(certs.certificate_expiry(self.cfg.mirror.tls_cert))
+        except certs.CertError as e:  # replaced once more meanwhile: the next poll takes it
+            expiry = str(e)
         print(f"artifactory-mirror: {self.cfg.mirror.tls_cert} changed: the registry restarted with it (valid until "
               f"{expiry}); no listener for {gap * 1000:.0f} ms, the previous registry finishes its requests",
               file=sys.stderr, flush=True)
@@ -142,10 +148,11 @@ class Mirror:
         the addon serving them meanwhile; then the addon stops. What the timeout cut is logged."""
         self._stopping.set()
         drain = self.cfg.mirror.drain_timeout
-        for previous in self.draining:  # replaced by a restart: already draining
-            processes.stop(previous, timeout=drain + STOP_MARGIN)
-        cut = processes.stop(self.registry, timeout=drain + STOP_MARGIN)
-        if (cut or (self.registry is not None and self.registry.returncode not in (0, None))) and drain:
+        running = self.registry is not None and self.registry.poll() is None
+        deadline = time.monotonic() + drain + STOP_MARGIN  # one deadline for every registry draining
+        for registry in (*self.draining, self.registry):
+            cut = processes.stop(registry, timeout=max(0.0, deadline - time.monotonic()))
+        if running and drain and (cut or self.registry.returncode != 0):
             print(f"artifactory-mirror: the registry did not finish its requests within mirror.drain_timeout "
                   f"({drain:g} s); {self._in_flight() or 'requests in flight'} cut", file=sys.stderr)
         processes.stop(self.mitm)
@@ -168,15 +175,15 @@ class Mirror:
                      for name, log in self.logs.items()}
             if state == reported:
                 continue
-            request = urllib.request.Request(
-                self.cfg.rewriter.listen.local_url(LOGS_PATH), data=json.dumps(state).encode(), method="POST",
-                headers={"Content-Type": "application/json",
-                         SECRET_HEADER: notification_secret(self.cfg.mirror.storage)})
             try:
+                request = urllib.request.Request(
+                    self.cfg.rewriter.listen.local_url(LOGS_PATH), data=json.dumps(state).encode(), method="POST",
+                    headers={"Content-Type": "application/json",
+                             SECRET_HEADER: notification_secret(self.cfg.mirror.storage)})
                 with urllib.request.urlopen(request, timeout=5):
                     reported = state
             except OSError:
-                pass  # the addon is stopping or busy: the next round tells it
+                pass  # the addon is stopping or busy, or the disk full: the next round tells it
 
 
 def raise_open_files_limit() -> None:
@@ -184,7 +191,10 @@ def raise_open_files_limit() -> None:
     flight holds a client connection, an upstream connection and spool files."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:  # a container's odd limits: run with the soft one
+            print(f"artifactory-mirror: cannot raise the open-files limit from {soft} to {hard}: {e}", file=sys.stderr)
 
 
 def private_dump_file(spec: str) -> Path:

@@ -49,6 +49,7 @@ class Transfer:
     served: int = 0  # requests served from this transfer, the first included
     held: bool = False  # started ahead of any request (a prefetch): counts as one reader until a request joins
     queued: bool = False  # waiting for one of the upstream's transfer slots: its head is not late yet
+    admitted_at: float | None = None  # the loop's time it got its slot (None: it never waited for one)
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _notified: int = 0  # `written` when readers were last woken
     _pending_wake: asyncio.TimerHandle | None = None

@@ -59,13 +59,12 @@ class Upstream:
         ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=self.cfg.ca_file)
         if not self.cfg.tls_verify:
             ssl_ctx = False
-        # No pool limit: a wait for a pooled connection would count in aiohttp's timeouts, and a timeout is
+        # No pool limit: aiohttp's `connect` timeout includes the wait for a pooled connection, and a timeout is
         # taken for a hung upstream. Small exchanges (and the health probe) never queue; blob GETs wait for one
-        # of the route's blob_slots, a wait of its own that is never an upstream failure. sock_connect, not
-        # connect: the latter includes the pool's wait.
+        # of the route's blob_slots, a wait of its own that is never an upstream failure.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": "artifactory-mirror"}, skip_auto_headers=("Accept-Encoding",),
         )
@@ -76,7 +75,7 @@ class Upstream:
 
     async def probe(self) -> int | None:
         """The status of an anonymous GET of the upstream's /v2/ (None: unreachable); for the health probe."""
-        timeout = aiohttp.ClientTimeout(total=self.cfg.connect_timeout + 2, sock_connect=self.cfg.connect_timeout)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.connect_timeout + 2, connect=self.cfg.connect_timeout)
         try:
             async with self._session.get(f"{self.cfg.origin}{self.cfg.prefix}/v2/", timeout=timeout,
                                          allow_redirects=False) as resp:
@@ -94,7 +93,7 @@ class Upstream:
 
     async def fetch_small(self, method: str, request: RegistryRequest, headers: Mapping[str, str]) -> SmallResponse:
         """A bounded exchange (manifest, tags, HEAD of a blob) read whole, within request_timeout."""
-        limits = aiohttp.ClientTimeout(total=self.cfg.request_timeout, sock_connect=self.cfg.connect_timeout)
+        limits = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
         async with self.open(method, request, headers, limits) as (resp, authorized):
             body = b""
             if method != "HEAD":
@@ -114,7 +113,7 @@ class Upstream:
         one of the route's `blob_slots`). `limits`: the client's timeouts (default: a stall, not a total, bounds
         a blob)."""
         if limits is None:
-            limits = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout,
+            limits = aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout,
                                             sock_read=self.cfg.blob_stall_timeout)
         assert self._session is not None, "Upstream.start() was not awaited"
         base = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := headers.get(k))}
@@ -169,7 +168,7 @@ class Upstream:
     async def _fetch_token(self, realm: str, params: dict[str, str], authorization: str | None) -> tuple[int, bytes]:
         started = time.monotonic()
         headers = {"Authorization": authorization} if authorization else {}
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, sock_connect=self.cfg.connect_timeout)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
         try:
             async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
                                          allow_redirects=False) as resp:

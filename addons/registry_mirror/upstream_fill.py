@@ -2,6 +2,7 @@
 request from the last byte received when the stream is interrupted."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -57,7 +58,7 @@ class _UpstreamFill:
         transfer.queued = True
         try:
             async with self.route.blob_slots.slot():
-                transfer.queued = False
+                transfer.queued, transfer.admitted_at = False, asyncio.get_running_loop().time()
                 transfer.notify()  # its readers' wait for the head starts now
                 async for chunk in self._resumed():
                     yield chunk
