@@ -43,7 +43,7 @@ class BlobServer:
         self.fill = BlobFill(router, stats)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
                                        on_verified=self.fill.verified)
-        self.prefetch = Prefetcher(self.coalescer, self.storage) if cache.prefetch else None
+        self.prefetch = Prefetcher(self.coalescer, self.storage, disk) if cache.prefetch else None
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()
@@ -130,9 +130,7 @@ class BlobServer:
 
     def _incoming(self, route: Route, req: RegistryRequest) -> int:
         """Bytes still to be written for this blob (its size, as its HEAD gave it) and the transfers in flight."""
-        in_flight = sum(t.size - t.written for t in self.coalescer.transfers.values()
-                        if t.size is not None and not t.finished)
-        return in_flight + (route.manifests.blob_size(req.name, req.reference) or 0)
+        return self.coalescer.incoming_bytes() + (route.manifests.blob_size(req.name, req.reference) or 0)
 
     async def _shared(self, request: web.Request, req: RegistryRequest, route: Route, what: str,
                       peer: bool) -> web.StreamResponse:

@@ -93,6 +93,10 @@ class BlobCoalescer:
     def spooled_bytes(self) -> int:
         return sum(t.written for t in self.transfers.values())
 
+    def incoming_bytes(self) -> int:
+        """Bytes the transfers in flight have still to receive (of those whose size is known)."""
+        return sum(t.size - t.written for t in self.transfers.values() if t.size is not None and not t.finished)
+
     def _start(self, digest: str, name: str, route: Route | None) -> Transfer:
         fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
         os.close(fd)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .coalesce import BlobCoalescer
+from .disk import DiskWatch
 from .manifest_body import IMAGE_TYPES
 from .requests import SHA256_RE
 from .stored_blobs import stored_path
@@ -57,9 +58,10 @@ def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
 class Prefetcher:
     MAX_PENDING = 256  # images whose manifest the registry fetched and of which it has not asked for a blob yet
 
-    def __init__(self, coalescer: BlobCoalescer, storage: Path | None):
+    def __init__(self, coalescer: BlobCoalescer, storage: Path | None, disk: DiskWatch | None = None):
         self.coalescer = coalescer
         self.storage = storage  # the registry's filesystem storage
+        self.disk = disk  # nothing is fetched ahead under the free-space reserve
         self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()  # by manifest
         self._image_of: dict[str, str] = {}  # a pending image's blob -> its manifest's key in _pending
         self._one_image = asyncio.Lock()  # one image's blobs at a time: the WAN is shared, the spool bounded
@@ -103,6 +105,8 @@ class Prefetcher:
                     continue
                 if current is None and self.coalescer.spooled_bytes() + size > self.coalescer.max_spool_bytes:
                     return  # the spool is for what clients read now
+                if current is None and self.disk and self.disk.refusal(self.coalescer.incoming_bytes() + size):
+                    return  # short of space: what clients ask for is refused, and nothing more is fetched
                 try:  # in the manifest's order, one at a time: a blob under way (the one asked for) is waited for
                     await (current or self.coalescer.hold(digest, name, route)).verdict()
                 except (TransferFailed, OSError) as e:  # the registry's own request tries again, and reports it

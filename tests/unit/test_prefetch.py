@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 from registry_mirror.coalesce import BlobCoalescer
+from registry_mirror.disk import DiskWatch
 from registry_mirror.prefetch import Prefetcher, image_blobs
 from registry_mirror.storage_layout import V2, blob_data
 from registry_mirror.transfers import UpstreamHead
@@ -151,5 +152,22 @@ def test_nothing_is_fetched_ahead_while_the_upstream_is_down_for_an_index_or_bey
         prefetch.blob_requested(BASE)  # the config first, but 101 bytes do not fit a 100-byte spool
         await asyncio.gather(*prefetch._tasks)
         assert not c.transfers and fetch.calls == []
+        await c.close()
+    asyncio.run(scenario())
+
+
+def test_nothing_is_fetched_ahead_under_the_free_space_reserve(tmp_path):
+    """A full disk refuses what clients ask for; fetching ahead would spend the reserve that cached tags need."""
+    async def scenario():
+        fetch = FakeFetch({})
+        c = BlobCoalescer(fetch, str(tmp_path / "spool"))
+        full = SimpleNamespace(f_bavail=10, f_frsize=4096, f_blocks=1000)  # 40 KiB free
+        disk = DiskWatch(1024 * 1024, {"storage": str(tmp_path), "spool": str(tmp_path)}, statvfs=lambda path: full)
+        prefetch = Prefetcher(c, None, disk)
+        up = SimpleNamespace(health=SimpleNamespace(down=False))
+        prefetch.manifest_served("team/app", up, manifest({"digest": BASE}), DOCKER_V2)
+        prefetch.blob_requested(BASE)
+        await asyncio.gather(*prefetch._tasks)
+        assert not c.transfers and fetch.calls == [] and disk.refused == 1
         await c.close()
     asyncio.run(scenario())

@@ -173,3 +173,43 @@ def test_a_manifest_is_answered_while_more_blob_gets_than_any_pool_are_held_open
             await runner.cleanup()
     status, probe, rests = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert (status, probe) == (200, 200) and rests == [b"y"] * 100
+
+
+class SlowHeadUpstream(HeldUpstream):
+    """Its headers come `delay` seconds after each GET: a slow upstream, but well within request_timeout."""
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+        self.release.set()
+
+    @asynccontextmanager
+    async def open(self, method, req, headers):
+        await asyncio.sleep(self.delay)
+        async with super().open(method, req, headers) as answer:
+            yield answer
+
+
+def test_a_transfer_admitted_late_in_a_readers_wait_has_the_whole_request_timeout_for_its_head(tmp_path):
+    """Waited 1.2 s in line and answered 1.2 s after its slot: 2.4 s after the reader came, more than the 2 s
+    request_timeout, yet its upstream took only 1.2 of them. (Before, the reader's window was not restarted.)"""
+    upstream, slots, holder = SlowHeadUpstream(1.2), TransferSlots(1, 3600), asyncio.Event()
+
+    async def hold_the_slot():
+        async with slots.slot():
+            await holder.wait()
+
+    async def scenario():
+        server = await started_server(tmp_path, upstream, request_timeout=2, slots=slots)
+        held = asyncio.create_task(hold_the_slot())
+        try:
+            async with aiohttp.ClientSession() as client:
+                await until(lambda: slots.active == 1, "the slot taken")
+                get = asyncio.create_task(get_blob(client, server, DIGESTS[0]))
+                await until(lambda: slots.waiting == 1, "the transfer in line")
+                await asyncio.sleep(1.2)  # in line for a good part of the reader's window
+                holder.set()
+                return await get
+        finally:
+            await held
+            await server.close()
+    assert asyncio.run(asyncio.wait_for(scenario(), BOUND)) == (200, BLOBS[0])
