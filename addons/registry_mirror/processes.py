@@ -1,6 +1,7 @@
 """Start, watch and stop the processes the mirror is made of (and the demo's and tests' ones)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -12,6 +13,9 @@ import time
 from pathlib import Path
 
 from .logfiles import LogFile, copy_lines
+
+PIPE_BYTES = 1024 * 1024  # a process's output pipe: room for its lines while the log file is slow
+LOG_FLUSH_SECONDS = 2.0  # how long a stop waits for a process's last lines to reach its log
 
 
 class ProcessError(RuntimeError):
@@ -64,8 +68,20 @@ def start(args: list[str], log: Path | LogFile, env: dict[str, str] | None = Non
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
                             start_new_session=True)
-    threading.Thread(target=copy_lines, args=(proc.stdout, log, redact), daemon=True).start()
+    try:  # a log write that blocks (a hung NFS) holds the process up only once a full pipe's worth is waiting
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB
+    proc.log_copier = threading.Thread(target=copy_lines, args=(proc.stdout, log, redact), daemon=True)
+    proc.log_copier.start()
     return proc
+
+
+def _flush_log(proc: subprocess.Popen) -> None:
+    """Wait (briefly) for an exited process's last lines to reach its log: a panic's reason is among them."""
+    copier = getattr(proc, "log_copier", None)
+    if copier is not None:
+        copier.join(LOG_FLUSH_SECONDS)
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
@@ -90,6 +106,7 @@ def _wait(check, proc: subprocess.Popen, timeout: float, what: str, log_path: Pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            _flush_log(proc)
             tail = _tail(log_path) if log_path else ""
             raise ProcessError(f"{what} exited with status {proc.returncode} while starting{tail}")
         if check():
@@ -151,6 +168,8 @@ def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return True
+    finally:
+        _flush_log(proc)
     return False
 
 
