@@ -1,17 +1,18 @@
 """The spool's folder: one per running mirror, `<parent>/artifactory-mirror-spool-<random>`, locked while it runs.
 
 A crash or `kill -9` cannot clean up after itself, and a new folder per start used to leave the old one for
-ever. Each folder therefore holds a lock file that its mirror keeps an exclusive `flock` on; the
-kernel drops the lock when the process dies, however it dies. A start removes every spool folder in the
-parent whose lock it can take, then makes its own. The parent is `cache.spool_dir`, else `$TMPDIR`.
+ever. Each mirror therefore keeps an exclusive `flock` on its folder itself (not on a file in it, which an
+age-based cleaner of /tmp could remove after weeks); the kernel drops the lock when the process dies, however
+it dies. A start removes every spool folder in the parent whose lock it can take, then makes its own. The
+parent is `cache.spool_dir`, else `$TMPDIR`.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -22,8 +23,7 @@ from typing import NamedTuple
 from .units import human_bytes
 
 PREFIX = "artifactory-mirror-spool-"
-LOCK_NAME = ".lock"
-STRAY_PREFIX = "blob-"  # versions before the lock spooled straight into `cache.spool_dir`
+STRAY_NAME = re.compile(r"blob-[a-z0-9_]{8}")  # mkstemp's: versions before the lock spooled into `cache.spool_dir`
 _ATTEMPTS = 5  # a sibling starting at the same instant may take a fresh folder for a leftover
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class SpoolFolder:
         parent = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir())
         made_parent = not parent.exists()
         parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(parent, strays=spool_dir is not None)  # $TMPDIR's blob-* files are not ours to judge
+        # $TMPDIR's blob-* files are not ours to judge, even when spool_dir names it
+        shared = parent.resolve() == Path(tempfile.gettempdir()).resolve()
+        remove_leftovers(parent, strays=spool_dir is not None and not shared)
         self.path, lock_fd = _create_locked(parent)
         self._finalizer = weakref.finalize(self, _release, self.path, lock_fd, parent if made_parent else None)
 
@@ -52,8 +54,8 @@ class SpoolFolder:
 
 
 def remove_leftovers(parent: Path, strays: bool) -> Removed:
-    """Removes every spool folder in `parent` whose lock nobody holds (a folder without a lock file is an older
-    version's: free), and with `strays` the `blob-*` files directly in `parent`. Logs what it freed; what it
+    """Removes every spool folder in `parent` whose lock nobody holds (an older version's never had one), and with
+    `strays` the `blob-*` files older versions left directly in `parent`. Logs what it freed; what it
     cannot remove is logged and left, so that no leftover stops a start."""
     folders = files = freed = 0
     for folder in sorted(parent.glob(PREFIX + "*")):
@@ -85,9 +87,9 @@ def remove_leftovers(parent: Path, strays: bool) -> Removed:
 
 
 def _take_lock(folder: Path) -> int | None:
-    """A held exclusive lock on `folder`'s lock file; None while someone else holds it. Created if missing: an
-    older version's folder, or a sibling's a moment old, which then loses its folder and makes another."""
-    lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # not inherited
+    """A held exclusive lock on `folder`; None while someone else holds it. A sibling's folder a moment old, not
+    locked yet, is taken for a leftover: its start then finds it gone and makes another."""
+    lock_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # not inherited
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -107,7 +109,7 @@ def _create_locked(parent: Path) -> tuple[Path, int]:
             continue
         if lock_fd is None:
             continue
-        if _is_file_of(lock_fd, folder / LOCK_NAME):
+        if _is_file_of(lock_fd, folder):
             return folder, lock_fd
         os.close(lock_fd)
     raise OSError(f"could not create a locked spool folder in {parent} in {_ATTEMPTS} attempts")
@@ -126,9 +128,7 @@ def _remove_tree(folder: Path) -> int:
     errors: list[OSError] = []
 
     def note(function, path, error: OSError) -> None:
-        # still there at the end: a start that listed it made a new lock file in it meanwhile, and removes it
-        taken_over = error.errno == errno.ENOTEMPTY and os.fspath(path) == os.fspath(folder)
-        if not isinstance(error, FileNotFoundError) and not taken_over:
+        if not isinstance(error, FileNotFoundError):
             errors.append(error)
     shutil.rmtree(folder, onexc=note)
     if not errors:
@@ -140,7 +140,9 @@ def _remove_tree(folder: Path) -> int:
 
 def _remove_strays(parent: Path) -> tuple[int, int]:
     files = freed = 0
-    for stray in parent.glob(STRAY_PREFIX + "*"):
+    for stray in parent.glob("blob-*"):
+        if not STRAY_NAME.fullmatch(stray.name):
+            continue
         try:
             info = stray.lstat()
             if not stat.S_ISREG(info.st_mode):

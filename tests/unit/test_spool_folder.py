@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from registry_mirror import spool_folder
-from registry_mirror.spool_folder import LOCK_NAME, PREFIX, SpoolFolder, remove_leftovers
+from registry_mirror.spool_folder import PREFIX, SpoolFolder, remove_leftovers
 
-# holds an exclusive flock on argv[1] until its stdin closes or it is killed; says "locked" once it holds it
+# holds an exclusive flock on the folder argv[1] until its stdin closes or it is killed; says "locked" once it does
 HOLDER = """
-import fcntl, sys
-lock = open(sys.argv[1], "a")
+import fcntl, os, sys
+lock = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 fcntl.flock(lock, fcntl.LOCK_EX)
 print("locked", flush=True)
 sys.stdin.read()
@@ -32,13 +32,11 @@ sys.stdin.read()
 """
 
 
-def leftover(parent, name="1234abcd", spooled=b"half a layer", locked=True):
-    """An earlier run's folder: a spool file and, unless from before the lock, a (free) lock file."""
+def leftover(parent, name="1234abcd", spooled=b"half a layer"):
+    """An earlier run's folder, its lock free (the kernel dropped it with the process): a spool file in it."""
     folder = parent / (PREFIX + name)
     folder.mkdir(parents=True)
     (folder / "blob-abc").write_bytes(spooled)
-    if locked:
-        (folder / LOCK_NAME).touch()
     return folder
 
 
@@ -69,7 +67,7 @@ def test_a_leftover_folder_with_a_free_lock_is_removed_and_logged(tmp_path, capl
 
 def test_a_folder_whose_lock_another_process_holds_is_kept(tmp_path):
     running = leftover(tmp_path)
-    holder, said = started(HOLDER, running / LOCK_NAME)
+    holder, said = started(HOLDER, running)
     try:
         assert said == "locked"
         spool = SpoolFolder(str(tmp_path))
@@ -96,13 +94,6 @@ def test_a_killed_mirrors_folder_is_removed_by_the_next_start(tmp_path):
     after.close()
 
 
-def test_a_folder_from_before_the_lock_is_removed(tmp_path):
-    old = leftover(tmp_path, locked=False)
-    spool = SpoolFolder(str(tmp_path))
-    assert not old.exists() and spool.path.exists()
-    spool.close()
-
-
 def test_a_sibling_in_the_same_parent_keeps_its_folder(tmp_path):
     """Its own folder is never a leftover to the next start, even in one process (flock is per open file)."""
     first = SpoolFolder(str(tmp_path))
@@ -114,11 +105,13 @@ def test_a_sibling_in_the_same_parent_keeps_its_folder(tmp_path):
 
 
 def test_stray_spool_files_of_older_versions_are_removed_from_spool_dir(tmp_path, caplog):
-    (tmp_path / "blob-leftover").write_bytes(b"half a layer")
+    (tmp_path / "blob-a1b2c3d4").write_bytes(b"half a layer")  # as mkstemp named them
+    (tmp_path / "blob-of-another-program").write_bytes(b"theirs")
     (tmp_path / "unrelated.txt").write_text("not ours")
     caplog.set_level(logging.INFO, logger=spool_folder.__name__)
     spool = SpoolFolder(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["unrelated.txt", spool.path.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["unrelated.txt", "blob-of-another-program",
+                                                                 spool.path.name])
     assert f"removed 1 stray spool files from {tmp_path}: 12 B freed" in caplog.messages
     spool.close()
 
@@ -139,6 +132,14 @@ def test_close_removes_the_folder_and_a_parent_it_made(tmp_path):
     assert list(tmp_path.iterdir()) == []  # tmp_path was there before: kept; spool/ was not
 
 
+def test_spool_dir_naming_the_temporary_folder_leaves_its_blob_files_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_folder.tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "blob-a1b2c3d4").write_bytes(b"another program's, named as ours were")
+    spool = SpoolFolder(str(tmp_path))
+    assert (tmp_path / "blob-a1b2c3d4").exists()
+    spool.close()
+
+
 def test_without_spool_dir_the_folder_is_in_the_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(spool_folder.tempfile, "tempdir", str(tmp_path))
     spool = SpoolFolder(None)
@@ -149,7 +150,7 @@ def test_without_spool_dir_the_folder_is_in_the_temporary_folder(tmp_path, monke
 
 def test_a_leftover_that_cannot_be_removed_is_logged_and_the_start_goes_on(tmp_path, monkeypatch, caplog):
     old = leftover(tmp_path)
-    (tmp_path / "blob-stuck").write_bytes(b"stuck")
+    (tmp_path / "blob-stuck_00").write_bytes(b"stuck")
     unlink = os.unlink
 
     def refusing(path, *args, **kwargs):
@@ -160,7 +161,7 @@ def test_a_leftover_that_cannot_be_removed_is_logged_and_the_start_goes_on(tmp_p
     caplog.set_level(logging.INFO, logger=spool_folder.__name__)
     spool = SpoolFolder(str(tmp_path))
     monkeypatch.undo()
-    assert (old / "blob-abc").exists() and (tmp_path / "blob-stuck").exists() and spool.path.exists()
+    assert (old / "blob-abc").exists() and (tmp_path / "blob-stuck_00").exists() and spool.path.exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(old) in w and "Operation not permitted" in w for w in warnings)
     assert any("blob-stuck" in w for w in warnings)
