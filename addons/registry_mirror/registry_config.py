@@ -31,6 +31,9 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
             # deletes off: the proxy's own 7-day expiry then fails harmlessly instead of deleting blob data
             # other repositories link to (distribution#2367, #4249); expiry.py expires instead
             "delete": {"enabled": False},
+            # a backstop for partial uploads (uploads.py removes those no transfer writes any more, within
+            # minutes): it deletes an upload older than `age` even while written, so `age` is far above any fetch
+            "maintenance": {"uploadpurging": {"enabled": True, "age": "24h", "interval": "1h", "dryrun": False}},
         },
         "http": http,
         "proxy": {"remoteurl": remote_url},

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .storage_layout import V2, blob_data, is_digest
+from .uploads import uploads
 
 MAX_MANIFEST = 4 << 20  # Distribution refuses larger manifests, so larger data is not one
 
@@ -69,10 +70,11 @@ class Inventory:
     unreadable: frozenset[str]  # manifests whose data is missing or not a manifest
     pending: frozenset[str]  # digests the registry may be writing links for right now
     images: tuple[Image, ...]
+    upload_bytes: int = 0  # partial uploads (uploads.py): they take space under max_bytes too
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.blob_sizes.values())
+        return sum(self.blob_sizes.values()) + self.upload_bytes
 
     def image_blobs(self, image: Image) -> frozenset[str]:
         """Every digest the image needs: its manifest, configs, layers, children and theirs."""
@@ -112,7 +114,7 @@ def inventory(root: Path) -> Inventory:
     for repository in repositories.values():
         pending.update(set(repository.tags.values()) - repository.revisions.keys())
     return Inventory(repositories, _blob_sizes(v2 / "blobs"), references, frozenset(unreadable),
-                     frozenset(pending), _images(repositories, references))
+                     frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
 
 
 def linked_now(root: Path) -> frozenset[str]:
