@@ -1,10 +1,11 @@
 """The mirror's own expiry of the registry's storage: by age, then by size, aware of what shares what.
 
-`plan` is pure. Images last pulled more than `max_age` ago go; then, while the bytes the remaining images need
-(each blob counted once, whichever repositories share it) exceed `max_bytes`, the least recently pulled go. A
-blob's data goes when no remaining image needs it, which implies that no remaining link names it; blobs in
-flight and those the inventory saw being linked stay. An image whose blobs are in flight still loses its links:
-the registry links a blob again when its transfer commits, and one left unlinked is the next pass's orphan.
+`plan` is pure. Images last pulled more than `max_age` ago go (none when it is infinite: the expiry's answer to
+a clock step); then, while the bytes the remaining images need (each blob counted once, whichever repositories
+share it) exceed `max_bytes`, the least recently pulled go. A blob's data goes when no remaining image needs it,
+which implies that no remaining link names it; blobs in flight and those the inventory saw being linked stay.
+An image whose blobs are in flight still loses its links: the registry links a blob again when its transfer
+commits, and one left unlinked is the next pass's orphan.
 
 `apply` deletes one image at a time, in the plan's order: its tag links, then its revision links (its own
 last, so that until then the next inventory still sees it whole), then the layer links nothing remaining in

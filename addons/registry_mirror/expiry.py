@@ -5,22 +5,43 @@ The registry's own expiry deletes blob data that other repositories still link t
 runs with deletes disabled, so its expiry fails harmlessly (distribution#4249), and this one takes over:
 reference-aware (eviction.py), with last pulls from the registry's notifications (pulls.py). A pass runs at
 start, every `max_age / 4` (at least a minute apart) and, at most every RECHECK_SECONDS, when the bytes
-stored since the last pass may have crossed `max_bytes`; above the cap it evicts down to LOW_WATER of it,
+stored since the last pass may have crossed `max_bytes` (or still do after it); above the cap it evicts down
+to LOW_WATER of it,
 so that the next few pulls do not start another pass at once. Passes read and change the filesystem in a
 thread, one at a time; a blob in flight is never deleted. The registry runs without a blob descriptor
 cache, so a deleted blob is fetched again, never served from a stale descriptor as 200 with no bytes.
+
+A clock step never empties the cache. Ages are differences of wall-clock times, so a step would pass for
+time gone by. One while the mirror runs is taken out of the last pulls as it happens (pulls.py); one before it
+started shows only in the times themselves (`clock_jumped`): when no image in storage was pulled within
+`max_age` (the clock stepped forward, or nothing at all was pulled for that long) or a last pull lies more than
+FUTURE_TOLERANCE ahead of now (the clock stepped back, or another replica's runs ahead), a pass removes nothing
+by age, says why (a warning, `age_evictions_skipped`), and restarts the ages: the last pulls move forward until
+the newest is now (their order and distances kept), or those ahead of now come back to now. Size evictions still
+run. Images never seen pulled count as pulled now and are not evidence either way. So an idle mirror removes
+nothing by age; a step shorter than `max_age` before the start, or between replicas' clocks, is not seen, and
+ages images by at most the step.
+
+Storage figures are true from the start: each pass publishes what it reads (`used_bytes`, `images`) before it
+plans or deletes, so the pass at start measures the storage even if it then fails, and again after it deletes.
+Between passes `used_bytes` is that reading (blob data), less what the pass freed, plus the verified bytes of
+blob transfers since the pass began (`stored_since_pass`): an estimate, on the high side for blobs (a blob two
+replicas fetched counts twice, one stored while the pass read may count twice) though manifests the registry
+stored since are missing; it is exact when nothing was stored since. `images` is as of the reading.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import eviction
 from .pulls import LastPulls, pulled_manifests
-from .storage_inventory import Image, inventory, linked_now
+from .storage_inventory import Image, Inventory, inventory, linked_now
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +49,65 @@ MIN_INTERVAL = 60.0
 RECHECK_SECONDS = 5.0  # the least time between passes the cap asks for
 LOW_WATER = 0.9  # above the cap, a pass evicts down to this share of it
 SAVE_DELAY = 1.0  # last pulls are written at most once a second
+FUTURE_TOLERANCE = 300.0  # a last pull this far ahead of now is clock skew between replicas, not a step
+
+
+def clock_jumped(last_pulls: Iterable[float], now: float, max_age: float,
+                 tolerance: float = FUTURE_TOLERANCE) -> str | None:
+    """Why ages cannot be trusted at `now`, or None: the last pulls of the images in storage seen pulled all lie
+    more than `max_age` before it (every one would go by age), or one lies more than `tolerance` after it."""
+    newest = max(last_pulls, default=None)
+    if newest is None:
+        return None
+    if newest - now > tolerance:
+        return (f"the newest last pull, {_when(newest)}, lies {_span(newest - now)} after now, {_when(now)}: "
+                f"the clock stepped back, or another replica's clock runs ahead")
+    if now - newest > max_age:
+        return (f"the newest last pull, {_when(newest)}, lies {_span(now - newest)} before now, {_when(now)}, "
+                f"more than max_age ({_span(max_age)}): the clock stepped forward, or nothing was pulled for that "
+                f"long")
+    return None
+
+
+def restarted(last_pulls: Mapping[Image, float], now: float) -> dict[Image, float]:
+    """After a forward step: the last pulls moved forward together until the newest is `now`."""
+    shift = now - max(last_pulls.values(), default=now)
+    return {image: at + shift for image, at in last_pulls.items()}
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True)
+class Ages:
+    """How old the images of one reading are."""
+    last_pulls: Mapping[Image, float]  # images seen pulled: the latest pull of the image or any of its manifests
+    unknown: tuple[Image, ...]  # never seen pulled: their age starts now
+    clock_jumped: str | None  # why nothing goes by age, or None
 
 
 @dataclass
 class ExpiryState:
     """What the stats page shows."""
-    used_bytes: int | None = None  # at the end of the last pass
-    images: int = 0
+    used_bytes: int | None = None  # last reading, less what its pass freed, plus stored_since_pass; None before
+    images: int = 0  # at the last reading
+    measured_at: float | None = None  # when a pass last read the storage
+    stored_since_pass: int = 0  # verified bytes stored since the last reading's pass began (in used_bytes)
     images_evicted: int = 0
     bytes_evicted: int = 0
     passes: int = 0
     pulls_notified: int = 0  # manifest pulls the registry reported
     kept_in_flight: int = 0  # blobs the last pass left alone: in flight, or unlinked and first seen so
+    age_evictions_skipped: str = ""  # why the last pass removed nothing by age (clock_jumped), else ""
+    passes_age_skipped: int = 0
+    clock_steps: int = 0  # steps of the wall clock seen while running, taken out of the last pulls
     last_pass_at: float | None = None
     last_error: str = ""
 
@@ -50,13 +118,14 @@ class Expiry:
         self.root = Path(storage)
         self.max_age, self.max_bytes, self.pulls, self.in_flight = max_age, max_bytes, pulls, in_flight
         self.state = ExpiryState()
-        self.stored_since_pass = 0  # bytes the mirror fetched and verified since the last pass
+        pulls.on_step = self._clock_stepped
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._save_pending = False
         self._writes: set[asyncio.Future] = set()
         self._orphans_before: frozenset[str] = frozenset()  # unlinked blobs the last pass saw
+        self._reading: int | None = None  # bytes the last pass read, less what it freed
 
     @property
     def interval(self) -> float:
@@ -83,10 +152,21 @@ class Expiry:
     def stored(self, nbytes: int) -> None:
         """Bytes fetched from the upstream and verified: the registry stores them; a pass if the cap may be
         crossed."""
-        self.stored_since_pass += nbytes
-        used = self.state.used_bytes
-        if self.max_bytes is not None and used is not None and used + self.stored_since_pass > self.max_bytes:
-            self._wake.set()
+        self.state.stored_since_pass += nbytes
+        if self._reading is not None:
+            self.state.used_bytes = self._reading + self.state.stored_since_pass
+            if self.max_bytes is not None and self.state.used_bytes > self.max_bytes:
+                self._wake.set()
+
+    def _measured(self, reading: int, images: int, at: float, stored_before: int = 0) -> None:
+        """A pass read the storage (`stored_before`: what stored_since_pass held when it began, now in it)."""
+        self.state.stored_since_pass -= stored_before
+        self._reading = reading
+        self.state.used_bytes, self.state.images = reading + self.state.stored_since_pass, images
+        self.state.measured_at = at
+
+    def _clock_stepped(self, seconds: float) -> None:
+        self.state.clock_steps += 1
 
     def _save(self) -> None:
         self._save_pending = False
@@ -97,43 +177,63 @@ class Expiry:
 
     async def run_pass(self) -> eviction.Applied:
         async with self._lock:
-            self.stored_since_pass = 0
-            mine, now, in_flight = self.pulls.snapshot(), self.pulls.now(), self.in_flight()
+            stored_before = self.state.stored_since_pass
+            now = self.pulls.now()  # first: a step it sees moves the last pulls
+            mine, in_flight = self.pulls.snapshot(), self.in_flight()
             try:
-                applied, unknown, remaining = await asyncio.to_thread(self._pass, mine, now, in_flight)
+                latest, inv = await asyncio.to_thread(self._read, mine)
+                self._measured(inv.total_bytes, len(inv.images), now, stored_before)
+                applied, ages = await asyncio.to_thread(self._pass, inv, latest, now, in_flight)
             except Exception as e:  # noqa: BLE001 - reported, and the next pass tries again
                 self.state.last_error = f"{type(e).__name__}: {e}"
                 log.exception("expiry pass failed; the next one tries again")
                 raise
-            self.pulls.first_seen(unknown, now)
+            self._restart_ages(ages, now)
+            self.pulls.first_seen(ages.unknown, now)
             self.pulls.forget(image for image, _ in applied.images)
             self._save()
             self.state.passes += 1
             self.state.last_pass_at = now
             self.state.images_evicted += len(applied.images)
             self.state.bytes_evicted += applied.bytes_freed
-            self.state.used_bytes, self.state.images = remaining
+            self._measured(inv.total_bytes - applied.bytes_freed, len(inv.images) - len(applied.images), now)
             self.state.last_error = ""
             if applied.images or applied.blobs:
                 log.info("expiry: removed %d images and %d blobs, %d bytes freed; %d bytes in storage",
                          len(applied.images), len(applied.blobs), applied.bytes_freed, self.state.used_bytes)
             return applied
 
+    def _restart_ages(self, ages: Ages, now: float) -> None:
+        """Whether the pass went by age; if not, says why and corrects the last pulls, so that the next one can."""
+        skipped_before, self.state.age_evictions_skipped = self.state.age_evictions_skipped, ages.clock_jumped or ""
+        if ages.clock_jumped is None:
+            if skipped_before:
+                log.info("expiry: the last pulls agree with the clock again; images go by age again")
+            return
+        self.state.passes_age_skipped += 1
+        (log.warning if not skipped_before else log.info)(
+            "expiry: no image removed by age, size evictions still run: %s; the ages restart now", ages.clock_jumped)
+        if max(ages.last_pulls.values()) > now:
+            self.pulls.clamp(now + FUTURE_TOLERANCE, now)
+        else:
+            self.pulls.advance(restarted(ages.last_pulls, now))  # under each image's own digest
+
     def preview(self) -> eviction.Plan:
-        """What a pass would remove now (nothing is changed, not even the orphans' marks)."""
+        """What a pass would remove now, clock steps judged alike (nothing is changed, not even the orphans'
+        marks nor the ages a step would restart)."""
         inv = inventory(self.root)
         protected = (self.in_flight() | self._new_orphans(inv, mark=False)) & inv.blob_sizes.keys()
-        plan, _ = self._plan(inv, self.pulls.merged(self.pulls.snapshot()), self.pulls.now(), protected)
-        return plan
+        now = self.pulls.now()
+        return self._plan(inv, self._ages(inv, self.pulls.merged(self.pulls.snapshot()), now), now, protected)
 
-    def _pass(self, mine: dict, now: float, in_flight: frozenset[str]):
-        latest = self.pulls.merged(mine)
-        inv = inventory(self.root)
+    def _read(self, mine: dict) -> tuple[dict, Inventory]:
+        return self.pulls.merged(mine), inventory(self.root)
+
+    def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
         protected = (in_flight | self._new_orphans(inv)) & inv.blob_sizes.keys()
         self.state.kept_in_flight = len(protected)
-        plan, unknown = self._plan(inv, latest, now, protected)
-        applied = eviction.apply(self.root, plan)
-        return applied, unknown, (inv.total_bytes - applied.bytes_freed, len(inv.images) - len(applied.images))
+        ages = self._ages(inv, latest, now)
+        return eviction.apply(self.root, self._plan(inv, ages, now, protected)), ages
 
     def _new_orphans(self, inv, mark: bool = True) -> frozenset[str]:
         """Blobs no link names, first seen so by this pass: the registry commits a blob's data, then its link,
@@ -144,20 +244,23 @@ class Expiry:
             self._orphans_before = orphans
         return new
 
-    def _plan(self, inv, latest: dict, now: float, protected: frozenset[str]):
-        unknown: list[tuple[str, str]] = []
-
-        def last_pull(repository: str, digest: str) -> float:
+    def _ages(self, inv: Inventory, latest: dict, now: float) -> Ages:
+        last_pulls, unknown = {}, []
+        for image in inv.images:
             # an index is pulled by its platforms' digests too (containerd, Kubernetes): the latest of any
-            image = Image(repository, digest)
-            times = [latest[key] for d in inv.image_blobs(image) if (key := (repository, d)) in latest]
-            if not times:  # never seen pulled: its age starts now
-                unknown.append((repository, digest))
-                return now
-            return max(times)
+            times = [latest[key] for d in inv.image_blobs(image) if (key := (image.repository, d)) in latest]
+            if times:
+                last_pulls[image] = max(times)
+            else:
+                unknown.append(image)
+        return Ages(last_pulls, tuple(unknown), clock_jumped(last_pulls.values(), now, self.max_age))
+
+    def _plan(self, inv: Inventory, ages: Ages, now: float, protected: frozenset[str]) -> eviction.Plan:
+        max_age = math.inf if ages.clock_jumped else self.max_age
         over = self.max_bytes is not None and inv.total_bytes > self.max_bytes
         target = int(self.max_bytes * LOW_WATER) if over else self.max_bytes
-        return eviction.plan(inv, last_pull, now, self.max_age, target, protected), unknown
+        return eviction.plan(inv, lambda repository, digest: ages.last_pulls.get(Image(repository, digest), now),
+                             now, max_age, target, protected)
 
     async def _run(self) -> None:
         while True:
@@ -167,9 +270,10 @@ class Expiry:
             except Exception:  # noqa: BLE001 - logged in run_pass; the loop must outlive any one pass
                 pass
             self._wake.clear()
-            # still over the cap with blobs in flight, or a pass that freed some: look again soon
+            # still over the cap with blobs in flight, bytes stored while it ran, or a pass that freed some: look
+            # again soon
             over = self.max_bytes is not None and (self.state.used_bytes or 0) > self.max_bytes
-            soon = over and (freed or self.state.kept_in_flight > 0)
+            soon = over and (freed or self.state.kept_in_flight > 0 or self.state.stored_since_pass > 0)
             try:
                 await asyncio.wait_for(self._wake.wait(), RECHECK_SECONDS if soon else self.interval)
             except TimeoutError:

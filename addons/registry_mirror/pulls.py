@@ -7,15 +7,22 @@ a second, one file per replica in a folder next to the storage, so that replicas
 write their own and every replica's expiry sees the latest pull of any of them. An image found in storage
 with no pull known (written by an older mirror, or before this file existed) counts as pulled when first
 seen: nothing is removed on the strength of a time nobody recorded.
+
+A step of the wall clock while the mirror runs (a bad NTP step, a VM resumed) would pass for time gone by, so
+`now` compares the wall clock with a monotonic one: a gap that moves by more than STEP_TOLERANCE is a step,
+and every last pull recorded before it moves with it, so that ages stay true (time suspended counts as not
+gone by). A step before the start cannot be seen here: the expiry judges those from the times themselves
+(expiry.py, `clock_jumped`), and `advance` and `clamp` are its corrections.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from .manifest_body import MANIFEST_TYPES
@@ -24,6 +31,7 @@ from .warm import USER_AGENT as WARM_AGENT
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recently pulled are forgotten
+STEP_TOLERANCE = 60.0  # seconds the wall clock may move against the monotonic one without being a step
 
 
 def pulls_folder(storage: str) -> Path:
@@ -67,17 +75,39 @@ def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
 
 
 class LastPulls:
-    def __init__(self, folder: Path, replica: str, clock: Callable[[], float] = time.time):
+    def __init__(self, folder: Path, replica: str, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] | None = None):
+        """`monotonic`: what steps of `clock` are seen against; by default the system's monotonic clock when
+        `clock` is the system's wall clock, and none (no steps seen) for any other."""
         self.folder, self.path, self._clock = folder, folder / f"{replica}.json", clock
+        self._monotonic = monotonic if monotonic is not None else time.monotonic if clock is time.time else None
+        self._gap: float | None = None  # wall clock minus monotonic clock, when last read
+        self.on_step: Callable[[float], None] | None = None  # told of each step seen, in seconds
         self.mine: dict[tuple[str, str], float] = self._read(self.path)
         self._dirty = False
         self._write_lock = threading.Lock()
 
     def now(self) -> float:
-        return self._clock()
+        """The wall clock; a step since the last reading moves every last pull recorded before it."""
+        now = self._clock()
+        if self._monotonic is not None:
+            gap = now - self._monotonic()
+            if self._gap is not None and abs(step := gap - self._gap) > STEP_TOLERANCE:
+                self._shift(step)
+            self._gap = gap
+        return now
+
+    def _shift(self, step: float) -> None:
+        log.warning("the wall clock stepped %+.0f s (against the monotonic clock); the %d last pulls recorded "
+                    "before move with it, so that their ages stay true", step, len(self.mine))
+        for image in self.mine:
+            self.mine[image] += step
+        self._dirty |= bool(self.mine)
+        if self.on_step:
+            self.on_step(step)
 
     def record(self, images: Iterable[tuple[str, str]]) -> None:
-        now = self._clock()
+        now = self.now()
         for image in images:
             self.mine.pop(image, None)  # re-inserted last: the dict stays in pull order, oldest first
             self.mine[image] = now
@@ -93,6 +123,20 @@ class LastPulls:
         """Images found in storage with no pull known: their age starts at `at` (and survives restarts)."""
         for image in images:
             if image not in self.mine:
+                self.mine[image] = at
+                self._dirty = True
+
+    def advance(self, times: Mapping[tuple[str, str], float]) -> None:
+        """Each image's last pull becomes at least the time given: the expiry's correction of a forward step."""
+        for image, at in times.items():
+            if at > self.mine.get(image, -math.inf):
+                self.mine[image] = at
+                self._dirty = True
+
+    def clamp(self, limit: float, at: float) -> None:
+        """Last pulls later than `limit` become `at`: the expiry's correction of a backward step."""
+        for image, t in self.mine.items():
+            if t > limit:
                 self.mine[image] = at
                 self._dirty = True
 

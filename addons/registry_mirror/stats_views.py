@@ -154,17 +154,29 @@ def _slots_text(slots: dict) -> str:
 def _storage_html(storage: dict | None) -> str:
     if storage is None:
         return ""
-    used = "not measured yet" if storage["used_bytes"] is None else human_bytes(storage["used_bytes"])
+    e = html.escape
+
+    def when(t: float | None) -> str:
+        return "none" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    if storage["used_bytes"] is None:
+        used = "not measured yet"
+    else:  # between passes: the last reading plus the verified bytes stored since
+        since = storage["stored_since_pass"]
+        note = f", {human_bytes(since)} stored since (an estimate)" if since else ""
+        used = f"{human_bytes(storage['used_bytes'])}<small>read {when(storage['measured_at'])}{note}</small>"
     cap = "no cap" if storage["max_bytes"] is None else human_bytes(storage["max_bytes"])
-    oldest = storage["oldest_last_pull"]
-    oldest_text = "none" if oldest is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(oldest))
+    skipped = storage["age_evictions_skipped"]
+    by_age = f"<span class='down'>skipped: {e(skipped)}</span>" if skipped else "yes"
     return f"""<h2>Storage and expiry</h2>
 <table id="storage"><tr><th>in storage</th><td id="storage-used">{used}</td></tr>
 <tr><th>cap (mirror.max_bytes)</th><td id="storage-cap">{cap}</td></tr>
 <tr><th>images in storage</th><td id="storage-images">{storage['images']}</td></tr>
 <tr><th>images evicted</th><td id="images-evicted">{storage['images_evicted']}</td></tr>
 <tr><th>bytes evicted</th><td id="bytes-evicted">{human_bytes(storage['bytes_evicted'])}</td></tr>
-<tr><th>oldest last pull</th><td id="oldest-last-pull">{oldest_text}</td></tr></table>"""
+<tr><th>oldest last pull</th><td id="oldest-last-pull">{when(storage['oldest_last_pull'])}</td></tr>
+<tr><th>last pass removed by age</th><td id="age-evictions">{by_age}</td></tr>
+<tr><th>passes that skipped age (clock steps)</th><td id="passes-age-skipped">{storage['passes_age_skipped']}</td></tr>
+<tr><th>clock steps seen while running</th><td id="clock-steps">{storage['clock_steps']}</td></tr></table>"""
 
 
 class _SnapshotCollector:
@@ -202,14 +214,31 @@ class _SnapshotCollector:
                                   value=integrity["cache_dropped_inconsistent"])
         if storage := snap.get("storage"):
             if storage["used_bytes"] is not None:
-                yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage at the last pass.",
+                yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage: read by the last "
+                                        "pass, plus verified bytes stored since (an estimate between passes).",
                                         value=storage["used_bytes"])
+                yield GaugeMetricFamily("mirror_storage_images", "Images in the registry's storage, as read by the "
+                                        "last pass.", value=storage["images"])
+                yield GaugeMetricFamily("mirror_storage_read_timestamp_seconds", "When a pass last read the "
+                                        "registry's storage (Unix time).", value=storage["measured_at"])
+                yield GaugeMetricFamily("mirror_storage_stored_since_read_bytes", "Verified bytes stored since "
+                                        "the pass that last read the storage began (in mirror_storage_bytes).",
+                                        value=storage["stored_since_pass"])
             if storage["max_bytes"] is not None:
                 yield GaugeMetricFamily("mirror_storage_max_bytes", "mirror.max_bytes.", value=storage["max_bytes"])
             yield CounterMetricFamily("mirror_images_evicted", "Images removed by the expiry.",
                                       value=storage["images_evicted"])
             yield CounterMetricFamily("mirror_bytes_evicted", "Blob bytes freed by the expiry.",
                                       value=storage["bytes_evicted"])
+            yield GaugeMetricFamily("mirror_expiry_age_skipped", "1 when the last expiry pass removed nothing by "
+                                    "age because the clock seems to have stepped.",
+                                    value=1 if storage["age_evictions_skipped"] else 0)
+            yield CounterMetricFamily("mirror_expiry_age_skipped_passes", "Expiry passes that removed nothing by "
+                                      "age because the clock seemed to have stepped.",
+                                      value=storage["passes_age_skipped"])
+            yield CounterMetricFamily("mirror_clock_steps", "Steps of the wall clock seen against the monotonic "
+                                      "clock while running, taken out of the last pulls.",
+                                      value=storage["clock_steps"])
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)

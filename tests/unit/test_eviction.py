@@ -1,4 +1,5 @@
 """Eviction removes images by age and by size without ever leaving a link to deleted data, even across a crash."""
+import math
 import tempfile
 from pathlib import Path
 
@@ -93,6 +94,15 @@ def test_expired_images_go_before_the_cap_is_considered(storage):
     old, new = storage.image("old", [storage.blob(5000)]), storage.image("new", [storage.blob(5000)])
     p, _ = run(storage, {("old", old): OLD, ("new", new): RECENT}, max_bytes=7000)
     assert [(r.image.repository, r.reason) for r in p.removals] == [("old", "age")]
+
+
+def test_with_no_max_age_only_the_cap_removes(storage):
+    """What the expiry plans when the clock has stepped: nothing by age, the least recently pulled by size."""
+    old, new = storage.image("old", [storage.blob(5000)]), storage.image("new", [storage.blob(5000)])
+    times = {("old", old): OLD, ("new", new): OLD + 1}
+    assert plan(inventory(storage.root), pulled(times), NOW, math.inf, None).removals == ()
+    p = plan(inventory(storage.root), pulled(times), NOW, math.inf, 7000)
+    assert [(r.image.repository, r.reason) for r in p.removals] == [("old", "size")]
 
 
 @pytest.mark.parametrize("media_type", [DOCKER_LIST, OCI_INDEX])
