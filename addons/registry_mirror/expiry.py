@@ -22,6 +22,9 @@ run. Images never seen pulled count as pulled now and are not evidence either wa
 nothing by age; a step shorter than `max_age` before the start, or between replicas' clocks, is not seen, and
 ages images by at most the step.
 
+Each pass first removes leftovers: partial uploads no transfer writes any more (uploads.py) and blob data files
+a full disk left empty (torn_files.py); partial uploads in progress count against `max_bytes`.
+
 Storage figures are true from the start: each pass publishes what it reads (`used_bytes`, `images`) before it
 plans or deletes, so the pass at start measures the storage even if it then fails, and again after it deletes.
 Between passes `used_bytes` is that reading (blob data), less what the pass freed, plus the verified bytes of
@@ -39,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import eviction
+from . import eviction, torn_files, uploads
 from .pulls import LastPulls, pulled_manifests
 from .storage_inventory import Image, Inventory, inventory, linked_now
 
@@ -108,6 +111,9 @@ class ExpiryState:
     age_evictions_skipped: str = ""  # why the last pass removed nothing by age (clock_jumped), else ""
     passes_age_skipped: int = 0
     clock_steps: int = 0  # steps of the wall clock seen while running, taken out of the last pulls
+    uploads_removed: int = 0  # partial uploads no transfer wrote any more (uploads.py)
+    upload_bytes_removed: int = 0
+    empty_files_removed: int = 0  # blob data files a full disk left empty (torn_files.py)
     last_pass_at: float | None = None
     last_error: str = ""
 
@@ -227,7 +233,17 @@ class Expiry:
         return self._plan(inv, self._ages(inv, self.pulls.merged(self.pulls.snapshot()), now), now, protected)
 
     def _read(self, mine: dict) -> tuple[dict, Inventory]:
+        self._collect_leftovers(time.time())  # files' times are the wall clock's, whatever the pulls' clock is
         return self.pulls.merged(mine), inventory(self.root)
+
+    def _collect_leftovers(self, now: float) -> None:
+        """Uploads no transfer writes any more, and data files a full disk left empty: before the reading, so
+        that what they held is not counted against max_bytes."""
+        for upload in uploads.stale(uploads.uploads(self.root), now):
+            if freed := uploads.remove(upload):
+                self.state.uploads_removed += 1
+                self.state.upload_bytes_removed += freed
+        self.state.empty_files_removed += torn_files.remove_empty_blobs(self.root, now)
 
     def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
         protected = (in_flight | self._new_orphans(inv)) & inv.blob_sizes.keys()

@@ -176,7 +176,10 @@ def _storage_html(storage: dict | None) -> str:
 <tr><th>oldest last pull</th><td id="oldest-last-pull">{when(storage['oldest_last_pull'])}</td></tr>
 <tr><th>last pass removed by age</th><td id="age-evictions">{by_age}</td></tr>
 <tr><th>passes that skipped age (clock steps)</th><td id="passes-age-skipped">{storage['passes_age_skipped']}</td></tr>
-<tr><th>clock steps seen while running</th><td id="clock-steps">{storage['clock_steps']}</td></tr></table>"""
+<tr><th>clock steps seen while running</th><td id="clock-steps">{storage['clock_steps']}</td></tr>
+<tr><th>leftover uploads removed</th><td id="uploads-removed">{storage['uploads_removed']}
+<small>{human_bytes(storage['upload_bytes_removed'])}</small></td></tr>
+<tr><th>empty data files removed</th><td id="empty-files-removed">{storage['empty_files_removed']}</td></tr></table>"""
 
 
 class _SnapshotCollector:
@@ -239,6 +242,13 @@ class _SnapshotCollector:
             yield CounterMetricFamily("mirror_clock_steps", "Steps of the wall clock seen against the monotonic "
                                       "clock while running, taken out of the last pulls.",
                                       value=storage["clock_steps"])
+            yield CounterMetricFamily("mirror_leftover_uploads_removed", "Partial uploads no transfer wrote any "
+                                      "more, removed by the expiry.", value=storage["uploads_removed"])
+            yield CounterMetricFamily("mirror_leftover_upload_removed_bytes", "Bytes those uploads held.",
+                                      value=storage["upload_bytes_removed"])
+            yield CounterMetricFamily("mirror_empty_blob_files_removed", "Blob data files a full disk left empty, "
+                                      "removed so that the next pull stores them again.",
+                                      value=storage["empty_files_removed"])
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)

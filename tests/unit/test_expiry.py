@@ -3,6 +3,7 @@ notification that may cross the cap wakes a pass; last pulls decide by age, unle
 storage figures are true from the first pass on."""
 import asyncio
 import logging
+import os
 import time
 
 import pytest
@@ -255,7 +256,7 @@ def test_a_step_while_running_is_taken_out_of_the_last_pulls(tmp_path, pulled_af
     assert ex.state.age_evictions_skipped == ""  # ages are true again: no need to skip
 
 
-# True storage figures (#23)
+# True storage figures
 
 def test_the_figures_are_read_by_the_pass_at_start_without_a_cap(tmp_path):
     storage, clock = Storage(tmp_path / "storage"), Clock()
@@ -318,3 +319,25 @@ def test_bytes_stored_while_a_pass_reads_stay_counted(tmp_path):
     asyncio.run(ex.run_pass())
     total = sum(p.stat().st_size for p in storage.v2.rglob("data"))
     assert ex.state.stored_since_pass == 500 and ex.state.used_bytes == total + 500  # on the high side
+
+
+def test_a_pass_removes_leftover_uploads_and_torn_files_before_it_reads(tmp_path):
+    """What they held is not counted against max_bytes; an upload still written and a file being written stay."""
+    storage, clock = Storage(tmp_path / "storage"), Clock()
+    storage.image("team/app", [storage.blob(5000)])
+    now = time.time()
+    uploads = storage.v2 / "repositories/team/app/_uploads"
+    for name, changed_at in (("stale", now - 3600), ("written", now)):
+        (uploads / name).mkdir(parents=True)
+        (uploads / name / "data").write_bytes(b"x" * 1000)
+        os.utime(uploads / name / "data", (changed_at, changed_at))
+    torn = storage.v2 / "blobs/sha256/aa" / ("a" * 64) / "data"
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"")
+    os.utime(torn, (now - 3600, now - 3600))
+    ex, _ = expiry(tmp_path, clock)
+    asyncio.run(ex.run_pass())
+    assert not (uploads / "stale").exists() and (uploads / "written").exists() and not torn.exists()
+    assert (ex.state.uploads_removed, ex.state.upload_bytes_removed, ex.state.empty_files_removed) == (1, 1000, 1)
+    blob_bytes = sum(p.stat().st_size for p in storage.v2.glob("blobs/**/data"))
+    assert ex.state.used_bytes == blob_bytes + 1000  # the upload in progress counts

@@ -1,0 +1,60 @@
+"""Blob data files a full disk left empty: the registry writes small files (manifests) in place, and a flush that
+fails leaves a zero-length file that its next write skips because the file exists. The image then needs the
+upstream on every pull, and fails during an outage after a restart. Removing such a file lets the next pull
+store it again.
+
+Only files empty for QUIET_SECONDS go: one the registry has just created is still being written.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .storage_layout import V2, blob_data, is_digest
+
+log = logging.getLogger(__name__)
+
+QUIET_SECONDS = 60.0  # an empty data file this old is no write in progress
+EMPTY_DIGESTS = frozenset(f"{name}:{hashlib.new(name, b'').hexdigest()}" for name in ("sha256", "sha384", "sha512"))
+
+
+def empty_blobs(root: Path, now: float, quiet: float = QUIET_SECONDS) -> Iterator[Path]:
+    """Zero-length data files of digests whose content is not empty, unchanged for `quiet` seconds."""
+    blobs = root / V2 / "blobs"
+    for algorithm in _subdirs(blobs):
+        for prefix in _subdirs(blobs / algorithm):
+            for hex_ in _subdirs(blobs / algorithm / prefix):
+                digest = f"{algorithm}:{hex_}"
+                if not is_digest(digest) or digest in EMPTY_DIGESTS:
+                    continue
+                data = root / V2 / blob_data(digest)
+                try:
+                    st = data.lstat()
+                except OSError:
+                    continue
+                if st.st_size == 0 and now - st.st_mtime >= quiet:
+                    yield data
+
+
+def remove_empty_blobs(root: Path, now: float) -> int:
+    """Removes the torn files `empty_blobs` finds; how many went."""
+    removed = 0
+    for data in empty_blobs(root, now):
+        try:
+            data.unlink()
+        except OSError as e:
+            log.warning("could not remove the empty blob data file %s: %s", data, e)
+            continue
+        removed += 1
+        log.warning("removed %s: empty (a write a full disk cut short); the next pull stores it again", data)
+    return removed
+
+
+def _subdirs(path: Path) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
