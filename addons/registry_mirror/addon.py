@@ -121,7 +121,7 @@ class RegistryMirror:
         replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
         pulls = LastPulls(pulls_folder(mirror.storage), replica)
         expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
-                        in_flight=lambda: frozenset(self.blobs.coalescer.transfers))
+                        in_flight=self.blobs.coalescer.in_use)
         self.blobs.on_stored = expiry.stored
         expiry.start()
         return expiry

@@ -93,6 +93,11 @@ class BlobCoalescer:
     def spooled_bytes(self) -> int:
         return sum(t.written for t in self.transfers.values())
 
+    def in_use(self) -> frozenset[str]:
+        """Digests whose blobs a pass must not delete: transfers under way or read. A finished one kept only for
+        stragglers is stored already; protecting it held storage over the cap while a deploy ran."""
+        return frozenset(digest for digest, t in self.transfers.items() if not t.finished or t.readers)
+
     def incoming_bytes(self) -> int:
         """Bytes the transfers in flight have still to receive (of those whose size is known)."""
         return sum(t.size - t.written for t in self.transfers.values() if t.size is not None and not t.finished)

@@ -320,3 +320,18 @@ def test_bytes_reach_readers_within_notify_seconds_whatever_the_upstream_does(tm
         c.leave(t)
         await c.close()
     asyncio.run(scenario())
+
+
+def test_a_finished_transfer_kept_for_stragglers_is_not_protected_from_the_expiry(tmp_path):
+    """Protecting every spool kept for stragglers held the storage over max_bytes while a deploy ran: only a
+    transfer under way, or one a request still reads, is in use."""
+    async def scenario():
+        c = BlobCoalescer(make_fetch(DATA), str(tmp_path), keep_seconds=3600)
+        t, _ = c.join(DIGEST, "app")
+        assert c.in_use() == {DIGEST}  # under way
+        await asyncio.gather(*c._tasks)
+        assert t.verified and c.in_use() == {DIGEST}  # verified, its request still reading
+        assert await collect(c, t) == DATA
+        assert DIGEST in c.transfers and c.in_use() == frozenset()  # kept for stragglers, stored: not in use
+        await c.close()
+    asyncio.run(scenario())
