@@ -24,6 +24,7 @@ from .blob_answer import AUTH_HEADER
 from .blob_server import BlobServer
 from .disk import DiskWatch
 from .expiry import Expiry
+from .forget import Target
 from .manifest_body import ManifestMismatch
 from .manifests import UpstreamDown
 from .outcomes import Outcome
@@ -108,7 +109,7 @@ class RegistryMirror:
                                    else "127.0.0.1")
         self.expiry = self._start_expiry()
         if self.config.webhooks.enabled:  # its own listener: Artifactory never reaches rewriter.listen
-            self.webhooks = WebhookListener(self.config, self.router)
+            self.webhooks = WebhookListener(self.config, self.router, forget=self.forget)
             await self.webhooks.start()
         self.started.set()
 
@@ -125,6 +126,18 @@ class RegistryMirror:
         self.blobs.on_stored = expiry.stored
         expiry.start()
         return expiry
+
+    async def forget(self, target: Target, dry_run: bool = False) -> dict:
+        """Remove an image from the storage and every route's caches (forget.py); what went, or would."""
+        plan = await self.expiry.forget(target, dry_run)
+        digests = frozenset(r.image.digest for r in plan.removals) | ({target.digest} if target.digest else set())
+        cached = 0 if dry_run else sum(route.manifests.forget(target.repository, target.tag, digests)
+                                      for route in self.router.routes.values())
+        if not dry_run:
+            log.warning("forgot %s: %d images, %d blobs (%d bytes), %d cache entries", target, len(plan.removals),
+                        len(plan.blobs), plan.bytes_freed, cached)
+        return {"target": str(target), "dry_run": dry_run, "bytes": plan.bytes_freed, "blobs": len(plan.blobs),
+                "images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals], "cache_entries": cached}
 
     async def done(self) -> None:
         if self.webhooks:

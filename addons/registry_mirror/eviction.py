@@ -29,7 +29,7 @@ from .storage_layout import V2, blob_data, layer_link, revision_link, tag_curren
 class Removal:
     image: Image
     last_pull: float
-    reason: str  # "age" or "size"
+    reason: str  # "age", "size" or "forget"
     links: tuple[str, ...]  # link files relative to the repository's directory, in deletion order
 
 
@@ -66,13 +66,16 @@ class Applied:
 
 
 def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max_age: float,
-         max_bytes: int | None, in_flight: frozenset[str] = frozenset()) -> Plan:
-    """What a pass removes; `last_pull(repository, digest)` is a wall-clock time, like `now`."""
+         max_bytes: int | None, in_flight: frozenset[str] = frozenset(),
+         forgotten: frozenset[Image] = frozenset()) -> Plan:
+    """What a pass removes; `last_pull(repository, digest)` is a wall-clock time, like `now`. `forgotten`: images
+    an operator (or a deletion upstream) removes whatever their age."""
     pulls = {image: last_pull(image.repository, image.digest) for image in inv.images}
     holds = {image: inv.image_blobs(image) for image in inv.images}
     protected = (in_flight | inv.pending) & inv.blob_sizes.keys()
     order = sorted(inv.images, key=lambda image: (pulls[image], image))
-    chosen = {image: "age" for image in order if now - pulls[image] > max_age}
+    chosen = {image: "forget" for image in order if image in forgotten}
+    chosen.update((image, "age") for image in order if image not in chosen and now - pulls[image] > max_age)
 
     holders = Counter(blob for image in order if image not in chosen for blob in holds[image])
     # the bytes the remaining images need; blobs in flight do not count: no eviction could free them, and

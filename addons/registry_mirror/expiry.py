@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import eviction, torn_files, uploads
+from .forget import Target, images_named
 from .pulls import LastPulls, pulled_manifests
 from .storage_inventory import Image, Inventory, inventory, linked_now
 
@@ -114,6 +115,7 @@ class ExpiryState:
     uploads_removed: int = 0  # partial uploads no transfer wrote any more (uploads.py)
     upload_bytes_removed: int = 0
     empty_files_removed: int = 0  # blob data files a full disk left empty (torn_files.py)
+    images_forgotten: int = 0  # removed by `forget` or a deletion upstream (forget.py)
     last_pass_at: float | None = None
     last_error: str = ""
 
@@ -223,6 +225,30 @@ class Expiry:
             self.pulls.clamp(now + FUTURE_TOLERANCE, now)
         else:
             self.pulls.advance(restarted(ages.last_pulls, now))  # under each image's own digest
+
+    async def forget(self, target: Target, dry_run: bool = False) -> eviction.Plan:
+        """Removes the images `target` names from the storage (between passes, never a blob in flight); what
+        went, or with `dry_run` what would."""
+        async with self._lock:
+            plan = await asyncio.to_thread(self._forget_plan, target, self.in_flight())
+            if dry_run:
+                return plan
+            applied = await asyncio.to_thread(eviction.apply, self.root, plan)
+            self.pulls.forget(image for image, _ in applied.images)
+            self._save()
+            self.state.images_forgotten += len(applied.images)
+            if self._reading is not None:
+                self._reading -= applied.bytes_freed
+                self.state.used_bytes = self._reading + self.state.stored_since_pass
+            for removal in plan.removals:
+                log.warning("forgot %s@%s: %d links removed", removal.image.repository, removal.image.digest,
+                            len(removal.links))
+            return plan
+
+    def _forget_plan(self, target: Target, in_flight: frozenset[str]) -> eviction.Plan:
+        inv = inventory(self.root)  # ages play no part: nothing goes by age or size, only what is forgotten
+        return eviction.plan(inv, lambda repository, digest: 0.0, 0.0, math.inf, None,
+                             in_flight & inv.blob_sizes.keys(), images_named(inv, target))
 
     def preview(self) -> eviction.Plan:
         """What a pass would remove now, clock steps judged alike (nothing is changed, not even the orphans'

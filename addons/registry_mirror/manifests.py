@@ -116,6 +116,17 @@ class ManifestService:
             self.tags.pop(key, None)
         return len(keys)
 
+    def forget(self, name: str, tag: str | None = None, digests: frozenset[str] = frozenset()) -> int:
+        """Drop what is cached of an image an operator forgot (or the upstream deleted): its tags (every tag of
+        `name` when `tag` is None), their last known digests (no stale answer brings it back) and the
+        manifests `digests`. How many entries went."""
+        keys = [key for key in self.tags or () if key[0] == name and (tag is None or key[1] == tag)]
+        named = {self.tags.pop(key, None) for key in keys} | self.known.forget(name, tag)
+        dropped = len(keys) + len(named)
+        for digest in (named - {None}) | digests:
+            dropped += self.manifests.pop(digest, None) is not None
+        return dropped
+
     def blob_size(self, name: str, digest: str) -> int | None:
         """The size a cached HEAD of the blob gave, if any."""
         known = self.blob_heads.get(name, digest) if self.blob_heads is not None else None

@@ -7,6 +7,7 @@ never classified as a registry request.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -17,8 +18,18 @@ from mitmproxy import http
 from . import certs, notifications
 from .addon import RegistryMirror
 from .flow_dump import FlowDump
+from .forget import TargetError, parse_target
 from .pulls import served_pulls
-from .stats_views import JSON_PATH, LOGS_PATH, METRICS_PATH, READY_PATH, STATS_PATH, prometheus_text, render_html
+from .stats_views import (
+    FORGET_PATH,
+    JSON_PATH,
+    LOGS_PATH,
+    METRICS_PATH,
+    READY_PATH,
+    STATS_PATH,
+    prometheus_text,
+    render_html,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +55,15 @@ class MirrorPages:
         self.mirror, self.dump = mirror, dump
         self.pages = {STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
                       READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified, LOGS_PATH: self.log_report,
+                      FORGET_PATH: self.forget,
                       FAVICON_PATH: lambda _flow: http.Response.make(204)}
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         if page := self.pages.get(flow.request.path):
-            flow.response = page(flow)
+            answer = page(flow)
+            flow.response = await answer if inspect.isawaitable(answer) else answer
 
     def stats_page(self, _flow: http.HTTPFlow) -> http.Response:
         return http.Response.make(200, render_html(self.snapshot()).encode(),
@@ -94,6 +107,22 @@ class MirrorPages:
         if files is not None:
             self.mirror.log_files = files
         return json_response(status, {"accepted": status == 202, "reason": reason})
+
+    async def forget(self, flow: http.HTTPFlow) -> http.Response:
+        """`artifactory-mirror forget`: {"image": "team/app:1.0", "dry_run": false}, with the registry's secret."""
+        status, reason, body = notifications.check(
+            flow.request.method, flow.request.headers.pop(notifications.SECRET_HEADER, ""), flow.request.content,
+            self.mirror.notify_secret or "\0unset")
+        if status != 202:
+            return json_response(status, {"accepted": False, "reason": reason})
+        if self.mirror.expiry is None:
+            return json_response(503, {"accepted": False, "reason": "the mirror has not started"})
+        try:
+            target = parse_target(body["image"])
+            dry_run = bool(body.get("dry_run", False))
+        except (TargetError, TypeError, KeyError) as e:
+            return json_response(400, {"accepted": False, "reason": str(e) or "a JSON object with image"})
+        return json_response(200, await self.mirror.forget(target, dry_run))
 
     def snapshot(self) -> dict:
         """The stats, with the scale-out and storage state when the mirror runs them."""

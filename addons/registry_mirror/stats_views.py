@@ -14,6 +14,7 @@ from .units import human_bytes
 STATS_PATH, JSON_PATH, METRICS_PATH = "/_mirror/stats", "/_mirror/stats.json", "/metrics"
 READY_PATH = "/_mirror/ready"  # 200 {"ready": true} once the addon has started, else 503
 LOGS_PATH = "/_mirror/logs"  # the supervisor POSTs its log files' dropped lines here
+FORGET_PATH = "/_mirror/forget"  # `artifactory-mirror forget` POSTs the image to remove here
 
 
 def render_html(snap: dict, refresh_seconds: int = 5) -> str:

@@ -57,6 +57,14 @@ class TagState:
         self.tags[key] = known
         self._schedule_save()
 
+    def forget(self, name: str, tag: str | None = None) -> set[str]:
+        """Drop the last known digests of `name:tag` (every tag of `name` when None); the digests they named."""
+        keys = [key for key in self.tags if key[0] == name and (tag is None or key[1] == tag)]
+        digests = {self.tags.pop(key).digest for key in keys}
+        if keys:
+            self._schedule_save()
+        return digests
+
     def now(self) -> float:
         """The time to stamp a tag fetched now with (`fetched_at`)."""
         return self._clock()

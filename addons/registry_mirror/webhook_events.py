@@ -18,7 +18,8 @@ from .requests import TAG_RE, valid_name
 
 AUTH_HEADER = "X-JFrog-Event-Auth"
 MAX_BODY = 64 * 1024  # one event is about a KiB; an index with many platforms stays far below
-WARMED_EVENTS = frozenset({"pushed", "promoted"})  # a new digest under a tag; `deleted` has nothing to fetch
+WARMED_EVENTS = frozenset({"pushed", "promoted"})  # a new digest under a tag
+DELETED = "deleted"  # a tag deleted upstream: the mirror forgets it
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _REPO_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -63,7 +64,7 @@ def parse(body: bytes) -> TagEvent | None:
         raise EventError(f"the body is not JSON ({e})") from e
     if not isinstance(event, dict):
         raise EventError("the body is not a JSON object with domain, event_type and data")
-    if event.get("domain") != "docker" or event.get("event_type") not in WARMED_EVENTS:
+    if event.get("domain") != "docker" or event.get("event_type") not in WARMED_EVENTS | {DELETED}:
         return None
     data = event.get("data")
     if not isinstance(data, dict):

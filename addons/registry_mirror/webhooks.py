@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,9 +24,10 @@ from . import certs, warm
 from .bodies import BodyCutShort, BodyTooLarge, read_body
 from .cert_watch import CertWatch
 from .config import Config
+from .forget import Target
 from .routing import Router, mirror_names
 from .warming import Warmer, WarmJob, WarmQueue
-from .webhook_events import AUTH_HEADER, MAX_BODY, EventError, TagEvent, authentic, kind_of, parse
+from .webhook_events import AUTH_HEADER, DELETED, MAX_BODY, EventError, TagEvent, authentic, kind_of, parse
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def answer(status: int, reason: str = "", **fields) -> web.Response:
 
 class WebhookListener:
     def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None,
-                 cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time):
-        self.cfg, self.router = cfg, router
+                 cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time,
+                 forget: Callable[[Target], Awaitable[dict]] | None = None):
+        """`forget`: removes an image from the mirror (RegistryMirror.forget), for a tag deleted upstream."""
+        self.cfg, self.router, self.forget = cfg, router, forget
         self.warmer = Warmer(queue or WarmQueue(), self._warm)
         self.answers: Counter = Counter()  # status -> requests answered
         self.port = 0
@@ -139,10 +142,22 @@ class WebhookListener:
             event = parse(body)
         except EventError as e:
             return answer(400, str(e))
-        if event is None:  # a deleted tag, another domain: nothing to fetch, but an operator may want to know
+        if event is None:  # another domain or event: nothing to do, but an operator may want to know
             log.info("webhook event acknowledged and ignored: %s", kind_of(body))
-            return answer(202, "not a Docker pushed or promoted event: nothing to warm", ignored=True)
+            return answer(202, "not a Docker pushed, promoted or deleted event: nothing to do", ignored=True)
+        if event.event_type == DELETED:
+            return await self._forget_deleted(event)
         return self._queue(event)
+
+    async def _forget_deleted(self, event: TagEvent) -> web.Response:
+        """A tag deleted upstream: forgotten here, so that no pull by it is served from the mirror's storage."""
+        names = tuple(mirror_names(self.cfg, event.repo_key, event.image_name))
+        if not names or self.forget is None:
+            return answer(202, "no route of this mirror serves it: nothing to forget", ignored=True)
+        forgotten = [await self.forget(Target(name, event.tag)) for name in names]
+        log.info("webhook %s: forgot %s", event, ", ".join(f["target"] for f in forgotten))
+        return answer(202, "", forgotten=[f["target"] for f in forgotten],
+                      images=sum(len(f["images"]) for f in forgotten))
 
     def _queue(self, event: TagEvent) -> web.Response:
         names = tuple(mirror_names(self.cfg, event.repo_key, event.image_name))

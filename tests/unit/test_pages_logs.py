@@ -1,5 +1,6 @@
 """`/_mirror/logs`: the supervisor reports the lines its log files dropped on a full disk, with the registry's
 notification secret; the stats page shows them."""
+import asyncio
 import json
 
 import pytest
@@ -27,7 +28,7 @@ def post(mirror, body: bytes, secret: str | None = SECRET, method: str = "POST")
     headers = [(b"host", b"127.0.0.1:8081")] + ([(SECRET_HEADER.encode(), secret.encode())] if secret else [])
     f = tflow.tflow(req=tutils.treq(method=method.encode(), path=LOGS_PATH.encode(), host="127.0.0.1", port=8081,
                                     headers=headers, content=body))
-    MirrorPages(mirror).request(f)
+    asyncio.run(MirrorPages(mirror).request(f))
     return f
 
 

@@ -57,11 +57,11 @@ def test_both_comparisons_are_constant_time(monkeypatch):
 def test_a_pushed_event():
     assert parse(event()) == TagEvent("pushed", "docker-local", "team/app", "1.0", f"sha256:{SHA}")
     assert parse(event(event_type="promoted")).event_type == "promoted"
+    assert parse(event(event_type="deleted")).event_type == "deleted"  # forgotten, not warmed
 
 
 @pytest.mark.parametrize("body", [
     event(domain="artifact", event_type="deployed"),
-    event(event_type="deleted"),  # nothing to fetch
     json.dumps({"domain": "build", "event_type": "uploaded"}).encode(),
     json.dumps({"event_type": "pushed"}).encode(),  # no domain
 ])
