@@ -99,7 +99,8 @@ class RegistryMirror:
                                                 "spool": cache.spool_dir or tempfile.gettempdir(),
                                                 "logs": ctx.options.mirror_log_dir,
                                                 "dump": str(Path(dump).parent) if dump else None})
-        self.blobs = BlobServer(self.router, cache, self.stats, storage=mirror.storage, disk=self.disk)
+        self.blobs = BlobServer(self.router, cache, self.stats, mirror.verify_interval, storage=mirror.storage,
+                                disk=self.disk)
         scale = self.config.scale
         if scale.enabled:  # the other replicas read spools here too
             await self.blobs.start(scale.listen.host, scale.listen.port)
@@ -145,6 +146,7 @@ class RegistryMirror:
         if self.expiry:
             await self.expiry.stop()
         if self.blobs:
+            await self.blobs.verifier.close()
             await self.blobs.close()
         if self.router:
             await self.router.close()

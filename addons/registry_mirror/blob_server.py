@@ -7,11 +7,13 @@ bytes come from is the fill's business (blob_fill.py); how an answer is sent, bl
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 from aiohttp import web
@@ -19,6 +21,7 @@ from aiohttp import web
 from .blob_access import KEY_PARAM, TICKET_PARAM, Tickets, allowed
 from .blob_answer import Share, error, send
 from .blob_fill import BlobFill
+from .blob_verifier import BlobVerifier
 from .coalesce import BlobCoalescer
 from .config import CacheConfig, any_address
 from .disk import DiskWatch
@@ -35,11 +38,13 @@ log = logging.getLogger(__name__)
 
 
 class BlobServer:
-    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, storage: str | None = None,
-                 disk: DiskWatch | None = None):
+    def __init__(self, router: Router, cache: CacheConfig, stats: Stats, verify_interval: float,
+                 storage: str | None = None, disk: DiskWatch | None = None):
         """`disk`: refuses cold fetches when the storage's or the spool's filesystem runs low."""
         self.router, self.stats, self.disk = router, stats, disk
         self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
+        # checks stored blobs: as this endpoint sends them, and after the registry's own pulls
+        self.verifier = BlobVerifier(self.storage, verify_interval)
         self.fill = BlobFill(router, stats)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
                                        on_verified=self.fill.verified)
@@ -120,13 +125,25 @@ class BlobServer:
         stored = open_stored(self.storage, req.reference)
         if stored is not None:
             with stored:
-                return await send(request, Share(stored_transfer(req, stored), stored, stored=True), self.stats,
-                                  route.cfg.request_timeout, what)
+                return await self._from_storage(request, req, route, stored, what)
         refusal = await self._refusal(req, route, what)
         if refusal is not None:
             self.stats.served("blob", Outcome.ERROR, 0)
             return refusal
         return await self._shared(request, req, route, what, peer)
+
+    async def _from_storage(self, request: web.Request, req: RegistryRequest, route: Route, stored: BinaryIO,
+                            what: str) -> web.StreamResponse:
+        """The stored blob, hashed as it is sent: a mismatch ends the answer short and moves the file aside, so
+        the registry stores nothing and its next request is fetched from the upstream."""
+        transfer = stored_transfer(req, stored)
+        check = asyncio.create_task(self.verifier.check_served(transfer, stored))
+        try:
+            return await send(request, Share(transfer, stored, stored=True), self.stats, route.cfg.request_timeout,
+                              what)
+        finally:  # the answer ended before the verdict (the registry hung up): the check ends too
+            check.cancel()
+            await asyncio.gather(check, return_exceptions=True)
 
     def _incoming(self, route: Route, req: RegistryRequest) -> int:
         """Bytes still to be written for this blob (its size, as its HEAD gave it) and the transfers in flight."""

@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import signal
 import socket
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from . import certs, clients, processes, warm
+from . import certs, clients, forget, processes, quarantine, verify, warm
 from .config import Config, ConfigError, any_address, config_path, load
 from .expiry import Expiry
+from .notifications import SECRET_HEADER, notification_secret
 from .pulls import LastPulls, pulls_folder
-from .stats_views import JSON_PATH, summary_text
+from .stats_views import FORGET_PATH, JSON_PATH, summary_text
 from .supervisor import Mirror, preflight
+from .units import human_bytes
 from .webhooks import WEBHOOK_PATH
 
 PROG = "artifactory-mirror"
@@ -86,6 +90,60 @@ def cmd_evictions(args) -> int:
         print(f"{removal.image.repository}@{removal.image.digest}  last pulled {when}  ({removal.reason})")
     print(f"{len(plan.removals)} images, {len(plan.blobs)} blobs, {plan.bytes_freed} bytes would go; "
           f"{plan.bytes_kept} bytes stay (max_bytes: {cfg.mirror.max_bytes or 'none'})")
+    return 0
+
+
+def cmd_verify(args, clock=time.time) -> int:
+    """One pass over the registry's blob data files, each hashed in bounded memory; a file whose bytes do not
+    match its digest is moved aside (the next pull fetches a good copy) and the exit status is 1."""
+    cfg = _load_or_exit(args.config)
+    root = Path(cfg.mirror.storage)
+    good = bad = nbytes = 0
+    for checked in verify.verify_storage(root, clock):
+        nbytes += checked.size
+        if checked.ok:
+            good += 1
+            continue
+        bad += 1
+        where = f"moved to {checked.moved_to}" if checked.moved_to else \
+            "not moved: gone, replaced by a good copy, or it could not be moved (logged)"
+        print(f"MISMATCH {checked.digest}: {checked.size} bytes read as {checked.actual}; {where}", flush=True)
+    print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in {root}: {good} good, {bad} corrupt"
+          + (f", moved to {quarantine.folder(root)}: the next pull of each fetches it from the upstream" if bad
+             else ""))
+    return 1 if bad else 0
+
+
+def cmd_forget(args) -> int:
+    """Remove an image from the mirror: through the running addon (its storage and caches), else from the storage
+    alone (nothing is cached while it does not run)."""
+    cfg = _load_or_exit(args.config)
+    try:
+        target = forget.parse_target(args.image)
+    except forget.TargetError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(
+        cfg.rewriter.listen.local_url(FORGET_PATH), method="POST",
+        data=json.dumps({"image": str(target), "dry_run": args.dry_run}).encode(),
+        headers={"Content-Type": "application/json", SECRET_HEADER: notification_secret(cfg.mirror.storage)})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            done, where = json.load(resp), "the running mirror (storage and caches)"
+    except urllib.error.HTTPError as e:
+        print(f"{PROG}: the mirror refused: {e.read()[:300].decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError:  # not running: the storage alone
+        pulls = LastPulls(pulls_folder(cfg.mirror.storage), replica="forget")
+        plan = asyncio.run(Expiry(cfg.mirror.storage, cfg.mirror.max_age, None, pulls).forget(target, args.dry_run))
+        done = {"images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals],
+                "blobs": len(plan.blobs), "bytes": plan.bytes_freed}
+        where = f"the storage {cfg.mirror.storage} (no mirror answers at {cfg.rewriter.listen})"
+    for image in done["images"]:
+        print(f"{'would forget' if args.dry_run else 'forgot'} {image}")
+    replicas = " on this host only: run it on every replica sharing the storage" if cfg.scale.enabled else ""
+    print(f"{len(done['images'])} images, {done['blobs']} blobs ({human_bytes(done['bytes'])}) "
+          f"{'would go from' if args.dry_run else 'removed from'} {where}{replicas}")
     return 0
 
 
@@ -220,6 +278,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--address", help="HOST:PORT clients reach the mirror at (default: mirror.listen, or this "
                    "machine's name when it listens on every address); the certificate must name it")
     command("evictions", cmd_evictions, "what the next expiry pass would remove (changes nothing)")
+    f = command("forget", cmd_forget, "remove an image from the mirror's storage and caches (deleted upstream)")
+    f.add_argument("image", help="team/app (every image of it), team/app:1.0 or team/app@sha256:...")
+    f.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    command("verify", cmd_verify, "hash every blob in the storage; move corrupt ones aside (exit 1 if any)")
     return top
 
 

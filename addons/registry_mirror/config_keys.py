@@ -133,6 +133,10 @@ class MirrorConfig:
     min_free: int = key(SIZE, "Free space kept on the storage's and the spool's filesystems: below it cold "
                         "fetches are refused at once (cached images keep being served) until space comes back.",
                         "1GiB")
+    verify_interval: float = key(DURATION, "After the registry serves a stored blob itself, its file is hashed again "
+                                 "at most this often (a corrupt one is moved aside and fetched again on the next "
+                                 "pull). Shorter heals sooner and reads more.", "1h",
+                                 check=lambda s: "is under a minute" if s < 60 else None)
     max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
                                 None, shown="none")
 

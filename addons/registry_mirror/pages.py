@@ -91,6 +91,8 @@ class MirrorPages:
             self.mirror.stats.pulled(served_pulls(envelope))
             if expiry:
                 expiry.notified(envelope)
+            if self.mirror.blobs:  # files the registry served itself: checked in the background
+                self.mirror.blobs.verifier.notified(envelope)
         flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
         return json_response(status, {"accepted": status == 202, "reason": reason})
 
@@ -138,6 +140,8 @@ class MirrorPages:
                                "oldest_last_pull": expiry.pulls.oldest()}
         if mirror.webhooks:
             snap["webhooks"] = mirror.webhooks.snapshot()
+        if mirror.blobs:
+            snap["stored_blobs"] = mirror.blobs.verifier.snapshot()
         if mirror.config and mirror.config.mirror.tls:
             snap["tls"] = certificate_state(mirror.config.mirror.tls_cert, time.time())
         if mirror.disk:

@@ -13,7 +13,7 @@ from .transfers import Transfer, TransferFailed
 async def write_verified(transfer: Transfer, chunks: AsyncIterator[bytes]) -> None:
     """Tee `chunks` into the spool, waking its readers; TransferFailed unless they are the digest's bytes, in
     full. On success the transfer is verified."""
-    hasher = _hasher(transfer.digest)
+    hasher = digest_hasher(transfer.digest)
     # unbuffered: the file always holds `written`. "r+b", not "wb": on ext4 a truncate-to-empty marks the file
     # for a flush on close (auto_da_alloc), which would write the short-lived spool to disk just as the
     # registry and its clients fsync their copies; untruncated, it stays in the page cache
@@ -32,7 +32,7 @@ async def write_verified(transfer: Transfer, chunks: AsyncIterator[bytes]) -> No
     transfer.verified = True
 
 
-def _hasher(digest: str) -> hashlib._Hash:
+def digest_hasher(digest: str) -> hashlib._Hash:
     """A hash object for `digest`'s algorithm; TransferFailed for one the mirror does not check blobs with."""
     algorithm = digest.partition(":")[0]
     if algorithm not in DIGEST_HEX_LENGTHS:

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .stats import CLASSES
+from .stats_blob_checks import stored_blob_metrics, stored_blobs_html, stored_blobs_summary
 from .stats_warms import pull_metrics, pulls_html, warm_metrics, warming_html
 from .units import human_bytes
 
@@ -89,6 +90,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 {warming_html(snap.get("webhooks"))}
 {_storage_html(snap.get("storage"))}
 {_disk_html(snap.get("disk"))}
+{stored_blobs_html(snap.get("stored_blobs"))}
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
 {transfers}</table>
@@ -255,6 +257,8 @@ class _SnapshotCollector:
             yield from warm_metrics(webhooks)
         if disk := snap.get("disk"):
             yield from _disk_metrics(disk)
+        if checks := snap.get("stored_blobs"):
+            yield from stored_blob_metrics(checks)
         if (tls := snap.get("tls")) and tls["not_after"] is not None:
             yield GaugeMetricFamily("mirror_tls_certificate_expiry_timestamp_seconds",
                                     "When mirror.tls_cert expires (Unix time).", value=tls["not_after"])
@@ -335,6 +339,8 @@ def summary_text(snap: dict) -> str:
         lines.append(f"integrity: {snap['integrity']['bodies_cut_short']} upstream bodies cut short, "
                      f"{snap['integrity']['cache_dropped_inconsistent']} cached answers dropped as inconsistent")
     lines += [f"disk: {w}" for w in disk_warnings(snap.get("disk"))]
+    if summary := stored_blobs_summary(snap.get("stored_blobs")):
+        lines.append(summary)
     if (tls := snap.get("tls")) and tls["problem"]:
         lines.append(f"certificate: {tls['problem']}")
     for t in snap["transfers"]:

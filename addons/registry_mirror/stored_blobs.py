@@ -1,20 +1,28 @@
 """Blobs the stock registry has stored already, served from its storage instead of fetched again.
 
 The registry looks blobs up per repository, so a base layer it stored for one repository is asked for again
-when another repository's image uses it; the bytes are here already. They were checked against their digest
-when the registry stored them (it commits a blob by renaming it into place, so a file here is whole), and the
-registry checks them again as it links them to the new repository. It asked the upstream for the blob's HEAD
+when another repository's image uses it; the bytes are here already. It asked the upstream for the blob's HEAD
 in that repository first, so the upstream still decides which repositories have it.
+
+A stored file is whole (the registry commits a blob by renaming it into place) but not necessarily right: a
+flipped bit or a bad sector since. So it is hashed as it is sent, through the transfer mechanism of upstream
+fetches (transfers.py): the bytes hashed so far are readable, the last one is held back until the verdict,
+and a mismatch ends the answer short, so the registry stores nothing (blob_verifier.py then moves the file
+aside). The hash reads the file a second time, from the page cache the sends fill, by offset: sendfile moves
+the file's position.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import BinaryIO
 
 from .requests import SHA256_RE, RegistryRequest
+from .spool_writer import digest_hasher
 from .storage_layout import V2, blob_data
 from .transfers import Transfer, UpstreamHead
+from .verify import CHUNK, hash_chunk
 
 
 def stored_path(storage: Path | None, digest: str) -> Path | None:
@@ -36,9 +44,24 @@ def open_stored(storage: Path | None, digest: str) -> BinaryIO | None:
 
 
 def stored_transfer(req: RegistryRequest, stored: BinaryIO) -> Transfer:
-    """A stored blob as a finished, verified transfer: served like any spool."""
+    """A stored blob as a transfer whose bytes are all there but not yet checked: `hash_as_sent` checks them.
+    Its path is the stored file itself, so it is settled by setting `verified` or `error`, never by
+    `Transfer.fail` (which deletes its path)."""
     size = os.fstat(stored.fileno()).st_size
-    transfer = Transfer(req.reference, req.name, Path(stored.name), size=size, written=size, verified=True)
+    transfer = Transfer(req.reference, req.name, Path(stored.name), size=size)
     transfer.head.set_result(UpstreamHead(200, {"Content-Type": "application/octet-stream",
                                                 "Docker-Content-Digest": req.reference, "Accept-Ranges": "bytes"}))
     return transfer
+
+
+async def hash_as_sent(transfer: Transfer, stored: BinaryIO) -> str:
+    """Hash the stored file into `transfer`, a CHUNK at a time in a thread, making each chunk readable once
+    hashed; the digest of the bytes read (the transfer's verdict is the caller's). OSError if the file cannot
+    be read."""
+    fd, hasher, buffer = stored.fileno(), digest_hasher(transfer.digest), bytearray(CHUNK)
+    while transfer.written < transfer.size:
+        count = await asyncio.to_thread(hash_chunk, fd, hasher, buffer, transfer.written)
+        if count == 0:  # shorter than when it was opened
+            break
+        transfer.wrote(count)
+    return f"{hasher.name}:{hasher.hexdigest()}"

@@ -18,6 +18,6 @@ async def started_server(tmp_path, upstream, storage=None, request_timeout: floa
                             blob_slots=slots or TransferSlots(256, 3600),
                             manifests=SimpleNamespace(blob_size=lambda name, digest: head_size))
     server = BlobServer(SimpleNamespace(for_request=lambda req: route, routes={}),
-                        CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), storage=storage)
+                        CacheConfig(spool_dir=str(tmp_path / "spool")), Stats(), 3600, storage=storage)
     await server.start()
     return server
