@@ -10,6 +10,7 @@ upstream client adds them, and the flow shows a redacted marker where they went.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 import time
@@ -26,7 +27,7 @@ from .disk import DiskWatch
 from .expiry import Expiry
 from .forget import Target
 from .manifest_body import ManifestMismatch
-from .manifests import UpstreamDown
+from .manifests import ManifestService, UpstreamDown
 from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder
@@ -109,6 +110,9 @@ class RegistryMirror:
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
         self.expiry = self._start_expiry()
+        if self.config.cache.forget_deleted_tags:
+            for route in self.router.routes.values():
+                route.manifests.on_tag_gone = functools.partial(self.tag_gone, route.manifests)
         if self.config.webhooks.enabled:  # its own listener: Artifactory never reaches rewriter.listen
             self.webhooks = WebhookListener(self.config, self.router, forget=self.forget)
             await self.webhooks.start()
@@ -247,6 +251,14 @@ class RegistryMirror:
         resp = small_response(answer.status, answer.headers, answer.body, is_head=method == "HEAD")
         resp.headers[CACHE_HEADER] = answer.outcome
         return resp
+
+    async def tag_gone(self, manifests: ManifestService, name: str, tag: str) -> None:
+        """The upstream answers 404 for a tag: with cache.forget_deleted_tags, the mirror's goes too (its link and
+        the route's caches), so that no pull by it is served from the storage."""
+        dropped = manifests.forget(name, tag)
+        if await self.expiry.drop_tag(name, tag) or dropped:
+            log.warning("%s:%s is not found upstream: the mirror's tag is removed (cache.forget_deleted_tags); "
+                        "its image stays pullable by digest until `artifactory-mirror forget`", name, tag)
 
     @staticmethod
     def _show_upstream(flow: http.HTTPFlow, upstream_url: str, scheme: str) -> None:

@@ -184,6 +184,11 @@ class CacheConfig:
                               "(the refresh goes on in the background).", 2, bounds=(0.05, 600))
     max_stale: float = key(SECONDS, "The oldest last known digest (seconds) still answered when the upstream "
                            "fails.", 86400, bounds=(0, 10 ** 8))
+    forget_deleted_tags: bool = key(BOOL, "An upstream 404 for a tag removes the mirror's tag (its link in the "
+                                    "storage and the addon's caches): pulls by it answer not found, as upstream; a "
+                                    "pull by digest works until `forget`. A 401, 403, 5xx, timeout or outage never "
+                                    "removes anything. Off: the stock registry serves its own tag after a 404.",
+                                    False)
     tag_state_file: str | None = key(PATH, "Last known tags (digests and media types, no secret), kept across "
                                      "restarts; `routes[N]` keeps its own next to it (`….tags.routeN.json`).", None,
                                      shown="`<mirror.storage>.tags.json`")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from . import eviction, torn_files, uploads
 from .forget import Target, images_named
 from .pulls import LastPulls, pulled_manifests
 from .storage_inventory import Image, Inventory, inventory, linked_now
+from .storage_layout import V2
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,16 @@ class Expiry:
                 log.warning("forgot %s@%s: %d links removed", removal.image.repository, removal.image.digest,
                             len(removal.links))
             return plan
+
+    async def drop_tag(self, repository: str, tag: str) -> bool:
+        """Removes a tag's links (the image stays, by digest): the upstream deleted the tag. Whether it was
+        there."""
+        folder = self.root / V2 / "repositories" / repository / "_manifests" / "tags" / tag
+        async with self._lock:
+            if not await asyncio.to_thread(folder.is_dir):
+                return False
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            return True
 
     def _forget_plan(self, target: Target, in_flight: frozenset[str]) -> eviction.Plan:
         inv = inventory(self.root)  # ages play no part: nothing goes by age or size, only what is forgotten

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
@@ -87,6 +87,8 @@ class ManifestService:
         self._inflight: dict[tuple, asyncio.Future] = {}
         # tags answered stale at once for SICK_SECONDS after a failed or slow refresh (bounded, expiring)
         self._sick: TTLCache = TTLCache(maxsize=65536, ttl=SICK_SECONDS, timer=timer)
+        # told of a tag the upstream answers 404 for (cache.forget_deleted_tags: RegistryMirror removes it)
+        self.on_tag_gone: Callable[[str, str], Awaitable[None]] | None = None
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
         """The answer to `method` for `req` (a HEAD gets the GET's headers, without the body)."""
@@ -234,6 +236,10 @@ class ManifestService:
         if up.status in (401, 403):
             self.health.refused(f"{method} {req.kind.value} {req.name}: status {up.status}: the upstream refused "
                                 "the mirror's credential or its permissions")
+        if req.kind is Kind.MANIFEST_BY_TAG and up.status == 404 and self.on_tag_gone is not None:
+            # before anyone hears the 404 (the registry then has no tag of its own to fall back to), a refresh
+            # in the background too
+            await self.on_tag_gone(req.name, req.reference)
         if req.kind is Kind.TAGS and up.status == 200 and (link := next_page_link(up.headers.get("Link"), req.name)):
             return Answer(200, {**passed_headers(up.headers), "Link": link}, up.body, Outcome.MISS, up.authorized)
         if up.status != 200 or req.kind is Kind.TAGS:

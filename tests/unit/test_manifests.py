@@ -273,3 +273,28 @@ def test_forget_tag_makes_the_next_answer_ask_the_upstream():
         assert svc.known.get(("app", "1.0", frozenset({INDEX}))) is not None  # still there for stale-if-error
     asyncio.run(scenario())
     assert service(ttl=0)[0].forget_tag("app", "1.0") == 0
+
+
+class Deleted(FakeUpstream):
+    """Answers 404 for the tag `gone` and any other status for the tag `broken`."""
+    async def fetch_small(self, method, req, headers):
+        if req.reference in ("gone", "broken"):
+            self.calls.append((method, req.kind.value, req.reference))
+            return SmallResponse(404 if req.reference == "gone" else 503, CIMultiDict(), b"{}", "Bearer")
+        return await super().fetch_small(method, req, headers)
+
+
+def test_a_tag_the_upstream_answers_404_for_is_told_before_the_404_is_answered_and_others_never():
+    async def scenario():
+        svc = manifest_service(Deleted(), CacheConfig(tag_ttl=30.0), Clock())
+        told = []
+
+        async def gone(name, tag):
+            told.append((name, tag, svc.upstream.calls[-1]))
+        svc.on_tag_gone = gone
+        answers = [await svc.answer(classify("GET", f"/v2/team/app/manifests/{tag}"), headers(IMAGE), "GET")
+                   for tag in ("gone", "broken")]
+        return answers, told
+    answers, told = asyncio.run(scenario())
+    assert [a.status for a in answers] == [404, 503]
+    assert told == [("team/app", "gone", ("GET", "manifest-by-tag", "gone"))]
