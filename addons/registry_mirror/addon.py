@@ -10,7 +10,6 @@ upstream client adds them, and the flow shows a redacted marker where they went.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import tempfile
 import time
@@ -27,7 +26,7 @@ from .disk import DiskWatch
 from .expiry import Expiry
 from .forget import Target
 from .manifest_body import ManifestMismatch
-from .manifests import ManifestService, UpstreamDown
+from .manifests import UpstreamDown
 from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder
@@ -112,9 +111,9 @@ class RegistryMirror:
         self.expiry = self._start_expiry()
         if self.config.cache.forget_deleted_tags:
             for route in self.router.routes.values():
-                route.manifests.on_tag_gone = functools.partial(self.tag_gone, route.manifests)
+                route.manifests.on_tag_gone = self.tag_gone
         if self.config.webhooks.enabled:  # its own listener: Artifactory never reaches rewriter.listen
-            self.webhooks = WebhookListener(self.config, self.router, forget=self.forget)
+            self.webhooks = WebhookListener(self.config, self.router, drop_tag=self.drop_tag)
             await self.webhooks.start()
         self.started.set()
 
@@ -127,7 +126,7 @@ class RegistryMirror:
         replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
         pulls = LastPulls(pulls_folder(mirror.storage), replica)
         expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
-                        in_flight=self.blobs.coalescer.in_use)
+                        in_flight=self.blobs.in_use)
         self.blobs.on_stored = expiry.stored
         expiry.start()
         return expiry
@@ -252,11 +251,18 @@ class RegistryMirror:
         resp.headers[CACHE_HEADER] = answer.outcome
         return resp
 
-    async def tag_gone(self, manifests: ManifestService, name: str, tag: str) -> None:
-        """The upstream answers 404 for a tag: with cache.forget_deleted_tags, the mirror's goes too (its link and
-        the route's caches), so that no pull by it is served from the storage."""
-        dropped = manifests.forget(name, tag)
-        if await self.expiry.drop_tag(name, tag) or dropped:
+    async def drop_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
+        """A tag deleted upstream goes here too: its link in the storage (with `digest`, only while it names that
+        digest) and the route's cached and last known digests; its image stays, by digest, until `forget`.
+        Whether the storage had it."""
+        stored = await self.expiry.drop_tag(name, tag, digest)
+        if stored or digest is None:  # pushed again since: the caches may know the new digest already
+            self.router.for_name(name).manifests.forget(name, tag)
+        return stored
+
+    async def tag_gone(self, name: str, tag: str) -> None:
+        """The upstream answers 404 for a tag (cache.forget_deleted_tags): no pull by it is served from here."""
+        if await self.drop_tag(name, tag):
             log.warning("%s:%s is not found upstream: the mirror's tag is removed (cache.forget_deleted_tags); "
                         "its image stays pullable by digest until `artifactory-mirror forget`", name, tag)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,8 @@ from .transfers import TransferFailed
 
 log = logging.getLogger(__name__)
 
+COMMIT_GRACE = 60.0  # seconds after a blob's answer ends in which the registry may still be linking it
+
 
 class BlobServer:
     def __init__(self, router: Router, cache: CacheConfig, stats: Stats, verify_interval: float,
@@ -50,6 +53,7 @@ class BlobServer:
                                        on_verified=self.fill.verified)
         self.prefetch = Prefetcher(self.coalescer, self.storage, disk) if cache.prefetch else None
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
+        self._answered: dict[str, float] = {}  # digest -> when its last answer ended (monotonic)
         self.key = secrets.token_urlsafe(16)
         self.tickets = Tickets()
         self.host, self.port = "127.0.0.1", 0
@@ -122,15 +126,26 @@ class BlobServer:
         peer = KEY_PARAM in request.query  # another replica's fill, not this registry's request
         if self.prefetch and not peer:
             self.prefetch.blob_requested(req.reference)
-        stored = open_stored(self.storage, req.reference)
-        if stored is not None:
-            with stored:
-                return await self._from_storage(request, req, route, stored, what)
-        refusal = await self._refusal(req, route, what)
-        if refusal is not None:
-            self.stats.served("blob", Outcome.ERROR, 0)
-            return refusal
-        return await self._shared(request, req, route, what, peer)
+        try:
+            stored = open_stored(self.storage, req.reference)
+            if stored is not None:
+                with stored:
+                    return await self._from_storage(request, req, route, stored, what)
+            refusal = await self._refusal(req, route, what)
+            if refusal is not None:
+                self.stats.served("blob", Outcome.ERROR, 0)
+                return refusal
+            return await self._shared(request, req, route, what, peer)
+        finally:  # the registry links the blob after its last byte: it is in use until then
+            self._answered[req.reference] = time.monotonic()
+
+    def in_use(self) -> frozenset[str]:
+        """Blobs an expiry pass or a forget must not delete: in flight, read, or answered within COMMIT_GRACE
+        (the registry commits and links a blob after the answer ends, from a spool or from its storage)."""
+        now = time.monotonic()
+        for digest in [d for d, at in self._answered.items() if now - at >= COMMIT_GRACE]:
+            del self._answered[digest]
+        return self.coalescer.in_use() | frozenset(self._answered)
 
     async def _from_storage(self, request: web.Request, req: RegistryRequest, route: Route, stored: BinaryIO,
                             what: str) -> web.StreamResponse:

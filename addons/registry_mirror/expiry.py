@@ -35,6 +35,7 @@ stored since are missing; it is exact when nothing was stored since. `images` is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import shutil
@@ -73,6 +74,18 @@ def clock_jumped(last_pulls: Iterable[float], now: float, max_age: float,
                 f"more than max_age ({_span(max_age)}): the clock stepped forward, or nothing was pulled for that "
                 f"long")
     return None
+
+
+def _drop_tag(folder: Path, digest: str | None) -> bool:
+    try:
+        if digest is not None and (folder / "current" / "link").read_text().strip() != digest:
+            return False
+    except OSError:
+        return False
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)  # a single tag: no pass need wait for it, nor it for a pass
+    return True
 
 
 def restarted(last_pulls: Mapping[Image, float], now: float) -> dict[Image, float]:
@@ -247,20 +260,23 @@ class Expiry:
                             len(removal.links))
             return plan
 
-    async def drop_tag(self, repository: str, tag: str) -> bool:
-        """Removes a tag's links (the image stays, by digest): the upstream deleted the tag. Whether it was
-        there."""
+    async def drop_tag(self, repository: str, tag: str, digest: str | None = None) -> bool:
+        """Removes a tag's links (the image stays, by digest): the upstream deleted the tag. With `digest`, only
+        while the tag still names it (a tag deleted and pushed again keeps its new image). Whether it went."""
         folder = self.root / V2 / "repositories" / repository / "_manifests" / "tags" / tag
-        async with self._lock:
-            if not await asyncio.to_thread(folder.is_dir):
-                return False
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            return True
+        return await asyncio.to_thread(_drop_tag, folder, digest)
 
     def _forget_plan(self, target: Target, in_flight: frozenset[str]) -> eviction.Plan:
         inv = inventory(self.root)  # ages play no part: nothing goes by age or size, only what is forgotten
-        return eviction.plan(inv, lambda repository, digest: 0.0, 0.0, math.inf, None,
-                             in_flight & inv.blob_sizes.keys(), images_named(inv, target))
+        forgotten = images_named(inv, target)
+        plan = eviction.plan(inv, lambda repository, digest: 0.0, 0.0, math.inf, None,
+                             in_flight & inv.blob_sizes.keys(), forgotten)
+        # only what the forgotten images held: a blob just committed and not linked yet is no orphan to
+        # forget (a pass's mark-then-sweep judges those), nor are other repositories' stray links
+        theirs = set().union(*(inv.image_blobs(image) for image in forgotten))
+        return dataclasses.replace(
+            plan, blobs={d: size for d, size in plan.blobs.items() if d in theirs},
+            stray_links={name: links for name, links in plan.stray_links.items() if name == target.repository})
 
     def preview(self) -> eviction.Plan:
         """What a pass would remove now, clock steps judged alike (nothing is changed, not even the orphans'

@@ -122,8 +122,9 @@ class ManifestService:
         """Drop what is cached of an image an operator forgot (or the upstream deleted): its tags (every tag of
         `name` when `tag` is None), their last known digests (no stale answer brings it back) and the
         manifests `digests`. How many entries went."""
-        keys = [key for key in self.tags or () if key[0] == name and (tag is None or key[1] == tag)]
-        named = {self.tags.pop(key, None) for key in keys} | self.known.forget(name, tag)
+        keys = [key for key in self.tags or () if key[0] == name and (tag is None or key[1] == tag)
+                and (tag is not None or not digests or self.tags.get(key) in digests)]
+        named = {self.tags.pop(key, None) for key in keys} | self.known.forget(name, tag, digests)
         dropped = len(keys) + len(named)
         for digest in (named - {None}) | digests:
             dropped += self.manifests.pop(digest, None) is not None

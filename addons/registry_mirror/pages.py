@@ -122,7 +122,7 @@ class MirrorPages:
         try:
             target = parse_target(body["image"])
             dry_run = bool(body.get("dry_run", False))
-        except (TargetError, TypeError, KeyError) as e:
+        except (TargetError, TypeError, KeyError, AttributeError) as e:
             return json_response(400, {"accepted": False, "reason": str(e) or "a JSON object with image"})
         return json_response(200, await self.mirror.forget(target, dry_run))
 

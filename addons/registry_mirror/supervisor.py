@@ -47,6 +47,7 @@ class Mirror:
         # one file per process across registry restarts; a line that cannot be written is dropped and counted
         self.logs = {name: LogFile(log_dir / f"{name}.log") for name in ("mitmproxy", "registry")}
         self.draining: list[subprocess.Popen] = []  # registries replaced by a restart, finishing their requests
+        self.cert_watch: CertWatch | None = None
         self._stopping = threading.Event()
 
     def mitm_args(self) -> list[str]:
@@ -95,6 +96,8 @@ class Mirror:
         with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}")))
         log = self.logs["registry"]
+        # the pair on disk as the registry reads it at its start: a renewal from now on is a change
+        self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None
         self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], log,
                                         netns=self.netns, redact=(notification_secret(cfg.mirror.storage),))
         processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
@@ -102,8 +105,6 @@ class Mirror:
 
     def wait(self) -> int:
         """Block until one process exits; return non-zero naming it. A renewed certificate restarts the registry."""
-        mirror = self.cfg.mirror
-        watch = CertWatch(mirror.tls_cert, mirror.tls_key) if mirror.tls else None
         next_check = time.monotonic() + CERT_POLL_SECONDS
         while True:
             for name, proc in (("mitmproxy", self.mitm), ("registry", self.registry)):
@@ -112,9 +113,9 @@ class Mirror:
                           f"(logs in {self.log_dir})", file=sys.stderr)
                     return proc.returncode or 1
             self.draining = [proc for proc in self.draining if proc.poll() is None]
-            if watch and time.monotonic() >= next_check:
+            if self.cert_watch and time.monotonic() >= next_check:
                 next_check = time.monotonic() + CERT_POLL_SECONDS
-                if watch.changed():
+                if self.cert_watch.changed():
                     self.restart_registry()
             time.sleep(0.2)
 

@@ -57,9 +57,11 @@ class TagState:
         self.tags[key] = known
         self._schedule_save()
 
-    def forget(self, name: str, tag: str | None = None) -> set[str]:
-        """Drop the last known digests of `name:tag` (every tag of `name` when None); the digests they named."""
-        keys = [key for key in self.tags if key[0] == name and (tag is None or key[1] == tag)]
+    def forget(self, name: str, tag: str | None = None, digests: frozenset[str] = frozenset()) -> set[str]:
+        """Drop the last known digests of `name:tag` (without a tag: every tag of `name`, or only those naming
+        `digests` when given); the digests they named."""
+        keys = [key for key in self.tags if key[0] == name and (tag is None or key[1] == tag)
+                and (tag is not None or not digests or self.tags[key].digest in digests)]
         digests = {self.tags.pop(key).digest for key in keys}
         if keys:
             self._schedule_save()

@@ -3,7 +3,9 @@
 Every cold fetch the registry does not finish (wrong or short bytes, a full disk, a crash, a stop) leaves one,
 and the registry's own purger keeps them for days. An upload being written grows as its bytes arrive; one whose
 files have not changed for QUIET_SECONDS is no transfer's any more (a stalled upstream is cut long before:
-`upstream.blob_stall_timeout`, `upstream.blob_queue_timeout`) and is removed by the expiry's pass.
+`upstream.blob_stall_timeout`, `upstream.blob_queue_timeout`) and is removed by the expiry's pass. Raising
+those timeouts far above their defaults, or a forward clock step, can make a live upload look stale: its pull
+fails and the client tries again.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from .storage_layout import V2
 
 log = logging.getLogger(__name__)
 
-QUIET_SECONDS = 600.0  # an upload unchanged this long is a leftover
+# an upload unchanged this long is a leftover: above the defaults' longest silence of a live one (a transfer in
+# line for upstream.blob_queue_timeout, 300 s, then stalled blob_stall_timeout, 60 s, per resume)
+QUIET_SECONDS = 3600.0
 UPLOADS = "_uploads"
 
 

@@ -61,6 +61,8 @@ def verify_stored(root: Path, digest: str, now: float) -> Checked | None:
         return None
     try:
         hashed = os.fstat(fd)
+        if hashed.st_size == 0:  # created and not written yet, or torn by a full disk: torn_files.py judges it
+            return None
         try:
             actual, size = file_digest(fd, digest)
         except OSError as e:  # a bad sector: it never serves the digest's bytes

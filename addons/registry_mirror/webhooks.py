@@ -24,7 +24,6 @@ from . import certs, warm
 from .bodies import BodyCutShort, BodyTooLarge, read_body
 from .cert_watch import CertWatch
 from .config import Config
-from .forget import Target
 from .routing import Router, mirror_names
 from .warming import Warmer, WarmJob, WarmQueue
 from .webhook_events import AUTH_HEADER, DELETED, MAX_BODY, EventError, TagEvent, authentic, kind_of, parse
@@ -43,9 +42,9 @@ def answer(status: int, reason: str = "", **fields) -> web.Response:
 class WebhookListener:
     def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None,
                  cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time,
-                 forget: Callable[[Target], Awaitable[dict]] | None = None):
-        """`forget`: removes an image from the mirror (RegistryMirror.forget), for a tag deleted upstream."""
-        self.cfg, self.router, self.forget = cfg, router, forget
+                 drop_tag: Callable[[str, str, str], Awaitable[bool]] | None = None):
+        """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (RegistryMirror.drop_tag)."""
+        self.cfg, self.router, self.drop_tag = cfg, router, drop_tag
         self.warmer = Warmer(queue or WarmQueue(), self._warm)
         self.answers: Counter = Counter()  # status -> requests answered
         self.port = 0
@@ -150,14 +149,15 @@ class WebhookListener:
         return self._queue(event)
 
     async def _forget_deleted(self, event: TagEvent) -> web.Response:
-        """A tag deleted upstream: forgotten here, so that no pull by it is served from the mirror's storage."""
+        """A tag deleted upstream goes here too, while it names the deleted digest: no pull by it is served from
+        the mirror's storage. Its image and other tags stay (`artifactory-mirror forget` removes an image)."""
         names = tuple(mirror_names(self.cfg, event.repo_key, event.image_name))
-        if not names or self.forget is None:
+        if not names or self.drop_tag is None:
             return answer(202, "no route of this mirror serves it: nothing to forget", ignored=True)
-        forgotten = [await self.forget(Target(name, event.tag)) for name in names]
-        log.info("webhook %s: forgot %s", event, ", ".join(f["target"] for f in forgotten))
-        return answer(202, "", forgotten=[f["target"] for f in forgotten],
-                      images=sum(len(f["images"]) for f in forgotten))
+        dropped = [name for name in names if await self.drop_tag(name, event.tag, event.digest)]
+        log.info("webhook %s: tag removed from %s", event, ", ".join(dropped) or "nowhere (not stored, or pushed "
+                 "again since)")
+        return answer(202, "", forgotten=[f"{name}:{event.tag}" for name in dropped])
 
     def _queue(self, event: TagEvent) -> web.Response:
         names = tuple(mirror_names(self.cfg, event.repo_key, event.image_name))

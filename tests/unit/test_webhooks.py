@@ -52,7 +52,7 @@ class Recorder:
         return SimpleNamespace(manifests=SimpleNamespace(forget_tag=lambda n, t: self.forgotten.append((n, t))))
 
 
-def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, forget=None, **webhook_keys):
+def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, drop_tag=None, **webhook_keys):
     """Start a listener, send `requests` ((headers, body) pairs, or a coroutine function of the session and
     URL), wait for the warms, stop it; the answers, the recorder and the snapshot."""
     cfg = config(tmp_path, tls, **webhook_keys)
@@ -61,7 +61,7 @@ def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, forget=None, 
     context = warm.pinned_context(cfg.mirror.tls_cert) if tls else None
 
     async def scenario():
-        listener = WebhookListener(cfg, recorder, forget=forget)
+        listener = WebhookListener(cfg, recorder, drop_tag=drop_tag)
         await listener.start()
         url = f"{'https' if tls else 'http'}://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
         try:
@@ -239,14 +239,14 @@ def test_a_reloaded_certificate_near_its_end_is_warned_of(tmp_path, caplog):
     assert "expires on 2027-01-18 08:00 UTC, in 3 days" in caplog.text
 
 
-def test_a_deleted_tag_is_forgotten_under_every_name_of_the_image_and_nothing_is_warmed(tmp_path, monkeypatch):
-    forgotten = []
+def test_a_deleted_tag_goes_under_every_name_of_the_image_while_it_names_the_deleted_digest(tmp_path, monkeypatch):
+    asked = []
 
-    async def forget(target):
-        forgotten.append(str(target))
-        return {"target": str(target), "images": [f"{target.repository}@{DIGEST}"]}
+    async def drop_tag(name, tag, digest):
+        asked.append((name, tag, digest))
+        return name == "team/app"  # stored under one name only
     deleted = event(event_type="deleted")
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(deleted), deleted)], forget=forget)
+    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(deleted), deleted)], drop_tag=drop_tag)
     status, body = answers[0]
-    assert status == 202 and body["forgotten"] == ["docker-local/team/app:1.0", "team/app:1.0"] and body["images"] == 2
-    assert forgotten == body["forgotten"] and recorder.warms == []
+    assert status == 202 and body["forgotten"] == ["team/app:1.0"]
+    assert asked == [("docker-local/team/app", "1.0", DIGEST), ("team/app", "1.0", DIGEST)] and recorder.warms == []
