@@ -127,13 +127,19 @@ def cmd_forget(args) -> int:
         cfg.rewriter.listen.local_url(FORGET_PATH), method="POST",
         data=json.dumps({"image": str(target), "dry_run": args.dry_run}).encode(),
         headers={"Content-Type": "application/json", SECRET_HEADER: notification_secret(cfg.mirror.storage)})
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the secret never goes to a proxy
     try:
-        with urllib.request.urlopen(request, timeout=300) as resp:
+        with direct.open(request, timeout=600) as resp:
             done, where = json.load(resp), "the running mirror (storage and caches)"
     except urllib.error.HTTPError as e:
         print(f"{PROG}: the mirror refused: {e.read()[:300].decode(errors='replace')}", file=sys.stderr)
         return 1
-    except OSError:  # not running: the storage alone
+    except (urllib.error.URLError, OSError) as e:
+        if not isinstance(getattr(e, "reason", e), ConnectionRefusedError):  # it runs and did not answer
+            print(f"{PROG}: the mirror at {cfg.rewriter.listen} did not answer ({e}); nothing was forgotten, try "
+                  f"again", file=sys.stderr)
+            return 1
+        # nothing listens: the storage alone
         pulls = LastPulls(pulls_folder(cfg.mirror.storage), replica="forget")
         plan = asyncio.run(Expiry(cfg.mirror.storage, cfg.mirror.max_age, None, pulls).forget(target, args.dry_run))
         done = {"images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals],

@@ -129,7 +129,7 @@ def test_the_evictions_command_lists_what_the_next_pass_would_remove_and_changes
     assert storage.tree() == before
 
 
-# A clock step never empties the cache (#23)
+# A clock step never empties the cache
 
 NOW, AGE = 100 * DAY, 7 * DAY
 

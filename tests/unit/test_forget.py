@@ -105,3 +105,17 @@ def test_the_forget_page_needs_the_secret_and_a_valid_image():
     assert post_forget(mirror, {"image": "team/app:1.0"}, secret="guess")[0] == 401
     status, answer = post_forget(mirror, {"image": "Team/App"})
     assert status == 400 and "team/app:1.0" in answer["reason"]
+
+
+def test_the_forget_command_acts_on_the_storage_when_no_mirror_listens(tmp_path, capsys):
+    from devtools.ports import free_port
+    from registry_mirror.cli import main
+    storage, _, old, new, _ = two_tags_and_a_shared_base(tmp_path)
+    config = tmp_path / "mirror.yaml"
+    config.write_text(f"upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
+                      f"mirror:\n  storage: {storage.root}\nrewriter:\n  listen: 127.0.0.1:{free_port()}\n")
+    assert main(["--config", str(config), "forget", "team/app:1.0"]) == 0
+    out = capsys.readouterr().out
+    assert f"forgot team/app@{old}" in out and "no mirror answers at" in out
+    assert Image("team/app", old) not in inventory(storage.root).images and storage.broken_links() == []
+    assert main(["--config", str(config), "forget", "Team/App"]) == 2
