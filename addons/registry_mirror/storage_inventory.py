@@ -13,13 +13,12 @@ in the tree, so it expires with its index; tag it, and it is an image of its own
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .storage_layout import V2, blob_data, is_digest
+from .storage_layout import V2, blob_data, is_digest, stored_digests, subdirs
 from .uploads import uploads
 
 MAX_MANIFEST = 4 << 20  # Distribution refuses larger manifests, so larger data is not one
@@ -113,7 +112,7 @@ def inventory(root: Path) -> Inventory:
         todo.extend((child, child) for child in children)
     for repository in repositories.values():
         pending.update(set(repository.tags.values()) - repository.revisions.keys())
-    return Inventory(repositories, _blob_sizes(v2 / "blobs"), references, frozenset(unreadable),
+    return Inventory(repositories, _blob_sizes(root), references, frozenset(unreadable),
                      frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
 
 
@@ -153,7 +152,7 @@ def _repositories(top: Path, pending: set[str]) -> dict[str, Repository]:
     found, todo = {}, [""]
     while todo:
         name = todo.pop()
-        children = _subdirs(top / name)
+        children = subdirs(top / name)
         if name and ("_manifests" in children or "_layers" in children):
             found[name] = _repository(name, top / name, pending)
         todo.extend(f"{name}/{child}".lstrip("/") for child in children if not child.startswith("_"))
@@ -163,7 +162,7 @@ def _repositories(top: Path, pending: set[str]) -> dict[str, Repository]:
 def _repository(name: str, path: Path, pending: set[str]) -> Repository:
     manifests = path / "_manifests"
     tags, history = {}, {}
-    for tag in _subdirs(manifests / "tags"):
+    for tag in subdirs(manifests / "tags"):
         current = _read_link(manifests / "tags" / tag / "current" / "link")
         if current:
             tags[tag] = current
@@ -186,23 +185,19 @@ def _links(base: Path, pending: set[str]) -> dict[str, str]:
 
 
 def _link_dirs(base: Path) -> Iterator[tuple[str, Path]]:
-    for algorithm in _subdirs(base):
-        for hex_ in _subdirs(base / algorithm):
+    for algorithm in subdirs(base):
+        for hex_ in subdirs(base / algorithm):
             if is_digest(f"{algorithm}:{hex_}"):
                 yield f"{algorithm}:{hex_}", base / algorithm / hex_ / "link"
 
 
-def _blob_sizes(blobs: Path) -> dict[str, int]:
+def _blob_sizes(root: Path) -> dict[str, int]:
     sizes = {}
-    for algorithm in _subdirs(blobs):
-        for prefix in _subdirs(blobs / algorithm):
-            for hex_ in _subdirs(blobs / algorithm / prefix):
-                digest = f"{algorithm}:{hex_}"
-                if is_digest(digest) and hex_.startswith(prefix):
-                    try:
-                        sizes[digest] = (blobs.parent / blob_data(digest)).stat().st_size
-                    except OSError:
-                        pass  # being moved into place, or just deleted
+    for digest in stored_digests(root):
+        try:
+            sizes[digest] = (root / V2 / blob_data(digest)).stat().st_size
+        except OSError:
+            pass  # being moved into place, or just deleted
     return sizes
 
 
@@ -217,11 +212,3 @@ def _read(path: Path, limit: int) -> bytes | None:
             return f.read(limit)
     except OSError:
         return None
-
-
-def _subdirs(path: Path) -> list[str]:
-    try:
-        with os.scandir(path) as entries:
-            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-    except OSError:
-        return []

@@ -10,7 +10,9 @@ Link paths are relative to a repository's folder, data paths to the v2 folder.
 """
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from .requests import DIGEST_HEX_LENGTHS
@@ -47,3 +49,23 @@ def blob_data(digest: str) -> str:
     """The data file of a blob or manifest, relative to the v2 directory."""
     algorithm, hex_ = digest.split(":")
     return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+
+def stored_digests(root: Path) -> Iterator[str]:
+    """Every digest whose data folder the storage under `root` has, one folder listing at a time (the registry
+    keeps writing meanwhile: what vanishes is skipped)."""
+    blobs = root / V2 / "blobs"
+    for algorithm in subdirs(blobs):
+        for prefix in subdirs(blobs / algorithm):
+            for hex_ in subdirs(blobs / algorithm / prefix):
+                if hex_.startswith(prefix) and is_digest(digest := f"{algorithm}:{hex_}"):
+                    yield digest
+
+
+def subdirs(path: Path) -> list[str]:
+    """The folders in `path`, sorted; none when it cannot be read."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .storage_layout import V2, blob_data, is_digest
+from .storage_layout import V2, blob_data, stored_digests
 
 log = logging.getLogger(__name__)
 
@@ -23,20 +22,16 @@ EMPTY_DIGESTS = frozenset(f"{name}:{hashlib.new(name, b'').hexdigest()}" for nam
 
 def empty_blobs(root: Path, now: float, quiet: float = QUIET_SECONDS) -> Iterator[Path]:
     """Zero-length data files of digests whose content is not empty, unchanged for `quiet` seconds."""
-    blobs = root / V2 / "blobs"
-    for algorithm in _subdirs(blobs):
-        for prefix in _subdirs(blobs / algorithm):
-            for hex_ in _subdirs(blobs / algorithm / prefix):
-                digest = f"{algorithm}:{hex_}"
-                if not is_digest(digest) or digest in EMPTY_DIGESTS:
-                    continue
-                data = root / V2 / blob_data(digest)
-                try:
-                    st = data.lstat()
-                except OSError:
-                    continue
-                if st.st_size == 0 and now - st.st_mtime >= quiet:
-                    yield data
+    for digest in stored_digests(root):
+        if digest in EMPTY_DIGESTS:
+            continue
+        data = root / V2 / blob_data(digest)
+        try:
+            st = data.lstat()
+        except OSError:
+            continue
+        if st.st_size == 0 and now - st.st_mtime >= quiet:
+            yield data
 
 
 def remove_empty_blobs(root: Path, now: float) -> int:
@@ -51,10 +46,3 @@ def remove_empty_blobs(root: Path, now: float) -> int:
         removed += 1
         log.warning("removed %s: empty (a write a full disk cut short); the next pull stores it again", data)
     return removed
-
-
-def _subdirs(path: Path) -> list[str]:
-    try:
-        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []

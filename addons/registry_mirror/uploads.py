@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage_layout import V2
+from .storage_layout import V2, subdirs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def uploads(root: Path) -> Iterator[Upload]:
         names.remove(UPLOADS)  # a repository's uploads are not repositories
         repository = os.path.relpath(folder, top)
         base = Path(folder, UPLOADS)
-        for entry in _subdirs(base):
+        for entry in subdirs(base):
             upload = _measure(repository, base / entry)
             if upload is not None:
                 yield upload
@@ -85,10 +85,3 @@ def _measure(repository: str, path: Path) -> Upload | None:
         except OSError:
             return None
     return Upload(repository, path, size, newest)
-
-
-def _subdirs(path: Path) -> list[str]:
-    try:
-        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import quarantine
+from . import quarantine, storage_layout
 from .requests import DIGEST_HEX_LENGTHS
 from .spool_writer import digest_hasher
-from .storage_layout import V2, blob_data, is_digest
+from .storage_layout import V2, blob_data
 
 CHUNK = 1 << 20
 
@@ -78,14 +78,8 @@ def verify_stored(root: Path, digest: str, now: float) -> Checked | None:
 
 
 def stored_digests(root: Path) -> Iterator[str]:
-    """Every digest whose data folder the storage under `root` has, one folder listing at a time; only the
-    algorithms the mirror hashes with (Distribution stores sha256 alone)."""
-    blobs = root / V2 / "blobs"
-    for algorithm in (a for a in _subdirs(blobs) if a in DIGEST_HEX_LENGTHS):
-        for prefix in _subdirs(blobs / algorithm):
-            for hex_ in _subdirs(blobs / algorithm / prefix):
-                if hex_.startswith(prefix) and is_digest(digest := f"{algorithm}:{hex_}"):
-                    yield digest
+    """The stored digests of the algorithms the mirror hashes with (Distribution stores sha256 alone)."""
+    return (d for d in storage_layout.stored_digests(root) if d.partition(":")[0] in DIGEST_HEX_LENGTHS)
 
 
 def verify_storage(root: Path, clock) -> Iterator[Checked]:
@@ -94,11 +88,3 @@ def verify_storage(root: Path, clock) -> Iterator[Checked]:
     for digest in stored_digests(root):
         if (checked := verify_stored(root, digest, clock())) is not None:
             yield checked
-
-
-def _subdirs(path: Path) -> list[str]:
-    try:
-        with os.scandir(path) as entries:
-            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-    except OSError:
-        return []
