@@ -33,6 +33,7 @@ from .pulls import LastPulls, pulls_folder
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
+from .scrub import Scrub
 from .stats import Stats
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
@@ -57,6 +58,7 @@ class RegistryMirror:
         self.expiry: Expiry | None = None
         self.webhooks: WebhookListener | None = None
         self.disk: DiskWatch | None = None
+        self.scrub: Scrub | None = None
         self.log_files: dict = {}  # the supervisor's report of its log files: lines dropped, last error
         self.notify_secret = ""
         self.stats = Stats()
@@ -109,6 +111,8 @@ class RegistryMirror:
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
         self.expiry = self._start_expiry()
+        self.scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, self.blobs.verifier.check_now)
+        self.scrub.start()
         if self.config.cache.forget_deleted_tags:
             for route in self.router.routes.values():
                 route.manifests.on_tag_gone = self.tag_gone
@@ -146,6 +150,8 @@ class RegistryMirror:
     async def done(self) -> None:
         if self.webhooks:
             await self.webhooks.close()
+        if self.scrub:
+            await self.scrub.stop()
         if self.expiry:
             await self.expiry.stop()
         if self.blobs:

@@ -165,6 +165,17 @@ class BlobVerifier:
         finally:
             self._idle.set()
 
+    async def check_now(self, digest: str) -> Checked | None:
+        """A check of one stored file now (the scrub's), unless one was made within the interval; None when
+        skipped, or the file is not stored."""
+        last = self._checked.get(digest)
+        if last is not None and self._clock() - last < self.interval:
+            return None
+        checked = await asyncio.to_thread(verify_stored, self.root, digest, self._wall())
+        if checked is not None:
+            self._record(checked, "scrub")
+        return checked
+
     def _record(self, checked: Checked, by: str) -> None:
         if checked.ok:
             self.state.verified += 1
@@ -176,7 +187,8 @@ class BlobVerifier:
         moved = str(checked.moved_to or "")
         self.state.last_mismatch = Mismatch(checked.digest, self._wall(), checked.actual, by, moved)
         log.error("stored blob %s is corrupt: %d bytes read as %s, %s; %s", checked.digest, checked.size,
-                  checked.actual, "by the blob endpoint as it sent them" if by == "served" else "after a pull",
+                  checked.actual, {"served": "by the blob endpoint as it sent them", "pulled": "after a pull"}.get(
+                      by, "by the background scrub"),
                   f"moved to {moved}: the next pull fetches it from the upstream" if moved
                   else "not moved: gone, replaced by a good copy, or it could not be moved (logged)")
 

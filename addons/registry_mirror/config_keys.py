@@ -137,6 +137,10 @@ class MirrorConfig:
                                  "at most this often (a corrupt one is moved aside and fetched again on the next "
                                  "pull). Shorter heals sooner and reads more.", "1h",
                                  check=lambda s: "is under a minute" if s < 60 else None)
+    scrub_interval: float = key(DURATION, "Every blob in the storage is hashed once per this long, paced over half "
+                                "of it (a corrupt one is moved aside and fetched again on its next pull).", "7d",
+                                check=lambda s: "is under an hour; a scrub reads the whole storage" if s < 3600
+                                else None)
     max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
                                 None, shown="none")
 

@@ -142,6 +142,8 @@ class MirrorPages:
             snap["webhooks"] = mirror.webhooks.snapshot()
         if mirror.blobs:
             snap["stored_blobs"] = mirror.blobs.verifier.snapshot()
+            if mirror.scrub:
+                snap["stored_blobs"]["scrub"] = asdict(mirror.scrub.state)
         if mirror.config and mirror.config.mirror.tls:
             snap["tls"] = certificate_state(mirror.config.mirror.tls_cert, time.time())
         if mirror.disk:

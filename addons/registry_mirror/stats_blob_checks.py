@@ -15,7 +15,7 @@ def stored_blobs_html(checks: dict | None) -> str:
         return ""
     last = checks["last_mismatch"]
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last["at"])) if last else ""
-    how = "as it was sent" if last and last["by"] == "served" else "after a pull"
+    how = {"served": "as it was sent", "pulled": "after a pull"}.get(last["by"], "by the scrub") if last else ""
     moved = ("moved to " + html.escape(last["moved_to"]) if last["moved_to"]
              else "not moved (gone, replaced, or it could not be moved)") if last else ""
     last_text = "none" if last is None else (
@@ -26,7 +26,15 @@ def stored_blobs_html(checks: dict | None) -> str:
 <tr><td id="stored-verified">{checks['verified']}</td><td>{human_bytes(checks['verified_bytes'])}</td>
 <td id="stored-mismatches">{checks['mismatches']}</td><td id="stored-quarantined">{checks['quarantined']}</td>
 <td>{checks['queued']}</td><td>{checks['skipped']}</td></tr></table>
-<p>Last mismatch: {last_text}</p>"""
+<p>Last mismatch: {last_text}</p>{_scrub_html(checks.get("scrub"))}"""
+
+
+def _scrub_html(scrub: dict | None) -> str:
+    if not scrub:
+        return ""
+    took = "" if scrub["last_pass_seconds"] is None else f", the last in {scrub['last_pass_seconds']:.0f} s"
+    return (f"<p>Scrub (every stored blob, once per mirror.scrub_interval): <span id='scrub-passes'>"
+            f"{scrub['passes']}</span> passes{took}, {scrub['checked']} files hashed.</p>")
 
 
 def stored_blob_metrics(checks: dict):
@@ -42,6 +50,11 @@ def stored_blob_metrics(checks: dict):
                               "was full.", value=checks["skipped"])
     yield GaugeMetricFamily("mirror_stored_blob_checks_queued", "Stored blob files waiting for a check.",
                             value=checks["queued"])
+    if scrub := checks.get("scrub"):
+        yield CounterMetricFamily("mirror_scrub_passes", "Passes of the background scrub over the storage.",
+                                  value=scrub["passes"])
+        yield CounterMetricFamily("mirror_scrub_checked", "Stored blob files the scrub hashed.",
+                                  value=scrub["checked"])
     if last := checks["last_mismatch"]:
         yield GaugeMetricFamily("mirror_stored_blob_last_mismatch_timestamp_seconds", "When the last corrupt "
                                 "stored blob was found (Unix time).", value=last["at"])
