@@ -126,6 +126,14 @@ def expiry_problem(cert_path: str, not_after: float, now: float) -> tuple[str, s
     return None
 
 
+def certificate_problem(cert_path: str, now: float) -> tuple[str, str] | None:
+    """`expiry_problem` of the certificate in `cert_path`, or ("error", why) when it cannot be read."""
+    try:
+        return expiry_problem(cert_path, certificate_expiry(cert_path), now)
+    except CertError as e:
+        return "error", str(e)
+
+
 def pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     """Why a certificate and key cannot be served together (unparsable, say half-written, or not a pair), or None."""
     try:

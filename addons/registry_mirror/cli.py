@@ -40,11 +40,8 @@ def cmd_check(args, clock=time.time) -> int:
     cfg = _load_or_exit(args.config)
     cert = cfg.mirror.tls_cert
     if cfg.mirror.tls and Path(cert).exists():  # a missing pair is fine: `up` generates one
-        try:  # the registry never checks its certificate; the webhook listener serves it too
-            problem = certs.expiry_problem(cert, certs.certificate_expiry(cert), clock())
-        except certs.CertError as e:
-            problem = ("error", str(e))
-        if problem:
+        # the registry never checks its certificate; the webhook listener serves it too
+        if problem := certs.certificate_problem(cert, clock()):
             print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
             if problem[0] == "error":
                 return 2
@@ -214,12 +211,8 @@ def cmd_up(args) -> int:
         except certs.CertError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
-        try:  # served all the same: clients that trust it otherwise still get their cached images
-            problem = certs.expiry_problem(cfg.mirror.tls_cert, certs.certificate_expiry(cfg.mirror.tls_cert),
-                                           time.time())
-        except certs.CertError as e:
-            problem = ("error", str(e))
-        if problem:
+        # served all the same: clients that trust it otherwise still get their cached images
+        if problem := certs.certificate_problem(cfg.mirror.tls_cert, time.time()):
             print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="artifactory-mirror-"))
     mirror = Mirror(cfg, log_dir, web=args.web, dump=args.dump)

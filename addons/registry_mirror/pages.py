@@ -79,12 +79,17 @@ class MirrorPages:
         ready = self.mirror.started.is_set()
         return json_response(200 if ready else 503, {"ready": ready})
 
+    def _with_secret(self, flow: http.HTTPFlow) -> tuple[int, str, object]:
+        """(status, reason, JSON body) of a POST that must carry the registry's notification secret, which is
+        taken out of the flow: mitmweb and dumps never show it."""
+        return notifications.check(
+            flow.request.method, flow.request.headers.pop(notifications.SECRET_HEADER, ""), flow.request.content,
+            self.mirror.notify_secret or "\0unset")
+
     def notified(self, flow: http.HTTPFlow) -> http.Response:
         """The registry's event: answered at once (it queues events in memory until then)."""
         expiry = self.mirror.expiry
-        status, reason, envelope = notifications.check(
-            flow.request.method, flow.request.headers.get(notifications.SECRET_HEADER, ""), flow.request.content,
-            self.mirror.notify_secret or "\0unset")
+        status, reason, envelope = self._with_secret(flow)
         if status != 202:
             log.warning("refused a notification: %s", reason)
         else:
@@ -93,14 +98,11 @@ class MirrorPages:
                 expiry.notified(envelope)
             if self.mirror.blobs:  # files the registry served itself: checked in the background
                 self.mirror.blobs.verifier.notified(envelope)
-        flow.request.headers.pop(notifications.SECRET_HEADER, None)  # the flow (mitmweb, dumps) never shows it
         return json_response(status, {"accepted": status == 202, "reason": reason})
 
     def log_report(self, flow: http.HTTPFlow) -> http.Response:
         """The supervisor's report of its log files (lines dropped on a full disk), with the registry's secret."""
-        status, reason, report = notifications.check(
-            flow.request.method, flow.request.headers.pop(notifications.SECRET_HEADER, ""), flow.request.content,
-            self.mirror.notify_secret or "\0unset")
+        status, reason, report = self._with_secret(flow)
         try:
             files = {str(name): {"dropped_lines": int(v["dropped_lines"]), "last_error": str(v["last_error"])}
                      for name, v in report.items()} if status == 202 else None
@@ -112,9 +114,7 @@ class MirrorPages:
 
     async def forget(self, flow: http.HTTPFlow) -> http.Response:
         """`artifactory-mirror forget`: {"image": "team/app:1.0", "dry_run": false}, with the registry's secret."""
-        status, reason, body = notifications.check(
-            flow.request.method, flow.request.headers.pop(notifications.SECRET_HEADER, ""), flow.request.content,
-            self.mirror.notify_secret or "\0unset")
+        status, reason, body = self._with_secret(flow)
         if status != 202:
             return json_response(status, {"accepted": False, "reason": reason})
         if self.mirror.expiry is None:

@@ -73,19 +73,3 @@ def prune(path: Path, keep: int) -> None:
             (path / name).unlink()
         except OSError as e:
             log.warning("cannot delete %s from the quarantine: %s", path / name, e)
-
-
-def usage(root: Path) -> tuple[int, int]:
-    """(files, bytes) in the quarantine folder."""
-    files = size = 0
-    try:
-        with os.scandir(folder(root)) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        files, size = files + 1, size + entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    pass  # pruned meanwhile
-    except OSError:
-        pass
-    return files, size

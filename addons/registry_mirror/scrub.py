@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage_layout import V2, blob_data, stored_digests
-from .verify import Checked
+from .storage_inventory import blob_sizes
+from .verify import Checked, checkable
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,10 @@ class Scrub:
     async def run_pass(self) -> None:
         """One pass over the storage, paced to about half the interval by what it has read so far."""
         started = self._clock()
-        digests = await asyncio.to_thread(lambda: list(stored_digests(self.root)))
-        total = await asyncio.to_thread(_bytes_of, self.root, digests)
-        rate = max(MIN_RATE, total / (self.interval / 2))
+        sizes = {d: n for d, n in (await asyncio.to_thread(blob_sizes, self.root)).items() if checkable(d)}
+        rate = max(MIN_RATE, sum(sizes.values()) / (self.interval / 2))
         read = 0
-        for digest in digests:
+        for digest in sizes:
             checked = await self._check(digest)
             if checked is None:
                 continue
@@ -63,7 +62,7 @@ class Scrub:
                 await self._sleep(ahead)
         self.state.passes += 1
         self.state.last_pass_seconds = self._clock() - started
-        log.info("scrub: %d stored blobs, %d hashed in %.0f s", len(digests), self.state.checked,
+        log.info("scrub: %d stored blobs, %d hashed in %.0f s", len(sizes), self.state.checked,
                  self.state.last_pass_seconds)
 
     async def _run(self) -> None:
@@ -75,13 +74,3 @@ class Scrub:
             except Exception:  # noqa: BLE001 - logged; the next pass tries again
                 log.exception("scrub pass failed; the next one tries again")
             await self._sleep(max(60.0, self.interval - (self._clock() - started)))
-
-
-def _bytes_of(root: Path, digests: list[str]) -> int:
-    total = 0
-    for digest in digests:
-        try:
-            total += (root / V2 / blob_data(digest)).stat().st_size
-        except OSError:
-            pass
-    return total

@@ -112,7 +112,7 @@ def inventory(root: Path) -> Inventory:
         todo.extend((child, child) for child in children)
     for repository in repositories.values():
         pending.update(set(repository.tags.values()) - repository.revisions.keys())
-    return Inventory(repositories, _blob_sizes(root), references, frozenset(unreadable),
+    return Inventory(repositories, blob_sizes(root), references, frozenset(unreadable),
                      frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
 
 
@@ -191,7 +191,8 @@ def _link_dirs(base: Path) -> Iterator[tuple[str, Path]]:
                 yield f"{algorithm}:{hex_}", base / algorithm / hex_ / "link"
 
 
-def _blob_sizes(root: Path) -> dict[str, int]:
+def blob_sizes(root: Path) -> dict[str, int]:
+    """Every stored blob's data size, by digest; what vanishes while read is skipped."""
     sizes = {}
     for digest in stored_digests(root):
         try:

@@ -119,10 +119,10 @@ class Mirror:
                     self.restart_registry()
             time.sleep(0.2)
 
-    def restart_registry(self) -> float:
+    def restart_registry(self) -> None:
         """A new registry (it reads its certificate only at start) while the old one drains: the old one closes its
-        listener at once and finishes its requests; the new one binds as soon as the port is free. Returns the
-        seconds no listener was there."""
+        listener at once and finishes its requests; the new one binds as soon as the port is free. The seconds no
+        listener was there are logged."""
         old, listen = self.registry, self.cfg.mirror.listen
         try:
             os.killpg(old.pid, signal.SIGTERM)
@@ -142,7 +142,6 @@ class Mirror:
         print(f"artifactory-mirror: {self.cfg.mirror.tls_cert} changed: the registry restarted with it (valid until "
               f"{expiry}); no listener for {gap * 1000:.0f} ms, the previous registry finishes its requests",
               file=sys.stderr, flush=True)
-        return gap
 
     def stop(self) -> None:
         """Drain: the registry stops taking connections and finishes its requests within the drain timeout,

@@ -77,9 +77,14 @@ def verify_stored(root: Path, digest: str, now: float) -> Checked | None:
         os.close(fd)
 
 
+def checkable(digest: str) -> bool:
+    """Whether the mirror hashes with the digest's algorithm (Distribution stores sha256 alone)."""
+    return digest.partition(":")[0] in DIGEST_HEX_LENGTHS
+
+
 def stored_digests(root: Path) -> Iterator[str]:
-    """The stored digests of the algorithms the mirror hashes with (Distribution stores sha256 alone)."""
-    return (d for d in storage_layout.stored_digests(root) if d.partition(":")[0] in DIGEST_HEX_LENGTHS)
+    """The stored digests the mirror can check."""
+    return filter(checkable, storage_layout.stored_digests(root))
 
 
 def verify_storage(root: Path, clock) -> Iterator[Checked]:

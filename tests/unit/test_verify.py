@@ -8,6 +8,7 @@ import pytest
 from registry_mirror import quarantine, verify
 from registry_mirror.cli import main
 
+from .test_quarantine import usage
 from .test_storage_inventory import Storage
 
 NOW = 1_800_000_000.0
@@ -130,4 +131,4 @@ def test_a_file_written_while_it_is_read_is_no_verdict(tmp_path, monkeypatch):
         return found
     monkeypatch.setattr(verify, "file_digest", written_meanwhile)
     assert verify.verify_stored(tmp_path, digest, NOW) is None
-    assert path.exists() and quarantine.usage(tmp_path) == (0, 0)
+    assert path.exists() and usage(tmp_path) == (0, 0)
