@@ -7,22 +7,39 @@ which implies that no remaining link names it; blobs in flight and those the inv
 An image whose blobs are in flight still loses its links: the registry links a blob again when its transfer
 commits, and one left unlinked is the next pass's orphan.
 
-`apply` deletes one image at a time, in the plan's order: its tag links, then its revision links (its own
-last, so that until then the next inventory still sees it whole), then the layer links nothing remaining in
-its repository needs; blob data only after every link, and only for blobs no link names when re-read just
-before. So no link ever names deleted data, and what a crash leaves undone is a tail of the plan, which the next
-plan (same pull times, same clock) picks again: the pass finishes as if it had never stopped.
+`apply` runs while the registry serves. Tag and revision links go first, image by image in the plan's order (an
+image's own revision last, so that until then the next inventory sees it whole); then each layer link that no
+manifest its repository links at that moment needs (one pulled since the inventory may); then the data of blobs
+no link names when re-read. That data is first moved aside (`data.evicting`): the registry may have found it
+just before, and link it just after. After GRACE_SECONDS, longer than that gap, links are read again: data a
+link names now goes back, the rest is deleted. So no link names deleted data once a pass ends, and what a crash
+leaves undone the next plan (same pull times, same clock) picks again, layer links as strays; data it left aside
+a later pass settles (`leftovers`). The pass finishes as if it had never stopped.
 """
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage_inventory import Image, Inventory, linked_now
-from .storage_layout import V2, blob_data, layer_link, revision_link, tag_current_link, tag_index_link
+from .storage_inventory import Image, Inventory, linked_now, repository_needs
+from .storage_layout import (
+    V2,
+    blob_aside,
+    blob_data,
+    layer_link,
+    layer_link_digest,
+    revision_link,
+    stored_digests,
+    tag_current_link,
+    tag_index_link,
+)
+
+GRACE_SECONDS = 5.0  # far longer than the registry's gap between finding blob data and writing a link to it
+LEFTOVER_SECONDS = 60.0  # data set aside this long ago belongs to no pass still running
 
 
 @dataclass(frozen=True)
@@ -48,7 +65,17 @@ class Plan:
     @property
     def link_files(self) -> tuple[tuple[str, str], ...]:
         """(repository, link file relative to it) in deletion order."""
-        own = [(r.image.repository, link) for r in self.removals for link in r.links]
+        return self.manifest_links + self.layer_links
+
+    @property
+    def manifest_links(self) -> tuple[tuple[str, str], ...]:
+        """Tag and revision links, image by image."""
+        return tuple((r.image.repository, link) for r in self.removals for link in r.links
+                     if layer_link_digest(link) is None)
+
+    @property
+    def layer_links(self) -> tuple[tuple[str, str], ...]:
+        own = [(r.image.repository, link) for r in self.removals for link in r.links if layer_link_digest(link)]
         return tuple(own + [(name, link) for name, links in sorted(self.stray_links.items()) for link in links])
 
     @property
@@ -130,18 +157,83 @@ def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max
                 inv.total_bytes - sum(blobs.values()))
 
 
-def apply(root: Path, plan: Plan) -> Applied:
-    """Carries a plan out under the registry's `rootdirectory`; running it again is harmless."""
+def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[float], None] = time.sleep,
+          on_step: Callable[[str], None] = lambda step: None) -> Applied:
+    """Carries a plan out under the registry's `rootdirectory`, while the registry keeps serving; running it again
+    is harmless. `on_step` is told before each change (the tests play the registry there)."""
     v2 = root / V2
-    repositories, blobs = v2 / "repositories", v2 / "blobs"
-    links = sum(_delete(repositories / name / link, repositories) for name, link in plan.link_files)
+    repositories = v2 / "repositories"
+    links = 0
+    for name, link in plan.manifest_links:
+        on_step(f"unlink {name}/{link}")
+        links += _delete(repositories / name / link, repositories)
+    # a manifest pulled since the inventory may need a layer the plan would unlink: read what each needs now
+    on_step("read needs")
+    needs = {name: repository_needs(root, name) for name in dict.fromkeys(name for name, _ in plan.layer_links)}
+    for name, link in plan.layer_links:
+        if needs[name] is None or layer_link_digest(link) in needs[name]:
+            continue
+        on_step(f"unlink {name}/{link}")
+        links += _delete(repositories / name / link, repositories)
     for name in plan.repositories_removed:
+        on_step(f"prune {name}")
         _prune_repository(repositories / name, repositories)
+    on_step("read links")
     linked = linked_now(root)  # the registry may have linked a blob since the inventory
-    relinked = tuple(digest for digest in plan.blobs if digest in linked)
-    deleted = [digest for digest in plan.blobs if digest not in linked and _delete(v2 / blob_data(digest), blobs)]
-    return Applied(tuple((r.image, r.last_pull) for r in plan.removals), tuple(deleted),
+    aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(v2, digest, on_step)]
+    if aside:  # a link written after the reading names data the registry found just before it went aside
+        on_step("grace")
+        wait(grace)
+    on_step("read links again")
+    deleted = settle(root, aside, on_step)
+    relinked = tuple(digest for digest in plan.blobs if digest not in deleted)
+    return Applied(tuple((r.image, r.last_pull) for r in plan.removals), deleted,
                    sum(plan.blobs[digest] for digest in deleted), links, relinked)
+
+
+def settle(root: Path, digests: Iterable[str], on_step: Callable[[str], None] = lambda step: None) -> tuple[str, ...]:
+    """Blob data set aside: deleted where no link names it now, else put back (unless the registry stored the blob
+    anew meanwhile). The digests whose data was deleted."""
+    v2 = root / V2
+    linked = linked_now(root)
+    deleted = []
+    for digest in digests:
+        aside = v2 / blob_aside(digest)
+        on_step(f"settle {digest}")
+        if digest not in linked:
+            if _delete(aside, v2 / "blobs"):
+                deleted.append(digest)
+            continue
+        try:
+            os.link(aside, v2 / blob_data(digest))  # never over data the registry stored meanwhile
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            continue  # another replica's pass settled it
+        _delete(aside, v2 / "blobs")
+    return tuple(deleted)
+
+
+def leftovers(root: Path, now: float, older_than: float = LEFTOVER_SECONDS) -> list[str]:
+    """Blob data a pass set aside and did not settle (it stopped during its grace), left for `older_than` seconds:
+    a younger one may be another replica's pass in its grace."""
+    found = []
+    for digest in stored_digests(root):
+        try:
+            if now - (root / V2 / blob_aside(digest)).stat().st_ctime >= older_than:  # ctime: when set aside
+                found.append(digest)
+        except OSError:
+            pass
+    return found
+
+
+def _set_aside(v2: Path, digest: str, on_step: Callable[[str], None]) -> bool:
+    on_step(f"set aside {digest}")
+    try:
+        os.rename(v2 / blob_data(digest), v2 / blob_aside(digest))
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _delete(path: Path, stop: Path) -> bool:

@@ -22,8 +22,9 @@ run. Images never seen pulled count as pulled now and are not evidence either wa
 nothing by age; a step shorter than `max_age` before the start, or between replicas' clocks, is not seen, and
 ages images by at most the step.
 
-Each pass first removes leftovers: partial uploads no transfer writes any more (uploads.py) and blob data files
-a full disk left empty (torn_files.py); partial uploads in progress count against `max_bytes`.
+Each pass first removes leftovers: partial uploads no transfer writes any more (uploads.py), blob data files
+a full disk left empty (torn_files.py) and data a stopped pass set aside (eviction.py); partial uploads in
+progress count against `max_bytes`.
 
 Storage figures are true from the start: each pass publishes what it reads (`used_bytes`, `images`) before it
 plans or deletes, so the pass at start measures the storage even if it then fails, and again after it deletes.
@@ -137,8 +138,8 @@ class ExpiryState:
 
 class Expiry:
     def __init__(self, storage: str, max_age: float, max_bytes: int | None, pulls: LastPulls,
-                 in_flight: Callable[[], frozenset[str]] = frozenset):
-        self.root = Path(storage)
+                 in_flight: Callable[[], frozenset[str]] = frozenset, grace: float = eviction.GRACE_SECONDS):
+        self.root, self.grace = Path(storage), grace
         self.max_age, self.max_bytes, self.pulls, self.in_flight = max_age, max_bytes, pulls, in_flight
         self.state = ExpiryState()
         pulls.on_step = self._clock_stepped
@@ -248,7 +249,7 @@ class Expiry:
             plan = await asyncio.to_thread(self._forget_plan, target, self.in_flight())
             if dry_run:
                 return plan
-            applied = await asyncio.to_thread(eviction.apply, self.root, plan)
+            applied = await asyncio.to_thread(eviction.apply, self.root, plan, self.grace)
             self.pulls.forget(image for image, _ in applied.images)
             self._save()
             self.state.images_forgotten += len(applied.images)
@@ -298,12 +299,13 @@ class Expiry:
                 self.state.uploads_removed += 1
                 self.state.upload_bytes_removed += freed
         self.state.empty_files_removed += torn_files.remove_empty_blobs(self.root, now)
+        eviction.settle(self.root, eviction.leftovers(self.root, now))
 
     def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
         protected = (in_flight | self._new_orphans(inv)) & inv.blob_sizes.keys()
         self.state.kept_in_flight = len(protected)
         ages = self._ages(inv, latest, now)
-        return eviction.apply(self.root, self._plan(inv, ages, now, protected)), ages
+        return eviction.apply(self.root, self._plan(inv, ages, now, protected), self.grace), ages
 
     def _new_orphans(self, inv, mark: bool = True) -> frozenset[str]:
         """Blobs no link names, first seen so by this pass: the registry commits a blob's data, then its link,

@@ -91,18 +91,45 @@ def inventory(root: Path) -> Inventory:
     v2 = root / V2
     pending: set[str] = set()
     repositories = _repositories(v2 / "repositories", pending)
+    revisions = {link for repository in repositories.values() for link in repository.revisions.items()}
+    references, unreadable = _manifests(v2, revisions)
+    for repository in repositories.values():
+        pending.update(set(repository.tags.values()) - repository.revisions.keys())
+    return Inventory(repositories, blob_sizes(root), references, frozenset(unreadable),
+                     frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
+
+
+def repository_needs(root: Path, name: str) -> frozenset[str] | None:
+    """Every digest the manifests a repository's revision and tag links name at this moment reach, or None when
+    that is unknown (a link or a manifest being written, or not a manifest): then it needs every layer it has."""
+    path, pending = root / V2 / "repositories" / name, set()
+    revisions = _links(path / "_manifests" / "revisions", pending)  # a layer link being written is no manifest
+    tags, _ = _tags(path / "_manifests")
+    # a link being written will hold the digest its folder names
+    named = set(revisions.items()) | {(digest, digest) for digest in pending | set(tags.values())}
+    references, unreadable = _manifests(root / V2, named)
+    if unreadable:
+        return None
+    needed = set().union(*(_reach(digest, references) for digest, _ in named))
+    layers = _links(path / "_layers", set())
+    needed |= {links[d] for links in (revisions, layers) for d in needed if d in links}
+    return frozenset(needed)
+
+
+def _manifests(v2: Path, named: set[tuple[str, str]]) -> tuple[dict[str, frozenset[str]], set[str]]:
+    """What the manifests `named` ((digest, the digest its link holds)) and their children name, and those whose
+    data cannot be read as a manifest. A child never pulled is skipped: its index names it, and that is all."""
     references: dict[str, frozenset[str]] = {}
     unreadable: set[str] = set()
-    revisions = {link for repository in repositories.values() for link in repository.revisions.items()}
-    todo, seen = list(revisions), set()
+    todo, seen = list(named), set()
     while todo:
         digest, target = todo.pop()
         if digest in seen:
             continue
         seen.add(digest)
         data = _read(v2 / blob_data(target), MAX_MANIFEST + 1)
-        if data is None and (digest, target) not in revisions:
-            continue  # an index's child never pulled: the index names it, and that is all
+        if data is None and (digest, target) not in named:
+            continue
         parsed = parse_manifest(data) if data is not None and len(data) <= MAX_MANIFEST else None
         if parsed is None:
             unreadable.add(digest)
@@ -110,10 +137,7 @@ def inventory(root: Path) -> Inventory:
         children, blobs = parsed
         references[digest] = children | blobs
         todo.extend((child, child) for child in children)
-    for repository in repositories.values():
-        pending.update(set(repository.tags.values()) - repository.revisions.keys())
-    return Inventory(repositories, blob_sizes(root), references, frozenset(unreadable),
-                     frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
+    return references, unreadable
 
 
 def linked_now(root: Path) -> frozenset[str]:
@@ -161,6 +185,13 @@ def _repositories(top: Path, pending: set[str]) -> dict[str, Repository]:
 
 def _repository(name: str, path: Path, pending: set[str]) -> Repository:
     manifests = path / "_manifests"
+    tags, history = _tags(manifests)
+    return Repository(name, _links(manifests / "revisions", pending), _links(path / "_layers", pending), tags,
+                      history)
+
+
+def _tags(manifests: Path) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    """Each tag's current manifest, and the digests its history names."""
     tags, history = {}, {}
     for tag in subdirs(manifests / "tags"):
         current = _read_link(manifests / "tags" / tag / "current" / "link")
@@ -169,8 +200,7 @@ def _repository(name: str, path: Path, pending: set[str]) -> Repository:
         entries = frozenset(digest for digest, _ in _link_dirs(manifests / "tags" / tag / "index"))
         if entries:
             history[tag] = entries
-    return Repository(name, _links(manifests / "revisions", pending), _links(path / "_layers", pending), tags,
-                      history)
+    return tags, history
 
 
 def _links(base: Path, pending: set[str]) -> dict[str, str]:

@@ -5,6 +5,7 @@
     repositories/<name>/_manifests/tags/<tag>/current/link              the tag's manifest
     repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link    the tag's history
     blobs/<alg>/<hex[:2]>/<hex>/data                                    the bytes of every blob and manifest
+    blobs/<alg>/<hex[:2]>/<hex>/data.evicting                           the mirror's: data an expiry pass set aside
 
 Link paths are relative to a repository's folder, data paths to the v2 folder.
 """
@@ -49,6 +50,19 @@ def blob_data(digest: str) -> str:
     """The data file of a blob or manifest, relative to the v2 directory."""
     algorithm, hex_ = digest.split(":")
     return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+
+def blob_aside(digest: str) -> str:
+    """Where an expiry pass moves blob data it is about to delete (eviction.py); the registry never reads it."""
+    return blob_data(digest) + ".evicting"
+
+
+def layer_link_digest(link: str) -> str | None:
+    """The digest a layer link's path names (`layer_link`'s inverse), else None."""
+    parts = link.split("/")
+    if len(parts) == 4 and parts[0] == "_layers" and parts[3] == "link" and is_digest(f"{parts[1]}:{parts[2]}"):
+        return f"{parts[1]}:{parts[2]}"
+    return None
 
 
 def stored_digests(root: Path) -> Iterator[str]:

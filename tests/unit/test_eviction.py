@@ -1,6 +1,8 @@
 """Eviction removes images by age and by size without ever leaving a link to deleted data, even across a crash."""
+import json
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from registry_mirror import eviction
 from registry_mirror.eviction import apply, plan
 from registry_mirror.storage_inventory import Image, inventory
 
-from .test_storage_inventory import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage
+from .test_storage_inventory import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage, digest_of
 
 NOW, MAX_AGE = 1_000_000.0, 3600.0
 OLD, RECENT = NOW - 2 * MAX_AGE, NOW - 60
@@ -25,7 +27,7 @@ def pulled(times: dict[tuple[str, str], float], default: float = RECENT):
 
 def run(storage: Storage, times, max_bytes=None, in_flight=frozenset()):
     p = plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, max_bytes, in_flight)
-    return p, apply(storage.root, p)
+    return p, apply(storage.root, p, grace=0)
 
 
 def repository_tree(storage: Storage, name: str) -> dict:
@@ -165,26 +167,28 @@ def test_a_blob_linked_again_after_the_plan_is_kept(storage):
     a = storage.image("a", [layer], tag="1.0")
     p = plan(inventory(storage.root), pulled({("a", a): OLD}), NOW, MAX_AGE, None)
     storage.link("b", "layer", layer)  # a pull through another repository, between plan and apply
-    applied = apply(storage.root, p)
+    applied = apply(storage.root, p, grace=0)
     assert applied.relinked == (layer,) and layer not in applied.blobs and storage.broken_links() == []
 
 
 def test_applying_a_plan_twice_is_harmless(storage):
     a = storage.image("a", [storage.blob()], tag="1.0")
     p = plan(inventory(storage.root), pulled({("a", a): OLD}), NOW, MAX_AGE, None)
-    first, second = apply(storage.root, p), apply(storage.root, p)
+    first, second = apply(storage.root, p, grace=0), apply(storage.root, p, grace=0)
     assert len(first.blobs) == 3 and first.links_deleted == 5
     assert (second.blobs, second.bytes_freed, second.links_deleted) == ((), 0, 0)
 
 
-@pytest.mark.parametrize("link", ["_layers/sha256/{}/link", "_manifests/revisions/sha256/{}/link"])
+# a manifest being linked that is not one (or not yet): what it needs is unknown, so the layers stay
+@pytest.mark.parametrize("link, blobs_freed", [("_layers/sha256/{}/link", 3),
+                                               ("_manifests/revisions/sha256/{}/link", 1)])
 @pytest.mark.parametrize("text", ["", "sha256:", "\x00\xff"])
-def test_an_unreadable_link_and_its_data_stay_it_may_be_mid_write(storage, link, text):
+def test_an_unreadable_link_and_its_data_stay_it_may_be_mid_write(storage, link, blobs_freed, text):
     blob = storage.blob()
     a = storage.image("app", [storage.blob()], tag="1.0")
     storage.write_link("app", link.format(blob.split(":")[1]), text)
     p, applied = run(storage, {("app", a): OLD})
-    assert [r.image for r in p.removals] == [Image("app", a)] and len(applied.blobs) == 3
+    assert [r.image for r in p.removals] == [Image("app", a)] and len(applied.blobs) == blobs_freed
     assert storage.data_path(blob).exists() and (storage.v2 / "repositories" / "app" / link.format(
         blob.split(":")[1])).read_text() == text
 
@@ -279,6 +283,99 @@ def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(
         with pytest.raises(SimulatedCrash):
             run(crashed, times, CAP)
     assert crashed.broken_links() == []
+    eviction.settle(crashed.root, eviction.leftovers(crashed.root, time.time(), older_than=0))  # a later pass
     run(crashed, times, CAP)
     assert crashed.tree() == clean.tree()
     assert run(clean, times, CAP)[0].deletions == 0  # and a pass over a finished tree has nothing to do
+
+
+class Registry:
+    """Plays the registry's commit of a blob or manifest against a pass, as distribution 2.8 does it: it looks for
+    the data (`stat`), writes it only if missing, then writes its link (`link`); a gap separates the two."""
+
+    def __init__(self, storage: Storage, repository: str, data: bytes, kind: str, tag: str | None = None):
+        self.storage, self.repository, self.data, self.kind, self.tag = storage, repository, data, kind, tag
+        self.digest, self.found = digest_of(data), None
+
+    def stat(self) -> None:
+        self.found = self.storage.data_path(self.digest).exists()
+
+    def link(self) -> None:
+        if not self.found:
+            self.storage.put(self.data)
+        self.storage.link(self.repository, self.kind, self.digest)
+        if self.tag:
+            self.storage.tag(self.repository, self.tag, self.digest)
+
+
+def race(storage: Storage):
+    """An old image in `a` that goes, its layer `shared`; a recent one in `c` that stays."""
+    shared = storage.blob(500)
+    gone = storage.image("a", [shared, storage.blob(300)], tag="1.0")
+    kept = storage.image("c", [storage.blob(200)], tag="1.0")
+    return shared, {("a", gone): OLD, ("c", kept): RECENT}
+
+
+def steps_of_a_pass(tmp_path: Path) -> list[str]:
+    storage, steps = Storage(tmp_path / "steps"), []
+    _, times = race(storage)
+    apply(storage.root, plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, None), 0, on_step=steps.append)
+    return steps
+
+
+def play(storage: Storage, times, registry: Registry, stat_at: int, link_at: int) -> None:
+    """A pass with the registry's stat before step `stat_at` and its link before step `link_at`."""
+    steps = []
+
+    def step(what: str) -> None:
+        if len(steps) == stat_at:
+            registry.stat()
+        if len(steps) == link_at:
+            registry.link()
+        steps.append(what)
+    apply(storage.root, plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, None), 0, on_step=step)
+
+
+def test_a_blob_the_registry_finds_while_a_pass_deletes_it_is_never_left_linked_to_nothing(tmp_path):
+    """Another repository pulls the layer the pass is removing: whichever steps of the pass its stat and its link
+    fall between, its link names data at the end (the gap between them within the pass's grace)."""
+    steps = steps_of_a_pass(tmp_path)
+    grace = steps.index("grace")
+    assert steps[grace - 1].startswith("set aside") and steps[-1].startswith("settle")
+    for stat_at in range(grace + 1):
+        for link_at in range(stat_at, grace + 1):
+            storage = Storage(tmp_path / f"{stat_at}-{link_at}")
+            shared, times = race(storage)
+            b = Registry(storage, "b", storage.data_path(shared).read_bytes(), "layer")
+            play(storage, times, b, stat_at, link_at)
+            where = f"stat before {steps[stat_at]!r}, link before {steps[link_at]!r}"
+            assert storage.broken_links() == [], where
+            assert storage.data_path(shared).read_bytes() == b.data, where
+            assert not list(storage.v2.rglob("*.evicting")), where
+
+
+def test_a_manifest_pulled_while_a_pass_runs_keeps_the_layers_it_needs(tmp_path):
+    """A new image of the same repository, sharing the layer that goes with the old one: linked before the pass
+    reads what the repository needs, its layers stay; linked later, the layer is re-fetched, never left broken."""
+    steps = steps_of_a_pass(tmp_path)
+    needs_read = steps.index("read needs")
+    grace = steps.index("grace")
+    for stat_at in range(grace + 1):
+        for link_at in range(stat_at, grace + 1):
+            storage = Storage(tmp_path / f"{stat_at}-{link_at}")
+            shared, times = race(storage)
+            config = storage.blob(100)
+            storage.link("a", "layer", config)
+            doc = {"schemaVersion": 2, "mediaType": DOCKER_V2,
+                   "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config,
+                              "size": 100},
+                   "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": shared,
+                               "size": 500}]}
+            new = Registry(storage, "a", json.dumps(doc).encode(), "revision", tag="2.0")
+            play(storage, {**times, ("a", new.digest): RECENT}, new, stat_at, link_at)
+            where = f"stat before {steps[stat_at]!r}, link before {steps[link_at]!r}"
+            assert storage.broken_links() == [], where
+            assert storage.data_path(new.digest).exists(), where
+            layers = inventory(storage.root).repositories["a"].layers
+            if link_at <= needs_read:
+                assert {shared, config} <= layers.keys() and storage.data_path(shared).exists(), where

@@ -26,7 +26,7 @@ class Clock:
 
 def expiry(tmp_path, clock, max_age=7 * DAY, max_bytes=None, in_flight=frozenset()):
     pulls = LastPulls(tmp_path / "pulls", "test", clock)
-    return Expiry(str(tmp_path / "storage"), max_age, max_bytes, pulls, in_flight=lambda: in_flight), pulls
+    return Expiry(str(tmp_path / "storage"), max_age, max_bytes, pulls, in_flight=lambda: in_flight, grace=0), pulls
 
 
 def test_an_image_is_kept_from_its_first_sighting_then_goes_max_age_after_its_last_pull(tmp_path):
@@ -244,7 +244,7 @@ def test_a_step_while_running_is_taken_out_of_the_last_pulls(tmp_path, pulled_af
     storage = Storage(tmp_path / "storage")
     app, web = storage.image("team/app", [storage.blob()]), storage.image("team/web", [storage.blob()])
     pulls = LastPulls(tmp_path / "pulls", "test", clock, monotonic)
-    ex = Expiry(str(tmp_path / "storage"), 7 * DAY, None, pulls)
+    ex = Expiry(str(tmp_path / "storage"), 7 * DAY, None, pulls, grace=0)
     pulls.record([("team/web", web)])
     clock.now += 600
     monotonic.now += 600
@@ -275,7 +275,7 @@ def test_a_pass_failing_part_way_still_leaves_the_figures_read(tmp_path, monkeyp
     storage.image("team/app", [storage.blob(5000)])
     ex, _ = expiry(tmp_path, clock)
 
-    def broken(root, plan):
+    def broken(root, plan, grace):
         raise OSError("disk gone")
     monkeypatch.setattr(expiry_module.eviction, "apply", broken)
     with pytest.raises(OSError):
@@ -314,7 +314,7 @@ def test_bytes_stored_while_a_pass_reads_stay_counted(tmp_path):
     def in_flight():  # asked as the pass begins: a transfer verifies just then
         ex.stored(500)
         return frozenset()
-    ex = Expiry(str(tmp_path / "storage"), 7 * DAY, None, pulls, in_flight=in_flight)
+    ex = Expiry(str(tmp_path / "storage"), 7 * DAY, None, pulls, in_flight=in_flight, grace=0)
     ex.stored(100)  # before the pass: in its reading
     asyncio.run(ex.run_pass())
     total = sum(p.stat().st_size for p in storage.v2.rglob("data"))

@@ -60,7 +60,7 @@ def test_a_tag_names_its_image_a_digest_its_image_a_repository_all_of_its(tmp_pa
 
 def test_forget_removes_the_image_and_keeps_what_others_need(tmp_path):
     storage, base, old, new, other = two_tags_and_a_shared_base(tmp_path)
-    expiry = Expiry(str(storage.root), 7 * 86400, None, LastPulls(tmp_path / "pulls", "test"))
+    expiry = Expiry(str(storage.root), 7 * 86400, None, LastPulls(tmp_path / "pulls", "test"), grace=0)
     before = storage.tree()
     dry = asyncio.run(expiry.forget(Target("team/app", tag="1.0"), dry_run=True))
     assert [r.image for r in dry.removals] == [Image("team/app", old)] and storage.tree() == before
