@@ -30,6 +30,7 @@ from .manifests import UpstreamDown
 from .outcomes import Outcome
 from .peers import PeerCoordinator
 from .pulls import LastPulls, pulls_folder
+from .replica_events import Invalidation, ReplicaEvents, forgotten_digests, told_text
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
@@ -59,6 +60,7 @@ class RegistryMirror:
         self.webhooks: WebhookListener | None = None
         self.disk: DiskWatch | None = None
         self.scrub: Scrub | None = None
+        self.replicas: ReplicaEvents | None = None  # scale-out: tells the others what this one forgot, and back
         self.log_files: dict = {}  # the supervisor's report of its log files: lines dropped, last error
         self.notify_secret = ""
         self.stats = Stats()
@@ -106,7 +108,10 @@ class RegistryMirror:
         scale = self.config.scale
         if scale.enabled:  # the other replicas read spools here too
             await self.blobs.start(scale.listen.host, scale.listen.port)
-            self.blobs.share_with_peers(PeerCoordinator(scale, self.config.cache.spool_keep))
+            peers = PeerCoordinator(scale, self.config.cache.spool_keep)
+            self.blobs.share_with_peers(peers)
+            self.replicas = ReplicaEvents(scale, f"replica {peers.me.url}", self._forgotten_elsewhere)
+            self.replicas.start()
         else:  # the registry, on the address it reaches the addon at
             await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
                                    else "127.0.0.1")
@@ -136,20 +141,37 @@ class RegistryMirror:
         return expiry
 
     async def forget(self, target: Target, dry_run: bool = False) -> dict:
-        """Remove an image from the storage and every route's caches (forget.py); what went, or would."""
+        """Remove an image from the storage and every route's caches (forget.py), and tell the other replicas to
+        drop it from theirs; what went, or would."""
         plan = await self.expiry.forget(target, dry_run)
-        digests = frozenset(r.image.digest for r in plan.removals) | ({target.digest} if target.digest else set())
-        cached = 0 if dry_run else sum(route.manifests.forget(target.repository, target.tag, digests)
-                                      for route in self.router.routes.values())
-        if not dry_run:
-            log.warning("forgot %s: %d images, %d blobs (%d bytes), %d cache entries", target, len(plan.removals),
-                        len(plan.blobs), plan.bytes_freed, cached)
-        return {"target": str(target), "dry_run": dry_run, "bytes": plan.bytes_freed, "blobs": len(plan.blobs),
-                "images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals], "cache_entries": cached}
+        digests = forgotten_digests(target, (r.image.digest for r in plan.removals))
+        done = {"target": str(target), "dry_run": dry_run, "bytes": plan.bytes_freed, "blobs": len(plan.blobs),
+                "images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals], "cache_entries": 0,
+                "other_replicas": None, "replicas": None}
+        if dry_run:
+            return done
+        done["cache_entries"] = self._drop_cached(target.repository, target.tag, digests)
+        if self.replicas:
+            done["other_replicas"] = await self.replicas.publish(target.repository, target.tag, digests)
+            done["replicas"] = told_text(done["other_replicas"], self.config.cache)
+        log.warning("forgot %s: %d images, %d blobs (%d bytes), %d cache entries%s", target, len(plan.removals),
+                    len(plan.blobs), plan.bytes_freed, done["cache_entries"],
+                    f"; {done['replicas']}" if done["replicas"] else "")
+        return done
+
+    def _drop_cached(self, repository: str, tag: str | None, digests: frozenset[str]) -> int:
+        """Drop an image from every route's caches; how many entries went."""
+        return sum(route.manifests.forget(repository, tag, digests) for route in self.router.routes.values())
+
+    def _forgotten_elsewhere(self, inv: Invalidation) -> int:
+        """Another replica forgot it and removed it from the shared storage: only the caches here are left."""
+        return self._drop_cached(inv.repository, inv.tag, inv.digests)
 
     async def done(self) -> None:
         if self.webhooks:
             await self.webhooks.close()
+        if self.replicas:
+            await self.replicas.close()
         if self.scrub:
             await self.scrub.stop()
         if self.expiry:
@@ -264,6 +286,8 @@ class RegistryMirror:
         stored = await self.expiry.drop_tag(name, tag, digest)
         if stored or digest is None:  # pushed again since: the caches may know the new digest already
             self.router.for_name(name).manifests.forget(name, tag)
+            if self.replicas:  # the shared storage has lost the tag; the others' caches still hold it
+                self.replicas.publish_soon(name, tag)
         return stored
 
     async def tag_gone(self, name: str, tag: str) -> None:

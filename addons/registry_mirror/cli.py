@@ -14,7 +14,7 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from . import certs, clients, forget, processes, quarantine, verify, warm
+from . import certs, clients, forget, processes, quarantine, replica_events, verify, warm
 from .config import Config, ConfigError, any_address, config_path, load
 from .expiry import Expiry
 from .notifications import SECRET_HEADER, notification_secret
@@ -113,7 +113,7 @@ def cmd_verify(args, clock=time.time) -> int:
 
 def cmd_forget(args) -> int:
     """Remove an image from the mirror: through the running addon (its storage and caches), else from the storage
-    alone (nothing is cached while it does not run)."""
+    alone (nothing is cached while it does not run). With replicas the other addons drop it from their caches."""
     cfg = _load_or_exit(args.config)
     try:
         target = forget.parse_target(args.image)
@@ -140,14 +140,25 @@ def cmd_forget(args) -> int:
         pulls = LastPulls(pulls_folder(cfg.mirror.storage), replica="forget")
         plan = asyncio.run(Expiry(cfg.mirror.storage, cfg.mirror.max_age, None, pulls).forget(target, args.dry_run))
         done = {"images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals],
-                "blobs": len(plan.blobs), "bytes": plan.bytes_freed}
+                "blobs": len(plan.blobs), "bytes": plan.bytes_freed,
+                "replicas": None if args.dry_run else _tell_replicas(cfg, target, plan)}
         where = f"the storage {cfg.mirror.storage} (no mirror answers at {cfg.rewriter.listen})"
     for image in done["images"]:
         print(f"{'would forget' if args.dry_run else 'forgot'} {image}")
-    replicas = " on this host only: run it on every replica sharing the storage" if cfg.scale.enabled else ""
+    replicas = f"; {done['replicas']}" if done.get("replicas") else ""
     print(f"{len(done['images'])} images, {done['blobs']} blobs ({human_bytes(done['bytes'])}) "
           f"{'would go from' if args.dry_run else 'removed from'} {where}{replicas}")
     return 0
+
+
+def _tell_replicas(cfg: Config, target: forget.Target, plan) -> str | None:
+    """The storage alone was acted on: the running replicas sharing it still have the image in their caches."""
+    if not cfg.scale.enabled:
+        return None
+    inv = replica_events.Invalidation(f"the forget command on {socket.gethostname()}", target.repository, target.tag,
+                                      replica_events.forgotten_digests(target, (r.image.digest for r in plan.removals)))
+    heard = asyncio.run(replica_events.publish_once(cfg.scale, inv))
+    return replica_events.told_text(heard, cfg.cache)
 
 
 def cmd_warm(args) -> int:

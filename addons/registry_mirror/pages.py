@@ -135,6 +135,8 @@ class MirrorPages:
         if peers:
             snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
                              "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
+            if mirror.replicas:
+                snap["scale"]["invalidations"] = mirror.replicas.snapshot()
         if expiry := mirror.expiry:
             snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
                                "oldest_last_pull": expiry.pulls.oldest()}

@@ -91,6 +91,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 {_storage_html(snap.get("storage"))}
 {_disk_html(snap.get("disk"))}
 {stored_blobs_html(snap.get("stored_blobs"))}
+{_replicas_html(snap.get("scale"))}
 <h2>Blob transfers in flight</h2>
 <table id="transfers"><tr><th>digest</th><th>repository</th><th>progress</th><th>readers</th><th>from</th></tr>
 {transfers}</table>
@@ -185,6 +186,25 @@ def _storage_html(storage: dict | None) -> str:
 <tr><th>empty data files removed</th><td id="empty-files-removed">{storage['empty_files_removed']}</td></tr></table>"""
 
 
+def _replicas_html(scale: dict | None) -> str:
+    if not scale:
+        return ""
+    e, inv = html.escape, scale.get("invalidations") or {}
+    heard = ("<span class='up'>yes</span>" if inv.get("subscribed") else
+             f"<span class='down'>no</span><small>{e(inv.get('last_error', ''))}</small>") if inv else "n/a"
+    return f"""<h2>Replicas sharing the storage</h2>
+<table id="replicas"><tr><th>redis</th><td>{e(scale['redis'])}</td></tr>
+<tr><th>this replica</th><td>{e(scale['this_replica'])}</td></tr>
+<tr><th>redis errors (coalescing)</th><td>{scale['redis_errors']}<small>{e(scale['last_redis_error'])}</small></td></tr>
+<tr><th>hears the others' forgets</th><td id="invalidations-subscribed">{heard}</td></tr>
+<tr><th>forgets received from the others</th><td id="invalidations-received">{inv.get('received', 0)}
+<small>{inv.get('cache_entries_dropped', 0)} cache entries dropped</small></td></tr>
+<tr><th>forgets told to the others</th><td id="invalidations-published">{inv.get('published', 0)}
+<small>{inv.get('publish_failures', 0)} not told (redis unreachable)</small></td></tr>
+<tr><th>messages ignored (not an invalidation)</th><td id="invalidations-ignored">{inv.get('ignored', 0)}</td></tr>
+</table>"""
+
+
 class _SnapshotCollector:
     def __init__(self, snap: dict):
         self.snap = snap
@@ -259,6 +279,8 @@ class _SnapshotCollector:
             yield from _disk_metrics(disk)
         if checks := snap.get("stored_blobs"):
             yield from stored_blob_metrics(checks)
+        if invalidations := snap.get("scale", {}).get("invalidations"):
+            yield from _invalidation_metrics(invalidations)
         if (tls := snap.get("tls")) and tls["not_after"] is not None:
             yield GaugeMetricFamily("mirror_tls_certificate_expiry_timestamp_seconds",
                                     "When mirror.tls_cert expires (Unix time).", value=tls["not_after"])
@@ -310,6 +332,21 @@ def _disk_metrics(disk: dict):
     if dump := disk.get("dump"):
         yield CounterMetricFamily("mirror_dump_flows_dropped", "Flows the --dump file could not take.",
                                   value=dump["dropped"])
+
+
+def _invalidation_metrics(inv: dict):
+    yield GaugeMetricFamily("mirror_replica_invalidations_subscribed", "1 while this replica hears the other "
+                            "replicas' forgets (scale.redis).", value=1 if inv["subscribed"] else 0)
+    yield CounterMetricFamily("mirror_replica_invalidations_received", "Forgets of other replicas dropped from this "
+                              "replica's caches.", value=inv["received"])
+    yield CounterMetricFamily("mirror_replica_invalidation_cache_entries_dropped", "Cache entries those forgets "
+                              "dropped here.", value=inv["cache_entries_dropped"])
+    yield CounterMetricFamily("mirror_replica_invalidations_ignored", "Messages on the replicas' channel that were "
+                              "no invalidation.", value=inv["ignored"])
+    yield CounterMetricFamily("mirror_replica_invalidations_published", "This replica's forgets told to the others.",
+                              value=inv["published"])
+    yield CounterMetricFamily("mirror_replica_invalidation_publish_failures", "This replica's forgets the others "
+                              "could not be told of (redis unreachable).", value=inv["publish_failures"])
 
 
 def prometheus_text(snap: dict) -> bytes:

@@ -2,14 +2,16 @@
 a real redis-server, for one lock per digest in flight."""
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from devtools import seed
 from devtools.skopeo import PullError, pull
+from registry_mirror.storage_inventory import Image, inventory
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
+from .conftest import MIRROR_COMMAND, assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 
 
 def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream, wire_factory, mirror_factory, redis_server,
@@ -91,3 +93,38 @@ def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream
     assert "the upstream sends the rest" in b.logs()
     assert any(r["range"].startswith("bytes=") and r["range"] != "bytes=0-"
                for r in blob_gets(upstream.settled_stats()))
+
+
+def test_a_tag_forgotten_through_one_replica_is_not_served_by_the_other(upstream, mirror_factory, redis_server,
+                                                                       layer_cache, tmp_path):
+    """A forgets a tag (the shared storage and its caches) and tells B through redis: B drops it from its caches,
+    so with the upstream failing B answers not found, instead of its cached manifest (which its registry would
+    store again). With redis gone a forget still acts, and says the others were not told."""
+    image = small_image(layer_cache, name="scale/leaked", seed_base=80)
+    seed.push(upstream.registry_url, image)
+    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
+    a, b = (mirror_factory(credentials_of(upstream), **shared) for _ in range(2))
+    ref = f"{image.name}:{image.tag}"
+    for name, replica in (("via-a", a), ("via-b", b)):
+        pull(f"{replica.address}/{ref}", tmp_path / name, cert_dir=replica.trust)
+        replica.settle(upstream, image)
+    assert sum(n for k, n in b.counters().items() if k.startswith("manifest-by-tag:")) > 0  # B's caches hold it
+    wait_for(lambda: b.stats()["scale"]["invalidations"]["subscribed"], "B subscribed to the others' forgets")
+
+    forget = [MIRROR_COMMAND, "--config", a.cfg.source, "forget", ref]
+    done = subprocess.run(forget, capture_output=True, text=True)
+    assert done.returncode == 0 and f"forgot {image.name}@{image.manifest_digest}" in done.stdout
+    assert "told 1 other replica to drop it from their caches" in done.stdout
+    wait_for(lambda: b.stats()["scale"]["invalidations"]["received"] == 1, "B dropping A's forget from its caches")
+    assert f"forgot {ref}" in b.logs()
+
+    upstream.fault(mode="status", code=503)  # B's cached manifest would be answered now, stale if need be
+    with pytest.raises(PullError, match="manifest unknown"):
+        pull(f"{b.address}/{ref}", tmp_path / "gone", cert_dir=b.trust)
+    with pytest.raises(PullError):
+        pull(f"{b.address}/{image.name}@{image.manifest_digest}", tmp_path / "gone", cert_dir=b.trust)
+    assert Image(image.name, image.manifest_digest) not in inventory(b.storage).images  # not stored again
+
+    redis_server.stop()
+    again = subprocess.run(forget, capture_output=True, text=True)
+    assert again.returncode == 0 and "the other replicas could not be told" in again.stdout
