@@ -37,7 +37,9 @@ from .transfers import TransferFailed
 
 log = logging.getLogger(__name__)
 
-COMMIT_GRACE = 60.0  # seconds after a blob's answer ends in which the registry may still be linking it
+# seconds after a blob's answer ends in which the registry may still be linking it; short, since what it protects
+# stays above max_bytes (eviction also sets data aside and reads the links again before deleting it)
+COMMIT_GRACE = 10.0
 
 
 class BlobServer:

@@ -4,12 +4,11 @@ above `mirror.max_bytes` the least recently pulled go first.
 The registry's own expiry deletes blob data that other repositories still link to (distribution#2367); it
 runs with deletes disabled, so its expiry fails harmlessly (distribution#4249), and this one takes over:
 reference-aware (eviction.py), with last pulls from the registry's notifications (pulls.py). A pass runs at
-start, every `max_age / 4` (at least a minute apart) and, at most every RECHECK_SECONDS, when the bytes
-stored since the last pass may have crossed `max_bytes` (or still do after it); above the cap it evicts down
-to LOW_WATER of it,
-so that the next few pulls do not start another pass at once. Passes read and change the filesystem in a
-thread, one at a time; a blob in flight is never deleted. The registry runs without a blob descriptor
-cache, so a deleted blob is fetched again, never served from a stale descriptor as 200 with no bytes.
+start, every `max_age / 4` (at least a minute apart) and as soon as the bytes stored since the last pass may
+have crossed `max_bytes` (or still do after it), starting at most every RECHECK_SECONDS; above the cap it
+evicts down to LOW_WATER of it, so that the next few pulls do not start another pass at once. Passes read and
+change the filesystem in a thread, one at a time; a blob in flight is never deleted. The registry runs without
+a blob descriptor cache, so a deleted blob is fetched again, never served from a stale descriptor as 200 with no bytes.
 
 A clock step never empties the cache. Ages are differences of wall-clock times, so a step would pass for
 time gone by. One while the mirror runs is taken out of the last pulls as it happens (pulls.py); one before it
@@ -336,18 +335,19 @@ class Expiry:
 
     async def _run(self) -> None:
         while True:
+            began = time.monotonic()
             freed = False
             try:
                 freed = bool((await self.run_pass()).blobs)
             except Exception:  # noqa: BLE001 - logged in run_pass; the loop must outlive any one pass
                 pass
             self._wake.clear()
-            # still over the cap with blobs in flight, bytes stored while it ran, or a pass that freed some: look
-            # again soon
+            # still over the cap with blobs in flight, bytes stored while it ran, or a pass that freed some: the
+            # next pass at once; otherwise when stored bytes cross the cap, or after the interval
             over = self.max_bytes is not None and (self.state.used_bytes or 0) > self.max_bytes
-            soon = over and (freed or self.state.kept_in_flight > 0 or self.state.stored_since_pass > 0)
-            try:
-                await asyncio.wait_for(self._wake.wait(), RECHECK_SECONDS if soon else self.interval)
-            except TimeoutError:
-                pass
-            await asyncio.sleep(RECHECK_SECONDS)  # however often the cap wakes it
+            if not (over and (freed or self.state.kept_in_flight > 0 or self.state.stored_since_pass > 0)):
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                except TimeoutError:
+                    pass
+            await asyncio.sleep(max(0.0, began + RECHECK_SECONDS - time.monotonic()))  # however often it wakes
