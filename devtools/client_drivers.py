@@ -153,7 +153,7 @@ class Dockerd:
         return self
 
     def trust(self, registry: str, ca_file: str) -> Path:
-        """/etc/docker/certs.d/<registry>/ca.crt, as the README tells docker users, in this daemon's /etc/docker."""
+        """/etc/docker/certs.d/<registry>/ca.crt, as docs/clients.md says, in this daemon's /etc/docker."""
         folder = self.etc_docker / "certs.d" / registry
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(ca_file, folder / "ca.crt")

@@ -1,6 +1,6 @@
 """Every mirror.yaml key, declared once as a field of its section's dataclass: kind, default, bounds or choices and
-one line of doc. Loading (config.py), its messages and the README's table (python -m devtools.config_table) all
-read these declarations.
+one line of doc. Loading (config.py), its messages and the table in docs/configuration.md (python -m
+devtools.config_table) all read these declarations.
 
 The key names are a contract with operators' automation: add keys, never rename them.
 """
@@ -183,7 +183,7 @@ class CacheConfig:
     prefetch: bool = key(BOOL, "Once the registry asks for one blob of an image whose manifest it fetched, fetch the "
                          "image's other blobs one after another ahead of its requests (the WAN stays busy between "
                          "layers). Off by default: the stock registry 2.8 writes a layer's link in place, and a pull "
-                         "arriving while a prefetched layer is committed can get a 500 (docs/benchmarks.md).", False)
+                         "arriving while a prefetched layer is committed can get a 500 (benchmarks).", False)
     stale_budget: float = key(SECONDS, "Seconds a tag refresh may take before the last known digest is answered "
                               "(the refresh goes on in the background).", 2, bounds=(0.05, 600))
     max_stale: float = key(SECONDS, "The oldest last known digest (seconds) still answered when the upstream "

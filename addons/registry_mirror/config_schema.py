@@ -17,14 +17,14 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 @dataclass(frozen=True)
 class Key:
     kind: Kind
-    doc: str  # one line, for the README
+    doc: str  # one line, for the table in docs/configuration.md
     default: Any = MISSING  # as an operator would write it; MISSING: the key must be set
     bounds: tuple[float, float] | None = None  # inclusive, but see `above`
     above: bool = False  # the low bound itself is out of range
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None  # what is wrong with a converted value, said after it
-    required: str = "no"  # README: when the key must be set
-    shown: str = ""  # README: the default, where it is worked out when the file is loaded
+    required: str = "no"  # the table: when the key must be set
+    shown: str = ""  # the table: the default, where it is worked out when the file is loaded
     name: str = ""  # its name in the file, where that is not the attribute's
     routes_only: bool = False  # a key of `routes` entries only
 

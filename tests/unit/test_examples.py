@@ -1,4 +1,4 @@
-"""The configuration examples operators copy (mirror.example.yaml, README) stay valid."""
+"""The configuration examples operators copy (mirror.example.yaml, the README, docs/) stay valid."""
 import re
 from pathlib import Path
 
@@ -32,8 +32,18 @@ def test_mirror_example_with_its_commented_sections(tmp_path):
     assert cfg.webhooks.listen.port == 8084 and cfg.webhooks.platforms == ("linux/amd64",)
 
 
-def test_readme_yaml_examples(tmp_path):
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+def yaml_blocks(*paths: str) -> list[str]:
+    return [b for p in paths for b in re.findall(r"```yaml\n(.*?)```", (ROOT / p).read_text(), flags=re.DOTALL)]
+
+
+def test_readme_minimum_config(tmp_path):
+    (minimum,) = yaml_blocks("README.md")
+    cfg = parse(with_secret_files(yaml.safe_load(minimum), tmp_path), environ={"ARTIFACTORY_USER": "svc"})
+    assert cfg.upstream.username == "svc" and cfg.routes == ()
+
+
+def test_documented_yaml_examples(tmp_path):
+    blocks = yaml_blocks("docs/configuration.md", "docs/webhooks.md")
     routes = next(yaml.safe_load(b) for b in blocks if "routes:" in b)
     cfg = parse(with_secret_files(routes, tmp_path))
     assert cfg.routes[1].upstream_name("hub/nginx") == "library/nginx" and cfg.routes[2].match_ns == ("docker.io",)
