@@ -66,7 +66,11 @@ ensure_venv() {  # $1: the package's extras to install with it (test, bench), no
   fi
 }
 
-lint() { (cd "$ROOT" && "$VENV/bin/ruff" check --quiet .) || die "ruff found the problems above"; }
+lint() {
+  (cd "$ROOT" && "$VENV/bin/ruff" check --quiet .) || die "ruff found the problems above"
+  # the package's types; settings in pyproject.toml's [tool.mypy]
+  (cd "$ROOT" && "$VENV/bin/python" -m mypy --no-error-summary) || die "mypy found the type errors above"
+}
 
 # devtools/, bench/ and tests/ import from the checkout; the package is installed in .venv (editable)
 run_python() { cd "$ROOT" && PYTHONPATH="$ROOT" exec "$VENV/bin/python" "$@"; }

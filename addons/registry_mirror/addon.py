@@ -10,8 +10,8 @@ upstream client adds them, and the flow shows a redacted marker where they went.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,23 +22,16 @@ from . import notifications
 from .blob_access import TICKET_HEADER
 from .blob_answer import AUTH_HEADER
 from .blob_server import BlobServer
-from .disk import DiskWatch
-from .expiry import Expiry
-from .forget import Target
 from .manifest_body import ManifestMismatch
 from .manifests import UpstreamDown
 from .outcomes import Outcome
-from .peers import PeerCoordinator
-from .pulls import LastPulls, pulls_folder
-from .replica_events import Invalidation, ReplicaEvents, forgotten_digests, told_text
 from .requests import Kind, Refusal, RegistryRequest, classify
 from .responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from .routing import Router
-from .scrub import Scrub
+from .services import MirrorServices, start_services
 from .stats import Stats
 from .upstream import UpstreamError
 from .upstream_auth import AuthError
-from .webhooks import WebhookListener
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +46,9 @@ STARTUP_WAIT = 30.0
 
 class RegistryMirror:
     def __init__(self) -> None:
-        self.config: config_mod.Config | None = None
-        self.router: Router | None = None
-        self.blobs: BlobServer | None = None
-        self.expiry: Expiry | None = None
-        self.webhooks: WebhookListener | None = None
-        self.disk: DiskWatch | None = None
-        self.scrub: Scrub | None = None
-        self.replicas: ReplicaEvents | None = None  # scale-out: tells the others what this one forgot, and back
+        self.config: config_mod.Config | None = None  # loaded by `configure`
+        self.services: MirrorServices | None = None  # built by `running` from that configuration
+        self._stops = contextlib.AsyncExitStack()  # what `running` started, for `done` to stop
         self.log_files: dict = {}  # the supervisor's report of its log files: lines dropped, last error
         self.notify_secret = ""
         self.stats = Stats()
@@ -76,10 +64,10 @@ class RegistryMirror:
     def configure(self, updated: set[str]) -> None:
         if "mirror_config" in updated:
             path = config_mod.config_path(ctx.options.mirror_config)
-            if self.router is not None:  # routes, caches and the registry were built from the loaded one
+            if self.services is not None:  # routes, caches and the registry were built from the loaded one
                 raise exceptions.OptionsError(
-                    f"mirror_config: the running mirror was started with {self.config.source}; restart it "
-                    f"(artifactory-mirror up) to use {path}")
+                    f"mirror_config: the running mirror was started with {self.services.config.source}; restart "
+                    f"it (artifactory-mirror up) to use {path}")
             try:
                 self.config = config_mod.load(path)
             except config_mod.ConfigError as e:
@@ -95,92 +83,14 @@ class RegistryMirror:
         if self.config is None:
             return
         self.stats = Stats(self.config.rewriter.log_format)
-        self.router = Router(self.config, self.stats)
-        await self.router.start()
-        mirror, cache = self.config.mirror, self.config.cache
         dump = ctx.options.mirror_dump.lstrip("+") if "mirror_dump" in ctx.options else ""
-        self.disk = DiskWatch(mirror.min_free, {"storage": mirror.storage,
-                                                "spool": cache.spool_dir or tempfile.gettempdir(),
-                                                "logs": ctx.options.mirror_log_dir,
-                                                "dump": str(Path(dump).parent) if dump else None})
-        self.blobs = BlobServer(self.router, cache, self.stats, mirror.verify_interval, storage=mirror.storage,
-                                disk=self.disk)
-        scale = self.config.scale
-        if scale.enabled:  # the other replicas read spools here too
-            await self.blobs.start(scale.listen.host, scale.listen.port)
-            peers = PeerCoordinator(scale, self.config.cache.spool_keep)
-            self.blobs.share_with_peers(peers)
-            self.replicas = ReplicaEvents(scale, f"replica {peers.me.url}", self._forgotten_elsewhere)
-            self.replicas.start()
-        else:  # the registry, on the address it reaches the addon at
-            await self.blobs.start(self.config.rewriter.listen.host if self.config.rewriter.blob_redirect
-                                   else "127.0.0.1")
-        self.expiry = self._start_expiry()
-        self.scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, self.blobs.verifier.check_now)
-        self.scrub.start()
-        if self.config.cache.forget_deleted_tags:
-            for route in self.router.routes.values():
-                route.manifests.on_tag_gone = self.tag_gone
-        if self.config.webhooks.enabled:  # its own listener: Artifactory never reaches rewriter.listen
-            self.webhooks = WebhookListener(self.config, self.router, drop_tag=self.drop_tag)
-            await self.webhooks.start()
+        folders = {"logs": ctx.options.mirror_log_dir, "dump": str(Path(dump).parent) if dump else None}
+        self.services = await start_services(self.config, self.stats, folders, self._stops)
+        self.notify_secret = notifications.notification_secret(self.config.mirror.storage)
         self.started.set()
 
-    def _start_expiry(self) -> Expiry:
-        mirror = self.config.mirror
-        self.notify_secret = notifications.notification_secret(mirror.storage)
-        # one file of last pulls per replica (replicas may share the storage), named by what the configuration
-        # says of it, so that a restart (a new container's hostname) writes the same file
-        scale = self.config.scale
-        replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
-        pulls = LastPulls(pulls_folder(mirror.storage), replica)
-        expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls,
-                        in_flight=self.blobs.in_use)
-        self.blobs.on_stored = expiry.stored
-        expiry.start()
-        return expiry
-
-    async def forget(self, target: Target, dry_run: bool = False) -> dict:
-        """Remove an image from the storage and every route's caches (forget.py), and tell the other replicas to
-        drop it from theirs; what went, or would."""
-        plan = await self.expiry.forget(target, dry_run)
-        digests = forgotten_digests(target, (r.image.digest for r in plan.removals))
-        done = {"target": str(target), "dry_run": dry_run, "bytes": plan.bytes_freed, "blobs": len(plan.blobs),
-                "images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals], "cache_entries": 0,
-                "other_replicas": None, "replicas": None}
-        if dry_run:
-            return done
-        done["cache_entries"] = self._drop_cached(target.repository, target.tag, digests)
-        if self.replicas:
-            done["other_replicas"] = await self.replicas.publish(target.repository, target.tag, digests)
-            done["replicas"] = told_text(done["other_replicas"], self.config.cache)
-        log.warning("forgot %s: %d images, %d blobs (%d bytes), %d cache entries%s", target, len(plan.removals),
-                    len(plan.blobs), plan.bytes_freed, done["cache_entries"],
-                    f"; {done['replicas']}" if done["replicas"] else "")
-        return done
-
-    def _drop_cached(self, repository: str, tag: str | None, digests: frozenset[str]) -> int:
-        """Drop an image from every route's caches; how many entries went."""
-        return sum(route.manifests.forget(repository, tag, digests) for route in self.router.routes.values())
-
-    def _forgotten_elsewhere(self, inv: Invalidation) -> int:
-        """Another replica forgot it and removed it from the shared storage: only the caches here are left."""
-        return self._drop_cached(inv.repository, inv.tag, inv.digests)
-
     async def done(self) -> None:
-        if self.webhooks:
-            await self.webhooks.close()
-        if self.replicas:
-            await self.replicas.close()
-        if self.scrub:
-            await self.scrub.stop()
-        if self.expiry:
-            await self.expiry.stop()
-        if self.blobs:
-            await self.blobs.verifier.close()
-            await self.blobs.close()
-        if self.router:
-            await self.router.close()
+        await self._stops.aclose()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:  # answered already: a reserved page (pages.py)
@@ -188,26 +98,28 @@ class RegistryMirror:
         req = classify(flow.request.method, flow.request.path)
         if isinstance(req, Refusal) or req.kind is Kind.PING:  # answered here, started or not
             flow.response = self._local_answer(flow, req)
-        elif not await self._wait_until_started():
+        elif (services := await self._wait_until_started()) is None:
             flow.response = error_response(503, "UNAVAILABLE", "the mirror has not started; see its log")
         elif req.kind is Kind.BLOB and flow.request.method == "GET":
-            self._to_blob_server(flow, req)
+            self._to_blob_server(flow, req, services)
         else:
-            flow.response = await self._small_exchange(flow, req)
+            flow.response = await self._small_exchange(flow, req, services)
         if flow.response is not None and flow.request.method == "HEAD":
             flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
 
-    async def _wait_until_started(self) -> bool:
-        """True once `running` has set up the routes and the blob endpoint; waits for it, up to a bound."""
-        if self.config is None:
-            return False
+    async def _wait_until_started(self) -> MirrorServices | None:
+        """What `running` has built (the routes, the blob endpoint); waits for it, up to a bound."""
+        if self.config is None:  # no start-up is coming
+            return None
         try:
             await asyncio.wait_for(self.started.wait(), STARTUP_WAIT)
         except TimeoutError:
-            return False
-        return True
+            return None
+        return self.services
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:  # mitmproxy calls this hook once a response's headers are in
+            return
         if flow.metadata.get("mirror.kind") == Kind.BLOB.value and flow.request.method == "GET":
             flow.response.stream = True  # never hold a blob in memory, whatever stream_large_bodies says
             scheme = flow.response.headers.pop(AUTH_HEADER, "")
@@ -226,33 +138,37 @@ class RegistryMirror:
         self.stats.served("ping", Outcome.LOCAL, 0)
         return ping_response()
 
-    def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
-        if self.config.rewriter.blob_redirect:
-            flow.response = self._redirect_to_blob_server(flow, req)
+    def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest, services: MirrorServices) -> None:
+        if services.config.rewriter.blob_redirect:
+            flow.response = self._redirect_to_blob_server(flow, req, services.blobs, services.router)
         else:
-            self._route_to_blob_server(flow, req)
+            self._route_to_blob_server(flow, req, services.blobs, services.router)
 
-    def _redirect_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
+    @staticmethod
+    def _redirect_to_blob_server(flow: http.HTTPFlow, req: RegistryRequest, blobs: BlobServer,
+                                 router: Router) -> http.Response:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
         # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
-        location = self.blobs.redirect_url(flow.client_conn.sockname[0], req)
-        upstream_url = self.router.for_request(req).upstream.url_for(req)
+        location = blobs.redirect_url(flow.client_conn.sockname[0], req)
+        upstream_url = router.for_request(req).upstream.url_for(req)
         return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
                                              "X-Mirror-Upstream-Url": upstream_url})
 
-    def _route_to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest) -> None:
+    @staticmethod
+    def _route_to_blob_server(flow: http.HTTPFlow, req: RegistryRequest, blobs: BlobServer, router: Router) -> None:
         flow.metadata["mirror.kind"] = req.kind.value  # for responseheaders
-        flow.metadata["mirror.upstream_url"] = self.router.for_request(req).upstream.url_for(req)
-        host = self.blobs.address_for("127.0.0.1")
-        flow.request.scheme, flow.request.host, flow.request.port = "http", host, self.blobs.port
+        flow.metadata["mirror.upstream_url"] = router.for_request(req).upstream.url_for(req)
+        host = blobs.address_for("127.0.0.1")
+        flow.request.scheme, flow.request.host, flow.request.port = "http", host, blobs.port
         # a ticket, never the endpoint's key: a flow still in flight when mitmproxy stops is saved as it is
-        flow.request.headers[TICKET_HEADER] = self.blobs.tickets.issue(req)
+        flow.request.headers[TICKET_HEADER] = blobs.tickets.issue(req)
         flow.request.headers.pop("Authorization", None)
 
-    async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest) -> http.Response:
+    async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest,
+                              services: MirrorServices) -> http.Response:
         method, started = flow.request.method, time.monotonic()
         what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
-        route = self.router.for_request(req)
+        route = services.router.for_request(req)
         try:
             answer = await route.manifests.answer(req, flow.request.headers, method)
         except (UpstreamError, AuthError, ManifestMismatch, UpstreamDown) as e:
@@ -272,29 +188,13 @@ class RegistryMirror:
         mapped = upstream_status_error(answer.status, what)
         if mapped:
             return error_response(*mapped)
-        if self.blobs.prefetch and req.kind in MANIFEST_KINDS and method == "GET" and answer.status == 200 \
+        prefetch = services.blobs.prefetch
+        if prefetch and req.kind in MANIFEST_KINDS and method == "GET" and answer.status == 200 \
                 and answer.outcome is not Outcome.STALE:
-            self.blobs.prefetch.manifest_served(req.name, route, answer.body, answer.headers.get("Content-Type", ""))
+            prefetch.manifest_served(req.name, route, answer.body, answer.headers.get("Content-Type", ""))
         resp = small_response(answer.status, answer.headers, answer.body, is_head=method == "HEAD")
         resp.headers[CACHE_HEADER] = answer.outcome
         return resp
-
-    async def drop_tag(self, name: str, tag: str, digest: str | None = None) -> bool:
-        """A tag deleted upstream goes here too: its link in the storage (with `digest`, only while it names that
-        digest) and the route's cached and last known digests; its image stays, by digest, until `forget`.
-        Whether the storage had it."""
-        stored = await self.expiry.drop_tag(name, tag, digest)
-        if stored or digest is None:  # pushed again since: the caches may know the new digest already
-            self.router.for_name(name).manifests.forget(name, tag)
-            if self.replicas:  # the shared storage has lost the tag; the others' caches still hold it
-                self.replicas.publish_soon(name, tag)
-        return stored
-
-    async def tag_gone(self, name: str, tag: str) -> None:
-        """The upstream answers 404 for a tag (cache.forget_deleted_tags): no pull by it is served from here."""
-        if await self.drop_tag(name, tag):
-            log.warning("%s:%s is not found upstream: the mirror's tag is removed (cache.forget_deleted_tags); "
-                        "its image stays pullable by digest until `artifactory-mirror forget`", name, tag)
 
     @staticmethod
     def _show_upstream(flow: http.HTTPFlow, upstream_url: str, scheme: str) -> None:

@@ -6,7 +6,7 @@ sends the rest with a Range resume.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
@@ -32,22 +32,23 @@ class BlobFill:
         self._peer_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
                                                    cookie_jar=aiohttp.DummyCookieJar())
 
-    def fill(self, transfer: Transfer) -> AsyncIterator[bytes]:
+    def fill(self, transfer: Transfer) -> AsyncGenerator[bytes, None]:
         """A transfer's bytes: from the replica already fetching the blob, else from the upstream (directly, one
         generator less per chunk, for a single replica)."""
         route = _route_of(transfer)
-        if self.peers is None:
+        if self.peers is None or self._peer_session is None:  # one replica (both are set together)
             return from_upstream(transfer, route, self.stats)
-        return self._fill_shared(transfer, route)
+        return self._fill_shared(transfer, route, self.peers, self._peer_session)
 
-    async def _fill_shared(self, transfer: Transfer, route: Route) -> AsyncIterator[bytes]:
-        peer = await self.peers.claim(transfer.digest)
+    async def _fill_shared(self, transfer: Transfer, route: Route, peers: PeerCoordinator,
+                           session: aiohttp.ClientSession) -> AsyncGenerator[bytes, None]:
+        peer = await peers.claim(transfer.digest)
         if peer is None:
-            async with self.peers.leading(transfer.digest):
+            async with peers.leading(transfer.digest):
                 async for chunk in from_upstream(transfer, route, self.stats):
                     yield chunk
             return
-        async for chunk in from_peer(self._peer_session, peer, transfer, route, self.stats):
+        async for chunk in from_peer(session, peer, transfer, route, self.stats):
             yield chunk
         if not transfer.origin:  # the replica failed it: the upstream sends the rest
             async for chunk in from_upstream(transfer, route, self.stats):

@@ -98,7 +98,7 @@ class BlobServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        self.host, self.port = host, site._server.sockets[0].getsockname()[1]
+        self.host, self.port = host, self._runner.addresses[0][1]
 
     async def close(self) -> None:
         # the transfers first: their readers end at once, so the server's shutdown waits for no handler

@@ -45,8 +45,8 @@ def pulled_digests(envelope: object) -> list[str]:
     for event in events if isinstance(events, list) else ():
         if not isinstance(event, dict) or event.get("action") != "pull":
             continue
-        target = event.get("target") if isinstance(event.get("target"), dict) else {}
-        request = event.get("request") if isinstance(event.get("request"), dict) else {}
+        target = given if isinstance(given := event.get("target"), dict) else {}
+        request = asked if isinstance(asked := event.get("request"), dict) else {}
         digest = target.get("digest")
         if str(request.get("method", "GET")).upper() == "GET" and isinstance(digest, str) \
                 and DIGEST_RE.fullmatch(digest):
@@ -87,6 +87,12 @@ class BlobVerifier:
         self._idle.set()
         self._closed = False
 
+    @property
+    def _storage(self) -> Path:
+        """The storage, for the checks of files read from it: without one there are none (`pulled` queues none)."""
+        assert self.root is not None, "a stored file is checked without a storage"
+        return self.root
+
     def pulled(self, digests: Iterable[str]) -> int:
         """The registry sent these digests from its storage (or is about to store them): each data file not
         checked within the interval is queued for a check; the number queued."""
@@ -125,7 +131,7 @@ class BlobVerifier:
                 transfer.verified = True
                 self._record(Checked(transfer.digest, transfer.written, found), "served")
                 return
-            moved = await asyncio.to_thread(quarantine.move_aside, self.root, transfer.digest, hashed, self._wall())
+            moved = await asyncio.to_thread(quarantine.move_aside, self._storage, transfer.digest, hashed, self._wall())
             self._record(Checked(transfer.digest, transfer.written, found, moved), "served")
             transfer.error = (f"the mirror's stored copy of {transfer.digest} is corrupt (its bytes are {found});"
                               f" it was moved aside, and the next request fetches the blob from the upstream")
@@ -154,7 +160,7 @@ class BlobVerifier:
             while self._queue:
                 digest = self._queue.popleft()
                 try:
-                    checked = await asyncio.to_thread(verify_stored, self.root, digest, self._wall())
+                    checked = await asyncio.to_thread(verify_stored, self._storage, digest, self._wall())
                 except Exception as e:  # noqa: BLE001 - one file's trouble never stops the checks of the rest
                     log.warning("cannot check the stored blob %s: %s", digest, e)
                     continue
@@ -171,7 +177,7 @@ class BlobVerifier:
         last = self._checked.get(digest)
         if last is not None and self._clock() - last < self.interval:
             return None
-        checked = await asyncio.to_thread(verify_stored, self.root, digest, self._wall())
+        checked = await asyncio.to_thread(verify_stored, self._storage, digest, self._wall())
         if checked is not None:
             self._record(checked, "scrub")
         return checked

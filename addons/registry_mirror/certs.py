@@ -36,7 +36,7 @@ def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ..
     private_key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname() or "artifactory-mirror")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    alt_names = []
+    alt_names: list[x509.GeneralName] = []
     for name in sorted(names):
         try:
             alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))

@@ -5,6 +5,7 @@ files, and each copy of the CA certificate as an `install` command; the integrat
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -37,6 +38,8 @@ class Upstream:
     @classmethod
     def from_url(cls, url: str, repository: str, repository_paths: bool = False) -> "Upstream":
         parts = urlsplit(url)
+        if parts.hostname is None:
+            raise ValueError(f"{url} names no host")
         default_port = {"https": 443, "http": 80}.get(parts.scheme)
         host = parts.hostname if parts.port in (None, default_port) else f"{parts.hostname}:{parts.port}"
         return cls(host, parts.scheme, repository, repository_paths)
@@ -118,7 +121,7 @@ def skopeo(mirror: str, trust_folder: str) -> Client:
                             "dir:/tmp/app",))
 
 
-def all_clients(mirror: str, upstream: Upstream, trust_folder: str, others: list[str] = ()) -> list[Client]:
+def all_clients(mirror: str, upstream: Upstream, trust_folder: str, others: Sequence[str] = ()) -> list[Client]:
     """Every client's configuration; containerd and podman with and without the fallback (choose one each).
     `others`: the prefixes of routes to other registries, which clients reach by the mirror's name."""
     return [docker(mirror, upstream, list(others)),

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Fill = Callable[[Transfer], AsyncIterator[bytes]]  # a transfer's bytes, from wherever; it sets the head
+Fill = Callable[[Transfer], AsyncGenerator[bytes, None]]  # a transfer's bytes, from wherever; it sets the head
 
 
 class BlobCoalescer:

@@ -56,7 +56,7 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    return parse(data, base_dir=path.parent, environ=os.environ if environ is None else environ, source=str(path))
+    return parse(data, base_dir=path.parent, environ=dict(os.environ) if environ is None else environ, source=str(path))
 
 
 def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | None = None,

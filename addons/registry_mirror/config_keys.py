@@ -217,6 +217,13 @@ class ScaleConfig:
     def enabled(self) -> bool:
         return self.redis is not None
 
+    @property
+    def shared_redis(self) -> Address:
+        """`redis`, for the parts that only scale-out starts."""
+        if self.redis is None:
+            raise ValueError("scale.redis is unset: a single replica shares nothing")
+        return self.redis
+
 
 @dataclass(frozen=True)
 class WebhooksConfig:

@@ -29,6 +29,9 @@ class Key:
     routes_only: bool = False  # a key of `routes` entries only
 
     def range(self) -> str:
+        """The bounds as a reader would say them; empty for a key without bounds."""
+        if self.bounds is None:
+            return ""
         low, high = self.bounds
         return f"more than {low}, at most {high}" if self.above else f"{low} to {high}"
 
@@ -122,7 +125,7 @@ def convert(label: str, values: dict, keys: dict[str, tuple[str, Key]], resolve:
 
 def _secret(v: dict, key: str, resolve: Callable[[str], str], section: str) -> Secret | None:
     """A secret given inline or in `<key>_file` (its first line), never both."""
-    inline, path = v.get(key), resolve(v.get(f"{key}_file"))
+    inline, path = v.get(key), resolve(v.get(f"{key}_file") or "")
     if inline is not None and path:
         raise ConfigError(f"{section}.{key}: set {key} or {key}_file, not both")
     if path:

@@ -122,7 +122,8 @@ def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max
 
     going = [image for image in order if image in chosen]  # the expired are the oldest, so they come first
     links: dict[Image, tuple[list[str], list[str], list[str]]] = {image: ([], [], []) for image in going}
-    stray, emptied = {}, []
+    stray: dict[str, list[str]] = {}
+    emptied = []
     for name, repository in sorted(inv.repositories.items()):
         mine = [image for image in order if image.repository == name]
         needed = set().union(*(holds[image] for image in mine if image not in chosen))
@@ -171,7 +172,8 @@ def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[
     on_step("read needs")
     needs = {name: repository_needs(root, name) for name in dict.fromkeys(name for name, _ in plan.layer_links)}
     for name, link in plan.layer_links:
-        if needs[name] is None or layer_link_digest(link) in needs[name]:
+        need = needs[name]
+        if need is None or layer_link_digest(link) in need:
             continue
         on_step(f"unlink {name}/{link}")
         links += _delete(repositories / name / link, repositories)

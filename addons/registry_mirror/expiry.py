@@ -328,8 +328,9 @@ class Expiry:
 
     def _plan(self, inv: Inventory, ages: Ages, now: float, protected: frozenset[str]) -> eviction.Plan:
         max_age = math.inf if ages.clock_jumped else self.max_age
-        over = self.max_bytes is not None and inv.total_bytes > self.max_bytes
-        target = int(self.max_bytes * LOW_WATER) if over else self.max_bytes
+        target = self.max_bytes
+        if target is not None and inv.total_bytes > target:  # over the cap: down to its low water mark
+            target = int(target * LOW_WATER)
         return eviction.plan(inv, lambda repository, digest: ages.last_pulls.get(Image(repository, digest), now),
                              now, max_age, target, protected)
 

@@ -67,36 +67,40 @@ class FlowDump:
 
     def _save(self, flow: http.HTTPFlow) -> None:
         self._active.discard(flow)
-        if self._file is None:
+        file, path = self._file, self.path
+        if file is None or path is None:  # no dump, or one that could not be reopened
             return
         record = io.BytesIO()
         FlowWriter(record).add(flow)
-        end = self._file.tell()
+        end = file.tell()
         try:
-            self._file.write(record.getvalue())
-            self._file.flush()
+            file.write(record.getvalue())
+            file.flush()
         except OSError as e:
             self.dropped += 1
-            self.last_error = f"{self.path}: {e.strerror or e}"
+            self.last_error = f"{path}: {e.strerror or e}"
             log.warning("flow dump: dropped a flow (%s)", self.last_error)
-            self._truncate(end)
+            self._file = _truncated(file, path, end)
             return
         self.written += 1
-
-    def _truncate(self, end: int) -> None:
-        """Cut a record a failed write left half in the file; the buffered rest is discarded with it."""
-        try:
-            self._file.close()
-        except OSError:
-            pass  # the failed flush again: the bytes it could not write are gone, as intended
-        try:
-            self._file = open(self.path, "r+b")
-            self._file.truncate(end)
-            self._file.seek(end)
-        except OSError as e:
-            log.warning("flow dump: cannot reopen %s (%s); no more flows are written", self.path, e.strerror)
-            self._file = None
 
     def snapshot(self) -> dict:
         return {"path": str(self.path or ""), "written": self.written, "dropped": self.dropped,
                 "last_error": self.last_error}
+
+
+def _truncated(file: BinaryIO, path: Path, end: int) -> BinaryIO | None:
+    """`file` reopened with the record a failed write left half in it cut away at `end` (its buffered rest is
+    discarded with it); None when it cannot be reopened, and no more flows are written."""
+    try:
+        file.close()
+    except OSError:
+        pass  # the failed flush again: the bytes it could not write are gone, as intended
+    try:
+        reopened = open(path, "r+b")
+        reopened.truncate(end)
+        reopened.seek(end)
+        return reopened
+    except OSError as e:
+        log.warning("flow dump: cannot reopen %s (%s); no more flows are written", path, e.strerror)
+        return None

@@ -33,12 +33,11 @@ class LogFile:
         with self._lock:
             try:
                 if self._file is not None and self._size + len(line) > self.max_bytes:
-                    self._rotate()
-                if self._file is None:
-                    self._open()
-                written = self._file.write(line)
+                    self._rotate(self._file)
+                file = self._file if self._file is not None else self._open()
+                written = file.write(line)
                 if written < len(line):  # a full disk took part of it: cut it back, a truncate needs no space
-                    os.ftruncate(self._file.fileno(), self._size)
+                    os.ftruncate(file.fileno(), self._size)
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 self._size += written
             except OSError as e:
@@ -52,9 +51,10 @@ class LogFile:
                 self._file.close()
                 self._file = None
 
-    def _open(self) -> None:
-        self._file = open(self.path, "ab", buffering=0)  # unbuffered: a line is on its way when written
+    def _open(self) -> BinaryIO:
+        self._file = file = open(self.path, "ab", buffering=0)  # unbuffered: a line is on its way when written
         self._size = self._end()
+        return file
 
     def _end(self) -> int:
         try:
@@ -62,9 +62,10 @@ class LogFile:
         except OSError:
             return 0
 
-    def _rotate(self) -> None:
-        """mitmproxy.log -> .1 -> .2 ...; the oldest goes. A rename needs no space: it works on a full disk."""
-        file, self._file = self._file, None
+    def _rotate(self, file: BinaryIO) -> None:
+        """Closes `file`, the open log, then mitmproxy.log -> .1 -> .2 ...; the oldest goes. A rename needs no
+        space: it works on a full disk."""
+        self._file = None
         file.close()
         for n in range(self.kept, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path

@@ -87,7 +87,7 @@ class ManifestService:
         self._inflight: dict[tuple, asyncio.Future] = {}
         # tags answered stale at once for SICK_SECONDS after a failed or slow refresh (bounded, expiring)
         self._sick: TTLCache = TTLCache(maxsize=65536, ttl=SICK_SECONDS, timer=timer)
-        # told of a tag the upstream answers 404 for (cache.forget_deleted_tags: RegistryMirror removes it)
+        # told of a tag the upstream answers 404 for (cache.forget_deleted_tags: MirrorServices removes it)
         self.on_tag_gone: Callable[[str, str], Awaitable[None]] | None = None
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
@@ -113,18 +113,20 @@ class ManifestService:
     def forget_tag(self, name: str, tag: str) -> int:
         """Drop the cached digest of `name:tag` (for every Accept), so that the next request asks the upstream:
         a webhook said the tag moved. The last known digest stays, for stale-if-error. How many were dropped."""
-        keys = [key for key in self.tags or () if key[:2] == (name, tag)]
+        tags = self.tags if self.tags is not None else {}
+        keys = [key for key in tags if key[:2] == (name, tag)]
         for key in keys:
-            self.tags.pop(key, None)
+            tags.pop(key, None)
         return len(keys)
 
     def forget(self, name: str, tag: str | None = None, digests: frozenset[str] = frozenset()) -> int:
         """Drop what is cached of an image an operator forgot (or the upstream deleted): its tags (every tag of
         `name` when `tag` is None), their last known digests (no stale answer brings it back) and the
         manifests `digests`. How many entries went."""
-        keys = [key for key in self.tags or () if key[0] == name and (tag is None or key[1] == tag)
-                and (tag is not None or not digests or self.tags.get(key) in digests)]
-        named = {self.tags.pop(key, None) for key in keys} | self.known.forget(name, tag, digests)
+        tags = self.tags if self.tags is not None else {}
+        keys = [key for key in tags if key[0] == name and (tag is None or key[1] == tag)
+                and (tag is not None or not digests or tags.get(key) in digests)]
+        named = {tags.pop(key, None) for key in keys} | self.known.forget(name, tag, digests)
         dropped = len(keys) + len(named)
         for digest in (named - {None}) | digests:
             dropped += self.manifests.pop(digest, None) is not None

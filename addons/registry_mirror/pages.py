@@ -7,11 +7,12 @@ never classified as a registry request.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from mitmproxy import http
 
@@ -33,6 +34,8 @@ from .stats_views import (
 
 log = logging.getLogger(__name__)
 
+Page = Callable[[http.HTTPFlow], http.Response | Awaitable[http.Response]]
+
 FAVICON_PATH = "/favicon.ico"  # a browser on the stats page asks for it; not a registry request
 
 
@@ -53,17 +56,18 @@ def json_response(status: int, data: object, indent: int | None = None) -> http.
 class MirrorPages:
     def __init__(self, mirror: RegistryMirror, dump: FlowDump | None = None) -> None:
         self.mirror, self.dump = mirror, dump
-        self.pages = {STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
-                      READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified, LOGS_PATH: self.log_report,
-                      FORGET_PATH: self.forget,
-                      FAVICON_PATH: lambda _flow: http.Response.make(204)}
+        self.pages: dict[str, Page] = {
+            STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
+            READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified, LOGS_PATH: self.log_report,
+            FORGET_PATH: self.forget,
+            FAVICON_PATH: lambda _flow: http.Response.make(204)}
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         if page := self.pages.get(flow.request.path):
             answer = page(flow)
-            flow.response = await answer if inspect.isawaitable(answer) else answer
+            flow.response = answer if isinstance(answer, http.Response) else await answer
 
     def stats_page(self, _flow: http.HTTPFlow) -> http.Response:
         return http.Response.make(200, render_html(self.snapshot()).encode(),
@@ -79,7 +83,7 @@ class MirrorPages:
         ready = self.mirror.started.is_set()
         return json_response(200 if ready else 503, {"ready": ready})
 
-    def _with_secret(self, flow: http.HTTPFlow) -> tuple[int, str, object]:
+    def _with_secret(self, flow: http.HTTPFlow) -> tuple[int, str, Any]:
         """(status, reason, JSON body) of a POST that must carry the registry's notification secret, which is
         taken out of the flow: mitmweb and dumps never show it."""
         return notifications.check(
@@ -88,16 +92,15 @@ class MirrorPages:
 
     def notified(self, flow: http.HTTPFlow) -> http.Response:
         """The registry's event: answered at once (it queues events in memory until then)."""
-        expiry = self.mirror.expiry
+        services = self.mirror.services
         status, reason, envelope = self._with_secret(flow)
         if status != 202:
             log.warning("refused a notification: %s", reason)
         else:
             self.mirror.stats.pulled(served_pulls(envelope))
-            if expiry:
-                expiry.notified(envelope)
-            if self.mirror.blobs:  # files the registry served itself: checked in the background
-                self.mirror.blobs.verifier.notified(envelope)
+            if services:
+                services.expiry.notified(envelope)
+                services.blobs.verifier.notified(envelope)  # files the registry served itself: checked later
         return json_response(status, {"accepted": status == 202, "reason": reason})
 
     def log_report(self, flow: http.HTTPFlow) -> http.Response:
@@ -117,38 +120,39 @@ class MirrorPages:
         status, reason, body = self._with_secret(flow)
         if status != 202:
             return json_response(status, {"accepted": False, "reason": reason})
-        if self.mirror.expiry is None:
+        if (services := self.mirror.services) is None:
             return json_response(503, {"accepted": False, "reason": "the mirror has not started"})
         try:
             target = parse_target(body["image"])
             dry_run = bool(body.get("dry_run", False))
         except (TargetError, TypeError, KeyError, AttributeError) as e:
             return json_response(400, {"accepted": False, "reason": str(e) or "a JSON object with image"})
-        return json_response(200, await self.mirror.forget(target, dry_run))
+        return json_response(200, await services.forget(target, dry_run))
 
     def snapshot(self) -> dict:
-        """The stats, with the scale-out and storage state when the mirror runs them."""
-        mirror = self.mirror
-        snap = mirror.stats.snapshot(mirror.router.routes.values() if mirror.router else (),
-                                     mirror.blobs.coalescer.transfers.values() if mirror.blobs else ())
-        peers = mirror.blobs.peers if mirror.blobs else None
-        if peers:
+        """The stats, with the scale-out and storage state once the mirror runs them."""
+        mirror, services = self.mirror, self.mirror.services
+        if services is None:
+            return self._add_tls(mirror.stats.snapshot((), ()))
+        snap = mirror.stats.snapshot(services.router.routes.values(), services.blobs.coalescer.transfers.values())
+        if peers := services.blobs.peers:
             snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
                              "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
-            if mirror.replicas:
-                snap["scale"]["invalidations"] = mirror.replicas.snapshot()
-        if expiry := mirror.expiry:
-            snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
-                               "oldest_last_pull": expiry.pulls.oldest()}
-        if mirror.webhooks:
-            snap["webhooks"] = mirror.webhooks.snapshot()
-        if mirror.blobs:
-            snap["stored_blobs"] = mirror.blobs.verifier.snapshot()
-            if mirror.scrub:
-                snap["stored_blobs"]["scrub"] = asdict(mirror.scrub.state)
-        if mirror.config and mirror.config.mirror.tls:
-            snap["tls"] = certificate_state(mirror.config.mirror.tls_cert, time.time())
-        if mirror.disk:
-            snap["disk"] = {**mirror.disk.snapshot(), "log_files": mirror.log_files,
-                            "dump": self.dump.snapshot() if self.dump and self.dump.path else None}
+            if services.replicas:
+                snap["scale"]["invalidations"] = services.replicas.snapshot()
+        expiry = services.expiry
+        snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
+                           "oldest_last_pull": expiry.pulls.oldest()}
+        if services.webhooks:
+            snap["webhooks"] = services.webhooks.snapshot()
+        snap["stored_blobs"] = {**services.blobs.verifier.snapshot(), "scrub": asdict(services.scrub.state)}
+        self._add_tls(snap)
+        snap["disk"] = {**services.disk.snapshot(), "log_files": mirror.log_files,
+                        "dump": self.dump.snapshot() if self.dump and self.dump.path else None}
+        return snap
+
+    def _add_tls(self, snap: dict) -> dict:
+        """Adds the mirror's certificate state to `snap` when it serves TLS (configured, started or not)."""
+        if (config := self.mirror.config) and config.mirror.tls:
+            snap["tls"] = certificate_state(config.mirror.tls_cert, time.time())
         return snap

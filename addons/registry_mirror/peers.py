@@ -55,18 +55,25 @@ class PeerCoordinator:
     def __init__(self, scale: ScaleConfig, keep_seconds: float, timer: Callable[[], float] = time.monotonic):
         self.scale, self.keep_seconds = scale, keep_seconds
         self._timer = timer
-        self.me: Peer | None = None
+        self._me: Peer | None = None  # set by announce, before the coordinator is shared with the blob fill
         self.redis_errors = 0
         self.last_error = ""
         self._skip_until = 0.0  # after a redis failure, fetch on our own a while instead of waiting on it
         self._releases: set[asyncio.Task] = set()
-        self._redis = aioredis.Redis(host=scale.redis.host, port=scale.redis.port, db=scale.redis_db,
+        redis = scale.shared_redis
+        self._redis = aioredis.Redis(host=redis.host, port=redis.port, db=scale.redis_db,
                                      password=scale.redis_password or None, socket_timeout=2,
                                      socket_connect_timeout=2)
 
     def announce(self, port: int, key: str) -> None:
         host = f"[{self.scale.advertise}]" if ":" in self.scale.advertise else self.scale.advertise
-        self.me = Peer(f"http://{host}:{port}", key)
+        self._me = Peer(f"http://{host}:{port}", key)
+
+    @property
+    def me(self) -> Peer:
+        """This replica's blob endpoint, as the others reach it."""
+        assert self._me is not None, "PeerCoordinator.announce() comes first (BlobServer.share_with_peers)"
+        return self._me
 
     async def close(self) -> None:
         if self._releases:

@@ -45,11 +45,12 @@ def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
         return []
     if not isinstance(data, dict):
         return []
-    entries = [data.get("config")] + (data.get("layers") if isinstance(data.get("layers"), list) else [])
+    entries = [data.get("config"), *(layers if isinstance(layers := data.get("layers"), list) else [])]
     blobs: dict[str, int] = {}
     for entry in entries:
-        digest = entry.get("digest") if isinstance(entry, dict) else None
-        size = entry.get("size") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            continue
+        digest, size = entry.get("digest"), entry.get("size")
         if isinstance(digest, str) and SHA256_RE.fullmatch(digest) and not entry.get("urls"):
             blobs.setdefault(digest, size if isinstance(size, int) and not isinstance(size, bool) else 0)
     return list(blobs.items())

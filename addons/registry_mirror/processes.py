@@ -58,21 +58,28 @@ def in_netns(args: list[str], netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns, *args] if netns else args
 
 
+class LoggedProcess(subprocess.Popen):
+    """A process whose output a thread copies to its log; `log_copier` is that thread, joined after it exits."""
+    log_copier: threading.Thread | None = None
+
+
 def start(args: list[str], log: Path | LogFile, env: dict[str, str] | None = None,
-          netns: str | None = None, redact: tuple[str, ...] = ()) -> subprocess.Popen:
+          netns: str | None = None, redact: tuple[str, ...] = ()) -> LoggedProcess:
     """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), its output piped to
     `log` (logfiles.py: rotated, and a full disk drops lines, never stops the process), with every string in
     `redact` replaced on its way there (the stock registry logs its notification endpoint's headers)."""
     args = in_netns(args, netns)
     log = log if isinstance(log, LogFile) else LogFile(log)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    proc = LoggedProcess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
                             start_new_session=True)
+    output = proc.stdout
+    assert output is not None, "stdout=PIPE gives it a pipe"
     try:  # a log write that blocks (a hung NFS) holds the process up only once a full pipe's worth is waiting
-        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(output.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except OSError:
         pass  # above /proc/sys/fs/pipe-max-size: the default 64 KiB
-    proc.log_copier = threading.Thread(target=copy_lines, args=(proc.stdout, log, redact), daemon=True)
+    proc.log_copier = threading.Thread(target=copy_lines, args=(output, log, redact), daemon=True)
     proc.log_copier.start()
     return proc
 

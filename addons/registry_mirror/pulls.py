@@ -55,7 +55,7 @@ def served_pulls(envelope: object) -> list[tuple[str, str, str, int]]:
     warms (their User-Agent), else `clients`; a GET's bytes are the target's length, a HEAD sends none."""
     found = []
     for event, target in _pulls(envelope):
-        request = event.get("request") if isinstance(event.get("request"), dict) else {}
+        request = given if isinstance(given := event.get("request"), dict) else {}
         agent, method = str(request.get("useragent", "")), str(request.get("method", "GET")).upper()
         length = target.get("length", target.get("size", 0))
         nbytes = length if isinstance(length, int) and length > 0 and method == "GET" else 0
@@ -126,7 +126,7 @@ class LastPulls:
                 self.mine[image] = at
                 self._dirty = True
 
-    def advance(self, times: Mapping[tuple[str, str], float]) -> None:
+    def advance[Key: tuple[str, str]](self, times: Mapping[Key, float]) -> None:
         """Each image's last pull becomes at least the time given: the expiry's correction of a forward step."""
         for image, at in times.items():
             if at > self.mine.get(image, -math.inf):

@@ -86,7 +86,8 @@ def redis_client(scale: ScaleConfig, **options) -> aioredis.Redis:
     """A client with the settings peers.py uses: short timeouts, so that a redis away never holds anything up. One
     retry at once (a pooled connection redis closed), not the client's default backoff: a forget would wait
     seconds for a redis that is down, and the subscriber backs off on its own."""
-    return aioredis.Redis(host=scale.redis.host, port=scale.redis.port, db=scale.redis_db,
+    redis = scale.shared_redis
+    return aioredis.Redis(host=redis.host, port=redis.port, db=scale.redis_db,
                           password=scale.redis_password or None, socket_timeout=2, socket_connect_timeout=2,
                           retry=Retry(NoBackoff(), 1), **options)
 

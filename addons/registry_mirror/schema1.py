@@ -40,24 +40,27 @@ def signed_payload(body: bytes) -> bytes:
     signatures = document.get("signatures") if isinstance(document, dict) else None
     if not isinstance(signatures, list) or not signatures:
         raise ValueError("signed manifest has no \"signatures\" list; expected at least one JWS signature")
-    length, tail = None, None
-    for i, signature in enumerate(signatures):
+    length, tail = _format_of(signatures[0], "signatures[0].protected")
+    for i, signature in enumerate(signatures[1:], 1):
         what = f"signatures[{i}].protected"
-        encoded = signature.get("protected") if isinstance(signature, dict) else None
-        protected = base64url_decode(encoded, what)
-        try:
-            header = json.loads(protected)
-        except ValueError as e:
-            raise ValueError(f"{what} is not base64url-encoded JSON: {e}") from e
-        if not isinstance(header, dict):
-            raise ValueError(f"{what} is not a JSON object with formatLength and formatTail")
-        this_length, this_tail = header.get("formatLength"), header.get("formatTail")
-        if isinstance(this_length, bool) or not isinstance(this_length, int | float) or this_length < 0:
-            raise ValueError(f"{what}.formatLength: expected a byte count, got {this_length!r}")
-        this_tail = base64url_decode(this_tail, f"{what}.formatTail")
-        if length is not None and (int(this_length), this_tail) != (length, tail):
+        if _format_of(signature, what) != (length, tail):
             raise ValueError(f"{what}: formatLength/formatTail conflict with signatures[0]'s")
-        length, tail = int(this_length), this_tail
     if length > len(body):
         raise ValueError(f"formatLength {length} is past the end of the {len(body)}-byte manifest")
     return body[:length] + tail
+
+
+def _format_of(signature: object, what: str) -> tuple[int, bytes]:
+    """(formatLength, formatTail) of one signature's protected header: where the payload ends, what closes it."""
+    encoded = signature.get("protected") if isinstance(signature, dict) else None
+    protected = base64url_decode(encoded, what)
+    try:
+        header = json.loads(protected)
+    except ValueError as e:
+        raise ValueError(f"{what} is not base64url-encoded JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{what} is not a JSON object with formatLength and formatTail")
+    length, tail = header.get("formatLength"), header.get("formatTail")
+    if isinstance(length, bool) or not isinstance(length, int | float) or length < 0:
+        raise ValueError(f"{what}.formatLength: expected a byte count, got {length!r}")
+    return int(length), base64url_decode(tail, f"{what}.formatTail")

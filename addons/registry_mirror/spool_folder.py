@@ -125,9 +125,9 @@ def _is_file_of(fd: int, path: Path) -> bool:
 def _remove_tree(folder: Path) -> int:
     """Removes `folder`; the bytes freed. Failures are logged, and what they kept stays."""
     size = _bytes_in(folder)
-    errors: list[OSError] = []
+    errors: list[BaseException] = []
 
-    def note(function, path, error: OSError) -> None:
+    def note(function, path, error: BaseException) -> None:
         if not isinstance(error, FileNotFoundError):
             errors.append(error)
     shutil.rmtree(folder, onexc=note)

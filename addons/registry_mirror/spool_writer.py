@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import BinaryIO
 
 from .requests import DIGEST_HEX_LENGTHS
 from .transfers import Transfer, TransferFailed
 
 
-async def write_verified(transfer: Transfer, chunks: AsyncIterator[bytes]) -> None:
+async def write_verified(transfer: Transfer, chunks: AsyncGenerator[bytes, None]) -> None:
     """Tee `chunks` into the spool, waking its readers; TransferFailed unless they are the digest's bytes, in
     full. On success the transfer is verified."""
     hasher = digest_hasher(transfer.digest)

@@ -126,7 +126,7 @@ def _tls_html(tls: dict | None) -> str:
 
 def _disk_warning(disk: dict | None) -> str:
     warnings = disk_warnings(disk)
-    if not warnings:
+    if not disk or not warnings:
         return ""
     items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
     refusal = html.escape(disk["last_refusal"]) if disk["last_refusal"] else "none yet"

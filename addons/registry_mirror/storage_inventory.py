@@ -102,7 +102,7 @@ def inventory(root: Path) -> Inventory:
 def repository_needs(root: Path, name: str) -> frozenset[str] | None:
     """Every digest the manifests a repository's revision and tag links name at this moment reach, or None when
     that is unknown (a link or a manifest being written, or not a manifest): then it needs every layer it has."""
-    path, pending = root / V2 / "repositories" / name, set()
+    path, pending = root / V2 / "repositories" / name, set[str]()
     revisions = _links(path / "_manifests" / "revisions", pending)  # a layer link being written is no manifest
     tags, _ = _tags(path / "_manifests")
     # a link being written will hold the digest its folder names
@@ -149,7 +149,7 @@ def linked_now(root: Path) -> frozenset[str]:
 
 
 def _images(repositories: Mapping[str, Repository], references: Mapping[str, frozenset[str]]) -> tuple[Image, ...]:
-    images = []
+    images: list[Image] = []
     for name, repository in sorted(repositories.items()):
         revisions = repository.revisions.keys()
         reached = {d: _reach(d, references) for d in revisions}

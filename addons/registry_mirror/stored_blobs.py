@@ -58,8 +58,10 @@ async def hash_as_sent(transfer: Transfer, stored: BinaryIO) -> str:
     """Hash the stored file into `transfer`, a CHUNK at a time in a thread, making each chunk readable once
     hashed; the digest of the bytes read (the transfer's verdict is the caller's). OSError if the file cannot
     be read."""
+    size = transfer.size
+    assert size is not None, "a stored blob's transfer has its size (stored_transfer)"
     fd, hasher, buffer = stored.fileno(), digest_hasher(transfer.digest), bytearray(CHUNK)
-    while transfer.written < transfer.size:
+    while transfer.written < size:
         count = await asyncio.to_thread(hash_chunk, fd, hasher, buffer, transfer.written)
         if count == 0:  # shorter than when it was opened
             break

@@ -124,11 +124,12 @@ class Mirror:
         listener at once and finishes its requests; the new one binds as soon as the port is free. The seconds no
         listener was there are logged."""
         old, listen = self.registry, self.cfg.mirror.listen
-        try:
-            os.killpg(old.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # it has just exited: the wait loop says so
-        self.draining.append(old)
+        if old is not None:  # started: it drains
+            try:
+                os.killpg(old.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it has just exited: the wait loop says so
+            self.draining.append(old)
         deadline = time.monotonic() + 30
         while processes.port_in_use(listen.host, listen.port) and time.monotonic() < deadline:
             time.sleep(0.01)  # the old listener closing: a SIGTERM handler's moment
@@ -148,11 +149,11 @@ class Mirror:
         the addon serving them meanwhile; then the addon stops. What the timeout cut is logged."""
         self._stopping.set()
         drain = self.cfg.mirror.drain_timeout
-        running = self.registry is not None and self.registry.poll() is None
+        current = self.registry if self.registry is not None and self.registry.poll() is None else None
         deadline = time.monotonic() + drain + STOP_MARGIN  # one deadline for every registry draining
         for registry in (*self.draining, self.registry):
             cut = processes.stop(registry, timeout=max(0.0, deadline - time.monotonic()))
-        if running and drain and (cut or self.registry.returncode != 0):
+        if current is not None and drain and (cut or current.returncode != 0):
             print(f"artifactory-mirror: the registry did not finish its requests within mirror.drain_timeout "
                   f"({drain:g} s); {self._in_flight() or 'requests in flight'} cut", file=sys.stderr)
         processes.stop(self.mitm)
@@ -221,7 +222,7 @@ def preflight(cfg: Config, web: bool) -> list[str]:
     listens = [("mirror.listen", cfg.mirror.listen), ("rewriter.listen", cfg.rewriter.listen)]
     if web:
         listens.append(("rewriter.web_listen", cfg.rewriter.web_listen))
-    if cfg.webhooks.enabled:
+    if cfg.webhooks.listen is not None:  # webhooks enabled
         listens.append(("webhooks.listen", cfg.webhooks.listen))
     for key, addr in listens:
         if processes.port_in_use(addr.host, addr.port):

@@ -62,10 +62,10 @@ class TagState:
         `digests` when given); the digests they named."""
         keys = [key for key in self.tags if key[0] == name and (tag is None or key[1] == tag)
                 and (tag is not None or not digests or self.tags[key].digest in digests)]
-        digests = {self.tags.pop(key).digest for key in keys}
+        named = {self.tags.pop(key).digest for key in keys}
         if keys:
             self._schedule_save()
-        return digests
+        return named
 
     def now(self) -> float:
         """The time to stamp a tag fetched now with (`fetched_at`)."""

@@ -73,11 +73,16 @@ class Upstream:
         if self._session:
             await self._session.close()
 
+    @property
+    def _started_session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        return self._session
+
     async def probe(self) -> int | None:
         """The status of an anonymous GET of the upstream's /v2/ (None: unreachable); for the health probe."""
         timeout = aiohttp.ClientTimeout(total=self.cfg.connect_timeout + 2, connect=self.cfg.connect_timeout)
         try:
-            async with self._session.get(f"{self.cfg.origin}{self.cfg.prefix}/v2/", timeout=timeout,
+            async with self._started_session.get(f"{self.cfg.origin}{self.cfg.prefix}/v2/", timeout=timeout,
                                          allow_redirects=False) as resp:
                 return resp.status
         except (aiohttp.ClientError, TimeoutError, OSError):
@@ -144,7 +149,7 @@ class Upstream:
             h = dict(headers)
             if authorization and self._same_origin(url):
                 h["Authorization"] = authorization
-            resp = await self._retrying.request(self._session, method, url, h, limits)
+            resp = await self._retrying.request(self._started_session, method, url, h, limits)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 resp.release()
                 url = _redirect_target(url, resp.headers["Location"])
@@ -170,7 +175,7 @@ class Upstream:
         headers = {"Authorization": authorization} if authorization else {}
         timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=self.cfg.connect_timeout)
         try:
-            async with self._session.get(realm, params=params, headers=headers, timeout=timeout,
+            async with self._started_session.get(realm, params=params, headers=headers, timeout=timeout,
                                          allow_redirects=False) as resp:
                 body = await self._read_small(resp, MAX_TOKEN_BODY)
                 self.stats.upstream("token", "GET", params.get("scope", ""), resp.status, len(body),

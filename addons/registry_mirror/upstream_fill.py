@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -29,7 +29,7 @@ ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on t
 SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores a resume's Range
 
 
-def from_upstream(transfer: Transfer, route: Route, stats: Stats) -> AsyncIterator[bytes]:
+def from_upstream(transfer: Transfer, route: Route, stats: Stats) -> AsyncGenerator[bytes, None]:
     """The blob's bytes from the transfer's `written` on (another replica may have sent some before)."""
     return _UpstreamFill(transfer, route, stats).chunks()
 
@@ -51,7 +51,7 @@ class _UpstreamFill:
         self.req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
         self.exchange = f"{transfer.name}@{transfer.digest}"  # as the stats' exchange log names it
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The blob's bytes once one of the upstream's transfer slots is free; a wait that runs out fails the
         transfer before its head, and is no upstream failure."""
         transfer = self.transfer

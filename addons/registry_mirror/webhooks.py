@@ -43,8 +43,12 @@ class WebhookListener:
     def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None,
                  cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time,
                  drop_tag: Callable[[str, str, str], Awaitable[bool]] | None = None):
-        """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (RegistryMirror.drop_tag)."""
+        """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (MirrorServices.drop_tag)."""
+        listen, secret = cfg.webhooks.listen, cfg.webhooks.secret
+        if listen is None or secret is None:  # config.py asks for both with webhooks
+            raise ValueError("a webhook listener needs webhooks.listen and webhooks.secret")
         self.cfg, self.router, self.drop_tag = cfg, router, drop_tag
+        self.listen, self.secret = listen, secret
         self.warmer = Warmer(queue or WarmQueue(), self._warm)
         self.answers: Counter = Counter()  # status -> requests answered
         self.port = 0
@@ -60,13 +64,12 @@ class WebhookListener:
         # so a sender trickling headers cannot hold connections (the addon's HeaderDeadline is mitmproxy's only)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=READ_SECONDS)
         await self._runner.setup()
-        listen = self.cfg.webhooks.listen
-        mirror = self.cfg.mirror
+        listen, mirror = self.listen, self.cfg.mirror
         watch = CertWatch(mirror.tls_cert, mirror.tls_key) if mirror.tls else None  # before the load: no change lost
         self._context = self._tls()
         site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=self._context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         self.warmer.start()
         if watch:
             self._cert_task = asyncio.create_task(self._watch_cert(watch))
@@ -93,6 +96,8 @@ class WebhookListener:
         """Load the pair on disk into the served context: new connections get it, open ones keep theirs. It is
         tried on a scratch context first, for a load that fails half-way can leave a certificate without its key."""
         cert, key = self.cfg.mirror.tls_cert, self.cfg.mirror.tls_key
+        if self._context is None:  # not started, or not serving TLS: nothing to reload
+            return False
         try:
             not_after = certs.certificate_expiry(cert)
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
@@ -133,7 +138,7 @@ class WebhookListener:
             return answer(413, f"an event is at most {MAX_BODY} bytes: {e}")
         except TimeoutError:
             return answer(408, f"the body did not arrive within {READ_SECONDS:g} s")
-        if not authentic(request.headers.get(AUTH_HEADER, ""), self.cfg.webhooks.secret, body):
+        if not authentic(request.headers.get(AUTH_HEADER, ""), self.secret, body):
             log.warning("refused a webhook event from %s: %s missing or wrong", request.remote, AUTH_HEADER)
             return answer(401, f"{AUTH_HEADER} is missing or wrong; give the webhook the secret of "
                                f"webhooks.secret (signed or not)")

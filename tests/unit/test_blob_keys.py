@@ -156,7 +156,7 @@ def addon_blob_get(config_file, *then):
                 await addon.request(f)
                 for hook in then:
                     hook(addon, f)
-                return f, addon.blobs.key, len(addon.blobs.tickets)
+                return f, addon.services.blobs.key, len(addon.services.blobs.tickets)
             finally:
                 await addon.done()
     return asyncio.run(scenario())

@@ -101,7 +101,7 @@ def post_forget(mirror, body: dict, secret: str = "s3cret"):
 def test_the_forget_page_needs_the_secret_and_a_valid_image():
     mirror = RegistryMirror()
     mirror.notify_secret = "s3cret"
-    mirror.expiry = object()  # started
+    mirror.services = object()  # started
     assert post_forget(mirror, {"image": "team/app:1.0"}, secret="guess")[0] == 401
     status, answer = post_forget(mirror, {"image": "Team/App"})
     assert status == 400 and "team/app:1.0" in answer["reason"]

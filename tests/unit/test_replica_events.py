@@ -10,7 +10,6 @@ import redis.asyncio as aioredis
 
 from devtools.ports import free_port
 from devtools.redis_server import RedisServer
-from registry_mirror.addon import RegistryMirror
 from registry_mirror.config import Address, CacheConfig, ScaleConfig
 from registry_mirror.forget import Target
 from registry_mirror.replica_events import (
@@ -22,6 +21,7 @@ from registry_mirror.replica_events import (
     forgotten_digests,
     told_text,
 )
+from registry_mirror.services import MirrorServices
 from registry_mirror.stats import Stats
 from registry_mirror.stats_views import prometheus_text, render_html
 
@@ -90,26 +90,25 @@ def test_the_invalidations_on_the_stats_page_and_in_metrics():
 
 def test_a_forget_with_redis_away_still_acts_here_and_says_the_others_were_not_told():
     dropped = []
-    mirror = RegistryMirror()
-    mirror.config = SimpleNamespace(cache=CacheConfig())
-    mirror.router = SimpleNamespace(routes={"upstream": SimpleNamespace(
+    router = SimpleNamespace(routes={"upstream": SimpleNamespace(
         manifests=SimpleNamespace(forget=lambda *args: dropped.append(args) or 3))})
     removed = SimpleNamespace(image=SimpleNamespace(repository="team/app", digest=SHA))
 
     async def forget(target, dry_run):
         return SimpleNamespace(removals=[removed], blobs={OTHER: 10}, bytes_freed=10)
-    mirror.expiry = SimpleNamespace(forget=forget)
+    services = MirrorServices(SimpleNamespace(cache=CacheConfig()), router, None, None,
+                              SimpleNamespace(forget=forget), None)
 
     async def scenario():  # nothing listens on that port: refused at once
-        mirror.replicas = ReplicaEvents(ScaleConfig(redis=Address("127.0.0.1", free_port())), A, lambda inv: 0)
+        services.replicas = ReplicaEvents(ScaleConfig(redis=Address("127.0.0.1", free_port())), A, lambda inv: 0)
         try:
-            return await mirror.forget(Target("team/app", tag="1.0"))
+            return await services.forget(Target("team/app", tag="1.0"))
         finally:
-            await mirror.replicas.close()
+            await services.replicas.close()
     done = asyncio.run(scenario())
     assert dropped == [("team/app", "1.0", frozenset({SHA}))] and done["cache_entries"] == 3
     assert done["images"] == [f"team/app@{SHA}"] and done["other_replicas"] is None
-    assert "could not be told" in done["replicas"] and mirror.replicas.publish_failures == 1
+    assert "could not be told" in done["replicas"] and services.replicas.publish_failures == 1
 
 
 @pytest.fixture
