@@ -11,10 +11,12 @@ commits, and one left unlinked is the next pass's orphan.
 image's own revision last, so that until then the next inventory sees it whole); then each layer link that no
 manifest its repository links at that moment needs (one pulled since the inventory may); then the data of blobs
 no link names when re-read. That data is first moved aside (`data.evicting`): the registry may have found it
-just before, and link it just after. After GRACE_SECONDS, longer than that gap, links are read again: data a
-link names now goes back, the rest is deleted. So no link names deleted data once a pass ends, and what a crash
-leaves undone the next plan (same pull times, same clock) picks again, layer links as strays; data it left aside
-a later pass settles (`leftovers`). The pass finishes as if it had never stopped.
+just before, and link it just after. After GRACE_SECONDS, longer than that gap, what a pull needs again comes
+back (`repair`: a tag written since names a revision the pass unlinked, a manifest names a layer whose link the
+registry found just before it went), links are read again, and data a link names goes back; the rest is
+deleted. So no link names deleted data once a pass ends, and what a crash leaves undone the next plan (same pull
+times, same clock) picks again, layer links as strays; data it left aside a later pass settles (`leftovers`).
+The pass finishes as if it had never stopped.
 """
 from __future__ import annotations
 
@@ -164,10 +166,11 @@ def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[
     is harmless. `on_step` is told before each change (the tests play the registry there)."""
     v2 = root / V2
     repositories = v2 / "repositories"
-    links = 0
+    removed: list[tuple[str, str]] = []
     for name, link in plan.manifest_links:
         on_step(f"unlink {name}/{link}")
-        links += _delete(repositories / name / link, repositories)
+        if _delete(repositories / name / link, repositories):
+            removed.append((name, link))
     # a manifest pulled since the inventory may need a layer the plan would unlink: read what each needs now
     on_step("read needs")
     needs = {name: repository_needs(root, name) for name in dict.fromkeys(name for name, _ in plan.layer_links)}
@@ -176,21 +179,63 @@ def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[
         if need is None or layer_link_digest(link) in need:
             continue
         on_step(f"unlink {name}/{link}")
-        links += _delete(repositories / name / link, repositories)
+        if _delete(repositories / name / link, repositories):
+            removed.append((name, link))
     for name in plan.repositories_removed:
         on_step(f"prune {name}")
         _prune_repository(repositories / name, repositories)
     on_step("read links")
     linked = linked_now(root)  # the registry may have linked a blob since the inventory
     aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(v2, digest, on_step)]
-    if aside:  # a link written after the reading names data the registry found just before it went aside
+    if aside or removed:  # the registry may have found a link or data just before it went, and act on it after
         on_step("grace")
         wait(grace)
+    on_step("repair links")
+    restored = repair(root, removed)
     on_step("read links again")
     deleted = settle(root, aside, on_step)
     relinked = tuple(digest for digest in plan.blobs if digest not in deleted)
     return Applied(tuple((r.image, r.last_pull) for r in plan.removals), deleted,
-                   sum(plan.blobs[digest] for digest in deleted), links, relinked)
+                   sum(plan.blobs[digest] for digest in deleted), len(removed) - restored, relinked)
+
+
+def repair(root: Path, removed: Iterable[tuple[str, str]]) -> int:
+    """Writes back the revision and layer links of `removed` that a pull needs again: a tag the registry wrote
+    since names a revision the pass unlinked (the registry writes a tag, then finds its manifest by the revision
+    link, which was still there), or a manifest linked since names a layer whose link the registry found just
+    before it went. Only while the data is there, in place or set aside. How many came back."""
+    v2 = root / V2
+    by_repository: dict[str, list[str]] = {}
+    for name, link in removed:
+        if link.startswith(("_manifests/revisions/", "_layers/")):
+            by_repository.setdefault(name, []).append(link)
+    restored = 0
+    for name, links in by_repository.items():
+        for layers in (False, True):  # revisions first: a revision written back names layers
+            need = repository_needs(root, name)  # None: a manifest there is unknown, so it may need any layer
+            for link in links:
+                digest = _link_digest(link)
+                if bool(layer_link_digest(link)) != layers or not _data_there(v2, digest):
+                    continue
+                if (need is None and layers) or (need is not None and digest in need):
+                    _write_link(v2 / "repositories" / name / link, digest)
+                    restored += 1
+    return restored
+
+
+def _link_digest(link: str) -> str:
+    """The digest a revision or layer link's path names: `<folder>/<alg>/<hex>/link`."""
+    algorithm, hex_ = link.split("/")[-3:-1]
+    return f"{algorithm}:{hex_}"
+
+
+def _data_there(v2: Path, digest: str) -> bool:
+    return (v2 / blob_data(digest)).exists() or (v2 / blob_aside(digest)).exists()
+
+
+def _write_link(path: Path, digest: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(digest)  # what the registry would write; if it writes it too, the same bytes
 
 
 def settle(root: Path, digests: Iterable[str], on_step: Callable[[str], None] = lambda step: None) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ import pytest
 
 from registry_mirror import eviction
 from registry_mirror.eviction import apply, plan
-from registry_mirror.storage_inventory import Image, inventory
+from registry_mirror.storage_inventory import Image, inventory, parse_manifest
+from registry_mirror.storage_layout import layer_link, revision_link
 
 from .test_storage_inventory import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage, digest_of
 
@@ -379,3 +380,63 @@ def test_a_manifest_pulled_while_a_pass_runs_keeps_the_layers_it_needs(tmp_path)
             layers = inventory(storage.root).repositories["a"].layers
             if link_at <= needs_read:
                 assert {shared, config} <= layers.keys() and storage.data_path(shared).exists(), where
+
+
+def intact(storage: Storage, repository: str) -> list[str]:
+    """What a pull of the repository's images would miss: a tag naming no revision, a revision without the data or
+    the layer links its manifest names."""
+    inv = inventory(storage.root)
+    found = inv.repositories.get(repository)
+    if found is None:
+        return []
+    missing = [f"tag {tag} names {digest}" for tag, digest in found.tags.items() if digest not in found.revisions]
+    for digest in found.revisions:
+        if not storage.data_path(digest).exists():
+            missing.append(f"revision {digest} has no data")
+            continue
+        _, blobs = parse_manifest(storage.data_path(digest).read_bytes())
+        missing += [f"{digest} lacks {blob}" for blob in sorted(blobs)
+                    if blob not in found.layers or not storage.data_path(blob).exists()]
+    return missing
+
+
+def pull_again_during_a_pass(storage: Storage, tag_at: int, layers_at: int) -> str:
+    """A pull by tag of the image the pass removes: the registry writes the tag (it asked the upstream) and finds
+    the manifest by its revision link if still there (else stores it again) before step `tag_at`; it serves
+    each layer from its link if link and data are there (else fetches it) before step `layers_at`. The image."""
+    _, times = race(storage)
+    gone = next(digest for (name, digest) in times if name == "a")
+    manifest = storage.data_path(gone).read_bytes()
+    _, blobs = parse_manifest(manifest)
+    kept = {blob: storage.data_path(blob).read_bytes() for blob in blobs}
+    repository = storage.v2 / "repositories" / "a"
+    seen: list[str] = []
+
+    def pull(what: str) -> None:
+        if len(seen) == tag_at:
+            storage.tag("a", "1.0", gone)
+            if not (repository / revision_link(gone)).exists():
+                Registry(storage, "a", manifest, "revision").link()
+        if len(seen) == layers_at:
+            for blob, data in kept.items():
+                if not ((repository / layer_link(blob)).exists() and storage.data_path(blob).exists()):
+                    Registry(storage, "a", data, "layer").link()  # fetched from the upstream
+        seen.append(what)
+    apply(storage.root, plan(inventory(storage.root), pulled(times), NOW, MAX_AGE, None), 0, on_step=pull)
+    return gone
+
+
+def test_an_image_pulled_again_while_a_pass_removes_it_is_left_whole(tmp_path):
+    """At whichever steps of the pass the pull's writes and reads fall, the image is whole at the end, or gone
+    (the tag written before the pass removed it) with nothing of it left broken."""
+    steps = steps_of_a_pass(tmp_path)
+    grace = steps.index("grace")
+    tag_unlinked = next(i for i, step in enumerate(steps) if "/tags/1.0/current/" in step)
+    for tag_at in range(grace + 1):
+        for layers_at in range(tag_at, grace + 1):
+            storage = Storage(tmp_path / f"{tag_at}-{layers_at}")
+            gone = pull_again_during_a_pass(storage, tag_at, layers_at)
+            where = f"tag before {steps[tag_at]!r}, layers before {steps[layers_at]!r}"
+            assert storage.broken_links() == [] and intact(storage, "a") == [], where
+            if tag_at > tag_unlinked:  # written after the pass removed it: the pull's image stays
+                assert inventory(storage.root).repositories["a"].tags == {"1.0": gone}, where
