@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # seconds after a blob's answer ends in which the registry may still be linking it; short, since what it protects
 # stays above max_bytes (eviction also sets data aside and reads the links again before deleting it)
-COMMIT_GRACE = 10.0
+COMMIT_GRACE = 2.0
 
 
 class BlobServer:

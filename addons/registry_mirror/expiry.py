@@ -47,7 +47,7 @@ from pathlib import Path
 from . import eviction, torn_files, uploads
 from .forget import Target, images_named
 from .pulls import LastPulls, pulled_manifests
-from .storage_inventory import Image, Inventory, inventory, linked_now
+from .storage_inventory import Image, Inventory, inventory
 from .storage_layout import V2
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class ExpiryState:
     bytes_evicted: int = 0
     passes: int = 0
     pulls_notified: int = 0  # manifest pulls the registry reported
-    kept_in_flight: int = 0  # blobs the last pass left alone: in flight, or unlinked and first seen so
+    kept_in_flight: int = 0  # blobs the last pass left alone: in flight, being read, or answered moments ago
     age_evictions_skipped: str = ""  # why the last pass removed nothing by age (clock_jumped), else ""
     passes_age_skipped: int = 0
     clock_steps: int = 0  # steps of the wall clock seen while running, taken out of the last pulls
@@ -147,7 +147,6 @@ class Expiry:
         self._task: asyncio.Task | None = None
         self._save_pending = False
         self._writes: set[asyncio.Future] = set()
-        self._orphans_before: frozenset[str] = frozenset()  # unlinked blobs the last pass saw
         self._reading: int | None = None  # bytes the last pass read, less what it freed
 
     @property
@@ -272,17 +271,17 @@ class Expiry:
         plan = eviction.plan(inv, lambda repository, digest: 0.0, 0.0, math.inf, None,
                              in_flight & inv.blob_sizes.keys(), forgotten)
         # only what the forgotten images held: a blob just committed and not linked yet is no orphan to
-        # forget (a pass's mark-then-sweep judges those), nor are other repositories' stray links
+        # forget (a pass judges those), nor are other repositories' stray links
         theirs = set().union(*(inv.image_blobs(image) for image in forgotten))
         return dataclasses.replace(
             plan, blobs={d: size for d, size in plan.blobs.items() if d in theirs},
             stray_links={name: links for name, links in plan.stray_links.items() if name == target.repository})
 
     def preview(self) -> eviction.Plan:
-        """What a pass would remove now, clock steps judged alike (nothing is changed, not even the orphans'
-        marks nor the ages a step would restart)."""
+        """What a pass would remove now, clock steps judged alike (nothing is changed, not even the ages a step
+        would restart)."""
         inv = inventory(self.root)
-        protected = (self.in_flight() | self._new_orphans(inv, mark=False)) & inv.blob_sizes.keys()
+        protected = self.in_flight() & inv.blob_sizes.keys()
         now = self.pulls.now()
         return self._plan(inv, self._ages(inv, self.pulls.merged(self.pulls.snapshot()), now), now, protected)
 
@@ -301,19 +300,10 @@ class Expiry:
         eviction.settle(self.root, eviction.leftovers(self.root, now))
 
     def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
-        protected = (in_flight | self._new_orphans(inv)) & inv.blob_sizes.keys()
+        protected = in_flight & inv.blob_sizes.keys()
         self.state.kept_in_flight = len(protected)
         ages = self._ages(inv, latest, now)
         return eviction.apply(self.root, self._plan(inv, ages, now, protected), self.grace), ages
-
-    def _new_orphans(self, inv, mark: bool = True) -> frozenset[str]:
-        """Blobs no link names, first seen so by this pass: the registry commits a blob's data, then its link,
-        so an orphan is collected only when the pass before saw it unlinked too (mark, then sweep)."""
-        orphans = frozenset(inv.blob_sizes.keys() - linked_now(self.root))
-        new = orphans - self._orphans_before
-        if mark:
-            self._orphans_before = orphans
-        return new
 
     def _ages(self, inv: Inventory, latest: dict, now: float) -> Ages:
         last_pulls, unknown = {}, []
