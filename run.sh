@@ -12,6 +12,7 @@
 #   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
 #   ./run.sh bench   the benchmark: direct, the seed's design, this mirror (1 and 2 replicas), an nginx cache; WAN + loopback
 #   ./run.sh bench-load  50 concurrent clients (upstream steady, flapping, down); 200 distinct cold layers at once
+#   ./run.sh bench-storage  a company's pulls under mirror.max_bytes, 5 runs: storage against the cap, references, re-fetches
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
 #   ./run.sh bench-clients  docker, containerd and podman: cold and warm through the mirror, and direct (root)
@@ -125,7 +126,11 @@ case "$cmd" in
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
     run_python bench/load.py "$@" ;;
+  bench-storage)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv
+    run_python -m bench.storage_workload "$@" ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -1,0 +1,230 @@
+"""`./run.sh bench-storage`: the company-shaped workload (devtools/storage_workload.py) under `mirror.max_bytes`,
+repeated: N runs, each with a fresh mirror (empty storage) in front of one upstream seeded once.
+
+Full size (`--scale 1 --pulls 780 --rounds 20`): bases of 40, 25 and 10 MiB, 30 applications, 13 repositories,
+212.8 MiB of layers, the cap at 40% of the distinct bytes, 780 pulls in 20 rounds at 1 to 8 at once; about 7
+minutes a run on 2 cores. The default is half of it (every layer half the size, 390 pulls in 10 rounds), 5 runs,
+the same pull order every run. Per run: pulls, failures, pulls not byte-identical; upstream blob bytes sent,
+distinct, re-fetched (after an eviction seen, or with none seen); the storage at the end of each pass against the
+cap (max, p50); the largest sample over the cap and over the bound (the cap plus the images being pulled; with
+60 s grace too); broken references at the end of each round; blobs in storage that fail their digest at the end.
+A run's storage is kept (under --workdir) when it left broken references.
+
+Prints and saves `bench/results/storage.md` and `storage.json`, one section per code (`--code-label`, default: this
+checkout's commit and whether addons/ differs from it, or the folder `registry_mirror` came from with
+PYTHONPATH=<snapshot>/addons); a run of one code replaces only that code's section.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+import registry_mirror
+from devtools.ports import free_port
+from devtools.storage_workload import MIB, Shape, Target, Workload, build_catalog, fetch_json, seed_upstream
+from devtools.upstream_harness import UpstreamHarness
+from registry_mirror import certs
+from registry_mirror.config import load
+from registry_mirror.stats_views import JSON_PATH
+from registry_mirror.supervisor import Mirror
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tuple[Mirror, Target]:
+    workdir.mkdir(parents=True)
+    mirror_keys = {"listen": f"127.0.0.1:{free_port()}", "storage": str(workdir / "storage"),
+                   "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
+                   "max_bytes": max_bytes, "min_free": "64MiB"}  # a machine with under 1 GiB free runs it too
+    cfg_path = workdir / "mirror.yaml"
+    while True:
+        cfg_path.write_text(yaml.safe_dump({
+            "upstream": {"url": upstream.url, "repository": upstream.repository, "username": upstream.username,
+                         "password": upstream.password},
+            "mirror": mirror_keys,
+            "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
+            "cache": {"spool_dir": str(workdir / "spool")},
+        }))
+        try:
+            cfg = load(cfg_path)
+            break
+        except Exception:  # noqa: BLE001 - older code without mirror.min_free: its default then
+            if "min_free" not in mirror_keys:
+                raise
+            del mirror_keys["min_free"]
+    certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
+    mirror = Mirror(cfg, workdir / "logs")
+    mirror.start()
+    target = Target(str(cfg.mirror.listen), certs.trust_folder(cfg.mirror.tls_cert), Path(cfg.mirror.storage),
+                    f"http://{cfg.rewriter.listen}{JSON_PATH}", upstream)
+    return mirror, target
+
+
+def which_addon(mirror: Mirror, target: Target) -> dict:
+    """What ran, as the running processes tell it: mitmdump's script and PYTHONPATH (from /proc), and the keys of
+    the addon's `storage` stats (they differ between versions)."""
+    pid = mirror.mitm.pid
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    stats = fetch_json(target.stats_url).get("storage") or {}
+    return {"script": args[args.index(b"-s") + 1].decode(), "pythonpath": env.get(b"PYTHONPATH", b"").decode(),
+            "storage_keys": sorted(stats)}
+
+
+def corrupt_blobs(storage: Path) -> int:
+    bad = 0
+    for data in (storage / "docker/registry/v2/blobs").glob("*/*/*/data"):
+        h = hashlib.sha256()
+        with open(data, "rb") as f:
+            while chunk := f.read(4 * MIB):
+                h.update(chunk)
+        bad += f"sha256:{h.hexdigest()}" != f"{data.parent.parent.parent.name}:{data.parent.name}"
+    return bad
+
+
+def code_state() -> str:
+    """Which addon code ran: this checkout's commit (and a hash of addons/'s changes against it), or, when
+    `registry_mirror` comes from elsewhere (PYTHONPATH=<a snapshot>/addons), that folder."""
+    package = Path(registry_mirror.__file__).resolve().parent
+    if package != ROOT / "addons" / "registry_mirror":
+        return f"registry_mirror from {package}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    head = git("rev-parse", "--short", "HEAD").strip() or "?"
+    diff = git("diff", "HEAD", "--", "addons")
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "addons").strip()
+    if not diff and not untracked:
+        return head
+    changes = hashlib.sha256((diff + untracked).encode()).hexdigest()[:10]
+    return f"{head} + addons/ as in the working tree (diff {changes})"
+
+
+def mib(n: float) -> str:
+    return f"{n / MIB:.1f}"
+
+
+def run_line(n: int, f: dict) -> str:
+    up = f["upstream"]
+    rounds = f"{f['broken_references']} in {f['rounds_with_broken_references']} of {len(f['rounds'])} rounds"
+    return (f"| {n} | {f['pulls']} | {f['failures']} | {f['non_identical']} | {mib(up['bytes_total'])} / "
+            f"{mib(up['bytes_distinct'])} / {mib(up['bytes_refetched'])} ({mib(up['refetched_after_eviction'])} after "
+            f"an eviction, {mib(up['refetched_no_eviction_seen'])} none seen) | {f['passes']}: "
+            f"{mib(f['pass_end_max'])} / {mib(f['pass_end_p50'])} ({f['pass_ends_over_cap']} over the cap) | "
+            f"{mib(f['sample_max_over_cap'])} | {mib(f['sample_max_over_bound'])} ({f['samples_over_bound']} of "
+            f"{f['samples']}) | {mib(f['sample_max_over_bound_grace'])} | {rounds} | {f['corrupt_blobs']} | "
+            f"{f['wall_s']:.0f} s |")
+
+
+def section(label: str, entry: dict) -> list[str]:
+    shape, runs = entry["shape"], entry["runs"]
+    first = runs[0] if runs else {}
+    note = f" ({entry['note']})" if entry.get("note") else ""
+    lines = [f"## {label}", "",
+             f"Measured {entry['date']} with `{entry['command']}`{note}: "
+             f"{len(runs)} runs, scale {shape['scale']} "
+             f"({shape['apps']} applications, {shape['repositories']} repositories, "
+             f"{mib(first.get('distinct_bytes', 0))} MiB distinct), `max_bytes` {mib(first.get('max_bytes', 0))} MiB "
+             f"({shape['cap_share']:.0%}), "
+             f"{shape['pulls']} pulls in {shape['rounds']} rounds at 1 to {shape['max_at_once']} at once, seed "
+             f"{shape['seed']}. MiB throughout.", "",
+             "| run | pulls | failed | not identical | upstream blob bytes: sent / distinct / re-fetched | pass ends: "
+             "count: max / p50 | max sample over the cap | max sample over the bound (samples over) | ... with 60 s "
+             "grace | broken references | corrupt blobs | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [run_line(n + 1, f) for n, f in enumerate(runs)]
+    examples = [b for f in runs for r in f["rounds"] for b in r["broken"]][:5]
+    if examples:
+        lines += ["", "Broken references seen (first 5):", *(f"- `{b}`" for b in examples)]
+    refetched = sorted({d for f in runs for d in f["upstream"]["blobs_refetched_no_eviction_seen"]})
+    if refetched:
+        lines += ["", f"Blobs re-fetched with no eviction of their data seen: {len(refetched)} distinct."]
+    failures = [f["first_failure"] for f in runs if f["first_failure"]]
+    if failures:
+        lines += ["", "First failure: `" + failures[0].replace("`", "'").replace("\n", " ")[-300:] + "`"]
+    return lines
+
+
+def save(results: Path, label: str, entry: dict) -> list[str]:
+    results.mkdir(parents=True, exist_ok=True)
+    js, md = results / "storage.json", results / "storage.md"
+    data = json.loads(js.read_text()) if js.exists() else {}
+    data[label] = entry
+    js.write_text(json.dumps(data, indent=1))
+    lines = ["# A company-shaped workload under `mirror.max_bytes` (`./run.sh bench-storage`)", "",
+             "Storage: blob data files plus partial uploads. The bound: the cap plus the distinct bytes of the images "
+             "being pulled (in progress, or ended since the start of the last pass seen finished); "
+             "\"with 60 s grace\": pulls ended within the last 60 s count too. Re-fetched: blob bytes the upstream "
+             "sent beyond the distinct ones, split by whether the sampler saw that blob's data disappear since its "
+             "previous fetch. See devtools/storage_workload.py.", ""]
+    for name, each in data.items():
+        lines += [*section(name, each), ""]
+    md.write_text("\n".join(lines))
+    return section(label, entry)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="run.sh bench-storage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=0.5, help="every layer's size times this (full size: 1)")
+    parser.add_argument("--pulls", type=int, default=390, help="pulls per run (full: 780)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per run (full: 20)")
+    parser.add_argument("--apps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1, help="the pull order's seed (the same in every run)")
+    parser.add_argument("--cap-share", type=float, default=0.4,
+                        help="max_bytes as a share of the distinct bytes (above 1: nothing is evicted, a control run)")
+    parser.add_argument("--code-label", default="", help="the results' name for the addon code (default: see above)")
+    parser.add_argument("--workdir", default=str(ROOT / "data" / "bench-storage"))
+    parser.add_argument("--results", default=str(RESULTS), help="folder of storage.md and storage.json")
+    parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
+    args = parser.parse_args()
+    shape = Shape(scale=args.scale, apps=args.apps, pulls=args.pulls, rounds=args.rounds, seed=args.seed,
+                  cap_share=args.cap_share)
+    label = args.code_label or code_state()
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    catalog = build_catalog(Path(args.layer_cache), shape)
+    print(f"storage: code {label}; {len(catalog.images)} tags, {mib(catalog.distinct_bytes)} MiB distinct, cap "
+          f"{mib(catalog.max_bytes)} MiB", flush=True)
+    upstream = UpstreamHarness(workdir / "upstream").start()
+    runs = []
+    try:
+        seed_upstream(upstream.registry_url, catalog)
+        for n in range(args.runs):
+            upstream.control("reset")
+            mirror, target = start_mirror(workdir / f"run{n + 1}", upstream, catalog.max_bytes)
+            try:
+                addon = which_addon(mirror, target)
+                workload = Workload(catalog, target, workdir / f"run{n + 1}" / "pulls",
+                                    log=lambda line, n=n: print(f"storage: run {n + 1}: {line}", flush=True))
+                figures = workload.run().figures()
+            finally:
+                mirror.stop()
+            figures["corrupt_blobs"] = corrupt_blobs(target.storage)
+            figures["addon"] = addon
+            if not figures["broken_references"]:  # else kept, with the logs, for a look
+                shutil.rmtree(target.storage, ignore_errors=True)
+            runs.append(figures)
+            print(run_line(n + 1, figures), flush=True)
+    finally:
+        upstream.stop()
+    command = "./run.sh bench-storage" + "".join(f" {a}" for a in sys.argv[1:])
+    entry = {"date": time.strftime("%Y-%m-%d"), "command": command, "shape": dataclasses.asdict(shape), "runs": runs}
+    print("\n".join(save(Path(args.results), label, entry)))
+    return 1 if any(f["failures"] or f["non_identical"] or f["broken_references"] for f in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
