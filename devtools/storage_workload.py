@@ -228,8 +228,8 @@ class RoundRecord:
 
 
 def read_storage(root: Path, repositories) -> tuple[int, int, int, frozenset[str]]:
-    """(blob data bytes, partial upload bytes, upload folders, digests whose data is present); what vanishes while
-    read is skipped."""
+    """(blob data bytes, data set aside by a pass included; partial upload bytes; upload folders; digests whose data
+    is present); what vanishes while read is skipped."""
     data_bytes, present = 0, set()
     blobs = root / V2 / "blobs" / "sha256"
     for prefix in _dirs(blobs):
@@ -237,6 +237,10 @@ def read_storage(root: Path, repositories) -> tuple[int, int, int, frozenset[str
             try:
                 data_bytes += (blobs / prefix / hex_ / "data").stat().st_size
                 present.add(f"sha256:{hex_}")
+            except OSError:
+                pass
+            try:  # set aside by a pass that has not decided yet: still on the disk
+                data_bytes += (blobs / prefix / hex_ / "data.evicting").stat().st_size
             except OSError:
                 pass
     upload_bytes = folders = 0
@@ -578,7 +582,9 @@ def _links(base: Path) -> dict[str, str | None]:
     links = {}
     for algorithm in _dirs(base):
         for hex_ in _dirs(base / algorithm):
-            links[f"{algorithm}:{hex_}"] = _read_text(base / algorithm / hex_ / "link")
+            link = base / algorithm / hex_ / "link"
+            if link.exists():  # a folder without its link is one expiry emptied; it goes once quiet
+                links[f"{algorithm}:{hex_}"] = _read_text(link)
     return links
 
 

@@ -169,7 +169,7 @@ def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[
     removed: list[tuple[str, str]] = []
     for name, link in plan.manifest_links:
         on_step(f"unlink {name}/{link}")
-        if _delete(repositories / name / link, repositories):
+        if _delete(repositories / name / link):
             removed.append((name, link))
     # a manifest pulled since the inventory may need a layer the plan would unlink: read what each needs now
     on_step("read needs")
@@ -179,11 +179,8 @@ def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[
         if need is None or layer_link_digest(link) in need:
             continue
         on_step(f"unlink {name}/{link}")
-        if _delete(repositories / name / link, repositories):
+        if _delete(repositories / name / link):
             removed.append((name, link))
-    for name in plan.repositories_removed:
-        on_step(f"prune {name}")
-        _prune_repository(repositories / name, repositories)
     on_step("read links")
     linked = linked_now(root)  # the registry may have linked a blob since the inventory
     aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(v2, digest, on_step)]
@@ -248,7 +245,7 @@ def settle(root: Path, digests: Iterable[str], on_step: Callable[[str], None] = 
         aside = v2 / blob_aside(digest)
         on_step(f"settle {digest}")
         if digest not in linked:
-            if _delete(aside, v2 / "blobs"):
+            if _delete(aside):
                 deleted.append(digest)
             continue
         try:
@@ -257,7 +254,7 @@ def settle(root: Path, digests: Iterable[str], on_step: Callable[[str], None] = 
             pass
         except FileNotFoundError:
             continue  # another replica's pass settled it
-        _delete(aside, v2 / "blobs")
+        _delete(aside)
     return tuple(deleted)
 
 
@@ -283,35 +280,11 @@ def _set_aside(v2: Path, digest: str, on_step: Callable[[str], None]) -> bool:
         return False
 
 
-def _delete(path: Path, stop: Path) -> bool:
-    """Removes one file, then the directories up to `stop` this left empty; a missing file is already done."""
+def _delete(path: Path) -> bool:
+    """Removes one file; a missing file is already done. Its folder stays: the registry may be about to write
+    into it (it makes the folder, then opens the file), and an emptied folder goes later (empty_folders.py)."""
     try:
         path.unlink()
-        removed = True
+        return True
     except FileNotFoundError:
-        removed = False
-    _prune(path.parent, stop)
-    return removed
-
-
-def _prune(directory: Path, stop: Path) -> None:
-    # an rmdir racing the registry's mkdir-then-write can fail that one write: rare, and the client retries
-    while directory != stop and directory.is_relative_to(stop):
-        try:
-            directory.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError:  # not empty: something the plan did not know, such as an upload, keeps it
-            return
-        directory = directory.parent
-
-
-def _prune_repository(path: Path, stop: Path) -> None:
-    """Removes the empty directories a repository's links left; never `_uploads`, nor a nested repository."""
-    for part in ("_manifests", "_layers"):
-        for directory, _, _ in os.walk(path / part, topdown=False):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass
-    _prune(path, stop)
+        return False

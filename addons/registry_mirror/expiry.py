@@ -22,8 +22,8 @@ nothing by age; a step shorter than `max_age` before the start, or between repli
 ages images by at most the step.
 
 Each pass first removes leftovers: partial uploads no transfer writes any more (uploads.py), blob data files
-a full disk left empty (torn_files.py) and data a stopped pass set aside (eviction.py); partial uploads in
-progress count against `max_bytes`.
+a full disk left empty (torn_files.py), data a stopped pass set aside (eviction.py) and folders emptied a
+minute ago or more (empty_folders.py); partial uploads in progress count against `max_bytes`.
 
 Storage figures are true from the start: each pass publishes what it reads (`used_bytes`, `images`) before it
 plans or deletes, so the pass at start measures the storage even if it then fails, and again after it deletes.
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import eviction, torn_files, uploads
+from .empty_folders import remove_empty_folders
 from .forget import Target, images_named
 from .pulls import LastPulls, pulled_manifests
 from .storage_inventory import Image, Inventory, inventory
@@ -298,6 +299,7 @@ class Expiry:
                 self.state.upload_bytes_removed += freed
         self.state.empty_files_removed += torn_files.remove_empty_blobs(self.root, now)
         eviction.settle(self.root, eviction.leftovers(self.root, now))
+        remove_empty_folders(self.root, now)
 
     def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
         protected = in_flight & inv.blob_sizes.keys()

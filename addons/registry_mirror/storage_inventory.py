@@ -209,7 +209,7 @@ def _links(base: Path, pending: set[str]) -> dict[str, str]:
         target = _read_link(link)
         if target:
             links[digest] = target
-        else:
+        elif link.exists():  # empty or garbled: being written; a folder without its link is one expiry emptied
             pending.add(digest)
     return links
 

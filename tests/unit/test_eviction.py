@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry_mirror import eviction
+from registry_mirror.empty_folders import QUIET_SECONDS, remove_empty_folders
 from registry_mirror.eviction import apply, plan
 from registry_mirror.storage_inventory import Image, inventory, parse_manifest
 from registry_mirror.storage_layout import layer_link, revision_link
@@ -32,7 +33,9 @@ def run(storage: Storage, times, max_bytes=None, in_flight=frozenset()):
 
 
 def repository_tree(storage: Storage, name: str) -> dict:
-    return {k: v for k, v in storage.tree().items() if k.startswith(f"docker/registry/v2/repositories/{name}/")}
+    """The repository's files (its folders go later, once quiet: empty_folders.py)."""
+    return {k: v for k, v in storage.tree().items()
+            if v is not None and k.startswith(f"docker/registry/v2/repositories/{name}/")}
 
 
 @pytest.fixture
@@ -52,6 +55,8 @@ def test_an_expired_repository_goes_and_the_blobs_it_shares_stay(storage, media_
     p, applied = run(storage, {(expired_name, a): OLD, ("b", b): RECENT})
     assert [(r.image, r.reason) for r in p.removals] == [(Image(expired_name, a), "age")]
     assert p.repositories_removed == (expired_name,)
+    assert (storage.v2 / "repositories" / expired_name).is_dir()  # its folders go once quiet (empty_folders.py)
+    remove_empty_folders(storage.root, time.time() + QUIET_SECONDS)
     assert not (storage.v2 / "repositories" / expired_name).exists()
     assert not (storage.v2 / "repositories" / "team").exists()  # emptied parents go too
     assert repository_tree(storage, "b") == b_before
@@ -145,7 +150,7 @@ def test_in_flight_blobs_keep_their_data_and_lose_their_links(storage, which):
     flying = {"manifest": a, "config": config, "layer": layer}[which]
     p, applied = run(storage, {("a", a): OLD}, in_flight=frozenset({flying}))
     assert flying not in p.blobs and flying not in applied.blobs and storage.data_path(flying).exists()
-    assert not (storage.v2 / "repositories" / "a").exists() and len(applied.blobs) == 2
+    assert inventory(storage.root).repositories["a"].revisions == {} and len(applied.blobs) == 2
     # unlinked and no longer in flight: an orphan, which the next pass collects
     assert run(storage, {})[1].blobs == (flying,)
 
@@ -217,7 +222,7 @@ def test_a_manifest_that_is_not_json_keeps_every_layer_of_its_repository(storage
     assert {r.image for r in p.removals} == {Image("app", good)} | (set() if stays else {Image("app", odd)})
     # what it needs is unknown, so the repository's layers stay as long as it does
     left = inventory(storage.root).repositories
-    assert layer in left["app"].layers if stays else "app" not in left
+    assert layer in left["app"].layers if stays else not (left["app"].revisions or left["app"].layers)
     assert storage.data_path(layer).exists() == stays and storage.data_path(odd).exists() == stays
     assert not storage.data_path(good).exists() and storage.broken_links() == []
 
@@ -274,11 +279,11 @@ def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(
     run(clean, times, CAP)
     deletions, delete = [], eviction._delete
 
-    def crashing(path, stop):  # the process dies before its (fail_after + 1)th deletion
+    def crashing(path):  # the process dies before its (fail_after + 1)th deletion
         if len(deletions) >= fail_after:
             raise SimulatedCrash(path)
         deletions.append(path)
-        return delete(path, stop)
+        return delete(path)
     with monkeypatch.context() as patched:
         patched.setattr(eviction, "_delete", crashing)
         with pytest.raises(SimulatedCrash):
