@@ -38,7 +38,8 @@ from devtools import seed
 from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
-from registry_mirror import certs, processes
+from registry_mirror.cli import processes
+from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9

@@ -29,9 +29,9 @@ from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
 from devtools.upstream_harness import UpstreamHarness
 from devtools.wire import WireHarness
-from registry_mirror import certs
-from registry_mirror.config import load
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ("docker", "containerd", "podman")

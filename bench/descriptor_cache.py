@@ -26,9 +26,10 @@ from devtools.demo import write_mirror_config
 from devtools.ports import free_port
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness
-from registry_mirror import certs, processes
-from registry_mirror.config import load
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli import processes
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("no cache (shipped)", "inmemory cache")

@@ -24,9 +24,9 @@ from devtools.demo import peak_rss_mb
 from devtools.ports import free_port, plain_registry_config
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import TLS_NAME, UpstreamHarness
-from registry_mirror import processes
-from registry_mirror.config import load
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli import processes
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
 
 DIRECT, SEED, MIRROR, REPLICAS, NGINX = ("direct", "seed design (registry + HAProxy)", "artifactory-mirror",
                                          "artifactory-mirror, 2 replicas + redis", "nginx cache (proxy_cache_lock)")

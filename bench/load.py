@@ -43,11 +43,11 @@ from devtools.demo import peak_rss_mb
 from devtools.ports import free_port
 from devtools.skopeo import PullError, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
-from registry_mirror import certs
-from registry_mirror.config import load
-from registry_mirror.stats import percentile
-from registry_mirror.stats_views import JSON_PATH
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.stats.counters import percentile
+from registry_mirror.stats.views import JSON_PATH
+from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -471,7 +471,8 @@ def run_distinct(args, cache: Path) -> dict:
         with urllib.request.urlopen(stats_url, timeout=30) as resp:
             snap = json.load(resp)
         log = (workdir / "mirror-logs" / "mitmproxy.log").read_text(errors="replace")
-        declared = {"down": log.count("assumed down for"), "back": log.count("upstream is back")}  # health.py's words
+        # upstream/health.py's words
+        declared = {"down": log.count("assumed down for"), "back": log.count("upstream is back")}
         return summarize_distinct(run, snap, procs, link.stats(), declared, blobs, args)
     finally:  # each stopped even if stopping another raised: nothing of this run outlives it
         try:

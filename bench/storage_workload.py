@@ -32,10 +32,10 @@ import registry_mirror
 from devtools.ports import free_port
 from devtools.storage_workload import MIB, Shape, Target, Workload, build_catalog, fetch_json, seed_upstream
 from devtools.upstream_harness import UpstreamHarness
-from registry_mirror import certs
-from registry_mirror.config import load
-from registry_mirror.stats_views import JSON_PATH
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.stats.views import JSON_PATH
+from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

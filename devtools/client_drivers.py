@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry_mirror import processes
+from registry_mirror.cli import processes
 
 PULL_TIMEOUT = 300
 START_TIMEOUT = 60

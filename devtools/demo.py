@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from devtools.ports import free_port
-from registry_mirror import certs, processes
-from registry_mirror.config import load
-from registry_mirror.stats_views import JSON_PATH
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli import processes
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.stats.views import JSON_PATH
+from registry_mirror.tls import certs
 
 from . import seed
 from .skopeo import pull

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devtools.ports import free_port
-from registry_mirror import processes
+from registry_mirror.cli import processes
 
 
 @dataclass

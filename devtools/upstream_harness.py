@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from devtools.ports import free_port, plain_registry_config
-from registry_mirror import certs, processes
+from registry_mirror.cli import processes
+from registry_mirror.tls import certs
 
 CONTROL_TIMEOUT = 60
 

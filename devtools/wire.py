@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devtools.ports import free_port
-from registry_mirror import certs, processes
+from registry_mirror.cli import processes
+from registry_mirror.tls import certs
 
 SERVER = Path(__file__).with_name("wire_server.py")
 

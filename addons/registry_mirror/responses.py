@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
 
-from .outcomes import Outcome
+from registry_mirror.outcomes import Outcome
 
 API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 CACHE_HEADER = "X-Mirror-Cache"
@@ -41,7 +41,7 @@ def passed_headers(upstream_headers) -> dict[str, str]:
 def upstream_status_error(status: int, what: str) -> tuple[int, str, str] | None:
     """The error the mirror gives for an upstream status it must not pass on as is, else None.
 
-    A 429 the upstream still answered after the mirror's own waits (upstream_retry.py) is passed on as is, with its
+    A 429 the upstream still answered after the mirror's own waits (upstream/retry.py) is passed on as is, with its
     Retry-After (a PASSED_RESPONSE_HEADERS entry), so that the registry and its client back off as asked."""
     if status == 401:
         return 401, "UNAUTHORIZED", (f"the upstream refused the mirror's credentials for {what}; check "

@@ -18,10 +18,10 @@ from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
 from devtools.wire import WireHarness
-from registry_mirror import certs
-from registry_mirror.config import load
-from registry_mirror.stats_views import JSON_PATH
-from registry_mirror.supervisor import Mirror
+from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.config.load import load
+from registry_mirror.stats.views import JSON_PATH
+from registry_mirror.tls import certs
 
 __all__ = ["stored_digests", "wait_for"]  # for the tests of this folder
 

@@ -12,8 +12,8 @@ import pytest
 
 from devtools import seed
 from devtools.skopeo import PullError, pull
-from registry_mirror.quarantine import folder
-from registry_mirror.stored_blobs import stored_path
+from registry_mirror.blobs.stored import stored_path
+from registry_mirror.storage.quarantine import folder
 
 from .conftest import assert_pulled_identical, assert_storage_intact, blob_gets, credentials_of, wait_for
 

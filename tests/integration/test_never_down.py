@@ -21,7 +21,8 @@ import pytest
 from devtools import seed
 from devtools.ports import free_port
 from devtools.skopeo import PullError, pull
-from registry_mirror import certs, processes
+from registry_mirror.cli import processes
+from registry_mirror.tls import certs
 
 from .conftest import (
     assert_pulled_identical,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from devtools.ports import free_port
-from registry_mirror import processes
+from registry_mirror.cli import processes
 
 from .conftest import MIRROR_COMMAND
 
@@ -49,7 +49,7 @@ def test_the_wheel_holds_the_package_and_no_test_tooling(wheel):
         modules = {n for n in archive.namelist() if n.endswith(".py")}
     assert modules == {name.removeprefix("addons/") for name in tracked("addons/registry_mirror")
                        if name.endswith(".py")}
-    assert "registry_mirror/script/mirror.py" in modules and "registry_mirror/cli.py" in modules
+    assert "registry_mirror/script/mirror.py" in modules and "registry_mirror/cli/commands.py" in modules
     # the Artifactory stand-in, fault injection, seeding, the harness, the client drivers: in devtools/ or tests/
     with zipfile.ZipFile(wheel) as archive:
         shipped = {archive.read(n) for n in modules}

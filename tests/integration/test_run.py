@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from devtools.ports import free_port
-from registry_mirror import processes
+from registry_mirror.cli import processes
 
 from .conftest import MIRROR_COMMAND, wait_for
 

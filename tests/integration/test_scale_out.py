@@ -9,7 +9,7 @@ import pytest
 
 from devtools import seed
 from devtools.skopeo import PullError, pull
-from registry_mirror.storage_inventory import Image, inventory
+from registry_mirror.storage.inventory import Image, inventory
 
 from .conftest import MIRROR_COMMAND, assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 

@@ -9,7 +9,7 @@ plus the images being pulled (in progress, or ended since the start of the last 
 from __future__ import annotations
 
 from devtools.storage_workload import Shape, Target, Workload, build_catalog, seed_upstream
-from registry_mirror.stats_views import JSON_PATH
+from registry_mirror.stats.views import JSON_PATH
 
 from .conftest import credentials_of
 

@@ -14,9 +14,9 @@ import pytest
 from devtools import seed
 from devtools.ports import free_port
 from devtools.skopeo import pull
-from registry_mirror.warm import pinned_context
-from registry_mirror.webhook_events import AUTH_HEADER, signature
-from registry_mirror.webhooks import WEBHOOK_PATH
+from registry_mirror.warming.events import AUTH_HEADER, signature
+from registry_mirror.warming.pull import pinned_context
+from registry_mirror.warming.webhooks import WEBHOOK_PATH
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image, stored_digests, wait_for
 

@@ -5,11 +5,11 @@ from urllib.parse import urljoin, urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_mirror.challenge import parse_challenges, realm_refusal
-from registry_mirror.config import ConfigError, parse
-from registry_mirror.manifests import accept_key
-from registry_mirror.requests import NAME_RE, Refusal, RegistryRequest, classify, upstream_path
-from registry_mirror.upstream_auth import AuthError, parse_token_response
+from registry_mirror.config.load import ConfigError, parse
+from registry_mirror.manifests.service import accept_key
+from registry_mirror.oci.registry_requests import NAME_RE, Refusal, RegistryRequest, classify, upstream_path
+from registry_mirror.upstream.auth import AuthError, parse_token_response
+from registry_mirror.upstream.challenge import parse_challenges, realm_refusal
 
 ORIGIN = "https://art.example.com"
 PREFIX = "/artifactory/api/docker/docker-local"

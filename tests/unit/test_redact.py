@@ -7,12 +7,11 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_mirror.config import parse
+from registry_mirror.config.load import parse
+from registry_mirror.oci.registry_requests import Kind, RegistryRequest
 from registry_mirror.redact import error_text, url_for_logs
-from registry_mirror.requests import Kind, RegistryRequest
-from registry_mirror.upstream import Upstream, UpstreamError
-
-from .local_http import serve
+from registry_mirror.upstream.client import Upstream, UpstreamError
+from tests.unit.support.local_http import serve
 
 SIGNATURE = "X-Amz-Signature=5ecret5ignature"
 

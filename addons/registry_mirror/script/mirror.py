@@ -3,10 +3,10 @@
 A folder of its own: mitmproxy puts a script's folder on sys.path, and the package's module names
 (config, requests, ...) must not shadow anything there.
 """
-from registry_mirror.addon import RegistryMirror
-from registry_mirror.deadlines import HeaderDeadline
-from registry_mirror.flow_dump import FlowDump
-from registry_mirror.pages import MirrorPages
+from registry_mirror.proxy.addon import RegistryMirror
+from registry_mirror.proxy.deadlines import HeaderDeadline
+from registry_mirror.proxy.flow_dump import FlowDump
+from registry_mirror.proxy.pages import MirrorPages
 
 
 def mirror_addons() -> list:

@@ -1,0 +1,74 @@
+"""The fill policy: where a transfer's bytes come from, and what a verified transfer tells the rest of the mirror.
+
+Alone, a replica fetches from the upstream. With replicas (scale-out), the first to claim a digest in redis
+fetches it from the upstream; the others read that replica's growing spool, and if it fails them the upstream
+sends the rest with a Range resume.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+
+import aiohttp
+
+from registry_mirror.blobs.peer_fill import from_peer
+from registry_mirror.blobs.peers import PeerCoordinator
+from registry_mirror.blobs.transfers import Transfer
+from registry_mirror.blobs.upstream_fill import from_upstream
+from registry_mirror.routes.routing import Route, Router
+from registry_mirror.stats.counters import Stats
+
+
+class BlobFill:
+    def __init__(self, router: Router, stats: Stats):
+        self.router, self.stats = router, stats
+        self.on_stored: Callable[[int], None] = lambda nbytes: None  # told of every verified transfer's size
+        self.peers: PeerCoordinator | None = None
+        self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
+
+    def share_with_peers(self, peers: PeerCoordinator) -> None:
+        """Coalesce with the other replicas through `peers` (announced already)."""
+        self.peers = peers
+        # no pool limit: a replica reading as many blobs as the upstream's slots allow never waits on a pool
+        self._peer_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                                   cookie_jar=aiohttp.DummyCookieJar())
+
+    def fill(self, transfer: Transfer) -> AsyncGenerator[bytes, None]:
+        """A transfer's bytes: from the replica already fetching the blob, else from the upstream (directly, one
+        generator less per chunk, for a single replica)."""
+        route = _route_of(transfer)
+        if self.peers is None or self._peer_session is None:  # one replica (both are set together)
+            return from_upstream(transfer, route, self.stats)
+        return self._fill_shared(transfer, route, self.peers, self._peer_session)
+
+    async def _fill_shared(self, transfer: Transfer, route: Route, peers: PeerCoordinator,
+                           session: aiohttp.ClientSession) -> AsyncGenerator[bytes, None]:
+        peer = await peers.claim(transfer.digest)
+        if peer is None:
+            async with peers.leading(transfer.digest):
+                async for chunk in from_upstream(transfer, route, self.stats):
+                    yield chunk
+            return
+        async for chunk in from_peer(session, peer, transfer, route, self.stats):
+            yield chunk
+        if not transfer.origin:  # the replica failed it: the upstream sends the rest
+            async for chunk in from_upstream(transfer, route, self.stats):
+                yield chunk
+
+    def verified(self, transfer: Transfer) -> None:
+        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest; and
+        the bytes are about to be stored (the expiry's cap)."""
+        for route in self.router.routes.values():
+            route.manifests.blob_verified(transfer.digest, transfer.written)
+        self.on_stored(transfer.written)
+
+    async def close(self) -> None:
+        if self._peer_session:
+            await self._peer_session.close()
+        if self.peers:
+            await self.peers.close()
+
+
+def _route_of(transfer: Transfer) -> Route:
+    if transfer.route is None:
+        raise ValueError(f"transfer of {transfer.digest} has no route to fill it from")
+    return transfer.route

@@ -1,0 +1,44 @@
+"""The stock registry's configuration, generated from mirror.yaml (pure: config in, dict out)."""
+from __future__ import annotations
+
+import secrets
+
+from registry_mirror.config.load import Config
+from registry_mirror.proxy.notifications import NOTIFY_PATH, endpoint_config, notification_secret
+
+
+def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None) -> dict:
+    """registry:2 in pull-through mode with its remote pointed at the addon; it holds no credentials."""
+    http = {
+        "addr": str(cfg.mirror.listen),
+        "secret": http_secret or secrets.token_hex(16),
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    if cfg.mirror.drain_timeout:  # SIGTERM closes the listener and lets the requests in flight finish
+        http["draintimeout"] = f"{cfg.mirror.drain_timeout:g}s"
+    if cfg.mirror.tls:
+        http["tls"] = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
+        # HTTP/1.1 only: a pull is a few large streams, and Go's HTTP/2 frames them at a CPU cost the registry and
+        # its clients both pay (docs/benchmarks.md)
+        http["http2"] = {"disabled": True}
+    generated = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "fields": {"service": "mirror-registry"}},
+        "storage": {
+            "filesystem": {"rootdirectory": cfg.mirror.storage},
+            # no blob descriptor cache: the mirror's expiry deletes blobs behind the registry's back, and a
+            # cached descriptor of a deleted blob is served as 200 with no bytes
+            # deletes off: the proxy's own 7-day expiry then fails harmlessly instead of deleting blob data
+            # other repositories link to (distribution#2367, #4249); expiry/passes.py expires instead
+            "delete": {"enabled": False},
+            # a backstop for partial uploads (storage/uploads.py removes those no transfer writes any more, within
+            # minutes): it deletes an upload older than `age` even while written, so `age` is far above any fetch
+            "maintenance": {"uploadpurging": {"enabled": True, "age": "24h", "interval": "1h", "dryrun": False}},
+        },
+        "http": http,
+        "proxy": {"remoteurl": remote_url},
+        # every pull it serves, from storage too: the last pulls the mirror's expiry goes by
+        "notifications": endpoint_config(remote_url.rstrip("/") + NOTIFY_PATH,
+                                         notification_secret(cfg.mirror.storage)),
+    }
+    return generated

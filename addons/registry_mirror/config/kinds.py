@@ -1,0 +1,172 @@
+"""What a mirror.yaml value may be: the value types the configuration holds, and the kinds of key, each with its
+YAML types, its name in messages and the README, and how it becomes the attribute's value."""
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from registry_mirror.oci.registry_requests import valid_name
+from registry_mirror.units import parse_duration, parse_size
+
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+(:\d+)?")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and what would be right."""
+
+
+class Secret(str):
+    """A credential: a str whose repr never shows it, so it cannot leak through logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+
+def any_address(host: str) -> bool:
+    """A listen host that means every address: clients on this machine reach it at 127.0.0.1."""
+    return host in ("0.0.0.0", "::", "")
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def local_url(self, path: str) -> str:
+        """`http://` URL of `path` on this address, as a client on this machine reaches it."""
+        host = "127.0.0.1" if any_address(self.host) else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
+
+
+def parse_address(name: str, value: str, allow_any_port: bool = False) -> Address:
+    """host:port; with `allow_any_port`, port 0 means any free port."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not (0 if allow_any_port else 1) <= int(port) < 65536:
+        raise ConfigError(f"{name}: {value!r} is not host:port, e.g. 127.0.0.1:8081")
+    return Address(host, int(port))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of key. `convert(the key's full name, value)` gives the attribute's value or raises ConfigError."""
+    expected: str  # what is right, as messages and the README say it
+    types: tuple[type, ...]  # the YAML types it takes; a boolean only where bool is one
+    convert: Callable[[str, Any], Any] = lambda name, value: value
+    unit: str = ""  # of its bounds, in messages
+    path: bool = False  # a file or folder name: relative to the configuration file
+    secret: bool = False  # given inline or in `<key>_file`; never shown in a message
+
+
+def _units(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def convert(name: str, value: object) -> Any:
+        try:
+            return parse(name, value)
+        except ValueError as e:  # units' parsers already name the key and the accepted forms
+            raise ConfigError(str(e)) from e
+    return convert
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(parts.password, "<redacted>") if parts.password else url
+
+
+_URL = "scheme://host[:port] with scheme http or https"
+_URL_EXPECTED = f"{_URL}, e.g. https://artifactory.example.com"
+
+
+def _url(name: str, url: str) -> str:
+    label = name.rpartition(".")[0]
+    if not url:
+        raise ConfigError(f"{name}: missing; expected {_URL_EXPECTED}")
+    parts = urlsplit(url)
+    try:
+        _ = parts.port  # raises on a port out of range or not a number
+    except ValueError as e:
+        raise ConfigError(f"{name}: {_safe_url(url)!r} has a bad port: {e}") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{name}: {_safe_url(url)!r} is not {_URL} (put the repository path in "
+                          f"{label}.repository / {label}.path_prefix, credentials in {label}.username and "
+                          f"{label}.password)")
+    return url.rstrip("/")
+
+
+def _path_prefix(name: str, prefix: str) -> str:
+    if prefix and not prefix.startswith("/"):
+        raise ConfigError(f"{name}: {prefix!r} must start with / (or be empty for the root)")
+    if re.search(r"[?#%\s]|\.\.", prefix.replace("{repository}", "")):
+        raise ConfigError(f"{name}: {prefix!r} may not contain ?, #, %, whitespace or ..")
+    return prefix
+
+
+def _ca_file(name: str, path: str) -> str:
+    if path:
+        try:
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"{name}: cannot load {path}: {e}; expected a readable PEM CA bundle") from e
+    return path
+
+
+def _image_prefix(name: str, value: str) -> str:
+    prefix = value.strip("/")
+    if prefix and not valid_name(prefix):
+        raise ConfigError(f"{name}: {value!r} is not the start of an image name; expected lowercase path "
+                          f"components such as team-a/ (letters, digits, . _ -)")
+    return prefix
+
+
+def _hosts(what: str) -> Callable[[str, list], tuple[str, ...]]:
+    """Host names in any case, as lowercase; `what` says what each must be."""
+    def convert(name: str, values: list) -> tuple[str, ...]:
+        for value in values:
+            if not isinstance(value, str) or not _HOST_RE.fullmatch(value):
+                raise ConfigError(f"{name}: {value!r} is not {what}")
+        return tuple(value.lower() for value in values)
+    return convert
+
+
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+
+
+def _platforms(name: str, values: list) -> tuple[str, ...]:
+    for value in values:
+        if not isinstance(value, str) or not _PLATFORM_RE.fullmatch(value):
+            raise ConfigError(f"{name}: {value!r} is not a platform; expected os/architecture[/variant] as in an "
+                              f"image index, e.g. linux/amd64 or linux/arm64/v8")
+    return tuple(values)
+
+
+def _any_port(name: str, value: str) -> Address:
+    return parse_address(name, value if ":" in value.strip("[]") else f"{value}:0", allow_any_port=True)
+
+
+STRING = Kind("a string", (str,))
+BOOL = Kind("true or false", (bool,))
+WHOLE = Kind("a whole number", (int,))
+BYTES = Kind("a whole number of bytes", (int,), unit="bytes")
+SECONDS = Kind("a number of seconds", (int, float), lambda name, value: float(value), unit="seconds")
+DURATION = Kind("a duration: seconds, or 30s, 15m, 12h, 7d", (int, float, str), _units(parse_duration))
+SIZE = Kind("a size: bytes, or 800MiB, 500GiB, 2TB", (int, str), _units(parse_size))
+ADDRESS = Kind("host:port", (str,), parse_address)
+ANY_PORT = Kind("host or host:port (port 0: any free port)", (str,), _any_port)
+PATH = Kind("a path", (str,), path=True)
+CA_FILE = Kind("a path to a PEM CA bundle", (str,), _ca_file, path=True)
+SECRET = Kind("a string", (str,), secret=True)
+URL = Kind(_URL_EXPECTED, (str,), _url)
+PATH_PREFIX = Kind('a path starting with /, or "" for the root', (str,), _path_prefix)
+IMAGE_PREFIX = Kind("the start of an image name, e.g. team-a/", (str,), _image_prefix)
+HOSTS = Kind("a list of host or host:port", (list,), _hosts("a host or host:port"))
+REGISTRY_HOSTS = Kind("a list of registry host names", (list,), _hosts(
+    "a registry host name such as docker.io; ns values are matched against containerd's ?ns= parameter, "
+    "never dialled"))
+PLATFORMS = Kind("a list of os/architecture[/variant], e.g. [linux/amd64]", (list,), _platforms)

@@ -1,0 +1,85 @@
+"""Distribution 2.8's filesystem layout under `<root>/docker/registry/v2` (a link holds the bare digest text):
+
+    repositories/<name>/_layers/<alg>/<hex>/link                        a blob linked to the repository
+    repositories/<name>/_manifests/revisions/<alg>/<hex>/link           a manifest the repository has
+    repositories/<name>/_manifests/tags/<tag>/current/link              the tag's manifest
+    repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link    the tag's history
+    blobs/<alg>/<hex[:2]>/<hex>/data                                    the bytes of every blob and manifest
+    blobs/<alg>/<hex[:2]>/<hex>/data.evicting                           the mirror's: data an expiry pass set aside
+
+Link paths are relative to a repository's folder, data paths to the v2 folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from registry_mirror.oci.registry_requests import DIGEST_HEX_LENGTHS
+
+V2 = Path("docker", "registry", "v2")
+# any algorithm folder is read: skipping one would miss the links in it, and then data they name could go
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-f]{32,}")
+
+
+def is_digest(text: str) -> bool:
+    if not DIGEST.fullmatch(text):
+        return False
+    algorithm, hex_ = text.split(":")
+    return len(hex_) == DIGEST_HEX_LENGTHS.get(algorithm, len(hex_))
+
+
+def revision_link(digest: str) -> str:
+    return "_manifests/revisions/{}/{}/link".format(*digest.split(":"))
+
+
+def layer_link(digest: str) -> str:
+    return "_layers/{}/{}/link".format(*digest.split(":"))
+
+
+def tag_current_link(tag: str) -> str:
+    return f"_manifests/tags/{tag}/current/link"
+
+
+def tag_index_link(tag: str, digest: str) -> str:
+    return "_manifests/tags/{}/index/{}/{}/link".format(tag, *digest.split(":"))
+
+
+def blob_data(digest: str) -> str:
+    """The data file of a blob or manifest, relative to the v2 directory."""
+    algorithm, hex_ = digest.split(":")
+    return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+
+def blob_aside(digest: str) -> str:
+    """Where an expiry pass moves blob data it is about to delete (storage/eviction.py); the registry never reads it."""
+    return blob_data(digest) + ".evicting"
+
+
+def layer_link_digest(link: str) -> str | None:
+    """The digest a layer link's path names (`layer_link`'s inverse), else None."""
+    parts = link.split("/")
+    if len(parts) == 4 and parts[0] == "_layers" and parts[3] == "link" and is_digest(f"{parts[1]}:{parts[2]}"):
+        return f"{parts[1]}:{parts[2]}"
+    return None
+
+
+def stored_digests(root: Path) -> Iterator[str]:
+    """Every digest whose data folder the storage under `root` has, one folder listing at a time (the registry
+    keeps writing meanwhile: what vanishes is skipped)."""
+    blobs = root / V2 / "blobs"
+    for algorithm in subdirs(blobs):
+        for prefix in subdirs(blobs / algorithm):
+            for hex_ in subdirs(blobs / algorithm / prefix):
+                if hex_.startswith(prefix) and is_digest(digest := f"{algorithm}:{hex_}"):
+                    yield digest
+
+
+def subdirs(path: Path) -> list[str]:
+    """The folders in `path`, sorted; none when it cannot be read."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
