@@ -125,7 +125,7 @@ case "$cmd" in
   bench-load)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv
-    run_python bench/load.py "$@" ;;
+    run_python -m bench.load "$@" ;;
   bench-storage)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
     ensure_venv

@@ -26,7 +26,6 @@ import random
 import resource
 import shutil
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-import registry_mirror
+from bench.code_state import code_state
 from devtools import seed
 from devtools.demo import peak_rss_mb
 from devtools.ports import free_port
@@ -414,20 +413,6 @@ async def _distinct_clients(mirror_addr: str, stats_url: str, name: str, blobs: 
     return {"records": records, "manifest": manifest, "wall_s": round(wall, 2), "watched": seen}
 
 
-def _code_state() -> str:
-    """Which addon code ran: this checkout's commit (and whether addons/ differs from it), or, when
-    `registry_mirror` comes from elsewhere (PYTHONPATH=<a snapshot>/addons), that folder."""
-    package = Path(registry_mirror.__file__).resolve().parent
-    if package != ROOT / "addons" / "registry_mirror":
-        return f"`registry_mirror` from {package}"
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-    head = git("rev-parse", "--short", "HEAD") or "?"
-    dirty = git("status", "--porcelain", "--", "addons")
-    return f"{head}{', addons/ modified in the working tree' if dirty else ''}"
-
-
 def run_distinct(args, cache: Path) -> dict:
     workdir = Path(args.workdir) / "distinct"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -498,7 +483,7 @@ def summarize_distinct(run: dict, snap: dict, procs: dict, link: dict, declared:
     truncated = [r for r in records if r["outcome"] == "truncated"]
     failed = [r for r in records if r["outcome"] in ("error", "stalled")]
     return {
-        "measured": time.strftime("%Y-%m-%d %H:%M"), "code": args.code_label or _code_state(),
+        "measured": time.strftime("%Y-%m-%d %H:%M"), "code": args.code_label or code_state(),
         "command": " ".join(["./run.sh bench-load", *sys.argv[1:]]),
         "blobs": len(blobs), "blob_bytes": sum(b.size for b in blobs),
         "blob_size_kib": [args.distinct_min_kib, args.distinct_max_kib], "rate_kib_s": args.distinct_rate_kib,

@@ -21,14 +21,13 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-import registry_mirror
+from bench.code_state import code_state
 from devtools.ports import free_port
 from devtools.storage_workload import MIB, Shape, Target, Workload, build_catalog, fetch_json, seed_upstream
 from devtools.upstream_harness import UpstreamHarness
@@ -90,24 +89,6 @@ def corrupt_blobs(storage: Path) -> int:
                 h.update(chunk)
         bad += f"sha256:{h.hexdigest()}" != f"{data.parent.parent.parent.name}:{data.parent.name}"
     return bad
-
-
-def code_state() -> str:
-    """Which addon code ran: this checkout's commit (and a hash of addons/'s changes against it), or, when
-    `registry_mirror` comes from elsewhere (PYTHONPATH=<a snapshot>/addons), that folder."""
-    package = Path(registry_mirror.__file__).resolve().parent
-    if package != ROOT / "addons" / "registry_mirror":
-        return f"registry_mirror from {package}"
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
-    head = git("rev-parse", "--short", "HEAD").strip() or "?"
-    diff = git("diff", "HEAD", "--", "addons")
-    untracked = git("ls-files", "--others", "--exclude-standard", "--", "addons").strip()
-    if not diff and not untracked:
-        return head
-    changes = hashlib.sha256((diff + untracked).encode()).hexdigest()[:10]
-    return f"{head} + addons/ as in the working tree (diff {changes})"
 
 
 def mib(n: float) -> str:
