@@ -14,7 +14,7 @@ import pytest
 from devtools import seed
 from devtools.ports import free_port
 from devtools.skopeo import pull
-from registry_mirror.warming.events import AUTH_HEADER, signature
+from registry_mirror.warming.events import EVENT_AUTH_HEADER, signature
 from registry_mirror.warming.pull import pinned_context
 from registry_mirror.warming.webhooks import WEBHOOK_PATH
 
@@ -43,7 +43,7 @@ def post(mirror, body: bytes, mode: str = "signed") -> tuple[int, dict]:
     auth = {"signed": signature(SECRET, body), "plain": SECRET}.get(mode, mode)
     hooks = mirror.cfg.webhooks.listen
     req = urllib.request.Request(f"https://{hooks.host}:{hooks.port}{WEBHOOK_PATH}", data=body, method="POST",
-                                 headers={"Content-Type": "application/json", AUTH_HEADER: auth})
+                                 headers={"Content-Type": "application/json", EVENT_AUTH_HEADER: auth})
     try:
         with urllib.request.urlopen(req, timeout=30, context=pinned_context(mirror.cfg.mirror.tls_cert)) as resp:
             return resp.status, json.load(resp)

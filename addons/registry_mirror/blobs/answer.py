@@ -21,7 +21,7 @@ from registry_mirror.stats.counters import Stats
 
 log = logging.getLogger(__name__)
 
-AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
+UPSTREAM_AUTH_HEADER = "X-Mirror-Upstream-Auth"  # the credential scheme used, for the flow's redaction marker
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ async def send(request: web.Request, share: Share, stats: Stats, head_within: fl
 def _headers(head: UpstreamHead, outcome: Outcome, size: int | None,
              wanted: tuple[int, int] | None) -> dict[str, str]:
     """The head's headers, how the answer came about, and the length of what it sends (unknown: chunked)."""
-    headers = {**head.headers, CACHE_HEADER: outcome, AUTH_HEADER: head.scheme}
+    headers = {**head.headers, CACHE_HEADER: outcome, UPSTREAM_AUTH_HEADER: head.scheme}
     if size is not None:
         first, last = wanted or (0, size - 1)
         headers["Content-Length"] = str(last - first + 1)

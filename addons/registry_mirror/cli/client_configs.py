@@ -28,7 +28,7 @@ class Client:
 
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamRegistry:
     """An upstream host as clients name it in references (`artifactory.example.com`), with its scheme."""
     host: str
     scheme: str
@@ -36,7 +36,7 @@ class Upstream:
     repository_paths: bool = False  # `<repository>/<image>` names are served too
 
     @classmethod
-    def from_url(cls, url: str, repository: str, repository_paths: bool = False) -> "Upstream":
+    def from_url(cls, url: str, repository: str, repository_paths: bool = False) -> "UpstreamRegistry":
         parts = urlsplit(url)
         if parts.hostname is None:
             raise ValueError(f"{url} names no host")
@@ -50,7 +50,7 @@ class Upstream:
                 *([f"{registry}/{self.repository}/team/app:1.0"] if self.repository_paths else []))
 
 
-def containerd(mirror: str, upstream: Upstream, fallback: bool) -> Client:
+def containerd(mirror: str, upstream: UpstreamRegistry, fallback: bool) -> Client:
     folder = f"/etc/containerd/certs.d/{upstream.host}"
     host_table = f'[host."https://{mirror}"]\n  capabilities = ["pull", "resolve"]\n  ca = "{CA_NAME}"\n'
     if fallback:
@@ -83,7 +83,7 @@ def kubernetes() -> Client:
               '[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n'),))
 
 
-def podman(mirror: str, upstream: Upstream, fallback: bool) -> Client:
+def podman(mirror: str, upstream: UpstreamRegistry, fallback: bool) -> Client:
     insecure = "insecure = true\n" if upstream.scheme == "http" else ""
     if fallback:
         conf = (f'[[registry]]\nprefix = "{upstream.host}"\nlocation = "{upstream.host}"\n{insecure}\n'
@@ -102,7 +102,7 @@ def podman(mirror: str, upstream: Upstream, fallback: bool) -> Client:
         tuple(f"podman pull {ref}" for ref in upstream.examples(upstream.host)))
 
 
-def docker(mirror: str, upstream: Upstream, others: list[str] | tuple = ()) -> Client:
+def docker(mirror: str, upstream: UpstreamRegistry, others: list[str] | tuple = ()) -> Client:
     by_name = [f"routes to other registries ({', '.join(others)}) are reached by the mirror's name too, by every "
                f"client: docker pull {mirror}/{others[0]}<image>"] if others else []
     return Client(
@@ -121,7 +121,7 @@ def skopeo(mirror: str, trust_folder: str) -> Client:
                             "dir:/tmp/app",))
 
 
-def all_clients(mirror: str, upstream: Upstream, trust_folder: str, others: Sequence[str] = ()) -> list[Client]:
+def all_clients(mirror: str, upstream: UpstreamRegistry, trust_folder: str, others: Sequence[str] = ()) -> list[Client]:
     """Every client's configuration; containerd and podman with and without the fallback (choose one each).
     `others`: the prefixes of routes to other registries, which clients reach by the mirror's name."""
     return [docker(mirror, upstream, list(others)),

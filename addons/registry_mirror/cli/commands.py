@@ -199,7 +199,7 @@ def cmd_clients(args) -> int:
     mirror = args.address or f"{machine_name() if any_address(listen.host) else listen.host}:{listen.port}"
     # containerd and podman mirror one registry host: upstream's. The stock registry drops containerd's ns, so a
     # route with a url of its own is chosen by its image-name prefix: its clients pull by the mirror's name
-    upstream = clients.Upstream.from_url(cfg.upstream.origin, cfg.upstream.repository,
+    upstream = clients.UpstreamRegistry.from_url(cfg.upstream.origin, cfg.upstream.repository,
                                          cfg.upstream.repository_path_names)
     others = sorted({f"{route.match_prefix}/" for route in cfg.routes if route.origin != cfg.upstream.origin
                      and route.match_prefix})

@@ -55,7 +55,7 @@ def parse_address(name: str, value: str, allow_any_port: bool = False) -> Addres
 
 
 @dataclass(frozen=True)
-class Kind:
+class KeyKind:
     """A kind of key. `convert(the key's full name, value)` gives the attribute's value or raises ConfigError."""
     expected: str  # what is right, as messages and the README say it
     types: tuple[type, ...]  # the YAML types it takes; a boolean only where bool is one
@@ -150,23 +150,23 @@ def _any_port(name: str, value: str) -> Address:
     return parse_address(name, value if ":" in value.strip("[]") else f"{value}:0", allow_any_port=True)
 
 
-STRING = Kind("a string", (str,))
-BOOL = Kind("true or false", (bool,))
-WHOLE = Kind("a whole number", (int,))
-BYTES = Kind("a whole number of bytes", (int,), unit="bytes")
-SECONDS = Kind("a number of seconds", (int, float), lambda name, value: float(value), unit="seconds")
-DURATION = Kind("a duration: seconds, or 30s, 15m, 12h, 7d", (int, float, str), _units(parse_duration))
-SIZE = Kind("a size: bytes, or 800MiB, 500GiB, 2TB", (int, str), _units(parse_size))
-ADDRESS = Kind("host:port", (str,), parse_address)
-ANY_PORT = Kind("host or host:port (port 0: any free port)", (str,), _any_port)
-PATH = Kind("a path", (str,), path=True)
-CA_FILE = Kind("a path to a PEM CA bundle", (str,), _ca_file, path=True)
-SECRET = Kind("a string", (str,), secret=True)
-URL = Kind(_URL_EXPECTED, (str,), _url)
-PATH_PREFIX = Kind('a path starting with /, or "" for the root', (str,), _path_prefix)
-IMAGE_PREFIX = Kind("the start of an image name, e.g. team-a/", (str,), _image_prefix)
-HOSTS = Kind("a list of host or host:port", (list,), _hosts("a host or host:port"))
-REGISTRY_HOSTS = Kind("a list of registry host names", (list,), _hosts(
+STRING = KeyKind("a string", (str,))
+BOOL = KeyKind("true or false", (bool,))
+WHOLE = KeyKind("a whole number", (int,))
+BYTES = KeyKind("a whole number of bytes", (int,), unit="bytes")
+SECONDS = KeyKind("a number of seconds", (int, float), lambda name, value: float(value), unit="seconds")
+DURATION = KeyKind("a duration: seconds, or 30s, 15m, 12h, 7d", (int, float, str), _units(parse_duration))
+SIZE = KeyKind("a size: bytes, or 800MiB, 500GiB, 2TB", (int, str), _units(parse_size))
+ADDRESS = KeyKind("host:port", (str,), parse_address)
+ANY_PORT = KeyKind("host or host:port (port 0: any free port)", (str,), _any_port)
+PATH = KeyKind("a path", (str,), path=True)
+CA_FILE = KeyKind("a path to a PEM CA bundle", (str,), _ca_file, path=True)
+SECRET = KeyKind("a string", (str,), secret=True)
+URL = KeyKind(_URL_EXPECTED, (str,), _url)
+PATH_PREFIX = KeyKind('a path starting with /, or "" for the root', (str,), _path_prefix)
+IMAGE_PREFIX = KeyKind("the start of an image name, e.g. team-a/", (str,), _image_prefix)
+HOSTS = KeyKind("a list of host or host:port", (list,), _hosts("a host or host:port"))
+REGISTRY_HOSTS = KeyKind("a list of registry host names", (list,), _hosts(
     "a registry host name such as docker.io; ns values are matched against containerd's ?ns= parameter, "
     "never dialled"))
-PLATFORMS = Kind("a list of os/architecture[/variant], e.g. [linux/amd64]", (list,), _platforms)
+PLATFORMS = KeyKind("a list of os/architecture[/variant], e.g. [linux/amd64]", (list,), _platforms)

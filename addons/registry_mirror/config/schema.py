@@ -9,14 +9,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from registry_mirror.config.kinds import PATH, ConfigError, Kind, Secret
+from registry_mirror.config.kinds import PATH, ConfigError, KeyKind, Secret
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
 class Key:
-    kind: Kind
+    kind: KeyKind
     doc: str  # one line, for the table in docs/configuration.md
     default: Any = MISSING  # as an operator would write it; MISSING: the key must be set
     bounds: tuple[float, float] | None = None  # inclusive, but see `above`
@@ -46,7 +46,7 @@ class Key:
         return self.check(value) if self.check else None
 
 
-def key(kind: Kind, doc: str, default: Any = MISSING, **details: Any) -> Any:
+def key(kind: KeyKind, doc: str, default: Any = MISSING, **details: Any) -> Any:
     """A dataclass field declaring a key; the attribute's default is the declared one, converted."""
     value = default if default is MISSING or default is None else kind.convert("", default)
     return field(default=value, repr=not kind.secret, metadata={"key": Key(kind, doc, default, **details)})
@@ -63,7 +63,7 @@ def declared(cls: type, routes: bool = False) -> dict[str, tuple[str, Key]]:
     return keys
 
 
-def _kinds(keys: dict[str, tuple[str, Key]]) -> dict[str, Kind]:
+def _kinds(keys: dict[str, tuple[str, Key]]) -> dict[str, KeyKind]:
     """Every name the file may use: the keys, and after a secret its `<key>_file`."""
     kinds = {}
     for name, (_, declaration) in keys.items():

@@ -18,7 +18,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 
 from registry_mirror.blobs.access import TICKET_HEADER
-from registry_mirror.blobs.answer import AUTH_HEADER
+from registry_mirror.blobs.answer import UPSTREAM_AUTH_HEADER
 from registry_mirror.blobs.server import BlobServer
 from registry_mirror.config import load as config_mod
 from registry_mirror.manifests.service import UpstreamDown
@@ -122,7 +122,7 @@ class RegistryMirror:
             return
         if flow.metadata.get("mirror.kind") == Kind.BLOB.value and flow.request.method == "GET":
             flow.response.stream = True  # never hold a blob in memory, whatever stream_large_bodies says
-            scheme = flow.response.headers.pop(AUTH_HEADER, "")
+            scheme = flow.response.headers.pop(UPSTREAM_AUTH_HEADER, "")
             self._show_upstream(flow, flow.metadata["mirror.upstream_url"], scheme)
             flow.request.headers.pop(TICKET_HEADER, None)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 NOTIFY_PATH = "/_mirror/notifications"
 SECRET_HEADER = "X-Mirror-Notify-Secret"
-MAX_BODY = 1024 * 1024  # the registry sends one event per request: a few KiB
+MAX_NOTIFICATION_BODY = 1024 * 1024  # the registry sends one event per request: a few KiB
 
 
 def secret_file(storage: str) -> Path:
@@ -51,8 +51,8 @@ def check(method: str, given_secret: str, body: bytes | None, secret: str) -> tu
         return 405, "notifications are POSTed", None
     if not hmac.compare_digest(given_secret.encode(), secret.encode()):
         return 401, f"{SECRET_HEADER} is missing or wrong", None
-    if body is None or len(body) > MAX_BODY:
-        return 413, f"a notification is at most {MAX_BODY} bytes", None
+    if body is None or len(body) > MAX_NOTIFICATION_BODY:
+        return 413, f"a notification is at most {MAX_NOTIFICATION_BODY} bytes", None
     try:
         return 202, "", json.loads(body)
     except (UnicodeDecodeError, ValueError):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from registry_mirror.oci.registry_requests import TAG_RE, valid_name
 
-AUTH_HEADER = "X-JFrog-Event-Auth"
-MAX_BODY = 64 * 1024  # one event is about a KiB; an index with many platforms stays far below
+EVENT_AUTH_HEADER = "X-JFrog-Event-Auth"
+MAX_EVENT_BODY = 64 * 1024  # one event is about a KiB; an index with many platforms stays far below
 WARMED_EVENTS = frozenset({"pushed", "promoted"})  # a new digest under a tag
 DELETED = "deleted"  # a tag deleted upstream: the mirror forgets it
 _HEX_RE = re.compile(r"[0-9a-f]{64}")

@@ -27,9 +27,9 @@ from registry_mirror.tls import certs
 from registry_mirror.tls.cert_watch import CertWatch
 from registry_mirror.warming import pull as warm
 from registry_mirror.warming.events import (
-    AUTH_HEADER,
     DELETED,
-    MAX_BODY,
+    EVENT_AUTH_HEADER,
+    MAX_EVENT_BODY,
     EventError,
     TagEvent,
     authentic,
@@ -140,17 +140,17 @@ class WebhookListener:
         if request.method != "POST":
             return answer(405, "webhook events are POSTed")
         try:
-            body = await asyncio.wait_for(read_body(request.content, MAX_BODY, request.content_length),
+            body = await asyncio.wait_for(read_body(request.content, MAX_EVENT_BODY, request.content_length),
                                           READ_SECONDS)
         except BodyCutShort as e:
             return answer(400, str(e))
         except BodyTooLarge as e:
-            return answer(413, f"an event is at most {MAX_BODY} bytes: {e}")
+            return answer(413, f"an event is at most {MAX_EVENT_BODY} bytes: {e}")
         except TimeoutError:
             return answer(408, f"the body did not arrive within {READ_SECONDS:g} s")
-        if not authentic(request.headers.get(AUTH_HEADER, ""), self.secret, body):
-            log.warning("refused a webhook event from %s: %s missing or wrong", request.remote, AUTH_HEADER)
-            return answer(401, f"{AUTH_HEADER} is missing or wrong; give the webhook the secret of "
+        if not authentic(request.headers.get(EVENT_AUTH_HEADER, ""), self.secret, body):
+            log.warning("refused a webhook event from %s: %s missing or wrong", request.remote, EVENT_AUTH_HEADER)
+            return answer(401, f"{EVENT_AUTH_HEADER} is missing or wrong; give the webhook the secret of "
                                f"webhooks.secret (signed or not)")
         try:
             event = parse(body)

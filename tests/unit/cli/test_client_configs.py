@@ -3,7 +3,7 @@ from registry_mirror.cli import client_configs as clients
 from registry_mirror.tls import certs
 
 MIRROR = "mirror.dc1.example.com:5000"
-ARTIFACTORY = clients.Upstream.from_url("https://artifactory.example.com", "docker-local")
+ARTIFACTORY = clients.UpstreamRegistry.from_url("https://artifactory.example.com", "docker-local")
 
 
 def test_containerd_without_the_fallback_has_the_mirror_as_its_server_too():
@@ -19,7 +19,7 @@ def test_containerd_without_the_fallback_has_the_mirror_as_its_server_too():
 def test_podman_without_the_fallback_rewrites_the_location_and_has_no_mirror_entry():
     conf = clients.podman(MIRROR, ARTIFACTORY, fallback=False).files[0].text
     assert conf == f'[[registry]]\nprefix = "artifactory.example.com"\nlocation = "{MIRROR}"\n'
-    plain = clients.Upstream.from_url("http://127.0.0.1:8080", "r")
+    plain = clients.UpstreamRegistry.from_url("http://127.0.0.1:8080", "r")
     assert "insecure = true" in clients.podman(MIRROR, plain, fallback=True).files[0].text
 
 
@@ -46,5 +46,5 @@ def test_containerd_and_podman_mirror_upstreams_host_and_other_registries_are_pu
 
 
 def test_a_default_port_is_not_part_of_the_host_clients_name():
-    assert clients.Upstream.from_url("https://art.example.com:443", "r").host == "art.example.com"
-    assert clients.Upstream.from_url("https://art.example.com:8443", "r").host == "art.example.com:8443"
+    assert clients.UpstreamRegistry.from_url("https://art.example.com:443", "r").host == "art.example.com"
+    assert clients.UpstreamRegistry.from_url("https://art.example.com:8443", "r").host == "art.example.com:8443"

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests, served_pulls
-from registry_mirror.proxy.notifications import MAX_BODY, check, notification_secret, secret_file
+from registry_mirror.proxy.notifications import MAX_NOTIFICATION_BODY, check, notification_secret, secret_file
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -21,7 +21,7 @@ def event(action="pull", media=MANIFEST, repository="team/app", digest="sha256:"
     ("POST", "wrong", b'{"events": []}', 401),
     ("POST", "", b'{"events": []}', 401),
     ("GET", "s3cret", b"", 405),
-    ("POST", "s3cret", b"x" * (MAX_BODY + 1), 413),
+    ("POST", "s3cret", b"x" * (MAX_NOTIFICATION_BODY + 1), 413),
     ("POST", "s3cret", None, 413),  # streamed by mitmproxy: over its buffering limit
     ("POST", "s3cret", b"not json", 400),
 ])

@@ -16,7 +16,7 @@ from registry_mirror.config.load import parse
 from registry_mirror.tls import certs
 from registry_mirror.warming import pull as warm
 from registry_mirror.warming import webhooks
-from registry_mirror.warming.events import AUTH_HEADER, signature
+from registry_mirror.warming.events import EVENT_AUTH_HEADER, signature
 from registry_mirror.warming.webhooks import WEBHOOK_PATH, WebhookListener
 from tests.unit.support.waits import BOUND, until
 from tests.unit.tls.test_certs import DAY, NOW, make_pair
@@ -82,7 +82,7 @@ def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, drop_tag=None
 
 
 def signed(body: bytes) -> dict:
-    return {AUTH_HEADER: signature(SECRET, body), "Content-Type": "application/json"}
+    return {EVENT_AUTH_HEADER: signature(SECRET, body), "Content-Type": "application/json"}
 
 
 def test_a_signed_event_is_accepted_at_once_and_warms_every_name_of_the_image(tmp_path, monkeypatch):
@@ -109,18 +109,18 @@ def test_an_event_coalesced_with_a_warm_of_the_same_digest_still_drops_its_own_t
 def test_the_plain_secret_works_too_over_tls_with_the_mirror_certificate(tmp_path, monkeypatch):
     certs.ensure_self_signed(str(tmp_path / "mirror.crt"), str(tmp_path / "mirror.key"))
     body = event(repo_key="docker-team-b", image_name="app")
-    answers, recorder, _ = run(tmp_path, monkeypatch, [({AUTH_HEADER: SECRET}, body)], tls=True,
+    answers, recorder, _ = run(tmp_path, monkeypatch, [({EVENT_AUTH_HEADER: SECRET}, body)], tls=True,
                                platforms=["linux/amd64"])
     assert answers[0][0] == 202
     assert recorder.warms == [(("team-b/app",), DIGEST, "1.0", ("linux/amd64",))]
 
 
-@pytest.mark.parametrize("headers", [{}, {AUTH_HEADER: ""}, {AUTH_HEADER: "wrong"},
-                                     {AUTH_HEADER: signature("another", event())},
-                                     {AUTH_HEADER: signature(SECRET, event(tag="2.0"))}])
+@pytest.mark.parametrize("headers", [{}, {EVENT_AUTH_HEADER: ""}, {EVENT_AUTH_HEADER: "wrong"},
+                                     {EVENT_AUTH_HEADER: signature("another", event())},
+                                     {EVENT_AUTH_HEADER: signature(SECRET, event(tag="2.0"))}])
 def test_unauthenticated_events_get_401_and_nothing_is_fetched(tmp_path, monkeypatch, caplog, headers):
     answers, recorder, snap = run(tmp_path, monkeypatch, [(headers, event())])
-    assert answers[0][0] == 401 and AUTH_HEADER in answers[0][1]["reason"]
+    assert answers[0][0] == 401 and EVENT_AUTH_HEADER in answers[0][1]["reason"]
     assert recorder.warms == [] and recorder.forgotten == [] and snap["warms"]["queued"] == 0
     assert SECRET not in caplog.text and SECRET not in json.dumps(answers) and SECRET not in json.dumps(snap)
 
@@ -130,8 +130,8 @@ def test_bad_bodies(tmp_path, monkeypatch):
     wrong_shape = json.dumps({"domain": "docker", "event_type": "pushed", "data": {"repo_key": "docker-local"}})
     unknown_repo = event(repo_key="docker-elsewhere")
     outside_route = event(repo_key="docker-team-c", image_name="other/app")  # that route serves team-c/ only
-    requests = [(signed(big), big), ({AUTH_HEADER: SECRET}, b"not json"),
-                ({AUTH_HEADER: SECRET}, wrong_shape.encode()), (signed(unknown_repo), unknown_repo),
+    requests = [(signed(big), big), ({EVENT_AUTH_HEADER: SECRET}, b"not json"),
+                ({EVENT_AUTH_HEADER: SECRET}, wrong_shape.encode()), (signed(unknown_repo), unknown_repo),
                 (signed(outside_route), outside_route)]
     answers, recorder, snap = run(tmp_path, monkeypatch, requests)
     assert [status for status, _ in answers] == [413, 400, 400, 422, 422]
