@@ -33,6 +33,14 @@ _RENEW_IF_MINE = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.ca
 _DELETE_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
+def redis_client(scale: ScaleConfig, **options) -> aioredis.Redis:
+    """A client of the replicas' redis with short timeouts, so that a redis away never holds anything up."""
+    redis = scale.shared_redis
+    return aioredis.Redis(host=redis.host, port=redis.port, db=scale.redis_db,
+                          password=scale.redis_password or None, socket_timeout=2, socket_connect_timeout=2,
+                          **options)
+
+
 @dataclass(frozen=True)
 class Peer:
     """A replica's blob endpoint: its address and the key it serves only the mirror's own requests with."""
@@ -60,10 +68,7 @@ class PeerCoordinator:
         self.last_error = ""
         self._skip_until = 0.0  # after a redis failure, fetch on our own a while instead of waiting on it
         self._releases: set[asyncio.Task] = set()
-        redis = scale.shared_redis
-        self._redis = aioredis.Redis(host=redis.host, port=redis.port, db=scale.redis_db,
-                                     password=scale.redis_password or None, socket_timeout=2,
-                                     socket_connect_timeout=2)
+        self._redis = redis_client(scale)
 
     def announce(self, port: int, key: str) -> None:
         host = f"[{self.scale.advertise}]" if ":" in self.scale.advertise else self.scale.advertise

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from registry_mirror.blobs import peers
 from registry_mirror.config.load import CacheConfig, ScaleConfig
 from registry_mirror.expiry.forget import Target
 from registry_mirror.oci.registry_requests import TAG_RE, valid_digest, valid_name
@@ -83,13 +84,9 @@ def told_text(heard: int | None, cache: CacheConfig) -> str:
 
 
 def redis_client(scale: ScaleConfig, **options) -> aioredis.Redis:
-    """A client with the settings blobs/peers.py uses: short timeouts, so that a redis away never holds anything up. One
-    retry at once (a pooled connection redis closed), not the client's default backoff: a forget would wait
-    seconds for a redis that is down, and the subscriber backs off on its own."""
-    redis = scale.shared_redis
-    return aioredis.Redis(host=redis.host, port=redis.port, db=scale.redis_db,
-                          password=scale.redis_password or None, socket_timeout=2, socket_connect_timeout=2,
-                          retry=Retry(NoBackoff(), 1), **options)
+    """blobs/peers.py's client, with one retry at once (a pooled connection redis closed) instead of the client's
+    default backoff: a forget would wait seconds for a redis that is down, and the subscriber backs off on its own."""
+    return peers.redis_client(scale, retry=Retry(NoBackoff(), 1), **options)
 
 
 async def publish_once(scale: ScaleConfig, inv: Invalidation) -> int | None:

@@ -34,6 +34,7 @@ from registry_mirror.storage.layout import (
     blob_data,
     layer_link,
     layer_link_digest,
+    linked_digest,
     revision_link,
     stored_digests,
     tag_current_link,
@@ -202,28 +203,21 @@ def repair(root: Path, removed: Iterable[tuple[str, str]]) -> int:
     link, which was still there), or a manifest linked since names a layer whose link the registry found just
     before it went. Only while the data is there, in place or set aside. How many came back."""
     v2 = root / V2
-    by_repository: dict[str, list[str]] = {}
+    by_repository: dict[str, list[tuple[str, str]]] = {}
     for name, link in removed:
-        if link.startswith(("_manifests/revisions/", "_layers/")):
-            by_repository.setdefault(name, []).append(link)
+        if (digest := linked_digest(link)) is not None:  # tag links are the registry's to write again
+            by_repository.setdefault(name, []).append((link, digest))
     restored = 0
     for name, links in by_repository.items():
         for layers in (False, True):  # revisions first: a revision written back names layers
             need = repository_needs(root, name)  # None: a manifest there is unknown, so it may need any layer
-            for link in links:
-                digest = _link_digest(link)
-                if bool(layer_link_digest(link)) != layers or not _data_there(v2, digest):
+            for link, digest in links:
+                if link.startswith("_layers/") != layers or not _data_there(v2, digest):
                     continue
                 if (need is None and layers) or (need is not None and digest in need):
                     _write_link(v2 / "repositories" / name / link, digest)
                     restored += 1
     return restored
-
-
-def _link_digest(link: str) -> str:
-    """The digest a revision or layer link's path names: `<folder>/<alg>/<hex>/link`."""
-    algorithm, hex_ = link.split("/")[-3:-1]
-    return f"{algorithm}:{hex_}"
 
 
 def _data_there(v2: Path, digest: str) -> bool:

@@ -57,12 +57,19 @@ def blob_aside(digest: str) -> str:
     return blob_data(digest) + ".evicting"
 
 
+def linked_digest(link: str) -> str | None:
+    """The digest a layer or revision link's path names (`layer_link`'s and `revision_link`'s inverse), else None."""
+    for folder in ("_layers/", "_manifests/revisions/"):
+        if link.startswith(folder):
+            parts = link.removeprefix(folder).split("/")
+            if len(parts) == 3 and parts[2] == "link" and is_digest(f"{parts[0]}:{parts[1]}"):
+                return f"{parts[0]}:{parts[1]}"
+    return None
+
+
 def layer_link_digest(link: str) -> str | None:
     """The digest a layer link's path names (`layer_link`'s inverse), else None."""
-    parts = link.split("/")
-    if len(parts) == 4 and parts[0] == "_layers" and parts[3] == "link" and is_digest(f"{parts[1]}:{parts[2]}"):
-        return f"{parts[1]}:{parts[2]}"
-    return None
+    return linked_digest(link) if link.startswith("_layers/") else None
 
 
 def stored_digests(root: Path) -> Iterator[str]:
