@@ -11,8 +11,8 @@ before (a deploy's machines), in rounds whose size and concurrency (1 to `max_at
 pull is copied with skopeo and checked byte for byte against what was seeded.
 
 What it observes:
-- samples: the storage's bytes, blob data files plus partial uploads (`repositories/<name>/_uploads/`), read every
-  SAMPLE_SECONDS from a thread, each against the bound below;
+- samples: the storage's bytes, blob data files (in place, or set aside by a pass in its grace) plus partial uploads
+  (`repositories/<name>/_uploads/`), read every SAMPLE_SECONDS from a thread, each against the bound below;
 - passes: the storage read right after the addon's `storage.passes` counter changes (polled every STATS_SECONDS);
 - references, at the end of each round: pulls quiesced (no transfer in the mirror, no request open upstream, no
   upload folder in the registry's storage), then, when a pass is due (the addon's `used_bytes` or our reading over
@@ -29,6 +29,8 @@ at t: the pulls started by t that have not ended, and those that ended at or aft
 seen finished by t (its `storage.last_pass_at`, the wall clock the pass read at its start). A pass can only evict
 what was stored, and order by last pull what was pulled, before it began: until a pass that began after a pull
 ended has finished, that pull's image may sit on top of the cap. A pull lasts from skopeo's start to its exit.
+A sample's data set aside is held against the bound only at the pass's end: during its grace (seconds) a pull may
+store a blob anew while the old copy waits aside, so the disk briefly holds both.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from devtools import seed
 from devtools.skopeo import PullError, pull
@@ -227,10 +230,22 @@ class RoundRecord:
     checked_at: float = 0.0  # wall clock
 
 
-def read_storage(root: Path, repositories) -> tuple[int, int, int, frozenset[str]]:
-    """(blob data bytes, data set aside by a pass included; partial upload bytes; upload folders; digests whose data
-    is present); what vanishes while read is skipped."""
-    data_bytes, present = 0, set()
+class StorageReading(NamedTuple):
+    data: int  # blob data files in place
+    aside: int  # blob data a pass set aside and has not settled yet (its grace): still on the disk
+    uploads: int  # partial uploads
+    upload_folders: int
+    present: frozenset[str]  # digests whose data is in place
+
+    @property
+    def total(self) -> int:
+        return self.data + self.aside + self.uploads
+
+
+def read_storage(root: Path, repositories) -> StorageReading:
+    """The storage's bytes as a disk holds them; what vanishes while read is skipped."""
+    data_bytes = aside_bytes = 0
+    present = set()
     blobs = root / V2 / "blobs" / "sha256"
     for prefix in _dirs(blobs):
         for hex_ in _dirs(blobs / prefix):
@@ -239,8 +254,8 @@ def read_storage(root: Path, repositories) -> tuple[int, int, int, frozenset[str
                 present.add(f"sha256:{hex_}")
             except OSError:
                 pass
-            try:  # set aside by a pass that has not decided yet: still on the disk
-                data_bytes += (blobs / prefix / hex_ / "data.evicting").stat().st_size
+            try:
+                aside_bytes += (blobs / prefix / hex_ / "data.evicting").stat().st_size
             except OSError:
                 pass
     upload_bytes = folders = 0
@@ -255,7 +270,7 @@ def read_storage(root: Path, repositories) -> tuple[int, int, int, frozenset[str
                         upload_bytes += os.lstat(os.path.join(folder, f)).st_size
                     except OSError:
                         pass
-    return data_bytes, upload_bytes, folders, frozenset(present)
+    return StorageReading(data_bytes, aside_bytes, upload_bytes, folders, frozenset(present))
 
 
 def broken_references(root: Path) -> list[str]:
@@ -288,13 +303,20 @@ def broken_references(root: Path) -> list[str]:
     return problems
 
 
+class Sample(NamedTuple):
+    at: float  # wall clock
+    bytes: int  # everything read_storage counts
+    uploads: int  # of which partial uploads
+    aside: int  # of which data set aside by a pass in its grace
+
+
 class Watch(threading.Thread):
     """Samples the storage every SAMPLE_SECONDS and the addon's pass counter every STATS_SECONDS."""
 
     def __init__(self, target: Target, repositories):
         super().__init__(daemon=True, name="storage-watch")
         self.target, self.repositories = target, tuple(repositories)
-        self.samples: list[tuple[float, int, int]] = []  # (wall clock, bytes, of which uploads)
+        self.samples: list[Sample] = []
         self.passes: list[PassRecord] = []
         self.evictions: Counter = Counter()  # digest -> times its data was seen disappear
         self.storage_state: dict = {}  # the addon's last `storage` snapshot
@@ -325,12 +347,13 @@ class Watch(threading.Thread):
         with self._changed:
             return self._changed.wait_for(lambda: condition(list(self.passes)), timeout)
 
-    def _sample(self) -> tuple[int, int]:
-        data, uploads, _, present = read_storage(self.target.storage, self.repositories)
-        self.samples.append((time.time(), data + uploads, uploads))
-        self.evictions.update(self._present - present)
-        self._present = present
-        return data + uploads, uploads
+    def _sample(self) -> Sample:
+        reading = read_storage(self.target.storage, self.repositories)
+        sample = Sample(time.time(), reading.total, reading.uploads, reading.aside)
+        self.samples.append(sample)
+        self.evictions.update(self._present - reading.present)
+        self._present = reading.present
+        return sample
 
     def _poll(self) -> None:
         try:
@@ -344,7 +367,7 @@ class Watch(threading.Thread):
             return
         first = not self.passes
         now = time.time()
-        read = None if first else self._sample()[0]  # right after the counter changed: the pass's end
+        read = None if first else self._sample().bytes  # right after the counter changed: the pass's end
         with self._changed:
             self.passes.append(PassRecord(count, state.get("last_pass_at"), now, read))
             self._changed.notify_all()
@@ -413,15 +436,14 @@ class Workload:
         return RoundRecord(r, at_once, count, quiesced, uploads_left, due, came, checked, broken, time.time())
 
     def _stored(self) -> int:
-        data, uploads, _, _ = read_storage(self.target.storage, self.catalog.repositories)
-        return data + uploads
+        return read_storage(self.target.storage, self.catalog.repositories).total
 
     def _quiesce(self) -> tuple[bool, int]:
         """Until no transfer is open in the mirror, no request upstream and no upload in the registry."""
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         folders = 0
         while time.monotonic() < deadline:
-            folders = read_storage(self.target.storage, self.catalog.repositories)[2]
+            folders = read_storage(self.target.storage, self.catalog.repositories).upload_folders
             if not folders and not fetch_json(self.target.stats_url)["transfers"] and \
                     self.target.upstream.stats()["open"] == 0:
                 return True, 0
@@ -470,10 +492,10 @@ class Workload:
         cap = self.catalog.max_bytes
         samples = self.watch.samples
         ends = [p for p in self.watch.passes if p.bytes is not None]
-        times = sorted({t for t, _, _ in samples} | {p.seen for p in ends})
+        times = sorted({s.at for s in samples} | {p.seen for p in ends})
         bound = dict(zip(times, self.bounds(times), strict=True))
-        over_cap = [b - cap for _, b, _ in samples]
-        over_bound = [(b - bound[t], t) for t, b, _ in samples]
+        over_cap = [s.bytes - cap for s in samples]
+        over_bound = [(s.bytes - s.aside - bound[s.at], s.at) for s in samples]
         end_bytes = sorted(p.bytes for p in ends)
         end_over_bound = [p.bytes - bound[p.seen] for p in ends]
         worst = max(over_bound, default=(0, 0.0))
@@ -485,14 +507,15 @@ class Workload:
             "first_mismatch": next((p.mismatch for p in self.pulls if p.mismatch), ""),
             "max_bytes": cap, "distinct_bytes": self.catalog.distinct_bytes, "wall_s": round(self.wall_s, 1),
             "upstream": self.upstream,
-            "samples": len(samples), "sample_max_bytes": max((b for _, b, _ in samples), default=0),
+            "samples": len(samples), "sample_max_bytes": max((s.bytes for s in samples), default=0),
             "sample_max_over_cap": max(over_cap, default=0),
             "sample_max_over_bound": worst[0],
             "samples_over_bound": sum(1 for o, _ in over_bound if o > 0),
-            "sample_max_uploads": max((u for _, _, u in samples), default=0),
+            "sample_max_uploads": max((s.uploads for s in samples), default=0),
+            "sample_max_aside": max((s.aside for s in samples), default=0),
             # the same with pulls that ended within GRACE_FIGURE seconds counted too (blob_server.COMMIT_GRACE)
-            "sample_max_over_bound_grace": max((b - graced[t] for t, b, _ in samples), default=0),
-            "samples_over_bound_grace": sum(1 for t, b, _ in samples if b > graced[t]),
+            "sample_max_over_bound_grace": max((s.bytes - s.aside - graced[s.at] for s in samples), default=0),
+            "samples_over_bound_grace": sum(1 for s in samples if s.bytes - s.aside > graced[s.at]),
             "passes": len(ends), "pass_end_bytes": end_bytes,
             "pass_end_max": max(end_bytes, default=0),
             "pass_end_p50": int(statistics.median(end_bytes)) if end_bytes else 0,
