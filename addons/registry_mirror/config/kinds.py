@@ -37,7 +37,8 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        """host:port as URLs and Go's listeners take it: an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def local_url(self, path: str) -> str:
         """`http://` URL of `path` on this address, as a client on this machine reaches it."""

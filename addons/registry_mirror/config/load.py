@@ -50,8 +50,8 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> Config:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read the configuration file {path}: {e.strerror}; set {ENV_PATH} or "
-                          f"--set mirror_config=<path> to a readable mirror.yaml") from e
+        raise ConfigError(f"cannot read the configuration file {path}: {e.strerror}; point {ENV_PATH}, --config "
+                          "(artifactory-mirror) or --set mirror_config= (mitmdump) at a readable mirror.yaml") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

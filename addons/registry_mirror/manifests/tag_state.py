@@ -81,7 +81,7 @@ class TagState:
             data = json.loads(self.path.read_text())
             for text, fields in data.get("tags", {}).items():
                 self.tags[key_from_text(text)] = KnownTag(**fields)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # AttributeError: JSON of another shape
             log.warning("ignoring the tag state file %s (%s); it is rewritten as tags are fetched", self.path, e)
 
     def _schedule_save(self) -> None:

@@ -161,7 +161,7 @@ class Upstream:
         """The whole body under `cap`; one over it or cut short is counted (the stats' integrity) and raised."""
         try:
             return await read_body(resp.content, cap, resp.content_length)
-        except BodyError:
+        except (BodyError, aiohttp.ClientPayloadError):  # aiohttp sees a body shorter than its length first
             self.stats.body_cut_short()
             raise
 
