@@ -35,6 +35,7 @@ from bench.designs import CACHING, DESIGNS, MIRROR, Bed
 from bench.network import LinkSampler, Network, Site, namespaces_available
 from bench.procstat import cpu_seconds
 from devtools import seed
+from devtools.netns import in_netns, launcher
 from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
@@ -150,20 +151,21 @@ def warm_against_local(bed: Bed, image, turns: int, workdir: Path) -> dict:
     cfg = plain_registry_config(f"127.0.0.1:{port}", str(local_dir / "storage"))
     cfg["http"]["tls"] = {"certificate": bed.cert[0], "key": bed.cert[1]}
     (local_dir / "registry.yml").write_text(yaml.safe_dump(cfg))
-    reg = processes.start([processes.registry_binary(), "serve", str(local_dir / "registry.yml")],
-                          local_dir / "registry.log", netns=site.dc_netns)
+    launch = launcher(site.dc_netns)
+    reg = launch.start([processes.registry_binary(), "serve", str(local_dir / "registry.yml")],
+                       local_dir / "registry.log")
     mirror = None
     try:
-        processes.wait_for_port("127.0.0.1", port, reg, what="plain local registry", netns=site.dc_netns)
+        launch.wait_for_port("127.0.0.1", port, reg, what="plain local registry")
         # a tag TTL longer than the turns: every warm pull is "within the TTL"
         mirror = designs.start_mirror(workdir / "mirror-warm", bed, cache={"tag_ttl": 3600})
         mirror_addr, local_addr = str(mirror.cfg.mirror.listen), f"127.0.0.1:{port}"
         source = workdir / "mirror-warm" / "first"
         pull(f"{mirror_addr}/{ref(image)}", source, netns=site.dc_netns, cert_dir=bed.trust)
         # the same bytes under the same digests: pushed as they are, not recompressed
-        subprocess.run(processes.in_netns(["skopeo", "--insecure-policy", "copy", "--preserve-digests",
-                                           "--dest-cert-dir", str(bed.trust), f"dir:{source}",
-                                           f"docker://{local_addr}/{ref(image)}"], site.dc_netns),
+        subprocess.run(in_netns(["skopeo", "--insecure-policy", "copy", "--preserve-digests",
+                                 "--dest-cert-dir", str(bed.trust), f"dir:{source}",
+                                 f"docker://{local_addr}/{ref(image)}"], site.dc_netns),
                        check=True, capture_output=True)
         wait_until_quiet(bed.upstream, quiet=1.5)
         requests_before = bed.upstream.stats()["request_count"]

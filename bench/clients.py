@@ -29,7 +29,7 @@ from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
 from devtools.upstream_harness import UpstreamHarness
 from devtools.wire import WireHarness
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.tls import certs
 
@@ -62,7 +62,7 @@ class Bed:
             "cache": {"spool_dir": str(workdir / "spool")}}))
         cfg = load(config)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(HOST_SIDE,))
-        self.mirror = Mirror(cfg, workdir / "mirror-logs")
+        self.mirror = Supervisor(cfg, workdir / "mirror-logs")
         self.mirror.start()
         self.mirror_host = str(cfg.mirror.listen)
         printed = subprocess.run([str(Path(sys.executable).with_name("artifactory-mirror")), "clients", "--config",

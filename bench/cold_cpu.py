@@ -27,7 +27,7 @@ from devtools.ports import free_port
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
 from registry_mirror.cli import processes
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.tls import certs
 
@@ -101,7 +101,7 @@ def main() -> int:
                 f.write("cache:\n  spool_keep: 600\n  tag_ttl: 600\n")
             cfg = load(cfg_path)
             certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
-            mirror = Mirror(cfg, run / "logs")
+            mirror = Supervisor(cfg, run / "logs")
             try:
                 mirror.start()
                 wait_until_quiet(upstream, quiet=0.5)
@@ -146,7 +146,7 @@ def summarize(rounds: list[Round], image_size: int) -> str:
             f"blobs in the addon's spool, nothing from the upstream) {floor:.2f} s ({floor / direct:.2f}x).")
 
 
-def restart_registry_empty(mirror: Mirror) -> None:
+def restart_registry_empty(mirror: Supervisor) -> None:
     """The mirror's stock registry again, with empty storage; the addon, its caches and spools stay."""
     processes.stop(mirror.registry)
     shutil.rmtree(mirror.cfg.mirror.storage)

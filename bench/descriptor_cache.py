@@ -27,7 +27,7 @@ from devtools.ports import free_port
 from devtools.skopeo import pull
 from devtools.upstream_harness import UpstreamHarness
 from registry_mirror.cli import processes
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.tls import certs
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("no cache (shipped)", "inmemory cache")
 
 
-def restart_registry(mirror: Mirror, cache: bool) -> None:
+def restart_registry(mirror: Supervisor, cache: bool) -> None:
     processes.stop(mirror.registry)
     mirror.start_registry()
     if cache:  # the same generated configuration with the cache the mirror leaves out
@@ -93,7 +93,7 @@ def main() -> int:
         cfg = load(write_mirror_config(workdir, upstream.url, upstream.username, upstream.password,
                                        free_port(), free_port()))
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
-        mirror = Mirror(cfg, workdir / "logs")
+        mirror = Supervisor(cfg, workdir / "logs")
         mirror.start()
         pull(f"{cfg.mirror.listen}/{image.name}:{image.tag}", workdir / "warm",
              cert_dir=certs.trust_folder(cfg.mirror.tls_cert))

@@ -21,11 +21,12 @@ import yaml
 
 from bench.network import Site
 from devtools.demo import peak_rss_mb
+from devtools.netns import launcher
 from devtools.ports import free_port, plain_registry_config
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import TLS_NAME, UpstreamHarness
 from registry_mirror.cli import processes
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 
 DIRECT, SEED, MIRROR, REPLICAS, NGINX = ("direct", "seed design (registry + HAProxy)", "artifactory-mirror",
@@ -61,7 +62,7 @@ class Running:
     addresses: list[str]
     pull_args: dict
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # by name, stopped in reverse
-    mirrors: list[Mirror] = field(default_factory=list)
+    mirrors: list[Supervisor] = field(default_factory=list)
     redis: RedisServer | None = None
 
     @property
@@ -124,24 +125,22 @@ backend artifactory
   http-request set-header Authorization "Basic {bed.basic}"
   server art {bed.upstream_host} ssl verify required ca-file {bed.upstream.ca_file}
 """)
-    netns = bed.site.dc_netns
-    haproxy = running.procs["HAProxy"] = processes.start(["haproxy", "-f", str(config)], workdir / "haproxy.log",
-                                                          netns=netns)
+    launch = launcher(bed.site.dc_netns)
+    haproxy = running.procs["HAProxy"] = launch.start(["haproxy", "-f", str(config)], workdir / "haproxy.log")
     # the stock registry panics at start if its remote refuses the connection
-    processes.wait_for_port("127.0.0.1", ha_port, haproxy, what="HAProxy", netns=netns)
+    launch.wait_for_port("127.0.0.1", ha_port, haproxy, what="HAProxy")
     cfg = plain_registry_config(f"127.0.0.1:{reg_port}", str(workdir / "seed-storage"))
     cfg["proxy"] = {"remoteurl": f"http://127.0.0.1:{ha_port}"}
     cfg["http"]["tls"] = {"certificate": bed.cert[0], "key": bed.cert[1]}
     (workdir / "seed-registry.yml").write_text(yaml.safe_dump(cfg))
-    registry = running.procs["registry"] = processes.start(
-        [processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")], workdir / "seed-registry.log",
-        netns=netns)
-    processes.wait_for_port("127.0.0.1", reg_port, registry, what="seed-design registry", netns=netns)
+    registry = running.procs["registry"] = launch.start(
+        [processes.registry_binary(), "serve", str(workdir / "seed-registry.yml")], workdir / "seed-registry.log")
+    launch.wait_for_port("127.0.0.1", reg_port, registry, what="seed-design registry")
     running.addresses = [f"127.0.0.1:{reg_port}"]
 
 
 def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: dict | None = None,
-                 cache: dict | None = None) -> Mirror:
+                 cache: dict | None = None) -> Supervisor:
     """One mirror; with `storage` and `scale`, one replica of several sharing them."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "mirror.yaml"
@@ -155,7 +154,7 @@ def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: di
         "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
         "cache": {"spool_dir": str(workdir / "spool"), **bed.mirror_cache, **(cache or {})},
         **({"scale": scale} if scale else {})}))
-    mirror = Mirror(load(cfg_path), workdir / "mirror-logs", netns=bed.site.dc_netns)
+    mirror = Supervisor(load(cfg_path), workdir / "mirror-logs", launcher=launcher(bed.site.dc_netns))
     try:
         mirror.start()
     except BaseException:
@@ -227,10 +226,10 @@ def _nginx(workdir: Path, bed: Bed, running: Running) -> None:
     config = workdir / "nginx.conf"
     config.touch(mode=0o600)  # it holds the credential
     config.write_text(nginx_config(workdir, port, bed))
-    nginx = running.procs["nginx"] = processes.start(["nginx", "-c", str(config), "-p", str(workdir)],
-                                                      workdir / "nginx.log", netns=bed.site.dc_netns)
-    processes.wait_for_port("127.0.0.1", port, nginx, what="nginx", log_path=workdir / "nginx.log",
-                            netns=bed.site.dc_netns)
+    launch = launcher(bed.site.dc_netns)
+    nginx = running.procs["nginx"] = launch.start(["nginx", "-c", str(config), "-p", str(workdir)],
+                                                   workdir / "nginx.log")
+    launch.wait_for_port("127.0.0.1", port, nginx, what="nginx", log_path=workdir / "nginx.log")
     running.addresses = [f"127.0.0.1:{port}"]
 
 

@@ -42,7 +42,7 @@ from devtools.demo import peak_rss_mb
 from devtools.ports import free_port
 from devtools.skopeo import PullError, pull
 from devtools.upstream_harness import UpstreamHarness, wait_until_quiet
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.stats.counters import percentile
 from registry_mirror.stats.views import JSON_PATH
@@ -441,7 +441,7 @@ def run_distinct(args, cache: Path) -> dict:
         cfg_path.chmod(0o600)
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
-        mirror = Mirror(cfg, workdir / "mirror-logs")
+        mirror = Supervisor(cfg, workdir / "mirror-logs")
         mirror.start()
         stats_url = cfg.rewriter.listen.local_url(JSON_PATH)
         sampler = ProcSampler({"addon": mirror.mitm.pid, "registry": mirror.registry.pid})
@@ -585,7 +585,7 @@ def run_rounds(args, cache: Path) -> dict:
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
         trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
-        mirror = Mirror(cfg, workdir / "mirror-logs")
+        mirror = Supervisor(cfg, workdir / "mirror-logs")
         mirror.start()
         addr = str(cfg.mirror.listen)
         rounds = [run_round("cold", addr, steady, args.clients, workdir, trust, args.timeout)]

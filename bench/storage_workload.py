@@ -31,7 +31,7 @@ from bench.code_state import code_state
 from devtools.ports import free_port
 from devtools.storage_workload import MIB, Shape, Target, Workload, build_catalog, fetch_json, seed_upstream
 from devtools.upstream_harness import UpstreamHarness
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.stats.views import JSON_PATH
 from registry_mirror.tls import certs
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tuple[Mirror, Target]:
+def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tuple[Supervisor, Target]:
     workdir.mkdir(parents=True)
     mirror_keys = {"listen": f"127.0.0.1:{free_port()}", "storage": str(workdir / "storage"),
                    "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
@@ -62,14 +62,14 @@ def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tu
                 raise
             del mirror_keys["min_free"]
     certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
-    mirror = Mirror(cfg, workdir / "logs")
+    mirror = Supervisor(cfg, workdir / "logs")
     mirror.start()
     target = Target(str(cfg.mirror.listen), certs.trust_folder(cfg.mirror.tls_cert), Path(cfg.mirror.storage),
                     f"http://{cfg.rewriter.listen}{JSON_PATH}", upstream)
     return mirror, target
 
 
-def which_addon(mirror: Mirror, target: Target) -> dict:
+def which_addon(mirror: Supervisor, target: Target) -> dict:
     """What ran, as the running processes tell it: mitmdump's script and PYTHONPATH (from /proc), and the keys of
     the addon's `storage` stats (they differ between versions)."""
     pid = mirror.mitm.pid

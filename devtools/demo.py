@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devtools.ports import free_port
 from registry_mirror.cli import processes
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.stats.views import JSON_PATH
 from registry_mirror.tls import certs
@@ -70,7 +70,7 @@ def run(workdir: Path, layer_cache: Path, big: tuple[int, int]) -> int:
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key)
         trust = certs.write_trust_folder(cfg.mirror.tls_cert, cfg.mirror.tls_cert)
-        mirror = Mirror(cfg, workdir / "mirror-logs")
+        mirror = Supervisor(cfg, workdir / "mirror-logs")
         mirror.start()
         print(f"demo: mirror on https://{cfg.mirror.listen} (config {cfg_path}, logs {workdir / 'mirror-logs'})\n")
         rows = []

@@ -11,6 +11,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from devtools.netns import in_netns
+
 HOST_SIDE, NAMESPACE_SIDE = "10.203.0.1", "10.203.0.2"
 
 
@@ -20,8 +22,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _no_offloads(device: str, netns: str | None = None) -> None:
     command = ["ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"]
-    subprocess.run(["ip", "netns", "exec", netns, *command] if netns else command, check=True,
-                   capture_output=True, text=True)
+    subprocess.run(in_netns(command, netns), check=True, capture_output=True, text=True)
 
 
 @dataclass

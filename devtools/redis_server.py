@@ -6,6 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.netns import launcher
 from devtools.ports import free_port
 from registry_mirror.cli import processes
 
@@ -30,9 +31,10 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         log = self.workdir / "redis.log"
-        self.proc = processes.start([binary, "--bind", self.host, "--port", str(self.port), "--save", "",
-                                     "--appendonly", "no", "--dir", str(self.workdir)], log, netns=self.netns)
-        processes.wait_for_port(self.host, self.port, self.proc, what="redis-server", log_path=log, netns=self.netns)
+        launch = launcher(self.netns)
+        self.proc = launch.start([binary, "--bind", self.host, "--port", str(self.port), "--save", "",
+                                  "--appendonly", "no", "--dir", str(self.workdir)], log)
+        launch.wait_for_port(self.host, self.port, self.proc, what="redis-server", log_path=log)
         return self
 
     def stop(self) -> None:

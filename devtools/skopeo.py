@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from devtools.netns import in_netns
+
 
 class PullError(RuntimeError):
     pass
@@ -28,8 +30,7 @@ def pull(image_ref: str, dest: Path, cert_dir: Path | None = None, creds: str | 
     args += [f"docker://{image_ref}", f"dir:{dest}"]
     if nice:
         args = ["nice", "-n", str(nice), *args]
-    if netns:
-        args = ["ip", "netns", "exec", netns, *args]
+    args = in_netns(args, netns)
     started = time.monotonic()
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from devtools.netns import launcher
 from devtools.ports import free_port, plain_registry_config
 from registry_mirror.cli import processes
 from registry_mirror.tls import certs
@@ -64,10 +65,10 @@ class UpstreamHarness:
         cfg.write_text(yaml.safe_dump(plain_registry_config(f"{bind}:{self.registry_port}",
                                                             str(self.workdir / "upstream-storage"))))
         log = self.workdir / "upstream-registry.log"
-        reg = processes.start([*self._niced(), processes.registry_binary(), "serve", str(cfg)], log, netns=self.netns)
+        launch = launcher(self.netns)
+        reg = launch.start([*self._niced(), processes.registry_binary(), "serve", str(cfg)], log)
         self.procs.append(reg)
-        processes.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log,
-                                netns=self.netns)
+        launch.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log)
         secrets_file = self.workdir / "front-secrets.yml"
         secrets_file.write_text(yaml.safe_dump({"username": self.username, "password": self.password,
                                                 "static_token": self.static_token}))
@@ -84,11 +85,11 @@ class UpstreamHarness:
         if self.tls:  # mitmproxy tells TLS from plain HTTP per connection: the control calls stay plain
             args += ["--set", f"certs=*={self._certificate_pem()}"]
         log = self.workdir / "upstream-front.log"
-        front = processes.start([*self._niced(), *args], log, netns=self.netns)
+        front = launch.start([*self._niced(), *args], log)
         self.procs.append(front)
         ready_host = "127.0.0.1" if self.netns else self.host
-        processes.wait_until_ready(f"http://{ready_host}:{self.front_port}/_front/ready", front,
-                                   what="upstream front", log_path=log, netns=self.netns)
+        launch.wait_until_ready(f"http://{ready_host}:{self.front_port}/_front/ready", front,
+                                what="upstream front", log_path=log)
         return self
 
     def _niced(self) -> list[str]:

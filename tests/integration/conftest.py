@@ -18,7 +18,7 @@ from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
 from devtools.wire import WireHarness
-from registry_mirror.cli.supervisor import Mirror
+from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.stats.views import JSON_PATH
 from registry_mirror.tls import certs
@@ -94,7 +94,7 @@ def upstream(upstream_factory):
 
 
 class RunningMirror:
-    def __init__(self, mirror: Mirror, trust: Path):
+    def __init__(self, mirror: Supervisor, trust: Path):
         self.mirror, self.cfg, self.trust = mirror, mirror.cfg, trust
 
     @property
@@ -130,7 +130,7 @@ class RunningMirror:
 
 @pytest.fixture
 def mirror_factory(tmp_path):
-    started: list[Mirror] = []
+    started: list[Supervisor] = []
 
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
@@ -153,7 +153,7 @@ def mirror_factory(tmp_path):
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
-        mirror = Mirror(cfg, log_dir or workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
+        mirror = Supervisor(cfg, log_dir or workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
         started.append(mirror)
         mirror.start()
         return RunningMirror(mirror, certs.trust_folder(cfg.mirror.tls_cert))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from devtools import seed
 from devtools.skopeo import pull
-from registry_mirror.expiry.last_pulls import pulls_folder
+from registry_mirror.storage.layout import pulls_folder
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, stored_digests, wait_for
 

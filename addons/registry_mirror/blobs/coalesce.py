@@ -25,7 +25,7 @@ from registry_mirror.blobs.spool_writer import write_verified
 from registry_mirror.blobs.transfers import Transfer, TransferFailed
 
 if TYPE_CHECKING:
-    from registry_mirror.routes.routing import Route
+    from registry_mirror.blobs.route import BlobRoute
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class BlobCoalescer:
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
 
-    def join(self, digest: str, name: str, route: Route | None = None,
+    def join(self, digest: str, name: str, route: BlobRoute | None = None,
              take_hold: bool = True) -> tuple[Transfer, bool]:
         """The transfer for `digest` and whether this request follows one already under way. The request
         counts as a reader, so that the spool stays, until it calls `leave`; the first one (unless `take_hold`
@@ -78,7 +78,7 @@ class BlobCoalescer:
             return current, not prefetched
         return self._start(digest, name, route), False
 
-    def hold(self, digest: str, name: str, route: Route | None = None) -> Transfer:
+    def hold(self, digest: str, name: str, route: BlobRoute | None = None) -> Transfer:
         """Start the transfer for `digest` before any request asks for it, or return the one under way; a
         started one counts as read until a request joins it or `hold_seconds` after it ended."""
         if self.closed:
@@ -102,7 +102,7 @@ class BlobCoalescer:
         """Bytes the transfers in flight have still to receive (of those whose size is known)."""
         return sum(t.size - t.written for t in self.transfers.values() if t.size is not None and not t.finished)
 
-    def _start(self, digest: str, name: str, route: Route | None) -> Transfer:
+    def _start(self, digest: str, name: str, route: BlobRoute | None) -> Transfer:
         fd, path = tempfile.mkstemp(prefix="blob-", dir=self._dir)
         os.close(fd)
         transfer = Transfer(digest, name, Path(path), route)

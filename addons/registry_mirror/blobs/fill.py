@@ -6,16 +6,20 @@ sends the rest with a Range resume.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
 from registry_mirror.blobs.peer_fill import from_peer
 from registry_mirror.blobs.peers import PeerCoordinator
+from registry_mirror.blobs.route import BlobRoute
 from registry_mirror.blobs.transfers import Transfer
 from registry_mirror.blobs.upstream_fill import from_upstream
-from registry_mirror.routes.routing import Route, Router
+from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+
+log = logging.getLogger(__name__)
 
 
 class BlobFill:
@@ -40,7 +44,7 @@ class BlobFill:
             return from_upstream(transfer, route, self.stats)
         return self._fill_shared(transfer, route, self.peers, self._peer_session)
 
-    async def _fill_shared(self, transfer: Transfer, route: Route, peers: PeerCoordinator,
+    async def _fill_shared(self, transfer: Transfer, route: BlobRoute, peers: PeerCoordinator,
                            session: aiohttp.ClientSession) -> AsyncGenerator[bytes, None]:
         peer = await peers.claim(transfer.digest)
         if peer is None:
@@ -55,11 +59,15 @@ class BlobFill:
                 yield chunk
 
     def verified(self, transfer: Transfer) -> None:
-        """A cached HEAD that disagrees with the verified size goes, in every route: sizes are per digest; and
-        the bytes are about to be stored (the expiry's cap)."""
-        for route in self.router.routes.values():
-            route.manifests.blob_verified(transfer.digest, transfer.written)
-        self.on_stored(transfer.written)
+        """A cached HEAD that disagrees with the verified size goes, in every route (sizes are per digest), so
+        that the next HEAD asks the upstream; and the bytes are about to be stored (the expiry's cap)."""
+        digest, size = transfer.digest, transfer.written
+        dropped = sum(route.blob_heads.drop_other_sizes(digest, size) for route in self.router.routes.values())
+        if dropped:
+            log.warning("dropped %d cached HEAD(s) of %s that did not say its verified size %d", dropped, digest,
+                        size)
+            self.stats.dropped_inconsistent(dropped)
+        self.on_stored(size)
 
     async def close(self) -> None:
         if self._peer_session:
@@ -68,7 +76,7 @@ class BlobFill:
             await self.peers.close()
 
 
-def _route_of(transfer: Transfer) -> Route:
+def _route_of(transfer: Transfer) -> BlobRoute:
     if transfer.route is None:
         raise ValueError(f"transfer of {transfer.digest} has no route to fill it from")
     return transfer.route

@@ -17,7 +17,7 @@ from registry_mirror.redact import error_text
 from registry_mirror.stats.counters import Stats
 
 if TYPE_CHECKING:
-    from registry_mirror.routes.routing import Route
+    from registry_mirror.blobs.route import BlobRoute
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class PeerError(Exception):
     """Another replica did not serve a blob; the message never carries its key."""
 
 
-async def from_peer(session: aiohttp.ClientSession, peer: Peer, transfer: Transfer, route: Route,
+async def from_peer(session: aiohttp.ClientSession, peer: Peer, transfer: Transfer, route: BlobRoute,
                     stats: Stats) -> AsyncIterator[bytes]:
     """The blob from `peer`'s spool; on a failure it ends early with the transfer's `origin` cleared, for the
     upstream to send the rest. Each byte is counted once, where it came from."""

@@ -29,7 +29,7 @@ from registry_mirror.oci.manifest_body import IMAGE_TYPES
 from registry_mirror.oci.registry_requests import SHA256_RE
 
 if TYPE_CHECKING:
-    from registry_mirror.routes.routing import Route
+    from registry_mirror.blobs.route import BlobRoute
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ class Prefetcher:
         self.coalescer = coalescer
         self.storage = storage  # the registry's filesystem storage
         self.disk = disk  # nothing is fetched ahead under the free-space reserve
-        self._pending: OrderedDict[str, tuple[str, Route, list[tuple[str, int]]]] = OrderedDict()  # by manifest
+        self._pending: OrderedDict[str, tuple[str, BlobRoute, list[tuple[str, int]]]] = OrderedDict()  # by manifest
         self._image_of: dict[str, str] = {}  # a pending image's blob -> its manifest's key in _pending
         self._one_image = asyncio.Lock()  # one image's blobs at a time: the WAN is shared, the spool bounded
         self._tasks: set[asyncio.Task] = set()
 
-    def manifest_served(self, name: str, route: Route, body: bytes, content_type: str) -> None:
+    def manifest_served(self, name: str, route: BlobRoute, body: bytes, content_type: str) -> None:
         """The registry was handed this manifest: its blobs are fetched once it asks for one of them."""
         blobs = image_blobs(body, content_type)
         if len(blobs) < 2:
@@ -91,14 +91,14 @@ class Prefetcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _forget(self, key: str) -> tuple[str, Route, list[tuple[str, int]]]:
+    def _forget(self, key: str) -> tuple[str, BlobRoute, list[tuple[str, int]]]:
         pending = self._pending.pop(key)
         for digest, _ in pending[2]:
             if self._image_of.get(digest) == key:
                 del self._image_of[digest]
         return pending
 
-    async def _fetch_in_order(self, name: str, route: Route, blobs: list[tuple[str, int]]) -> None:
+    async def _fetch_in_order(self, name: str, route: BlobRoute, blobs: list[tuple[str, int]]) -> None:
         async with self._one_image:
             for digest, size in blobs:
                 current = self.coalescer.transfers.get(digest)

@@ -25,6 +25,7 @@ from registry_mirror.blobs.coalesce import BlobCoalescer
 from registry_mirror.blobs.fill import BlobFill
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.prefetch import Prefetcher
+from registry_mirror.blobs.route import BlobRoute
 from registry_mirror.blobs.stored import open_stored, stored_transfer
 from registry_mirror.blobs.stored_verifier import BlobVerifier
 from registry_mirror.blobs.transfers import TransferFailed
@@ -32,7 +33,7 @@ from registry_mirror.config.load import CacheConfig, any_address
 from registry_mirror.free_space import DiskWatch
 from registry_mirror.oci.registry_requests import Kind, RegistryRequest, classify
 from registry_mirror.outcomes import Outcome
-from registry_mirror.routes.routing import Route, Router
+from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class BlobServer:
             del self._answered[digest]
         return self.coalescer.in_use() | frozenset(self._answered)
 
-    async def _from_storage(self, request: web.Request, req: RegistryRequest, route: Route, stored: BinaryIO,
+    async def _from_storage(self, request: web.Request, req: RegistryRequest, route: BlobRoute, stored: BinaryIO,
                             what: str) -> web.StreamResponse:
         """The stored blob, hashed as it is sent: a mismatch ends the answer short and moves the file aside, so
         the registry stores nothing and its next request is fetched from the upstream."""
@@ -162,11 +163,11 @@ class BlobServer:
             check.cancel()
             await asyncio.gather(check, return_exceptions=True)
 
-    def _incoming(self, route: Route, req: RegistryRequest) -> int:
+    def _incoming(self, route: BlobRoute, req: RegistryRequest) -> int:
         """Bytes still to be written for this blob (its size, as its HEAD gave it) and the transfers in flight."""
-        return self.coalescer.incoming_bytes() + (route.manifests.blob_size(req.name, req.reference) or 0)
+        return self.coalescer.incoming_bytes() + (route.blob_heads.size(req.name, req.reference) or 0)
 
-    async def _shared(self, request: web.Request, req: RegistryRequest, route: Route, what: str,
+    async def _shared(self, request: web.Request, req: RegistryRequest, route: BlobRoute, what: str,
                       peer: bool) -> web.StreamResponse:
         """The answer from the transfer of `req`'s blob, joined (or started) for this request."""
         try:
@@ -189,7 +190,7 @@ class BlobServer:
         finally:
             self.coalescer.leave(transfer)
 
-    async def _refusal(self, req: RegistryRequest, route: Route, what: str) -> web.Response | None:
+    async def _refusal(self, req: RegistryRequest, route: BlobRoute, what: str) -> web.Response | None:
         """An uncached blob is refused at once while its filesystems are short of space; while its upstream is
         down it waits up to the stale budget for it, then is refused."""
         if (current := self.coalescer.transfers.get(req.reference)) and current.error is None:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from registry_mirror.blobs.transfers import Transfer, UpstreamHead
 from registry_mirror.oci.digests import digest_hasher
 from registry_mirror.oci.registry_requests import SHA256_RE, RegistryRequest
-from registry_mirror.storage.layout import V2, blob_data
+from registry_mirror.storage.layout import blob_file
 from registry_mirror.storage.verify import CHUNK, hash_chunk
 
 
@@ -29,7 +29,7 @@ def stored_path(storage: Path | None, digest: str) -> Path | None:
     """Where the registry's filesystem storage keeps the blob's bytes (None: no storage, or not sha256)."""
     if storage is None or not SHA256_RE.fullmatch(digest):  # the only layout looked up: sha256/<hex>
         return None
-    return storage / V2 / blob_data(digest)
+    return blob_file(storage, digest)
 
 
 def open_stored(storage: Path | None, digest: str) -> BinaryIO | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from registry_mirror.routes.routing import Route
+    from registry_mirror.blobs.route import BlobRoute
 
 NOTIFY_BYTES = 1024 * 1024  # readers wake per MiB, not per socket read: fewer wake-ups and sendfile calls...
 NOTIFY_SECONDS = 0.5  # ...and no byte waits longer than this for them, however slow or stalled the upstream
@@ -37,7 +37,7 @@ class Transfer:
     digest: str
     name: str  # the repository of the request that started it: its credentials fetch the blob
     path: Path
-    route: Route | None = None  # the route of the request that started it: its upstream fills the transfer
+    route: BlobRoute | None = None  # the route of the request that started it: its upstream fills the transfer
     origin: str = ""  # where the bytes come from when not from the upstream (another replica)
     ended_at: float = 0.0  # the coalescer's timer when the transfer was verified or failed
     head: asyncio.Future[UpstreamHead] = field(default_factory=lambda: asyncio.get_running_loop().create_future())

@@ -21,7 +21,7 @@ from registry_mirror.upstream.client import UpstreamError
 from registry_mirror.upstream.slots import SlotTimeout
 
 if TYPE_CHECKING:
-    from registry_mirror.routes.routing import Route
+    from registry_mirror.blobs.route import BlobRoute
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ ERROR_BODY_CAP = 64 * 1024  # an upstream's error answer for a blob, passed on t
 SKIP_CHUNK = 256 * 1024  # read and dropped at a time where the upstream ignores a resume's Range
 
 
-def from_upstream(transfer: Transfer, route: Route, stats: Stats) -> AsyncGenerator[bytes, None]:
+def from_upstream(transfer: Transfer, route: BlobRoute, stats: Stats) -> AsyncGenerator[bytes, None]:
     """The blob's bytes from the transfer's `written` on (another replica may have sent some before)."""
     return _UpstreamFill(transfer, route, stats).chunks()
 
@@ -46,7 +46,7 @@ def take_head(transfer: Transfer, answer_headers: Mapping[str, str], scheme: str
 
 
 class _UpstreamFill:
-    def __init__(self, transfer: Transfer, route: Route, stats: Stats):
+    def __init__(self, transfer: Transfer, route: BlobRoute, stats: Stats):
         self.transfer, self.route, self.stats = transfer, route, stats
         self.req = RegistryRequest(Kind.BLOB, transfer.name, transfer.digest)
         self.exchange = f"{transfer.name}@{transfer.digest}"  # as the stats' exchange log names it
@@ -114,7 +114,7 @@ class _UpstreamFill:
     async def _first_answer(self, up: aiohttp.ClientResponse, scheme: str) -> None:
         """A 200 is every request's head; any other answer is passed on to the registry and fails the transfer."""
         if up.status == 200:
-            take_head(self.transfer, up.headers, scheme, self.route.manifests.blob_size(self.req.name,
+            take_head(self.transfer, up.headers, scheme, self.route.blob_heads.size(self.req.name,
                                                                                         self.req.reference))
             return
         try:  # the upstream's reason, for the registry; a body too long or cut short is dropped

@@ -16,15 +16,16 @@ from pathlib import Path
 
 from registry_mirror.cli import client_configs as clients
 from registry_mirror.cli import processes
-from registry_mirror.cli.supervisor import Mirror, preflight
+from registry_mirror.cli.supervisor import Supervisor, preflight
 from registry_mirror.config.load import Config, ConfigError, any_address, config_path, load
 from registry_mirror.expiry import forget
-from registry_mirror.expiry.last_pulls import LastPulls, pulls_folder
+from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
 from registry_mirror.proxy import replica_events
 from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secret
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
 from registry_mirror.storage import quarantine, verify
+from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.tls import certs
 from registry_mirror.units import human_bytes
 from registry_mirror.warming import pull as warm
@@ -232,7 +233,7 @@ def cmd_up(args) -> int:
         if problem := certs.certificate_problem(cfg.mirror.tls_cert, time.time()):
             print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="artifactory-mirror-"))
-    mirror = Mirror(cfg, log_dir, web=args.web, dump=args.dump)
+    mirror = Supervisor(cfg, log_dir, web=args.web, dump=args.dump)
 
     def on_signal(_signum, _frame):
         raise KeyboardInterrupt

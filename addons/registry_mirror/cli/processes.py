@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import fcntl
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -10,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from registry_mirror.cli.logfiles import LogFile, copy_lines
@@ -53,22 +57,16 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def in_netns(args: list[str], netns: str | None) -> list[str]:
-    """The command run inside a network namespace (`ip netns exec` execs it: the PID stays the command's)."""
-    return ["ip", "netns", "exec", netns, *args] if netns else args
-
-
 class LoggedProcess(subprocess.Popen):
     """A process whose output a thread copies to its log; `log_copier` is that thread, joined after it exits."""
     log_copier: threading.Thread | None = None
 
 
 def start(args: list[str], log: Path | LogFile, env: dict[str, str] | None = None,
-          netns: str | None = None, redact: tuple[str, ...] = ()) -> LoggedProcess:
+          redact: tuple[str, ...] = ()) -> LoggedProcess:
     """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), its output piped to
     `log` (cli/logfiles.py: rotated, and a full disk drops lines, never stops the process), with every string in
     `redact` replaced on its way there (the stock registry logs its notification endpoint's headers)."""
-    args = in_netns(args, netns)
     log = log if isinstance(log, LogFile) else LogFile(log)
     proc = LoggedProcess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
@@ -92,24 +90,25 @@ def _flush_log(proc: subprocess.Popen) -> None:
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
-                  what: str = "process", log_path: Path | None = None, netns: str | None = None) -> None:
-    """Wait until `host:port` accepts connections (probed inside `netns` when given), or the process dies."""
-    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    _wait(lambda: _accepts(connect_host, port, netns), proc, timeout, what, log_path,
-          f"listen on {host}:{port}")
+                  what: str = "process", log_path: Path | None = None) -> None:
+    """Wait until `host:port` accepts connections, or the process dies."""
+    wait_until(lambda: _accepts(connect_host(host), port), proc, f"listen on {host}:{port}", timeout, what, log_path)
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0, what: str = "process",
-                     log_path: Path | None = None, netns: str | None = None) -> None:
+                     log_path: Path | None = None) -> None:
     """Wait until `url` answers 200 with a JSON body whose "ready" is true, or the process dies.
 
     mitmproxy accepts connections before it has loaded its scripts and run their `running` hooks; a request
     in that gap is proxied without the addon (a probe too: it reaches the reverse target as a 404). Its port
     being open is not enough."""
-    _wait(lambda: _is_ready(url, netns), proc, timeout, what, log_path, f"report ready at {url}")
+    wait_until(lambda: _is_ready(url), proc, f"report ready at {url}", timeout, what, log_path)
 
 
-def _wait(check, proc: subprocess.Popen, timeout: float, what: str, log_path: Path | None, goal: str) -> None:
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen, goal: str, timeout: float = 30.0,
+               what: str = "process", log_path: Path | None = None) -> None:
+    """Poll `check` until it holds; a ProcessError naming `what` (and its log's tail) if the process exits first,
+    or saying it did not `goal` within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -122,43 +121,28 @@ def _wait(check, proc: subprocess.Popen, timeout: float, what: str, log_path: Pa
     raise ProcessError(f"{what} did not {goal} within {timeout:.0f} s")
 
 
-_READY_PROBE = """
-import json, sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as resp:
-        sys.exit(0 if resp.status == 200 and json.load(resp).get("ready") is True else 1)
-except Exception:
-    sys.exit(1)
-"""
+def connect_host(host: str) -> str:
+    """Where to reach a listener bound to `host`: a wildcard address is reached on loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
 
 
-def _is_ready(url: str, netns: str | None) -> bool:
-    # a child process, so that the same probe runs inside a network namespace
-    return subprocess.run(in_netns([sys.executable, "-c", _READY_PROBE, url], netns),
-                          capture_output=True, timeout=10).returncode == 0
-
-
-_ACCEPT_PROBE = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.5) as s:
-        # a connect to a port nobody listens on in the ephemeral range can pick that very port as its own
-        # and connect to itself (TCP simultaneous open): that is no listener
-        sys.exit(0 if s.getsockname() != s.getpeername() else 1)
-except OSError:
-    sys.exit(1)
-"""
-
-
-def _accepts(host: str, port: int, netns: str | None) -> bool:
-    if netns:
-        return subprocess.run(in_netns([sys.executable, "-c", _ACCEPT_PROBE, host, str(port)], netns),
-                              capture_output=True).returncode == 0
+def _accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
-            return s.getsockname() != s.getpeername()  # see _ACCEPT_PROBE
+            # a connect to a port nobody listens on in the ephemeral range can pick that very port as its own
+            # and connect to itself (TCP simultaneous open): that is no listener
+            return s.getsockname() != s.getpeername()
     except OSError:
         return False
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            body = json.load(resp) if resp.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):  # refused, an error status, cut short, not JSON
+        return False
+    return isinstance(body, dict) and body.get("ready") is True
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Protocol
 
 import argon2
 import yaml
@@ -36,13 +37,26 @@ LOG_REPORT_SECONDS = 2.0  # how often dropped log lines are reported to the addo
 CERT_POLL_SECONDS = 5.0  # how often the mirror's certificate and key are checked for a renewal
 
 
-class Mirror:
+class Launcher(Protocol):
+    """How the supervisor starts its processes and tells when they are up. cli/processes.py's functions are the
+    default (this host); another implementation may start them elsewhere, and must probe them there too."""
+
+    def start(self, args: list[str], log: Path | LogFile, *, redact: tuple[str, ...] = ()) -> subprocess.Popen: ...
+
+    def wait_until_ready(self, url: str, proc: subprocess.Popen, *, what: str,
+                         log_path: Path | None = None) -> None: ...
+
+    def wait_for_port(self, host: str, port: int, proc: subprocess.Popen, *, what: str,
+                      log_path: Path | None = None) -> None: ...
+
+
+class Supervisor:
     """The running pair: the addon's mitmproxy and the stock registry."""
 
     def __init__(self, cfg: Config, log_dir: Path, web: bool = False, dump: str | None = None,
-                 netns: str | None = None):
-        """`netns`: run both processes inside that network namespace (the benchmark's data center)."""
-        self.cfg, self.log_dir, self.web, self.dump, self.netns = cfg, log_dir, web, dump, netns
+                 launcher: Launcher = processes):
+        """`launcher`: how both processes are started and probed; by default on this host."""
+        self.cfg, self.log_dir, self.web, self.dump, self.launcher = cfg, log_dir, web, dump, launcher
         self.mitm: subprocess.Popen | None = None
         self.registry: subprocess.Popen | None = None
         # one file per process across registry restarts; a line that cannot be written is dropped and counted
@@ -81,9 +95,9 @@ class Mirror:
             private_dump_file(self.dump)
         # the addon never logs the webhook secret; its log is redacted of it all the same
         webhook_secret = (cfg.webhooks.secret,) if cfg.webhooks.secret else ()
-        self.mitm = processes.start(self.mitm_args(), self.logs["mitmproxy"], netns=self.netns, redact=webhook_secret)
-        processes.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm, what="mitmproxy with the addon",
-                                   log_path=self.logs["mitmproxy"].path, netns=self.netns)
+        self.mitm = self.launcher.start(self.mitm_args(), self.logs["mitmproxy"], redact=webhook_secret)
+        self.launcher.wait_until_ready(rw.listen.local_url(READY_PATH), self.mitm, what="mitmproxy with the addon",
+                                       log_path=self.logs["mitmproxy"].path)
         self.start_registry()
         threading.Thread(target=self._report_dropped_lines, daemon=True).start()
 
@@ -99,10 +113,10 @@ class Mirror:
         log = self.logs["registry"]
         # the pair on disk as the registry reads it at its start: a renewal from now on is a change
         self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None
-        self.registry = processes.start([processes.registry_binary(), "serve", str(registry_yml)], log,
-                                        netns=self.netns, redact=(notification_secret(cfg.mirror.storage),))
-        processes.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
-                                what="the stock registry", log_path=log.path, netns=self.netns)
+        self.registry = self.launcher.start([processes.registry_binary(), "serve", str(registry_yml)], log,
+                                            redact=(notification_secret(cfg.mirror.storage),))
+        self.launcher.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
+                                    what="the stock registry", log_path=log.path)
 
     def wait(self) -> int:
         """Block until one process exits; return non-zero naming it. A renewed certificate restarts the registry."""

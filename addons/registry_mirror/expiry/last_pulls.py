@@ -34,11 +34,6 @@ MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recentl
 STEP_TOLERANCE = 60.0  # seconds the wall clock may move against the monotonic one without being a step
 
 
-def pulls_folder(storage: str) -> Path:
-    """Where every replica's file of last pulls lives: next to the storage they share."""
-    return Path(storage.rstrip("/") + ".pulls")
-
-
 def _pulls(envelope: object) -> list[tuple[dict, dict]]:
     """(event, target) of every pull event in a notification envelope; junk is skipped."""
     events = envelope.get("events") if isinstance(envelope, dict) else None

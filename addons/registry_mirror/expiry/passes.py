@@ -39,7 +39,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests
 from registry_mirror.storage import eviction, torn_files, uploads
 from registry_mirror.storage.empty_folders import remove_empty_folders
 from registry_mirror.storage.inventory import Image, Inventory, inventory
-from registry_mirror.storage.layout import V2
+from registry_mirror.storage.tags import drop_tag
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +75,6 @@ def clock_jumped(last_pulls: Iterable[float], now: float, max_age: float,
                 f"more than max_age ({_span(max_age)}): the clock stepped forward, or nothing was pulled for that "
                 f"long")
     return None
-
-
-def _drop_tag(folder: Path, digest: str | None) -> bool:
-    try:
-        if digest is not None and (folder / "current" / "link").read_text().strip() != digest:
-            return False
-    except OSError:
-        return False
-    if not folder.is_dir():
-        return False
-    shutil.rmtree(folder, ignore_errors=True)  # a single tag: no pass need wait for it, nor it for a pass
-    return True
 
 
 def restarted(last_pulls: Mapping[Image, float], now: float) -> dict[Image, float]:
@@ -264,8 +251,7 @@ class Expiry:
     async def drop_tag(self, repository: str, tag: str, digest: str | None = None) -> bool:
         """Removes a tag's links (the image stays, by digest): the upstream deleted the tag. With `digest`, only
         while the tag still names it (a tag deleted and pushed again keeps its new image). Whether it went."""
-        folder = self.root / V2 / "repositories" / repository / "_manifests" / "tags" / tag
-        return await asyncio.to_thread(_drop_tag, folder, digest)
+        return await asyncio.to_thread(drop_tag, self.root, repository, tag, digest)
 
     def _forget_plan(self, target: Target, in_flight: frozenset[str]) -> eviction.Plan:
         inv = inventory(self.root)  # ages play no part: nothing goes by age or size, only what is forgotten

@@ -1,5 +1,6 @@
 """Blob HEADs by (repository, digest): a blob's size and type never change, so repeated HEADs are answered here,
-each for `cache.blob_head_ttl` seconds, until a verified transfer says otherwise (ManifestService.blob_verified).
+each for `cache.blob_head_ttl` seconds, until a verified transfer says otherwise. Each route owns one: its manifest
+service fills and answers from it, its blob fills read sizes from it and correct it (blobs/fill.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ class BlobHeads:
     that a verified transfer finds every cached HEAD of its digest without a scan of the cache."""
 
     def __init__(self, ttl: float, timer: Callable[[], float], maxsize: int = BLOB_HEADS):
-        self._heads: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        """`ttl` 0: nothing is kept (every HEAD asks the upstream)."""
+        self._heads: TTLCache = TTLCache(maxsize=maxsize if ttl > 0 else 0, ttl=max(ttl, 1.0), timer=timer)
         self._names: dict[str, set[str]] = {}
         self._indexed = 0  # names in the index, expired or evicted ones included until the next rebuild
 
@@ -25,7 +27,14 @@ class BlobHeads:
     def get(self, name: str, digest: str) -> dict[str, str] | None:
         return self._heads.get((name, digest))
 
+    def size(self, name: str, digest: str) -> int | None:
+        """The size a cached HEAD of the blob gave, if any."""
+        length = (self.get(name, digest) or {}).get("Content-Length", "")
+        return int(length) if length.isdigit() else None
+
     def put(self, name: str, digest: str, headers: dict[str, str]) -> None:
+        if not self._heads.maxsize:
+            return
         self._heads[(name, digest)] = headers
         names = self._names.setdefault(digest, set())
         if name not in names:

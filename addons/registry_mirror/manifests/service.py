@@ -5,9 +5,9 @@
 - Tag -> digest lives `cache.tag_ttl` seconds (30 by default), keyed by the set of media types the client
   accepts, because the upstream answers a different manifest (index or image) for a different Accept.
 - Blob HEADs: a blob's size and type by digest never change, so a cache of them (manifests/blob_heads.py) answers
-  repeated HEADs, each for `cache.blob_head_ttl` seconds (3600); once a transfer's bytes are verified
-  (`blob_verified`), every cached HEAD of that digest with another size is dropped, so a wrong answer cannot
-  stick.
+  repeated HEADs, each for `cache.blob_head_ttl` seconds (3600); the route owns it, and once a transfer's bytes
+  are verified (blobs/fill.py), every cached HEAD of that digest with another size is dropped, so a wrong answer
+  cannot stick.
 - Requests for the same thing that overlap share one upstream fetch.
 - Stale-if-error: a tag whose refresh fails, or takes longer than `cache.stale_budget`, is answered from its
   last known digest (up to `cache.max_stale` old) while the refresh goes on in the background; while the
@@ -79,15 +79,15 @@ def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "")
 
 class ManifestService:
     def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth, stats: Stats, known: TagState,
-                 timer: Callable[[], float] = time.monotonic):
+                 blob_heads: BlobHeads, timer: Callable[[], float] = time.monotonic):
         self.upstream, self.cfg, self.health, self.stats, self.known = upstream, cfg, health, stats, known
+        self.blob_heads = blob_heads  # the route's
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
-        self.blob_heads: BlobHeads | None = BlobHeads(cfg.blob_head_ttl, timer) if cfg.blob_head_ttl else None
         self._inflight: dict[tuple, asyncio.Future] = {}
         # tags answered stale at once for SICK_SECONDS after a failed or slow refresh (bounded, expiring)
         self._sick: TTLCache = TTLCache(maxsize=65536, ttl=SICK_SECONDS, timer=timer)
-        # told of a tag the upstream answers 404 for (cache.forget_deleted_tags: MirrorServices removes it)
+        # told of a tag the upstream answers 404 for (cache.forget_deleted_tags: Services removes it)
         self.on_tag_gone: Callable[[str, str], Awaitable[None]] | None = None
 
     async def answer(self, req: RegistryRequest, headers, method: str = "GET") -> Answer:
@@ -103,7 +103,7 @@ class ManifestService:
             if cached is not None:
                 return manifest_answer(cached, Outcome.HIT)
             return await self._tag(req, headers, method, accepts)
-        elif req.kind is Kind.BLOB and self.blob_heads is not None:
+        elif req.kind is Kind.BLOB:
             known = self.blob_heads.get(req.name, req.reference)
             if known is not None:
                 return Answer(200, dict(known), b"", Outcome.HIT)
@@ -131,21 +131,6 @@ class ManifestService:
         for digest in (named - {None}) | digests:
             dropped += self.manifests.pop(digest, None) is not None
         return dropped
-
-    def blob_size(self, name: str, digest: str) -> int | None:
-        """The size a cached HEAD of the blob gave, if any."""
-        known = self.blob_heads.get(name, digest) if self.blob_heads is not None else None
-        length = (known or {}).get("Content-Length", "")
-        return int(length) if length.isdigit() else None
-
-    def blob_verified(self, digest: str, size: int) -> None:
-        """A transfer of `digest` had `size` bytes that matched it: any cached HEAD of it (any repository)
-        that says another size is wrong, and is dropped so that the next HEAD asks the upstream."""
-        dropped = self.blob_heads.drop_other_sizes(digest, size) if self.blob_heads is not None else 0
-        if dropped:
-            log.warning("dropped %d cached HEAD(s) of %s that did not say its verified size %d", dropped, digest,
-                        size)
-            self.stats.dropped_inconsistent(dropped)
 
     async def _tag(self, req: RegistryRequest, headers, method: str, accepts: frozenset) -> Answer:
         """A tag the TTL cache does not answer: refresh, or the last known digest if that fails or is slow.
@@ -252,7 +237,7 @@ class ManifestService:
             # a size is kept only from an answer that names this blob: one that does not (a stray answer a
             # broken connection left behind, a proxy's page) is passed on once, never cached
             names_it = known.get("Docker-Content-Digest") == req.reference
-            if "Content-Length" in known and names_it and self.blob_heads is not None:
+            if "Content-Length" in known and names_it:
                 self.blob_heads.put(req.name, req.reference, known)
             return Answer(200, known, b"", Outcome.MISS, up.authorized)
         return self._store_manifest(req, accept_key(headers.get_all("Accept")), up.headers, up.body, up.authorized)

@@ -26,7 +26,7 @@ from registry_mirror.oci.manifest_body import ManifestMismatch
 from registry_mirror.oci.registry_requests import Kind, Refusal, RegistryRequest, classify
 from registry_mirror.outcomes import Outcome
 from registry_mirror.proxy import notifications
-from registry_mirror.proxy.services import MirrorServices, start_services
+from registry_mirror.proxy.services import Services, start_services
 from registry_mirror.responses import CACHE_HEADER, error_response, ping_response, small_response, upstream_status_error
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
@@ -47,7 +47,7 @@ STARTUP_WAIT = 30.0
 class RegistryMirror:
     def __init__(self) -> None:
         self.config: config_mod.Config | None = None  # loaded by `configure`
-        self.services: MirrorServices | None = None  # built by `running` from that configuration
+        self.services: Services | None = None  # built by `running` from that configuration
         self._stops = contextlib.AsyncExitStack()  # what `running` started, for `done` to stop
         self.log_files: dict = {}  # the supervisor's report of its log files: lines dropped, last error
         self.notify_secret = ""
@@ -107,7 +107,7 @@ class RegistryMirror:
         if flow.response is not None and flow.request.method == "HEAD":
             flow.response.raw_content = b""  # a HEAD answer carries no body; Content-Length stays
 
-    async def _wait_until_started(self) -> MirrorServices | None:
+    async def _wait_until_started(self) -> Services | None:
         """What `running` has built (the routes, the blob endpoint); waits for it, up to a bound."""
         if self.config is None:  # no start-up is coming
             return None
@@ -138,7 +138,7 @@ class RegistryMirror:
         self.stats.served("ping", Outcome.LOCAL, 0)
         return ping_response()
 
-    def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest, services: MirrorServices) -> None:
+    def _to_blob_server(self, flow: http.HTTPFlow, req: RegistryRequest, services: Services) -> None:
         if services.config.rewriter.blob_redirect:
             flow.response = self._redirect_to_blob_server(flow, req, services.blobs, services.router)
         else:
@@ -148,7 +148,7 @@ class RegistryMirror:
     def _redirect_to_blob_server(flow: http.HTTPFlow, req: RegistryRequest, blobs: BlobServer,
                                  router: Router) -> http.Response:
         # The registry follows the redirect and reads the blob from the blob endpoint directly, which
-        # sends it from the spool with sendfile: the bytes skip a Python hop (about 1 CPU-second per GB).
+        # sends it from the spool with sendfile: the bytes skip a Python hop (its cost: docs/benchmarks.md).
         location = blobs.redirect_url(flow.client_conn.sockname[0], req)
         upstream_url = router.for_request(req).upstream.url_for(req)
         return http.Response.make(307, b"", {"Location": location, CACHE_HEADER: "BLOB-ENDPOINT",
@@ -165,7 +165,7 @@ class RegistryMirror:
         flow.request.headers.pop("Authorization", None)
 
     async def _small_exchange(self, flow: http.HTTPFlow, req: RegistryRequest,
-                              services: MirrorServices) -> http.Response:
+                              services: Services) -> http.Response:
         method, started = flow.request.method, time.monotonic()
         what = f"{req.kind.value} {req.name}:{req.reference}" if req.reference else f"{req.kind.value} {req.name}"
         route = services.router.for_request(req)

@@ -11,15 +11,12 @@ import hmac
 import json
 import os
 import secrets
-from pathlib import Path
+
+from registry_mirror.storage.layout import secret_file
 
 NOTIFY_PATH = "/_mirror/notifications"
 SECRET_HEADER = "X-Mirror-Notify-Secret"
 MAX_NOTIFICATION_BODY = 1024 * 1024  # the registry sends one event per request: a few KiB
-
-
-def secret_file(storage: str) -> Path:
-    return Path(storage.rstrip("/") + ".notify-secret")
 
 
 def notification_secret(storage: str) -> str:

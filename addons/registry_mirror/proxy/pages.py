@@ -54,7 +54,7 @@ def json_response(status: int, data: object, indent: int | None = None) -> http.
     return http.Response.make(status, json.dumps(data, indent=indent).encode(), {"Content-Type": "application/json"})
 
 
-class MirrorPages:
+class StatusPages:
     def __init__(self, mirror: RegistryMirror, dump: FlowDump | None = None) -> None:
         self.mirror, self.dump = mirror, dump
         self.pages: dict[str, Page] = {

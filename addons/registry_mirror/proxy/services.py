@@ -1,7 +1,7 @@
 """What the addon's `running` hook builds from the loaded configuration: the routes, the blob endpoint, the
 storage's expiry and scrub, and the optional scale-out events and webhook listener.
 
-All or nothing: the addon holds one `MirrorServices | None`, None until `running` has built every part, so a
+All or nothing: the addon holds one `Services | None`, None until `running` has built every part, so a
 hook checks once whether the mirror has started. Each part's stop is pushed on the addon's exit stack as it
 starts, so `done` stops whatever a failed start left running, in the reverse order.
 """
@@ -17,12 +17,13 @@ from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.server import BlobServer
 from registry_mirror.config.load import Config
 from registry_mirror.expiry.forget import Target
-from registry_mirror.expiry.last_pulls import LastPulls, pulls_folder
+from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
 from registry_mirror.free_space import DiskWatch
 from registry_mirror.proxy.replica_events import Invalidation, ReplicaEvents, forgotten_digests, told_text
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.storage.scrub import Scrub
 from registry_mirror.warming.webhooks import WebhookListener
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MirrorServices:
+class Services:
     """Every part of a started mirror, and what acts on several of them: forgetting an image, dropping a tag."""
     config: Config  # the one the mirror started with
     router: Router
@@ -87,7 +88,7 @@ class MirrorServices:
 
 
 async def start_services(config: Config, stats: Stats, folders: dict[str, str | None],
-                         stops: contextlib.AsyncExitStack) -> MirrorServices:
+                         stops: contextlib.AsyncExitStack) -> Services:
     """Start every part `config` asks for. `folders`: the log and dump folders, whose free space the stats page
     shows."""
     mirror, cache = config.mirror, config.cache
@@ -101,12 +102,12 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
     scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, blobs.verifier.check_now)
     stops.push_async_callback(scrub.stop)
     scrub.start()
-    services = MirrorServices(config, router, disk, blobs, expiry, scrub)
+    services = Services(config, router, disk, blobs, expiry, scrub)
     await _follow_changes(services, stops)
     return services
 
 
-async def _follow_changes(services: MirrorServices, stops: contextlib.AsyncExitStack) -> None:
+async def _follow_changes(services: Services, stops: contextlib.AsyncExitStack) -> None:
     """Images forgotten by other replicas, tags gone upstream, Artifactory's events: what changes the caches."""
     config, peers = services.config, services.blobs.peers
     if peers:

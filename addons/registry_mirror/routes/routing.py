@@ -7,11 +7,13 @@ the names the registry asked for, which a route decides, so routes cannot answer
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry_mirror.config.load import Config, UpstreamConfig
+from registry_mirror.manifests.blob_heads import BlobHeads
 from registry_mirror.manifests.service import ManifestService
 from registry_mirror.manifests.tag_state import TagState
 from registry_mirror.oci.registry_requests import RegistryRequest
@@ -59,6 +61,7 @@ class Route:
     cfg: UpstreamConfig
     upstream: Upstream
     health: UpstreamHealth
+    blob_heads: BlobHeads  # filled by the manifest service, read and corrected by the blob path
     manifests: ManifestService
     blob_slots: TransferSlots
     prober: HealthProbe | None = None
@@ -89,8 +92,9 @@ class Router:
             # a route of repository-path names is named by its repository: its index moves as routes are added
             suffix = f"repository-{cfg.repository}" if cfg.path_names_of else index
             known = TagState(tag_state_file(config.cache.tag_state_file, suffix))
-            self.routes[cfg.label] = Route(cfg, upstream, health,
-                                           ManifestService(upstream, config.cache, health, stats, known),
+            heads = BlobHeads(config.cache.blob_head_ttl, time.monotonic)
+            self.routes[cfg.label] = Route(cfg, upstream, health, heads,
+                                           ManifestService(upstream, config.cache, health, stats, known, heads),
                                            TransferSlots(cfg.max_blob_transfers, cfg.blob_queue_timeout))
 
     def for_request(self, req: RegistryRequest) -> Route:

@@ -7,7 +7,9 @@
     blobs/<alg>/<hex[:2]>/<hex>/data                                    the bytes of every blob and manifest
     blobs/<alg>/<hex[:2]>/<hex>/data.evicting                           the mirror's: data an expiry pass set aside
 
-Link paths are relative to a repository's folder, data paths to the v2 folder.
+Link paths are relative to a repository's folder, data paths to the v2 folder. The mirror keeps two files of
+its own beside the storage: `<storage>.pulls/` (each replica's last pulls) and `<storage>.notify-secret`.
+This is the one module that builds paths from `mirror.storage` (tests/unit/test_storage_seam.py checks).
 """
 from __future__ import annotations
 
@@ -50,6 +52,26 @@ def blob_data(digest: str) -> str:
     """The data file of a blob or manifest, relative to the v2 directory."""
     algorithm, hex_ = digest.split(":")
     return f"blobs/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+
+def blob_file(root: Path, digest: str) -> Path:
+    """The data file of a blob or manifest in the storage under `root`."""
+    return root / V2 / blob_data(digest)
+
+
+def tag_folder(root: Path, repository: str, tag: str) -> Path:
+    """Everything the registry keeps of a tag: its current link and its history."""
+    return root / V2 / "repositories" / repository / "_manifests" / "tags" / tag
+
+
+def pulls_folder(storage: str) -> Path:
+    """Where every replica's file of last pulls lives: next to the storage they share."""
+    return Path(storage.rstrip("/") + ".pulls")
+
+
+def secret_file(storage: str) -> Path:
+    """The registry's notification secret, shared by the replicas of one storage."""
+    return Path(storage.rstrip("/") + ".notify-secret")
 
 
 def blob_aside(digest: str) -> str:

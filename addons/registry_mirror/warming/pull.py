@@ -82,7 +82,10 @@ def pinned_context(cert_path: str) -> ssl.SSLContext:
     return context
 
 
-class MirrorClient:
+class LocalRegistryClient:
+    """The mirror's own registry (`mirror.listen`): warming pulls through it as a client would, so it stores what
+    it fetches."""
+
     def __init__(self, cfg: Config):
         listen = cfg.mirror.listen
         self.host = "127.0.0.1" if any_address(listen.host) else listen.host
@@ -127,7 +130,8 @@ def platform_of(entry: dict) -> str:
     return "/".join(str(v) for v in (p.get("os"), p.get("architecture"), p.get("variant")) if v)
 
 
-def image_manifests(client: MirrorClient, name: str, reference: str, platforms: tuple[str, ...] = ()) -> list[dict]:
+def image_manifests(client: LocalRegistryClient, name: str, reference: str,
+                    platforms: tuple[str, ...] = ()) -> list[dict]:
     """The image manifests of a reference: itself, or every platform of an index (those in `platforms`, if
     given: `linux/arm64` also takes its variants)."""
     media_type, manifest = client.manifest(name, reference)
@@ -155,7 +159,7 @@ def warm_digest(cfg: Config, names: tuple[str, ...], digest: str, tag: str = "",
     """Warm one image by digest under each of its names (a webhook's event), quietly; the tag is asked for
     first, so that the registry and the addon know its new digest, but only as a courtesy: the tag may have
     moved or gone since the event, and the digest is what is warmed. WarmError or OSError on a failure."""
-    client, progress = MirrorClient(cfg), Progress(quiet=True)
+    client, progress = LocalRegistryClient(cfg), Progress(quiet=True)
     for name in names:
         if tag:
             try:
@@ -172,7 +176,7 @@ def warm_digest(cfg: Config, names: tuple[str, ...], digest: str, tag: str = "",
 
 
 def warm(cfg: Config, refs: list[str], out=sys.stdout) -> int:
-    client, progress, failed_images, failed_blobs = MirrorClient(cfg), Progress(), 0, 0
+    client, progress, failed_images, failed_blobs = LocalRegistryClient(cfg), Progress(), 0, 0
     plan: list[tuple[str, str, int]] = []
     for ref in refs:
         try:

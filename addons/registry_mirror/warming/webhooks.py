@@ -53,7 +53,7 @@ class WebhookListener:
     def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None,
                  cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time,
                  drop_tag: Callable[[str, str, str], Awaitable[bool]] | None = None):
-        """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (MirrorServices.drop_tag)."""
+        """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (Services.drop_tag)."""
         listen, secret = cfg.webhooks.listen, cfg.webhooks.secret
         if listen is None or secret is None:  # config/load.py asks for both with webhooks
             raise ValueError("a webhook listener needs webhooks.listen and webhooks.secret")
