@@ -53,8 +53,8 @@ def test_a_body_over_the_cap_is_an_error_whatever_its_pieces(body, cuts):
         read(split(body, cuts), 100)
 
 
-def test_a_promised_length_over_the_cap_is_refused_before_reading():
+async def test_a_promised_length_over_the_cap_is_refused_before_reading():
     stream = PiecewiseStream([b"x"], [])
     with pytest.raises(BodyError, match="body of 101 bytes is over the 100-byte cap"):
-        asyncio.run(read_body(stream, 100, 101))
+        await read_body(stream, 100, 101)
     assert stream.pieces == [b"x"]  # nothing was read

@@ -51,37 +51,35 @@ async def garbage_server() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-def fetch_manifest_redirected_to(location_for) -> str:
+async def fetch_manifest_redirected_to(location_for) -> str:
     """The UpstreamError text of a manifest GET that the upstream redirects to `location_for(storage_port)`."""
-    async def scenario():
-        storage, storage_port = await garbage_server()
+    storage, storage_port = await garbage_server()
 
-        async def redirect(request):
-            return web.Response(status=307, headers={"Location": location_for(storage_port)})
-        runner, port = await serve(redirect)
-        cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
-                                  "retries": 0}}).upstream
-        upstream = Upstream(cfg)
-        await upstream.start()
-        try:
-            with pytest.raises(UpstreamError) as e:
-                await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "team/app", "1.0"), {})
-            return str(e.value)
-        finally:
-            await upstream.close()
-            await runner.cleanup()
-            storage.close()
-    return asyncio.run(scenario())
+    async def redirect(request):
+        return web.Response(status=307, headers={"Location": location_for(storage_port)})
+    runner, port = await serve(redirect)
+    cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
+                              "retries": 0}}).upstream
+    upstream = Upstream(cfg)
+    await upstream.start()
+    try:
+        with pytest.raises(UpstreamError) as e:
+            await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "team/app", "1.0"), {})
+        return str(e.value)
+    finally:
+        await upstream.close()
+        await runner.cleanup()
+        storage.close()
 
 
-def test_a_signed_storage_url_that_answers_garbage_is_reported_without_its_signature():
-    text = fetch_manifest_redirected_to(lambda port: f"http://127.0.0.1:{port}/blob?{SIGNATURE}")
+async def test_a_signed_storage_url_that_answers_garbage_is_reported_without_its_signature():
+    text = await fetch_manifest_redirected_to(lambda port: f"http://127.0.0.1:{port}/blob?{SIGNATURE}")
     assert "5ecret5ignature" not in text and "Signature" not in text
     assert "/blob" in text  # still says where it went
 
 
 @pytest.mark.parametrize("location", ["http://[::1/x?" + SIGNATURE, "http://127.0.0.1:99999/x?" + SIGNATURE,
                                       "ftp://127.0.0.1/x?" + SIGNATURE, "//[::1/x?" + SIGNATURE])
-def test_a_redirect_that_cannot_be_followed_is_an_upstream_error(location):
-    text = fetch_manifest_redirected_to(lambda port: location)
+async def test_a_redirect_that_cannot_be_followed_is_an_upstream_error(location):
+    text = await fetch_manifest_redirected_to(lambda port: location)
     assert "redirected to" in text and "5ecret5ignature" not in text

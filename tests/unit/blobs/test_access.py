@@ -5,7 +5,6 @@ held a key that let anyone on loopback fetch any blob with the mirror's credenti
 import asyncio
 import hashlib
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -16,20 +15,14 @@ from registry_mirror.blobs.access import KEY_HEADER, KEY_PARAM, TICKET_HEADER, T
 from registry_mirror.oci.registry_requests import Kind, RegistryRequest
 from registry_mirror.proxy.addon import RegistryMirror
 from tests.unit.support.blob_endpoint import started_server
+from tests.unit.support.clocks import Clock
+from tests.unit.support.routes import BlobUpstream
 from tests.unit.support.waits import BOUND
 
 BLOB = bytes(range(256)) * 64
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 OTHER = "sha256:" + "0" * 64
 REQ = RegistryRequest(Kind.BLOB, "team/app", DIGEST, ns="docker.io")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_a_ticket_is_good_once():
@@ -76,24 +69,16 @@ def test_tickets_are_bounded_oldest_dropped_and_expired_ones_pruned():
     assert len({*issued}) == 5  # random tokens, never repeated
 
 
-class Upstream:
-    @asynccontextmanager
-    async def open(self, method, req, headers):
-        async def body():
-            yield BLOB
-        yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
-                              content=SimpleNamespace(iter_any=body)), "Basic"
-
-
-def with_server(tmp_path, scenario):
-    async def run():
-        server = await started_server(tmp_path, Upstream())
+@asynccontextmanager
+async def with_server(tmp_path):
+    """A started blob endpoint and a client session; both closed on leaving, all within the bound."""
+    async with asyncio.timeout(BOUND):
+        server = await started_server(tmp_path, BlobUpstream(BLOB, chunk=len(BLOB)))
         try:
             async with aiohttp.ClientSession() as client:
-                return await scenario(server, client)
+                yield server, client
         finally:
             await server.close()
-    return asyncio.run(asyncio.wait_for(run(), BOUND))
 
 
 async def status_of(client, url, **kwargs):
@@ -102,8 +87,8 @@ async def status_of(client, url, **kwargs):
         return resp.status
 
 
-def test_a_redirect_carries_a_ticket_good_for_one_fetch_of_its_blob_never_the_key(tmp_path):
-    async def scenario(server, client):
+async def test_a_redirect_carries_a_ticket_good_for_one_fetch_of_its_blob_never_the_key(tmp_path):
+    async with with_server(tmp_path) as (server, client):
         location = server.redirect_url("127.0.0.1", REQ)
         query = parse_qs(urlsplit(location).query)
         assert server.key not in location and KEY_PARAM not in query
@@ -113,21 +98,20 @@ def test_a_redirect_carries_a_ticket_good_for_one_fetch_of_its_blob_never_the_ke
         path = urlsplit(location).path
         other = server.redirect_url("127.0.0.1", REQ).replace(path, path.replace(DIGEST, OTHER))
         elsewhere = await status_of(client, other)
-        return first, again, elsewhere
-    assert with_server(tmp_path, scenario) == (200, 403, 403)
+    assert (first, again, elsewhere) == (200, 403, 403)
 
 
-def test_the_addons_header_key_and_the_replicas_query_key_still_open_the_endpoint(tmp_path):
-    async def scenario(server, client):
+async def test_the_addons_header_key_and_the_replicas_query_key_still_open_the_endpoint(tmp_path):
+    async with with_server(tmp_path) as (server, client):
         url = f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}"
-        return (await status_of(client, url, headers={KEY_HEADER: server.key}),
-                await status_of(client, url, params={KEY_PARAM: server.key}),  # as peer_fill.from_peer asks
-                await status_of(client, url, headers={TICKET_HEADER: server.tickets.issue(
-                    RegistryRequest(Kind.BLOB, "team/app", DIGEST))}),
-                await status_of(client, url),
-                await status_of(client, url, params={KEY_PARAM: "wrong"}),
-                await status_of(client, url, params={TICKET_PARAM: "forged"}))
-    assert with_server(tmp_path, scenario) == (200, 200, 200, 403, 403, 403)
+        statuses = (await status_of(client, url, headers={KEY_HEADER: server.key}),
+                    await status_of(client, url, params={KEY_PARAM: server.key}),  # as peer_fill.from_peer asks
+                    await status_of(client, url, headers={TICKET_HEADER: server.tickets.issue(
+                        RegistryRequest(Kind.BLOB, "team/app", DIGEST))}),
+                    await status_of(client, url),
+                    await status_of(client, url, params={KEY_PARAM: "wrong"}),
+                    await status_of(client, url, params={TICKET_PARAM: "forged"}))
+    assert statuses == (200, 200, 200, 403, 403, 403)
 
 
 @pytest.fixture
@@ -141,28 +125,26 @@ def config_file(tmp_path):
     return write
 
 
-def addon_blob_get(config_file, *then):
+async def addon_blob_get(config_file, *then):
     """The flow of a blob GET through a started addon, and its blob endpoint's key; `then` are more hooks."""
     addon = RegistryMirror()
 
-    async def scenario():
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, mirror_config=str(config_file))
-            await addon.running()
-            try:
-                path = f"/v2/team/app/blobs/{DIGEST}?ns=docker.io".encode()
-                f = tflow.tflow(req=tutils.treq(method=b"GET", path=path, host="127.0.0.1", port=8081))
-                await addon.request(f)
-                for hook in then:
-                    hook(addon, f)
-                return f, addon.services.blobs.key, len(addon.services.blobs.tickets)
-            finally:
-                await addon.done()
-    return asyncio.run(scenario())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, mirror_config=str(config_file))
+        await addon.running()
+        try:
+            path = f"/v2/team/app/blobs/{DIGEST}?ns=docker.io".encode()
+            f = tflow.tflow(req=tutils.treq(method=b"GET", path=path, host="127.0.0.1", port=8081))
+            await addon.request(f)
+            for hook in then:
+                hook(addon, f)
+            return f, addon.services.blobs.key, len(addon.services.blobs.tickets)
+        finally:
+            await addon.done()
 
 
-def test_the_addons_redirect_holds_no_key(config_file):
-    f, key, tickets = addon_blob_get(config_file(True))
+async def test_the_addons_redirect_holds_no_key(config_file):
+    f, key, tickets = await addon_blob_get(config_file(True))
     location = f.response.headers["Location"]
     assert f.response.status_code == 307 and key not in location and f"{KEY_PARAM}=" not in location
     assert f"{TICKET_PARAM}=" in location and tickets == 1
@@ -173,15 +155,15 @@ def streamed_answer(addon, f):
     addon.responseheaders(f)
 
 
-def test_a_routed_blob_get_carries_a_ticket_and_no_key_and_the_flow_keeps_neither(config_file):
+async def test_a_routed_blob_get_carries_a_ticket_and_no_key_and_the_flow_keeps_neither(config_file):
     seen = []
-    f, key, tickets = addon_blob_get(config_file(False), lambda addon, f: seen.append(dict(f.request.headers)),
-                                     streamed_answer)
+    f, key, tickets = await addon_blob_get(config_file(False),
+                                           lambda addon, f: seen.append(dict(f.request.headers)), streamed_answer)
     assert key not in str(seen) and KEY_HEADER not in seen[0] and seen[0][TICKET_HEADER] and tickets == 1
     assert TICKET_HEADER not in f.request.headers and key not in str(f.get_state())
 
 
-def test_a_routed_blob_get_that_fails_keeps_no_ticket_in_its_flow(config_file):
+async def test_a_routed_blob_get_that_fails_keeps_no_ticket_in_its_flow(config_file):
     # mitmproxy's Save writes a failed flow at its `error` hook, after the script addons' own
-    f, key, _ = addon_blob_get(config_file(False), lambda addon, f: addon.error(f))
+    f, key, _ = await addon_blob_get(config_file(False), lambda addon, f: addon.error(f))
     assert TICKET_HEADER not in f.request.headers and key not in str(f.get_state())

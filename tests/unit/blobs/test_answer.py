@@ -38,9 +38,9 @@ class FakeUpstream:
                               content=SimpleNamespace(iter_any=content)), "Basic"
 
 
-def fetch_blob(tmp_path, upstream, digest, headers=()):
+async def fetch_blob(tmp_path, upstream, digest, headers=()):
     """(status, body or the client's error, the endpoint's served blob stats) for one GET of `digest`."""
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream)
         try:
             async with aiohttp.ClientSession() as client:
@@ -53,27 +53,26 @@ def fetch_blob(tmp_path, upstream, digest, headers=()):
         finally:
             await server.close()  # after the endpoint's handler has ended, and counted its answer
         return resp.status, body, server.stats.snapshot([], [])["served"]["blob"]
-    return asyncio.run(asyncio.wait_for(scenario(), BOUND))
 
 
-def test_an_empty_body_for_a_non_empty_digest_is_refused_not_a_complete_200(tmp_path):
+async def test_an_empty_body_for_a_non_empty_digest_is_refused_not_a_complete_200(tmp_path):
     upstream = FakeUpstream(b"")
-    status, body, served = fetch_blob(tmp_path, upstream, DIGEST)
+    status, body, served = await fetch_blob(tmp_path, upstream, DIGEST)
     assert status == 503
     assert "do not match" in json.loads(body)["errors"][0]["message"]
     assert served["error"]["requests"] == 1 and "miss" not in served
     assert upstream.gets == 1
 
 
-def test_the_genuine_empty_blob_is_served_complete(tmp_path):
-    status, body, served = fetch_blob(tmp_path, FakeUpstream(b""), EMPTY)
+async def test_the_genuine_empty_blob_is_served_complete(tmp_path):
+    status, body, served = await fetch_blob(tmp_path, FakeUpstream(b""), EMPTY)
     assert (status, body) == (200, b"")
     assert served["miss"]["requests"] == 1 and "error" not in served
 
 
 @pytest.mark.parametrize("length", [len(BLOB) // 2, 1], ids=["half", "one-byte"])
-def test_a_content_length_shorter_than_the_blob_ends_the_answer_short(tmp_path, length):
-    status, body, served = fetch_blob(tmp_path, FakeUpstream(BLOB[:length], length), DIGEST)
+async def test_a_content_length_shorter_than_the_blob_ends_the_answer_short(tmp_path, length):
+    status, body, served = await fetch_blob(tmp_path, FakeUpstream(BLOB[:length], length), DIGEST)
     assert status == 200 and isinstance(body, aiohttp.ClientPayloadError)
     assert served["error"]["requests"] == 1
 
@@ -94,11 +93,11 @@ class GatedUpstream(FakeUpstream):
                               content=SimpleNamespace(iter_any=content)), "Basic"
 
 
-def test_a_range_of_a_corrupt_blob_is_never_complete(tmp_path):
+async def test_a_range_of_a_corrupt_blob_is_never_complete(tmp_path):
     """Its bytes are in the spool long before the rest of the blob, and the verdict, come."""
     upstream = GatedUpstream(bytes([BLOB[0] ^ 1]) + BLOB[1:])
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream)
         try:
             async with aiohttp.ClientSession() as client:
@@ -108,14 +107,13 @@ def test_a_range_of_a_corrupt_blob_is_never_complete(tmp_path):
                     upstream.release.set()
                     with pytest.raises(aiohttp.ClientPayloadError):
                         await resp.read()
-                    return resp.status, early
+                    status = resp.status
         finally:
             await server.close()
-    status, early = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert status == 206 and len(early) == 99
 
 
-def test_a_range_of_a_good_blob_is_served_after_its_verdict(tmp_path):
-    status, body, served = fetch_blob(tmp_path, FakeUpstream(BLOB), DIGEST, {"Range": "bytes=100-199"})
+async def test_a_range_of_a_good_blob_is_served_after_its_verdict(tmp_path):
+    status, body, served = await fetch_blob(tmp_path, FakeUpstream(BLOB), DIGEST, {"Range": "bytes=100-199"})
     assert (status, body) == (206, BLOB[100:200])
     assert served["miss"]["requests"] == 1

@@ -2,7 +2,6 @@
 
 The peer is a real aiohttp server on 127.0.0.1 that misbehaves; the upstream is a stand-in that serves the
 whole blob, or the rest of it for a Range request."""
-import asyncio
 import hashlib
 import logging
 from contextlib import asynccontextmanager
@@ -15,8 +14,7 @@ from registry_mirror.blobs.coalesce import BlobCoalescer
 from registry_mirror.blobs.fill import BlobFill
 from registry_mirror.blobs.peers import Peer
 from registry_mirror.stats.counters import Stats
-from registry_mirror.upstream.health import UpstreamHealth
-from registry_mirror.upstream.slots import TransferSlots
+from tests.unit.support.routes import FakeRoute, FakeRouter, upstream_config
 from tests.unit.support.spool_reads import sent_bytes
 
 BLOB = bytes(range(256)) * 12_000  # ~3 MB
@@ -64,11 +62,9 @@ async def fill_from_failing_peer(behaviour: str, tmp_path):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     upstream = Upstream()
-    route = SimpleNamespace(cfg=SimpleNamespace(request_timeout=5, blob_stall_timeout=5, blob_resumes=3),
-                            upstream=upstream, health=UpstreamHealth(), blob_slots=TransferSlots(256, 3600),
-                            manifests=SimpleNamespace(blob_size=lambda name, digest: None))
+    route = FakeRoute(upstream, upstream_config(request_timeout=5, blob_stall_timeout=5, blob_resumes=3))
     stats = Stats()
-    fill = BlobFill(SimpleNamespace(routes={}), stats)
+    fill = BlobFill(FakeRouter(routes={}), stats)
     fill.share_with_peers(SimpleNamespace(claim=lambda digest: _peer(port), close=_nothing))
     coalescer = BlobCoalescer(fill.fill, str(tmp_path), on_verified=fill.verified)
     try:
@@ -98,9 +94,9 @@ async def _peer(port: int) -> Peer:
     ("half", f"bytes={len(BLOB) // 2}-"),  # the upstream sends the rest
     ("refuses", None),
 ])
-def test_the_upstream_finishes_what_a_replica_failed(tmp_path, caplog, behaviour, upstream_range):
+async def test_the_upstream_finishes_what_a_replica_failed(tmp_path, caplog, behaviour, upstream_range):
     caplog.set_level(logging.INFO)
-    transfer, data, asked, counted = asyncio.run(fill_from_failing_peer(behaviour, tmp_path))
+    transfer, data, asked, counted = await fill_from_failing_peer(behaviour, tmp_path)
     assert transfer.verified and data == BLOB
     assert asked == [{"Range": upstream_range} if upstream_range else {}]
     from_peer = len(BLOB) // 2 if behaviour == "half" else 0

@@ -30,30 +30,27 @@ class StallingUpstream:
                               content=SimpleNamespace(iter_any=body)), "Basic"
 
 
-def test_shutdown_with_a_blob_in_flight_is_prompt(tmp_path):
-    async def scenario():
-        server = await started_server(tmp_path, StallingUpstream())
-        received = bytearray()
-        async with aiohttp.ClientSession() as client:
-            async def pull():
-                async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
-                                      headers={KEY_HEADER: server.key}) as resp:
-                    assert resp.status == 200
-                    async for chunk in resp.content.iter_any():
-                        received.extend(chunk)
-            puller = asyncio.create_task(pull())
-            await until(lambda: len(received) >= 256 * 1024, "streaming the blob")
-            # unfixed, the shutdown waits for the handler, which waits for its stall timeout: far past the bound
-            await asyncio.wait_for(server.close(), BOUND)
-            with pytest.raises(aiohttp.ClientPayloadError):  # told the body is short, not left hanging
-                await asyncio.wait_for(puller, BOUND)
-        return len(received)
-    received = asyncio.run(scenario())
-    assert received < len(BLOB)
+async def test_shutdown_with_a_blob_in_flight_is_prompt(tmp_path):
+    server = await started_server(tmp_path, StallingUpstream())
+    received = bytearray()
+    async with aiohttp.ClientSession() as client:
+        async def pull():
+            async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
+                                  headers={KEY_HEADER: server.key}) as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_any():
+                    received.extend(chunk)
+        puller = asyncio.create_task(pull())
+        await until(lambda: len(received) >= 256 * 1024, "streaming the blob")
+        # unfixed, the shutdown waits for the handler, which waits for its stall timeout: far past the bound
+        await asyncio.wait_for(server.close(), BOUND)
+        with pytest.raises(aiohttp.ClientPayloadError):  # told the body is short, not left hanging
+            await asyncio.wait_for(puller, BOUND)
+    assert len(received) < len(BLOB)
     assert not (tmp_path / "spool").exists()
 
 
-def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp_path, caplog):
+async def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp_path, caplog):
     class FailingUpstream:
         @asynccontextmanager
         async def open(self, method, req, headers):
@@ -63,24 +60,22 @@ def test_a_transfer_that_fails_mid_blob_ends_the_body_short_with_one_warning(tmp
             yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
                                   content=SimpleNamespace(iter_any=body)), "Basic"
 
-    async def scenario():
-        server = await started_server(tmp_path, FailingUpstream())
-        try:
-            async with aiohttp.ClientSession() as client:
-                async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
-                                      headers={KEY_HEADER: server.key}) as resp:
-                    assert resp.status == 200
-                    with pytest.raises(aiohttp.ClientPayloadError):
-                        await resp.read()
-        finally:
-            await server.close()
-    asyncio.run(scenario())
+    server = await started_server(tmp_path, FailingUpstream())
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
+                                  headers={KEY_HEADER: server.key}) as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+    finally:
+        await server.close()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [], [r.getMessage() for r in errors]
     assert any("ended after" in r.getMessage() and "reset by peer" in r.getMessage() for r in caplog.records)
 
 
-def test_a_blob_in_the_mirrors_storage_is_served_from_it_with_ranges(tmp_path):
+async def test_a_blob_in_the_mirrors_storage_is_served_from_it_with_ranges(tmp_path):
     storage = tmp_path / "registry"
     data = storage / "docker/registry/v2/blobs/sha256" / DIGEST[7:9] / DIGEST[7:] / "data"
     data.parent.mkdir(parents=True)
@@ -92,20 +87,18 @@ def test_a_blob_in_the_mirrors_storage_is_served_from_it_with_ranges(tmp_path):
             raise AssertionError("the upstream was asked for a blob the mirror stores")
             yield
 
-    async def scenario():
-        server = await started_server(tmp_path, NoUpstream(), storage=str(storage))
-        url = f"http://127.0.0.1:{server.port}/v2/other/repo/blobs/{DIGEST}"
-        try:
-            async with aiohttp.ClientSession() as client:
-                async with client.get(url, headers={KEY_HEADER: server.key}) as resp:
-                    whole = (resp.status, resp.headers["Docker-Content-Digest"], resp.headers["X-Mirror-Cache"],
-                             await resp.read())
-                async with client.get(url, headers={KEY_HEADER: server.key, "Range": "bytes=100-199"}) as resp:
-                    part = (resp.status, resp.headers["Content-Range"], await resp.read())
-        finally:
-            await server.close()
-        return whole, part, server.stats.snapshot([], [])["served"]["blob"]
-    whole, part, served = asyncio.run(scenario())
+    server = await started_server(tmp_path, NoUpstream(), storage=str(storage))
+    url = f"http://127.0.0.1:{server.port}/v2/other/repo/blobs/{DIGEST}"
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(url, headers={KEY_HEADER: server.key}) as resp:
+                whole = (resp.status, resp.headers["Docker-Content-Digest"], resp.headers["X-Mirror-Cache"],
+                         await resp.read())
+            async with client.get(url, headers={KEY_HEADER: server.key, "Range": "bytes=100-199"}) as resp:
+                part = (resp.status, resp.headers["Content-Range"], await resp.read())
+    finally:
+        await server.close()
+    served = server.stats.snapshot([], [])["served"]["blob"]
     assert whole == (200, DIGEST, "HIT", BLOB)
     assert part == (206, f"bytes 100-199/{len(BLOB)}", BLOB[100:200])
     assert served["hit"]["requests"] == 2

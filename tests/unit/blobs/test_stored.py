@@ -6,8 +6,6 @@ as a HIT, for ever (issue 23)."""
 import asyncio
 import hashlib
 import json
-from contextlib import asynccontextmanager
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -19,26 +17,11 @@ from registry_mirror.oci.registry_requests import classify
 from registry_mirror.storage.quarantine import folder
 from tests.unit.storage.test_verify import flip_bit
 from tests.unit.support.blob_endpoint import started_server
+from tests.unit.support.routes import BlobUpstream
 from tests.unit.support.waits import BOUND, until
 
 BLOB = bytes(range(256)) * 12288  # 3 MiB: several chunks
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
-
-
-class Upstream:
-    """Answers every blob GET 200 with the good bytes, counting the GETs."""
-    def __init__(self):
-        self.gets = 0
-
-    @asynccontextmanager
-    async def open(self, method, req, headers):
-        self.gets += 1
-
-        async def content():
-            for i in range(0, len(BLOB), 65536):
-                yield BLOB[i:i + 65536]
-        yield SimpleNamespace(status=200, headers={"Content-Length": str(len(BLOB))},
-                              content=SimpleNamespace(iter_any=content)), "Basic"
 
 
 def store(tmp_path, data: bytes = BLOB):
@@ -49,10 +32,10 @@ def store(tmp_path, data: bytes = BLOB):
     return storage, path
 
 
-def get_twice(tmp_path, storage, upstream, headers=()):
+async def get_twice(tmp_path, storage, upstream, headers=()):
     """Two GETs of the blob, one after the other: [(status, cache header, body or the client's error)], the
     served blob stats, the verifier's snapshot, and what a pull notification queued after them."""
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream, storage=str(storage))
         answers = []
         try:
@@ -70,13 +53,12 @@ def get_twice(tmp_path, storage, upstream, headers=()):
         queued = server.verifier.pulled([DIGEST])
         await server.verifier.close()
         return answers, server.stats.snapshot([], [])["served"]["blob"], server.verifier.snapshot(), queued
-    return asyncio.run(asyncio.wait_for(scenario(), BOUND))
 
 
-def test_a_good_stored_blob_is_served_and_counted_verified(tmp_path):
+async def test_a_good_stored_blob_is_served_and_counted_verified(tmp_path):
     storage, path = store(tmp_path)
-    upstream = Upstream()
-    answers, served, checks, queued = get_twice(tmp_path, storage, upstream)
+    upstream = BlobUpstream(BLOB)
+    answers, served, checks, queued = await get_twice(tmp_path, storage, upstream)
     assert answers == [(200, "HIT", BLOB)] * 2 and upstream.gets == 0
     assert served["hit"]["requests"] == 2 and "error" not in served
     assert (checks["verified"], checks["verified_bytes"], checks["mismatches"]) == (2, 2 * len(BLOB), 0)
@@ -85,14 +67,14 @@ def test_a_good_stored_blob_is_served_and_counted_verified(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["flipped bit", "emptied"])
-def test_a_corrupt_stored_blob_ends_short_moves_aside_and_the_next_request_fetches_it(tmp_path, damage):
+async def test_a_corrupt_stored_blob_ends_short_moves_aside_and_the_next_request_fetches_it(tmp_path, damage):
     storage, path = store(tmp_path)
     if damage == "flipped bit":
         flip_bit(path, len(BLOB) // 2)
     else:
         path.write_bytes(b"")  # a torn file: no last byte to hold back, so the headers wait for the verdict
-    upstream = Upstream()
-    answers, served, checks, _ = get_twice(tmp_path, storage, upstream)
+    upstream = BlobUpstream(BLOB)
+    answers, served, checks, _ = await get_twice(tmp_path, storage, upstream)
     (status, cache, body), good = answers
     if damage == "flipped bit":
         assert (status, cache) == (200, "HIT") and isinstance(body, aiohttp.ClientPayloadError)
@@ -105,21 +87,21 @@ def test_a_corrupt_stored_blob_ends_short_moves_aside_and_the_next_request_fetch
     assert not path.exists() and len(list(folder(storage).iterdir())) == 1
 
 
-def test_a_range_of_a_corrupt_stored_blob_is_never_complete(tmp_path):
+async def test_a_range_of_a_corrupt_stored_blob_is_never_complete(tmp_path):
     storage, path = store(tmp_path)
     flip_bit(path, len(BLOB) - 1)  # outside the range asked for: the verdict is the whole file's
-    answers, _, checks, _ = get_twice(tmp_path, storage, Upstream(), {"Range": "bytes=0-99"})
+    answers, _, checks, _ = await get_twice(tmp_path, storage, BlobUpstream(BLOB), {"Range": "bytes=0-99"})
     (status, _, body), (again, _, part) = answers
     assert status == 206 and isinstance(body, aiohttp.ClientPayloadError)
     assert (again, part) == (206, BLOB[:100]) and checks["quarantined"] == 1
 
 
-def test_the_last_byte_is_held_until_the_verdict(tmp_path):
+async def test_the_last_byte_is_held_until_the_verdict(tmp_path):
     """The whole file is hashed, its bytes readable but the last, until the verdict is given."""
     storage, _ = store(tmp_path)
     req = classify("GET", f"/v2/other/repo/blobs/{DIGEST}")
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         with open_stored(storage, DIGEST) as stored:
             transfer = stored_transfer(req, stored)
             spans = []
@@ -130,23 +112,22 @@ def test_the_last_byte_is_held_until_the_verdict(tmp_path):
             reader = asyncio.create_task(read())
             found = await hash_as_sent(transfer, stored)
             await until(lambda: sum(count for _, count in spans) == len(BLOB) - 1, "every byte but the last read")
-            before = sum(count for _, count in spans), reader.done()
+            before, done = sum(count for _, count in spans), reader.done()
             transfer.verified = True
             transfer.notify()
             await reader
-            return found, before, sum(count for _, count in spans), transfer.written
-    found, (before, done), after, written = asyncio.run(asyncio.wait_for(scenario(), BOUND))
+            after, written = sum(count for _, count in spans), transfer.written
     assert found == DIGEST and written == len(BLOB)
     assert (before, done) == (len(BLOB) - 1, False) and after == len(BLOB)
 
 
-def test_a_stored_transfer_failing_its_check_fails_its_readers_and_keeps_no_file_of_theirs(tmp_path):
+async def test_a_stored_transfer_failing_its_check_fails_its_readers_and_keeps_no_file_of_theirs(tmp_path):
     storage, path = store(tmp_path)
     flip_bit(path, 0)
     req = classify("GET", f"/v2/other/repo/blobs/{DIGEST}")
 
-    async def scenario():
-        server = await started_server(tmp_path, Upstream(), storage=str(storage))
+    async with asyncio.timeout(BOUND):
+        server = await started_server(tmp_path, BlobUpstream(BLOB), storage=str(storage))
         try:
             with open_stored(storage, DIGEST) as stored:
                 transfer = stored_transfer(req, stored)
@@ -155,5 +136,4 @@ def test_a_stored_transfer_failing_its_check_fails_its_readers_and_keeps_no_file
                     await transfer.verdict()
         finally:
             await server.close()
-    asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert not path.exists() and len(list(folder(storage).iterdir())) == 1

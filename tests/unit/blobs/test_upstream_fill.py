@@ -45,8 +45,8 @@ class FailsAtOnce:
         yield  # pragma: no cover
 
 
-def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3, head_size=None):
-    async def scenario():
+async def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3, head_size=None):
+    async with asyncio.timeout(BOUND):
         if eager:
             asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
         server = await started_server(tmp_path, upstream, resumes=resumes, head_size=head_size)
@@ -57,18 +57,17 @@ def get_blob(tmp_path, upstream, eager: bool = False, resumes: int = 3, head_siz
                     return resp.status, await resp.read()
         finally:
             await server.close()
-    return asyncio.run(asyncio.wait_for(scenario(), BOUND))
 
 
-def test_a_body_short_of_its_length_is_resumed_with_a_range(tmp_path):
+async def test_a_body_short_of_its_length_is_resumed_with_a_range(tmp_path):
     upstream = ShortThenRange()
-    status, body = get_blob(tmp_path, upstream)
+    status, body = await get_blob(tmp_path, upstream)
     assert (status, body) == (200, BLOB)
     assert upstream.ranges == ["", f"bytes={len(BLOB) // 2}-"]
 
 
-def test_a_transfer_failing_inside_join_is_a_clean_503(tmp_path):
-    status, body = get_blob(tmp_path, FailsAtOnce(), eager=True, resumes=0)
+async def test_a_transfer_failing_inside_join_is_a_clean_503(tmp_path):
+    status, body = await get_blob(tmp_path, FailsAtOnce(), eager=True, resumes=0)
     assert status == 503 and b"connection reset" in body
 
 
@@ -82,14 +81,14 @@ class Chunked:
         yield SimpleNamespace(status=200, headers={}, content=SimpleNamespace(iter_any=content)), "Basic"
 
 
-def test_a_chunked_blob_is_served_with_the_size_its_head_gave(tmp_path):
-    async def scenario():
+async def test_a_chunked_blob_is_served_with_the_size_its_head_gave(tmp_path):
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, Chunked(), head_size=len(BLOB))
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/{DIGEST}",
                                       headers={KEY_HEADER: server.key}) as resp:
-                    return resp.headers.get("Content-Length"), await resp.read()
+                    answer = resp.headers.get("Content-Length"), await resp.read()
         finally:
             await server.close()
-    assert asyncio.run(asyncio.wait_for(scenario(), BOUND)) == (str(len(BLOB)), BLOB)
+    assert answer == (str(len(BLOB)), BLOB)

@@ -1,6 +1,6 @@
 """`forget`: an image deleted upstream leaves the mirror's storage and caches; nothing another image needs goes."""
-import asyncio
 import json
+import time
 
 import pytest
 from mitmproxy.test import tflow, tutils
@@ -9,11 +9,12 @@ from registry_mirror.config.load import CacheConfig
 from registry_mirror.expiry.forget import Target, TargetError, images_named, parse_target
 from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
+from registry_mirror.manifests.blob_heads import BlobHeads
 from registry_mirror.manifests.service import Manifest, ManifestService
 from registry_mirror.manifests.tag_state import KnownTag, TagState
 from registry_mirror.proxy.addon import RegistryMirror
 from registry_mirror.proxy.notifications import SECRET_HEADER
-from registry_mirror.proxy.pages import MirrorPages
+from registry_mirror.proxy.pages import StatusPages
 from registry_mirror.stats.counters import Stats
 from registry_mirror.stats.views import FORGET_PATH
 from registry_mirror.storage.inventory import Image, inventory
@@ -57,13 +58,13 @@ def test_a_tag_names_its_image_a_digest_its_image_a_repository_all_of_its(tmp_pa
     assert images_named(inv, Target("team/gone")) == frozenset()
 
 
-def test_forget_removes_the_image_and_keeps_what_others_need(tmp_path):
+async def test_forget_removes_the_image_and_keeps_what_others_need(tmp_path):
     storage, base, old, new, other = two_tags_and_a_shared_base(tmp_path)
     expiry = Expiry(str(storage.root), 7 * 86400, None, LastPulls(tmp_path / "pulls", "test"), grace=0)
     before = storage.tree()
-    dry = asyncio.run(expiry.forget(Target("team/app", tag="1.0"), dry_run=True))
+    dry = await expiry.forget(Target("team/app", tag="1.0"), dry_run=True)
     assert [r.image for r in dry.removals] == [Image("team/app", old)] and storage.tree() == before
-    asyncio.run(expiry.forget(Target("team/app", tag="1.0")))
+    await expiry.forget(Target("team/app", tag="1.0"))
     inv = inventory(storage.root)
     assert Image("team/app", old) not in inv.images and "1.0" not in inv.repositories["team/app"].tags
     assert {Image("team/app", new), Image("team/web", other)} <= set(inv.images)
@@ -75,34 +76,31 @@ class NoUpstream:
     pass
 
 
-def test_the_caches_forget_the_tag_its_last_known_digest_and_its_manifest(tmp_path):
-    async def scenario():
-        service = ManifestService(NoUpstream(), CacheConfig(), None, Stats(), TagState(None))
-        service.tags[("team/app", "1.0", "accepts")] = SHA
-        service.tags[("team/app", "2.0", "accepts")] = "sha256:" + "b" * 64
-        service.known.put(("team/app", "1.0", frozenset()), KnownTag(SHA, "t", 1, 0.0))
-        service.manifests[SHA] = Manifest(SHA, "application/vnd.oci.image.manifest.v1+json", b"{}")
-        service.forget("team/app", "1.0")
-        return service
-    service = asyncio.run(scenario())
+async def test_the_caches_forget_the_tag_its_last_known_digest_and_its_manifest(tmp_path):
+    service = ManifestService(NoUpstream(), CacheConfig(), None, Stats(), TagState(None), BlobHeads(0, time.monotonic))
+    service.tags[("team/app", "1.0", "accepts")] = SHA
+    service.tags[("team/app", "2.0", "accepts")] = "sha256:" + "b" * 64
+    service.known.put(("team/app", "1.0", frozenset()), KnownTag(SHA, "t", 1, 0.0))
+    service.manifests[SHA] = Manifest(SHA, "application/vnd.oci.image.manifest.v1+json", b"{}")
+    service.forget("team/app", "1.0")
     assert list(service.tags) == [("team/app", "2.0", "accepts")]
     assert not service.known.tags and SHA not in service.manifests
 
 
-def post_forget(mirror, body: dict, secret: str = "s3cret"):
+async def post_forget(mirror, body: dict, secret: str = "s3cret"):
     headers = [(b"host", b"127.0.0.1:8081"), (SECRET_HEADER.encode(), secret.encode())]
     f = tflow.tflow(req=tutils.treq(method=b"POST", path=FORGET_PATH.encode(), host="127.0.0.1", port=8081,
                                     headers=headers, content=json.dumps(body).encode()))
-    asyncio.run(MirrorPages(mirror).request(f))
+    await StatusPages(mirror).request(f)
     return f.response.status_code, json.loads(f.response.content)
 
 
-def test_the_forget_page_needs_the_secret_and_a_valid_image():
+async def test_the_forget_page_needs_the_secret_and_a_valid_image():
     mirror = RegistryMirror()
     mirror.notify_secret = "s3cret"
     mirror.services = object()  # started
-    assert post_forget(mirror, {"image": "team/app:1.0"}, secret="guess")[0] == 401
-    status, answer = post_forget(mirror, {"image": "Team/App"})
+    assert (await post_forget(mirror, {"image": "team/app:1.0"}, secret="guess"))[0] == 401
+    status, answer = await post_forget(mirror, {"image": "Team/App"})
     assert status == 400 and "team/app:1.0" in answer["reason"]
 
 

@@ -3,16 +3,9 @@ monotonic clock), and the expiry's corrections of steps from before the start (#
 import pytest
 
 from registry_mirror.expiry.last_pulls import STEP_TOLERANCE, LastPulls
+from tests.unit.support.clocks import Clock
 
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def clocks(tmp_path):

@@ -1,7 +1,6 @@
 """The expiry's passes over a real storage tree, with a fake clock: orphans are swept unless linked in time; a
 notification that may cross the cap wakes a pass; last pulls decide by age, unless the clock has stepped; the
 storage figures are true from the first pass on."""
-import asyncio
 import functools
 import logging
 import os
@@ -13,15 +12,9 @@ from registry_mirror.expiry import passes as expiry_module
 from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry, clock_jumped, restarted
 from tests.unit.storage.test_inventory import Storage
+from tests.unit.support.clocks import Clock
 
 DAY = 86400.0
-
-
-class Clock:
-    now = 100 * DAY
-
-    def __call__(self):
-        return self.now
 
 
 def expiry(tmp_path, clock, max_age=7 * DAY, max_bytes=None, in_flight=frozenset()):
@@ -29,23 +22,23 @@ def expiry(tmp_path, clock, max_age=7 * DAY, max_bytes=None, in_flight=frozenset
     return Expiry(str(tmp_path / "storage"), max_age, max_bytes, pulls, in_flight=lambda: in_flight, grace=0), pulls
 
 
-def test_an_image_is_kept_from_its_first_sighting_then_goes_max_age_after_its_last_pull(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_an_image_is_kept_from_its_first_sighting_then_goes_max_age_after_its_last_pull(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     old = storage.image("team/old", [storage.blob()])
     ex, pulls = expiry(tmp_path, clock)
-    assert asyncio.run(ex.run_pass()).images == ()  # never seen pulled: its age starts now
+    assert (await ex.run_pass()).images == ()  # never seen pulled: its age starts now
     assert pulls.mine == {("team/old", old): clock.now}
     busy = storage.image("team/busy", [storage.blob()])
     clock.now += 7 * DAY + 1
     pulls.record([("team/busy", busy)])  # another image pulled meanwhile: the clock is sound
-    applied = asyncio.run(ex.run_pass())
+    applied = await ex.run_pass()
     assert [image for image, _ in applied.images] == [("team/old", old)]
     assert ex.state.images_evicted == 1 and ex.state.images == 1 and pulls.mine == {("team/busy", busy): clock.now}
     assert ex.state.age_evictions_skipped == "" and ex.state.passes_age_skipped == 0
 
 
-def test_an_orphan_is_swept_by_the_first_pass_unless_linked_within_its_grace(tmp_path, monkeypatch):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_an_orphan_is_swept_by_the_first_pass_unless_linked_within_its_grace(tmp_path, monkeypatch):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     orphan, linked = storage.blob(1000), storage.blob(500)  # data committed, links not written yet
     ex, _ = expiry(tmp_path, clock)
 
@@ -53,33 +46,31 @@ def test_an_orphan_is_swept_by_the_first_pass_unless_linked_within_its_grace(tmp
         storage.image("team/app", [linked])
     monkeypatch.setattr(expiry_module.eviction, "apply",
                         functools.partial(expiry_module.eviction.apply, wait=registry_links_meanwhile))
-    assert asyncio.run(ex.run_pass()).blobs == (orphan,)
+    assert (await ex.run_pass()).blobs == (orphan,)
     assert not storage.data_path(orphan).exists() and storage.data_path(linked).exists()
 
 
-def test_bytes_stored_that_may_cross_the_cap_wake_a_pass_and_it_evicts_below_the_cap(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_bytes_stored_that_may_cross_the_cap_wake_a_pass_and_it_evicts_below_the_cap(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     images = [storage.image(f"team/app{n}", [storage.blob(4000)]) for n in range(3)]
     ex, pulls = expiry(tmp_path, clock, max_bytes=100_000)
 
-    async def scenario():
-        for n, image in enumerate(images):
-            clock.now += 1
-            pulls.record([(f"team/app{n}", image)])
-        await ex.run_pass()
-        ex.stored(80_000)
-        assert not ex._wake.is_set()  # some 13 KB stored + 80 KB new: under the cap
-        ex.stored(10_000)
-        assert ex._wake.is_set()
-        ex.max_bytes = 9000  # two images' worth: above it, a pass evicts down to 90% of it
-        applied = await ex.run_pass()
-        assert [image.repository for image, _ in applied.images] == ["team/app0", "team/app1"]
-        assert ex.state.used_bytes <= 0.9 * 9000
-    asyncio.run(scenario())
+    for n, image in enumerate(images):
+        clock.now += 1
+        pulls.record([(f"team/app{n}", image)])
+    await ex.run_pass()
+    ex.stored(80_000)
+    assert not ex._wake.is_set()  # some 13 KB stored + 80 KB new: under the cap
+    ex.stored(10_000)
+    assert ex._wake.is_set()
+    ex.max_bytes = 9000  # two images' worth: above it, a pass evicts down to 90% of it
+    applied = await ex.run_pass()
+    assert [image.repository for image, _ in applied.images] == ["team/app0", "team/app1"]
+    assert ex.state.used_bytes <= 0.9 * 9000
 
 
-def test_an_index_pulled_by_its_platform_digests_stays(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_an_index_pulled_by_its_platform_digests_stays(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     child = storage.image("team/app", [storage.blob()])
     index = storage.index("team/app", [child], tag="1.0")
     ex, pulls = expiry(tmp_path, clock)
@@ -87,18 +78,18 @@ def test_an_index_pulled_by_its_platform_digests_stays(tmp_path):
     clock.now += 6 * DAY
     pulls.record([("team/app", child)])  # Kubernetes pulls the platform's digest
     clock.now += 6 * DAY  # the index's own pull is twelve days old, the platform's six
-    assert asyncio.run(ex.run_pass()).images == ()
+    assert (await ex.run_pass()).images == ()
 
 
-def test_blobs_in_flight_are_never_deleted(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_blobs_in_flight_are_never_deleted(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     layer = storage.blob(1000)
     image = storage.image("team/app", [layer])
     ex, pulls = expiry(tmp_path, clock, in_flight=frozenset({layer}))
     pulls.record([("team/app", image)])
     clock.now += 8 * DAY
     pulls.record([("team/busy", storage.image("team/busy", [storage.blob()]))])
-    applied = asyncio.run(ex.run_pass())
+    applied = await ex.run_pass()
     assert applied.images and storage.data_path(layer).exists()
 
 
@@ -169,13 +160,13 @@ def two_images_pulled_minutes_ago(tmp_path, clock, **kwargs):
     return storage, ex, pulls, app, web
 
 
-def test_a_clock_8_days_ahead_removes_nothing_by_age_and_the_ages_restart(tmp_path, caplog):
-    clock = Clock()
+async def test_a_clock_8_days_ahead_removes_nothing_by_age_and_the_ages_restart(tmp_path, caplog):
+    clock = Clock(100 * DAY)
     storage, ex, pulls, app, web = two_images_pulled_minutes_ago(tmp_path, clock)
     before = storage.tree()
     clock.now += 8 * DAY  # a VM restored, a bad NTP step: the pass at start
     with caplog.at_level(logging.WARNING, "registry_mirror.expiry.passes"):
-        assert asyncio.run(ex.run_pass()).images == ()
+        assert (await ex.run_pass()).images == ()
     assert storage.tree() == before
     assert "stepped forward" in ex.state.age_evictions_skipped and ex.state.passes_age_skipped == 1
     assert "no image removed by age" in caplog.text and "1970-04-19" in caplog.text  # now, the newest: 04-11
@@ -183,57 +174,52 @@ def test_a_clock_8_days_ahead_removes_nothing_by_age_and_the_ages_restart(tmp_pa
     # the first pulls since do not make the others look 8 days old
     clock.now += DAY
     pulls.record([("team/app", app)])
-    assert asyncio.run(ex.run_pass()).images == () and ex.state.age_evictions_skipped == ""
+    assert (await ex.run_pass()).images == () and ex.state.age_evictions_skipped == ""
     clock.now += 6 * DAY + 1  # web not pulled for max_age since the step: it goes, by age
     pulls.record([("team/app", app)])
-    assert [image for image, _ in asyncio.run(ex.run_pass()).images] == [("team/web", web)]
+    assert [image for image, _ in (await ex.run_pass()).images] == [("team/web", web)]
     assert ex.state.passes_age_skipped == 1
 
 
-def test_a_clock_8_days_ahead_still_evicts_by_size(tmp_path):
-    clock = Clock()
+async def test_a_clock_8_days_ahead_still_evicts_by_size(tmp_path):
+    clock = Clock(100 * DAY)
     storage, ex, pulls, app, web = two_images_pulled_minutes_ago(tmp_path, clock, max_bytes=6000)
     clock.now += 8 * DAY
-    applied = asyncio.run(ex.run_pass())
+    applied = await ex.run_pass()
     assert [image for image, _ in applied.images] == [("team/web", web)]  # the least recently pulled, for size
     assert ex.state.age_evictions_skipped and ex.state.used_bytes <= 6000
     assert storage.data_path(app).exists()
 
 
-def test_a_clock_8_days_behind_removes_nothing_by_age(tmp_path):
-    clock = Clock()
+async def test_a_clock_8_days_behind_removes_nothing_by_age(tmp_path):
+    clock = Clock(100 * DAY)
     storage, ex, pulls, app, web = two_images_pulled_minutes_ago(tmp_path, clock)
     clock.now -= 8 * DAY  # the last pulls lie 8 days in the future
-    assert asyncio.run(ex.run_pass()).images == ()
+    assert (await ex.run_pass()).images == ()
     assert "stepped back" in ex.state.age_evictions_skipped
     assert pulls.mine == {("team/web", web): clock.now, ("team/app", app): clock.now}  # back to now
     clock.now += DAY
     pulls.record([("team/app", app)])
-    assert asyncio.run(ex.run_pass()).images == () and ex.state.age_evictions_skipped == ""
+    assert (await ex.run_pass()).images == () and ex.state.age_evictions_skipped == ""
     clock.now += 6 * DAY + 1
     pulls.record([("team/app", app)])
-    assert [image for image, _ in asyncio.run(ex.run_pass()).images] == [("team/web", web)]
+    assert [image for image, _ in (await ex.run_pass()).images] == [("team/web", web)]
 
 
-def test_another_replicas_last_pulls_ahead_hold_age_evictions_while_they_are(tmp_path):
+async def test_another_replicas_last_pulls_ahead_hold_age_evictions_while_they_are(tmp_path):
     import json
-    clock = Clock()
+    clock = Clock(100 * DAY)
     storage, ex, pulls, app, web = two_images_pulled_minutes_ago(tmp_path, clock)
     (tmp_path / "pulls").mkdir()
     (tmp_path / "pulls" / "ahead.json").write_text(json.dumps({"pulls": [["team/web", web, clock.now + 8 * DAY]]}))
     clock.now += 8 * DAY - 3600  # app not pulled for max_age here; web pulled "in the future" there
-    assert asyncio.run(ex.run_pass()).images == () and "another replica" in ex.state.age_evictions_skipped
-    assert asyncio.run(ex.run_pass()).images == () and ex.state.passes_age_skipped == 2
+    assert (await ex.run_pass()).images == () and "another replica" in ex.state.age_evictions_skipped
+    assert (await ex.run_pass()).images == () and ex.state.passes_age_skipped == 2
 
 
 @pytest.mark.parametrize("pulled_after_the_step", [True, False])
-def test_a_step_while_running_is_taken_out_of_the_last_pulls(tmp_path, pulled_after_the_step):
-    class Monotonic:
-        now = 5.0
-
-        def __call__(self):
-            return self.now
-    clock, monotonic = Clock(), Monotonic()
+async def test_a_step_while_running_is_taken_out_of_the_last_pulls(tmp_path, pulled_after_the_step):
+    clock, monotonic = Clock(100 * DAY), Clock(5.0)
     storage = Storage(tmp_path / "storage")
     app, web = storage.image("team/app", [storage.blob()]), storage.image("team/web", [storage.blob()])
     pulls = LastPulls(tmp_path / "pulls", "test", clock, monotonic)
@@ -244,27 +230,27 @@ def test_a_step_while_running_is_taken_out_of_the_last_pulls(tmp_path, pulled_af
     clock.now += 8 * DAY  # the wall clock steps; the monotonic one does not
     if pulled_after_the_step:  # before the pass: the pull sees the step
         pulls.record([("team/app", app)])
-    assert asyncio.run(ex.run_pass()).images == () and ex.state.clock_steps == 1
+    assert (await ex.run_pass()).images == () and ex.state.clock_steps == 1
     assert pulls.mine[("team/web", web)] == clock.now - 600  # its age stays ten minutes
     assert ex.state.age_evictions_skipped == ""  # ages are true again: no need to skip
 
 
 # True storage figures
 
-def test_the_figures_are_read_by_the_pass_at_start_without_a_cap(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_the_figures_are_read_by_the_pass_at_start_without_a_cap(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     blobs = [storage.blob(5000), storage.blob(3000)]
     storage.image("team/app", blobs[:1]), storage.image("team/web", blobs[1:])
     ex, _ = expiry(tmp_path, clock)
     assert ex.state.used_bytes is None  # not measured yet
-    asyncio.run(ex.run_pass())
+    await ex.run_pass()
     total = sum(p.stat().st_size for p in storage.v2.rglob("data"))
     assert total > 8000 and ex.state.used_bytes == total and ex.state.images == 2
     assert ex.state.measured_at == clock.now and ex.state.stored_since_pass == 0
 
 
-def test_a_pass_failing_part_way_still_leaves_the_figures_read(tmp_path, monkeypatch):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_a_pass_failing_part_way_still_leaves_the_figures_read(tmp_path, monkeypatch):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     storage.image("team/app", [storage.blob(5000)])
     ex, _ = expiry(tmp_path, clock)
 
@@ -272,18 +258,18 @@ def test_a_pass_failing_part_way_still_leaves_the_figures_read(tmp_path, monkeyp
         raise OSError("disk gone")
     monkeypatch.setattr(expiry_module.eviction, "apply", broken)
     with pytest.raises(OSError):
-        asyncio.run(ex.run_pass())
+        await ex.run_pass()
     assert ex.state.used_bytes == sum(p.stat().st_size for p in storage.v2.rglob("data")) > 5000
     assert ex.state.images == 1 and ex.state.passes == 0 and "disk gone" in ex.state.last_error
 
 
-def test_bytes_stored_and_removed_keep_the_figures_current_between_passes(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_bytes_stored_and_removed_keep_the_figures_current_between_passes(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     old = storage.image("team/old", [storage.blob(5000)])
     new = storage.image("team/new", [storage.blob(3000)])
     ex, pulls = expiry(tmp_path, clock)
     ex.stored(700)  # before any reading: the pass at start reads it
-    asyncio.run(ex.run_pass())
+    await ex.run_pass()
     total = sum(p.stat().st_size for p in storage.v2.rglob("data"))
     assert ex.state.used_bytes == total and ex.state.stored_since_pass == 0
     ex.stored(1000)
@@ -292,14 +278,14 @@ def test_bytes_stored_and_removed_keep_the_figures_current_between_passes(tmp_pa
     # a pass that removes one image: the new reading, less what it freed
     clock.now += 8 * DAY
     pulls.record([("team/new", new)])
-    applied = asyncio.run(ex.run_pass())
+    applied = await ex.run_pass()
     assert [image for image, _ in applied.images] == [("team/old", old)]
     remaining = sum(p.stat().st_size for p in storage.v2.rglob("data"))
     assert ex.state.used_bytes == remaining == total - applied.bytes_freed and ex.state.images == 1
 
 
-def test_bytes_stored_while_a_pass_reads_stay_counted(tmp_path):
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+async def test_bytes_stored_while_a_pass_reads_stay_counted(tmp_path):
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     storage.image("team/app", [storage.blob(5000)])
     pulls = LastPulls(tmp_path / "pulls", "test", clock)
     ex = None
@@ -309,14 +295,14 @@ def test_bytes_stored_while_a_pass_reads_stay_counted(tmp_path):
         return frozenset()
     ex = Expiry(str(tmp_path / "storage"), 7 * DAY, None, pulls, in_flight=in_flight, grace=0)
     ex.stored(100)  # before the pass: in its reading
-    asyncio.run(ex.run_pass())
+    await ex.run_pass()
     total = sum(p.stat().st_size for p in storage.v2.rglob("data"))
     assert ex.state.stored_since_pass == 500 and ex.state.used_bytes == total + 500  # on the high side
 
 
-def test_a_pass_removes_leftover_uploads_and_torn_files_before_it_reads(tmp_path):
+async def test_a_pass_removes_leftover_uploads_and_torn_files_before_it_reads(tmp_path):
     """What they held is not counted against max_bytes; an upload still written and a file being written stay."""
-    storage, clock = Storage(tmp_path / "storage"), Clock()
+    storage, clock = Storage(tmp_path / "storage"), Clock(100 * DAY)
     storage.image("team/app", [storage.blob(5000)])
     now = time.time()
     uploads = storage.v2 / "repositories/team/app/_uploads"
@@ -329,7 +315,7 @@ def test_a_pass_removes_leftover_uploads_and_torn_files_before_it_reads(tmp_path
     torn.write_bytes(b"")
     os.utime(torn, (now - 3600, now - 3600))
     ex, _ = expiry(tmp_path, clock)
-    asyncio.run(ex.run_pass())
+    await ex.run_pass()
     assert not (uploads / "stale").exists() and (uploads / "written").exists() and not torn.exists()
     assert (ex.state.uploads_removed, ex.state.upload_bytes_removed, ex.state.empty_files_removed) == (1, 1000, 1)
     blob_bytes = sum(p.stat().st_size for p in storage.v2.glob("blobs/**/data"))

@@ -10,15 +10,8 @@ from registry_mirror.oci.registry_requests import classify
 from registry_mirror.upstream.client import UpstreamError
 from registry_mirror.upstream.health import UpstreamHealth
 from tests.unit.manifests.test_service import IMAGE, FakeUpstream, body_for, headers, manifest_service
+from tests.unit.support.clocks import Clock
 from tests.unit.support.waits import BOUND
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 class FlakyUpstream(FakeUpstream):
@@ -70,67 +63,59 @@ def test_health_counts_consecutive_failures_and_recovers():
     assert not h.down
 
 
-def test_a_failed_refresh_answers_the_last_known_digest_with_its_age():
-    async def scenario():
-        svc, up, clock = make()
-        fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        clock.now = 40  # past the tag TTL
-        up.fail = True
-        stale = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        assert stale.outcome == "STALE" and stale.body == fresh.body
-        assert stale.headers["Docker-Content-Digest"] == fresh.headers["Docker-Content-Digest"]
-        assert stale.headers["X-Mirror-Stale-Age"] == stale.headers["Age"] == "40"
-        assert stale.headers["Warning"].startswith("110")
-        assert svc.health.consecutive_failures == 1
-    asyncio.run(scenario())
+async def test_a_failed_refresh_answers_the_last_known_digest_with_its_age():
+    svc, up, clock = make()
+    fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    clock.now = 40  # past the tag TTL
+    up.fail = True
+    stale = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    assert stale.outcome == "STALE" and stale.body == fresh.body
+    assert stale.headers["Docker-Content-Digest"] == fresh.headers["Docker-Content-Digest"]
+    assert stale.headers["X-Mirror-Stale-Age"] == stale.headers["Age"] == "40"
+    assert stale.headers["Warning"].startswith("110")
+    assert svc.health.consecutive_failures == 1
 
 
-def test_a_slow_refresh_is_answered_stale_within_the_budget_and_finishes_in_the_background():
-    async def scenario():
-        svc, up, clock = make(budget=0.05)  # the held upstream answers only after it has run out
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        clock.now = 40
-        up.version, up.held = 1, asyncio.Event()
-        stale = await asyncio.wait_for(svc.answer(classify("GET", TAG), headers(IMAGE)), BOUND)
-        assert stale.outcome == "STALE" and len(up.calls) == 1  # answered while the refresh is still held
-        refresh = list(svc._inflight.values())
-        assert len(refresh) == 1  # going on in the background
-        up.held.set()
-        await asyncio.wait_for(refresh[0], BOUND)  # it ends and fills the caches
-        later = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        assert later.outcome == "HIT" and later.body == body_for(IMAGE, 1) and len(up.calls) == 2
-    asyncio.run(scenario())
+async def test_a_slow_refresh_is_answered_stale_within_the_budget_and_finishes_in_the_background():
+    svc, up, clock = make(budget=0.05)  # the held upstream answers only after it has run out
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    clock.now = 40
+    up.version, up.held = 1, asyncio.Event()
+    stale = await asyncio.wait_for(svc.answer(classify("GET", TAG), headers(IMAGE)), BOUND)
+    assert stale.outcome == "STALE" and len(up.calls) == 1  # answered while the refresh is still held
+    refresh = list(svc._inflight.values())
+    assert len(refresh) == 1  # going on in the background
+    up.held.set()
+    await asyncio.wait_for(refresh[0], BOUND)  # it ends and fills the caches
+    later = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    assert later.outcome == "HIT" and later.body == body_for(IMAGE, 1) and len(up.calls) == 2
 
 
-def test_while_down_cached_answers_are_immediate_and_uncached_fail_at_once():
-    async def scenario():
-        svc, up, clock = make(budget=0.05)  # an uncached answer waits this long for a flap to end; none does
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        up.fail = True
-        for n in range(3):
-            with pytest.raises(UpstreamError):
-                await svc.answer(classify("GET", f"/v2/other/manifests/v{n}"), headers(IMAGE))
-        assert svc.health.down
-        calls = len(up.calls)
-        clock.now = 40
-        assert (await svc.answer(classify("HEAD", TAG), headers(IMAGE))).outcome == "STALE"
-        with pytest.raises(UpstreamDown, match="assumed down"):
-            await svc.answer(classify("GET", "/v2/other/manifests/v9"), headers(IMAGE))
-        assert len(up.calls) == calls  # nothing was asked upstream while down
-    asyncio.run(scenario())
-
-
-def test_too_stale_is_not_answered():
-    async def scenario():
-        svc, up, clock = make(max_stale=60)
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        up.fail = True
-        clock.now = 60
-        assert (await svc.answer(classify("GET", TAG), headers(IMAGE))).outcome == "STALE"  # just old enough
-        clock.now = 61
+async def test_while_down_cached_answers_are_immediate_and_uncached_fail_at_once():
+    svc, up, clock = make(budget=0.05)  # an uncached answer waits this long for a flap to end; none does
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    up.fail = True
+    for n in range(3):
         with pytest.raises(UpstreamError):
-            await svc.answer(classify("GET", TAG), headers(IMAGE))
-    asyncio.run(scenario())
+            await svc.answer(classify("GET", f"/v2/other/manifests/v{n}"), headers(IMAGE))
+    assert svc.health.down
+    calls = len(up.calls)
+    clock.now = 40
+    assert (await svc.answer(classify("HEAD", TAG), headers(IMAGE))).outcome == "STALE"
+    with pytest.raises(UpstreamDown, match="assumed down"):
+        await svc.answer(classify("GET", "/v2/other/manifests/v9"), headers(IMAGE))
+    assert len(up.calls) == calls  # nothing was asked upstream while down
+
+
+async def test_too_stale_is_not_answered():
+    svc, up, clock = make(max_stale=60)
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    up.fail = True
+    clock.now = 60
+    assert (await svc.answer(classify("GET", TAG), headers(IMAGE))).outcome == "STALE"  # just old enough
+    clock.now = 61
+    with pytest.raises(UpstreamError):
+        await svc.answer(classify("GET", TAG), headers(IMAGE))
 
 
 def test_tag_ages_come_from_the_tag_states_clock():
@@ -145,27 +130,23 @@ def test_tag_ages_come_from_the_tag_states_clock():
     assert state.age(known) == 0.0
 
 
-def test_a_fetched_tag_is_stamped_with_the_tag_states_clock():
-    async def scenario():
-        svc, up, clock = make()
-        clock.now = 12.5
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        (known,) = svc.known.tags.values()
-        assert known.fetched_at == 12.5
-    asyncio.run(scenario())
+async def test_a_fetched_tag_is_stamped_with_the_tag_states_clock():
+    svc, up, clock = make()
+    clock.now = 12.5
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    (known,) = svc.known.tags.values()
+    assert known.fetched_at == 12.5
 
 
-def test_last_known_tags_survive_a_restart_for_heads(tmp_path):
-    async def scenario():
-        svc, up, _ = make(tmp_path)
-        fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        svc.known.save()
-        restarted, up2, _ = make(tmp_path)
-        up2.fail = True
-        head = await restarted.answer(classify("HEAD", TAG), headers(IMAGE), "HEAD")
-        assert head.outcome == "STALE"
-        assert head.headers["Docker-Content-Digest"] == fresh.headers["Docker-Content-Digest"]
-        assert head.headers["Content-Length"] == str(len(fresh.body))
-        with pytest.raises(UpstreamError):  # a GET needs the body, which only the registry has now
-            await restarted.answer(classify("GET", TAG), headers(IMAGE), "GET")
-    asyncio.run(scenario())
+async def test_last_known_tags_survive_a_restart_for_heads(tmp_path):
+    svc, up, _ = make(tmp_path)
+    fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    svc.known.save()
+    restarted, up2, _ = make(tmp_path)
+    up2.fail = True
+    head = await restarted.answer(classify("HEAD", TAG), headers(IMAGE), "HEAD")
+    assert head.outcome == "STALE"
+    assert head.headers["Docker-Content-Digest"] == fresh.headers["Docker-Content-Digest"]
+    assert head.headers["Content-Length"] == str(len(fresh.body))
+    with pytest.raises(UpstreamError):  # a GET needs the body, which only the registry has now
+        await restarted.answer(classify("GET", TAG), headers(IMAGE), "GET")

@@ -55,7 +55,7 @@ def test_other_digests_are_refused_400_digest_invalid(digest, segment, what):
     assert refusal.message == f"invalid {what} digest {digest[:100]!r}: {digest_problem(digest)}"
 
 
-def test_a_transfer_for_a_digest_it_cannot_check_fails_cleanly(tmp_path):
+async def test_a_transfer_for_a_digest_it_cannot_check_fails_cleanly(tmp_path):
     """Whatever path brings such a digest to the coalescer: its waiters fail at once, nothing stays behind."""
     fetched = []
 
@@ -64,41 +64,37 @@ def test_a_transfer_for_a_digest_it_cannot_check_fails_cleanly(tmp_path):
         transfer.head.set_result(UpstreamHead(200, {}))
         yield b"bytes"
 
-    async def scenario():
-        c = BlobCoalescer(fetch, str(tmp_path / "spool"))
-        transfer, _ = c.join(f"foo:{HEX[64]}", "app")
-        with pytest.raises(TransferFailed, match="'foo' is not one of sha256, sha384, sha512"):
-            await asyncio.wait_for(asyncio.shield(transfer.head), BOUND)
-        c.leave(transfer)
-        state = (dict(c.transfers), list(c._dir.glob("blob-*")), transfer.error)
-        await c.close()
-        return state
-    transfers, spools, error = asyncio.run(scenario())
+    c = BlobCoalescer(fetch, str(tmp_path / "spool"))
+    transfer, _ = c.join(f"foo:{HEX[64]}", "app")
+    with pytest.raises(TransferFailed, match="'foo' is not one of sha256, sha384, sha512"):
+        await asyncio.wait_for(asyncio.shield(transfer.head), BOUND)
+    c.leave(transfer)
+    transfers, spools, error = dict(c.transfers), list(c._dir.glob("blob-*")), transfer.error
+    await c.close()
     assert transfers == {} and spools == [] and fetched == []
     assert "foo:" in error
 
 
-def test_the_blob_endpoint_refuses_such_a_digest_before_any_transfer(tmp_path):
+async def test_the_blob_endpoint_refuses_such_a_digest_before_any_transfer(tmp_path):
     class NoUpstream:
         def open(self, *args):
             raise AssertionError("the upstream was asked for a digest the mirror cannot check")
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, NoUpstream())
         try:
             async with aiohttp.ClientSession() as client:
                 async with client.get(f"http://127.0.0.1:{server.port}/v2/team/app/blobs/sha256+b64u:{HEX[64]}",
                                       headers={KEY_HEADER: server.key}) as resp:
-                    answer = resp.status, await resp.read()
-            return answer, dict(server.coalescer.transfers), list(server.coalescer._dir.glob("blob-*"))
+                    status, body = resp.status, await resp.read()
+            transfers, spools = dict(server.coalescer.transfers), list(server.coalescer._dir.glob("blob-*"))
         finally:
             await server.close()
-    (status, body), transfers, spools = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
     assert transfers == {} and spools == []
 
 
-def test_a_sha512_blob_is_fetched_and_checked(tmp_path):
+async def test_a_sha512_blob_is_fetched_and_checked(tmp_path):
     """Not looked up in the registry's storage (its layout is read for sha256 only): from the upstream, verified."""
     data = b"layer bytes" * 1000
     digest = "sha512:" + hashlib.sha512(data).hexdigest()
@@ -108,12 +104,10 @@ def test_a_sha512_blob_is_fetched_and_checked(tmp_path):
         transfer.head.set_result(UpstreamHead(200, {}))
         yield data
 
-    async def scenario():
-        c = BlobCoalescer(fetch, str(tmp_path / "spool"))
-        transfer, _ = c.join(digest, "app")
-        await transfer.head
-        got = b"".join([chunk async for chunk in sent_bytes(transfer, 0, len(data) - 1)])
-        c.leave(transfer)
-        await c.close()
-        return got, transfer.verified
-    assert asyncio.run(scenario()) == (data, True)
+    c = BlobCoalescer(fetch, str(tmp_path / "spool"))
+    transfer, _ = c.join(digest, "app")
+    await transfer.head
+    got = b"".join([chunk async for chunk in sent_bytes(transfer, 0, len(data) - 1)])
+    c.leave(transfer)
+    await c.close()
+    assert (got, transfer.verified) == (data, True)

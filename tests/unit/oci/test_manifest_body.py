@@ -1,6 +1,4 @@
 """Only a manifest is cached as one: whatever else an upstream (or a desynchronized connection) answers."""
-import asyncio
-
 import pytest
 from multidict import CIMultiDict
 
@@ -26,17 +24,15 @@ def test_what_counts_as_a_manifest(body, problem):
     assert manifest_problem(body) == problem
 
 
-def test_a_token_reply_read_as_a_manifest_is_never_cached():
-    async def scenario():
-        svc, up, _ = service()
-        token_reply = b'{"token": "t0k3n", "access_token": "t0k3n", "expires_in": 300}'
+async def test_a_token_reply_read_as_a_manifest_is_never_cached():
+    svc, up, _ = service()
+    token_reply = b'{"token": "t0k3n", "access_token": "t0k3n", "expires_in": 300}'
 
-        async def desynchronized(method, req, hdrs):  # no Docker-Content-Digest: the digest would be its own
-            up.calls.append(method)
-            return SmallResponse(200, CIMultiDict({"Content-Type": "application/json"}), token_reply, "Bearer")
-        up.fetch_small = desynchronized
-        tag = classify("GET", "/v2/app/manifests/1.0")
-        with pytest.raises(ManifestMismatch, match=r"is not a manifest \(schemaVersion is null"):
-            await svc.answer(tag, headers())
-        assert len(svc.known.tags) == 0 and len(svc.manifests) == 0 and up.calls == ["GET"]
-    asyncio.run(scenario())
+    async def desynchronized(method, req, hdrs):  # no Docker-Content-Digest: the digest would be its own
+        up.calls.append(method)
+        return SmallResponse(200, CIMultiDict({"Content-Type": "application/json"}), token_reply, "Bearer")
+    up.fetch_small = desynchronized
+    tag = classify("GET", "/v2/app/manifests/1.0")
+    with pytest.raises(ManifestMismatch, match=r"is not a manifest \(schemaVersion is null"):
+        await svc.answer(tag, headers())
+    assert len(svc.known.tags) == 0 and len(svc.manifests) == 0 and up.calls == ["GET"]

@@ -39,23 +39,21 @@ class WatchedEvent(asyncio.Event):
         return await super().wait()
 
 
-def run_request(config_file, method, path, headers=(), started=False):
+async def run_request(config_file, method, path, headers=(), started=False):
     """A request through the entry script's addons (the mirror started first, if `started`)."""
     addons = mirror_addons()
     mirror = next(a for a in addons if isinstance(a, RegistryMirror))
 
-    async def scenario():
-        with taddons.context(*addons) as tctx:
-            tctx.configure(mirror, mirror_config=str(config_file))
-            if started:
-                await mirror.running()
-            try:
-                f = flow_for(method, path, headers)
-                await tctx.master.addons.handle_lifecycle(HttpRequestHook(f))
-                return f
-            finally:
-                await mirror.done()
-    return asyncio.run(scenario())
+    with taddons.context(*addons) as tctx:
+        tctx.configure(mirror, mirror_config=str(config_file))
+        if started:
+            await mirror.running()
+        try:
+            f = flow_for(method, path, headers)
+            await tctx.master.addons.handle_lifecycle(HttpRequestHook(f))
+            return f
+        finally:
+            await mirror.done()
 
 
 @pytest.mark.parametrize("method,path,status,code", [
@@ -67,23 +65,23 @@ def run_request(config_file, method, path, headers=(), started=False):
     ("GET", "/v2/app/blobs/md5:xyz", 400, "DIGEST_INVALID"),
     ("GET", "/admin", 404, "NOT_FOUND"),
 ])
-def test_refusals_are_answered_locally(config_file, method, path, status, code):
-    f = run_request(config_file, method, path)
+async def test_refusals_are_answered_locally(config_file, method, path, status, code):
+    f = await run_request(config_file, method, path)
     assert f.response.status_code == status
     assert json.loads(f.response.content)["errors"][0]["code"] == code
     assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
     assert f.request.host == "127.0.0.1" and f.request.port == 8081  # never re-targeted upstream
 
 
-def test_ping_answered_locally_with_a_challenge(config_file):
-    f = run_request(config_file, "GET", "/v2/")
+async def test_ping_answered_locally_with_a_challenge(config_file):
+    f = await run_request(config_file, "GET", "/v2/")
     assert f.response.status_code == 401
     assert f.response.headers["WWW-Authenticate"].startswith("Basic ")
     assert f.response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
 
 
-def test_head_answer_has_no_body(config_file):
-    f = run_request(config_file, "HEAD", "/v2/Bad/manifests/x")
+async def test_head_answer_has_no_body(config_file):
+    f = await run_request(config_file, "HEAD", "/v2/Bad/manifests/x")
     assert f.response.status_code == 400
     assert f.response.raw_content == b""
     assert int(f.response.headers["Content-Length"]) > 0
@@ -109,61 +107,53 @@ def test_bad_config_is_an_options_error(tmp_path, config_file, monkeypatch):
             tctx.configure(addon, mirror_config=str(bad))
 
 
-def test_a_request_before_start_up_finishes_waits_for_it(config_file, tmp_path):
+async def test_a_request_before_start_up_finishes_waits_for_it(config_file, tmp_path):
     # mitmproxy listens before it calls the addons' `running`; a registry request in that gap must not fail
     config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
     addon = RegistryMirror()
     addon.started = WatchedEvent()
 
-    async def scenario():
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, mirror_config=str(config_file))
-            f = flow_for("GET", "/v2/team/app/blobs/sha256:" + "a" * 64)
-            pending = asyncio.create_task(addon.request(f))
-            await asyncio.wait_for(addon.started.waited.wait(), BOUND)
-            assert not pending.done() and f.response is None  # waiting for the start-up
-            await addon.running()
-            await asyncio.wait_for(pending, BOUND)
-            await addon.done()
-            return f
-    f = asyncio.run(scenario())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, mirror_config=str(config_file))
+        f = flow_for("GET", "/v2/team/app/blobs/sha256:" + "a" * 64)
+        pending = asyncio.create_task(addon.request(f))
+        await asyncio.wait_for(addon.started.waited.wait(), BOUND)
+        assert not pending.done() and f.response is None  # waiting for the start-up
+        await addon.running()
+        await asyncio.wait_for(pending, BOUND)
+        await addon.done()
     assert f.response.status_code == 307  # to the blob endpoint, which exists now
     assert f.response.headers["X-Mirror-Cache"] == "BLOB-ENDPOINT"
 
 
-def test_an_unconfigured_addon_answers_503_at_once(tmp_path, monkeypatch):
+async def test_an_unconfigured_addon_answers_503_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(addon_mod, "STARTUP_WAIT", 3600.0)  # a wait for a start-up would outlast the bound
     addon = RegistryMirror()
     addon.started = WatchedEvent()
 
-    async def scenario():
-        with taddons.context(addon):
-            f = flow_for("GET", "/v2/team/app/manifests/1.0")
-            await asyncio.wait_for(addon.request(f), BOUND)
-            return f
-    f = asyncio.run(scenario())
+    with taddons.context(addon):
+        f = flow_for("GET", "/v2/team/app/manifests/1.0")
+        await asyncio.wait_for(addon.request(f), BOUND)
     assert not addon.started.waited.is_set()  # nothing to wait for: no configuration, no start-up coming
     assert f.response.status_code == 503
     assert "has not started" in json.loads(f.response.content)["errors"][0]["message"]
 
 
-def test_the_configuration_cannot_be_swapped_under_a_running_mirror(config_file, tmp_path):
+async def test_the_configuration_cannot_be_swapped_under_a_running_mirror(config_file, tmp_path):
     # e.g. from mitmweb's options editor: the routes, caches and the stock registry were built from the first
     config_file.write_text(config_file.read_text() + f"cache:\n  spool_dir: {tmp_path / 'spool'}\n")
     other = tmp_path / "other.yaml"
     other.write_text("upstream:\n  url: http://127.0.0.1:9\n  repository: elsewhere\n  anonymous: true\n")
     addon = RegistryMirror()
 
-    async def scenario():
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, mirror_config=str(config_file))
-            await addon.running()
-            try:
-                with pytest.raises(exceptions.OptionsError, match="restart it"):
-                    tctx.configure(addon, mirror_config=str(other))
-            finally:
-                await addon.done()
-    asyncio.run(scenario())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, mirror_config=str(config_file))
+        await addon.running()
+        try:
+            with pytest.raises(exceptions.OptionsError, match="restart it"):
+                tctx.configure(addon, mirror_config=str(other))
+        finally:
+            await addon.done()
     assert addon.config.upstream.prefix.endswith("/docker-local")
 
 
@@ -174,8 +164,8 @@ def startable(config_file, tmp_path):
 
 
 @pytest.mark.parametrize("started", [False, True])
-def test_ready_says_whether_the_mirror_has_started(startable, started):
-    f = run_request(startable, "GET", "/_mirror/ready", started=started)
+async def test_ready_says_whether_the_mirror_has_started(startable, started):
+    f = await run_request(startable, "GET", "/_mirror/ready", started=started)
     assert (f.response.status_code, json.loads(f.response.content)) == ((200, {"ready": True}) if started
                                                                          else (503, {"ready": False}))
 
@@ -185,19 +175,19 @@ def test_ready_says_whether_the_mirror_has_started(startable, started):
     ("/_mirror/stats.json", "application/json", b'"upstream"'),
     ("/metrics", "text/plain; version=0.0.4", b"mirror_upstream_up"),
 ])
-def test_the_stats_pages_are_answered_before_the_registry_handler(startable, path, content_type, marker):
-    f = run_request(startable, "GET", path, started=True)
+async def test_the_stats_pages_are_answered_before_the_registry_handler(startable, path, content_type, marker):
+    f = await run_request(startable, "GET", path, started=True)
     assert f.response.status_code == 200 and f.response.headers["Content-Type"] == content_type
     assert marker in f.response.content and "X-Mirror-Cache" not in f.response.headers
     assert b'"storage"' in f.response.content or path != "/_mirror/stats.json"  # the expiry runs
 
 
-def test_a_browsers_favicon_is_no_registry_request(config_file):
-    assert run_request(config_file, "GET", "/favicon.ico").response.status_code == 204
+async def test_a_browsers_favicon_is_no_registry_request(config_file):
+    assert (await run_request(config_file, "GET", "/favicon.ico")).response.status_code == 204
 
 
-def test_a_notification_without_the_secret_is_refused_and_its_header_dropped(startable):
-    f = run_request(startable, "POST", "/_mirror/notifications",
-                    headers=[(b"host", b"127.0.0.1:8081"), (SECRET_HEADER.encode(), b"guess")], started=True)
+async def test_a_notification_without_the_secret_is_refused_and_its_header_dropped(startable):
+    f = await run_request(startable, "POST", "/_mirror/notifications",
+                          headers=[(b"host", b"127.0.0.1:8081"), (SECRET_HEADER.encode(), b"guess")], started=True)
     assert f.response.status_code == 401 and json.loads(f.response.content)["accepted"] is False
     assert SECRET_HEADER not in f.request.headers

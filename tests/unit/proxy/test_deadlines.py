@@ -120,30 +120,28 @@ class Answer:
         flow.response = http.Response.make(200, b"ok")
 
 
-def test_a_real_mitmproxy_closes_a_trickling_client_and_an_idle_keep_alive_one(tmp_path):
+async def test_a_real_mitmproxy_closes_a_trickling_client_and_an_idle_keep_alive_one(tmp_path):
     """The default `close` (close_client) against mitmproxy's own proxy server, with a short deadline."""
-    async def scenario():
-        opts = options.Options(mode=["reverse:http://127.0.0.1:9@127.0.0.1:0"], confdir=str(tmp_path))
-        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        addon = HeaderDeadline(0.2)
-        master.addons.add(Answer(), addon)
-        master.options.update(connection_strategy="lazy")
-        running = asyncio.create_task(master.run())
-        proxyserver = master.addons.get("proxyserver")
-        try:
-            await until(proxyserver.listen_addrs, "mitmproxy listening")
-            host, port = proxyserver.listen_addrs()[0][:2]
-            results = []
-            for sent in (b"GET /v2/ HTTP/1.1\r\nHost: mirror\r\n", b"GET /v2/ HTTP/1.1\r\nHost: mirror\r\n\r\n"):
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(sent)
-                results.append(await asyncio.wait_for(reader.read(), BOUND))  # to EOF: closed by the deadline
-                writer.close()
-            return results, addon.closed, len(proxyserver.connections)
-        finally:
-            master.shutdown()
-            await asyncio.wait_for(running, BOUND)
-    (trickled, kept_alive), closed, connections = asyncio.run(scenario())
+    opts = options.Options(mode=["reverse:http://127.0.0.1:9@127.0.0.1:0"], confdir=str(tmp_path))
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    addon = HeaderDeadline(0.2)
+    master.addons.add(Answer(), addon)
+    master.options.update(connection_strategy="lazy")
+    running = asyncio.create_task(master.run())
+    proxyserver = master.addons.get("proxyserver")
+    try:
+        await until(proxyserver.listen_addrs, "mitmproxy listening")
+        host, port = proxyserver.listen_addrs()[0][:2]
+        results = []
+        for sent in (b"GET /v2/ HTTP/1.1\r\nHost: mirror\r\n", b"GET /v2/ HTTP/1.1\r\nHost: mirror\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(sent)
+            results.append(await asyncio.wait_for(reader.read(), BOUND))  # to EOF: closed by the deadline
+            writer.close()
+        (trickled, kept_alive), closed, connections = results, addon.closed, len(proxyserver.connections)
+    finally:
+        master.shutdown()
+        await asyncio.wait_for(running, BOUND)
     assert trickled == b"" and kept_alive.startswith(b"HTTP/1.1 200 OK") and kept_alive.endswith(b"ok")
     assert closed == 2 and connections == 0
 

@@ -54,7 +54,7 @@ def test_the_mirror_creates_the_dump_file_before_it_starts_mitmproxy(tmp_path, m
         at_start.append((option.partition("=")[2], mode_of(dump) if dump.exists() else None))
         raise processes.ProcessError("not started in a unit test")
     monkeypatch.setattr(processes, "start", start)
-    mirror = supervisor.Mirror(load(str(config)), tmp_path / "logs", dump=str(dump))
+    mirror = supervisor.Supervisor(load(str(config)), tmp_path / "logs", dump=str(dump))
     with pytest.raises(processes.ProcessError, match="not started"):
         mirror.start()
     assert at_start == [(str(dump), 0o600)]

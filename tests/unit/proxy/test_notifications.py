@@ -6,6 +6,7 @@ import pytest
 
 from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests, served_pulls
 from registry_mirror.proxy.notifications import MAX_NOTIFICATION_BODY, check, notification_secret, secret_file
+from tests.unit.support.clocks import Clock
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -46,15 +47,8 @@ def test_only_manifest_pulls_are_images():
     assert pulled_manifests("junk") == [] and pulled_manifests({"events": "x"}) == []
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_last_pulls_survive_a_restart_and_replicas_merge(tmp_path):
-    clock = Clock()
+    clock = Clock(1000.0)
     mine = LastPulls(tmp_path, "a", clock)
     mine.record([("team/app", "d1")])
     mine.save()
@@ -68,7 +62,7 @@ def test_last_pulls_survive_a_restart_and_replicas_merge(tmp_path):
 
 
 def test_an_image_never_seen_pulled_counts_from_when_it_is_first_seen(tmp_path):
-    pulls = LastPulls(tmp_path, "a", Clock())
+    pulls = LastPulls(tmp_path, "a", Clock(1000.0))
     pulls.first_seen([("old/app", "d")], 500.0)
     pulls.first_seen([("old/app", "d")], 900.0)  # already known: unchanged
     assert pulls.mine == {("old/app", "d"): 500.0}
@@ -76,7 +70,7 @@ def test_an_image_never_seen_pulled_counts_from_when_it_is_first_seen(tmp_path):
 
 def test_a_flood_of_events_cannot_grow_the_state_without_bound(tmp_path, monkeypatch):
     monkeypatch.setattr("registry_mirror.expiry.last_pulls.MAX_IMAGES", 3)
-    clock = Clock()
+    clock = Clock(1000.0)
     pulls = LastPulls(tmp_path, "a", clock)
     for n in range(10):
         clock.now += 1

@@ -1,6 +1,5 @@
 """`/_mirror/logs`: the supervisor reports the lines its log files dropped on a full disk, with the registry's
 notification secret; the stats page shows them."""
-import asyncio
 import json
 
 import pytest
@@ -8,7 +7,7 @@ from mitmproxy.test import tflow, tutils
 
 from registry_mirror.proxy.addon import RegistryMirror
 from registry_mirror.proxy.notifications import SECRET_HEADER
-from registry_mirror.proxy.pages import MirrorPages
+from registry_mirror.proxy.pages import StatusPages
 from registry_mirror.stats.views import LOGS_PATH
 
 SECRET = "s3cret-of-the-registry"
@@ -24,16 +23,16 @@ def mirror():
     return m
 
 
-def post(mirror, body: bytes, secret: str | None = SECRET, method: str = "POST"):
+async def post(mirror, body: bytes, secret: str | None = SECRET, method: str = "POST"):
     headers = [(b"host", b"127.0.0.1:8081")] + ([(SECRET_HEADER.encode(), secret.encode())] if secret else [])
     f = tflow.tflow(req=tutils.treq(method=method.encode(), path=LOGS_PATH.encode(), host="127.0.0.1", port=8081,
                                     headers=headers, content=body))
-    asyncio.run(MirrorPages(mirror).request(f))
+    await StatusPages(mirror).request(f)
     return f
 
 
-def test_supervisor_report_is_accepted_and_shown(mirror):
-    f = post(mirror, json.dumps(REPORT).encode())
+async def test_supervisor_report_is_accepted_and_shown(mirror):
+    f = await post(mirror, json.dumps(REPORT).encode())
     assert f.response.status_code == 202
     assert json.loads(f.response.content) == {"accepted": True, "reason": ""}
     assert mirror.log_files == REPORT
@@ -50,8 +49,8 @@ def test_supervisor_report_is_accepted_and_shown(mirror):
     (SECRET, "POST", b'{"mitmproxy.log": {"dropped_lines": "many", "last_error": ""}}', 400),
 ], ids=["no-secret", "wrong-secret", "not-a-post", "not-json", "not-an-object", "file-not-an-object",
         "no-dropped-lines", "dropped-lines-not-a-number"])
-def test_refused_report_changes_nothing(mirror, secret, method, body, status):
-    f = post(mirror, body, secret, method)
+async def test_refused_report_changes_nothing(mirror, secret, method, body, status):
+    f = await post(mirror, body, secret, method)
     assert f.response.status_code == status
     answer = json.loads(f.response.content)
     assert answer["accepted"] is False and answer["reason"]
@@ -59,6 +58,6 @@ def test_refused_report_changes_nothing(mirror, secret, method, body, status):
 
 
 @pytest.mark.parametrize("secret", [SECRET, "guess"])
-def test_secret_never_stays_in_the_flow(mirror, secret):
-    f = post(mirror, json.dumps(REPORT).encode(), secret)
+async def test_secret_never_stays_in_the_flow(mirror, secret):
+    f = await post(mirror, json.dumps(REPORT).encode(), secret)
     assert SECRET_HEADER not in f.request.headers

@@ -21,7 +21,7 @@ from registry_mirror.proxy.replica_events import (
     forgotten_digests,
     told_text,
 )
-from registry_mirror.proxy.services import MirrorServices
+from registry_mirror.proxy.services import Services
 from registry_mirror.stats.counters import Stats
 from registry_mirror.stats.views import prometheus_text, render_html
 from tests.unit.support.waits import until
@@ -70,7 +70,7 @@ def test_the_answer_says_how_many_heard_or_how_long_the_others_may_answer():
     assert "could not be told" in text and "cache.tag_ttl (45 s)" in text and "cache.max_stale (3600 s)" in text
 
 
-def test_the_invalidations_on_the_stats_page_and_in_metrics():
+async def test_the_invalidations_on_the_stats_page_and_in_metrics():
     events = ReplicaEvents(ScaleConfig(redis=Address("127.0.0.1", 6379)), A, lambda inv: 0)
     events.received, events.entries_dropped, events.ignored, events.publish_failures = 3, 7, 1, 2
     snap = Stats().snapshot()
@@ -84,10 +84,10 @@ def test_the_invalidations_on_the_stats_page_and_in_metrics():
                  "mirror_replica_invalidations_ignored_total 1.0",
                  "mirror_replica_invalidation_publish_failures_total 2.0"):
         assert line in metrics
-    asyncio.run(events.close())
+    await events.close()
 
 
-def test_a_forget_with_redis_away_still_acts_here_and_says_the_others_were_not_told():
+async def test_a_forget_with_redis_away_still_acts_here_and_says_the_others_were_not_told():
     dropped = []
     router = SimpleNamespace(routes={"upstream": SimpleNamespace(
         manifests=SimpleNamespace(forget=lambda *args: dropped.append(args) or 3))})
@@ -95,16 +95,15 @@ def test_a_forget_with_redis_away_still_acts_here_and_says_the_others_were_not_t
 
     async def forget(target, dry_run):
         return SimpleNamespace(removals=[removed], blobs={OTHER: 10}, bytes_freed=10)
-    services = MirrorServices(SimpleNamespace(cache=CacheConfig()), router, None, None,
+    services = Services(SimpleNamespace(cache=CacheConfig()), router, None, None,
                               SimpleNamespace(forget=forget), None)
 
-    async def scenario():  # nothing listens on that port: refused at once
-        services.replicas = ReplicaEvents(ScaleConfig(redis=Address("127.0.0.1", free_port())), A, lambda inv: 0)
-        try:
-            return await services.forget(Target("team/app", tag="1.0"))
-        finally:
-            await services.replicas.close()
-    done = asyncio.run(scenario())
+    # nothing listens on that port: refused at once
+    services.replicas = ReplicaEvents(ScaleConfig(redis=Address("127.0.0.1", free_port())), A, lambda inv: 0)
+    try:
+        done = await services.forget(Target("team/app", tag="1.0"))
+    finally:
+        await services.replicas.close()
     assert dropped == [("team/app", "1.0", frozenset({SHA}))] and done["cache_entries"] == 3
     assert done["images"] == [f"team/app@{SHA}"] and done["other_replicas"] is None
     assert "could not be told" in done["replicas"] and services.replicas.publish_failures == 1
@@ -133,33 +132,31 @@ class Replica:
         return 2
 
 
-def test_each_replica_hears_the_others_forgets_never_its_own_and_skips_junk(redis_server):
-    async def scenario():
-        a, b = Replica(redis_server, A), Replica(redis_server, B)
-        raw = aioredis.Redis(host=redis_server.host, port=redis_server.port)
+async def test_each_replica_hears_the_others_forgets_never_its_own_and_skips_junk(redis_server):
+    a, b = Replica(redis_server, A), Replica(redis_server, B)
+    raw = aioredis.Redis(host=redis_server.host, port=redis_server.port)
+    for each in (a, b):
+        each.events.start()
+    try:
+        await until(lambda: a.events.subscribed and b.events.subscribed, "both replicas subscribed")
+        assert await a.events.publish("team/app", "1.0", [SHA]) == 1  # b; a's own subscription is not counted
+        await until(lambda: b.dropped, "b told")
+        assert b.dropped == [Invalidation(A, "team/app", "1.0", frozenset({SHA}))]
+        assert (b.events.received, b.events.entries_dropped) == (1, 2)
+
+        assert await raw.publish(CHANNEL, b"junk") == 2
+        assert await b.events.publish("team/app") == 1
+        await until(lambda: a.dropped, "a told")
+        assert a.dropped == [Invalidation(B, "team/app")] and a.events.ignored == b.events.ignored == 1
+        assert a.events.received == 1 and b.events.received == 1  # each heard the other once, itself never
+    finally:
+        await raw.aclose()
         for each in (a, b):
-            each.events.start()
-        try:
-            await until(lambda: a.events.subscribed and b.events.subscribed, "both replicas subscribed")
-            assert await a.events.publish("team/app", "1.0", [SHA]) == 1  # b; a's own subscription is not counted
-            await until(lambda: b.dropped, "b told")
-            assert b.dropped == [Invalidation(A, "team/app", "1.0", frozenset({SHA}))]
-            assert (b.events.received, b.events.entries_dropped) == (1, 2)
-
-            assert await raw.publish(CHANNEL, b"junk") == 2
-            assert await b.events.publish("team/app") == 1
-            await until(lambda: a.dropped, "a told")
-            assert a.dropped == [Invalidation(B, "team/app")] and a.events.ignored == b.events.ignored == 1
-            assert a.events.received == 1 and b.events.received == 1  # each heard the other once, itself never
-        finally:
-            await raw.aclose()
-            for each in (a, b):
-                await each.events.close()
-    asyncio.run(scenario())
+            await each.events.close()
 
 
-def test_a_lost_subscription_is_taken_up_again_and_a_publish_meanwhile_fails_softly(redis_server, caplog):
-    async def scenario():
+async def test_a_lost_subscription_is_taken_up_again_and_a_publish_meanwhile_fails_softly(redis_server, caplog):
+    with caplog.at_level("WARNING", logger="registry_mirror.proxy.replica_events"):
         a, b = Replica(redis_server, A), Replica(redis_server, B)
         for each in (a, b):
             each.events.start()
@@ -176,14 +173,12 @@ def test_a_lost_subscription_is_taken_up_again_and_a_publish_meanwhile_fails_sof
         finally:
             for each in (a, b):
                 await each.events.close()
-    with caplog.at_level("WARNING", logger="registry_mirror.proxy.replica_events"):
-        asyncio.run(scenario())
     messages = [r.getMessage() for r in caplog.records]
     assert 1 <= sum("not subscribed to" in m for m in messages) <= 2  # once per replica and outage, not per retry
     assert any("subscribed again" in m for m in messages)
 
 
-def test_the_forget_command_without_a_running_mirror_still_tells_the_replicas(redis_server, tmp_path, capsys):
+async def test_the_forget_command_without_a_running_mirror_still_tells_the_replicas(redis_server, tmp_path, capsys):
     from registry_mirror.cli.commands import main
     from tests.unit.expiry.test_forget import two_tags_and_a_shared_base
     storage, _, old, _, _ = two_tags_and_a_shared_base(tmp_path)
@@ -192,17 +187,15 @@ def test_the_forget_command_without_a_running_mirror_still_tells_the_replicas(re
                       f"mirror:\n  storage: {storage.root}\nrewriter:\n  listen: 127.0.0.1:{free_port()}\n"
                       f"scale:\n  redis: {redis_server.address}\n  listen: 127.0.0.1\n")
 
-    async def scenario():
-        other = Replica(redis_server, B)
-        other.events.start()
-        try:
-            await until(lambda: other.events.subscribed, "the other replica subscribed")
-            assert await asyncio.to_thread(main, ["--config", str(config), "forget", "team/app:1.0"]) == 0
-            await until(lambda: other.dropped, "the other replica told")
-            return other.dropped
-        finally:
-            await other.events.close()
-    told = asyncio.run(scenario())
+    other = Replica(redis_server, B)
+    other.events.start()
+    try:
+        await until(lambda: other.events.subscribed, "the other replica subscribed")
+        assert await asyncio.to_thread(main, ["--config", str(config), "forget", "team/app:1.0"]) == 0
+        await until(lambda: other.dropped, "the other replica told")
+        told = other.dropped
+    finally:
+        await other.events.close()
     assert [(inv.repository, inv.tag, inv.digests) for inv in told] == [("team/app", "1.0", frozenset({old}))]
     out = capsys.readouterr().out
     assert "no mirror answers at" in out and "told 1 other replica to drop it" in out

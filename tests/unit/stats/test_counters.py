@@ -13,17 +13,11 @@ from registry_mirror.upstream.auth import AuthError
 from registry_mirror.upstream.client import Upstream, UpstreamError
 from registry_mirror.upstream.health import UpstreamHealth
 from registry_mirror.upstream.slots import TransferSlots
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self):
-        return self.now
+from tests.unit.support.clocks import Clock
 
 
 def filled() -> tuple[Stats, UpstreamHealth]:
-    stats = Stats(clock=Clock())
+    stats = Stats(clock=Clock(1000.0))
     stats.served("blob", "MISS", 1000)
     stats.served("blob", "COALESCED", 1000)
     stats.served("manifest-by-tag", "HIT", 500)
@@ -33,7 +27,7 @@ def filled() -> tuple[Stats, UpstreamHealth]:
     # the registry's notifications: clients pulled 2500 bytes (from its storage too), a warm 700
     stats.pulled([("clients", "blob", "GET", 2000), ("clients", "manifest", "GET", 500),
                   ("clients", "manifest", "HEAD", 0), ("warming", "blob", "GET", 700)])
-    health = UpstreamHealth(wall_clock=Clock())
+    health = UpstreamHealth(wall_clock=Clock(1000.0))
     health.failure("GET app:1.0: timed out <script>")
     return stats, health
 
@@ -128,7 +122,7 @@ def test_exchange_log_lines_text_and_json(caplog):
 
 
 def test_latency_is_the_upstreams_answers_not_blob_transfers():
-    stats = Stats(clock=Clock())
+    stats = Stats(clock=Clock(1000.0))
     stats.upstream("manifest-by-tag", "GET", "app:1.0", 200, 500, 0.040)
     stats.upstream("blob", "HEAD", "app@sha256:x", 200, 0, 0.030)
     stats.upstream("blob", "GET", "app@sha256:y", 200, 160_000_000, 8.5)  # a layer's transfer
@@ -169,37 +163,35 @@ OVER_CAP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Length: not-a-number\r\n\r\n"
 
 
-def upstream_exchange(answer: bytes, token: bool = False) -> tuple[Exception, Stats]:
+async def upstream_exchange(answer: bytes, token: bool = False) -> tuple[Exception, Stats]:
     """The error of a manifest GET (or a token fetch) from an upstream answering `answer`, and the Stats."""
-    async def scenario():
-        server, port = await raw_server(answer)
-        stats = Stats()
-        cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
-                                  "retries": 0}}).upstream
-        upstream = Upstream(cfg, stats)
-        await upstream.start()
-        try:
-            with pytest.raises((UpstreamError, AuthError)) as e:
-                if token:
-                    await upstream._fetch_token(f"http://127.0.0.1:{port}/token", {"scope": "s"}, None)
-                else:
-                    await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "app", "1.0"), {})
-            return e.value, stats
-        finally:
-            await upstream.close()
-            server.close()
-    return asyncio.run(scenario())
+    server, port = await raw_server(answer)
+    stats = Stats()
+    cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
+                              "retries": 0}}).upstream
+    upstream = Upstream(cfg, stats)
+    await upstream.start()
+    try:
+        with pytest.raises((UpstreamError, AuthError)) as e:
+            if token:
+                await upstream._fetch_token(f"http://127.0.0.1:{port}/token", {"scope": "s"}, None)
+            else:
+                await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "app", "1.0"), {})
+        return e.value, stats
+    finally:
+        await upstream.close()
+        server.close()
 
 
 @pytest.mark.parametrize("token", [False, True])
-def test_a_small_body_over_its_cap_is_counted_as_cut_short(token):
-    error, stats = upstream_exchange(OVER_CAP, token)
+async def test_a_small_body_over_its_cap_is_counted_as_cut_short(token):
+    error, stats = await upstream_exchange(OVER_CAP, token)
     assert isinstance(error, AuthError if token else UpstreamError) and "cap" in str(error)
     assert stats.bodies_cut_short == 1
     assert stats.snapshot()["integrity"]["bodies_cut_short"] == 1
 
 
 @pytest.mark.parametrize("token", [False, True])
-def test_a_broken_answer_is_not_a_body_cut_short(token):
-    _, stats = upstream_exchange(GARBAGE, token)
+async def test_a_broken_answer_is_not_a_body_cut_short(token):
+    _, stats = await upstream_exchange(GARBAGE, token)
     assert stats.bodies_cut_short == 0

@@ -1,55 +1,42 @@
 """The background scrub hashes every stored blob once per interval, paced over half of it, and moves a corrupt
 one aside; a file checked after a pull within verify_interval is skipped. No time passes: sleep and clock are
 fakes."""
-import asyncio
-
 from registry_mirror.blobs.stored_verifier import BlobVerifier
 from registry_mirror.storage.quarantine import folder
 from registry_mirror.storage.scrub import MIN_RATE, Scrub
 from tests.unit.storage.test_inventory import Storage
 from tests.unit.storage.test_verify import flip_bit
+from tests.unit.support.clocks import Clock
 
 HOUR = 3600.0
 
 
-class Time:
-    def __init__(self):
-        self.now, self.slept = 0.0, []
-
-    def clock(self):
-        return self.now
-
-    async def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def test_a_pass_hashes_every_blob_moves_the_corrupt_one_and_is_paced(tmp_path):
+async def test_a_pass_hashes_every_blob_moves_the_corrupt_one_and_is_paced(tmp_path):
     storage = Storage(tmp_path)
     good, bad = storage.blob(MIN_RATE), storage.blob(MIN_RATE)
     flip_bit(storage.data_path(bad), 100)
-    t = Time()
-    verifier = BlobVerifier(tmp_path, HOUR, clock=t.clock)
+    clock = Clock()
+    verifier = BlobVerifier(tmp_path, HOUR, clock=clock)
     # an interval that paces the pass at the minimum rate: one second of reading per MiB
-    scrub = Scrub(tmp_path, 4.0, verifier.check_now, sleep=t.sleep, clock=t.clock)
-    asyncio.run(scrub.run_pass())
+    scrub = Scrub(tmp_path, 4.0, verifier.check_now, sleep=clock.sleep, clock=clock)
+    await scrub.run_pass()
     assert scrub.state.passes == 1 and scrub.state.checked == 2
     assert verifier.state.verified == 1 and verifier.state.mismatches == 1
     assert verifier.state.last_mismatch.by == "scrub" and not storage.data_path(bad).exists()
     assert any(folder(tmp_path).iterdir()) and storage.data_path(good).exists()
-    assert sum(t.slept) == 2.0  # 2 MiB at 1 MiB/s: the reads were spread, not run back to back
+    assert sum(clock.slept) == 2.0  # 2 MiB at 1 MiB/s: the reads were spread, not run back to back
 
 
-def test_a_blob_checked_after_a_pull_within_verify_interval_is_skipped(tmp_path):
+async def test_a_blob_checked_after_a_pull_within_verify_interval_is_skipped(tmp_path):
     storage = Storage(tmp_path)
     digest = storage.blob(5000)
-    t = Time()
-    verifier = BlobVerifier(tmp_path, HOUR, clock=t.clock)
-    scrub = Scrub(tmp_path, 7 * 24 * HOUR, verifier.check_now, sleep=t.sleep, clock=t.clock)
-    asyncio.run(scrub.run_pass())
+    clock = Clock()
+    verifier = BlobVerifier(tmp_path, HOUR, clock=clock)
+    scrub = Scrub(tmp_path, 7 * 24 * HOUR, verifier.check_now, sleep=clock.sleep, clock=clock)
+    await scrub.run_pass()
     assert scrub.state.checked == 1
-    asyncio.run(scrub.run_pass())  # at once: checked within the hour
+    await scrub.run_pass()  # at once: checked within the hour
     assert scrub.state.checked == 1 and scrub.state.passes == 2
-    t.now += HOUR
-    asyncio.run(scrub.run_pass())
+    clock.now += HOUR
+    await scrub.run_pass()
     assert scrub.state.checked == 2 and verifier.state.verified == 2 and storage.data_path(digest).exists()

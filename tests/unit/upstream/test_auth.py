@@ -5,6 +5,7 @@ import pytest
 
 from registry_mirror.config.load import parse
 from registry_mirror.upstream.auth import AuthError, UpstreamAuth, basic_header, parse_token_response, usable_lifetime
+from tests.unit.support.clocks import Clock
 
 ORIGIN = "https://art.example.com"
 CHALLENGE = f'Bearer realm="{ORIGIN}/artifactory/api/docker/docker-local/v2/token",service="art"'
@@ -34,14 +35,6 @@ def test_usable_lifetime_bounds():
     assert usable_lifetime(10) == 9
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def make_auth(expires_in=300, **upstream):
     cfg = parse({"upstream": {"url": ORIGIN, "repository": "docker-local", "username": "u", "password": "p",
                               **upstream}}).upstream
@@ -51,93 +44,77 @@ def make_auth(expires_in=300, **upstream):
         calls.append((realm, params, authorization))
         await asyncio.sleep(0)  # a suspension point, as a real request has; no time passes
         return 200, json.dumps({"token": f"tok{len(calls)}", "expires_in": expires_in}).encode()
-    clock = FakeClock()
+    clock = Clock(1000.0)
     return UpstreamAuth(cfg, fetch, timer=clock), calls, clock
 
 
-def test_basic_first_then_token_flow_cached_per_scope():
-    async def scenario():
-        auth, calls, clock = make_auth()
-        assert await auth.authorization("app") == basic_header("u", "p")
-        assert await auth.on_unauthorized("app", [CHALLENGE + ',scope="repository:app:pull"'], basic_header("u", "p"))
-        assert await auth.authorization("app") == "Bearer tok1"
-        assert await auth.authorization("app") == "Bearer tok1"  # cached
-        assert calls[0][1] == {"scope": "repository:app:pull", "service": "art"}
-        assert calls[0][2] == basic_header("u", "p")
-        assert await auth.authorization("other") == "Bearer tok2"  # another scope, another token
-        clock.now += 271  # past expires_in minus the margin
-        assert await auth.authorization("app") == "Bearer tok3"
-        assert auth.token_refreshes == 3
-    asyncio.run(scenario())
+async def test_basic_first_then_token_flow_cached_per_scope():
+    auth, calls, clock = make_auth()
+    assert await auth.authorization("app") == basic_header("u", "p")
+    assert await auth.on_unauthorized("app", [CHALLENGE + ',scope="repository:app:pull"'], basic_header("u", "p"))
+    assert await auth.authorization("app") == "Bearer tok1"
+    assert await auth.authorization("app") == "Bearer tok1"  # cached
+    assert calls[0][1] == {"scope": "repository:app:pull", "service": "art"}
+    assert calls[0][2] == basic_header("u", "p")
+    assert await auth.authorization("other") == "Bearer tok2"  # another scope, another token
+    clock.now += 271  # past expires_in minus the margin
+    assert await auth.authorization("app") == "Bearer tok3"
+    assert auth.token_refreshes == 3
 
 
-def test_rejected_cached_token_is_dropped_and_refreshed_once():
-    async def scenario():
-        auth, calls, _ = make_auth()
-        await auth.on_unauthorized("app", [CHALLENGE], None)
-        sent = await auth.authorization("app")
-        assert await auth.on_unauthorized("app", [CHALLENGE], sent)  # revoked upstream
-        assert await auth.authorization("app") == "Bearer tok2"
-    asyncio.run(scenario())
+async def test_rejected_cached_token_is_dropped_and_refreshed_once():
+    auth, calls, _ = make_auth()
+    await auth.on_unauthorized("app", [CHALLENGE], None)
+    sent = await auth.authorization("app")
+    assert await auth.on_unauthorized("app", [CHALLENGE], sent)  # revoked upstream
+    assert await auth.authorization("app") == "Bearer tok2"
 
 
-def test_scope_from_challenge_is_remembered():
-    async def scenario():
-        auth, calls, _ = make_auth()
-        # Artifactory may name a scope without the repository key (oras-go#650)
-        await auth.on_unauthorized("team/app", [CHALLENGE + ',scope="repository:docker-local/team/app:pull"'], None)
-        await auth.authorization("team/app")
-        assert calls[-1][1]["scope"] == "repository:docker-local/team/app:pull"
-    asyncio.run(scenario())
+async def test_scope_from_challenge_is_remembered():
+    auth, calls, _ = make_auth()
+    # Artifactory may name a scope without the repository key (oras-go#650)
+    await auth.on_unauthorized("team/app", [CHALLENGE + ',scope="repository:docker-local/team/app:pull"'], None)
+    await auth.authorization("team/app")
+    assert calls[-1][1]["scope"] == "repository:docker-local/team/app:pull"
 
 
-def test_concurrent_requests_share_one_token_fetch():
-    async def scenario():
-        auth, calls, _ = make_auth()
-        await auth.on_unauthorized("app", [CHALLENGE], None)
-        results = await asyncio.gather(*(auth.authorization("app") for _ in range(20)))
-        assert set(results) == {"Bearer tok1"} and len(calls) == 1
-    asyncio.run(scenario())
+async def test_concurrent_requests_share_one_token_fetch():
+    auth, calls, _ = make_auth()
+    await auth.on_unauthorized("app", [CHALLENGE], None)
+    results = await asyncio.gather(*(auth.authorization("app") for _ in range(20)))
+    assert set(results) == {"Bearer tok1"} and len(calls) == 1
 
 
 @pytest.mark.parametrize("realm", ["https://evil.example/token", "http://art.example.com/token",
                                    "https://art.example.com.evil.example/token"])
-def test_foreign_realm_refused_without_sending_credentials(realm):
-    async def scenario():
-        auth, calls, _ = make_auth()
-        with pytest.raises(AuthError, match="realm"):
-            await auth.on_unauthorized("app", [f'Bearer realm="{realm}",service="x"'], None)
-        assert calls == []
-        assert await auth.authorization("app") == basic_header("u", "p")  # not switched to the foreign realm
-    asyncio.run(scenario())
+async def test_foreign_realm_refused_without_sending_credentials(realm):
+    auth, calls, _ = make_auth()
+    with pytest.raises(AuthError, match="realm"):
+        await auth.on_unauthorized("app", [f'Bearer realm="{realm}",service="x"'], None)
+    assert calls == []
+    assert await auth.authorization("app") == basic_header("u", "p")  # not switched to the foreign realm
 
 
-def test_allowed_realm_host():
-    async def scenario():
-        auth, calls, _ = make_auth(allowed_realm_hosts=["auth.example.com"])
-        await auth.on_unauthorized("app", ['Bearer realm="https://auth.example.com/token"'], None)
-        assert await auth.authorization("app") == "Bearer tok1"
-    asyncio.run(scenario())
+async def test_allowed_realm_host():
+    auth, calls, _ = make_auth(allowed_realm_hosts=["auth.example.com"])
+    await auth.on_unauthorized("app", ['Bearer realm="https://auth.example.com/token"'], None)
+    assert await auth.authorization("app") == "Bearer tok1"
 
 
-def test_static_token_never_fetches():
-    async def scenario():
-        cfg = parse({"upstream": {"url": ORIGIN, "repository": "r", "token": "static"}}).upstream
-        auth = UpstreamAuth(cfg, None)
-        assert await auth.authorization("app") == "Bearer static"
-        assert not await auth.on_unauthorized("app", [CHALLENGE], "Bearer static")
-    asyncio.run(scenario())
+async def test_static_token_never_fetches():
+    cfg = parse({"upstream": {"url": ORIGIN, "repository": "r", "token": "static"}}).upstream
+    auth = UpstreamAuth(cfg, None)
+    assert await auth.authorization("app") == "Bearer static"
+    assert not await auth.on_unauthorized("app", [CHALLENGE], "Bearer static")
 
 
-def test_token_endpoint_rejection_is_a_clear_error():
-    async def scenario():
-        cfg = parse({"upstream": {"url": ORIGIN, "repository": "r", "username": "u", "password": "hunter2"}}).upstream
+async def test_token_endpoint_rejection_is_a_clear_error():
+    cfg = parse({"upstream": {"url": ORIGIN, "repository": "r", "username": "u", "password": "hunter2"}}).upstream
 
-        async def fetch(realm, params, authorization):
-            return 401, b'{"errors": []}'
-        auth = UpstreamAuth(cfg, fetch)
-        await auth.on_unauthorized("app", [CHALLENGE], None)
-        with pytest.raises(AuthError, match="answered 401.*check upstream.username") as e:
-            await auth.authorization("app")
-        assert "hunter2" not in str(e.value)
-    asyncio.run(scenario())
+    async def fetch(realm, params, authorization):
+        return 401, b'{"errors": []}'
+    auth = UpstreamAuth(cfg, fetch)
+    await auth.on_unauthorized("app", [CHALLENGE], None)
+    with pytest.raises(AuthError, match="answered 401.*check upstream.username") as e:
+        await auth.authorization("app")
+    assert "hunter2" not in str(e.value)

@@ -44,67 +44,65 @@ class FakeSleep:
         self.waits.append(seconds)
 
 
-def exchange(answers: list[tuple[int, dict]], retries: int = 3) -> tuple[SmallResponse, list[float], int]:
+async def exchange(answers: list[tuple[int, dict]], retries: int = 3) -> tuple[SmallResponse, list[float], int]:
     """A manifest GET against an upstream answering `answers` in turn (the last one from then on):
     (the response, the waits asked for, the requests the upstream saw)."""
-    async def scenario():
-        seen = []
+    seen = []
 
-        async def handler(request):
-            status, extra = answers[min(len(seen), len(answers) - 1)]
-            seen.append(request.path)
-            return web.Response(status=status, body=b'{"errors":[]}', headers=extra)
-        runner, port = await serve(handler)
-        cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
-                                  "retries": retries}}).upstream
-        sleep = FakeSleep()
-        upstream = Upstream(cfg, sleep=sleep, clock=lambda: NOW)
-        await upstream.start()
-        try:
-            resp = await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "app", "1.0"), {})
-        finally:
-            await upstream.close()
-            await runner.cleanup()
-        return resp, sleep.waits, len(seen)
-    return asyncio.run(scenario())
+    async def handler(request):
+        status, extra = answers[min(len(seen), len(answers) - 1)]
+        seen.append(request.path)
+        return web.Response(status=status, body=b'{"errors":[]}', headers=extra)
+    runner, port = await serve(handler)
+    cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
+                              "retries": retries}}).upstream
+    sleep = FakeSleep()
+    upstream = Upstream(cfg, sleep=sleep, clock=lambda: NOW)
+    await upstream.start()
+    try:
+        resp = await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "app", "1.0"), {})
+    finally:
+        await upstream.close()
+        await runner.cleanup()
+    return resp, sleep.waits, len(seen)
 
 
-def test_a_429_is_retried_after_its_retry_after():
-    resp, waits, seen = exchange([(429, {"Retry-After": "1"}), (200, {})])
+async def test_a_429_is_retried_after_its_retry_after():
+    resp, waits, seen = await exchange([(429, {"Retry-After": "1"}), (200, {})])
     assert (resp.status, waits, seen) == (200, [1.0], 2)
 
 
-def test_a_429_with_a_date_waits_until_then():
-    resp, waits, seen = exchange([(429, {"Retry-After": http_date(NOW + 2)}), (200, {})])
+async def test_a_429_with_a_date_waits_until_then():
+    resp, waits, seen = await exchange([(429, {"Retry-After": http_date(NOW + 2)}), (200, {})])
     assert (resp.status, waits, seen) == (200, [2.0], 2)
 
 
-def test_a_429_without_retry_after_waits_the_backoff():
-    resp, waits, seen = exchange([(429, {}), (429, {}), (200, {})])
+async def test_a_429_without_retry_after_waits_the_backoff():
+    resp, waits, seen = await exchange([(429, {}), (429, {}), (200, {})])
     assert (resp.status, waits, seen) == (200, [RETRY_BACKOFF, RETRY_BACKOFF * 2], 3)
 
 
-def test_a_retry_after_over_the_cap_is_passed_on_at_once_with_its_header():
-    resp, waits, seen = exchange([(429, {"Retry-After": str(int(RATE_LIMIT_WAIT_CAP) + 1)}), (200, {})])
+async def test_a_retry_after_over_the_cap_is_passed_on_at_once_with_its_header():
+    resp, waits, seen = await exchange([(429, {"Retry-After": str(int(RATE_LIMIT_WAIT_CAP) + 1)}), (200, {})])
     assert (resp.status, waits, seen) == (429, [], 1)
     assert passed_headers(resp.headers)["Retry-After"] == str(int(RATE_LIMIT_WAIT_CAP) + 1)
 
 
-def test_the_waits_of_one_request_add_up_to_the_cap_at_most():
-    resp, waits, seen = exchange([(429, {"Retry-After": "2"})], retries=10)
+async def test_the_waits_of_one_request_add_up_to_the_cap_at_most():
+    resp, waits, seen = await exchange([(429, {"Retry-After": "2"})], retries=10)
     assert (resp.status, waits, seen) == (429, [2.0, 2.0], 3)  # a third wait would pass RATE_LIMIT_WAIT_CAP
     assert sum(waits) <= RATE_LIMIT_WAIT_CAP and resp.headers["Retry-After"] == "2"
 
 
-def test_a_429_is_retried_within_the_retry_count():
-    resp, waits, seen = exchange([(429, {"Retry-After": "0"})], retries=2)
+async def test_a_429_is_retried_within_the_retry_count():
+    resp, waits, seen = await exchange([(429, {"Retry-After": "0"})], retries=2)
     assert (resp.status, waits, seen) == (429, [0.0, 0.0], 3)
-    resp, waits, seen = exchange([(429, {"Retry-After": "0"}), (200, {})], retries=0)
+    resp, waits, seen = await exchange([(429, {"Retry-After": "0"}), (200, {})], retries=0)
     assert (resp.status, waits, seen) == (429, [], 1)
 
 
-def test_the_5xx_backoff_uses_the_injected_sleep_too():
-    resp, waits, seen = exchange([(503, {}), (503, {}), (200, {})])
+async def test_the_5xx_backoff_uses_the_injected_sleep_too():
+    resp, waits, seen = await exchange([(503, {}), (503, {}), (200, {})])
     assert (resp.status, waits, seen) == (200, [RETRY_BACKOFF, RETRY_BACKOFF * 2], 3)
 
 
@@ -135,18 +133,16 @@ def rate_limited_service():
     return svc, up, clock
 
 
-def test_a_known_tag_is_answered_stale_on_a_429_and_the_upstream_is_not_down():
-    async def scenario():
-        svc, up, clock = rate_limited_service()
-        fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        clock.now = 40  # past the tag TTL
-        up.limited = True
-        for _ in range(5):  # more than failures_to_down
-            stale = await svc.answer(classify("GET", TAG), headers(IMAGE))
-            assert stale.outcome == "STALE" and stale.body == fresh.body
-        assert not svc.health.down and svc.health.consecutive_failures == 0
-        assert len(svc._sick) == 1  # answered stale at once for a while: no request waits on a rate limit
-    asyncio.run(scenario())
+async def test_a_known_tag_is_answered_stale_on_a_429_and_the_upstream_is_not_down():
+    svc, up, clock = rate_limited_service()
+    fresh = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    clock.now = 40  # past the tag TTL
+    up.limited = True
+    for _ in range(5):  # more than failures_to_down
+        stale = await svc.answer(classify("GET", TAG), headers(IMAGE))
+        assert stale.outcome == "STALE" and stale.body == fresh.body
+    assert not svc.health.down and svc.health.consecutive_failures == 0
+    assert len(svc._sick) == 1  # answered stale at once for a while: no request waits on a rate limit
 
 
 async def settled() -> None:
@@ -154,29 +150,25 @@ async def settled() -> None:
     await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not asyncio.current_task()))
 
 
-def test_a_sick_tag_stays_sick_while_its_background_refresh_is_rate_limited():
-    async def scenario():
-        svc, up, clock = rate_limited_service()
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        clock.now = 40
-        up.limited = True
-        await svc.answer(classify("GET", TAG), headers(IMAGE))  # marks it sick
-        key = next(iter(svc._sick))
-        await svc.answer(classify("GET", TAG), headers(IMAGE))  # sick: stale at once, refresh in the background
-        await settled()
-        assert key in svc._sick and up.calls[-1] == ("429", "1.0")
-        up.limited = False
-        await svc.answer(classify("GET", TAG), headers(IMAGE))
-        await settled()
-        assert key not in svc._sick  # a refresh that succeeded ends it
-    asyncio.run(scenario())
+async def test_a_sick_tag_stays_sick_while_its_background_refresh_is_rate_limited():
+    svc, up, clock = rate_limited_service()
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    clock.now = 40
+    up.limited = True
+    await svc.answer(classify("GET", TAG), headers(IMAGE))  # marks it sick
+    key = next(iter(svc._sick))
+    await svc.answer(classify("GET", TAG), headers(IMAGE))  # sick: stale at once, refresh in the background
+    await settled()
+    assert key in svc._sick and up.calls[-1] == ("429", "1.0")
+    up.limited = False
+    await svc.answer(classify("GET", TAG), headers(IMAGE))
+    await settled()
+    assert key not in svc._sick  # a refresh that succeeded ends it
 
 
-def test_an_unknown_tag_on_a_429_gets_the_429_with_retry_after():
-    async def scenario():
-        svc, up, _ = rate_limited_service()
-        up.limited = True
-        answer = await svc.answer(classify("GET", TAG), headers(IMAGE))
-        assert answer.status == 429 and answer.headers["Retry-After"] == "30"
-        assert not svc.health.down and len(svc.manifests) == 0
-    asyncio.run(scenario())
+async def test_an_unknown_tag_on_a_429_gets_the_429_with_retry_after():
+    svc, up, _ = rate_limited_service()
+    up.limited = True
+    answer = await svc.answer(classify("GET", TAG), headers(IMAGE))
+    assert answer.status == 429 and answer.headers["Retry-After"] == "30"
+    assert not svc.health.down and len(svc.manifests) == 0

@@ -27,8 +27,8 @@ BLOBS = [bytes([i]) * 100_000 for i in range(5)]
 DIGESTS = ["sha256:" + hashlib.sha256(b).hexdigest() for b in BLOBS]
 
 
-def test_slots_let_limit_transfers_run_and_the_rest_wait_in_line():
-    async def scenario():
+async def test_slots_let_limit_transfers_run_and_the_rest_wait_in_line():
+    async with asyncio.timeout(BOUND):
         slots, release, order = TransferSlots(2, 3600), asyncio.Event(), []
 
         async def transfer(i):
@@ -40,13 +40,11 @@ def test_slots_let_limit_transfers_run_and_the_rest_wait_in_line():
         assert order == [0, 1]
         release.set()
         await asyncio.gather(*tasks)
-        return slots, order
-    slots, order = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert order == [0, 1, 2] and (slots.active, slots.waiting, slots.timed_out) == (0, 0, 0)
 
 
-def test_a_wait_that_runs_out_is_refused_naming_the_settings():
-    async def scenario():
+async def test_a_wait_that_runs_out_is_refused_naming_the_settings():
+    async with asyncio.timeout(BOUND):
         slots, release = TransferSlots(1, 0.01), asyncio.Event()
 
         async def holder():
@@ -59,8 +57,7 @@ def test_a_wait_that_runs_out_is_refused_naming_the_settings():
                 pass
         release.set()
         await task
-        return slots, str(refused.value)
-    slots, message = asyncio.run(asyncio.wait_for(scenario(), BOUND))
+        message = str(refused.value)
     assert slots.timed_out == 1 and slots.waiting == 0
     assert "upstream.max_blob_transfers" in message and "upstream.blob_queue_timeout" in message
 
@@ -89,12 +86,12 @@ async def get_blob(client, server, digest):
         return resp.status, await resp.read()
 
 
-def test_transfers_past_the_limit_wait_longer_than_request_timeout_and_are_served_whole(tmp_path):
+async def test_transfers_past_the_limit_wait_longer_than_request_timeout_and_are_served_whole(tmp_path):
     """The head's deadline (request_timeout) starts once a transfer has its slot: a wait in line is no hung
     upstream, and no answer to the registry is cut short by it."""
     upstream, slots = HeldUpstream(), TransferSlots(2, 3600)
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream, request_timeout=0.05, slots=slots)
         try:
             async with aiohttp.ClientSession() as client:
@@ -103,36 +100,34 @@ def test_transfers_past_the_limit_wait_longer_than_request_timeout_and_are_serve
                 await asyncio.sleep(0.2)  # the waiting ones are now well past request_timeout
                 assert slots.waiting == 3
                 upstream.release.set()
-                return await asyncio.gather(*gets), server.router.for_request(None).health
+                answers, health = await asyncio.gather(*gets), server.router.for_request(None).health
         finally:
             await server.close()
-    answers, health = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert answers == [(200, b) for b in BLOBS]
     assert upstream.gets == 5 and health.consecutive_failures == 0 and not health.down
 
 
-def test_a_transfer_that_waits_too_long_is_a_503_before_any_byte_and_no_upstream_failure(tmp_path):
+async def test_a_transfer_that_waits_too_long_is_a_503_before_any_byte_and_no_upstream_failure(tmp_path):
     upstream, slots = HeldUpstream(), TransferSlots(1, 0.05)
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream, slots=slots)
         try:
             async with aiohttp.ClientSession() as client:
-                first = asyncio.create_task(get_blob(client, server, DIGESTS[0]))
+                first_get = asyncio.create_task(get_blob(client, server, DIGESTS[0]))
                 await until(lambda: slots.active == 1, "the first transfer running")
-                refused = await get_blob(client, server, DIGESTS[1])
+                status, body = await get_blob(client, server, DIGESTS[1])
                 upstream.release.set()
-                return await first, refused, server.router.for_request(None).health
+                first, health = await first_get, server.router.for_request(None).health
         finally:
             await server.close()
-    first, (status, body), health = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert first == (200, BLOBS[0])
     assert status == 503 and "upstream.max_blob_transfers" in json.loads(body)["errors"][0]["message"]
     assert upstream.gets == 1 and slots.timed_out == 1
     assert health.consecutive_failures == 0 and not health.down
 
 
-def test_a_manifest_is_answered_while_more_blob_gets_than_any_pool_are_held_open(tmp_path):
+async def test_a_manifest_is_answered_while_more_blob_gets_than_any_pool_are_held_open(tmp_path):
     """The real client against a real server: 100 blob GETs held mid-body, a manifest and the health probe still
     answered while the blobs wait for ever: a pool wait would run out their connect timeout."""
     release = asyncio.Event()
@@ -147,7 +142,7 @@ def test_a_manifest_is_answered_while_more_blob_gets_than_any_pool_are_held_open
             return out
         return web.json_response({"schemaVersion": 2}, headers={"Docker-Content-Digest": "sha256:" + "0" * 64})
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         runner, port = await serve(handler)
         cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "r", "anonymous": True,
                                   "connect_timeout": 5}}).upstream
@@ -165,12 +160,11 @@ def test_a_manifest_is_answered_while_more_blob_gets_than_any_pool_are_held_open
             manifest = await upstream.fetch_small("GET", RegistryRequest(Kind.MANIFEST_BY_TAG, "team/app", "1.0"), {})
             probe = await upstream.probe()
             release.set()
-            return manifest.status, probe, await asyncio.gather(*blobs)
+            status, rests = manifest.status, await asyncio.gather(*blobs)
         finally:
             release.set()
             await upstream.close()
             await runner.cleanup()
-    status, probe, rests = asyncio.run(asyncio.wait_for(scenario(), BOUND))
     assert (status, probe) == (200, 200) and rests == [b"y"] * 100
 
 
@@ -188,7 +182,7 @@ class SlowHeadUpstream(HeldUpstream):
             yield answer
 
 
-def test_a_transfer_admitted_late_in_a_readers_wait_has_the_whole_request_timeout_for_its_head(tmp_path):
+async def test_a_transfer_admitted_late_in_a_readers_wait_has_the_whole_request_timeout_for_its_head(tmp_path):
     """Waited 1.2 s in line and answered 1.2 s after its slot: 2.4 s after the reader came, more than the 2 s
     request_timeout, yet its upstream took only 1.2 of them. (Before, the reader's window was not restarted.)"""
     upstream, slots, holder = SlowHeadUpstream(1.2), TransferSlots(1, 3600), asyncio.Event()
@@ -197,7 +191,7 @@ def test_a_transfer_admitted_late_in_a_readers_wait_has_the_whole_request_timeou
         async with slots.slot():
             await holder.wait()
 
-    async def scenario():
+    async with asyncio.timeout(BOUND):
         server = await started_server(tmp_path, upstream, request_timeout=2, slots=slots)
         held = asyncio.create_task(hold_the_slot())
         try:
@@ -207,8 +201,8 @@ def test_a_transfer_admitted_late_in_a_readers_wait_has_the_whole_request_timeou
                 await until(lambda: slots.waiting == 1, "the transfer in line")
                 await asyncio.sleep(1.2)  # in line for a good part of the reader's window
                 holder.set()
-                return await get
+                answer = await get
         finally:
             await held
             await server.close()
-    assert asyncio.run(asyncio.wait_for(scenario(), BOUND)) == (200, BLOBS[0])
+    assert answer == (200, BLOBS[0])

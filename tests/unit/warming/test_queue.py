@@ -3,21 +3,15 @@ comes from a fake clock, so nothing sleeps."""
 import asyncio
 
 from registry_mirror.warming.queue import Warmer, WarmJob, WarmQueue
-from tests.unit.blobs.test_access import Clock
+from tests.unit.support.clocks import Clock
 from tests.unit.support.waits import until
 
 A = WarmJob("sha256:" + "a" * 64, ("team/app",), "1.0")
 B = WarmJob("sha256:" + "b" * 64, ("team/app",), "1.1")
 
 
-def clock_at(now: float = 100.0) -> Clock:
-    clock = Clock()
-    clock.now = now
-    return clock
-
-
 def test_duplicates_coalesce_while_queued_or_running_and_a_replay_warms_once_more():
-    queue = WarmQueue(clock=clock_at())
+    queue = WarmQueue(clock=Clock(100.0))
     assert [queue.submit(A) for _ in range(5)] == ["queued"] + ["coalesced"] * 4
     job = queue.take()
     assert job == A and queue.submit(A) == "coalesced"  # running: the warm under way covers it
@@ -28,13 +22,13 @@ def test_duplicates_coalesce_while_queued_or_running_and_a_replay_warms_once_mor
 
 
 def test_the_same_digest_under_other_names_is_another_warm():
-    queue = WarmQueue(clock=clock_at())
+    queue = WarmQueue(clock=Clock(100.0))
     assert queue.submit(A) == "queued"
     assert queue.submit(WarmJob(A.digest, ("docker-local/team/app",), "1.0")) == "queued"
 
 
 def test_bounded():
-    queue = WarmQueue(bound=2, clock=clock_at())
+    queue = WarmQueue(bound=2, clock=Clock(100.0))
     assert queue.submit(A) == "queued" and queue.submit(B) == "queued"
     assert queue.submit(WarmJob("sha256:" + "c" * 64, ("x",))) == "full"
     assert queue.totals.refused == 1
@@ -43,7 +37,7 @@ def test_bounded():
 
 
 def test_retries_with_a_doubling_backoff_then_gives_up():
-    clock = clock_at()
+    clock = Clock(100.0)
     queue = WarmQueue(attempts=3, backoff=2.0, clock=clock)
     queue.submit(A)
     job = queue.take()
@@ -62,7 +56,7 @@ def test_retries_with_a_doubling_backoff_then_gives_up():
 
 
 def test_a_retried_warm_that_succeeds_counts_its_time_from_the_event():
-    clock = clock_at()
+    clock = Clock(100.0)
     queue = WarmQueue(backoff=1.0, clock=clock)
     queue.submit(A)
     queue.finished(queue.take(), error="once")
@@ -71,26 +65,24 @@ def test_a_retried_warm_that_succeeds_counts_its_time_from_the_event():
     assert (queue.totals.done, queue.totals.last_seconds, queue.totals.failed) == (1, 3.0, 0)
 
 
-def test_the_warmer_runs_queued_warms_one_at_a_time_and_survives_a_failure():
-    async def scenario():
-        running, ran = 0, []
+async def test_the_warmer_runs_queued_warms_one_at_a_time_and_survives_a_failure():
+    running, ran = 0, []
 
-        async def warm(job):
-            nonlocal running
-            running += 1
-            assert running == 1
-            await asyncio.sleep(0)
-            running -= 1
-            ran.append(job)
-            if job is B:
-                raise OSError("connection refused")
-            return 100, 3
-        warmer = Warmer(WarmQueue(attempts=1), warm)
-        warmer.start()
-        assert warmer.submit(A) == "queued" and warmer.submit(B) == "queued"
-        await until(lambda: warmer.queue.totals.done + warmer.queue.totals.failed == 2, "both warms ended")
-        await warmer.stop()
-        return warmer.queue.totals, ran
-    totals, ran = asyncio.run(scenario())
+    async def warm(job):
+        nonlocal running
+        running += 1
+        assert running == 1
+        await asyncio.sleep(0)
+        running -= 1
+        ran.append(job)
+        if job is B:
+            raise OSError("connection refused")
+        return 100, 3
+    warmer = Warmer(WarmQueue(attempts=1), warm)
+    warmer.start()
+    assert warmer.submit(A) == "queued" and warmer.submit(B) == "queued"
+    await until(lambda: warmer.queue.totals.done + warmer.queue.totals.failed == 2, "both warms ended")
+    await warmer.stop()
+    totals = warmer.queue.totals
     assert ran == [A, B] and (totals.done, totals.failed, totals.bytes) == (1, 1, 100)
     assert totals.last_error == "connection refused"

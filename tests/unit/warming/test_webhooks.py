@@ -53,7 +53,7 @@ class Recorder:
         return SimpleNamespace(manifests=SimpleNamespace(forget_tag=lambda n, t: self.forgotten.append((n, t))))
 
 
-def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, drop_tag=None, **webhook_keys):
+async def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, drop_tag=None, **webhook_keys):
     """Start a listener, send `requests` ((headers, body) pairs, or a coroutine function of the session and
     URL), wait for the warms, stop it; the answers, the recorder and the snapshot."""
     cfg = config(tmp_path, tls, **webhook_keys)
@@ -61,23 +61,21 @@ def run(tmp_path, monkeypatch, requests, recorder=None, tls=False, drop_tag=None
     monkeypatch.setattr(webhooks.warm, "warm_digest", recorder.warm_digest)
     context = warm.pinned_context(cfg.mirror.tls_cert) if tls else None
 
-    async def scenario():
-        listener = WebhookListener(cfg, recorder, drop_tag=drop_tag)
-        await listener.start()
-        url = f"{'https' if tls else 'http'}://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context or False)) as session:
-                answers = []
-                for headers, body in requests:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        answers.append((resp.status, await resp.json()))
-                recorder.release.set()
-                totals = listener.warmer.queue.totals
-                await until(lambda: totals.queued + totals.running == 0, "the warms ended")
-                return answers, listener.snapshot()
-        finally:
-            await listener.close()
-    answers, snap = asyncio.run(scenario())
+    listener = WebhookListener(cfg, recorder, drop_tag=drop_tag)
+    await listener.start()
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context or False)) as session:
+            answers = []
+            for headers, body in requests:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    answers.append((resp.status, await resp.json()))
+            recorder.release.set()
+            totals = listener.warmer.queue.totals
+            await until(lambda: totals.queued + totals.running == 0, "the warms ended")
+            snap = listener.snapshot()
+    finally:
+        await listener.close()
     return answers, recorder, snap
 
 
@@ -85,8 +83,8 @@ def signed(body: bytes) -> dict:
     return {EVENT_AUTH_HEADER: signature(SECRET, body), "Content-Type": "application/json"}
 
 
-def test_a_signed_event_is_accepted_at_once_and_warms_every_name_of_the_image(tmp_path, monkeypatch):
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(event()), event())])
+async def test_a_signed_event_is_accepted_at_once_and_warms_every_name_of_the_image(tmp_path, monkeypatch):
+    answers, recorder, snap = await run(tmp_path, monkeypatch, [(signed(event()), event())])
     status, body = answers[0]
     assert status == 202 and body["warm"] == "queued"
     assert body["names"] == ["docker-local/team/app", "team/app"]  # with repository_path_names, both
@@ -96,21 +94,21 @@ def test_a_signed_event_is_accepted_at_once_and_warms_every_name_of_the_image(tm
     assert snap["warms"]["done"] == 1 and snap["warms"]["bytes"] == 1234 and snap["answers"] == {"202": 1}
 
 
-def test_an_event_coalesced_with_a_warm_of_the_same_digest_still_drops_its_own_tag(tmp_path, monkeypatch):
+async def test_an_event_coalesced_with_a_warm_of_the_same_digest_still_drops_its_own_tag(tmp_path, monkeypatch):
     recorder = Recorder(hold=True)  # the first warm is running when the second tag's event comes
     latest = event(tag="latest")
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(event()), event()), (signed(latest), latest)],
-                                  recorder)
+    answers, recorder, snap = await run(tmp_path, monkeypatch, [(signed(event()), event()), (signed(latest), latest)],
+                                        recorder)
     assert [a["warm"] for _, a in answers] == ["queued", "coalesced"]
     assert ("team/app", "latest") in recorder.forgotten and ("team/app", "1.0") in recorder.forgotten
     assert len(recorder.warms) == 1 and snap["warms"]["coalesced"] == 1
 
 
-def test_the_plain_secret_works_too_over_tls_with_the_mirror_certificate(tmp_path, monkeypatch):
+async def test_the_plain_secret_works_too_over_tls_with_the_mirror_certificate(tmp_path, monkeypatch):
     certs.ensure_self_signed(str(tmp_path / "mirror.crt"), str(tmp_path / "mirror.key"))
     body = event(repo_key="docker-team-b", image_name="app")
-    answers, recorder, _ = run(tmp_path, monkeypatch, [({EVENT_AUTH_HEADER: SECRET}, body)], tls=True,
-                               platforms=["linux/amd64"])
+    answers, recorder, _ = await run(tmp_path, monkeypatch, [({EVENT_AUTH_HEADER: SECRET}, body)], tls=True,
+                                     platforms=["linux/amd64"])
     assert answers[0][0] == 202
     assert recorder.warms == [(("team-b/app",), DIGEST, "1.0", ("linux/amd64",))]
 
@@ -118,14 +116,14 @@ def test_the_plain_secret_works_too_over_tls_with_the_mirror_certificate(tmp_pat
 @pytest.mark.parametrize("headers", [{}, {EVENT_AUTH_HEADER: ""}, {EVENT_AUTH_HEADER: "wrong"},
                                      {EVENT_AUTH_HEADER: signature("another", event())},
                                      {EVENT_AUTH_HEADER: signature(SECRET, event(tag="2.0"))}])
-def test_unauthenticated_events_get_401_and_nothing_is_fetched(tmp_path, monkeypatch, caplog, headers):
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(headers, event())])
+async def test_unauthenticated_events_get_401_and_nothing_is_fetched(tmp_path, monkeypatch, caplog, headers):
+    answers, recorder, snap = await run(tmp_path, monkeypatch, [(headers, event())])
     assert answers[0][0] == 401 and EVENT_AUTH_HEADER in answers[0][1]["reason"]
     assert recorder.warms == [] and recorder.forgotten == [] and snap["warms"]["queued"] == 0
     assert SECRET not in caplog.text and SECRET not in json.dumps(answers) and SECRET not in json.dumps(snap)
 
 
-def test_bad_bodies(tmp_path, monkeypatch):
+async def test_bad_bodies(tmp_path, monkeypatch):
     big = event(path="x" * (64 * 1024))
     wrong_shape = json.dumps({"domain": "docker", "event_type": "pushed", "data": {"repo_key": "docker-local"}})
     unknown_repo = event(repo_key="docker-elsewhere")
@@ -133,32 +131,30 @@ def test_bad_bodies(tmp_path, monkeypatch):
     requests = [(signed(big), big), ({EVENT_AUTH_HEADER: SECRET}, b"not json"),
                 ({EVENT_AUTH_HEADER: SECRET}, wrong_shape.encode()), (signed(unknown_repo), unknown_repo),
                 (signed(outside_route), outside_route)]
-    answers, recorder, snap = run(tmp_path, monkeypatch, requests)
+    answers, recorder, snap = await run(tmp_path, monkeypatch, requests)
     assert [status for status, _ in answers] == [413, 400, 400, 422, 422]
     assert "docker-elsewhere" in answers[3][1]["reason"] and "other/app" in answers[4][1]["reason"]
     assert "data.image_name" in answers[2][1]["reason"]
     assert recorder.warms == [] and recorder.forgotten == [] and snap["answers"] == {"400": 2, "413": 1, "422": 2}
 
 
-def test_other_domains_and_event_types_are_acknowledged_and_ignored(tmp_path, monkeypatch):
+async def test_other_domains_and_event_types_are_acknowledged_and_ignored(tmp_path, monkeypatch):
     bodies = [event(domain="artifact", event_type="deployed"), event(event_type="deleted")]
-    answers, recorder, _ = run(tmp_path, monkeypatch, [(signed(b), b) for b in bodies])
+    answers, recorder, _ = await run(tmp_path, monkeypatch, [(signed(b), b) for b in bodies])
     assert [(s, a["ignored"]) for s, a in answers] == [(202, True), (202, True)]
     assert recorder.warms == []
 
 
-def test_a_burst_of_duplicates_makes_one_warm(tmp_path, monkeypatch):
+async def test_a_burst_of_duplicates_makes_one_warm(tmp_path, monkeypatch):
     recorder = Recorder(hold=True)  # the first warm runs until the whole burst is in
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(event()), event())] * 10, recorder)
+    answers, recorder, snap = await run(tmp_path, monkeypatch, [(signed(event()), event())] * 10, recorder)
     assert [a["warm"] for _, a in answers] == ["queued"] + ["coalesced"] * 9
     assert len(recorder.warms) == 1 and snap["warms"]["coalesced"] == 9 and snap["warms"]["done"] == 1
 
 
-def test_only_post():
-    async def scenario():
-        listener = WebhookListener(config_for_get(), Recorder())
-        return await listener._answer(SimpleNamespace(method="GET"))
-    assert asyncio.run(scenario()).status == 405
+async def test_only_post():
+    listener = WebhookListener(config_for_get(), Recorder())
+    assert (await listener._answer(SimpleNamespace(method="GET"))).status == 405
 
 
 def config_for_get():
@@ -186,24 +182,22 @@ async def serial_becomes(port: int, serial: int) -> None:
         await asyncio.sleep(0.01)
 
 
-def tls_scenario(tmp_path, steps, cert_poll):
+async def tls_scenario(tmp_path, steps, cert_poll):
     """Start a TLS listener on pair serial 1, run `steps(listener)`, stop it; the listener."""
     make_pair(tmp_path, NOW + 400 * DAY, serial=1)
     cfg = config(tmp_path, tls=True)
 
-    async def scenario():
-        listener = WebhookListener(cfg, Recorder(), cert_poll=cert_poll, clock=lambda: NOW)
-        await listener.start()
-        try:
-            assert await served_serial(listener.port) == 1
-            await steps(listener)
-        finally:
-            await listener.close()
-        return listener
-    return asyncio.run(scenario())
+    listener = WebhookListener(cfg, Recorder(), cert_poll=cert_poll, clock=lambda: NOW)
+    await listener.start()
+    try:
+        assert await served_serial(listener.port) == 1
+        await steps(listener)
+    finally:
+        await listener.close()
+    return listener
 
 
-def test_a_renewed_pair_is_served_to_new_connections_and_a_half_written_one_is_not(tmp_path, caplog):
+async def test_a_renewed_pair_is_served_to_new_connections_and_a_half_written_one_is_not(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=webhooks.__name__)
     new_cert, new_key = make_pair(tmp_path, NOW + 800 * DAY, serial=2, cert_name="new.crt", key_name="new.key")
 
@@ -214,40 +208,41 @@ def test_a_renewed_pair_is_served_to_new_connections_and_a_half_written_one_is_n
         assert await served_serial(listener.port) == 1
         (tmp_path / "mirror.crt").write_bytes(new_cert.read_bytes())
         await serial_becomes(listener.port, 2)
-    listener = tls_scenario(tmp_path, steps, cert_poll=0.01)
+    listener = await tls_scenario(tmp_path, steps, cert_poll=0.01)
     assert caplog.text.count("not served yet") == 1  # once, however many polls saw it
     assert "reloaded its TLS certificate" in caplog.text and "valid until 2029-03-25 08:00 UTC" in caplog.text
     assert listener._cert_task.cancelled()
 
 
-def test_a_pair_that_fails_to_load_leaves_the_previous_certificate_served(tmp_path, caplog):
+async def test_a_pair_that_fails_to_load_leaves_the_previous_certificate_served(tmp_path, caplog):
     new_cert, _ = make_pair(tmp_path, NOW + 800 * DAY, serial=2, cert_name="new.crt", key_name="new.key")
 
     async def steps(listener):
         (tmp_path / "mirror.crt").write_bytes(new_cert.read_bytes())  # with the old key: no pair
         assert not listener.reload_cert()
         assert await served_serial(listener.port) == 1  # and the handshake still works
-    tls_scenario(tmp_path, steps, cert_poll=3600)
+    await tls_scenario(tmp_path, steps, cert_poll=3600)
     assert "cannot load the new TLS pair" in caplog.text and "still serving the previous certificate" in caplog.text
 
 
-def test_a_reloaded_certificate_near_its_end_is_warned_of(tmp_path, caplog):
+async def test_a_reloaded_certificate_near_its_end_is_warned_of(tmp_path, caplog):
     async def steps(listener):
         make_pair(tmp_path, NOW + 3 * DAY, serial=2)
         assert listener.reload_cert()
         assert await served_serial(listener.port) == 2
-    tls_scenario(tmp_path, steps, cert_poll=3600)
+    await tls_scenario(tmp_path, steps, cert_poll=3600)
     assert "expires on 2027-01-18 08:00 UTC, in 3 days" in caplog.text
 
 
-def test_a_deleted_tag_goes_under_every_name_of_the_image_while_it_names_the_deleted_digest(tmp_path, monkeypatch):
+async def test_a_deleted_tag_goes_under_every_name_of_the_image_while_it_names_the_deleted_digest(
+        tmp_path, monkeypatch):
     asked = []
 
     async def drop_tag(name, tag, digest):
         asked.append((name, tag, digest))
         return name == "team/app"  # stored under one name only
     deleted = event(event_type="deleted")
-    answers, recorder, snap = run(tmp_path, monkeypatch, [(signed(deleted), deleted)], drop_tag=drop_tag)
+    answers, recorder, snap = await run(tmp_path, monkeypatch, [(signed(deleted), deleted)], drop_tag=drop_tag)
     status, body = answers[0]
     assert status == 202 and body["forgotten"] == ["team/app:1.0"]
     assert asked == [("docker-local/team/app", "1.0", DIGEST), ("team/app", "1.0", DIGEST)] and recorder.warms == []

@@ -1,0 +1,60 @@
+"""The stock registry's configuration generated from mirror.yaml: pull-through to the addon, no credentials, its
+notifications back to the addon, and TLS and draining as configured."""
+import yaml
+
+from registry_mirror.cli.registry_config import proxy_registry_config
+from registry_mirror.config.load import parse
+from registry_mirror.proxy.notifications import NOTIFY_PATH, SECRET_HEADER, secret_file
+
+REMOTE = "http://127.0.0.1:8081"
+
+
+def config(tmp_path, **mirror):
+    return parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local",
+                               "username": "ci", "password": "fake-upstream-password"},
+                  "mirror": {"storage": str(tmp_path / "storage"), "listen": "0.0.0.0:5000", **mirror}},
+                 base_dir=tmp_path)
+
+
+def test_the_registry_proxies_to_the_addon_and_holds_no_credential(tmp_path):
+    generated = proxy_registry_config(config(tmp_path), REMOTE, http_secret="fake-http-secret")
+    assert generated["proxy"] == {"remoteurl": REMOTE}  # no username or password: the addon adds them
+    assert "fake-upstream-password" not in yaml.safe_dump(generated)
+    assert generated["storage"]["filesystem"] == {"rootdirectory": str(tmp_path / "storage")}
+    assert generated["http"]["addr"] == "0.0.0.0:5000" and generated["http"]["secret"] == "fake-http-secret"
+
+
+def test_the_registry_never_deletes_and_keeps_no_blob_descriptor_cache(tmp_path):
+    storage = proxy_registry_config(config(tmp_path), REMOTE)["storage"]
+    assert storage["delete"] == {"enabled": False}  # expiry/passes.py removes images instead
+    assert "cache" not in storage
+    assert storage["maintenance"]["uploadpurging"]["enabled"] is True
+
+
+def test_its_notifications_go_to_the_addon_with_the_storages_shared_secret(tmp_path):
+    cfg = config(tmp_path)
+    secret_file(cfg.mirror.storage).parent.mkdir(parents=True, exist_ok=True)
+    secret_file(cfg.mirror.storage).write_text("fake-notify-secret\n")
+    endpoint, = proxy_registry_config(cfg, REMOTE + "/")["notifications"]["endpoints"]
+    assert endpoint["url"] == REMOTE + NOTIFY_PATH
+    assert endpoint["headers"] == {SECRET_HEADER: ["fake-notify-secret"]}
+
+
+def test_tls_serves_the_mirrors_pair_over_http1_and_off_serves_plain_http(tmp_path):
+    http = proxy_registry_config(config(tmp_path), REMOTE)["http"]
+    assert http["tls"] == {"certificate": str(tmp_path / "certs/mirror.crt"), "key": str(tmp_path / "certs/mirror.key")}
+    assert http["http2"] == {"disabled": True}
+    plain = proxy_registry_config(config(tmp_path, tls=False), REMOTE)["http"]
+    assert "tls" not in plain and "http2" not in plain
+
+
+def test_the_drain_timeout_is_the_registrys_and_zero_leaves_it_out(tmp_path):
+    assert proxy_registry_config(config(tmp_path), REMOTE)["http"]["draintimeout"] == "60s"
+    assert proxy_registry_config(config(tmp_path, drain_timeout=2.5), REMOTE)["http"]["draintimeout"] == "2.5s"
+    assert "draintimeout" not in proxy_registry_config(config(tmp_path, drain_timeout=0), REMOTE)["http"]
+
+
+def test_each_start_gets_a_fresh_http_secret_unless_one_is_given(tmp_path):
+    cfg = config(tmp_path)
+    first, second = (proxy_registry_config(cfg, REMOTE)["http"]["secret"] for _ in range(2))
+    assert first != second and len(first) == 32
