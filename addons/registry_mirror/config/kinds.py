@@ -148,7 +148,10 @@ def _platforms(name: str, values: list) -> tuple[str, ...]:
 
 
 def _any_port(name: str, value: str) -> Address:
-    return parse_address(name, value if ":" in value.strip("[]") else f"{value}:0", allow_any_port=True)
+    bracketed = value.startswith("[") and value.endswith("]")
+    if bracketed or (value.count(":") != 1 and not value.startswith("[")):  # a host alone: a name, IPv4 or IPv6
+        value = f"[{value.strip('[]')}]:0"
+    return parse_address(name, value, allow_any_port=True)
 
 
 STRING = KeyKind("a string", (str,))

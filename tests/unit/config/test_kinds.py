@@ -120,3 +120,12 @@ def test_only_the_wildcard_hosts_mean_every_address():
 
 def test_an_ipv6_address_is_written_in_brackets_as_urls_and_listeners_take_it():
     assert str(Address("::1", 5000)) == "[::1]:5000" and str(Address("127.0.0.1", 5000)) == "127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("10.0.0.5", Address("10.0.0.5", 0)), ("10.0.0.5:7000", Address("10.0.0.5", 7000)),
+    ("mirror-a", Address("mirror-a", 0)), ("::", Address("::", 0)), ("[::]", Address("::", 0)),
+    ("[fd00::5]:7000", Address("fd00::5", 7000)),
+])
+def test_a_host_alone_or_with_a_port_any_way_it_is_written(value, expected):
+    assert ANY_PORT.convert("scale.listen", value) == expected
