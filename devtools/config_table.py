@@ -14,7 +14,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from registry_mirror.config.keys import SECTIONS, UpstreamConfig
+from registry_mirror.config.keys import SECTIONS, SUBSECTIONS, UpstreamConfig
 from registry_mirror.config.kinds import BYTES
 from registry_mirror.config.schema import Key, declared
 
@@ -42,10 +42,13 @@ def _value(k: Key) -> str:
 
 
 def render() -> str:
-    """One row a key, in the order of the sections and of their declarations; `routes[]` after `upstream`."""
+    """One row a key, in the order of the sections and of their declarations; `routes[]` after `upstream`, a
+    mapping inside a section (`mirror.s3`) after it."""
     rows = ["| Parameter | Required | Default | Value | Description |", "|---|---|---|---|---|"]
     parts = [(name, cls, False) for name, cls in SECTIONS.items()]
     parts.insert(1, ("routes[]", UpstreamConfig, True))
+    for name, cls in SUBSECTIONS.items():  # after the section holding it
+        parts.insert(next(i for i, part in enumerate(parts) if part[0] == name.split(".")[0]) + 1, (name, cls, False))
     for section, cls, routes_only in parts:
         for name, (_, k) in declared(cls, routes=routes_only).items():
             if k.routes_only != routes_only:

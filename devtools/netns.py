@@ -48,8 +48,8 @@ class NamespaceLauncher:
     netns: str
 
     def start(self, args: list[str], log: Path | LogFile, env: dict[str, str] | None = None,
-              redact: tuple[str, ...] = ()) -> processes.LoggedProcess:
-        return processes.start(in_netns(args, self.netns), log, env=env, redact=redact)
+              redact: tuple[str, ...] = (), unset: tuple[str, ...] = ()) -> processes.LoggedProcess:
+        return processes.start(in_netns(args, self.netns), log, env=env, redact=redact, unset=unset)
 
     def wait_for_port(self, host: str, port: int, proc: subprocess.Popen, timeout: float = 30.0,
                       what: str = "process", log_path: Path | None = None) -> None:

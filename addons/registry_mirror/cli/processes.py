@@ -63,14 +63,16 @@ class LoggedProcess(subprocess.Popen):
 
 
 def start(args: list[str], log: Path | LogFile, env: dict[str, str] | None = None,
-          redact: tuple[str, ...] = ()) -> LoggedProcess:
+          redact: tuple[str, ...] = (), unset: tuple[str, ...] = ()) -> LoggedProcess:
     """Start a process in its own session (a terminal's Ctrl-C reaches only the supervisor), its output piped to
     `log` (cli/logfiles.py: rotated, and a full disk drops lines, never stops the process), with every string in
-    `redact` replaced on its way there (the stock registry logs its notification endpoint's headers)."""
+    `redact` replaced on its way there (the stock registry logs its notification endpoint's headers). Its
+    environment is ours plus `env`, without the variables named in `unset`."""
     log = log if isinstance(log, LogFile) else LogFile(log)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # unbuffered: logs as they happen
     proc = LoggedProcess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},  # logs as they happen
-                            start_new_session=True)
+                         env={name: value for name, value in environment.items() if name not in unset},
+                         start_new_session=True)
     output = proc.stdout
     assert output is not None, "stdout=PIPE gives it a pipe"
     try:  # a log write that blocks (a hung NFS) holds the process up only once a full pipe's worth is waiting

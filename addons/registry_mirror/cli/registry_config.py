@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from registry_mirror.config.load import Config
+from registry_mirror.config.load import Config, MirrorConfig
 from registry_mirror.proxy.notifications import NOTIFY_PATH, endpoint_config, notification_secret
 
 
@@ -25,7 +25,7 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "fields": {"service": "mirror-registry"}},
         "storage": {
-            "filesystem": {"rootdirectory": cfg.mirror.storage},
+            **storage_driver(cfg.mirror),
             # no blob descriptor cache: the mirror's expiry deletes blobs behind the registry's back, and a
             # cached descriptor of a deleted blob is served as 200 with no bytes
             # deletes off: the proxy's own 7-day expiry then fails harmlessly instead of deleting blob data
@@ -42,3 +42,19 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
                                          notification_secret(cfg.mirror.storage)),
     }
     return generated
+
+
+def storage_driver(mirror: MirrorConfig) -> dict:
+    """The registry's storage: the filesystem folder, or `mirror.s3`'s bucket."""
+    s3 = mirror.s3
+    if s3 is None:
+        return {"filesystem": {"rootdirectory": mirror.storage}}
+    driver: dict = {"bucket": s3.bucket, "region": s3.region, "v4auth": True}
+    if s3.endpoint:  # any endpoint makes the driver address the bucket path style
+        driver["regionendpoint"] = s3.endpoint
+    if s3.prefix:
+        driver["rootdirectory"] = "/" + s3.prefix.strip("/")
+    if s3.credentials:  # else the AWS credential chain (environment, instance role)
+        driver["accesskey"], driver["secretkey"] = (str(part) for part in s3.credentials)
+    # on by default in the driver: clients get 307s to presigned URLs of the store
+    return {"s3": driver, "redirect": {"disable": not s3.redirect}}

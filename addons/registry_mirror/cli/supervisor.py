@@ -41,7 +41,8 @@ class Launcher(Protocol):
     """How the supervisor starts its processes and tells when they are up. cli/processes.py's functions are the
     default (this host); another implementation may start them elsewhere, and must probe them there too."""
 
-    def start(self, args: list[str], log: Path | LogFile, *, redact: tuple[str, ...] = ()) -> subprocess.Popen: ...
+    def start(self, args: list[str], log: Path | LogFile, *, env: dict[str, str] | None = None,
+              redact: tuple[str, ...] = (), unset: tuple[str, ...] = ()) -> subprocess.Popen: ...
 
     def wait_until_ready(self, url: str, proc: subprocess.Popen, *, what: str,
                          log_path: Path | None = None) -> None: ...
@@ -113,10 +114,23 @@ class Supervisor:
         log = self.logs["registry"]
         # the pair on disk as the registry reads it at its start: a renewal from now on is a change
         self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None
+        env, unset, redact = self.registry_environment()
         self.registry = self.launcher.start([processes.registry_binary(), "serve", str(registry_yml)], log,
-                                            redact=(notification_secret(cfg.mirror.storage),))
+                                            env=env, unset=unset, redact=(notification_secret(cfg.mirror.storage),
+                                                                          *redact))
         self.launcher.wait_for_port(cfg.mirror.listen.host, cfg.mirror.listen.port, self.registry,
                                     what="the stock registry", log_path=log.path)
+
+    def registry_environment(self) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]:
+        """What the registry's environment adds and drops, and what its log is redacted of: on `mirror.s3`, the
+        driver panics at start with AWS_CA_BUNDLE set, and Go takes one CA bundle (SSL_CERT_FILE) in place of the
+        system's, so `ca_file` comes with the system's CAs."""
+        s3 = self.cfg.mirror.s3
+        if s3 is None:
+            return {}, (), ()
+        env = {"SSL_CERT_FILE": str(certs.write_ca_bundle(s3.ca_file, self.log_dir / "s3-ca-bundle.pem"))} \
+            if s3.ca_file else {}
+        return env, ("AWS_CA_BUNDLE",), tuple(str(part) for part in s3.credentials or ())
 
     def wait(self) -> int:
         """Block until one process exits; return non-zero naming it. A renewed certificate restarts the registry."""

@@ -15,6 +15,7 @@ from registry_mirror.config.kinds import (
     BYTES,
     CA_FILE,
     DURATION,
+    ENDPOINT,
     HOSTS,
     IMAGE_PREFIX,
     PATH,
@@ -114,6 +115,26 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    bucket: str = key(STRING, "The bucket holding the registry's storage.", required="with `mirror.s3`")
+    endpoint: str | None = key(ENDPOINT, "An S3-compatible store (Ceph RGW, MinIO, SeaweedFS...), addressed path "
+                               "style.", None, shown="AWS S3")
+    region: str = key(STRING, "The bucket's region (S3-compatible stores mostly ignore it).", "us-east-1")
+    prefix: str = key(STRING, "The folder inside the bucket, for several mirrors sharing one bucket.", "")
+    access_key: Secret | None = key(SECRET, "With `secret_key`; both unset: the usual AWS credential chain "
+                                    "(environment, instance role).", None, shown="the AWS chain")
+    secret_key: Secret | None = key(SECRET, "The secret of `access_key`.", None, shown="the AWS chain")
+    ca_file: str | None = key(CA_FILE, "The store's CA, trusted on top of the system's by the registry and the "
+                              "addon.", None, shown="the system's")
+    redirect: bool = key(BOOL, "Clients fetch stored blobs from the store itself (307 to a presigned URL): they "
+                         "must reach it and trust its certificate.", False)
+
+    @property
+    def credentials(self) -> tuple[Secret, Secret] | None:
+        return (self.access_key, self.secret_key) if self.access_key and self.secret_key else None
+
+
+@dataclass(frozen=True)
 class MirrorConfig:
     listen: Address = key(ADDRESS, "Where the stock registry serves clients.", "0.0.0.0:5000")
     storage: str = key(PATH, "The registry's filesystem storage; the addon reads blobs from it that another "
@@ -143,6 +164,7 @@ class MirrorConfig:
                                 else None)
     max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
                                 None, shown="none")
+    s3: S3Config | None = None  # `mirror.s3`: the registry's storage in a bucket instead of `storage`
 
     @property
     def trusted_ca(self) -> str:
@@ -256,3 +278,5 @@ class Config:
 # the sections of mirror.yaml, besides `routes` (a list of UpstreamConfig's keys and its routes_only ones)
 SECTIONS = {"upstream": UpstreamConfig, "mirror": MirrorConfig, "rewriter": RewriterConfig, "cache": CacheConfig,
             "scale": ScaleConfig, "webhooks": WebhooksConfig}
+# mappings inside a section
+SUBSECTIONS = {"mirror.s3": S3Config}

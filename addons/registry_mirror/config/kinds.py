@@ -84,10 +84,9 @@ _URL = "scheme://host[:port] with scheme http or https"
 _URL_EXPECTED = f"{_URL}, e.g. https://artifactory.example.com"
 
 
-def _url(name: str, url: str) -> str:
-    label = name.rpartition(".")[0]
-    if not url:
-        raise ConfigError(f"{name}: missing; expected {_URL_EXPECTED}")
+def _origin(name: str, url: str, what_else: str) -> str:
+    """scheme://host[:port] of http or https, nothing after it; else an error naming `what_else`: where the rest
+    of what was written goes."""
     parts = urlsplit(url)
     try:
         _ = parts.port  # raises on a port out of range or not a number
@@ -95,10 +94,21 @@ def _url(name: str, url: str) -> str:
         raise ConfigError(f"{name}: {_safe_url(url)!r} has a bad port: {e}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"{name}: {_safe_url(url)!r} is not {_URL} (put the repository path in "
-                          f"{label}.repository / {label}.path_prefix, credentials in {label}.username and "
-                          f"{label}.password)")
+        raise ConfigError(f"{name}: {_safe_url(url)!r} is not {_URL} ({what_else})")
     return url.rstrip("/")
+
+
+def _endpoint(name: str, url: str) -> str:
+    """An object store's origin."""
+    return _origin(name, url, "credentials go in their own keys")
+
+
+def _url(name: str, url: str) -> str:
+    label = name.rpartition(".")[0]
+    if not url:
+        raise ConfigError(f"{name}: missing; expected {_URL_EXPECTED}")
+    return _origin(name, url, f"put the repository path in {label}.repository / {label}.path_prefix, credentials "
+                              f"in {label}.username and {label}.password")
 
 
 def _path_prefix(name: str, prefix: str) -> str:
@@ -167,6 +177,7 @@ PATH = KeyKind("a path", (str,), path=True)
 CA_FILE = KeyKind("a path to a PEM CA bundle", (str,), _ca_file, path=True)
 SECRET = KeyKind("a string", (str,), secret=True)
 URL = KeyKind(_URL_EXPECTED, (str,), _url)
+ENDPOINT = KeyKind(f"{_URL}, e.g. https://s3.dc1.example.com", (str,), _endpoint)
 PATH_PREFIX = KeyKind('a path starting with /, or "" for the root', (str,), _path_prefix)
 IMAGE_PREFIX = KeyKind("the start of an image name, e.g. team-a/", (str,), _image_prefix)
 HOSTS = KeyKind("a list of host or host:port", (list,), _hosts("a host or host:port"))

@@ -19,6 +19,7 @@ from registry_mirror.config.keys import (
     Config,
     MirrorConfig,
     RewriterConfig,
+    S3Config,
     ScaleConfig,
     UpstreamConfig,
     WebhooksConfig,
@@ -27,8 +28,8 @@ from registry_mirror.config.kinds import Address, ConfigError, Secret, any_addre
 from registry_mirror.config.schema import check_types, convert, declared, expand
 
 __all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "Address", "CacheConfig", "Config", "ConfigError",
-           "MirrorConfig", "RewriterConfig", "ScaleConfig", "Secret", "UpstreamConfig", "WebhooksConfig", "any_address",
-           "config_path", "expand", "load", "parse", "parse_address"]
+           "MirrorConfig", "RewriterConfig", "S3Config", "ScaleConfig", "Secret", "UpstreamConfig", "WebhooksConfig",
+           "any_address", "config_path", "expand", "load", "parse", "parse_address"]
 
 DEFAULT_PATH = "mirror.yaml"
 ENV_PATH = "MIRROR_CONFIG"
@@ -65,7 +66,7 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with the sections "
                           f"{', '.join(SECTIONS)}, not {type(data).__name__}")
-    sections, routes = {}, []
+    sections, routes, s3 = {}, [], None
     for key, value in data.items():
         if key == "routes":
             routes = _check_routes(value, environ)
@@ -76,6 +77,9 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
             value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: must be a mapping of keys, not {type(value).__name__}")
+        if key == "mirror" and "s3" in value:
+            value = dict(value)
+            s3 = _check_s3(value.pop("s3"), environ)
         sections[key] = check_types(key, value, declared(SECTIONS[key]), environ)
     if "upstream" not in sections:
         raise ConfigError("upstream: missing; it needs at least url and repository")
@@ -83,7 +87,11 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     section = lambda name: convert(name, sections.get(name, {}), declared(SECTIONS[name]), resolve)  # noqa: E731
     upstream = _upstream(sections["upstream"], resolve)
     explicit = _routes(routes, sections["upstream"], resolve)
-    mirror, rewriter = MirrorConfig(**section("mirror")), RewriterConfig(**section("rewriter"))
+    mirror = MirrorConfig(**section("mirror"), s3=_s3(s3, resolve) if s3 is not None else None)
+    rewriter = RewriterConfig(**section("rewriter"))
+    if mirror.s3 and mirror.max_bytes:
+        raise ConfigError("mirror.max_bytes: not enforced on mirror.s3 yet (the expiry reads a filesystem storage); "
+                          "unset it, or keep the storage in mirror.storage")
     scale = _scale(sections.get("scale", {}), resolve)
     taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
              "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}
@@ -97,6 +105,20 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
         source=source,
     )
+
+
+def _check_s3(value: object, environ: dict[str, str]) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"mirror.s3: must be a mapping of keys (bucket, endpoint, ...), not {type(value).__name__}")
+    return check_types("mirror.s3", value, declared(S3Config), environ)
+
+
+def _s3(values: dict, resolve) -> S3Config:
+    s3 = S3Config(**convert("mirror.s3", values, declared(S3Config), resolve))
+    if bool(s3.access_key) != bool(s3.secret_key):
+        raise ConfigError("mirror.s3: set access_key and secret_key together (or neither, for the AWS credential "
+                          "chain)")
+    return s3
 
 
 def _cache(values: dict, storage: str, resolve) -> CacheConfig:

@@ -98,6 +98,10 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
     disk = DiskWatch(mirror.min_free, {"storage": mirror.storage,
                                        "spool": cache.spool_dir or tempfile.gettempdir(), **folders})
     blobs = await _start_blob_server(config, router, stats, disk, stops)
+    if mirror.s3:  # the passes below read mirror.storage, which the registry does not use then
+        log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, verify or "
+                    "forget images there, and serves layers shared by repositories from the upstream",
+                    mirror.s3.bucket)
     expiry = _start_expiry(config, blobs, stops)
     scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, blobs.verifier.check_now)
     stops.push_async_callback(scrub.stop)

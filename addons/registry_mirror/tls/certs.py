@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import os
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -86,6 +87,27 @@ def write_trust_folder(ca_file: str, cert_path: str) -> Path:
         raise CertError(f"cannot write the clients' trust folder {folder}: {e.strerror}; make the folder of "
                         f"mirror.tls_cert writable, or copy {ca_file} to the clients by hand") from e
     return folder
+
+
+def system_ca_file() -> str | None:
+    """The system's CA bundle as OpenSSL finds it (Debian: /usr/lib/ssl/cert.pem, a link to ca-certificates)."""
+    paths = ssl.get_default_verify_paths()
+    return next((f for f in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt")
+                 if f and Path(f).is_file()), None)
+
+
+def write_ca_bundle(extra_ca: str, target: Path) -> Path:
+    """The system's CAs plus `extra_ca` in one file, for programs that take one bundle in place of the system's
+    (Go's SSL_CERT_FILE, botocore's `verify`); replaced atomically."""
+    system = system_ca_file()
+    try:
+        pem = (Path(system).read_bytes().rstrip() + b"\n" if system else b"") + Path(extra_ca).read_bytes()
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(pem)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise CertError(f"cannot write the CA bundle {target} (the system's CAs and {extra_ca}): {e.strerror}") from e
+    return target
 
 
 def trust_hint(cert_path: str) -> str:

@@ -10,8 +10,9 @@ from aiohttp import web
 from devtools.ports import free_port
 from registry_mirror.cli import commands
 from registry_mirror.config.load import ENV_PATH, parse
-from registry_mirror.proxy.notifications import SECRET_HEADER, secret_file
+from registry_mirror.proxy.notifications import SECRET_HEADER
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
+from registry_mirror.storage.layout import secret_file
 from registry_mirror.tls import certs
 from tests.unit.stats.test_counters import filled, route
 from tests.unit.support.local_http import serve
@@ -187,3 +188,11 @@ def test_clients_print_each_clients_configuration_with_the_mirrors_ca(tmp_path, 
     assert "==> /etc/containerd/certs.d/art.example.com/hosts.toml <==" in out
     assert commands.main(["--config", config, "clients"]) == 0  # listening on every address: this machine's name
     assert f"/etc/docker/certs.d/{commands.machine_name()}:5000/ca.crt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["verify"], ["evictions"], ["forget", "team/app:1.0"]])
+def test_commands_on_the_storage_say_they_do_not_act_on_a_bucket_yet(tmp_path, capsys, command):
+    config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  s3:\n    bucket: registry\n")
+    assert commands.main(["--config", config, *command]) == 2
+    err = capsys.readouterr().err
+    assert f"{command[0]}: the storage is the bucket of mirror.s3" in err and "filesystem storage only" in err

@@ -4,7 +4,8 @@ import yaml
 
 from registry_mirror.cli.registry_config import proxy_registry_config
 from registry_mirror.config.load import parse
-from registry_mirror.proxy.notifications import NOTIFY_PATH, SECRET_HEADER, secret_file
+from registry_mirror.proxy.notifications import NOTIFY_PATH, SECRET_HEADER
+from registry_mirror.storage.layout import secret_file
 
 REMOTE = "http://127.0.0.1:8081"
 
@@ -58,3 +59,11 @@ def test_each_start_gets_a_fresh_http_secret_unless_one_is_given(tmp_path):
     cfg = config(tmp_path)
     first, second = (proxy_registry_config(cfg, REMOTE)["http"]["secret"] for _ in range(2))
     assert first != second and len(first) == 32
+
+
+def test_on_a_bucket_without_keys_the_driver_takes_the_aws_chain_and_may_redirect(tmp_path):
+    cfg = config(tmp_path, s3={"bucket": "registry-mirror", "region": "eu-west-1", "redirect": True})
+    storage = proxy_registry_config(cfg, "http://127.0.0.1:8081")["storage"]
+    assert storage["s3"] == {"bucket": "registry-mirror", "region": "eu-west-1", "v4auth": True}
+    assert storage["redirect"] == {"disable": False} and "filesystem" not in storage
+    assert storage["delete"] == {"enabled": False}  # the mirror's expiry, never the proxy's own

@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import argon2
 import pytest
@@ -19,6 +20,7 @@ from registry_mirror.cli.supervisor import ADDON, Supervisor, preflight
 from registry_mirror.config.load import load
 from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secret
 from registry_mirror.stats.views import JSON_PATH, LOGS_PATH, READY_PATH
+from registry_mirror.tls.certs import ensure_self_signed
 from tests.unit.support.local_http import serve
 from tests.unit.support.waits import BOUND
 
@@ -33,11 +35,13 @@ class RecordingLauncher:
     def __init__(self, not_ready: bool = False):
         self.calls: list[tuple] = []
         self.procs: list[subprocess.Popen] = []
+        self.environments: list[tuple[dict, tuple]] = []  # (env added, names unset) per start
         self.stand_in = DRAINS
         self.not_ready = not_ready
 
-    def start(self, args, log, *, redact=()):
+    def start(self, args, log, *, env=None, redact=(), unset=()):
         self.calls.append(("start", args, log, redact))
+        self.environments.append((env or {}, unset))
         proc = processes.start([sys.executable, "-c", self.stand_in], log)
         self.procs.append(proc)
         return proc
@@ -202,6 +206,33 @@ def test_the_registry_configuration_is_private_and_points_at_the_addon(tmp_path,
     assert written["http"]["addr"] == str(cfg.mirror.listen)
     assert written["storage"]["filesystem"]["rootdirectory"] == cfg.mirror.storage
     assert (tmp_path / "storage").is_dir()
+
+
+def test_on_a_bucket_the_registry_gets_the_store_and_its_ca_never_aws_ca_bundle(tmp_path, launcher, supervisors):
+    ensure_self_signed(str(tmp_path / "store-ca.crt"), str(tmp_path / "store-ca.key"))
+    cfg = write_config(tmp_path, mirror={"s3": {"bucket": "registry", "endpoint": "https://s3.dc1.test:8333",
+                                                "prefix": "dc1", "access_key": "AKTEST", "secret_key": "sk-123",
+                                                "ca_file": str(tmp_path / "store-ca.crt")}})
+    mirror = Supervisor(cfg, tmp_path / "logs", launcher=launcher)
+    supervisors.append(mirror)
+    mirror.start()
+    written = yaml.safe_load((tmp_path / "logs" / "registry.yml").read_text())
+    assert written["storage"]["s3"] == {"bucket": "registry", "region": "us-east-1", "v4auth": True,
+                                        "regionendpoint": "https://s3.dc1.test:8333", "rootdirectory": "/dc1",
+                                        "accesskey": "AKTEST", "secretkey": "sk-123"}
+    assert written["storage"]["redirect"] == {"disable": True} and "filesystem" not in written["storage"]
+    env, unset = launcher.environments[1]  # the registry's (mitmproxy's first)
+    assert unset == ("AWS_CA_BUNDLE",)  # the driver panics at start with it
+    bundle = Path(env["SSL_CERT_FILE"]).read_text()
+    assert (tmp_path / "store-ca.crt").read_text() in bundle and bundle.count("BEGIN CERTIFICATE") > 1
+    assert {"AKTEST", "sk-123"} <= set(launcher.calls[2][3])  # kept out of its log
+
+
+def test_on_a_filesystem_the_registrys_environment_is_ours(tmp_path, launcher, supervisors):
+    mirror = Supervisor(write_config(tmp_path), tmp_path / "logs", launcher=launcher)
+    supervisors.append(mirror)
+    mirror.start()
+    assert launcher.environments[1] == ({}, ())
 
 
 def test_wait_names_the_process_that_exited(tmp_path, launcher, supervisors, capsys):

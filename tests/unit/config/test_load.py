@@ -90,6 +90,13 @@ def test_static_token_and_anonymous():
     ({**BASE, "mirror": {"listen": "5000"}}, "mirror.listen: '5000' is not host:port"),
     ({**BASE, "rewriter": {"listen": "127.0.0.1:http"}}, "rewriter.listen"),
     ({**BASE, "mirror": "yes"}, "mirror: must be a mapping"),
+    ({**BASE, "mirror": {"s3": "registry-mirror"}}, "mirror.s3: must be a mapping of keys (bucket, endpoint"),
+    ({**BASE, "mirror": {"s3": {"endpoint": "http://127.0.0.1:8333"}}}, "mirror.s3.bucket: missing"),
+    ({**BASE, "mirror": {"s3": {"bucket": "b", "endpoint": "s3.dc1.test"}}},
+     "mirror.s3.endpoint: 's3.dc1.test' is not scheme://host[:port]"),
+    ({**BASE, "mirror": {"s3": {"bucket": "b", "access_key": "AK"}}}, "set access_key and secret_key together"),
+    ({**BASE, "mirror": {"s3": {"bucket": "b", "secret": "x"}}}, "unknown key mirror.s3.secret: valid keys are"),
+    ({**BASE, "mirror": {"s3": {"bucket": "b"}, "max_bytes": "1GiB"}}, "mirror.max_bytes: not enforced on mirror.s3"),
     (with_upstream(url="${UNSET_VARIABLE_FOR_TEST}"), "environment variable UNSET_VARIABLE_FOR_TEST is not set"),
 ])
 def test_errors_name_the_key(data, fragment):
@@ -226,3 +233,15 @@ def test_webhooks_errors_name_the_key(webhooks, rewriter, message):
     with pytest.raises(ConfigError, match=message) as e:
         parse({**BASE, "webhooks": webhooks, **({"rewriter": rewriter} if rewriter else {})})
     assert "'s'" not in str(e.value)  # never the secret
+
+
+def test_the_storage_in_a_bucket_with_its_defaults(tmp_path):
+    (tmp_path / "s3-secret").write_text("sk-from-file\n")
+    cfg = parse({**BASE, "mirror": {"s3": {"bucket": "registry-mirror", "access_key": "${S3_ACCESS_KEY}",
+                                           "secret_key_file": str(tmp_path / "s3-secret")}}},
+                environ={"S3_ACCESS_KEY": "AKTEST"})
+    s3 = cfg.mirror.s3
+    assert (s3.bucket, s3.endpoint, s3.region, s3.prefix, s3.redirect) == ("registry-mirror", None, "us-east-1", "",
+                                                                           False)
+    assert s3.credentials == ("AKTEST", "sk-from-file") and "sk-from-file" not in repr(s3)
+    assert parse(BASE).mirror.s3 is None

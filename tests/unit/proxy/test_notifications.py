@@ -5,7 +5,8 @@ import os
 import pytest
 
 from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests, served_pulls
-from registry_mirror.proxy.notifications import MAX_NOTIFICATION_BODY, check, notification_secret, secret_file
+from registry_mirror.proxy.notifications import MAX_NOTIFICATION_BODY, check, notification_secret
+from registry_mirror.storage.layout import secret_file
 from tests.unit.support.clocks import Clock
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

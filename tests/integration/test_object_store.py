@@ -1,0 +1,152 @@
+"""The registry's storage in a bucket of a real S3-compatible object store, SeaweedFS (devtools/object_store.py):
+first the stock registry alone (2.8.2, its `s3` driver), then the mirror on `mirror.s3`. Images are pushed and
+pulled by skopeo, and kept in the bucket and nowhere else. Two replicas on one bucket: tests/integration/
+test_scale_out.py."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devtools import seed
+from devtools.object_store import BLOBS, REGISTRY_UNSET_ENV, blob_key, without_env
+from devtools.ports import free_port, plain_registry_config
+from devtools.skopeo import pull
+from registry_mirror.cli import processes
+from registry_mirror.config.load import S3Config, Secret
+from registry_mirror.storage.bucket import BucketError, reach
+
+from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image
+
+# above the s3 driver's multipartcopythresholdsize (32 MiB): its commit copies the upload with UploadPartCopy
+BIG_LAYER = 40 * seed.MIB
+
+
+@dataclass
+class Registry:
+    address: str
+    workdir: Path
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        processes.stop(self.proc)
+
+
+@pytest.fixture
+def registry_factory(tmp_path, store):
+    """Start a plain stock registry kept in `store`'s bucket, each in a workdir of its own; stop them all."""
+    started: list[Registry] = []
+
+    def make() -> Registry:
+        workdir = tmp_path / f"registry{len(started)}"
+        workdir.mkdir()
+        port = free_port()
+        cfg = plain_registry_config(f"127.0.0.1:{port}", str(workdir / "unused"))
+        cfg["storage"] = {**store.registry_storage(), "delete": {"enabled": True}}
+        cfg["log"]["level"] = "info"  # its S3 errors, in the failure report
+        (workdir / "registry.yml").write_text(yaml.safe_dump(cfg))
+        log = workdir / "registry.log"
+        proc = processes.start(without_env([processes.registry_binary(), "serve", str(workdir / "registry.yml")],
+                                           REGISTRY_UNSET_ENV), log)
+        started.append(Registry(f"127.0.0.1:{port}", workdir, proc))
+        processes.wait_for_port("127.0.0.1", port, proc, what="stock registry on S3", log_path=log)
+        return started[-1]
+    try:
+        yield make
+    finally:
+        for registry in started:
+            registry.stop()
+
+
+def push(image: seed.Image, registry: str, workdir: Path) -> None:
+    """Push with skopeo from a `dir:` layout of the image's own bytes; --preserve-digests keeps the layers
+    uncompressed and the manifest as built, so a pull can be compared byte for byte."""
+    src = workdir / f"push-{image.name.replace('/', '-')}-{image.tag}"
+    src.mkdir(parents=True)
+    (src / "version").write_text("Directory Transport Version: 1.1\n")
+    (src / "manifest.json").write_bytes(image.manifest)
+    for blob in (*image.layers, image.config):
+        target = src / blob.digest.split(":")[1]
+        if blob.path:
+            try:
+                os.link(blob.path, target)  # the layer cache is on the same filesystem, usually
+            except OSError:
+                shutil.copyfile(blob.path, target)
+        else:
+            target.write_bytes(blob.data)
+    result = subprocess.run(["skopeo", "--insecure-policy", "copy", "--retry-times", "0", "--preserve-digests",
+                             "--dest-tls-verify=false", "--dest-no-creds", f"dir:{src}",
+                             f"docker://{registry}/{image.name}:{image.tag}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"skopeo push failed: {result.stderr.strip()[-800:]}"
+
+
+def test_the_stock_registry_keeps_images_in_the_bucket_alone(store, registry_factory, layer_cache, tmp_path):
+    image = small_image(layer_cache, name="team/on-s3", seed_base=70)
+    registry = registry_factory()
+    push(image, registry.address, tmp_path)
+    pull(f"{registry.address}/{image.name}:{image.tag}", tmp_path / "out", tls_verify=False)
+    assert_pulled_identical(tmp_path / "out", image)
+
+    keys = set(store.list_keys(BLOBS))
+    for digest in (*(blob.digest for blob in image.layers), image.config.digest, image.manifest_digest):
+        assert blob_key(digest) in keys
+    assert not [key for key in store.list_keys() if "/_uploads/" in key]  # every upload committed and cleared
+
+    # restarted with no local state at all (a new workdir): everything it serves comes from the bucket
+    registry.stop()
+    restarted = registry_factory()
+    pull(f"{restarted.address}/{image.name}:{image.tag}", tmp_path / "again", tls_verify=False)
+    assert_pulled_identical(tmp_path / "again", image)
+    for workdir in (registry.workdir, restarted.workdir):  # nothing stored locally: the filesystem root goes unused
+        assert sorted(p.name for p in workdir.iterdir()) == ["registry.log", "registry.yml"]
+
+
+def test_a_layer_over_the_multipart_copy_threshold_comes_back_whole(store, registry_factory, layer_cache, tmp_path):
+    image = seed.build_image("team/big-on-s3", "1.0", [seed.random_layer(layer_cache, BIG_LAYER, 80)])
+    registry = registry_factory()
+    push(image, registry.address, tmp_path)
+    pull(f"{registry.address}/{image.name}:{image.tag}", tmp_path / "out", tls_verify=False)
+    assert_pulled_identical(tmp_path / "out", image)
+    assert blob_key(image.layers[0].digest) in store.list_keys(BLOBS)
+
+
+def test_a_mirror_on_a_bucket_pulls_once_then_serves_from_it_even_restarted_with_artifactory_down(
+        store, upstream, mirror_factory, layer_cache, tmp_path):
+    image = small_image(layer_cache, name="team/mirrored-on-s3", seed_base=90)
+    seed.push(upstream.registry_url, image)
+    mirror = mirror_factory(credentials_of(upstream), dump=False, bucket=store)
+    reach(mirror.cfg.mirror.s3)  # what `check` does
+    ref = f"{mirror.address}/{image.name}:{image.tag}"
+    pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "cold", image)
+    mirror.settle(upstream, image)
+    assert not (Path(mirror.cfg.mirror.storage) / "docker").exists()  # the filesystem storage goes unused
+
+    upstream.control("reset")
+    pull(ref, tmp_path / "warm", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "warm", image)
+    assert blob_gets(upstream.stats()) == []  # every layer from the bucket
+
+    # Artifactory goes down, and a mirror with nothing local (another host, or this one rebuilt) starts on the
+    # bucket: the image is served, by tag and by digest
+    upstream.stop()
+    mirror.mirror.stop()
+    rebuilt = mirror_factory(credentials_of(upstream), dump=False, bucket=store)
+    pull(f"{rebuilt.address}/{image.name}:{image.tag}", tmp_path / "rebuilt-tag", cert_dir=rebuilt.trust)
+    assert_pulled_identical(tmp_path / "rebuilt-tag", image)
+    pull(f"{rebuilt.address}/{image.name}@{image.manifest_digest}", tmp_path / "rebuilt-digest",
+         cert_dir=rebuilt.trust)
+    assert_pulled_identical(tmp_path / "rebuilt-digest", image)
+
+
+def test_check_names_a_bucket_the_store_lacks(store):
+    missing = S3Config(bucket="no-such-bucket", endpoint=store.endpoint, access_key=Secret(store.access_key),
+                       secret_key=Secret(store.secret_key))
+    with pytest.raises(BucketError, match="bucket 'no-such-bucket' at http://127.0.0.1:[0-9]+: it does not exist"):
+        reach(missing)
