@@ -152,6 +152,24 @@ class ObjectStore:
         """Whether the registry's storage in the bucket has the data of every digest in `digests`."""
         return {blob_key(digest) for digest in digests} <= set(self.list_keys(BLOBS))
 
+    def holds_links(self, repository: str, digests) -> bool:
+        """Whether `repository` links every digest in `digests` (the registry writes a link after the data)."""
+        folder = f"docker/registry/v2/repositories/{repository}/_layers/"
+        wanted = {f"{folder}{d.split(':')[0]}/{d.split(':')[1]}/link" for d in digests}
+        return wanted <= set(self.list_keys(folder))
+
+    def read(self, key: str) -> bytes:
+        status, body = self._request("GET", f"/{self.bucket}/{key}")
+        if status != 200:
+            raise RuntimeError(f"reading {self.bucket}/{key} answered {status}")
+        return body
+
+    def write(self, key: str, data: bytes) -> None:
+        """Replace an object behind the registry's back (a test's bit rot)."""
+        status, body = self._request("PUT", f"/{self.bucket}/{key}", data)
+        if status != 200:
+            raise RuntimeError(f"writing {self.bucket}/{key} answered {status}: {body[:300]!r}")
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every object key in the bucket under `prefix` (ListObjectsV2, unsigned), sorted."""
         keys, token = [], ""

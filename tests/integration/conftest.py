@@ -126,8 +126,10 @@ class RunningMirror:
             wait_until_settled(upstream, self.storage, self.rewriter + JSON_PATH, digests)
             return
         bucket = self.bucket
-        wait_for(lambda: bucket.holds_blobs(digests) and not self.stats()["transfers"]
-                 and upstream.stats()["open"] == 0, f"the registry to store {len(digests)} blobs in the bucket")
+        wait_for(lambda: bucket.holds_blobs(digests) and all(
+            bucket.holds_links(image.name, [blob.digest for blob in (*image.layers, image.config)])
+            for image in images) and not self.stats()["transfers"] and upstream.stats()["open"] == 0,
+            f"the registry to store and link {len(digests)} blobs in the bucket")
 
     def counters(self) -> dict:
         """The stats snapshot's counters as flat `class:outcome` -> requests, e.g. `manifest-by-tag:stale`."""

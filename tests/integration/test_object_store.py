@@ -16,7 +16,7 @@ import yaml
 from devtools import seed
 from devtools.object_store import BLOBS, REGISTRY_UNSET_ENV, blob_key, without_env
 from devtools.ports import free_port, plain_registry_config
-from devtools.skopeo import pull
+from devtools.skopeo import PullError, pull
 from registry_mirror.cli import processes
 from registry_mirror.config.load import S3Config, Secret
 from registry_mirror.storage.bucket import BucketError, reach
@@ -150,3 +150,36 @@ def test_check_names_a_bucket_the_store_lacks(store):
                        secret_key=Secret(store.secret_key))
     with pytest.raises(BucketError, match="bucket 'no-such-bucket' at http://127.0.0.1:[0-9]+: it does not exist"):
         reach(missing)
+
+
+def test_a_layer_another_repository_brought_in_comes_from_the_bucket_and_a_corrupt_one_heals(
+        store, upstream, mirror_factory, layer_cache, tmp_path):
+    base = seed.random_layer(layer_cache, 2 * seed.MIB, 91)
+    a, b, c = (seed.build_image(f"team/{name}", "1.0", [base, seed.random_layer(layer_cache, 64 * 1024, n)])
+               for name, n in (("a", 92), ("b", 93), ("c", 94)))
+    for image in (a, b, c):
+        seed.push(upstream.registry_url, image)
+    # no spool kept after its transfer: each pull below reads the bucket, not a spool an earlier one left
+    mirror = mirror_factory(credentials_of(upstream), dump=False, bucket=store, cache={"spool_keep": 0})
+    pull(f"{mirror.address}/{a.name}:{a.tag}", tmp_path / "a", cert_dir=mirror.trust)
+    mirror.settle(upstream, a)
+
+    upstream.control("reset")
+    pull(f"{mirror.address}/{b.name}:{b.tag}", tmp_path / "b", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "b", b)
+    mirror.settle(upstream, b)
+    fetched = {r["path"].rsplit("/", 1)[1] for r in blob_gets(upstream.stats())}
+    assert fetched == {b.layers[1].digest, b.config.digest}  # the shared base came from the bucket
+
+    # a bit flips in the base's object: the next repository to need it gets no bad byte, and its pull after
+    # that has the base fetched again and whole
+    good = store.read(blob_key(base.digest))
+    store.write(blob_key(base.digest), good[:1000] + bytes([good[1000] ^ 0x01]) + good[1001:])
+    with pytest.raises(PullError):
+        pull(f"{mirror.address}/{c.name}:{c.tag}", tmp_path / "c-refused", cert_dir=mirror.trust)
+    assert [key for key in store.list_keys() if "/quarantine/" in key]
+    pull(f"{mirror.address}/{c.name}:{c.tag}", tmp_path / "c", cert_dir=mirror.trust)
+    assert_pulled_identical(tmp_path / "c", c)
+    mirror.settle(upstream, c)
+    assert store.read(blob_key(base.digest)) == good
+    assert "is corrupt" in mirror.logs()

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from registry_mirror.blobs.bucket_fill import FROM_STORAGE
 from registry_mirror.blobs.transfers import Transfer, TransferFailed, UpstreamHead
 from registry_mirror.outcomes import Outcome
 from registry_mirror.responses import CACHE_HEADER, error_body, upstream_status_error
@@ -36,7 +37,7 @@ class Share:
     @property
     def outcome(self) -> Outcome:
         """Known once the head has come: only then is it known whether another replica sends the bytes."""
-        if self.stored:
+        if self.stored or self.transfer.origin == FROM_STORAGE:
             return Outcome.HIT
         if self.following:
             return Outcome.COALESCED

@@ -6,11 +6,13 @@ sends the rest with a Range resume.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
+from registry_mirror.blobs.bucket_fill import from_bucket
 from registry_mirror.blobs.peer_fill import from_peer
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.route import BlobRoute
@@ -18,13 +20,18 @@ from registry_mirror.blobs.transfers import Transfer
 from registry_mirror.blobs.upstream_fill import from_upstream
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+from registry_mirror.storage.bucket import Bucket
+from registry_mirror.storage.verify import Checked
 
 log = logging.getLogger(__name__)
 
 
 class BlobFill:
-    def __init__(self, router: Router, stats: Stats):
-        self.router, self.stats = router, stats
+    def __init__(self, router: Router, stats: Stats, bucket: Bucket | None = None,
+                 on_checked: Callable[[Checked], None] = lambda checked: None):
+        """`bucket`: the registry's storage, where a blob is looked for first; `on_checked`: told how each blob
+        read from it compared with its digest."""
+        self.router, self.stats, self.bucket, self.on_checked = router, stats, bucket, on_checked
         self.on_stored: Callable[[int], None] = lambda nbytes: None  # told of every verified transfer's size
         self.peers: PeerCoordinator | None = None
         self._peer_session: aiohttp.ClientSession | None = None  # carries no credential, ever
@@ -37,12 +44,26 @@ class BlobFill:
                                                    cookie_jar=aiohttp.DummyCookieJar())
 
     def fill(self, transfer: Transfer) -> AsyncGenerator[bytes, None]:
-        """A transfer's bytes: from the replica already fetching the blob, else from the upstream (directly, one
-        generator less per chunk, for a single replica)."""
+        """A transfer's bytes: from the bucket holding the registry's storage when it has the blob, else from the
+        replica already fetching it, else from the upstream (directly, one generator less per chunk, for a single
+        replica)."""
         route = _route_of(transfer)
+        if self.bucket is not None:
+            return self._fill_stored_first(transfer, route, self.bucket)
+        return self._fetched(transfer, route)
+
+    def _fetched(self, transfer: Transfer, route: BlobRoute) -> AsyncGenerator[bytes, None]:
         if self.peers is None or self._peer_session is None:  # one replica (both are set together)
             return from_upstream(transfer, route, self.stats)
         return self._fill_shared(transfer, route, self.peers, self._peer_session)
+
+    async def _fill_stored_first(self, transfer: Transfer, route: BlobRoute,
+                                 bucket: Bucket) -> AsyncGenerator[bytes, None]:
+        size = await asyncio.to_thread(bucket.blob_size, transfer.digest)
+        source = from_bucket(transfer, bucket, size, self.on_checked) if size is not None \
+            else self._fetched(transfer, route)
+        async for chunk in source:
+            yield chunk
 
     async def _fill_shared(self, transfer: Transfer, route: BlobRoute, peers: PeerCoordinator,
                            session: aiohttp.ClientSession) -> AsyncGenerator[bytes, None]:

@@ -35,6 +35,7 @@ from registry_mirror.oci.registry_requests import Kind, RegistryRequest, classif
 from registry_mirror.outcomes import Outcome
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+from registry_mirror.storage.bucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,15 @@ COMMIT_GRACE = 2.0
 
 class BlobServer:
     def __init__(self, router: Router, cache: CacheConfig, stats: Stats, verify_interval: float,
-                 storage: str | None = None, disk: DiskWatch | None = None):
-        """`disk`: refuses cold fetches when the storage's or the spool's filesystem runs low."""
+                 storage: str | None = None, disk: DiskWatch | None = None, bucket: Bucket | None = None):
+        """`disk`: refuses cold fetches when the storage's or the spool's filesystem runs low; `bucket`: the
+        registry's storage when it is in one (mirror.s3), read before the upstream."""
         self.router, self.stats, self.disk = router, stats, disk
         self.storage = Path(storage) if storage else None  # the stock registry's filesystem storage
         # checks stored blobs: as this endpoint sends them, and after the registry's own pulls
         self.verifier = BlobVerifier(self.storage, verify_interval)
-        self.fill = BlobFill(router, stats)
+        self.bucket = bucket
+        self.fill = BlobFill(router, stats, bucket, self.verifier.record_served)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
                                        on_verified=self.fill.verified)
         self.prefetch = Prefetcher(self.coalescer, self.storage, disk) if cache.prefetch else None
@@ -199,6 +202,9 @@ class BlobServer:
             log.warning("refused %s: %s", what, short)
             return error(503, "UNAVAILABLE", f"{what} is not cached, and {short}")
         health = route.health
+        if health.down and self.bucket is not None and \
+                await asyncio.to_thread(self.bucket.blob_size, req.reference) is not None:
+            return None  # in the registry's storage (another repository's): no upstream needed
         if await health.wait_until_up(self.down_wait):
             return None
         return error(503, "UNAVAILABLE", f"the upstream is assumed down (retrying in {health.retry_in():.0f} s;"

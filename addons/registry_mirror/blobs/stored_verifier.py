@@ -182,6 +182,10 @@ class BlobVerifier:
             self._record(checked, "scrub")
         return checked
 
+    def record_served(self, checked: Checked) -> None:
+        """A stored blob checked as another part of the mirror sent it (blobs/bucket_fill.py)."""
+        self._record(checked, "served")
+
     def _record(self, checked: Checked, by: str) -> None:
         if checked.ok:
             self.state.verified += 1

@@ -130,7 +130,7 @@ class Supervisor:
             return {}, (), ()
         env = {"SSL_CERT_FILE": str(certs.write_ca_bundle(s3.ca_file, self.log_dir / "s3-ca-bundle.pem"))} \
             if s3.ca_file else {}
-        return env, ("AWS_CA_BUNDLE",), tuple(str(part) for part in s3.credentials or ())
+        return env, ("AWS_CA_BUNDLE",), (str(s3.credentials[1]),) if s3.credentials else ()
 
     def wait(self) -> int:
         """Block until one process exits; return non-zero naming it. A renewed certificate restarts the registry."""

@@ -12,15 +12,18 @@ from registry_mirror.config.kinds import (
     ADDRESS,
     ANY_PORT,
     BOOL,
+    BUCKET,
     BYTES,
     CA_FILE,
     DURATION,
     ENDPOINT,
     HOSTS,
     IMAGE_PREFIX,
+    KEY_PREFIX,
     PATH,
     PATH_PREFIX,
     PLATFORMS,
+    REGION,
     REGISTRY_HOSTS,
     SECONDS,
     SECRET,
@@ -116,11 +119,11 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class S3Config:
-    bucket: str = key(STRING, "The bucket holding the registry's storage.", required="with `mirror.s3`")
+    bucket: str = key(BUCKET, "The bucket holding the registry's storage.", required="with `mirror.s3`")
     endpoint: str | None = key(ENDPOINT, "An S3-compatible store (Ceph RGW, MinIO, SeaweedFS...), addressed path "
                                "style.", None, shown="AWS S3")
-    region: str = key(STRING, "The bucket's region (S3-compatible stores mostly ignore it).", "us-east-1")
-    prefix: str = key(STRING, "The folder inside the bucket, for several mirrors sharing one bucket.", "")
+    region: str = key(REGION, "The bucket's region (S3-compatible stores mostly ignore it).", "us-east-1")
+    prefix: str = key(KEY_PREFIX, "The folder inside the bucket, for several mirrors sharing one bucket.", "")
     access_key: Secret | None = key(SECRET, "With `secret_key`; both unset: the usual AWS credential chain "
                                     "(environment, instance role).", None, shown="the AWS chain")
     secret_key: Secret | None = key(SECRET, "The secret of `access_key`.", None, shown="the AWS chain")

@@ -98,9 +98,32 @@ def _origin(name: str, url: str, what_else: str) -> str:
     return url.rstrip("/")
 
 
+def _bucket(name: str, value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value:
+        raise ConfigError(f"{name}: {value!r} is not an S3 bucket name: 3 to 63 lower-case letters, digits, dots "
+                          "and hyphens, starting and ending with a letter or digit (a folder goes in mirror.s3.prefix)")
+    return value
+
+
+def _region(name: str, value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9-]+", value):
+        raise ConfigError(f"{name}: {value!r} is not a region such as us-east-1")
+    return value
+
+
+def _key_prefix(name: str, value: str) -> str:
+    """Slashes around it are dropped; empty, `.` and `..` parts and whitespace are refused (stores differ on them)."""
+    prefix = value.strip("/")
+    if prefix and (re.search(r"\s", prefix) or any(part in ("", ".", "..") for part in prefix.split("/"))):
+        raise ConfigError(f"{name}: {value!r} is not a folder such as dc1 or mirrors/dc1 (no empty, . or .. parts, "
+                          "no whitespace)")
+    return prefix
+
+
 def _endpoint(name: str, url: str) -> str:
     """An object store's origin."""
-    return _origin(name, url, "credentials go in their own keys")
+    return _origin(name, url, "the bucket goes in mirror.s3.bucket, a folder in mirror.s3.prefix, credentials in "
+                              "their own keys")
 
 
 def _url(name: str, url: str) -> str:
@@ -177,6 +200,9 @@ PATH = KeyKind("a path", (str,), path=True)
 CA_FILE = KeyKind("a path to a PEM CA bundle", (str,), _ca_file, path=True)
 SECRET = KeyKind("a string", (str,), secret=True)
 URL = KeyKind(_URL_EXPECTED, (str,), _url)
+BUCKET = KeyKind("an S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens", (str,), _bucket)
+REGION = KeyKind("a region, e.g. us-east-1", (str,), _region)
+KEY_PREFIX = KeyKind("a folder inside the bucket, e.g. dc1 or mirrors/dc1", (str,), _key_prefix)
 ENDPOINT = KeyKind(f"{_URL}, e.g. https://s3.dc1.example.com", (str,), _endpoint)
 PATH_PREFIX = KeyKind('a path starting with /, or "" for the root', (str,), _path_prefix)
 IMAGE_PREFIX = KeyKind("the start of an image name, e.g. team-a/", (str,), _image_prefix)

@@ -23,6 +23,7 @@ from registry_mirror.free_space import DiskWatch
 from registry_mirror.proxy.replica_events import Invalidation, ReplicaEvents, forgotten_digests, told_text
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+from registry_mirror.storage.bucket import Bucket
 from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.storage.scrub import Scrub
 from registry_mirror.warming.webhooks import WebhookListener
@@ -100,8 +101,7 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
     blobs = await _start_blob_server(config, router, stats, disk, stops)
     if mirror.s3:  # the passes below read mirror.storage, which the registry does not use then
         log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, verify or "
-                    "forget images there, and serves layers shared by repositories from the upstream",
-                    mirror.s3.bucket)
+                    "forget images there", mirror.s3.bucket)
     expiry = _start_expiry(config, blobs, stops)
     scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, blobs.verifier.check_now)
     stops.push_async_callback(scrub.stop)
@@ -130,7 +130,11 @@ async def _follow_changes(services: Services, stops: contextlib.AsyncExitStack) 
 async def _start_blob_server(config: Config, router: Router, stats: Stats, disk: DiskWatch,
                              stops: contextlib.AsyncExitStack) -> BlobServer:
     mirror, scale = config.mirror, config.scale
-    blobs = BlobServer(router, config.cache, stats, mirror.verify_interval, storage=mirror.storage, disk=disk)
+    bucket = Bucket(mirror.s3) if mirror.s3 else None
+    if bucket is not None:
+        stops.callback(bucket.close)
+    blobs = BlobServer(router, config.cache, stats, mirror.verify_interval, storage=mirror.storage, disk=disk,
+                       bucket=bucket)
     stops.push_async_callback(blobs.close)
     stops.push_async_callback(blobs.verifier.close)  # pushed last, so its checks end before the endpoint closes
     if scale.enabled:  # the other replicas read spools here too

@@ -1,54 +1,144 @@
 """The registry's storage in an S3-compatible bucket (`mirror.s3`): the client the mirror reaches it with.
 
-boto3 is synchronous: callers on the event loop run it in a thread. Addressing is path style, as the registry's
-driver uses with any endpoint; the store's CA, when given, is trusted on top of the system's.
+boto3 is synchronous: callers on the event loop run it in a thread; it is imported when a bucket is used, so the
+commands that never touch one do not pay for it. With an endpoint, addressing is path style, as the registry's
+driver's; the store's CA, when given, is trusted on top of the system's.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
-from pathlib import Path
+import time
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
-
-import boto3
-import botocore.config
-import botocore.exceptions
 
 from registry_mirror.config.load import S3Config
 from registry_mirror.redact import error_text
-from registry_mirror.tls.certs import write_ca_bundle
+from registry_mirror.storage import quarantine
+from registry_mirror.storage.layout import V2, blob_data
+from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
 
-TIMEOUT_SECONDS = 10.0  # connect and read, each; a check or a listing waits no longer for a dead store
+TIMEOUT_SECONDS = 10.0  # connect and read, each; a check or a read waits no longer for a dead store
+READ_ATTEMPTS = 3  # the blob path's reads: a LAN store's hiccup is retried
 
 
 class BucketError(RuntimeError):
     pass
 
 
-def client(s3: S3Config, ca_bundle_dir: Path | None = None) -> Any:
+@contextlib.contextmanager
+def trusted_cas(s3: S3Config) -> Iterator[bool | str]:
+    """botocore's `verify` while in the block: the system's CAs (botocore's default is certifi's, not the
+    system's), plus `ca_file` in a private file of a unique name (read at each new connection, so it lives as long
+    as the client does)."""
+    if not s3.ca_file:
+        yield system_ca_file() or True
+        return
+    try:
+        pem = ca_bundle(s3.ca_file)
+    except CertError as e:
+        raise BucketError(f"mirror.s3.ca_file: {e}") from e
+    fd, path = tempfile.mkstemp(prefix="artifactory-mirror-s3-ca-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def client(s3: S3Config, verify: bool | str, attempts: int = READ_ATTEMPTS) -> Any:
     """A boto3 S3 client for `s3`'s bucket (credentials from the config, else the AWS chain)."""
-    verify: bool | str = True
-    if s3.ca_file:  # botocore's `verify` replaces the system's CAs: bundle both
-        folder = ca_bundle_dir or Path(tempfile.gettempdir())
-        verify = str(write_ca_bundle(s3.ca_file, folder / "artifactory-mirror-s3-ca.pem"))
+    import boto3
+    import botocore.config
+
     keys = {"aws_access_key_id": str(s3.credentials[0]), "aws_secret_access_key": str(s3.credentials[1])} \
         if s3.credentials else {}
-    config = botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=TIMEOUT_SECONDS,
-                                    read_timeout=TIMEOUT_SECONDS, retries={"max_attempts": 2})
+    config = botocore.config.Config(s3={"addressing_style": "path"} if s3.endpoint else {},
+                                    connect_timeout=TIMEOUT_SECONDS, read_timeout=TIMEOUT_SECONDS,
+                                    retries={"mode": "standard", "total_max_attempts": attempts})
     return boto3.session.Session().client("s3", endpoint_url=s3.endpoint, region_name=s3.region, verify=verify,
                                           config=config, **keys)
 
 
 def reach(s3: S3Config) -> None:
     """Ask for the bucket once (HeadBucket): raises BucketError saying what failed and what to check."""
+    import botocore.exceptions
+
     where = f"bucket {s3.bucket!r} at {s3.endpoint or 'AWS S3'}"
     try:
-        client(s3).head_bucket(Bucket=s3.bucket)
+        with trusted_cas(s3) as verify:
+            answer = client(s3, verify, attempts=1).head_bucket(Bucket=s3.bucket)
     except botocore.exceptions.ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
         hint = {"404": "it does not exist: create it", "NoSuchBucket": "it does not exist: create it",
                 "403": "access denied: check mirror.s3's keys and the bucket's policy (list, get, put, delete)",
-                "AccessDenied": "access denied: check mirror.s3's keys and the bucket's policy"}.get(code, code)
+                "AccessDenied": "access denied: check mirror.s3's keys and the bucket's policy",
+                "301": "the store redirects: is the endpoint's scheme (http or https) and mirror.s3.region right?",
+                "400": "the store refused the request: is mirror.s3.region the bucket's?"}.get(
+                    code, f"the store answered {code}")
         raise BucketError(f"mirror.s3: {where}: {hint}") from e
-    except (botocore.exceptions.BotoCoreError, OSError) as e:
+    except botocore.exceptions.NoCredentialsError as e:
+        raise BucketError(f"mirror.s3: no credentials for the {where}: set access_key and secret_key, or give "
+                          "the AWS environment variables, shared credentials file or instance role") from e
+    except BucketError:
+        raise
+    except Exception as e:  # whatever else boto3 raises (a redirect loop included) is a failed check, said so
         raise BucketError(f"mirror.s3: cannot reach the {where}: {error_text(e)}; check endpoint, ca_file and "
                           "the network") from e
+    if problem := wrong_region(s3, answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})):
+        raise BucketError(problem)
+
+
+def wrong_region(s3: S3Config, answer_headers: dict) -> str | None:
+    """On AWS, boto3 follows a redirect to the bucket's region and the registry's driver does not: a region other
+    than the bucket's passes a check and fails every request of the registry."""
+    region = answer_headers.get("x-amz-bucket-region")
+    if s3.endpoint or not region or region == s3.region:
+        return None
+    return f"mirror.s3.region: {s3.region!r}, but the bucket {s3.bucket!r} is in {region!r}: set region: {region}"
+
+
+class Bucket:
+    """The registry's storage in the bucket, as the blob path reads it: blob data by digest (the registry's own
+    layout, under `prefix`). Calls block: run them in a thread."""
+
+    def __init__(self, s3: S3Config, client_factory=client):
+        self.s3, self.name = s3, s3.bucket
+        self.root = PurePosixPath(s3.prefix) / V2 if s3.prefix else PurePosixPath(V2)
+        self._cas = contextlib.ExitStack()  # the CA file lives as long as the client
+        self._client = client_factory(s3, self._cas.enter_context(trusted_cas(s3)))
+
+    def close(self) -> None:
+        self._cas.close()
+
+    def blob_key(self, digest: str) -> str:
+        return str(self.root / blob_data(digest))
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of the blob's data object, or None when the bucket has none (or cannot say)."""
+        try:
+            return int(self._client.head_object(Bucket=self.name, Key=self.blob_key(digest))["ContentLength"])
+        except Exception:  # not there, or not reachable: the upstream is asked instead
+            return None
+
+    def open_blob(self, digest: str) -> Any:
+        """The blob's data as a stream with `read(n)` and `close()`; BucketError when it cannot be read."""
+        try:
+            return self._client.get_object(Bucket=self.name, Key=self.blob_key(digest))["Body"]
+        except Exception as e:
+            raise BucketError(f"cannot read {digest} from bucket {self.name!r}: {error_text(e)}") from e
+
+    def quarantine(self, digest: str) -> str | None:
+        """Move a blob whose bytes failed their digest out of the registry's sight (`quarantine/`, as on disk):
+        its next pull fetches a good copy. Where it went, or None when it could not be moved."""
+        key, now = self.blob_key(digest), time.time()
+        target = str(self.root / "quarantine" / quarantine.file_name(digest, now))
+        try:
+            self._client.copy_object(Bucket=self.name, Key=target, CopySource={"Bucket": self.name, "Key": key})
+            self._client.delete_object(Bucket=self.name, Key=key)
+        except Exception:
+            return None
+        return target

@@ -27,7 +27,8 @@ class Checked:
     digest: str
     size: int  # bytes read
     actual: str  # the digest of those bytes, or why they could not be read or checked
-    moved_to: Path | None = None  # where a mismatch went (None: it matched, or was gone or replaced)
+    moved_to: Path | str | None = None  # where a mismatch went, a path or a bucket's key (None: it matched, or was
+    # gone or replaced)
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,17 +97,28 @@ def system_ca_file() -> str | None:
                  if f and Path(f).is_file()), None)
 
 
-def write_ca_bundle(extra_ca: str, target: Path) -> Path:
-    """The system's CAs plus `extra_ca` in one file, for programs that take one bundle in place of the system's
-    (Go's SSL_CERT_FILE, botocore's `verify`); replaced atomically."""
+def ca_bundle(extra_ca: str) -> bytes:
+    """The system's CAs plus `extra_ca`, for programs that take one bundle in place of the system's (Go's
+    SSL_CERT_FILE, botocore's `verify`)."""
     system = system_ca_file()
     try:
-        pem = (Path(system).read_bytes().rstrip() + b"\n" if system else b"") + Path(extra_ca).read_bytes()
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(pem)
+        return (Path(system).read_bytes().rstrip() + b"\n" if system else b"") + Path(extra_ca).read_bytes()
+    except OSError as e:
+        raise CertError(f"cannot read the CAs to bundle ({system or 'no system bundle'} and {extra_ca}): "
+                        f"{e.strerror}") from e
+
+
+def write_ca_bundle(extra_ca: str, target: Path) -> Path:
+    """`ca_bundle(extra_ca)` in `target`, replaced atomically through a file of a unique name beside it."""
+    pem = ca_bundle(extra_ca)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.chmod(tmp, 0o644)  # certificates only: the registry's user may differ
         os.replace(tmp, target)
     except OSError as e:
-        raise CertError(f"cannot write the CA bundle {target} (the system's CAs and {extra_ca}): {e.strerror}") from e
+        raise CertError(f"cannot write the CA bundle {target}: {e.strerror}") from e
     return target
 
 

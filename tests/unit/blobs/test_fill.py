@@ -14,6 +14,7 @@ from registry_mirror.blobs.spool_writer import write_verified
 from registry_mirror.blobs.transfers import Transfer
 from registry_mirror.manifests.blob_heads import BlobHeads
 from registry_mirror.stats.counters import Stats
+from tests.unit.support.buckets import FakeBucket
 from tests.unit.support.local_http import serve
 from tests.unit.support.routes import BlobUpstream, FakeRoute, FakeRouter
 
@@ -134,3 +135,21 @@ async def test_a_verified_transfer_that_contradicts_nothing_only_counts_its_byte
         fill.verified(transfer)
     assert told == [1234] and stats.snapshot()["integrity"]["cache_dropped_inconsistent"] == 0
     assert caplog.text == ""
+
+
+async def test_a_blob_the_bucket_holds_is_read_from_it_never_the_upstream(tmp_path):
+    stats, upstream, checked = Stats(), BlobUpstream(BLOB, chunk=len(BLOB)), []
+    fill = BlobFill(FakeRouter(routes={}), stats, FakeBucket({DIGEST: BLOB}), checked.append)
+    transfer = new_transfer(tmp_path, route(upstream))
+    await write_verified(transfer, fill.fill(transfer))
+    assert transfer.verified and transfer.path.read_bytes() == BLOB and transfer.origin == "storage"
+    assert upstream.gets == 0 and [c.ok for c in checked] == [True]
+
+
+async def test_a_blob_the_bucket_lacks_is_fetched_from_the_upstream(tmp_path):
+    stats, upstream = Stats(), BlobUpstream(BLOB, chunk=len(BLOB))
+    bucket = FakeBucket()
+    fill = BlobFill(FakeRouter(routes={}), stats, bucket)
+    transfer = new_transfer(tmp_path, route(upstream))
+    await write_verified(transfer, fill.fill(transfer))
+    assert transfer.verified and upstream.gets == 1 and transfer.origin == "" and bucket.opened == []

@@ -72,3 +72,15 @@ def test_an_answer_that_is_not_ready_times_out_clearly(server):
     with pytest.raises(processes.ProcessError, match=r"did not report ready at http://127.0.0.1:\d+/x within 0 s"):
         processes.wait_until_ready(f"http://127.0.0.1:{port}/x", proc, timeout=0.3)
     assert "200" not in answers()
+
+
+def test_a_started_process_gets_our_environment_plus_env_without_unset(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/our-bundle.pem")
+    monkeypatch.setenv("KEPT_FOR_TEST", "kept")
+    log = tmp_path / "child.log"
+    code = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+            "('AWS_CA_BUNDLE', 'KEPT_FOR_TEST', 'ADDED')}))")
+    proc = processes.start([sys.executable, "-c", code], log, env={"ADDED": "yes"}, unset=("AWS_CA_BUNDLE",))
+    assert proc.wait(timeout=BOUND) == 0
+    processes.stop(proc)  # flushes its last lines to the log
+    assert '{"AWS_CA_BUNDLE": null, "KEPT_FOR_TEST": "kept", "ADDED": "yes"}' in log.read_text()

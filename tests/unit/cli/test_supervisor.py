@@ -224,8 +224,8 @@ def test_on_a_bucket_the_registry_gets_the_store_and_its_ca_never_aws_ca_bundle(
     env, unset = launcher.environments[1]  # the registry's (mitmproxy's first)
     assert unset == ("AWS_CA_BUNDLE",)  # the driver panics at start with it
     bundle = Path(env["SSL_CERT_FILE"]).read_text()
-    assert (tmp_path / "store-ca.crt").read_text() in bundle and bundle.count("BEGIN CERTIFICATE") > 1
-    assert {"AKTEST", "sk-123"} <= set(launcher.calls[2][3])  # kept out of its log
+    assert bundle.endswith((tmp_path / "store-ca.crt").read_text())  # after the system's CAs, if it has any
+    assert "sk-123" in launcher.calls[2][3]  # kept out of its log
 
 
 def test_on_a_filesystem_the_registrys_environment_is_ours(tmp_path, launcher, supervisors):

@@ -92,11 +92,18 @@ def test_static_token_and_anonymous():
     ({**BASE, "mirror": "yes"}, "mirror: must be a mapping"),
     ({**BASE, "mirror": {"s3": "registry-mirror"}}, "mirror.s3: must be a mapping of keys (bucket, endpoint"),
     ({**BASE, "mirror": {"s3": {"endpoint": "http://127.0.0.1:8333"}}}, "mirror.s3.bucket: missing"),
-    ({**BASE, "mirror": {"s3": {"bucket": "b", "endpoint": "s3.dc1.test"}}},
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "endpoint": "s3.dc1.test"}}},
      "mirror.s3.endpoint: 's3.dc1.test' is not scheme://host[:port]"),
-    ({**BASE, "mirror": {"s3": {"bucket": "b", "access_key": "AK"}}}, "set access_key and secret_key together"),
-    ({**BASE, "mirror": {"s3": {"bucket": "b", "secret": "x"}}}, "unknown key mirror.s3.secret: valid keys are"),
-    ({**BASE, "mirror": {"s3": {"bucket": "b"}, "max_bytes": "1GiB"}}, "mirror.max_bytes: not enforced on mirror.s3"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "access_key": "AK"}}}, "set access_key and secret_key together"),
+    ({**BASE, "mirror": {"s3": {"bucket": "bb", "secret": "x"}}}, "unknown key mirror.s3.secret: valid keys are"),
+    ({**BASE, "mirror": {"s3": {"bucket": "registry/dc1"}}}, "mirror.s3.bucket: 'registry/dc1' is not an S3 bucket"),
+    ({**BASE, "mirror": {"s3": {"bucket": "My_Bucket"}}}, "mirror.s3.bucket: 'My_Bucket' is not an S3 bucket"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "region": ""}}}, "mirror.s3.region: '' is not a region"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "prefix": "a//b"}}}, "mirror.s3.prefix: 'a//b' is not a folder"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "prefix": "../x"}}}, "mirror.s3.prefix: '../x' is not a folder"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg", "endpoint": "https://s3.test/registry"}}},
+     "the bucket goes in mirror.s3.bucket"),
+    ({**BASE, "mirror": {"s3": {"bucket": "reg"}, "max_bytes": "1GiB"}}, "mirror.max_bytes: not enforced on mirror.s3"),
     (with_upstream(url="${UNSET_VARIABLE_FOR_TEST}"), "environment variable UNSET_VARIABLE_FOR_TEST is not set"),
 ])
 def test_errors_name_the_key(data, fragment):
@@ -245,3 +252,5 @@ def test_the_storage_in_a_bucket_with_its_defaults(tmp_path):
                                                                            False)
     assert s3.credentials == ("AKTEST", "sk-from-file") and "sk-from-file" not in repr(s3)
     assert parse(BASE).mirror.s3 is None
+    assert parse({**BASE, "mirror": {"s3": {"bucket": "reg", "prefix": "/mirrors/dc1/"}}}).mirror.s3.prefix == \
+        "mirrors/dc1"
