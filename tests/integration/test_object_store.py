@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,3 +184,32 @@ def test_a_layer_another_repository_brought_in_comes_from_the_bucket_and_a_corru
     mirror.settle(upstream, c)
     assert store.read(blob_key(base.digest)) == good
     assert "is corrupt" in mirror.logs()
+
+
+ROUNDS, AT_ONCE = 4, 8  # the link race: a fresh image per round, pulled by AT_ONCE machines at once
+
+
+def test_with_prefetch_on_a_bucket_pulls_of_one_image_at_once_never_see_a_torn_link(
+        store, upstream, mirror_factory, layer_cache, tmp_path):
+    """On a folder, registry 2.8 rewrites a layer's link in place, and a pull reading it meanwhile gets a 500
+    (why cache.prefetch is off by default); an object store's PUT is atomic."""
+    images = [small_image(layer_cache, name=f"race/app{r}", seed_base=100 + 10 * r) for r in range(ROUNDS)]
+    for image in images:
+        seed.push(upstream.registry_url, image)
+    mirror = mirror_factory(credentials_of(upstream), dump=False, bucket=store, cache={"prefetch": True})
+    failures = []
+    for image in images:
+        ref = f"{mirror.address}/{image.name}:{image.tag}"
+        with ThreadPoolExecutor(AT_ONCE) as pool:
+            pulls = [pool.submit(pull, ref, tmp_path / f"{image.name}-{i}", cert_dir=mirror.trust)
+                     for i in range(AT_ONCE)]
+            for done in pulls:
+                try:
+                    done.result(timeout=300)
+                except PullError as e:
+                    failures.append(str(e))
+        for i in range(AT_ONCE):
+            if not failures:
+                assert_pulled_identical(tmp_path / f"{image.name}-{i}", image)
+    assert failures == []
+    assert "http.response.status=500" not in (mirror.mirror.log_dir / "registry.log").read_text()
