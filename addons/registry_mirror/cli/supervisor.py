@@ -130,6 +130,9 @@ class Supervisor:
             return {}, (), ()
         env = {"SSL_CERT_FILE": str(certs.write_ca_bundle(s3.ca_file, self.log_dir / "s3-ca-bundle.pem"))} \
             if s3.ca_file else {}
+        aws_bundle = os.environ.get("AWS_CA_BUNDLE")
+        if not env and aws_bundle and not os.environ.get("SSL_CERT_FILE"):  # the CAs it meant, as Go takes them
+            env["SSL_CERT_FILE"] = aws_bundle
         return env, ("AWS_CA_BUNDLE",), (str(s3.credentials[1]),) if s3.credentials else ()
 
     def wait(self) -> int:

@@ -228,6 +228,17 @@ def test_on_a_bucket_the_registry_gets_the_store_and_its_ca_never_aws_ca_bundle(
     assert "sk-123" in launcher.calls[2][3]  # kept out of its log
 
 
+def test_on_a_bucket_an_aws_ca_bundle_reaches_the_registry_as_go_takes_it(tmp_path, launcher, supervisors,
+                                                                          monkeypatch):
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/company-bundle.pem")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    cfg = write_config(tmp_path, mirror={"s3": {"bucket": "registry", "endpoint": "https://s3.dc1.test"}})
+    mirror = Supervisor(cfg, tmp_path / "logs", launcher=launcher)
+    supervisors.append(mirror)
+    mirror.start()
+    assert launcher.environments[1] == ({"SSL_CERT_FILE": "/etc/ssl/company-bundle.pem"}, ("AWS_CA_BUNDLE",))
+
+
 def test_on_a_filesystem_the_registrys_environment_is_ours(tmp_path, launcher, supervisors):
     mirror = Supervisor(write_config(tmp_path), tmp_path / "logs", launcher=launcher)
     supervisors.append(mirror)
