@@ -14,6 +14,13 @@ from registry_mirror.storage.inventory import Image, inventory
 from .conftest import MIRROR_COMMAND, assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 
 
+def shared_keys(shared_storage: str, tmp_path, request, redis_server) -> dict:
+    """mirror_factory's keys for a replica sharing a storage folder, or the object store's bucket, and redis."""
+    storage = {"storage": tmp_path / "shared-storage"} if shared_storage == "folder" else \
+        {"bucket": request.getfixturevalue("store")}
+    return {**storage, "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
+
+
 @pytest.mark.parametrize("shared_storage", ["folder", "bucket"])
 def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream, wire_factory, mirror_factory, redis_server,
                                                              layer_cache, tmp_path, request, shared_storage):
@@ -21,10 +28,8 @@ def test_two_replicas_pulling_at_once_fetch_each_layer_once(upstream, wire_facto
     wire = wire_factory(upstream)
     image = small_image(layer_cache, name="scale/app", seed_base=50)
     seed.push(upstream.registry_url, image)
-    storage = {"storage": tmp_path / "shared-storage"} if shared_storage == "folder" else \
-        {"bucket": request.getfixturevalue("store")}
     # spools kept long: a replica that comes late reads the finished spool, whatever this machine's speed
-    shared = {**storage, "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}, "cache": {"spool_keep": 600}}
+    shared = {**shared_keys(shared_storage, tmp_path, request, redis_server), "cache": {"spool_keep": 600}}
     replicas = [mirror_factory(credentials_of(upstream, via=wire), **shared) for _ in range(2)]
     wire.behave(target="blobs", hold_after=512 * 1024)  # the larger layers stop part-way: both replicas ask
 
@@ -70,14 +75,16 @@ def test_replicas_keep_serving_when_redis_is_gone(upstream_factory, mirror_facto
     assert "this replica fetches on its own" in replica.logs()
 
 
+@pytest.mark.parametrize("shared_storage", ["folder", "bucket"])
 def test_a_replica_dying_mid_transfer_leaves_the_others_to_the_upstream(upstream, wire_factory, mirror_factory,
-                                                                        redis_server, layer_cache, tmp_path):
+                                                                        redis_server, layer_cache, tmp_path, request,
+                                                                        shared_storage):
     """B reads a layer from A's spool; A's addon is killed half-way; B's pull still completes, the rest of the
     layer fetched from the upstream with a Range request."""
     wire = wire_factory(upstream)
     image = small_image(layer_cache, name="scale/fragile", seed_base=70)
     seed.push(upstream.registry_url, image)
-    shared = {"storage": tmp_path / "shared-storage", "scale": {"redis": redis_server.address, "listen": "127.0.0.1"}}
+    shared = shared_keys(shared_storage, tmp_path, request, redis_server)
     a, b = (mirror_factory(credentials_of(upstream, via=wire), **shared) for _ in range(2))
     ref = f"{image.name}:{image.tag}"
     wire.behave(target="blobs", hold_after=seed.MIB, hold_times=1)  # A's 3 MiB layer stops at 1 MiB
