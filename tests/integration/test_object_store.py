@@ -20,7 +20,8 @@ from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import PullError, pull
 from registry_mirror.cli import processes
 from registry_mirror.config.load import S3Config, Secret
-from registry_mirror.storage.bucket import BucketError, reach
+from registry_mirror.storage.bucket import Bucket, BucketError, reach
+from registry_mirror.storage.uploads import PURGE_AGE_SECONDS
 
 from .conftest import assert_pulled_identical, blob_gets, credentials_of, small_image
 
@@ -213,3 +214,20 @@ def test_with_prefetch_on_a_bucket_pulls_of_one_image_at_once_never_see_a_torn_l
                 assert_pulled_identical(tmp_path / f"{image.name}-{i}", image)
     assert failures == []
     assert "http.response.status=500" not in (mirror.mirror.log_dir / "registry.log").read_text()
+
+
+def test_incomplete_multipart_uploads_a_day_old_are_aborted(store):
+    """What a registry stopped mid-upload leaves: no listing shows it, the store keeps it until aborted."""
+    bucket = Bucket(S3Config(bucket=store.bucket, endpoint=store.endpoint, access_key=Secret(store.access_key),
+                             secret_key=Secret(store.secret_key)))
+    try:
+        s3 = bucket._client
+        key = "docker/registry/v2/repositories/team/app/_uploads/left-by-a-crash/data"
+        upload = s3.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+        s3.upload_part(Bucket=store.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024)
+        began = s3.list_multipart_uploads(Bucket=store.bucket)["Uploads"][0]["Initiated"].timestamp()
+        assert bucket.abort_stale_uploads(PURGE_AGE_SECONDS, began + 60) == 0  # a minute old: maybe a live one
+        assert bucket.abort_stale_uploads(PURGE_AGE_SECONDS, began + PURGE_AGE_SECONDS) == 1
+        assert s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    finally:
+        bucket.close()

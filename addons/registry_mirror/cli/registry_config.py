@@ -5,6 +5,7 @@ import secrets
 
 from registry_mirror.config.load import Config, MirrorConfig
 from registry_mirror.proxy.notifications import NOTIFY_PATH, endpoint_config, notification_secret
+from registry_mirror.storage.uploads import PURGE_AGE_SECONDS
 
 
 def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None) -> dict:
@@ -33,7 +34,8 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
             "delete": {"enabled": False},
             # a backstop for partial uploads (storage/uploads.py removes those no transfer writes any more, within
             # minutes): it deletes an upload older than `age` even while written, so `age` is far above any fetch
-            "maintenance": {"uploadpurging": {"enabled": True, "age": "24h", "interval": "1h", "dryrun": False}},
+            "maintenance": {"uploadpurging": {"enabled": True, "age": f"{PURGE_AGE_SECONDS}s", "interval": "1h",
+                                              "dryrun": False}},
         },
         "http": http,
         "proxy": {"remoteurl": remote_url},

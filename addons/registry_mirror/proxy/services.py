@@ -24,6 +24,7 @@ from registry_mirror.proxy.replica_events import Invalidation, ReplicaEvents, fo
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
 from registry_mirror.storage.bucket import Bucket
+from registry_mirror.storage.bucket_uploads import UploadSweep
 from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.storage.scrub import Scrub
 from registry_mirror.warming.webhooks import WebhookListener
@@ -133,6 +134,9 @@ async def _start_blob_server(config: Config, router: Router, stats: Stats, disk:
     bucket = Bucket(mirror.s3) if mirror.s3 else None
     if bucket is not None:
         stops.callback(bucket.close)
+        sweep = UploadSweep(bucket)
+        stops.push_async_callback(sweep.stop)
+        sweep.start()
     blobs = BlobServer(router, config.cache, stats, mirror.verify_interval, storage=mirror.storage, disk=disk,
                        bucket=bucket)
     stops.push_async_callback(blobs.close)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # line for upstream.blob_queue_timeout, 300 s, then stalled blob_stall_timeout, 60 s, per resume)
 QUIET_SECONDS = 3600.0
 UPLOADS = "_uploads"
+# the registry's own purger removes an upload this old even while written (cli/registry_config.py): a backstop far
+# above any fetch; on a bucket, incomplete multipart uploads this old are aborted (storage/bucket_uploads.py)
+PURGE_AGE_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
