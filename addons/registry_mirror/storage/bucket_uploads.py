@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from registry_mirror.background import BackgroundLoop
 from registry_mirror.storage.bucket import Bucket
 from registry_mirror.storage.uploads import PURGE_AGE_SECONDS
 
@@ -16,21 +17,12 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 3600.0  # between two sweeps; the first comes at start
 
 
-class UploadSweep:
+class UploadSweep(BackgroundLoop):
     def __init__(self, bucket: Bucket, older_than: float = PURGE_AGE_SECONDS, every: float = SWEEP_SECONDS,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.bucket, self.older_than, self.every = bucket, older_than, every
         self._clock, self._sleep = clock, sleep
         self.aborted = 0  # since start
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def sweep(self) -> int:
         """One sweep; how many uploads it aborted (none when the bucket cannot be listed: logged)."""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry_mirror.background import BackgroundLoop
 from registry_mirror.storage.inventory import blob_sizes
 from registry_mirror.storage.verify import Checked, checkable
 
@@ -30,21 +31,12 @@ class ScrubState:
     last_pass_seconds: float | None = None
 
 
-class Scrub:
+class Scrub(BackgroundLoop):
     def __init__(self, root: Path, interval: float, check: Callable[[str], Awaitable[Checked | None]],
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.root, self.interval, self._check, self._sleep, self._clock = root, interval, check, sleep, clock
         self.state = ScrubState()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def run_pass(self) -> None:
         """One pass over the storage, paced to about half the interval by what it has read so far."""

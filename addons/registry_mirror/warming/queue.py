@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
+from registry_mirror.background import BackgroundLoop
+
 log = logging.getLogger(__name__)
 
 
@@ -109,26 +111,17 @@ class WarmQueue:
         return asdict(self.totals)
 
 
-class Warmer:
+class Warmer(BackgroundLoop):
     """Runs the queue's warms on the event loop with `warm(job) -> (bytes, blobs)`, one at a time."""
 
     def __init__(self, queue: WarmQueue, warm: Callable[[WarmJob], Awaitable[tuple[int, int]]]):
         self.queue, self.warm = queue, warm
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     def submit(self, job: WarmJob) -> str:
         outcome = self.queue.submit(job)
         self._wake.set()
         return outcome
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
