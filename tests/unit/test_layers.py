@@ -7,7 +7,7 @@ from pathlib import Path
 import registry_mirror
 
 PACKAGE = Path(registry_mirror.__file__).parent
-# lowest first; the root's modules (units, redact, outcomes, bodies, responses, free_space) sit below them all
+# lowest first; the root's modules (units, redact, outcomes, bodies, responses, free_space, background) sit below
 LAYERS = ["oci", "config", "tls", "stats", "upstream", "storage", "manifests", "routes", "blobs", "warming",
           "expiry", "proxy", "cli", "script"]
 
