@@ -1,4 +1,4 @@
-"""A flipped bit in a stored layer heals on the pull after the first failing one (issue 23).
+"""A flipped bit in a stored layer heals on the pull after the first failing one.
 
 Before, the blob endpoint sent a stored file it found for another repository as verified, unhashed: every
 repository sharing the layer got the corrupt bytes as a HIT, and the registry, which never replaces a data

@@ -124,6 +124,7 @@ def test_a_mirror_on_a_bucket_pulls_once_then_serves_from_it_even_restarted_with
     seed.push(upstream.registry_url, image)
     mirror = mirror_factory(credentials_of(upstream), dump=False, bucket=store)
     reach(mirror.cfg.mirror.s3)  # what `check` does
+    assert mirror.stats()["storage"] == {"bucket": store.bucket, "endpoint": store.endpoint, "uploads_aborted": 0}
     ref = f"{mirror.address}/{image.name}:{image.tag}"
     pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "cold", image)

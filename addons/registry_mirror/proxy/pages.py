@@ -141,9 +141,13 @@ class StatusPages:
                              "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}
             if services.replicas:
                 snap["scale"]["invalidations"] = services.replicas.snapshot()
-        expiry = services.expiry
-        snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
-                           "oldest_last_pull": expiry.pulls.oldest()}
+        expiry, s3 = services.expiry, services.config.mirror.s3
+        if s3 is not None:  # the expiry reads a folder: its figures would say an empty storage
+            snap["storage"] = {"bucket": s3.bucket, "endpoint": s3.endpoint or "AWS S3",
+                               "uploads_aborted": services.uploads.aborted if services.uploads else 0}
+        else:
+            snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
+                               "oldest_last_pull": expiry.pulls.oldest()}
         if services.webhooks:
             snap["webhooks"] = services.webhooks.snapshot()
         snap["stored_blobs"] = {**services.blobs.verifier.snapshot(), "scrub": asdict(services.scrub.state)}

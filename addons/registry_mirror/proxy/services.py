@@ -15,7 +15,7 @@ from pathlib import Path
 
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.server import BlobServer
-from registry_mirror.config.load import Config
+from registry_mirror.config.load import Config, S3Config
 from registry_mirror.expiry.forget import Target
 from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
@@ -41,6 +41,7 @@ class Services:
     blobs: BlobServer
     expiry: Expiry
     scrub: Scrub
+    uploads: UploadSweep | None = None  # mirror.s3: the bucket's incomplete uploads, aborted a day old
     replicas: ReplicaEvents | None = None  # scale-out: tells the others what this one forgot, and back
     webhooks: WebhookListener | None = None  # webhooks.enabled: Artifactory's events
 
@@ -99,15 +100,17 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
     await router.start()
     disk = DiskWatch(mirror.min_free, {"storage": mirror.storage,
                                        "spool": cache.spool_dir or tempfile.gettempdir(), **folders})
-    blobs = await _start_blob_server(config, router, stats, disk, stops)
-    if mirror.s3:  # the passes below read mirror.storage, which the registry does not use then
-        log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, verify or "
-                    "forget images there", mirror.s3.bucket)
+    bucket = _open_bucket(mirror.s3, stops) if mirror.s3 else None
+    blobs = await _start_blob_server(config, router, stats, disk, bucket, stops)
     expiry = _start_expiry(config, blobs, stops)
     scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, blobs.verifier.check_now)
     stops.push_async_callback(scrub.stop)
     scrub.start()
     services = Services(config, router, disk, blobs, expiry, scrub)
+    if bucket is not None:
+        services.uploads = UploadSweep(bucket)
+        stops.push_async_callback(services.uploads.stop)
+        services.uploads.start()
     await _follow_changes(services, stops)
     return services
 
@@ -128,15 +131,18 @@ async def _follow_changes(services: Services, stops: contextlib.AsyncExitStack) 
         await services.webhooks.start()
 
 
-async def _start_blob_server(config: Config, router: Router, stats: Stats, disk: DiskWatch,
+def _open_bucket(s3: S3Config, stops: contextlib.AsyncExitStack) -> Bucket:
+    # the expiry and the scrub read mirror.storage, which the registry does not use then
+    log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, verify or "
+                "forget images there", s3.bucket)
+    bucket = Bucket(s3)
+    stops.callback(bucket.close)
+    return bucket
+
+
+async def _start_blob_server(config: Config, router: Router, stats: Stats, disk: DiskWatch, bucket: Bucket | None,
                              stops: contextlib.AsyncExitStack) -> BlobServer:
     mirror, scale = config.mirror, config.scale
-    bucket = Bucket(mirror.s3) if mirror.s3 else None
-    if bucket is not None:
-        stops.callback(bucket.close)
-        sweep = UploadSweep(bucket)
-        stops.push_async_callback(sweep.stop)
-        sweep.start()
     blobs = BlobServer(router, config.cache, stats, mirror.verify_interval, storage=mirror.storage, disk=disk,
                        bucket=bucket)
     stops.push_async_callback(blobs.close)

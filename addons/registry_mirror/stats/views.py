@@ -159,6 +159,11 @@ def _storage_html(storage: dict | None) -> str:
     if storage is None:
         return ""
     e = html.escape
+    if "bucket" in storage:
+        return f"""<h2>Storage</h2>
+<p id="storage-bucket">The registry's storage is the bucket <code>{e(storage['bucket'])}</code> at
+{e(storage['endpoint'])}: the mirror does not read its figures or expire images there yet. Incomplete uploads
+aborted since start: <span id="uploads-aborted">{storage['uploads_aborted']}</span>.</p>"""
 
     def when(t: float | None) -> str:
         return "none" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
@@ -239,39 +244,7 @@ class _SnapshotCollector:
                                   "Cached answers dropped because verified bytes contradicted them.",
                                   value=integrity["cache_dropped_inconsistent"])
         if storage := snap.get("storage"):
-            if storage["used_bytes"] is not None:
-                yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage: read by the last "
-                                        "pass, plus verified bytes stored since (an estimate between passes).",
-                                        value=storage["used_bytes"])
-                yield GaugeMetricFamily("mirror_storage_images", "Images in the registry's storage, as read by the "
-                                        "last pass.", value=storage["images"])
-                yield GaugeMetricFamily("mirror_storage_read_timestamp_seconds", "When a pass last read the "
-                                        "registry's storage (Unix time).", value=storage["measured_at"])
-                yield GaugeMetricFamily("mirror_storage_stored_since_read_bytes", "Verified bytes stored since "
-                                        "the pass that last read the storage began (in mirror_storage_bytes).",
-                                        value=storage["stored_since_pass"])
-            if storage["max_bytes"] is not None:
-                yield GaugeMetricFamily("mirror_storage_max_bytes", "mirror.max_bytes.", value=storage["max_bytes"])
-            yield CounterMetricFamily("mirror_images_evicted", "Images removed by the expiry.",
-                                      value=storage["images_evicted"])
-            yield CounterMetricFamily("mirror_bytes_evicted", "Blob bytes freed by the expiry.",
-                                      value=storage["bytes_evicted"])
-            yield GaugeMetricFamily("mirror_expiry_age_skipped", "1 when the last expiry pass removed nothing by "
-                                    "age because the clock seems to have stepped.",
-                                    value=1 if storage["age_evictions_skipped"] else 0)
-            yield CounterMetricFamily("mirror_expiry_age_skipped_passes", "Expiry passes that removed nothing by "
-                                      "age because the clock seemed to have stepped.",
-                                      value=storage["passes_age_skipped"])
-            yield CounterMetricFamily("mirror_clock_steps", "Steps of the wall clock seen against the monotonic "
-                                      "clock while running, taken out of the last pulls.",
-                                      value=storage["clock_steps"])
-            yield CounterMetricFamily("mirror_leftover_uploads_removed", "Partial uploads no transfer wrote any "
-                                      "more, removed by the expiry.", value=storage["uploads_removed"])
-            yield CounterMetricFamily("mirror_leftover_upload_removed_bytes", "Bytes those uploads held.",
-                                      value=storage["upload_bytes_removed"])
-            yield CounterMetricFamily("mirror_empty_blob_files_removed", "Blob data files a full disk left empty, "
-                                      "removed so that the next pull stores them again.",
-                                      value=storage["empty_files_removed"])
+            yield from _bucket_metrics(storage) if "bucket" in storage else _storage_metrics(storage)
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)
@@ -383,3 +356,44 @@ def summary_text(snap: dict) -> str:
     for t in snap["transfers"]:
         lines.append(f"  in flight: {t['digest'][:19]}… {human_bytes(t['received'])} of {human_bytes(t['size'])}")
     return "\n".join(lines)
+
+
+def _bucket_metrics(storage: dict):
+    yield CounterMetricFamily("mirror_bucket_uploads_aborted", "Incomplete multipart uploads a day old aborted in "
+                              "the bucket of mirror.s3.", value=storage["uploads_aborted"])
+
+
+def _storage_metrics(storage: dict):
+    if storage["used_bytes"] is not None:
+        yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage: read by the last "
+                                "pass, plus verified bytes stored since (an estimate between passes).",
+                                value=storage["used_bytes"])
+        yield GaugeMetricFamily("mirror_storage_images", "Images in the registry's storage, as read by the "
+                                "last pass.", value=storage["images"])
+        yield GaugeMetricFamily("mirror_storage_read_timestamp_seconds", "When a pass last read the "
+                                "registry's storage (Unix time).", value=storage["measured_at"])
+        yield GaugeMetricFamily("mirror_storage_stored_since_read_bytes", "Verified bytes stored since "
+                                "the pass that last read the storage began (in mirror_storage_bytes).",
+                                value=storage["stored_since_pass"])
+    if storage["max_bytes"] is not None:
+        yield GaugeMetricFamily("mirror_storage_max_bytes", "mirror.max_bytes.", value=storage["max_bytes"])
+    yield CounterMetricFamily("mirror_images_evicted", "Images removed by the expiry.",
+                              value=storage["images_evicted"])
+    yield CounterMetricFamily("mirror_bytes_evicted", "Blob bytes freed by the expiry.",
+                              value=storage["bytes_evicted"])
+    yield GaugeMetricFamily("mirror_expiry_age_skipped", "1 when the last expiry pass removed nothing by "
+                            "age because the clock seems to have stepped.",
+                            value=1 if storage["age_evictions_skipped"] else 0)
+    yield CounterMetricFamily("mirror_expiry_age_skipped_passes", "Expiry passes that removed nothing by "
+                              "age because the clock seemed to have stepped.",
+                              value=storage["passes_age_skipped"])
+    yield CounterMetricFamily("mirror_clock_steps", "Steps of the wall clock seen against the monotonic "
+                              "clock while running, taken out of the last pulls.",
+                              value=storage["clock_steps"])
+    yield CounterMetricFamily("mirror_leftover_uploads_removed", "Partial uploads no transfer wrote any "
+                              "more, removed by the expiry.", value=storage["uploads_removed"])
+    yield CounterMetricFamily("mirror_leftover_upload_removed_bytes", "Bytes those uploads held.",
+                              value=storage["upload_bytes_removed"])
+    yield CounterMetricFamily("mirror_empty_blob_files_removed", "Blob data files a full disk left empty, "
+                              "removed so that the next pull stores them again.",
+                              value=storage["empty_files_removed"])

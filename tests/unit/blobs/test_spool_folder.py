@@ -1,4 +1,4 @@
-"""Spool folders (issue 22): a start removes every earlier run's folder whose lock is free, never a running
+"""Spool folders: a start removes every earlier run's folder whose lock is free, never a running
 sibling's; its own folder lives, locked, until close. Siblings and crashes are real processes here: a lock
 held in this process would not show that another process's lock is respected."""
 import logging

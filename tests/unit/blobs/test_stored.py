@@ -2,7 +2,7 @@
 verdict: a corrupt one ends the answer short, is moved aside, and the next request fetches it from the upstream.
 
 Before, a stored file was sent as verified, unhashed: a flipped bit went to every repository sharing the layer,
-as a HIT, for ever (issue 23)."""
+as a HIT, for ever."""
 import asyncio
 import hashlib
 import json

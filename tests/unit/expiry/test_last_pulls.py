@@ -1,5 +1,5 @@
 """The last pulls' clock: a step of the wall clock while running is taken out of the ages (seen against a
-monotonic clock), and the expiry's corrections of steps from before the start (#23)."""
+monotonic clock), and the expiry's corrections of steps from before the start."""
 import pytest
 
 from registry_mirror.expiry.last_pulls import STEP_TOLERANCE, LastPulls

@@ -1,4 +1,4 @@
-"""The storage figures and the expiry's clock-step state on the stats page and in /metrics (#23)."""
+"""The storage figures and the expiry's clock-step state on the stats page and in /metrics."""
 from dataclasses import asdict
 
 from registry_mirror.expiry.passes import ExpiryState
@@ -42,3 +42,15 @@ def test_a_skipped_age_pass_shows_why():
     for line in ("mirror_expiry_age_skipped 1.0", "mirror_expiry_age_skipped_passes_total 2.0",
                  "mirror_clock_steps_total 1.0"):
         assert line in text
+
+
+def test_on_a_bucket_no_figure_of_the_unused_folder_is_claimed():
+    stats, health = filled()
+    snap = stats.snapshot([route(health, "https://art/x")])
+    snap["storage"] = {"bucket": "registry-mirror", "endpoint": "https://s3.dc1.test", "uploads_aborted": 3}
+    page = render_html(snap)
+    assert "bucket <code>registry-mirror</code>" in page and '<span id="uploads-aborted">3</span>' in page
+    assert "in storage" not in page
+    text = prometheus_text(snap).decode()
+    assert "mirror_bucket_uploads_aborted_total 3.0" in text and "mirror_storage_bytes" not in text
+    assert "mirror_images_evicted" not in text

@@ -1,5 +1,5 @@
 """The mirror's TLS pair: generated only when both files are missing; an operator's certificate is never replaced;
-one expired, or expiring soon, is said so by `check` (issue 22)."""
+one expired, or expiring soon, is said so by `check`."""
 import datetime
 import functools
 import ipaddress
@@ -51,7 +51,7 @@ def test_an_unwritable_place_is_a_clear_error(tmp_path):
         ensure_self_signed(str(blocker / "mirror.crt"), str(blocker / "mirror.key"))
 
 
-# --- expiry (issue 22): certificates made here with chosen dates; the clock is always given, never today's
+# --- expiry: certificates made here with chosen dates; the clock is always given, never today's
 
 NOW = 1_800_000_000  # 2027-01-15 08:00 UTC
 DAY = 86400

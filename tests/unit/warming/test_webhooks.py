@@ -162,7 +162,7 @@ def config_for_get():
                   "webhooks": {"listen": "127.0.0.1:8084", "secret": SECRET}})
 
 
-# --- a renewed certificate is served without a restart (issue 22)
+# --- a renewed certificate is served without a restart
 
 async def served_serial(port: int) -> int:
     """The serial of the certificate a new TLS connection is shown."""
