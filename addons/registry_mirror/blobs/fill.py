@@ -7,12 +7,13 @@ sends the rest with a Range resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
-from registry_mirror.blobs.bucket_fill import from_bucket
+from registry_mirror.blobs.bucket_fill import BucketReadFailed, from_bucket
 from registry_mirror.blobs.peer_fill import from_peer
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.route import BlobRoute
@@ -60,10 +61,22 @@ class BlobFill:
     async def _fill_stored_first(self, transfer: Transfer, route: BlobRoute,
                                  bucket: Bucket) -> AsyncGenerator[bytes, None]:
         size = await asyncio.to_thread(bucket.blob_size, transfer.digest)
-        source = from_bucket(transfer, bucket, size, self.on_checked) if size is not None \
-            else self._fetched(transfer, route)
-        async for chunk in source:
-            yield chunk
+        if size is None:
+            async with contextlib.aclosing(self._fetched(transfer, route)) as fetched:
+                async for chunk in fetched:
+                    yield chunk
+            return
+        try:
+            async with contextlib.aclosing(from_bucket(transfer, bucket, size, self.on_checked)) as stored:
+                async for chunk in stored:
+                    yield chunk
+            return
+        except BucketReadFailed as e:
+            log.warning("%s; the upstream sends it from byte %d", e, transfer.written)
+        transfer.origin = ""  # the upstream's from here on: a Range resume when some bytes came already
+        async with contextlib.aclosing(from_upstream(transfer, route, self.stats)) as rest:
+            async for chunk in rest:
+                yield chunk
 
     async def _fill_shared(self, transfer: Transfer, route: BlobRoute, peers: PeerCoordinator,
                            session: aiohttp.ClientSession) -> AsyncGenerator[bytes, None]:

@@ -7,6 +7,7 @@ driver's; the store's CA, when given, is trusted on top of the system's.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -20,7 +21,10 @@ from registry_mirror.storage import quarantine
 from registry_mirror.storage.layout import V2, blob_data
 from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
 
+log = logging.getLogger(__name__)
+
 TIMEOUT_SECONDS = 10.0  # connect and read, each; a check or a read waits no longer for a dead store
+PROBE_SECONDS = 2.0  # a blob's HEAD before a fill: a store slower than that, and the upstream is asked
 READ_ATTEMPTS = 3  # the blob path's reads: a LAN store's hiccup is retried
 
 
@@ -49,7 +53,7 @@ def trusted_cas(s3: S3Config) -> Iterator[bool | str]:
         os.unlink(path)
 
 
-def client(s3: S3Config, verify: bool | str, attempts: int = READ_ATTEMPTS) -> Any:
+def client(s3: S3Config, verify: bool | str, attempts: int = READ_ATTEMPTS, timeout: float = TIMEOUT_SECONDS) -> Any:
     """A boto3 S3 client for `s3`'s bucket (credentials from the config, else the AWS chain)."""
     import boto3
     import botocore.config
@@ -57,7 +61,7 @@ def client(s3: S3Config, verify: bool | str, attempts: int = READ_ATTEMPTS) -> A
     keys = {"aws_access_key_id": str(s3.credentials[0]), "aws_secret_access_key": str(s3.credentials[1])} \
         if s3.credentials else {}
     config = botocore.config.Config(s3={"addressing_style": "path"} if s3.endpoint else {},
-                                    connect_timeout=TIMEOUT_SECONDS, read_timeout=TIMEOUT_SECONDS,
+                                    connect_timeout=timeout, read_timeout=timeout,
                                     retries={"mode": "standard", "total_max_attempts": attempts})
     return boto3.session.Session().client("s3", endpoint_url=s3.endpoint, region_name=s3.region, verify=verify,
                                           config=config, **keys)
@@ -108,8 +112,14 @@ class Bucket:
     def __init__(self, s3: S3Config, client_factory=client):
         self.s3, self.name = s3, s3.bucket
         self.root = PurePosixPath(s3.prefix) / V2 if s3.prefix else PurePosixPath(V2)
-        self._cas = contextlib.ExitStack()  # the CA file lives as long as the client
-        self._client = client_factory(s3, self._cas.enter_context(trusted_cas(s3)))
+        self._cas = contextlib.ExitStack()  # the CA file lives as long as the clients
+        try:
+            cas = self._cas.enter_context(trusted_cas(s3))
+            self._client = client_factory(s3, cas)
+            self._probe = client_factory(s3, cas, attempts=1, timeout=PROBE_SECONDS)
+        except BaseException:
+            self._cas.close()
+            raise
 
     def close(self) -> None:
         self._cas.close()
@@ -120,7 +130,7 @@ class Bucket:
     def blob_size(self, digest: str) -> int | None:
         """The size of the blob's data object, or None when the bucket has none (or cannot say)."""
         try:
-            return int(self._client.head_object(Bucket=self.name, Key=self.blob_key(digest))["ContentLength"])
+            return int(self._probe.head_object(Bucket=self.name, Key=self.blob_key(digest))["ContentLength"])
         except Exception:  # not there, or not reachable: the upstream is asked instead
             return None
 
@@ -140,10 +150,15 @@ class Bucket:
                                                                                Prefix=f"{self.root}/")
         for page in pages:
             for upload in page.get("Uploads", []):
-                if now - upload["Initiated"].timestamp() >= older_than:
+                if now - upload["Initiated"].timestamp() < older_than:
+                    continue
+                try:
                     self._client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
                                                         UploadId=upload["UploadId"])
                     aborted += 1
+                except Exception as e:  # another replica's sweep took it first, or the store refused
+                    log.warning("cannot abort the upload %s of %s: %s", upload["UploadId"], upload["Key"],
+                                error_text(e))
         return aborted
 
     def quarantine(self, digest: str) -> str | None:
@@ -153,7 +168,13 @@ class Bucket:
         target = str(self.root / "quarantine" / quarantine.file_name(digest, now))
         try:
             self._client.copy_object(Bucket=self.name, Key=target, CopySource={"Bucket": self.name, "Key": key})
+        except Exception as e:  # over CopyObject's 5 GiB, say: it goes all the same, or it fails every pull
+            log.error("cannot copy the corrupt %s to %s (%s): deleting it", key, target, error_text(e))
+            target = ""
+        try:
             self._client.delete_object(Bucket=self.name, Key=key)
-        except Exception:
+        except Exception as e:
+            log.error("cannot delete the corrupt %s: %s; it fails every pull that needs it until removed", key,
+                      error_text(e))
             return None
-        return target
+        return target or None

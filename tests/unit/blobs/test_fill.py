@@ -153,3 +153,21 @@ async def test_a_blob_the_bucket_lacks_is_fetched_from_the_upstream(tmp_path):
     transfer = new_transfer(tmp_path, route(upstream))
     await write_verified(transfer, fill.fill(transfer))
     assert transfer.verified and upstream.gets == 1 and transfer.origin == "" and bucket.opened == []
+
+
+async def test_a_blob_the_bucket_cannot_serve_after_its_head_comes_from_the_upstream(tmp_path):
+    upstream = BlobUpstream(BLOB, chunk=len(BLOB))
+    fill = BlobFill(FakeRouter(routes={}), Stats(), FakeBucket({DIGEST: BLOB}, unreadable=True))
+    transfer = new_transfer(tmp_path, route(upstream))
+    await write_verified(transfer, fill.fill(transfer))
+    assert transfer.verified and transfer.path.read_bytes() == BLOB and upstream.gets == 1
+
+
+async def test_a_bucket_read_cut_midway_is_finished_by_the_upstream_from_where_it_stopped(tmp_path, caplog):
+    upstream = BlobUpstream(BLOB, chunk=len(BLOB))
+    bucket = FakeBucket({DIGEST: BLOB}, fails_after=len(BLOB) // 2)
+    fill = BlobFill(FakeRouter(routes={}), Stats(), bucket)
+    transfer = new_transfer(tmp_path, route(upstream))
+    await write_verified(transfer, fill.fill(transfer))
+    assert transfer.verified and transfer.path.read_bytes() == BLOB and upstream.gets == 1
+    assert bucket.quarantined == [] and "the upstream sends it from byte" in caplog.text
