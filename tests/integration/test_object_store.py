@@ -4,6 +4,7 @@ pulled by skopeo, and kept in the bucket and nowhere else. Two replicas on one b
 test_scale_out.py."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from devtools import seed
 from devtools.object_store import BLOBS, REGISTRY_UNSET_ENV, blob_key, without_env
 from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import PullError, pull
-from registry_mirror.cli import processes
+from registry_mirror.cli import commands, processes
 from registry_mirror.config.load import S3Config, Secret
 from registry_mirror.storage.bucket import Bucket, BucketError, reach
 from registry_mirror.storage.uploads import PURGE_AGE_SECONDS
@@ -232,3 +233,22 @@ def test_incomplete_multipart_uploads_a_day_old_are_aborted(store):
         assert s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
     finally:
         bucket.close()
+
+
+def test_verify_reads_every_blob_in_the_bucket_and_moves_a_corrupt_one_aside(store, tmp_path, capsys):
+    good, bad = b"a good layer" * 1000, b"a layer that rotted" * 1000
+    good_digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    bad_digest = "sha256:" + hashlib.sha256(bad).hexdigest()
+    store.write(blob_key(good_digest), good)
+    store.write(blob_key(bad_digest), bad[:-1] + b"!")  # one byte changed since the registry stored it
+    config = tmp_path / "mirror.yaml"
+    config.write_text(yaml.safe_dump({
+        "upstream": {"url": "http://127.0.0.1:9", "repository": "docker-local", "anonymous": True},
+        "mirror": {"storage": str(tmp_path / "unused"), "s3": store.mirror_keys()}}))
+    assert commands.main(["--config", str(config), "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"MISMATCH {bad_digest}: {len(bad)} bytes read as sha256:" in out and "moved to docker/registry/v2/" in out
+    assert "2 blobs (" in out and "1 good, 1 corrupt" in out
+    assert blob_key(bad_digest) not in store.list_keys(BLOBS) and blob_key(good_digest) in store.list_keys(BLOBS)
+    assert [key for key in store.list_keys("docker/registry/v2/quarantine/") if key.endswith(bad_digest[7:])]
+    assert commands.main(["--config", str(config), "verify"]) == 0  # what is left is good

@@ -17,7 +17,7 @@ from pathlib import Path
 from registry_mirror.cli import client_configs as clients
 from registry_mirror.cli import processes
 from registry_mirror.cli.supervisor import Supervisor, preflight
-from registry_mirror.config.load import Config, ConfigError, any_address, config_path, load
+from registry_mirror.config.load import Config, ConfigError, S3Config, any_address, config_path, load
 from registry_mirror.expiry import forget
 from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
@@ -113,7 +113,7 @@ def _storage_on_disk(cfg: Config, command: str) -> bool:
     if cfg.mirror.s3 is None:
         return True
     print(f"{PROG} {command}: the storage is the bucket of mirror.s3, and {command} acts on a filesystem storage "
-          "only so far (images in a bucket are not yet expired, verified or forgotten by the mirror)",
+          "only so far (images in a bucket are not yet expired or forgotten by the mirror)",
           file=sys.stderr)
     return False
 
@@ -122,8 +122,8 @@ def cmd_verify(args, clock=time.time) -> int:
     """One pass over the registry's blob data files, each hashed in bounded memory; a file whose bytes do not
     match its digest is moved aside (the next pull fetches a good copy) and the exit status is 1."""
     cfg = _load_or_exit(args.config)
-    if not _storage_on_disk(cfg, "verify"):
-        return 2
+    if cfg.mirror.s3 is not None:
+        return _verify_bucket(cfg.mirror.s3)
     root = Path(cfg.mirror.storage)
     good = bad = nbytes = 0
     for checked in verify.verify_storage(root, clock):
@@ -138,6 +138,36 @@ def cmd_verify(args, clock=time.time) -> int:
     print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in {root}: {good} good, {bad} corrupt"
           + (f", moved to {quarantine.folder(root)}: the next pull of each fetches it from the upstream" if bad
              else ""))
+    return 1 if bad else 0
+
+
+def _verify_bucket(s3: S3Config) -> int:
+    """`verify` on the bucket of mirror.s3: each blob object read to its end; a mismatch moves to quarantine/."""
+    try:
+        store = bucket.Bucket(s3)
+    except bucket.BucketError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    good = bad = nbytes = 0
+    try:
+        for digest, _ in store.blob_digests():
+            checked = store.verify_blob(digest)
+            if checked is None:
+                continue
+            nbytes += checked.size
+            if checked.ok:
+                good += 1
+                continue
+            bad += 1
+            where = f"moved to {checked.moved_to}" if checked.moved_to else "not moved (logged)"
+            print(f"MISMATCH {digest}: {checked.size} bytes read as {checked.actual}; {where}", flush=True)
+    except Exception as e:  # the listing failed: what was checked so far is said
+        print(f"{PROG}: cannot list bucket {s3.bucket!r}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in bucket {s3.bucket}: {good} good, {bad} corrupt"
+          + (", moved to quarantine/: the next pull of each fetches it from the upstream" if bad else ""))
     return 1 if bad else 0
 
 

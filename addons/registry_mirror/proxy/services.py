@@ -133,7 +133,7 @@ async def _follow_changes(services: Services, stops: contextlib.AsyncExitStack) 
 
 def _open_bucket(s3: S3Config, stops: contextlib.AsyncExitStack) -> Bucket:
     # the expiry and the scrub read mirror.storage, which the registry does not use then
-    log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, verify or "
+    log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, scrub or "
                 "forget images there", s3.bucket)
     bucket = Bucket(s3)
     stops.callback(bucket.close)

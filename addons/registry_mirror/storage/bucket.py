@@ -16,9 +16,11 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from registry_mirror.config.load import S3Config
+from registry_mirror.oci.digests import digest_hasher
 from registry_mirror.redact import error_text
 from registry_mirror.storage import quarantine
-from registry_mirror.storage.layout import V2, blob_data
+from registry_mirror.storage.layout import V2, blob_data, is_digest
+from registry_mirror.storage.verify import CHUNK, Checked, checkable
 from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,35 @@ class Bucket:
             return self._client.get_object(Bucket=self.name, Key=self.blob_key(digest))["Body"]
         except Exception as e:
             raise BucketError(f"cannot read {digest} from bucket {self.name!r}: {error_text(e)}") from e
+
+    def blob_digests(self) -> Iterator[tuple[str, int]]:
+        """(digest, size) of every blob data object the storage holds that the mirror can check, as listed."""
+        prefix = f"{self.root}/blobs/"
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                parts = entry["Key"][len(prefix):].split("/")  # <alg>/<hex[:2]>/<hex>/data
+                if len(parts) == 4 and parts[3] == "data" and is_digest(digest := f"{parts[0]}:{parts[2]}") \
+                        and checkable(digest):
+                    yield digest, int(entry["Size"])
+
+    def verify_blob(self, digest: str) -> Checked | None:
+        """Hash the blob's object to its end, one CHUNK at a time; a mismatch is moved aside. None when it is
+        gone."""
+        try:
+            body = self.open_blob(digest)
+        except BucketError:
+            return None
+        hasher, size = digest_hasher(digest), 0
+        try:
+            while chunk := body.read(CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
+        except Exception as e:
+            return Checked(digest, size, f"unreadable: {error_text(e)}")
+        finally:
+            body.close()
+        actual = f"{hasher.name}:{hasher.hexdigest()}"
+        return Checked(digest, size, actual, None if actual == digest else self.quarantine(digest))
 
     def abort_stale_uploads(self, older_than: float, now: float) -> int:
         """Abort the multipart uploads under the storage begun `older_than` seconds or more before `now`: what a

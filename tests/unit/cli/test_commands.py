@@ -190,7 +190,7 @@ def test_clients_print_each_clients_configuration_with_the_mirrors_ca(tmp_path, 
     assert f"/etc/docker/certs.d/{commands.machine_name()}:5000/ca.crt" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["verify"], ["evictions"], ["forget", "team/app:1.0"]])
+@pytest.mark.parametrize("command", [["evictions"], ["forget", "team/app:1.0"]])
 def test_commands_on_the_storage_say_they_do_not_act_on_a_bucket_yet(tmp_path, capsys, command):
     config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  s3:\n    bucket: registry\n")
     assert commands.main(["--config", config, *command]) == 2
