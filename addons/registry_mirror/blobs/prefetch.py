@@ -27,6 +27,7 @@ from registry_mirror.blobs.transfers import TransferFailed
 from registry_mirror.free_space import DiskWatch
 from registry_mirror.oci.manifest_body import IMAGE_TYPES
 from registry_mirror.oci.registry_requests import SHA256_RE
+from registry_mirror.storage.bucket import Bucket
 
 if TYPE_CHECKING:
     from registry_mirror.blobs.route import BlobRoute
@@ -59,9 +60,10 @@ def image_blobs(body: bytes, content_type: str) -> list[tuple[str, int]]:
 class Prefetcher:
     MAX_PENDING = 256  # images whose manifest the registry fetched and of which it has not asked for a blob yet
 
-    def __init__(self, coalescer: BlobCoalescer, storage: Path | None, disk: DiskWatch | None = None):
+    def __init__(self, coalescer: BlobCoalescer, storage: Path | None, disk: DiskWatch | None = None,
+                 bucket: Bucket | None = None):
         self.coalescer = coalescer
-        self.storage = storage  # the registry's filesystem storage
+        self.storage, self.bucket = storage, bucket  # the registry's storage: a folder, or a bucket (mirror.s3)
         self.disk = disk  # nothing is fetched ahead under the free-space reserve
         self._pending: OrderedDict[str, tuple[str, BlobRoute, list[tuple[str, int]]]] = OrderedDict()  # by manifest
         self._image_of: dict[str, str] = {}  # a pending image's blob -> its manifest's key in _pending
@@ -102,7 +104,7 @@ class Prefetcher:
         async with self._one_image:
             for digest, size in blobs:
                 current = self.coalescer.transfers.get(digest)
-                if current is None and self._stored(digest):
+                if current is None and await self._stored(digest):
                     continue
                 if current is None and self.coalescer.spooled_bytes() + size > self.coalescer.max_spool_bytes:
                     return  # the spool is for what clients read now
@@ -114,7 +116,9 @@ class Prefetcher:
                     log.info("prefetch of blob %s@%s stopped: %s", name, digest, e)
                     return
 
-    def _stored(self, digest: str) -> bool:
+    async def _stored(self, digest: str) -> bool:
+        if self.bucket is not None:
+            return await asyncio.to_thread(self.bucket.blob_size, digest) is not None
         path = stored_path(self.storage, digest)
         return path is not None and path.exists()
 

@@ -9,6 +9,7 @@ from registry_mirror.blobs.transfers import UpstreamHead
 from registry_mirror.free_space import DiskWatch
 from registry_mirror.storage.layout import V2, blob_data
 from tests.unit.blobs.test_coalesce import DATA, DIGEST, collect, make_fetch
+from tests.unit.support.buckets import FakeBucket
 from tests.unit.support.clocks import Clock
 from tests.unit.support.waits import until
 
@@ -160,4 +161,24 @@ async def test_nothing_is_fetched_ahead_under_the_free_space_reserve(tmp_path):
     prefetch.blob_requested(BASE)
     await asyncio.gather(*prefetch._tasks)
     assert not c.transfers and fetch.calls == [] and disk.refused == 1
+    await c.close()
+
+
+async def test_on_a_bucket_the_blobs_it_holds_are_not_fetched_ahead(tmp_path):
+    blobs = {d: d.encode() * 1000 for d in (CONFIG, BASE, "in the bucket")}
+    blobs = {"sha256:" + hashlib.sha256(v).hexdigest(): v for v in blobs.values()}
+    config, base, held = blobs
+    fetch = FakeFetch(blobs)
+    c = BlobCoalescer(fetch, str(tmp_path / "spool"))
+    prefetch = Prefetcher(c, None, bucket=FakeBucket({held: blobs[held]}))
+    route = SimpleNamespace(health=SimpleNamespace(down=False))
+    prefetch.manifest_served("team/app", route, manifest({"digest": held}, {"digest": base}, config=config), DOCKER_V2)
+    prefetch.blob_requested(config)
+    await until(lambda: fetch.calls == [config], "the config fetched")
+    fetch.gates[config].set()
+    await until(lambda: fetch.calls == [config, base], "the layer the bucket lacks fetched, the one it holds skipped")
+    fetch.gates[base].set()
+    await c.transfers[base].verdict()
+    assert held not in c.transfers
+    await prefetch.close()
     await c.close()
