@@ -16,12 +16,12 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry_mirror.blobs.spool_folder import SpoolFolder
-from registry_mirror.blobs.spool_writer import write_verified
+from registry_mirror.blobs.spool_writer import DigestMismatch, write_verified
 from registry_mirror.blobs.transfers import Transfer, TransferFailed
 
 if TYPE_CHECKING:
@@ -37,10 +37,12 @@ class BlobCoalescer:
 
     def __init__(self, fill: Fill, spool_dir: str | None = None, max_spool_bytes: int = 8 * 1024 ** 3,
                  keep_seconds: float = 10.0, timer: Callable[[], float] = time.monotonic,
-                 on_verified: Callable[[Transfer], None] = lambda transfer: None, hold_seconds: float = 600.0):
-        """`on_verified`: told of every transfer whose bytes matched their digest (its size is now a fact)."""
+                 on_verified: Callable[[Transfer], None] = lambda transfer: None, hold_seconds: float = 600.0,
+                 on_mismatch: Callable[[Transfer, str], Awaitable[None]] | None = None):
+        """`on_verified`: told of every transfer whose bytes matched their digest (its size is now a fact);
+        `on_mismatch`: of every transfer whose bytes, in full, did not (with their digest), once it failed."""
         self._fill = fill
-        self._on_verified = on_verified
+        self._on_verified, self._on_mismatch = on_verified, on_mismatch
         self._timer = timer
         # in a folder of its own under `spool_dir` (else $TMPDIR), locked while it runs; a killed run's folder
         # (its spools never verified, never served) is removed by the next start
@@ -128,6 +130,8 @@ class BlobCoalescer:
             transfer.fail(str(e) or type(e).__name__)
             log.warning("blob %s transfer failed after %d bytes: %s", transfer.digest, transfer.written,
                         transfer.error)
+            if isinstance(e, DigestMismatch) and self._on_mismatch is not None:
+                await self._on_mismatch(transfer, e.actual)
         finally:
             transfer.ended_at = self._timer()
             transfer.notify()

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
-from registry_mirror.blobs.bucket_fill import BucketReadFailed, from_bucket
+from registry_mirror.blobs.bucket_fill import FROM_STORAGE, BucketReadFailed, from_bucket
 from registry_mirror.blobs.peer_fill import from_peer
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.route import BlobRoute
@@ -67,7 +67,7 @@ class BlobFill:
                     yield chunk
             return
         try:
-            async with contextlib.aclosing(from_bucket(transfer, bucket, size, self.on_checked)) as stored:
+            async with contextlib.aclosing(from_bucket(transfer, bucket, size)) as stored:
                 async for chunk in stored:
                     yield chunk
             return
@@ -92,10 +92,21 @@ class BlobFill:
             async for chunk in from_upstream(transfer, route, self.stats):
                 yield chunk
 
+    async def mismatched(self, transfer: Transfer, actual: str) -> None:
+        """A transfer's bytes, in full, were not its digest's: read from the bucket, the object is corrupt and
+        goes aside (else every pull needing it would fail), so that the next pull fetches a good copy."""
+        if transfer.origin != FROM_STORAGE or self.bucket is None:
+            return
+        moved = await asyncio.to_thread(self.bucket.quarantine, transfer.digest)
+        self.on_checked(Checked(transfer.digest, transfer.written, actual, moved))
+
     def verified(self, transfer: Transfer) -> None:
         """A cached HEAD that disagrees with the verified size goes, in every route (sizes are per digest), so
-        that the next HEAD asks the upstream; and the bytes are about to be stored (the expiry's cap)."""
+        that the next HEAD asks the upstream; and the bytes are about to be stored (the expiry's cap). A blob read
+        from the bucket is told as checked."""
         digest, size = transfer.digest, transfer.written
+        if transfer.origin == FROM_STORAGE:
+            self.on_checked(Checked(digest, size, digest))
         dropped = sum(route.blob_heads.drop_other_sizes(digest, size) for route in self.router.routes.values())
         if dropped:
             log.warning("dropped %d cached HEAD(s) of %s that did not say its verified size %d", dropped, digest,

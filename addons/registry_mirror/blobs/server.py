@@ -56,7 +56,7 @@ class BlobServer:
         self.bucket = bucket
         self.fill = BlobFill(router, stats, bucket, self.verifier.record_served)
         self.coalescer = BlobCoalescer(self.fill.fill, cache.spool_dir, cache.spool_max_bytes, cache.spool_keep,
-                                       on_verified=self.fill.verified)
+                                       on_verified=self.fill.verified, on_mismatch=self.fill.mismatched)
         self.prefetch = Prefetcher(self.coalescer, self.storage, disk, bucket) if cache.prefetch else None
         self.down_wait = cache.stale_budget  # how long an uncached blob waits for a down upstream
         self._answered: dict[str, float] = {}  # digest -> when its last answer ended (monotonic)

@@ -9,6 +9,14 @@ from registry_mirror.blobs.transfers import Transfer, TransferFailed
 from registry_mirror.oci.digests import UncheckableDigest, digest_hasher
 
 
+class DigestMismatch(TransferFailed):
+    """The bytes, in full, are not the digest's: `actual` is theirs."""
+
+    def __init__(self, message: str, actual: str):
+        super().__init__(message)
+        self.actual = actual
+
+
 async def write_verified(transfer: Transfer, chunks: AsyncGenerator[bytes, None]) -> None:
     """Tee `chunks` into the spool, waking its readers; TransferFailed unless they are the digest's bytes, in
     full. On success the transfer is verified."""
@@ -30,7 +38,7 @@ async def write_verified(transfer: Transfer, chunks: AsyncGenerator[bytes, None]
         raise TransferFailed(f"upstream sent {transfer.written} of {transfer.size} bytes")
     actual = f"{hasher.name}:{hasher.hexdigest()}"
     if actual != transfer.digest:
-        raise TransferFailed(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded")
+        raise DigestMismatch(f"upstream bytes do not match {transfer.digest} (got {actual}); discarded", actual)
     transfer.verified = True
 
 

@@ -11,13 +11,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 
 from registry_mirror.cli import client_configs as clients
 from registry_mirror.cli import processes
 from registry_mirror.cli.supervisor import Supervisor, preflight
-from registry_mirror.config.load import Config, ConfigError, S3Config, any_address, config_path, load
+from registry_mirror.config.load import Config, ConfigError, any_address, config_path, load
 from registry_mirror.expiry import forget
 from registry_mirror.expiry.last_pulls import LastPulls
 from registry_mirror.expiry.passes import Expiry
@@ -26,6 +27,7 @@ from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secr
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
 from registry_mirror.storage import bucket, quarantine, verify
 from registry_mirror.storage.layout import pulls_folder
+from registry_mirror.storage.verify import Checked
 from registry_mirror.tls import certs
 from registry_mirror.units import human_bytes
 from registry_mirror.warming import pull as warm
@@ -119,55 +121,41 @@ def _storage_on_disk(cfg: Config, command: str) -> bool:
 
 
 def cmd_verify(args, clock=time.time) -> int:
-    """One pass over the registry's blob data files, each hashed in bounded memory; a file whose bytes do not
-    match its digest is moved aside (the next pull fetches a good copy) and the exit status is 1."""
+    """One pass over the registry's blob data (files, or a bucket's objects), each hashed in bounded memory; one
+    whose bytes do not match its digest is moved aside (the next pull fetches a good copy) and the exit status
+    is 1."""
     cfg = _load_or_exit(args.config)
-    if cfg.mirror.s3 is not None:
-        return _verify_bucket(cfg.mirror.s3)
-    root = Path(cfg.mirror.storage)
+    if cfg.mirror.s3 is None:
+        root = Path(cfg.mirror.storage)
+        return _report_checks(verify.verify_storage(root, clock), str(root), str(quarantine.folder(root)))
+    try:
+        store = bucket.Bucket(cfg.mirror.s3)
+    except bucket.BucketError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _report_checks(store.verify_storage(), f"bucket {store.name}", "quarantine/")
+    except Exception as e:  # the listing failed: what was checked so far is said
+        print(f"{PROG}: cannot list bucket {store.name!r}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def _report_checks(checks: Iterable[Checked], where: str, aside: str) -> int:
+    """Each mismatch as it is found, then the totals; 1 if there was one."""
     good = bad = nbytes = 0
-    for checked in verify.verify_storage(root, clock):
+    for checked in checks:
         nbytes += checked.size
         if checked.ok:
             good += 1
             continue
         bad += 1
-        where = f"moved to {checked.moved_to}" if checked.moved_to else \
+        moved = f"moved to {checked.moved_to}" if checked.moved_to else \
             "not moved: gone, replaced by a good copy, or it could not be moved (logged)"
-        print(f"MISMATCH {checked.digest}: {checked.size} bytes read as {checked.actual}; {where}", flush=True)
-    print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in {root}: {good} good, {bad} corrupt"
-          + (f", moved to {quarantine.folder(root)}: the next pull of each fetches it from the upstream" if bad
-             else ""))
-    return 1 if bad else 0
-
-
-def _verify_bucket(s3: S3Config) -> int:
-    """`verify` on the bucket of mirror.s3: each blob object read to its end; a mismatch moves to quarantine/."""
-    try:
-        store = bucket.Bucket(s3)
-    except bucket.BucketError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
-    good = bad = nbytes = 0
-    try:
-        for digest, _ in store.blob_digests():
-            checked = store.verify_blob(digest)
-            if checked is None:
-                continue
-            nbytes += checked.size
-            if checked.ok:
-                good += 1
-                continue
-            bad += 1
-            where = f"moved to {checked.moved_to}" if checked.moved_to else "not moved (logged)"
-            print(f"MISMATCH {digest}: {checked.size} bytes read as {checked.actual}; {where}", flush=True)
-    except Exception as e:  # the listing failed: what was checked so far is said
-        print(f"{PROG}: cannot list bucket {s3.bucket!r}: {e}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in bucket {s3.bucket}: {good} good, {bad} corrupt"
-          + (", moved to quarantine/: the next pull of each fetches it from the upstream" if bad else ""))
+        print(f"MISMATCH {checked.digest}: {checked.size} bytes read as {checked.actual}; {moved}", flush=True)
+    print(f"{good + bad} blobs ({human_bytes(nbytes)}) checked in {where}: {good} good, {bad} corrupt"
+          + (f", moved to {aside}: the next pull of each fetches it from the upstream" if bad else ""))
     return 1 if bad else 0
 
 

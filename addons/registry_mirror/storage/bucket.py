@@ -143,15 +143,22 @@ class Bucket:
         except Exception as e:
             raise BucketError(f"cannot read {digest} from bucket {self.name!r}: {error_text(e)}") from e
 
-    def blob_digests(self) -> Iterator[tuple[str, int]]:
-        """(digest, size) of every blob data object the storage holds that the mirror can check, as listed."""
+    def blob_digests(self) -> Iterator[str]:
+        """Every blob data object's digest the storage holds that the mirror can check, as listed."""
         prefix = f"{self.root}/blobs/"
         for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
             for entry in page.get("Contents", []):
                 parts = entry["Key"][len(prefix):].split("/")  # <alg>/<hex[:2]>/<hex>/data
                 if len(parts) == 4 and parts[3] == "data" and is_digest(digest := f"{parts[0]}:{parts[2]}") \
                         and checkable(digest):
-                    yield digest, int(entry["Size"])
+                    yield digest
+
+    def verify_storage(self) -> Iterator[Checked]:
+        """One pass over every blob data object (storage/verify.verify_storage's, on the bucket); objects removed
+        during the pass are skipped."""
+        for digest in self.blob_digests():
+            if (checked := self.verify_blob(digest)) is not None:
+                yield checked
 
     def verify_blob(self, digest: str) -> Checked | None:
         """Hash the blob's object to its end, one CHUNK at a time; a mismatch is moved aside. None when it is

@@ -8,15 +8,17 @@ import pytest
 from aiohttp import web
 
 from registry_mirror.blobs.access import KEY_PARAM
+from registry_mirror.blobs.coalesce import BlobCoalescer
 from registry_mirror.blobs.fill import BlobFill
 from registry_mirror.blobs.peers import Peer
 from registry_mirror.blobs.spool_writer import write_verified
-from registry_mirror.blobs.transfers import Transfer
+from registry_mirror.blobs.transfers import Transfer, TransferFailed
 from registry_mirror.manifests.blob_heads import BlobHeads
 from registry_mirror.stats.counters import Stats
 from tests.unit.support.buckets import FakeBucket
 from tests.unit.support.local_http import serve
 from tests.unit.support.routes import BlobUpstream, FakeRoute, FakeRouter
+from tests.unit.support.waits import until
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -142,6 +144,7 @@ async def test_a_blob_the_bucket_holds_is_read_from_it_never_the_upstream(tmp_pa
     fill = BlobFill(FakeRouter(routes={}), stats, FakeBucket({DIGEST: BLOB}), checked.append)
     transfer = new_transfer(tmp_path, route(upstream))
     await write_verified(transfer, fill.fill(transfer))
+    fill.verified(transfer)  # as the coalescer tells it
     assert transfer.verified and transfer.path.read_bytes() == BLOB and transfer.origin == "storage"
     assert upstream.gets == 0 and [c.ok for c in checked] == [True]
 
@@ -171,3 +174,24 @@ async def test_a_bucket_read_cut_midway_is_finished_by_the_upstream_from_where_i
     await write_verified(transfer, fill.fill(transfer))
     assert transfer.verified and transfer.path.read_bytes() == BLOB and upstream.gets == 1
     assert bucket.quarantined == [] and "the upstream sends it from byte" in caplog.text
+
+
+
+async def test_a_corrupt_blob_in_the_bucket_fails_its_transfer_and_goes_aside(tmp_path):
+    """The check every fill gets finds it; the object is moved so that the next pull fetches a good copy."""
+    corrupt = bytearray(BLOB)
+    corrupt[len(BLOB) // 2] ^= 0x10
+    bucket, checked, upstream = FakeBucket({DIGEST: bytes(corrupt)}), [], BlobUpstream(BLOB, chunk=len(BLOB))
+    fill = BlobFill(FakeRouter(routes={}), Stats(), bucket, checked.append)
+    coalescer = BlobCoalescer(fill.fill, str(tmp_path), on_verified=fill.verified, on_mismatch=fill.mismatched)
+    try:
+        transfer, _ = coalescer.join(DIGEST, "team/app", route(upstream))
+        with pytest.raises(TransferFailed, match="do not match"):
+            await transfer.verdict()
+        await until(lambda: bool(bucket.quarantined), "the corrupt object moved aside")
+        coalescer.leave(transfer)
+    finally:
+        await coalescer.close()
+    assert bucket.quarantined == [DIGEST] and bucket.blob_size(DIGEST) is None and upstream.gets == 0
+    assert [(c.digest, c.ok, c.moved_to) for c in checked] == [
+        (DIGEST, False, f"docker/registry/v2/quarantine/{DIGEST}")]

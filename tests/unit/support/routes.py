@@ -63,10 +63,16 @@ class BlobUpstream:
 
     @asynccontextmanager
     async def open(self, method, req, headers):
+        """A resume (`Range: bytes=N-`) gets a 206 with the rest, as a registry answers it."""
         self.gets += 1
+        start = int(headers["Range"][len("bytes="):-1]) if headers.get("Range") else 0
 
         async def content():
-            for i in range(0, len(self.blob), self.chunk):
+            for i in range(start, len(self.blob), self.chunk):
                 yield self.blob[i:i + self.chunk]
-        yield SimpleNamespace(status=200, headers={"Content-Length": str(len(self.blob))},
+        size = len(self.blob)
+        answer = {"Content-Length": str(size - start)}
+        if start:
+            answer["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        yield SimpleNamespace(status=206 if start else 200, headers=answer,
                               content=SimpleNamespace(iter_any=content)), "Basic"
