@@ -141,6 +141,9 @@ class ObjectStore:
                    "accesskey": self.access_key, "secretkey": self.secret_key, "secure": False, "v4auth": True},
             # on by default: clients would get 307s to presigned URLs of the store instead of the blobs
             "redirect": {"disable": True},
+            # on by default, first run at a random minute of the first hour: its walk of the bucket panics on
+            # SeaweedFS (driver/s3-aws doWalk), which ends the registry
+            "maintenance": {"uploadpurging": {"enabled": False}},
         }
 
     def mirror_keys(self) -> dict:

@@ -33,9 +33,11 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
             # other repositories link to (distribution#2367, #4249); expiry/passes.py expires instead
             "delete": {"enabled": False},
             # a backstop for partial uploads (storage/uploads.py removes those no transfer writes any more, within
-            # minutes): it deletes an upload older than `age` even while written, so `age` is far above any fetch
-            "maintenance": {"uploadpurging": {"enabled": True, "age": f"{PURGE_AGE_SECONDS}s", "interval": "1h",
-                                              "dryrun": False}},
+            # minutes): it deletes an upload older than `age` even while written, so `age` is far above any fetch.
+            # Off on a bucket: 2.8's purger walks it with a listing that panicked on an S3-compatible store (the
+            # registry exits); storage/bucket_uploads.py aborts the incomplete uploads there instead
+            "maintenance": {"uploadpurging": {"enabled": cfg.mirror.s3 is None, "age": f"{PURGE_AGE_SECONDS}s",
+                                              "interval": "1h", "dryrun": False}},
         },
         "http": http,
         "proxy": {"remoteurl": remote_url},

@@ -67,3 +67,4 @@ def test_on_a_bucket_without_keys_the_driver_takes_the_aws_chain_and_may_redirec
     assert storage["s3"] == {"bucket": "registry-mirror", "region": "eu-west-1", "v4auth": True}
     assert storage["redirect"] == {"disable": False} and "filesystem" not in storage
     assert storage["delete"] == {"enabled": False}  # the mirror's expiry, never the proxy's own
+    assert storage["maintenance"]["uploadpurging"]["enabled"] is False  # its walk of a bucket can panic
