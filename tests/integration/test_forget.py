@@ -9,18 +9,18 @@ import pytest
 from devtools import seed
 from devtools.skopeo import PullError, pull
 
-from .conftest import MIRROR_COMMAND, assert_storage_intact, credentials_of, small_image, wait_for
+from .conftest import MIRROR_COMMAND, Stored, assert_storage_intact, credentials_of, small_image, wait_for
 
 PULL_DEADLINE = 120
 
 
 def test_a_forgotten_tag_is_not_served_from_storage_while_the_upstream_fails(upstream, mirror_factory, layer_cache,
-                                                                             tmp_path):
+                                                                             tmp_path, bucket):
     image = small_image(layer_cache)
     kept = small_image(layer_cache, name="team/kept", seed_base=70)
     for each in (image, kept):
         seed.push(upstream.registry_url, each)
-    mirror = mirror_factory(credentials_of(upstream), cache={"tag_ttl": 0})
+    mirror = mirror_factory(credentials_of(upstream), cache={"tag_ttl": 0}, bucket=bucket)
     for each in (image, kept):
         pull(f"{mirror.address}/{each.name}:{each.tag}", tmp_path / each.name, cert_dir=mirror.trust,
              timeout=PULL_DEADLINE)
@@ -43,7 +43,9 @@ def test_a_forgotten_tag_is_not_served_from_storage_while_the_upstream_fails(ups
     pull(f"{mirror.address}/{kept.name}:{kept.tag}", tmp_path / "kept", cert_dir=mirror.trust,
          timeout=PULL_DEADLINE)  # another image: still served
     assert mirror.stats()["storage"]["images_forgotten"] == 1
-    assert_storage_intact(mirror.storage)
+    stored = Stored(mirror, bucket)
+    stored.assert_intact()
+    assert image.manifest_digest not in stored.digests() and not stored.links(image.name)
 
 
 @pytest.mark.parametrize("forget_deleted_tags", [True, False])

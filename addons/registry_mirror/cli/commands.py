@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -11,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from registry_mirror.proxy import replica_events
 from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secret
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
 from registry_mirror.storage import bucket, quarantine, verify
-from registry_mirror.storage.layout import pulls_folder
+from registry_mirror.storage.stores import Stores, open_stores
 from registry_mirror.storage.verify import Checked
 from registry_mirror.tls import certs
 from registry_mirror.units import human_bytes
@@ -97,11 +98,9 @@ def cmd_status(args) -> int:
 def cmd_evictions(args) -> int:
     """What the next expiry pass would remove, least recently pulled first; nothing is changed."""
     cfg = _load_or_exit(args.config)
-    if not _storage_on_disk(cfg, "evictions"):
-        return 2
-    storage = cfg.mirror.storage
-    pulls = LastPulls(pulls_folder(storage), replica="preview")  # every replica's, merged
-    plan = Expiry(storage, cfg.mirror.max_age, cfg.mirror.max_bytes, pulls).preview()
+    with _open_stores(cfg) as stores:
+        pulls = LastPulls(stores.pulls, replica="preview")  # every replica's, merged
+        plan = Expiry(stores.registry, cfg.mirror.max_age, cfg.mirror.max_bytes, pulls).preview()
     for removal in plan.removals:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(removal.last_pull))
         print(f"{removal.image.repository}@{removal.image.digest}  last pulled {when}  ({removal.reason})")
@@ -110,14 +109,19 @@ def cmd_evictions(args) -> int:
     return 0
 
 
-def _storage_on_disk(cfg: Config, command: str) -> bool:
-    """Whether the storage is a folder, which `command` acts on; else says why it does nothing (a bucket)."""
-    if cfg.mirror.s3 is None:
-        return True
-    print(f"{PROG} {command}: the storage is the bucket of mirror.s3, and {command} acts on a filesystem storage "
-          "only so far (images in a bucket are not yet expired or forgotten by the mirror)",
-          file=sys.stderr)
-    return False
+@contextlib.contextmanager
+def _open_stores(cfg: Config) -> Iterator[Stores]:
+    """The storage, a folder or the bucket (storage/stores.py); a bucket that cannot be opened exits 2."""
+    try:
+        store = bucket.Bucket(cfg.mirror.s3) if cfg.mirror.s3 else None
+    except bucket.BucketError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    try:
+        yield open_stores(cfg.mirror.storage, store)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def cmd_verify(args, clock=time.time) -> int:
@@ -163,8 +167,6 @@ def cmd_forget(args) -> int:
     """Remove an image from the mirror: through the running addon (its storage and caches), else from the storage
     alone (nothing is cached while it does not run). With replicas the other addons drop it from their caches."""
     cfg = _load_or_exit(args.config)
-    if not _storage_on_disk(cfg, "forget"):
-        return 2
     try:
         target = forget.parse_target(args.image)
     except forget.TargetError as e:
@@ -187,12 +189,13 @@ def cmd_forget(args) -> int:
                   f"again", file=sys.stderr)
             return 1
         # nothing listens: the storage alone
-        pulls = LastPulls(pulls_folder(cfg.mirror.storage), replica="forget")
-        plan = asyncio.run(Expiry(cfg.mirror.storage, cfg.mirror.max_age, None, pulls).forget(target, args.dry_run))
+        with _open_stores(cfg) as stores:
+            pulls = LastPulls(stores.pulls, replica="forget")
+            plan = asyncio.run(Expiry(stores.registry, cfg.mirror.max_age, None, pulls).forget(target, args.dry_run))
+            where = f"the storage {stores.registry.name} (no mirror answers at {cfg.rewriter.listen})"
         done = {"images": [f"{r.image.repository}@{r.image.digest}" for r in plan.removals],
                 "blobs": len(plan.blobs), "bytes": plan.bytes_freed,
                 "replicas": None if args.dry_run else _tell_replicas(cfg, target, plan)}
-        where = f"the storage {cfg.mirror.storage} (no mirror answers at {cfg.rewriter.listen})"
     for image in done["images"]:
         print(f"{'would forget' if args.dry_run else 'forgot'} {image}")
     replicas = f"; {done['replicas']}" if done.get("replicas") else ""

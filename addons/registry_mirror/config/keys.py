@@ -141,7 +141,8 @@ class S3Config:
 class MirrorConfig:
     listen: Address = key(ADDRESS, "Where the stock registry serves clients.", "0.0.0.0:5000")
     storage: str = key(PATH, "The registry's filesystem storage; the addon reads blobs from it that another "
-                       "repository already brought in.", "./data/registry")
+                       "repository already brought in. With `mirror.s3`, where this host keeps its own files "
+                       "beside the bucket (last known tags, the notification secret).", "./data/registry")
     tls: bool = key(BOOL, "Serve TLS (set `false` only behind a TLS-terminating proxy).", True)
     tls_cert: str = key(PATH, "The mirror's certificate; generated self-signed when it and `tls_key` are missing.",
                         "certs/mirror.crt")
@@ -165,8 +166,8 @@ class MirrorConfig:
                                 "of it (a corrupt one is moved aside and fetched again on its next pull).", "7d",
                                 check=lambda s: "is under an hour; a scrub reads the whole storage" if s < 3600
                                 else None)
-    max_bytes: int | None = key(SIZE, "Above this many bytes of storage the least recently pulled images go first.",
-                                None, shown="none")
+    max_bytes: int | None = key(SIZE, "Above this many bytes of storage (a folder's or a bucket's blob data) the "
+                                "least recently pulled images go first.", None, shown="none")
     s3: S3Config | None = None  # `mirror.s3`: the registry's storage in a bucket instead of `storage`
 
     @property

@@ -89,9 +89,6 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     explicit = _routes(routes, sections["upstream"], resolve)
     mirror = MirrorConfig(**section("mirror"), s3=_s3(s3, resolve) if s3 is not None else None)
     rewriter = RewriterConfig(**section("rewriter"))
-    if mirror.s3 and mirror.max_bytes:
-        raise ConfigError("mirror.max_bytes: not enforced on mirror.s3 yet (the expiry reads a filesystem storage); "
-                          "unset it, or keep the storage in mirror.storage")
     scale = _scale(sections.get("scale", {}), resolve)
     taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
              "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}

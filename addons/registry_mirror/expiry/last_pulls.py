@@ -2,9 +2,9 @@
 
 The registry sends a `pull` event for every manifest and blob it serves, from its storage or from the
 remote (HEADs included), so pulls that never reach the addon count too. Kept per (repository, manifest
-digest) as wall-clock times, so that ages survive restarts; written whole (temp file + rename) at most once
-a second, one file per replica in a folder next to the storage, so that replicas sharing a storage each
-write their own and every replica's expiry sees the latest pull of any of them. An image found in storage
+digest) as wall-clock times, so that ages survive restarts; written whole at most once a second, one file
+per replica beside the storage (in a folder, or in its bucket: storage/stores.py), so that replicas sharing a
+storage each write their own and every replica's expiry sees the latest pull of any of them. An image found in storage
 with no pull known (written by an older mirror, or before this file existed) counts as pulled when first
 seen: nothing is removed on the strength of a time nobody recorded.
 
@@ -19,18 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 from registry_mirror.oci.manifest_body import MANIFEST_TYPES
+from registry_mirror.redact import error_text
+from registry_mirror.storage.store import Store
 from registry_mirror.warming.pull import USER_AGENT as WARM_AGENT
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 200_000  # images remembered per replica; beyond, the least recently pulled are forgotten
+MAX_FILE_BYTES = MAX_IMAGES * 512  # a replica's file: a row is a name, a digest and a time
 STEP_TOLERANCE = 60.0  # seconds the wall clock may move against the monotonic one without being a step
 
 
@@ -70,11 +71,12 @@ def pulled_manifests(envelope: object) -> list[tuple[str, str]]:
 
 
 class LastPulls:
-    def __init__(self, folder: Path, replica: str, clock: Callable[[], float] = time.time,
+    def __init__(self, store: Store, replica: str, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] | None = None):
-        """`monotonic`: what steps of `clock` are seen against; by default the system's monotonic clock when
+        """`store`: where every replica's file is (storage/stores.py: beside the storage, a folder or a bucket);
+        `monotonic`: what steps of `clock` are seen against; by default the system's monotonic clock when
         `clock` is the system's wall clock, and none (no steps seen) for any other."""
-        self.folder, self.path, self._clock = folder, folder / f"{replica}.json", clock
+        self.store, self.path, self._clock = store, f"{replica}.json", clock
         self._monotonic = monotonic if monotonic is not None else time.monotonic if clock is time.time else None
         self._gap: float | None = None  # wall clock minus monotonic clock, when last read
         self.on_step: Callable[[float], None] | None = None  # told of each step seen, in seconds
@@ -142,8 +144,8 @@ class LastPulls:
         """`mine` (a snapshot) with every other replica's last pulls, latest wins: what a pass goes by. Reads
         files: call it off the event loop."""
         merged = dict(mine)
-        for path in sorted(self.folder.glob("*.json")):
-            if path != self.path:
+        for path in sorted(entry.path for entry in self.store.files("")):
+            if path != self.path and path.endswith(".json") and "/" not in path:
                 for image, at in self._read(path).items():
                     merged[image] = max(at, merged.get(image, 0.0))
         return merged
@@ -159,28 +161,28 @@ class LastPulls:
         return [[repo, digest, at] for (repo, digest), at in self.mine.items()]
 
     def write(self, rows: list) -> None:
-        """Write `rows` whole (temp file, then rename); safe from a thread."""
+        """Write `rows` whole (never half-written: storage/store.py); safe from a thread."""
         with self._write_lock:
-            tmp = self.path.with_suffix(".tmp")
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps({"pulls": rows}))
-                os.replace(tmp, self.path)
-            except OSError as e:
-                self._dirty = True  # tried again with the next save
-                log.warning("cannot write the last pulls to %s: %s", self.path, e)
+                self.store.write(self.path, json.dumps({"pulls": rows}).encode())
+            except Exception as e:  # noqa: BLE001 - a full disk or an unreachable bucket: the next save tries again
+                self._dirty = True
+                log.warning("cannot write the last pulls to %s in %s: %s", self.path, self.store.name, error_text(e))
 
     def save(self) -> None:
         if (rows := self.rows_to_save()) is not None:
             self.write(rows)
 
-    @staticmethod
-    def _read(path: Path) -> dict[tuple[str, str], float]:
+    def _read(self, path: str) -> dict[tuple[str, str], float]:
         try:
-            rows = json.loads(path.read_text()).get("pulls", [])
+            data = self.store.read(path, MAX_FILE_BYTES + 1)
+            if data is None:
+                return {}
+            if len(data) > MAX_FILE_BYTES:
+                raise ValueError(f"over {MAX_FILE_BYTES} bytes")
+            rows = json.loads(data).get("pulls", [])
             return {(str(r), str(d)): float(t) for r, d, t in rows}
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            log.warning("ignoring the last pulls in %s (%s): its images count as pulled when next seen", path, e)
+        except Exception as e:  # noqa: BLE001 - unreadable (or unreachable): nothing is removed on its strength
+            log.warning("ignoring the last pulls in %s in %s (%s): its images count as pulled when next seen", path,
+                        self.store.name, error_text(e))
             return {}

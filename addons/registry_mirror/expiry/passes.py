@@ -42,13 +42,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from registry_mirror.expiry.forget import Target, images_named
 from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests
-from registry_mirror.storage import eviction, torn_files, uploads
-from registry_mirror.storage.empty_folders import remove_empty_folders
+from registry_mirror.storage import eviction
 from registry_mirror.storage.inventory import Image, Inventory, inventory
+from registry_mirror.storage.store import Store
+from registry_mirror.storage.stores import Tidied
 from registry_mirror.storage.tags import drop_tag
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,17 @@ class ExpiryState:
     upload_bytes_removed: int = 0
     empty_files_removed: int = 0  # blob data files a full disk left empty (storage/torn_files.py)
     images_forgotten: int = 0  # removed by `forget` or a deletion upstream (expiry/forget.py)
+    last_pass_requests: int = 0  # operations the last pass made on the storage (on a bucket: requests)
     last_pass_at: float | None = None
     last_error: str = ""
 
 
 class Expiry:
-    def __init__(self, storage: str, max_age: float, max_bytes: int | None, pulls: LastPulls,
-                 in_flight: Callable[[], frozenset[str]] = frozenset, grace: float = eviction.GRACE_SECONDS):
-        self.root, self.grace = Path(storage), grace
+    def __init__(self, store: Store, max_age: float, max_bytes: int | None, pulls: LastPulls,
+                 in_flight: Callable[[], frozenset[str]] = frozenset, grace: float = eviction.GRACE_SECONDS,
+                 tidy: Callable[[float], Tidied] = lambda now: Tidied()):
+        """`tidy`: removes the leftovers of interrupted writes (storage/stores.py), before each reading."""
+        self.store, self.grace, self.tidy = store, grace, tidy
         self.max_age, self.max_bytes, self.pulls, self.in_flight = max_age, max_bytes, pulls, in_flight
         self.state = ExpiryState()
         pulls.on_step = self._clock_stepped
@@ -191,6 +194,7 @@ class Expiry:
             stored_before = self.state.stored_since_pass
             now = self.pulls.now()  # first: a step it sees moves the last pulls
             mine, in_flight = self.pulls.snapshot(), self.in_flight()
+            requests_before = self.store.requests.total()
             try:
                 latest, inv = await asyncio.to_thread(self._read, mine)
                 self._measured(inv.total_bytes, len(inv.images), now, stored_before)
@@ -199,6 +203,7 @@ class Expiry:
                 self.state.last_error = f"{type(e).__name__}: {e}"
                 log.exception("expiry pass failed; the next one tries again")
                 raise
+            self.state.last_pass_requests = self.store.requests.total() - requests_before
             self._restart_ages(ages, now)
             self.pulls.first_seen(ages.unknown, now)
             self.pulls.forget(image for image, _ in applied.images)
@@ -236,7 +241,7 @@ class Expiry:
             plan = await asyncio.to_thread(self._forget_plan, target, self.in_flight())
             if dry_run:
                 return plan
-            applied = await asyncio.to_thread(eviction.apply, self.root, plan, self.grace)
+            applied = await asyncio.to_thread(eviction.apply, self.store, plan, self.grace)
             self.pulls.forget(image for image, _ in applied.images)
             self._save()
             self.state.images_forgotten += len(applied.images)
@@ -251,10 +256,10 @@ class Expiry:
     async def drop_tag(self, repository: str, tag: str, digest: str | None = None) -> bool:
         """Removes a tag's links (the image stays, by digest): the upstream deleted the tag. With `digest`, only
         while the tag still names it (a tag deleted and pushed again keeps its new image). Whether it went."""
-        return await asyncio.to_thread(drop_tag, self.root, repository, tag, digest)
+        return await asyncio.to_thread(drop_tag, self.store, repository, tag, digest)
 
     def _forget_plan(self, target: Target, in_flight: frozenset[str]) -> eviction.Plan:
-        inv = inventory(self.root)  # ages play no part: nothing goes by age or size, only what is forgotten
+        inv = inventory(self.store)  # ages play no part: nothing goes by age or size, only what is forgotten
         forgotten = images_named(inv, target)
         plan = eviction.plan(inv, lambda repository, digest: 0.0, 0.0, math.inf, None,
                              in_flight & inv.blob_sizes.keys(), forgotten)
@@ -268,31 +273,29 @@ class Expiry:
     def preview(self) -> eviction.Plan:
         """What a pass would remove now, clock steps judged alike (nothing is changed, not even the ages a step
         would restart)."""
-        inv = inventory(self.root)
+        inv = inventory(self.store)
         protected = self.in_flight() & inv.blob_sizes.keys()
         now = self.pulls.now()
         return self._plan(inv, self._ages(inv, self.pulls.merged(self.pulls.snapshot()), now), now, protected)
 
     def _read(self, mine: dict) -> tuple[dict, Inventory]:
         self._collect_leftovers(time.time())  # files' times are the wall clock's, whatever the pulls' clock is
-        return self.pulls.merged(mine), inventory(self.root)
+        return self.pulls.merged(mine), inventory(self.store)
 
     def _collect_leftovers(self, now: float) -> None:
-        """Uploads no transfer writes any more, and data files a full disk left empty: before the reading, so
-        that what they held is not counted against max_bytes."""
-        for upload in uploads.stale(uploads.uploads(self.root), now):
-            if freed := uploads.remove(upload):
-                self.state.uploads_removed += 1
-                self.state.upload_bytes_removed += freed
-        self.state.empty_files_removed += torn_files.remove_empty_blobs(self.root, now)
-        eviction.settle(self.root, eviction.leftovers(self.root, now))
-        remove_empty_folders(self.root, now)
+        """Uploads no transfer writes any more, data files a full disk left empty, data a stopped pass set aside:
+        before the reading, so that what they held is not counted against max_bytes."""
+        tidied = self.tidy(now)
+        self.state.uploads_removed += tidied.uploads
+        self.state.upload_bytes_removed += tidied.upload_bytes
+        self.state.empty_files_removed += tidied.empty_files
+        eviction.settle(self.store, eviction.leftovers(self.store, now))
 
     def _pass(self, inv: Inventory, latest: dict, now: float, in_flight: frozenset[str]):
         protected = in_flight & inv.blob_sizes.keys()
         self.state.kept_in_flight = len(protected)
         ages = self._ages(inv, latest, now)
-        return eviction.apply(self.root, self._plan(inv, ages, now, protected), self.grace), ages
+        return eviction.apply(self.store, self._plan(inv, ages, now, protected), self.grace), ages
 
     def _ages(self, inv: Inventory, latest: dict, now: float) -> Ages:
         last_pulls, unknown = {}, []

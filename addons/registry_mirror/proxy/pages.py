@@ -142,12 +142,11 @@ class StatusPages:
             if services.replicas:
                 snap["scale"]["invalidations"] = services.replicas.snapshot()
         expiry, s3 = services.expiry, services.config.mirror.s3
-        if s3 is not None:  # the expiry reads a folder: its figures would say an empty storage
-            snap["storage"] = {"bucket": s3.bucket, "endpoint": s3.endpoint or "AWS S3",
-                               "uploads_aborted": services.uploads.aborted if services.uploads else 0}
-        else:
-            snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
-                               "oldest_last_pull": expiry.pulls.oldest()}
+        snap["storage"] = {**asdict(expiry.state), "max_bytes": expiry.max_bytes, "max_age_s": expiry.max_age,
+                           "oldest_last_pull": expiry.pulls.oldest(), "where": expiry.store.name}
+        if s3 is not None:
+            snap["storage"]["bucket"] = {"name": s3.bucket, "endpoint": s3.endpoint or "AWS S3",
+                                         "uploads_aborted": services.uploads.aborted if services.uploads else 0}
         if services.webhooks:
             snap["webhooks"] = services.webhooks.snapshot()
         snap["stored_blobs"] = {**services.blobs.verifier.snapshot(), "scrub": asdict(services.scrub.state)}

@@ -7,11 +7,12 @@ starts, so `done` stops whatever a failed start left running, in the reverse ord
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.server import BlobServer
@@ -25,8 +26,9 @@ from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
 from registry_mirror.storage.bucket import Bucket
 from registry_mirror.storage.bucket_uploads import UploadSweep
-from registry_mirror.storage.layout import pulls_folder
 from registry_mirror.storage.scrub import Scrub
+from registry_mirror.storage.stores import Stores, open_stores
+from registry_mirror.storage.verify import Checked
 from registry_mirror.warming.webhooks import WebhookListener
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,9 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
                                        "spool": cache.spool_dir or tempfile.gettempdir(), **folders})
     bucket = _open_bucket(mirror.s3, stops) if mirror.s3 else None
     blobs = await _start_blob_server(config, router, stats, disk, bucket, stops)
-    expiry = _start_expiry(config, blobs, stops)
-    scrub = Scrub(Path(mirror.storage), mirror.scrub_interval, blobs.verifier.check_now)
+    stores = open_stores(mirror.storage, bucket)
+    expiry = _start_expiry(config, stores, blobs, stops)
+    scrub = Scrub(stores.registry, mirror.scrub_interval, _scrub_check(blobs, bucket))
     stops.push_async_callback(scrub.stop)
     scrub.start()
     services = Services(config, router, disk, blobs, expiry, scrub)
@@ -132,9 +135,6 @@ async def _follow_changes(services: Services, stops: contextlib.AsyncExitStack) 
 
 
 def _open_bucket(s3: S3Config, stops: contextlib.AsyncExitStack) -> Bucket:
-    # the expiry and the scrub read mirror.storage, which the registry does not use then
-    log.warning("the registry's storage is the bucket %s (mirror.s3): the mirror does not yet expire, scrub or "
-                "forget images there", s3.bucket)
     bucket = Bucket(s3)
     stops.callback(bucket.close)
     return bucket
@@ -155,13 +155,21 @@ async def _start_blob_server(config: Config, router: Router, stats: Stats, disk:
     return blobs
 
 
-def _start_expiry(config: Config, blobs: BlobServer, stops: contextlib.AsyncExitStack) -> Expiry:
+def _scrub_check(blobs: BlobServer, bucket: Bucket | None) -> Callable[[str], Awaitable[Checked | None]]:
+    """How the scrub hashes one blob: the file through the blob endpoint's verifier, or the bucket's object."""
+    if bucket is None:
+        return blobs.verifier.check_now
+    return lambda digest: asyncio.to_thread(bucket.verify_blob, digest)
+
+
+def _start_expiry(config: Config, stores: Stores, blobs: BlobServer, stops: contextlib.AsyncExitStack) -> Expiry:
     mirror, scale = config.mirror, config.scale
     # one file of last pulls per replica (replicas may share the storage), named by what the configuration
     # says of it, so that a restart (a new container's hostname) writes the same file
     replica = f"{scale.advertise}-{scale.listen.port}" if scale.enabled else "mirror"
-    pulls = LastPulls(pulls_folder(mirror.storage), replica)
-    expiry = Expiry(mirror.storage, mirror.max_age, mirror.max_bytes, pulls, in_flight=blobs.in_use)
+    pulls = LastPulls(stores.pulls, replica)
+    expiry = Expiry(stores.registry, mirror.max_age, mirror.max_bytes, pulls, in_flight=blobs.in_use,
+                    tidy=stores.tidy)
     blobs.on_stored = expiry.stored
     expiry.start()
     stops.push_async_callback(expiry.stop)

@@ -159,12 +159,6 @@ def _storage_html(storage: dict | None) -> str:
     if storage is None:
         return ""
     e = html.escape
-    if "bucket" in storage:
-        return f"""<h2>Storage</h2>
-<p id="storage-bucket">The registry's storage is the bucket <code>{e(storage['bucket'])}</code> at
-{e(storage['endpoint'])}: the mirror does not read its figures or expire images there yet. Incomplete uploads
-aborted since start: <span id="uploads-aborted">{storage['uploads_aborted']}</span>.</p>"""
-
     def when(t: float | None) -> str:
         return "none" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
     if storage["used_bytes"] is None:
@@ -176,8 +170,16 @@ aborted since start: <span id="uploads-aborted">{storage['uploads_aborted']}</sp
     cap = "no cap" if storage["max_bytes"] is None else human_bytes(storage["max_bytes"])
     skipped = storage["age_evictions_skipped"]
     by_age = f"<span class='down'>skipped: {e(skipped)}</span>" if skipped else "yes"
+    bucket = storage.get("bucket")
+    where = f"bucket <code>{e(bucket['name'])}</code> at {e(bucket['endpoint'])}" if bucket else \
+        f"<code>{e(storage['where'])}</code>"
+    requests = f"<tr><th>{'requests' if bucket else 'file operations'} in the last pass</th>" \
+        f"<td id=\"pass-requests\">{storage['last_pass_requests']}</td></tr>"
+    aborted = f"""<tr><th>incomplete multipart uploads aborted</th>
+<td id="uploads-aborted">{bucket['uploads_aborted']}</td></tr>""" if bucket else ""
     return f"""<h2>Storage and expiry</h2>
-<table id="storage"><tr><th>in storage</th><td id="storage-used">{used}</td></tr>
+<table id="storage"><tr><th>storage</th><td id="storage-where">{where}</td></tr>
+<tr><th>in storage</th><td id="storage-used">{used}</td></tr>
 <tr><th>cap (mirror.max_bytes)</th><td id="storage-cap">{cap}</td></tr>
 <tr><th>images in storage</th><td id="storage-images">{storage['images']}</td></tr>
 <tr><th>images evicted</th><td id="images-evicted">{storage['images_evicted']}</td></tr>
@@ -188,7 +190,8 @@ aborted since start: <span id="uploads-aborted">{storage['uploads_aborted']}</sp
 <tr><th>clock steps seen while running</th><td id="clock-steps">{storage['clock_steps']}</td></tr>
 <tr><th>leftover uploads removed</th><td id="uploads-removed">{storage['uploads_removed']}
 <small>{human_bytes(storage['upload_bytes_removed'])}</small></td></tr>
-<tr><th>empty data files removed</th><td id="empty-files-removed">{storage['empty_files_removed']}</td></tr></table>"""
+<tr><th>empty data files removed</th><td id="empty-files-removed">{storage['empty_files_removed']}</td></tr>
+{requests}{aborted}</table>"""
 
 
 def _replicas_html(scale: dict | None) -> str:
@@ -244,7 +247,7 @@ class _SnapshotCollector:
                                   "Cached answers dropped because verified bytes contradicted them.",
                                   value=integrity["cache_dropped_inconsistent"])
         if storage := snap.get("storage"):
-            yield from _bucket_metrics(storage) if "bucket" in storage else _storage_metrics(storage)
+            yield from _storage_metrics(storage)
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)
@@ -358,12 +361,12 @@ def summary_text(snap: dict) -> str:
     return "\n".join(lines)
 
 
-def _bucket_metrics(storage: dict):
-    yield CounterMetricFamily("mirror_bucket_uploads_aborted", "Incomplete multipart uploads a day old aborted in "
-                              "the bucket of mirror.s3.", value=storage["uploads_aborted"])
-
-
 def _storage_metrics(storage: dict):
+    if bucket := storage.get("bucket"):
+        yield CounterMetricFamily("mirror_bucket_uploads_aborted", "Incomplete multipart uploads a day old aborted "
+                                  "in the bucket of mirror.s3.", value=bucket["uploads_aborted"])
+    yield GaugeMetricFamily("mirror_expiry_pass_requests", "Operations the last expiry pass made on the storage "
+                            "(on a bucket: S3 requests).", value=storage["last_pass_requests"])
     if storage["used_bytes"] is not None:
         yield GaugeMetricFamily("mirror_storage_bytes", "Bytes in the registry's storage: read by the last "
                                 "pass, plus verified bytes stored since (an estimate between passes).",

@@ -19,6 +19,7 @@ from registry_mirror.config.load import S3Config
 from registry_mirror.oci.digests import digest_hasher
 from registry_mirror.redact import error_text
 from registry_mirror.storage import quarantine
+from registry_mirror.storage.bucket_store import BucketStore
 from registry_mirror.storage.layout import V2, blob_data, is_digest
 from registry_mirror.storage.verify import CHUNK, Checked, checkable
 from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
@@ -125,6 +126,10 @@ class Bucket:
 
     def close(self) -> None:
         self._cas.close()
+
+    def store(self, under: str = "") -> BucketStore:
+        """The storage seam on this bucket (storage/store.py): the registry's storage, or `under` beside it."""
+        return BucketStore(self._client, self.name, "/".join(p for p in (self.s3.prefix, under) if p))
 
     def blob_key(self, digest: str) -> str:
         return str(self.root / blob_data(digest))

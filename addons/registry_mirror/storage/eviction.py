@@ -20,26 +20,24 @@ The pass finishes as if it had never stopped.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from registry_mirror.storage.inventory import Image, Inventory, linked_now, repository_needs
+from registry_mirror.storage.inventory import Image, Inventory, linked_now, repository_needs, set_aside
 from registry_mirror.storage.layout import (
-    V2,
-    blob_aside,
-    blob_data,
+    aside_path,
+    data_path,
     layer_link,
     layer_link_digest,
     linked_digest,
+    repository_path,
     revision_link,
-    stored_digests,
     tag_current_link,
     tag_index_link,
 )
+from registry_mirror.storage.store import Store
 
 GRACE_SECONDS = 5.0  # far longer than the registry's gap between finding blob data and writing a link to it
 LEFTOVER_SECONDS = 60.0  # data set aside this long ago belongs to no pass still running
@@ -161,48 +159,47 @@ def plan(inv: Inventory, last_pull: Callable[[str, str], float], now: float, max
                 inv.total_bytes - sum(blobs.values()))
 
 
-def apply(root: Path, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[float], None] = time.sleep,
+def apply(store: Store, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable[[float], None] = time.sleep,
           on_step: Callable[[str], None] = lambda step: None) -> Applied:
-    """Carries a plan out under the registry's `rootdirectory`, while the registry keeps serving; running it again
-    is harmless. `on_step` is told before each change (the tests play the registry there)."""
-    v2 = root / V2
-    repositories = v2 / "repositories"
+    """Carries a plan out on the registry's storage, while the registry keeps serving; running it again is
+    harmless. `on_step` is told before each change (the tests play the registry there)."""
     removed: list[tuple[str, str]] = []
     for name, link in plan.manifest_links:
         on_step(f"unlink {name}/{link}")
-        if _delete(repositories / name / link):
+        if store.delete(repository_path(name, link)):
             removed.append((name, link))
     # a manifest pulled since the inventory may need a layer the plan would unlink: read what each needs now
     on_step("read needs")
-    needs = {name: repository_needs(root, name) for name in dict.fromkeys(name for name, _ in plan.layer_links)}
+    needs = {name: repository_needs(store, name) for name in dict.fromkeys(name for name, _ in plan.layer_links)}
     for name, link in plan.layer_links:
         need = needs[name]
         if need is None or layer_link_digest(link) in need:
             continue
         on_step(f"unlink {name}/{link}")
-        if _delete(repositories / name / link):
+        if store.delete(repository_path(name, link)):
             removed.append((name, link))
     on_step("read links")
-    linked = linked_now(root)  # the registry may have linked a blob since the inventory
-    aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(v2, digest, on_step)]
+    # the registry may have linked a blob since the inventory; no data to go, no links to read (on a bucket,
+    # a request each)
+    linked = linked_now(store) if plan.blobs else frozenset()
+    aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(store, digest, on_step)]
     if aside or removed:  # the registry may have found a link or data just before it went, and act on it after
         on_step("grace")
         wait(grace)
     on_step("repair links")
-    restored = repair(root, removed)
+    restored = repair(store, removed)
     on_step("read links again")
-    deleted = settle(root, aside, on_step)
+    deleted = settle(store, aside, on_step)
     relinked = tuple(digest for digest in plan.blobs if digest not in deleted)
     return Applied(tuple((r.image, r.last_pull) for r in plan.removals), deleted,
                    sum(plan.blobs[digest] for digest in deleted), len(removed) - restored, relinked)
 
 
-def repair(root: Path, removed: Iterable[tuple[str, str]]) -> int:
+def repair(store: Store, removed: Iterable[tuple[str, str]]) -> int:
     """Writes back the revision and layer links of `removed` that a pull needs again: a tag the registry wrote
     since names a revision the pass unlinked (the registry writes a tag, then finds its manifest by the revision
     link, which was still there), or a manifest linked since names a layer whose link the registry found just
     before it went. Only while the data is there, in place or set aside. How many came back."""
-    v2 = root / V2
     by_repository: dict[str, list[tuple[str, str]]] = {}
     for name, link in removed:
         if (digest := linked_digest(link)) is not None:  # tag links are the registry's to write again
@@ -210,75 +207,45 @@ def repair(root: Path, removed: Iterable[tuple[str, str]]) -> int:
     restored = 0
     for name, links in by_repository.items():
         for layers in (False, True):  # revisions first: a revision written back names layers
-            need = repository_needs(root, name)  # None: a manifest there is unknown, so it may need any layer
+            need = repository_needs(store, name)  # None: a manifest there is unknown, so it may need any layer
             for link, digest in links:
-                if link.startswith("_layers/") != layers or not _data_there(v2, digest):
+                if link.startswith("_layers/") != layers or not _data_there(store, digest):
                     continue
                 if (need is None and layers) or (need is not None and digest in need):
-                    _write_link(v2 / "repositories" / name / link, digest)
+                    # what the registry would write; if it writes it too, the same bytes
+                    store.write(repository_path(name, link), digest.encode())
                     restored += 1
     return restored
 
 
-def _data_there(v2: Path, digest: str) -> bool:
-    return (v2 / blob_data(digest)).exists() or (v2 / blob_aside(digest)).exists()
+def _data_there(store: Store, digest: str) -> bool:
+    return store.exists(data_path(digest)) or store.exists(aside_path(digest))
 
 
-def _write_link(path: Path, digest: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(digest)  # what the registry would write; if it writes it too, the same bytes
-
-
-def settle(root: Path, digests: Iterable[str], on_step: Callable[[str], None] = lambda step: None) -> tuple[str, ...]:
+def settle(store: Store, digests: Iterable[str], on_step: Callable[[str], None] = lambda step: None) -> tuple[str, ...]:
     """Blob data set aside: deleted where no link names it now, else put back (unless the registry stored the blob
     anew meanwhile). The digests whose data was deleted."""
-    v2 = root / V2
-    linked = linked_now(root)
+    digests = list(digests)
+    if not digests:  # every pass settles leftovers, mostly none: no links to read
+        return ()
+    linked = linked_now(store)
     deleted = []
     for digest in digests:
-        aside = v2 / blob_aside(digest)
         on_step(f"settle {digest}")
         if digest not in linked:
-            if _delete(aside):
+            if store.delete(aside_path(digest)):
                 deleted.append(digest)
-            continue
-        try:
-            os.link(aside, v2 / blob_data(digest))  # never over data the registry stored meanwhile
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            continue  # another replica's pass settled it
-        _delete(aside)
+        else:  # never over data the registry stored meanwhile; gone: another replica's pass settled it
+            store.put_back(aside_path(digest), data_path(digest))
     return tuple(deleted)
 
 
-def leftovers(root: Path, now: float, older_than: float = LEFTOVER_SECONDS) -> list[str]:
+def leftovers(store: Store, now: float, older_than: float = LEFTOVER_SECONDS) -> list[str]:
     """Blob data a pass set aside and did not settle (it stopped during its grace), left for `older_than` seconds:
     a younger one may be another replica's pass in its grace."""
-    found = []
-    for digest in stored_digests(root):
-        try:
-            if now - (root / V2 / blob_aside(digest)).stat().st_ctime >= older_than:  # ctime: when set aside
-                found.append(digest)
-        except OSError:
-            pass
-    return found
+    return sorted(digest for digest, at in set_aside(store).items() if now - at >= older_than)
 
 
-def _set_aside(v2: Path, digest: str, on_step: Callable[[str], None]) -> bool:
+def _set_aside(store: Store, digest: str, on_step: Callable[[str], None]) -> bool:
     on_step(f"set aside {digest}")
-    try:
-        os.rename(v2 / blob_data(digest), v2 / blob_aside(digest))
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _delete(path: Path) -> bool:
-    """Removes one file; a missing file is already done. Its folder stays: the registry may be about to write
-    into it (it makes the folder, then opens the file), and an emptied folder goes later (storage/empty_folders.py)."""
-    try:
-        path.unlink()
-        return True
-    except FileNotFoundError:
-        return False
+    return store.move(data_path(digest), aside_path(digest))

@@ -1,5 +1,5 @@
-"""What the registry's filesystem storage (its layout: storage/layout.py) holds, read once: repositories and
-their links, blob sizes, and the digests each manifest names.
+"""What the registry's storage (its layout: storage/layout.py; a folder or a bucket: storage/store.py) holds, read
+once: repositories and their links, blob sizes, and the digests each manifest names.
 
 The registry keeps serving while this reads, so whatever vanishes or cannot be read is skipped, never raised.
 It writes links in place (truncate, then write), so an empty or garbled link may be one being written: the
@@ -15,11 +15,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
-from registry_mirror.storage.layout import V2, blob_data, is_digest, stored_digests, subdirs
-from registry_mirror.storage.uploads import uploads
+from registry_mirror.storage.layout import (
+    BLOBS,
+    REPOSITORIES,
+    data_path,
+    in_repository,
+    is_digest,
+    linked_digest,
+    stored_file,
+    tag_link,
+)
+from registry_mirror.storage.store import Entry, Store
+from registry_mirror.storage.uploads import UPLOADS
 
 MAX_MANIFEST = 4 << 20  # Distribution refuses larger manifests, so larger data is not one
 
@@ -86,64 +95,66 @@ class Inventory:
         return frozenset(needed)
 
 
-def inventory(root: Path) -> Inventory:
-    """Reads the storage under the registry's `rootdirectory` once."""
-    v2 = root / V2
+def inventory(store: Store) -> Inventory:
+    """Reads the storage once (storage/store.py: a folder or a bucket)."""
     pending: set[str] = set()
-    repositories = _repositories(v2 / "repositories", pending)
+    repositories, upload_bytes = _repositories(store, pending)
     revisions = {link for repository in repositories.values() for link in repository.revisions.items()}
-    references, unreadable = _manifests(v2, revisions)
+    references, unreadable = _manifests(store, revisions)
     for repository in repositories.values():
         pending.update(set(repository.tags.values()) - repository.revisions.keys())
-    return Inventory(repositories, blob_sizes(root), references, frozenset(unreadable),
-                     frozenset(pending), _images(repositories, references), sum(u.bytes for u in uploads(root)))
+    return Inventory(repositories, blob_sizes(store), references, frozenset(unreadable),
+                     frozenset(pending), _images(repositories, references), upload_bytes)
 
 
-def repository_needs(root: Path, name: str) -> frozenset[str] | None:
+def repository_needs(store: Store, name: str) -> frozenset[str] | None:
     """Every digest the manifests a repository's revision and tag links name at this moment reach, or None when
     that is unknown (a link or a manifest being written, or not a manifest): then it needs every layer it has."""
-    path, pending = root / V2 / "repositories" / name, set[str]()
-    revisions = _links(path / "_manifests" / "revisions", pending)  # a layer link being written is no manifest
-    tags, _ = _tags(path / "_manifests")
+    pending = set[str]()  # a layer link being written is no manifest
+    repository = _repositories(store, pending, only=name, layers_pending=set())[0].get(name) or \
+        Repository(name, {}, {}, {}, {})
+    revisions = repository.revisions
     # a link being written will hold the digest its folder names
-    named = set(revisions.items()) | {(digest, digest) for digest in pending | set(tags.values())}
-    references, unreadable = _manifests(root / V2, named)
+    named = set(revisions.items()) | {(digest, digest) for digest in pending | set(repository.tags.values())}
+    references, unreadable = _manifests(store, named)
     if unreadable:
         return None
     needed = set().union(*(_reach(digest, references) for digest, _ in named))
-    layers = _links(path / "_layers", set())
-    needed |= {links[d] for links in (revisions, layers) for d in needed if d in links}
+    needed |= {links[d] for links in (revisions, repository.layers) for d in needed if d in links}
     return frozenset(needed)
 
 
-def _manifests(v2: Path, named: set[tuple[str, str]]) -> tuple[dict[str, frozenset[str]], set[str]]:
+def _manifests(store: Store, named: set[tuple[str, str]]) -> tuple[dict[str, frozenset[str]], set[str]]:
     """What the manifests `named` ((digest, the digest its link holds)) and their children name, and those whose
-    data cannot be read as a manifest. A child never pulled is skipped: its index names it, and that is all."""
+    data cannot be read as a manifest. A child never pulled is skipped: its index names it, and that is all.
+    Read a level at a time: a bucket reads each level's manifests at once."""
     references: dict[str, frozenset[str]] = {}
     unreadable: set[str] = set()
-    todo, seen = list(named), set()
-    while todo:
-        digest, target = todo.pop()
-        if digest in seen:
-            continue
-        seen.add(digest)
-        data = _read(v2 / blob_data(target), MAX_MANIFEST + 1)
-        if data is None and (digest, target) not in named:
-            continue
-        parsed = parse_manifest(data) if data is not None and len(data) <= MAX_MANIFEST else None
-        if parsed is None:
-            unreadable.add(digest)
-            continue
-        children, blobs = parsed
-        references[digest] = children | blobs
-        todo.extend((child, child) for child in children)
+    seen: set[str] = set()
+    level = dict(sorted(named))  # digest -> the digest its data is stored under
+    while level:
+        data = store.read_many({data_path(target) for target in level.values()}, MAX_MANIFEST + 1)
+        seen.update(level)
+        children_found: dict[str, str] = {}
+        for digest, target in level.items():
+            body = data[data_path(target)]
+            if body is None and (digest, target) not in named:
+                continue
+            parsed = parse_manifest(body) if body is not None and len(body) <= MAX_MANIFEST else None
+            if parsed is None:
+                unreadable.add(digest)
+                continue
+            children, blobs = parsed
+            references[digest] = children | blobs
+            children_found.update((child, child) for child in children if child not in seen)
+        level = children_found
     return references, unreadable
 
 
-def linked_now(root: Path) -> frozenset[str]:
+def linked_now(store: Store) -> frozenset[str]:
     """Every digest a link of any repository names at this moment, including links being written."""
     named: set[str] = set()
-    for r in _repositories(root / V2 / "repositories", named).values():
+    for r in _repositories(store, named)[0].values():
         named.update(r.revisions.keys(), r.revisions.values(), r.layers.keys(), r.layers.values(), r.tags.values())
     return frozenset(named)
 
@@ -171,75 +182,67 @@ def _reach(start: str, references: Mapping[str, frozenset[str]]) -> set[str]:
     return seen
 
 
-def _repositories(top: Path, pending: set[str]) -> dict[str, Repository]:
-    # a name has any number of components, and `team` can be a repository as well as `team/app`'s parent
-    found, todo = {}, [""]
-    while todo:
-        name = todo.pop()
-        children = subdirs(top / name)
-        if name and ("_manifests" in children or "_layers" in children):
-            found[name] = _repository(name, top / name, pending)
-        todo.extend(f"{name}/{child}".lstrip("/") for child in children if not child.startswith("_"))
-    return found
+def _repositories(store: Store, pending: set[str], only: str | None = None,
+                  layers_pending: set[str] | None = None) -> tuple[dict[str, Repository], int]:
+    """Every repository's links, read (`only`: one repository's), and the bytes of partial uploads. A digest
+    whose revision link (layer link: to `layers_pending`, by default the same) is empty or garbled goes to
+    `pending`: the registry is writing it."""
+    files: dict[str, dict[str, str]] = {}  # repository -> its file -> the store path
+    upload_bytes = 0
+    for entry in store.files(REPOSITORIES if only is None else f"{REPOSITORIES}/{only}"):
+        found = in_repository(entry.path)
+        if found is None or (only is not None and found[0] != only):
+            continue
+        name, inside = found
+        if inside.startswith(UPLOADS + "/"):
+            upload_bytes += entry.size
+        elif linked_digest(inside) or tag_link(inside):
+            files.setdefault(name, {})[inside] = entry.path
+    texts = store.read_many([path for inside in files.values() for path in inside.values()], 256)
+    by_kind = (pending, pending if layers_pending is None else layers_pending)
+    return {name: _repository(name, {inside: texts[path] for inside, path in inside_files.items()}, *by_kind)
+            for name, inside_files in sorted(files.items())}, upload_bytes
 
 
-def _repository(name: str, path: Path, pending: set[str]) -> Repository:
-    manifests = path / "_manifests"
-    tags, history = _tags(manifests)
-    return Repository(name, _links(manifests / "revisions", pending), _links(path / "_layers", pending), tags,
-                      history)
+def _repository(name: str, files: Mapping[str, bytes | None], pending: set[str],
+                layers_pending: set[str]) -> Repository:
+    revisions: dict[str, str] = {}
+    layers: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    history: dict[str, set[str]] = {}
+    for inside, data in sorted(files.items()):
+        target = _link_text(data)
+        if (digest := linked_digest(inside)) is not None:
+            layer = inside.startswith("_layers/")
+            if target:
+                (layers if layer else revisions)[digest] = target
+            elif data is not None:  # empty or garbled: being written; gone since the listing: deleted
+                (layers_pending if layer else pending).add(digest)
+        elif (tag := tag_link(inside)) is not None:
+            name_, entry = tag
+            if entry is not None:
+                history.setdefault(name_, set()).add(entry)
+            elif target:
+                tags[name_] = target
+    return Repository(name, revisions, layers, tags, {tag: frozenset(found) for tag, found in history.items()})
 
 
-def _tags(manifests: Path) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
-    """Each tag's current manifest, and the digests its history names."""
-    tags, history = {}, {}
-    for tag in subdirs(manifests / "tags"):
-        current = _read_link(manifests / "tags" / tag / "current" / "link")
-        if current:
-            tags[tag] = current
-        entries = frozenset(digest for digest, _ in _link_dirs(manifests / "tags" / tag / "index"))
-        if entries:
-            history[tag] = entries
-    return tags, history
+def blob_sizes(store: Store) -> dict[str, int]:
+    """Every stored blob's data size, by digest."""
+    return {digest: entry.size for digest, (entry, aside) in _blob_files(store) if not aside}
 
 
-def _links(base: Path, pending: set[str]) -> dict[str, str]:
-    links = {}
-    for digest, link in _link_dirs(base):
-        target = _read_link(link)
-        if target:
-            links[digest] = target
-        elif link.exists():  # empty or garbled: being written; a folder without its link is one expiry emptied
-            pending.add(digest)
-    return links
+def set_aside(store: Store) -> dict[str, float]:
+    """Blob data an expiry pass set aside (storage/eviction.py), by digest: when it was."""
+    return {digest: entry.changed for digest, (entry, aside) in _blob_files(store) if aside}
 
 
-def _link_dirs(base: Path) -> Iterator[tuple[str, Path]]:
-    for algorithm in subdirs(base):
-        for hex_ in subdirs(base / algorithm):
-            if is_digest(f"{algorithm}:{hex_}"):
-                yield f"{algorithm}:{hex_}", base / algorithm / hex_ / "link"
+def _blob_files(store: Store) -> Iterator[tuple[str, tuple[Entry, bool]]]:
+    for entry in store.files(BLOBS):
+        if (found := stored_file(entry.path)) is not None:
+            yield found[0], (entry, found[1])
 
 
-def blob_sizes(root: Path) -> dict[str, int]:
-    """Every stored blob's data size, by digest; what vanishes while read is skipped."""
-    sizes = {}
-    for digest in stored_digests(root):
-        try:
-            sizes[digest] = (root / V2 / blob_data(digest)).stat().st_size
-        except OSError:
-            pass  # being moved into place, or just deleted
-    return sizes
-
-
-def _read_link(path: Path) -> str | None:
-    text = (_read(path, 256) or b"").decode("ascii", "replace").strip()
+def _link_text(data: bytes | None) -> str | None:
+    text = (data or b"")[:256].decode("ascii", "replace").strip()
     return text if is_digest(text) else None
-
-
-def _read(path: Path, limit: int) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except OSError:
-        return None

@@ -59,11 +59,6 @@ def blob_file(root: Path, digest: str) -> Path:
     return root / V2 / blob_data(digest)
 
 
-def tag_folder(root: Path, repository: str, tag: str) -> Path:
-    """Everything the registry keeps of a tag: its current link and its history."""
-    return root / V2 / "repositories" / repository / "_manifests" / "tags" / tag
-
-
 def pulls_folder(storage: str) -> Path:
     """Where every replica's file of last pulls lives: next to the storage they share."""
     return Path(storage.rstrip("/") + ".pulls")
@@ -76,7 +71,62 @@ def secret_file(storage: str) -> Path:
 
 def blob_aside(digest: str) -> str:
     """Where an expiry pass moves blob data it is about to delete (storage/eviction.py); the registry never reads it."""
-    return blob_data(digest) + ".evicting"
+    return blob_data(digest) + ASIDE_SUFFIX
+
+
+ASIDE_SUFFIX = ".evicting"
+REPOSITORIES = f"{V2.as_posix()}/repositories"  # the store paths (storage/store.py) of the two trees
+BLOBS = f"{V2.as_posix()}/blobs"
+
+
+def data_path(digest: str) -> str:
+    """A blob's data file as a store path."""
+    return f"{V2.as_posix()}/{blob_data(digest)}"
+
+
+def aside_path(digest: str) -> str:
+    return f"{V2.as_posix()}/{blob_aside(digest)}"
+
+
+def repository_path(repository: str, link: str) -> str:
+    """A file of a repository (`link` relative to its folder) as a store path."""
+    return f"{REPOSITORIES}/{repository}/{link}"
+
+
+def tag_path(repository: str, tag: str) -> str:
+    """Everything the registry keeps of a tag, as a store path."""
+    return repository_path(repository, f"_manifests/tags/{tag}")
+
+
+def in_repository(path: str) -> tuple[str, str] | None:
+    """(repository, the file's path inside its folder) of a store path under `repositories/`, else None. A name
+    has any number of components, none starting with '_': the first that does begins the repository's own files."""
+    parts = path.removeprefix(REPOSITORIES + "/").split("/") if path.startswith(REPOSITORIES + "/") else []
+    for i, part in enumerate(parts):
+        if part.startswith("_"):
+            return ("/".join(parts[:i]), "/".join(parts[i:])) if i else None
+    return None
+
+
+def tag_link(link: str) -> tuple[str, str | None] | None:
+    """(tag, None) for a tag's current link, (tag, digest) for an entry of its history, else None."""
+    parts = link.split("/")
+    if parts[:2] != ["_manifests", "tags"] or parts[-1:] != ["link"] or len(parts) < 5:
+        return None
+    if len(parts) == 5 and parts[3] == "current":
+        return parts[2], None
+    if len(parts) == 7 and parts[3] == "index" and is_digest(digest := f"{parts[4]}:{parts[5]}"):
+        return parts[2], digest
+    return None
+
+
+def stored_file(path: str) -> tuple[str, bool] | None:
+    """(digest, whether it is data set aside) of a store path under `blobs/` that is a blob's data, else None."""
+    parts = path.removeprefix(BLOBS + "/").split("/") if path.startswith(BLOBS + "/") else []
+    if len(parts) != 4 or parts[3] not in ("data", "data" + ASIDE_SUFFIX) or not parts[2].startswith(parts[1]):
+        return None
+    digest = f"{parts[0]}:{parts[2]}"
+    return (digest, parts[3] != "data") if is_digest(digest) else None
 
 
 def linked_digest(link: str) -> str | None:

@@ -12,10 +12,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from registry_mirror.background import BackgroundLoop
 from registry_mirror.storage.inventory import blob_sizes
+from registry_mirror.storage.store import Store
 from registry_mirror.storage.verify import Checked, checkable
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,16 @@ class ScrubState:
 
 
 class Scrub(BackgroundLoop):
-    def __init__(self, root: Path, interval: float, check: Callable[[str], Awaitable[Checked | None]],
+    def __init__(self, store: Store, interval: float, check: Callable[[str], Awaitable[Checked | None]],
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic):
-        self.root, self.interval, self._check, self._sleep, self._clock = root, interval, check, sleep, clock
+        self.store, self.interval, self._check, self._sleep, self._clock = store, interval, check, sleep, clock
         self.state = ScrubState()
 
     async def run_pass(self) -> None:
         """One pass over the storage, paced to about half the interval by what it has read so far."""
         started = self._clock()
-        sizes = {d: n for d, n in (await asyncio.to_thread(blob_sizes, self.root)).items() if checkable(d)}
+        sizes = {d: n for d, n in (await asyncio.to_thread(blob_sizes, self.store)).items() if checkable(d)}
         rate = max(MIN_RATE, sum(sizes.values()) / (self.interval / 2))
         read = 0
         for digest in sizes:

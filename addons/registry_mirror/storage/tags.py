@@ -1,22 +1,16 @@
 """A tag removed from the registry's storage (its image stays, by digest): the upstream deleted the tag."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from registry_mirror.storage.layout import tag_folder
+from registry_mirror.storage.layout import repository_path, tag_current_link, tag_path
+from registry_mirror.storage.store import Store
 
 
-def drop_tag(root: Path, repository: str, tag: str, digest: str | None = None) -> bool:
+def drop_tag(store: Store, repository: str, tag: str, digest: str | None = None) -> bool:
     """Removes the tag's links; with `digest`, only while the tag still names it (a tag deleted and pushed again
     keeps its new image). Whether it went."""
-    folder = tag_folder(root, repository, tag)
-    try:
-        if digest is not None and (folder / "current" / "link").read_text().strip() != digest:
+    if digest is not None:
+        current = store.read(repository_path(repository, tag_current_link(tag)), 256)
+        if current is None or current.decode("ascii", "replace").strip() != digest:
             return False
-    except OSError:
-        return False
-    if not folder.is_dir():
-        return False
-    shutil.rmtree(folder, ignore_errors=True)  # a single tag: no pass need wait for it, nor it for a pass
-    return True
+    # a single tag: no pass need wait for it, nor it for a pass
+    return store.delete_folder(tag_path(repository, tag)) > 0

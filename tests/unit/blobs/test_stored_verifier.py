@@ -4,9 +4,10 @@ import pytest
 
 from registry_mirror.blobs import stored_verifier as blob_verifier
 from registry_mirror.blobs.stored_verifier import BlobVerifier, pulled_digests
-from tests.unit.storage.test_inventory import Storage
+from registry_mirror.storage.store import FolderStore
 from tests.unit.storage.test_verify import flip_bit
 from tests.unit.support.clocks import Clock
+from tests.unit.support.storage import Storage
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 WALL = 1_800_000_000.0
@@ -37,7 +38,7 @@ def verifier(tmp_path, clock, interval=3600.0):
 
 
 async def test_a_digest_is_checked_at_most_once_per_interval(tmp_path):
-    storage, clock = Storage(tmp_path), Clock(1000.0)
+    storage, clock = Storage(FolderStore(tmp_path)), Clock(1000.0)
     digest = storage.blob(3000)
 
     v = verifier(tmp_path, clock)
@@ -55,13 +56,13 @@ async def test_a_digest_is_checked_at_most_once_per_interval(tmp_path):
     assert queued == [1, 0, 1]
     assert (first["verified"], first["verified_bytes"], first["mismatches"]) == (1, 3000, 0)
     assert (after["verified"], after["verified_bytes"], after["queued"]) == (2, 6000, 0)
-    assert storage.data_path(digest).exists()
+    assert storage.data_file(digest).exists()
 
 
 async def test_a_corrupt_file_is_moved_aside_counted_and_the_next_pull_finds_nothing_to_check(tmp_path):
-    storage, clock = Storage(tmp_path), Clock(1000.0)
+    storage, clock = Storage(FolderStore(tmp_path)), Clock(1000.0)
     good, bad = storage.blob(100), storage.blob(200)
-    flip_bit(storage.data_path(bad), 10)
+    flip_bit(storage.data_file(bad), 10)
 
     v = verifier(tmp_path, clock)
     v.pulled([good, bad])
@@ -75,7 +76,7 @@ async def test_a_corrupt_file_is_moved_aside_counted_and_the_next_pull_finds_not
     last = first["last_mismatch"]
     assert (last["digest"], last["at"], last["by"]) == (bad, WALL, "pulled")
     assert last["found"] != bad and last["moved_to"].startswith(str(tmp_path / "docker/registry/v2/quarantine/"))
-    assert not storage.data_path(bad).exists() and storage.data_path(good).exists()
+    assert not storage.data_file(bad).exists() and storage.data_file(good).exists()
     assert again == first
 
 
@@ -95,7 +96,7 @@ async def test_without_storage_nothing_is_queued():
 
 
 async def test_files_are_checked_one_at_a_time(tmp_path, monkeypatch):
-    storage, running, most = Storage(tmp_path), [0], [0]
+    storage, running, most = Storage(FolderStore(tmp_path)), [0], [0]
     digests = [storage.blob(10) for _ in range(5)]
     real = blob_verifier.verify_stored
 
@@ -117,7 +118,7 @@ async def test_files_are_checked_one_at_a_time(tmp_path, monkeypatch):
 
 async def test_a_full_queue_skips_and_counts_and_the_next_pull_queues_again(tmp_path, monkeypatch):
     monkeypatch.setattr(blob_verifier, "MAX_QUEUED", 2)
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digests = [storage.blob(10) for _ in range(3)]
 
     v = verifier(tmp_path, Clock(1000.0))
@@ -131,7 +132,7 @@ async def test_a_full_queue_skips_and_counts_and_the_next_pull_queues_again(tmp_
 
 async def test_the_digests_remembered_are_bounded_oldest_forgotten_first(tmp_path, monkeypatch):
     monkeypatch.setattr(blob_verifier, "MAX_REMEMBERED", 2)
-    storage, clock = Storage(tmp_path), Clock(1000.0)
+    storage, clock = Storage(FolderStore(tmp_path)), Clock(1000.0)
     first, second, third = (storage.blob(10) for _ in range(3))
 
     v = verifier(tmp_path, clock)
@@ -143,7 +144,7 @@ async def test_the_digests_remembered_are_bounded_oldest_forgotten_first(tmp_pat
 
 
 async def test_close_stops_the_checks_and_later_pulls_queue_nothing(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digests = [storage.blob(10) for _ in range(50)]
 
     v = verifier(tmp_path, Clock(1000.0))

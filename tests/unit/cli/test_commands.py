@@ -2,6 +2,9 @@
 one line and exit status, `check`, `status`, `clients`, `warm` without images, and `forget` through a running
 addon (a stand-in on 127.0.0.1)."""
 import asyncio
+import json
+import time
+import uuid
 from importlib.metadata import version
 
 import pytest
@@ -12,10 +15,12 @@ from registry_mirror.cli import commands
 from registry_mirror.config.load import ENV_PATH, parse
 from registry_mirror.proxy.notifications import SECRET_HEADER
 from registry_mirror.stats.views import FORGET_PATH, JSON_PATH, summary_text
+from registry_mirror.storage.bucket_store import BucketStore
 from registry_mirror.storage.layout import secret_file
 from registry_mirror.tls import certs
 from tests.unit.stats.test_counters import filled, route
 from tests.unit.support.local_http import serve
+from tests.unit.support.storage import Storage
 
 UPSTREAM = "upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
 SHA = "sha256:" + "a" * 64
@@ -190,9 +195,24 @@ def test_clients_print_each_clients_configuration_with_the_mirrors_ca(tmp_path, 
     assert f"/etc/docker/certs.d/{commands.machine_name()}:5000/ca.crt" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["evictions"], ["forget", "team/app:1.0"]])
-def test_commands_on_the_storage_say_they_do_not_act_on_a_bucket_yet(tmp_path, capsys, command):
-    config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  s3:\n    bucket: registry\n")
-    assert commands.main(["--config", config, *command]) == 2
-    err = capsys.readouterr().err
-    assert f"{command[0]}: the storage is the bucket of mirror.s3" in err and "filesystem storage only" in err
+@pytest.mark.bucket
+def test_the_commands_on_the_storage_act_on_the_bucket(tmp_path, capsys, object_store, s3):
+    """evictions and forget read (and change) the registry's storage in mirror.s3's bucket, its last pulls beside."""
+    prefix = f"tests/{uuid.uuid4().hex}"
+    storage = Storage(BucketStore(s3.client, s3.bucket, prefix))
+    old, new = storage.image("team/old", [storage.blob()], tag="1.0"), storage.image("team/new", [storage.blob()])
+    pulls = BucketStore(s3.client, s3.bucket, f"{prefix}/artifactory-mirror/pulls")
+    rows = [["team/old", old, 1.0], ["team/new", new, time.time()]]  # 1970, and now
+    pulls.write("host-8081.json", json.dumps({"pulls": rows}).encode())
+    keys = {**object_store.mirror_keys(), "prefix": prefix}
+    s3_keys = "".join(f"    {key}: {value}\n" for key, value in keys.items())
+    config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  max_age: 7d\n  s3:\n{s3_keys}"
+                                    f"rewriter:\n  listen: 127.0.0.1:{free_port()}\n")
+    before = storage.tree()
+    assert commands.main(["--config", config, "evictions"]) == 0
+    out = capsys.readouterr().out
+    assert f"team/old@{old}  last pulled 1970-01-01 00:00 UTC  (age)" in out and "team/new" not in out
+    assert commands.main(["--config", config, "forget", "--dry-run", "team/new"]) == 0
+    out = capsys.readouterr().out
+    assert f"would forget team/new@{new}" in out and f"bucket {s3.bucket}/{prefix}/" in out
+    assert storage.tree() == before

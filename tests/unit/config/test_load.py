@@ -103,7 +103,6 @@ def test_static_token_and_anonymous():
     ({**BASE, "mirror": {"s3": {"bucket": "reg", "prefix": "../x"}}}, "mirror.s3.prefix: '../x' is not a folder"),
     ({**BASE, "mirror": {"s3": {"bucket": "reg", "endpoint": "https://s3.test/registry"}}},
      "the bucket goes in mirror.s3.bucket"),
-    ({**BASE, "mirror": {"s3": {"bucket": "reg"}, "max_bytes": "1GiB"}}, "mirror.max_bytes: not enforced on mirror.s3"),
     (with_upstream(url="${UNSET_VARIABLE_FOR_TEST}"), "environment variable UNSET_VARIABLE_FOR_TEST is not set"),
 ])
 def test_errors_name_the_key(data, fragment):

@@ -18,7 +18,6 @@ from registry_mirror.proxy.pages import StatusPages
 from registry_mirror.stats.counters import Stats
 from registry_mirror.stats.views import FORGET_PATH
 from registry_mirror.storage.inventory import Image, inventory
-from tests.unit.storage.test_inventory import Storage
 
 SHA = "sha256:" + "a" * 64
 
@@ -39,18 +38,17 @@ def test_a_bad_target_names_what_would_be_right(text):
         parse_target(text)
 
 
-def two_tags_and_a_shared_base(tmp_path):
-    storage = Storage(tmp_path / "storage")
+def two_tags_and_a_shared_base(storage):
     base = storage.blob(5000)
     old = storage.image("team/app", [base, storage.blob(3000)], tag="1.0")
     new = storage.image("team/app", [base, storage.blob(2000)], tag="2.0")
     other = storage.image("team/web", [base], tag="1.0")
-    return storage, base, old, new, other
+    return base, old, new, other
 
 
-def test_a_tag_names_its_image_a_digest_its_image_a_repository_all_of_its(tmp_path):
-    storage, _, old, new, _ = two_tags_and_a_shared_base(tmp_path)
-    inv = inventory(storage.root)
+def test_a_tag_names_its_image_a_digest_its_image_a_repository_all_of_its(storage):
+    _, old, new, _ = two_tags_and_a_shared_base(storage)
+    inv = inventory(storage.store)
     assert images_named(inv, Target("team/app", tag="1.0")) == {Image("team/app", old)}
     assert images_named(inv, Target("team/app", digest=new)) == {Image("team/app", new)}
     assert images_named(inv, Target("team/app")) == {Image("team/app", old), Image("team/app", new)}
@@ -58,14 +56,14 @@ def test_a_tag_names_its_image_a_digest_its_image_a_repository_all_of_its(tmp_pa
     assert images_named(inv, Target("team/gone")) == frozenset()
 
 
-async def test_forget_removes_the_image_and_keeps_what_others_need(tmp_path):
-    storage, base, old, new, other = two_tags_and_a_shared_base(tmp_path)
-    expiry = Expiry(str(storage.root), 7 * 86400, None, LastPulls(tmp_path / "pulls", "test"), grace=0)
+async def test_forget_removes_the_image_and_keeps_what_others_need(storage, new_store):
+    base, old, new, other = two_tags_and_a_shared_base(storage)
+    expiry = Expiry(storage.store, 7 * 86400, None, LastPulls(new_store("pulls"), "test"), grace=0)
     before = storage.tree()
     dry = await expiry.forget(Target("team/app", tag="1.0"), dry_run=True)
     assert [r.image for r in dry.removals] == [Image("team/app", old)] and storage.tree() == before
     await expiry.forget(Target("team/app", tag="1.0"))
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert Image("team/app", old) not in inv.images and "1.0" not in inv.repositories["team/app"].tags
     assert {Image("team/app", new), Image("team/web", other)} <= set(inv.images)
     assert base in inv.blob_sizes and storage.broken_links() == []
@@ -104,15 +102,16 @@ async def test_the_forget_page_needs_the_secret_and_a_valid_image():
     assert status == 400 and "team/app:1.0" in answer["reason"]
 
 
-def test_the_forget_command_acts_on_the_storage_when_no_mirror_listens(tmp_path, capsys):
+def test_the_forget_command_acts_on_the_storage_when_no_mirror_listens(tmp_path, folder_storage, capsys):
     from devtools.ports import free_port
     from registry_mirror.cli.commands import main
-    storage, _, old, new, _ = two_tags_and_a_shared_base(tmp_path)
+    storage = folder_storage
+    _, old, new, _ = two_tags_and_a_shared_base(storage)
     config = tmp_path / "mirror.yaml"
     config.write_text(f"upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
                       f"mirror:\n  storage: {storage.root}\nrewriter:\n  listen: 127.0.0.1:{free_port()}\n")
     assert main(["--config", str(config), "forget", "team/app:1.0"]) == 0
     out = capsys.readouterr().out
     assert f"forgot team/app@{old}" in out and "no mirror answers at" in out
-    assert Image("team/app", old) not in inventory(storage.root).images and storage.broken_links() == []
+    assert Image("team/app", old) not in inventory(storage.store).images and storage.broken_links() == []
     assert main(["--config", str(config), "forget", "Team/App"]) == 2

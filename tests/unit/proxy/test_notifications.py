@@ -7,6 +7,7 @@ import pytest
 from registry_mirror.expiry.last_pulls import LastPulls, pulled_manifests, served_pulls
 from registry_mirror.proxy.notifications import MAX_NOTIFICATION_BODY, check, notification_secret
 from registry_mirror.storage.layout import secret_file
+from registry_mirror.storage.store import FolderStore
 from tests.unit.support.clocks import Clock
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -50,20 +51,20 @@ def test_only_manifest_pulls_are_images():
 
 def test_last_pulls_survive_a_restart_and_replicas_merge(tmp_path):
     clock = Clock(1000.0)
-    mine = LastPulls(tmp_path, "a", clock)
+    mine = LastPulls(FolderStore(tmp_path), "a", clock)
     mine.record([("team/app", "d1")])
     mine.save()
-    other = LastPulls(tmp_path, "b", clock)
+    other = LastPulls(FolderStore(tmp_path), "b", clock)
     clock.now = 2000.0
     other.record([("team/app", "d1"), ("team/web", "d2")])
     other.save()
-    again = LastPulls(tmp_path, "a", clock)  # a restart of replica a
+    again = LastPulls(FolderStore(tmp_path), "a", clock)  # a restart of replica a
     assert again.mine == {("team/app", "d1"): 1000.0}
     assert again.merged(again.snapshot()) == {("team/app", "d1"): 2000.0, ("team/web", "d2"): 2000.0}
 
 
 def test_an_image_never_seen_pulled_counts_from_when_it_is_first_seen(tmp_path):
-    pulls = LastPulls(tmp_path, "a", Clock(1000.0))
+    pulls = LastPulls(FolderStore(tmp_path), "a", Clock(1000.0))
     pulls.first_seen([("old/app", "d")], 500.0)
     pulls.first_seen([("old/app", "d")], 900.0)  # already known: unchanged
     assert pulls.mine == {("old/app", "d"): 500.0}
@@ -72,7 +73,7 @@ def test_an_image_never_seen_pulled_counts_from_when_it_is_first_seen(tmp_path):
 def test_a_flood_of_events_cannot_grow_the_state_without_bound(tmp_path, monkeypatch):
     monkeypatch.setattr("registry_mirror.expiry.last_pulls.MAX_IMAGES", 3)
     clock = Clock(1000.0)
-    pulls = LastPulls(tmp_path, "a", clock)
+    pulls = LastPulls(FolderStore(tmp_path), "a", clock)
     for n in range(10):
         clock.now += 1
         pulls.record([("team/app", f"d{n}")])
@@ -82,10 +83,10 @@ def test_a_flood_of_events_cannot_grow_the_state_without_bound(tmp_path, monkeyp
 
 def test_an_unreadable_state_file_is_ignored_with_a_warning(tmp_path, caplog):
     (tmp_path / "a.json").write_text("{not json")
-    assert LastPulls(tmp_path, "a").mine == {}
+    assert LastPulls(FolderStore(tmp_path), "a").mine == {}
     assert "count as pulled when next seen" in caplog.text
     (tmp_path / "a.json").write_text(json.dumps({"pulls": [["r", "d", 5.0]]}))
-    assert LastPulls(tmp_path, "a").mine == {("r", "d"): 5.0}
+    assert LastPulls(FolderStore(tmp_path), "a").mine == {("r", "d"): 5.0}
 
 
 def test_every_pull_is_counted_with_its_bytes_and_warms_apart():

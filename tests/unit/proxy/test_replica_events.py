@@ -178,10 +178,12 @@ async def test_a_lost_subscription_is_taken_up_again_and_a_publish_meanwhile_fai
     assert any("subscribed again" in m for m in messages)
 
 
-async def test_the_forget_command_without_a_running_mirror_still_tells_the_replicas(redis_server, tmp_path, capsys):
+async def test_the_forget_command_without_a_running_mirror_still_tells_the_replicas(redis_server, tmp_path,
+                                                                                   folder_storage, capsys):
     from registry_mirror.cli.commands import main
     from tests.unit.expiry.test_forget import two_tags_and_a_shared_base
-    storage, _, old, _, _ = two_tags_and_a_shared_base(tmp_path)
+    storage = folder_storage
+    _, old, _, _ = two_tags_and_a_shared_base(storage)
     config = tmp_path / "mirror.yaml"
     config.write_text(f"upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
                       f"mirror:\n  storage: {storage.root}\nrewriter:\n  listen: 127.0.0.1:{free_port()}\n"

@@ -16,7 +16,8 @@ from registry_mirror.expiry.passes import Expiry
 from registry_mirror.proxy.services import Services, start_services
 from registry_mirror.stats.counters import Stats
 from registry_mirror.storage.inventory import Image, inventory
-from tests.unit.storage.test_inventory import Storage
+from registry_mirror.storage.store import FolderStore
+from tests.unit.support.storage import Storage
 
 
 async def accepts(port: int) -> bool:
@@ -87,14 +88,14 @@ class Replicas:
 
 def started(tmp_path, replicas=None):
     """Services over a real storage (team/app:1.0 and :2.0 sharing a base, team/web:1.0) and two routes' caches."""
-    storage = Storage(tmp_path / "storage")
+    storage = Storage(FolderStore(tmp_path / "storage"))
     base = storage.blob(5000)
     images = {"old": storage.image("team/app", [base, storage.blob(3000)], tag="1.0"),
               "new": storage.image("team/app", [base, storage.blob(2000)], tag="2.0"),
               "web": storage.image("team/web", [base], tag="1.0")}
     routes = {"routes[0]": SimpleNamespace(manifests=Caches(1)), "upstream": SimpleNamespace(manifests=Caches(2))}
     router = SimpleNamespace(routes=routes, for_name=lambda name: routes["upstream"])
-    expiry = Expiry(str(storage.root), 7 * 86400, None, LastPulls(tmp_path / "pulls", "test"), grace=0)
+    expiry = Expiry(storage.store, 7 * 86400, None, LastPulls(FolderStore(tmp_path / "pulls"), "test"), grace=0)
     services = Services(config=SimpleNamespace(cache=CacheConfig()), router=router, disk=None, blobs=None,
                         expiry=expiry, scrub=None, replicas=replicas)
     return services, storage, images, routes
@@ -113,7 +114,7 @@ async def test_a_dry_run_forget_says_what_would_go_and_changes_nothing(tmp_path)
 async def test_a_forget_removes_the_image_from_storage_every_routes_caches_and_tells_the_others(tmp_path):
     services, storage, images, routes = started(tmp_path, replicas := Replicas(heard=2))
     done = await services.forget(Target("team/app", tag="1.0"))
-    left = inventory(storage.root).images
+    left = inventory(storage.store).images
     assert Image("team/app", images["old"]) not in left
     assert {Image("team/app", images["new"]), Image("team/web", images["web"])} <= set(left)
     told = ("team/app", "1.0", frozenset({images["old"]}))
@@ -136,7 +137,7 @@ async def test_a_tag_deleted_upstream_leaves_the_storage_and_the_caches_and_the_
     services, storage, images, routes = started(tmp_path, replicas := Replicas(heard=1))
     with caplog.at_level(logging.WARNING, logger="registry_mirror.proxy.services"):
         await services.tag_gone("team/app", "1.0")
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert "1.0" not in inv.repositories["team/app"].tags and Image("team/app", images["old"]) in inv.images
     assert routes["upstream"].manifests.forgotten == [("team/app", "1.0", frozenset())]
     assert replicas.told == [("team/app", "1.0", frozenset())]
@@ -151,6 +152,6 @@ async def test_a_tag_deleted_upstream_leaves_the_storage_and_the_caches_and_the_
 async def test_drop_tag_acts_only_while_the_tag_names_the_digest(tmp_path, tag, digest, stored, caches_forget):
     services, storage, images, routes = started(tmp_path)
     assert await services.drop_tag("team/app", tag, images.get(digest)) is stored
-    assert ("1.0" in inventory(storage.root).repositories["team/app"].tags) is not stored
+    assert ("1.0" in inventory(storage.store).repositories["team/app"].tags) is not stored
     assert bool(routes["upstream"].manifests.forgotten) is caches_forget
     assert routes["routes[0]"].manifests.forgotten == []  # the route that serves the name, only

@@ -10,7 +10,7 @@ def snapshot(**state) -> dict:
     stats, health = filled()
     snap = stats.snapshot([route(health, "https://art/x")])
     snap["storage"] = {**asdict(ExpiryState(**state)), "max_bytes": None, "max_age_s": 7 * 86400.0,
-                       "oldest_last_pull": None}
+                       "oldest_last_pull": None, "where": "/var/lib/mirror/registry"}
     return snap
 
 
@@ -44,13 +44,21 @@ def test_a_skipped_age_pass_shows_why():
         assert line in text
 
 
-def test_on_a_bucket_no_figure_of_the_unused_folder_is_claimed():
-    stats, health = filled()
-    snap = stats.snapshot([route(health, "https://art/x")])
-    snap["storage"] = {"bucket": "registry-mirror", "endpoint": "https://s3.dc1.test", "uploads_aborted": 3}
+def test_on_a_bucket_its_figures_and_the_requests_a_pass_made():
+    snap = snapshot(used_bytes=5_000_000, images=7, measured_at=0.0, last_pass_requests=41)
+    snap["storage"]["bucket"] = {"name": "registry-mirror", "endpoint": "https://s3.dc1.test", "uploads_aborted": 3}
     page = render_html(snap)
-    assert "bucket <code>registry-mirror</code>" in page and '<span id="uploads-aborted">3</span>' in page
-    assert "in storage" not in page
+    assert "bucket <code>registry-mirror</code> at https://s3.dc1.test" in page
+    assert '<td id="uploads-aborted">3</td>' in page and '<td id="storage-images">7</td>' in page
+    assert "requests in the last pass</th><td id=\"pass-requests\">41</td>" in page
     text = prometheus_text(snap).decode()
-    assert "mirror_bucket_uploads_aborted_total 3.0" in text and "mirror_storage_bytes" not in text
-    assert "mirror_images_evicted" not in text
+    for line in ("mirror_bucket_uploads_aborted_total 3.0", "mirror_storage_bytes 5e+06",
+                 "mirror_expiry_pass_requests 41.0"):
+        assert line in text
+
+
+def test_on_a_folder_its_path_and_no_bucket_figure():
+    page = render_html(snapshot(used_bytes=1000, measured_at=0.0))
+    assert "<code>/var/lib/mirror/registry</code>" in page and "file operations in the last pass" in page
+    assert "uploads-aborted" not in page and "mirror_bucket_uploads_aborted" not in prometheus_text(
+        snapshot()).decode()

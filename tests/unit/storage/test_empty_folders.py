@@ -4,7 +4,8 @@ import os
 import time
 
 from registry_mirror.storage.empty_folders import QUIET_SECONDS, remove_empty_folders
-from tests.unit.storage.test_inventory import Storage
+from registry_mirror.storage.store import FolderStore
+from tests.unit.support.storage import Storage
 
 
 def age(path, seconds: float) -> None:
@@ -13,7 +14,7 @@ def age(path, seconds: float) -> None:
 
 
 def test_empty_folders_unchanged_for_a_while_go_a_whole_chain_at_once(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.blob()
     storage.image("team/app", [digest], tag="1.0")
     tag = storage.v2 / "repositories" / "team" / "app" / "_manifests" / "tags" / "1.0"
@@ -26,7 +27,7 @@ def test_empty_folders_unchanged_for_a_while_go_a_whole_chain_at_once(tmp_path):
 
 
 def test_a_folder_just_emptied_or_made_stays(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     fresh = storage.v2 / "repositories" / "team" / "app" / "_layers" / "sha256" / ("ab" * 32)
     fresh.mkdir(parents=True)  # the registry made it and is about to write the link
     emptied = storage.v2 / "blobs" / "sha256" / "cd" / ("cd" * 32)
@@ -36,7 +37,7 @@ def test_a_folder_just_emptied_or_made_stays(tmp_path):
 
 
 def test_uploads_and_the_tops_are_never_removed(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     upload = storage.v2 / "repositories" / "team" / "app" / "_uploads" / "some-uuid"
     upload.mkdir(parents=True)
     (storage.v2 / "blobs").mkdir(parents=True)

@@ -1,98 +1,13 @@
-"""The storage inventory reads Distribution's filesystem layout as the running registry leaves it, garbage included."""
+"""The storage inventory reads Distribution's layout as the running registry leaves it, garbage included, on a
+folder and on a bucket alike."""
 import hashlib
 import json
-import random
-from pathlib import Path
 
 import pytest
 
-from registry_mirror.storage.inventory import Image, inventory, parse_manifest
-
-DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class Storage:
-    """Writes the registry's layout with real manifests and random blob bytes (seeded: a failure reproduces)."""
-
-    def __init__(self, root: Path, seed: int = 0):
-        self.root, self.v2 = root, root / "docker" / "registry" / "v2"
-        self.random = random.Random(seed)
-
-    def data_path(self, digest: str) -> Path:
-        algorithm, hex_ = digest.split(":")
-        return self.v2 / "blobs" / algorithm / hex_[:2] / hex_ / "data"
-
-    def put(self, data: bytes) -> str:
-        digest = digest_of(data)
-        self.data_path(digest).parent.mkdir(parents=True, exist_ok=True)
-        self.data_path(digest).write_bytes(data)
-        return digest
-
-    def blob(self, size: int = 64) -> str:
-        return self.put(self.random.randbytes(size))
-
-    def size(self, *digests: str) -> int:
-        return sum(self.data_path(d).stat().st_size for d in set(digests))
-
-    def write_link(self, repository: str, relative: str, text: str) -> None:
-        path = self.v2 / "repositories" / repository / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-    def link(self, repository: str, kind: str, digest: str) -> None:
-        algorithm, hex_ = digest.split(":")
-        folder = {"layer": "_layers", "revision": "_manifests/revisions"}[kind]
-        self.write_link(repository, f"{folder}/{algorithm}/{hex_}/link", digest)
-
-    def tag(self, repository: str, tag: str, digest: str) -> None:
-        algorithm, hex_ = digest.split(":")
-        self.write_link(repository, f"_manifests/tags/{tag}/current/link", digest)
-        self.write_link(repository, f"_manifests/tags/{tag}/index/{algorithm}/{hex_}/link", digest)
-
-    def manifest(self, repository: str, doc: dict, tag: str | None) -> str:
-        digest = self.put(json.dumps(doc, indent=3).encode())
-        self.link(repository, "revision", digest)
-        if tag:
-            self.tag(repository, tag, digest)
-        return digest
-
-    def image(self, repository: str, layers: list[str], tag: str | None = None, media_type: str = DOCKER_V2) -> str:
-        """An image manifest with a fresh config, its blobs linked to the repository as a pull leaves them."""
-        config = self.put(json.dumps({"architecture": "amd64", "nonce": self.random.randbytes(8).hex()}).encode())
-        for digest in (config, *layers):
-            self.link(repository, "layer", digest)
-        return self.manifest(repository, {
-            "schemaVersion": 2, "mediaType": media_type,
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 1},
-            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": d, "size": 1}
-                       for d in layers]}, tag)
-
-    def index(self, repository: str, children: list[str], tag: str | None, media_type: str = OCI_INDEX) -> str:
-        return self.manifest(repository, {"schemaVersion": 2, "mediaType": media_type, "manifests": [
-            {"mediaType": OCI_MANIFEST, "digest": d, "size": 1, "platform": {"architecture": f"arch{i}", "os": "linux"}}
-            for i, d in enumerate(children)]}, tag)
-
-    def tree(self) -> dict[str, bytes | None]:
-        """Every file (its bytes) and directory (None) under the root."""
-        return {str(p.relative_to(self.root)): p.read_bytes() if p.is_file() else None for p in self.root.rglob("*")}
-
-    def broken_links(self) -> list[str]:
-        """Layer and revision links naming a digest whose data is gone: what eviction must never leave."""
-        links = [p for p in (self.v2 / "repositories").rglob("link") if "_layers" in p.parts or "revisions" in p.parts]
-        return [str(p) for p in links if p.read_text() and not self.data_path(p.read_text()).exists()]
-
-
-@pytest.fixture
-def storage(tmp_path) -> Storage:
-    return Storage(tmp_path)
-
+from registry_mirror.storage.inventory import Image, blob_sizes, inventory, parse_manifest, set_aside
+from registry_mirror.storage.layout import BLOBS, aside_path, data_path, repository_path
+from tests.unit.support.storage import DOCKER_LIST, DOCKER_V2, OCI_INDEX
 
 SHA, SHB, SHC = ("sha256:" + c * 64 for c in "abc")
 
@@ -123,7 +38,7 @@ def test_inventory_of_nested_repositories_tags_and_sizes(storage):
     base, app_layer = storage.blob(100), storage.blob(200)
     app = storage.image("team/app", [base, app_layer], tag="1.0")
     team = storage.image("team", [base], tag="latest")  # `team` is a repository and `team/app`'s parent
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert sorted(inv.repositories) == ["team", "team/app"]
     assert inv.repositories["team/app"].tags == {"1.0": app}
     assert inv.repositories["team/app"].tag_history == {"1.0": {app}}
@@ -137,18 +52,18 @@ def test_an_index_is_one_image_with_its_children_unless_a_child_is_tagged(storag
     shared = storage.blob()
     amd, arm = storage.image("multi", [shared, storage.blob()]), storage.image("multi", [shared, storage.blob()])
     index = storage.index("multi", [amd, arm], tag="1.0", media_type=DOCKER_LIST)
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert inv.images == (Image("multi", index),)
     assert inv.image_blobs(Image("multi", index)) == {index, amd, arm} | inv.image_blobs(Image("multi", amd)) | \
         inv.image_blobs(Image("multi", arm))
     storage.tag("multi", "arm-only", arm)
-    assert set(inventory(storage.root).images) == {Image("multi", index), Image("multi", arm)}
+    assert set(inventory(storage.store).images) == {Image("multi", index), Image("multi", arm)}
 
 
 def test_an_index_child_missing_from_the_repository_is_still_named(storage):
     present = storage.image("multi", [storage.blob()])
     index = storage.index("multi", [present, SHA], tag="1.0")
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert inv.images == (Image("multi", index),) and SHA in inv.image_blobs(Image("multi", index))
     assert inv.unreadable == set()  # a platform never pulled is no sign of garbage
 
@@ -156,10 +71,9 @@ def test_an_index_child_missing_from_the_repository_is_still_named(storage):
 def test_other_digest_algorithms_are_read_from_their_own_folders(storage):
     data = storage.random.randbytes(50)
     digest = "sha512:" + hashlib.sha512(data).hexdigest()
-    storage.data_path(digest).parent.mkdir(parents=True)
-    storage.data_path(digest).write_bytes(data)
+    storage.store.write(data_path(digest), data)
     storage.image("app", [digest], tag="1.0")
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     assert inv.blob_sizes[digest] == 50 and digest in inv.repositories["app"].layers
 
 
@@ -174,7 +88,7 @@ def test_an_unreadable_link_is_skipped_and_its_digest_pending(storage, relative,
     blob = storage.blob()
     storage.image("app", [storage.blob()], tag="1.0")
     storage.write_link("app", relative.format(hex=blob.split(":")[1]), text)
-    inv = inventory(storage.root)
+    inv = inventory(storage.store)
     repository = inv.repositories["app"]
     assert blob not in repository.layers and blob not in repository.revisions
     assert inv.pending == {blob} and len(inv.images) == 1
@@ -183,14 +97,16 @@ def test_an_unreadable_link_is_skipped_and_its_digest_pending(storage, relative,
 def test_garbage_never_raises(storage):
     good = storage.image("app", [storage.blob()], tag="1.0")
     missing = storage.image("app", [SHA], tag="gone")
-    storage.data_path(missing).unlink()  # a revision naming missing data
+    storage.remove(missing)  # a revision naming missing data
     not_json = storage.put(b"\x00 not a manifest")
     storage.link("app", "revision", not_json)
     storage.write_link("app", "_manifests/tags/empty/current/link", "")
     storage.write_link("app", "_layers/sha256/not-hex/link", SHA)
-    (storage.v2 / "blobs" / "sha256" / "zz" / "zzzz").mkdir(parents=True)  # no data file
-    (storage.v2 / "repositories" / "app" / "_layers" / "stray-file").write_text("x")
-    inv = inventory(storage.root)
+    storage.store.write(f"{BLOBS}/sha256/zz/zzzz/not-data", b"x")  # no data file
+    storage.store.write(f"{BLOBS}/sha256/{SHA[7:9]}/{SHA[7:]}/data.partial", b"x")
+    storage.store.write(repository_path("app", "_layers/stray-file"), b"x")
+    storage.store.write(repository_path("app", "_layers/sha256/" + SHB[7:] + "/link/inside"), SHB.encode())
+    inv = inventory(storage.store)
     assert set(inv.images) == {Image("app", good), Image("app", missing), Image("app", not_json)}
     assert inv.unreadable == {not_json, missing} and missing not in inv.references
     # what an unreadable manifest needs is unknown: it keeps every layer of its repository
@@ -204,9 +120,26 @@ def test_a_tag_ahead_of_its_revision_is_pending(storage):
     manifest = storage.put(json.dumps({"schemaVersion": 2, "layers": []}).encode())
     storage.image("app", [storage.blob()], tag="1.0")
     storage.write_link("app", "_manifests/tags/2.0/current/link", manifest)  # the proxy writes the tag first
-    assert inventory(storage.root).pending == {manifest}
+    assert inventory(storage.store).pending == {manifest}
 
 
-def test_an_empty_or_missing_root_is_an_empty_inventory(tmp_path):
-    inv = inventory(tmp_path / "nowhere")
+def test_an_empty_or_missing_root_is_an_empty_inventory(new_store):
+    inv = inventory(new_store("nowhere"))
     assert (inv.repositories, inv.images, inv.total_bytes) == ({}, (), 0)
+
+
+def test_partial_uploads_count_against_the_storage_and_make_no_repository(storage):
+    storage.image("team/app", [storage.blob(1000)], tag="1.0")
+    for repository, file, size in (("team/app", "_uploads/u1/data", 300), ("team/app", "_uploads/u1/startedat", 20),
+                                   ("other", "_uploads/u2/data", 50)):
+        storage.store.write(repository_path(repository, file), b"x" * size)
+    inv = inventory(storage.store)
+    assert list(inv.repositories) == ["team/app"] and inv.upload_bytes == 370
+    assert inv.total_bytes == storage.stored_bytes() + 370
+
+
+def test_data_set_aside_is_no_stored_blob(storage):
+    kept, aside = storage.blob(100), storage.blob(200)
+    assert storage.store.move(data_path(aside), aside_path(aside))
+    assert blob_sizes(storage.store) == {kept: 100}
+    assert set(set_aside(storage.store)) == {aside}

@@ -7,8 +7,9 @@ import pytest
 
 from registry_mirror.cli.commands import main
 from registry_mirror.storage import quarantine, verify
-from tests.unit.storage.test_inventory import Storage
+from registry_mirror.storage.store import FolderStore
 from tests.unit.storage.test_quarantine import usage
+from tests.unit.support.storage import Storage
 
 NOW = 1_800_000_000.0
 
@@ -35,27 +36,27 @@ def test_a_file_is_hashed_whole_a_chunk_at_a_time(tmp_path, size):
 
 
 def test_a_good_file_stays(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.blob(5000)
     checked = verify.verify_stored(tmp_path, digest, NOW)
     assert checked == verify.Checked(digest, 5000, digest) and checked.ok
-    assert storage.data_path(digest).exists()
+    assert storage.data_file(digest).exists()
 
 
 def test_an_empty_file_gets_no_verdict_here(tmp_path):
     """One just created (two repositories storing one manifest) or torn by a full disk: storage/torn_files.py removes
     those that stay empty; moving one aside at once could take a good file being written."""
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.blob(5000)
-    os.truncate(storage.data_path(digest), 0)
-    assert verify.verify_stored(tmp_path, digest, NOW) is None and storage.data_path(digest).exists()
+    os.truncate(storage.data_file(digest), 0)
+    assert verify.verify_stored(tmp_path, digest, NOW) is None and storage.data_file(digest).exists()
 
 
 @pytest.mark.parametrize("damage", ["flipped bit", "truncated"])
 def test_a_damaged_file_is_moved_aside(tmp_path, damage):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.blob(5000)
-    path = storage.data_path(digest)
+    path = storage.data_file(digest)
     if damage == "flipped bit":
         flip_bit(path, 4321)
     else:
@@ -66,7 +67,7 @@ def test_a_damaged_file_is_moved_aside(tmp_path, damage):
 
 
 def test_an_unreadable_file_is_moved_aside(tmp_path, monkeypatch):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.blob(5000)
 
     def bad_sector(fd, buffers, offset):
@@ -81,7 +82,7 @@ def test_a_digest_not_stored_is_nothing_to_check(tmp_path):
 
 
 def test_only_data_folders_named_by_a_digest_are_walked(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digests = {storage.blob() for _ in range(5)}
     blobs = storage.v2 / "blobs"
     for junk in ("sha256/zz/nothex", f"sha256/00/{'11' * 32}", f"md5/ab/{'ab' * 16}", "sha256/ab"):
@@ -98,15 +99,15 @@ def config(tmp_path):
 
 
 def test_the_verify_command_moves_corrupt_blobs_aside_and_exits_1_then_0(tmp_path, capsys):
-    storage = Storage(tmp_path / "storage")
+    storage = Storage(FolderStore(tmp_path / "storage"))
     good = [storage.blob(1000) for _ in range(3)]
     bad = storage.blob(2000)
-    flip_bit(storage.data_path(bad), 1999)
+    flip_bit(storage.data_file(bad), 1999)
     assert main(["verify", "--config", config(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"MISMATCH {bad}: 2000 bytes read as sha256:") and "moved to" in out[0]
     assert out[-1].startswith("4 blobs (5.0 KB) checked in") and "3 good, 1 corrupt, moved to" in out[-1]
-    assert not storage.data_path(bad).exists() and all(storage.data_path(d).exists() for d in good)
+    assert not storage.data_file(bad).exists() and all(storage.data_file(d).exists() for d in good)
     assert main(["verify", "--config", config(tmp_path)]) == 0
     assert capsys.readouterr().out.strip().endswith("3 good, 0 corrupt")
 
@@ -118,9 +119,9 @@ def test_the_verify_command_on_an_empty_storage_exits_0(tmp_path, capsys):
 
 def test_a_file_written_while_it_is_read_is_no_verdict(tmp_path, monkeypatch):
     """The registry writes a manifest's data in place when it first stores it."""
-    storage = Storage(tmp_path)
+    storage = Storage(FolderStore(tmp_path))
     digest = storage.put(b'{"schemaVersion": 2}')
-    path = storage.data_path(digest)
+    path = storage.data_file(digest)
     path.write_bytes(b'{"schema')
     real = verify.file_digest
 
