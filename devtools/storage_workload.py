@@ -10,10 +10,15 @@ manifests). Pulls: by tag, some by digest, repositories by a Zipf-like popularit
 before (a deploy's machines), in rounds whose size and concurrency (1 to `max_at_once`) come from `seed`. Every
 pull is copied with skopeo and checked byte for byte against what was seeded.
 
+The storage is watched by the test's own means, never the package under test's: a folder's files (`FolderView`),
+or a bucket's objects through the object store's listing and reads (`BucketView`: the registry's same layout as
+keys; a partial upload's data there is a multipart upload, invisible to a listing, and counted from its parts).
+
 What it observes:
 - samples: the storage's bytes, blob data files (in place, or set aside by a pass in its grace) plus partial uploads
   (`repositories/<name>/_uploads/`), read every SAMPLE_SECONDS from a thread, each against the bound below;
-- passes: the storage read right after the addon's `storage.passes` counter changes (polled every STATS_SECONDS);
+- passes: the storage read right after the addon's `storage.passes` counter changes (polled every STATS_SECONDS),
+  and the requests that pass made on the storage (`storage.last_pass_requests`, as the addon counts them);
 - references, at the end of each round: pulls quiesced (no transfer in the mirror, no request open upstream, no
   upload folder in the registry's storage), then, when a pass is due (the addon's `used_bytes` or our reading over
   the cap), the end of the next pass; then every link under `_layers` and `_manifests/revisions` must name blob
@@ -44,16 +49,22 @@ import shutil
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from devtools import seed
 from devtools.skopeo import PullError, pull
 from devtools.upstream_harness import UpstreamHarness
+
+if TYPE_CHECKING:
+    from devtools.object_store import ObjectStore
 
 MIB, KIB = seed.MIB, 1024
 BASE_MIB = (40, 25, 10)
@@ -68,6 +79,9 @@ QUIESCE_TIMEOUT = 120.0  # pulls done, until the mirror and the registry have st
 PASS_TIMEOUT = 150.0  # a due pass: RECHECK_SECONDS after the last, or the minimum interval (60 s), and its run
 PULL_TIMEOUT = 600.0
 GRACE_FIGURE = 60.0  # a second bound, for the figures only: pulls that ended this long ago count too
+BUCKET_READS = 16  # a bucket's links read at once
+BUCKET_TIMEOUT = 10.0  # one request to the object store
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,7 @@ class Target:
     """The running mirror and its upstream, as the test's fixtures or the bench started them."""
     address: str  # host:port of the stock registry (TLS)
     trust: Path  # skopeo's --src-cert-dir
-    storage: Path  # the registry's rootdirectory
+    storage: StorageView  # the registry's storage: FolderView(its rootdirectory) or BucketView(its bucket)
     stats_url: str  # the addon's /_mirror/stats.json
     upstream: UpstreamHarness
 
@@ -214,6 +228,7 @@ class PassRecord:
     start: float | None  # the pass's own wall clock at its start (storage.last_pass_at)
     seen: float  # when the counter was seen changed
     bytes: int | None  # the storage read right after (None: the counter as first seen, not a pass end read)
+    requests: int | None = None  # the addon's storage.last_pass_requests then (None: the addon has no such figure)
 
 
 @dataclass
@@ -291,16 +306,225 @@ def broken_references(root: Path) -> list[str]:
             current = _read_text(tags / tag / "current" / "link")
             if current and current not in revisions:
                 problems.append(f"{name}:{tag} names {current}, which the repository lacks")
-        for digest, target in sorted(revisions.items()):
-            manifest = _read_json(v2 / _data(target)) if target else None
-            if not isinstance(manifest, dict):
-                continue
-            needed = [entry.get("digest") for entry in [manifest.get("config"), *(manifest.get("layers") or [])]
-                      if isinstance(entry, dict)]
-            missing = [d for d in needed if isinstance(d, str) and d not in layers]
-            if missing:
-                problems.append(f"{name}@{digest}: no layer link for {', '.join(missing)}")
+        problems += unlinked_layers(name, revisions, layers, lambda target: _read_json(v2 / _data(target)))
     return problems
+
+
+def unlinked_layers(name: str, revisions: dict, layers, manifest_of) -> list[str]:
+    """The repository's revisions whose manifest (`manifest_of(target digest)`, None when unreadable) names a config
+    or layer the repository has no link for."""
+    problems = []
+    for digest, target in sorted(revisions.items()):
+        manifest = manifest_of(target) if target else None
+        if not isinstance(manifest, dict):
+            continue
+        needed = [entry.get("digest") for entry in [manifest.get("config"), *(manifest.get("layers") or [])]
+                  if isinstance(entry, dict)]
+        missing = [d for d in needed if isinstance(d, str) and d not in layers]
+        if missing:
+            problems.append(f"{name}@{digest}: no layer link for {', '.join(missing)}")
+    return problems
+
+
+def corrupt_blobs(root: Path) -> int:
+    """Blob data files whose bytes fail their digest; what vanishes while read is skipped."""
+    bad = 0
+    for data in (root / V2 / "blobs").glob("*/*/*/data"):
+        h = hashlib.sha256()
+        try:
+            with open(data, "rb") as f:
+                while chunk := f.read(4 * MIB):
+                    h.update(chunk)
+        except FileNotFoundError:
+            continue
+        bad += f"sha256:{h.hexdigest()}" != f"{data.parent.parent.parent.name}:{data.parent.name}"
+    return bad
+
+
+class StorageView(Protocol):
+    """What the workload reads of the registry's storage, wherever it is."""
+
+    def read(self, repositories) -> StorageReading: ...
+
+    def broken_references(self) -> list[str]: ...
+
+    def corrupt_blobs(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class FolderView:
+    """The storage in a folder (`mirror.storage`, the registry's rootdirectory), read as files."""
+    root: Path
+
+    def read(self, repositories) -> StorageReading:
+        return read_storage(self.root, repositories)
+
+    def broken_references(self) -> list[str]:
+        return broken_references(self.root)
+
+    def corrupt_blobs(self) -> int:
+        return corrupt_blobs(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+@dataclass(frozen=True)
+class BucketView:
+    """The storage in a bucket (`mirror.s3`), read through the object store: ListObjectsV2 and GETs (the store
+    takes unsigned requests), ListMultipartUploads and ListParts for the partial uploads' data. The same readings
+    as FolderView's: a blob's data is `blobs/<alg>/<hex[:2]>/<hex>/data`, set aside `.../data.evicting`, an upload
+    `repositories/<name>/_uploads/<id>/...`; an object that vanishes while read is skipped."""
+    store: ObjectStore
+    prefix: str = ""  # mirror.s3.prefix
+    _manifests: dict = field(default_factory=dict, compare=False, repr=False)  # digest -> bytes (content-addressed)
+
+    @property
+    def v2(self) -> str:
+        return "/".join(p for p in (self.prefix.strip("/"), V2.as_posix()) if p) + "/"
+
+    def __str__(self) -> str:
+        return f"bucket {self.store.bucket}/{self.v2} at {self.store.endpoint}"
+
+    def read(self, repositories) -> StorageReading:
+        v2, wanted = self.v2, set(repositories)
+        data_bytes = aside_bytes = upload_bytes = 0
+        present, folders = set(), set()
+
+        def upload(key: str, size: int) -> None:
+            nonlocal upload_bytes
+            name, found, rest = key[len(v2) + len("repositories/"):].partition("/_uploads/")
+            if found and name in wanted and "/" in rest:  # <id>/<file>
+                upload_bytes += size
+                folders.add(f"{name}/{rest.split('/', 1)[0]}")
+        for key, size in self.store.sizes(v2).items():
+            parts = key[len(v2):].split("/")
+            if parts[0] == "blobs" and len(parts) == 5 and parts[1] == "sha256":  # blobs/sha256/<xx>/<hex>/<file>
+                if parts[4] == "data":
+                    data_bytes += size
+                    present.add(f"sha256:{parts[3]}")
+                elif parts[4] == "data.evicting":
+                    aside_bytes += size
+            elif parts[0] == "repositories":
+                upload(key, size)
+        for key, size in self._multipart_uploads(v2 + "repositories/"):
+            upload(key, size)
+        return StorageReading(data_bytes, aside_bytes, upload_bytes, len(folders), frozenset(present))
+
+    def broken_references(self) -> list[str]:
+        """broken_references' problems, from the bucket's keys: the links read, then the data listed."""
+        top = self.v2 + "repositories/"
+        repositories: dict[str, dict[str, dict[str, str]]] = {}  # name -> kind -> digest or tag -> key
+        for key in self.store.list_keys(top):
+            parts = key[len(top):].split("/")
+            i = next((i for i, part in enumerate(parts) if part.startswith("_")), 0)
+            if not i or parts[i] not in ("_layers", "_manifests"):
+                continue
+            links = repositories.setdefault("/".join(parts[:i]), {"layer": {}, "revision": {}, "tag": {}})
+            rest = parts[i:]
+            if len(rest) == 4 and rest[0] == "_layers" and rest[3] == "link":
+                links["layer"][f"{rest[1]}:{rest[2]}"] = key
+            elif len(rest) == 5 and rest[:2] == ["_manifests", "revisions"] and rest[4] == "link":
+                links["revision"][f"{rest[2]}:{rest[3]}"] = key
+            elif len(rest) == 5 and rest[:2] == ["_manifests", "tags"] and rest[3:] == ["current", "link"]:
+                links["tag"][rest[2]] = key
+        keys = [key for links in repositories.values() for kind in links.values() for key in kind.values()]
+        with ThreadPoolExecutor(BUCKET_READS) as pool:
+            texts = dict(zip(keys, pool.map(self._get, keys), strict=True))
+        data = set(self.store.list_keys(self.v2 + "blobs/"))  # after the links: data is written before its link
+
+        def read(links: dict[str, str]) -> dict[str, str | None]:  # a link gone since the listing is no link
+            return {d: (texts[key].decode(errors="replace").strip() or None) for d, key in links.items()
+                    if texts[key] is not None}
+        problems = []
+        for name, links in sorted(repositories.items()):
+            layers, revisions = read(links["layer"]), read(links["revision"])
+            for kind, found in (("layer", layers), ("revision", revisions)):
+                for digest, target in sorted(found.items()):
+                    if target is None:
+                        problems.append(f"{name}: {kind} link {digest} is empty")
+                    elif self.v2 + _data(target).as_posix() not in data:
+                        problems.append(f"{name}: {kind} link {digest} names missing data")
+            for tag, current in sorted(read(links["tag"]).items()):
+                if current and current not in revisions:
+                    problems.append(f"{name}:{tag} names {current}, which the repository lacks")
+            problems += unlinked_layers(name, revisions, layers, lambda target: self._manifest(target)
+                                        if self.v2 + _data(target).as_posix() in data else None)
+        return problems
+
+    def corrupt_blobs(self) -> int:
+        bad = 0
+        top = self.v2 + "blobs/"
+        for key in self.store.list_keys(top):
+            parts = key[len(top):].split("/")  # <alg>/<xx>/<hex>/data
+            if len(parts) != 4 or parts[3] != "data" or (body := self._get(key)) is None:
+                continue
+            bad += f"sha256:{hashlib.sha256(body).hexdigest()}" != f"{parts[0]}:{parts[2]}"
+        return bad
+
+    def _manifest(self, digest: str):
+        if digest not in self._manifests:
+            body = self._get(self.v2 + _data(digest).as_posix())
+            if body is None:
+                return None
+            self._manifests[digest] = body
+        try:
+            return json.loads(self._manifests[digest])
+        except ValueError:
+            return None
+
+    def _get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it is not there (any other answer raises)."""
+        status, body = self._request(f"/{urllib.parse.quote(key, safe='/')}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise RuntimeError(f"reading {self.store.bucket}/{key} answered {status}: {body[:300]!r}")
+        return body
+
+    def _multipart_uploads(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, bytes of the parts uploaded so far) of every multipart upload in progress under `prefix`."""
+        uploads, markers = [], {}
+        while True:
+            query = urllib.parse.urlencode({"prefix": prefix, **markers})
+            root = self._xml(f"?uploads&{query}")
+            uploads += [(u.findtext(f"{S3_NS}Key") or "", u.findtext(f"{S3_NS}UploadId") or "")
+                        for u in root.iter(f"{S3_NS}Upload")]
+            markers = {"key-marker": root.findtext(f"{S3_NS}NextKeyMarker") or "",
+                       "upload-id-marker": root.findtext(f"{S3_NS}NextUploadIdMarker") or ""}
+            if root.findtext(f"{S3_NS}IsTruncated") != "true" or not any(markers.values()):
+                break
+        found = []
+        for key, upload_id in uploads:
+            size, marker = 0, ""
+            while True:
+                query = urllib.parse.urlencode({"uploadId": upload_id, **({"part-number-marker": marker}
+                                                                           if marker else {})})
+                root = self._xml(f"/{urllib.parse.quote(key, safe='/')}?{query}", missing_ok=True)
+                if root is None:  # completed or aborted since listed
+                    break
+                size += sum(int(part.findtext(f"{S3_NS}Size") or 0) for part in root.iter(f"{S3_NS}Part"))
+                marker = root.findtext(f"{S3_NS}NextPartNumberMarker") or ""
+                if root.findtext(f"{S3_NS}IsTruncated") != "true" or not marker:
+                    found.append((key, size))
+                    break
+        return found
+
+    def _xml(self, path: str, missing_ok: bool = False):
+        status, body = self._request(path)
+        if status == 404 and missing_ok:
+            return None
+        if status != 200:
+            raise RuntimeError(f"{self.store.bucket}{path} answered {status}: {body[:300]!r}")
+        return ET.fromstring(body)
+
+    def _request(self, path: str) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"{self.store.endpoint}/{self.store.bucket}{path}")
+        try:
+            with urllib.request.urlopen(req, timeout=BUCKET_TIMEOUT) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
 
 
 class Sample(NamedTuple):
@@ -348,7 +572,7 @@ class Watch(threading.Thread):
             return self._changed.wait_for(lambda: condition(list(self.passes)), timeout)
 
     def _sample(self) -> Sample:
-        reading = read_storage(self.target.storage, self.repositories)
+        reading = self.target.storage.read(self.repositories)
         sample = Sample(time.time(), reading.total, reading.uploads, reading.aside)
         self.samples.append(sample)
         self.evictions.update(self._present - reading.present)
@@ -369,7 +593,8 @@ class Watch(threading.Thread):
         now = time.time()
         read = None if first else self._sample().bytes  # right after the counter changed: the pass's end
         with self._changed:
-            self.passes.append(PassRecord(count, state.get("last_pass_at"), now, read))
+            self.passes.append(PassRecord(count, state.get("last_pass_at"), now, read,
+                                          state.get("last_pass_requests")))
             self._changed.notify_all()
 
 
@@ -436,14 +661,14 @@ class Workload:
         return RoundRecord(r, at_once, count, quiesced, uploads_left, due, came, checked, broken, time.time())
 
     def _stored(self) -> int:
-        return read_storage(self.target.storage, self.catalog.repositories).total
+        return self.target.storage.read(self.catalog.repositories).total
 
     def _quiesce(self) -> tuple[bool, int]:
         """Until no transfer is open in the mirror, no request upstream and no upload in the registry."""
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         folders = 0
         while time.monotonic() < deadline:
-            folders = read_storage(self.target.storage, self.catalog.repositories).upload_folders
+            folders = self.target.storage.read(self.catalog.repositories).upload_folders
             if not folders and not fetch_json(self.target.stats_url)["transfers"] and \
                     self.target.upstream.stats()["open"] == 0:
                 return True, 0
@@ -454,8 +679,8 @@ class Workload:
         """Broken references seen twice in a row, between the same two pass counts (at most a few tries)."""
         for _ in range(5):
             before = self.watch.passes_seen()
-            first = broken_references(self.target.storage)
-            found = sorted(set(first) & set(broken_references(self.target.storage))) if first else []
+            first = self.target.storage.broken_references()
+            found = sorted(set(first) & set(self.target.storage.broken_references())) if first else []
             stored = self._stored()
             if self.watch.passes_seen() == before:
                 break
@@ -499,6 +724,7 @@ class Workload:
         end_bytes = sorted(p.bytes for p in ends)
         end_over_bound = [p.bytes - bound[p.seen] for p in ends]
         worst = max(over_bound, default=(0, 0.0))
+        requests = [p.requests for p in ends if p.requests is not None]
         graced = dict(zip(times, self.bounds(times, GRACE_FIGURE), strict=True))
         return {
             "pulls": len(self.pulls), "failures": sum(1 for p in self.pulls if p.error),
@@ -511,6 +737,7 @@ class Workload:
             "sample_max_over_cap": max(over_cap, default=0),
             "sample_max_over_bound": worst[0],
             "samples_over_bound": sum(1 for o, _ in over_bound if o > 0),
+            "samples_over_bound_worst": self._worst_samples(bound),
             "sample_max_uploads": max((s.uploads for s in samples), default=0),
             "sample_max_aside": max((s.aside for s in samples), default=0),
             # the same with pulls that ended within GRACE_FIGURE seconds counted too (blob_server.COMMIT_GRACE)
@@ -522,6 +749,11 @@ class Workload:
             "pass_ends_over_cap": sum(1 for b in end_bytes if b > cap),
             "pass_end_max_over_bound": max(end_over_bound, default=0),
             "pass_ends_over_bound": sum(1 for o in end_over_bound if o > 0),
+            # the requests a pass made on the storage (the addon's storage.last_pass_requests), over the pass ends
+            # seen (a pass whose end the poll missed is not in them), and the addon's last value
+            "pass_requests_max": max(requests, default=None),
+            "pass_requests_p50": int(statistics.median(requests)) if requests else None,
+            "pass_requests_last": self.watch.storage_state.get("last_pass_requests"),
             "rounds": [dataclasses.asdict(r) for r in self.rounds],
             "broken_references": sum(len(r.broken) for r in self.rounds),
             "rounds_with_broken_references": sum(1 for r in self.rounds if r.broken),
@@ -529,6 +761,19 @@ class Workload:
             "rounds_not_quiesced": sum(1 for r in self.rounds if not r.quiesced),
             "stats_poll_errors": self.watch.poll_errors,
         }
+
+    def _worst_samples(self, bound: dict[float, int], count: int = 5) -> list[dict]:
+        """The samples furthest over the bound, for a look: seconds since the first pull, bytes (of which partial
+        uploads and data set aside), the bound, pulls running then, seconds since the last pass end seen."""
+        over = sorted(((s.bytes - s.aside - bound[s.at], s) for s in self.watch.samples
+                       if s.bytes - s.aside > bound[s.at]), key=lambda o: -o[0])[:count]
+        first = min((p.start for p in self.pulls if p.start), default=0.0)
+        ends = [p.seen for p in self.watch.passes if p.bytes is not None]
+        return [{"t": round(s.at - first, 2), "over": o, "bytes": s.bytes, "uploads": s.uploads, "aside": s.aside,
+                 "bound": bound[s.at], "pulls_running": sum(1 for p in self.pulls if p.start and p.start <= s.at
+                                                            and (p.end is None or p.end > s.at)),
+                 "since_pass_end": round(s.at - max((e for e in ends if e <= s.at), default=first), 2)}
+                for o, s in over]
 
     def bounds(self, times: list[float], grace: float = 0.0) -> list[int]:
         """The bound at each of `times` (ascending): max_bytes plus the distinct bytes of the images being pulled;

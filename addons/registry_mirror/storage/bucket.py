@@ -19,7 +19,7 @@ from registry_mirror.config.load import S3Config
 from registry_mirror.oci.digests import digest_hasher
 from registry_mirror.redact import error_text
 from registry_mirror.storage import quarantine
-from registry_mirror.storage.bucket_store import BucketStore
+from registry_mirror.storage.bucket_store import PARALLEL_READS, BucketStore
 from registry_mirror.storage.layout import V2, blob_data, is_digest
 from registry_mirror.storage.verify import CHUNK, Checked, checkable
 from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
@@ -65,6 +65,7 @@ def client(s3: S3Config, verify: bool | str, attempts: int = READ_ATTEMPTS, time
         if s3.credentials else {}
     config = botocore.config.Config(s3={"addressing_style": "path"} if s3.endpoint else {},
                                     connect_timeout=timeout, read_timeout=timeout,
+                                    max_pool_connections=PARALLEL_READS,  # botocore's 10 would drop connections
                                     retries={"mode": "standard", "total_max_attempts": attempts})
     return boto3.session.Session().client("s3", endpoint_url=s3.endpoint, region_name=s3.region, verify=verify,
                                           config=config, **keys)

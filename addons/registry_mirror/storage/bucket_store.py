@@ -1,7 +1,7 @@
 """The storage seam (storage/store.py) on a bucket: files are objects under a prefix, folders are key prefixes.
 
-An object store has no rename: `move` is a copy, then a delete (the registry's own driver moves alike), and
-`put_back` copies only while the target is missing (a blob's data is its digest's bytes, so a copy racing the
+An object store has no rename: data goes aside as a copy, then a delete (the registry's own driver moves alike),
+and `put_back` copies only while the target is missing (a blob's data is its digest's bytes, so a copy racing the
 registry's writes the same bytes). A PUT replaces an object at once, so a reader never sees half of one. Listing
 is a page of 1,000 keys a request; reads of many small files (links) go out at once.
 """
@@ -102,21 +102,12 @@ class BucketStore:
                 log.warning("cannot delete %s from %s: %s", error.get("Key"), self.bucket, error.get("Message"))
         return len(keys)
 
-    def move(self, source: str, target: str) -> bool:
-        if not self._copy(source, target):
-            return False
-        self.requests["delete"] += 1
-        self._client.delete_object(Bucket=self.bucket, Key=self._key(source))
-        return True
-
     def put_back(self, source: str, target: str) -> bool:
-        if not self.exists(target) and not self._copy(source, target):
+        if not self.exists(target) and not self.copy(source, target):
             return False
-        if not self.delete(source):
-            return False
-        return True
+        return self.delete(source)
 
-    def _copy(self, source: str, target: str) -> bool:
+    def copy(self, source: str, target: str) -> bool:
         """A managed copy: objects over 5 GiB, which one CopyObject refuses, go in parts."""
         self.requests["copy"] += 1
         try:

@@ -10,8 +10,9 @@ commits, and one left unlinked is the next pass's orphan.
 `apply` runs while the registry serves. Tag and revision links go first, image by image in the plan's order (an
 image's own revision last, so that until then the next inventory sees it whole); then each layer link that no
 manifest its repository links at that moment needs (one pulled since the inventory may); then the data of blobs
-no link names when re-read. That data is first moved aside (`data.evicting`): the registry may have found it
-just before, and link it just after. After GRACE_SECONDS, longer than that gap, what a pull needs again comes
+no link names when re-read. That data is first set aside: copied (`data.evicting`), links read again (a copy on a
+bucket takes a while), then deleted in place unless linked meanwhile. The registry may have found it just before,
+and link it just after. After GRACE_SECONDS, longer than that gap, what a pull needs again comes
 back (`repair`: a tag written since names a revision the pass unlinked, a manifest names a layer whose link the
 registry found just before it went), links are read again, and data a link names goes back; the rest is
 deleted. So no link names deleted data once a pass ends, and what a crash leaves undone the next plan (same pull
@@ -182,7 +183,12 @@ def apply(store: Store, plan: Plan, grace: float = GRACE_SECONDS, wait: Callable
     # the registry may have linked a blob since the inventory; no data to go, no links to read (on a bucket,
     # a request each)
     linked = linked_now(store) if plan.blobs else frozenset()
-    aside = [digest for digest in plan.blobs if digest not in linked and _set_aside(store, digest, on_step)]
+    copied = [digest for digest in plan.blobs if digest not in linked and _copy_aside(store, digest, on_step)]
+    # copies take a while on a bucket: links the registry wrote meanwhile are read again, just before the data
+    # goes, so that a pull between its finding a link and reading the data seldom loses it (it would answer 500)
+    on_step("read links before the data goes")
+    linked = linked_now(store) if copied else frozenset()
+    aside = [digest for digest in copied if _set_aside(store, digest, digest in linked, on_step)]
     if aside or removed:  # the registry may have found a link or data just before it went, and act on it after
         on_step("grace")
         wait(grace)
@@ -246,6 +252,16 @@ def leftovers(store: Store, now: float, older_than: float = LEFTOVER_SECONDS) ->
     return sorted(digest for digest, at in set_aside(store).items() if now - at >= older_than)
 
 
-def _set_aside(store: Store, digest: str, on_step: Callable[[str], None]) -> bool:
+def _copy_aside(store: Store, digest: str, on_step: Callable[[str], None]) -> bool:
+    on_step(f"copy aside {digest}")
+    return store.copy(data_path(digest), aside_path(digest))
+
+
+def _set_aside(store: Store, digest: str, linked: bool, on_step: Callable[[str], None]) -> bool:
+    """The data goes, its copy aside kept for the grace; linked again meanwhile, the copy goes instead."""
     on_step(f"set aside {digest}")
-    return store.move(data_path(digest), aside_path(digest))
+    if linked:
+        store.delete(aside_path(digest))
+        return False
+    store.delete(data_path(digest))  # already gone (another replica's pass): the copy aside is settled alike
+    return True

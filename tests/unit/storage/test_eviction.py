@@ -13,7 +13,7 @@ from registry_mirror.storage.eviction import apply, plan
 from registry_mirror.storage.inventory import Image, inventory, parse_manifest
 from registry_mirror.storage.layout import ASIDE_SUFFIX, layer_link, revision_link
 from registry_mirror.storage.store import FolderStore, Store
-from tests.unit.support.storage import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, WHOLE, Storage, digest_of
+from tests.unit.support.storage import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST, Storage, digest_of
 
 NOW, MAX_AGE = 1_000_000.0, 3600.0
 OLD, RECENT = NOW - 2 * MAX_AGE, NOW - 60
@@ -249,16 +249,15 @@ def scenario(storage: Storage) -> dict[tuple[str, str], float]:
 
 
 CAP = 15_000  # without lib the rest is under 10_000, with it above 30_000
-CHANGING = ("delete", "delete_folder", "move", "put_back", "write")  # what a store's operations change
+CHANGING = ("delete", "delete_folder", "copy", "put_back", "write")  # what a store's operations change
 
 
 class CrashingStore:
-    """A store whose process dies before its (`fail_after` + 1)th change, or `halfway` through it when a move: copied,
-    the source not deleted yet (a bucket's move is a copy, then a delete). `fail_after` None: it never dies; the
+    """A store whose process dies before its (`fail_after` + 1)th change; `fail_after` None: it never dies. The
     changes it made, (operation, path), in `changes`."""
 
-    def __init__(self, store: Store, fail_after: int | None = None, halfway: bool = False):
-        self.store, self.fail_after, self.halfway = store, fail_after, halfway
+    def __init__(self, store: Store, fail_after: int | None = None):
+        self.store, self.fail_after = store, fail_after
         self.changes: list[tuple[str, str]] = []
 
     def __getattr__(self, name: str):
@@ -268,8 +267,6 @@ class CrashingStore:
 
         def change(path: str, *args):
             if self.fail_after is not None and len(self.changes) >= self.fail_after:
-                if self.halfway and name == "move" and (data := self.store.read(path, WHOLE)) is not None:
-                    self.store.write(args[0], data)
                 raise SimulatedCrash(name, path, *args)
             self.changes.append((name, path))
             return found(path, *args)
@@ -305,14 +302,12 @@ def firsts(kinds: list[str]) -> set[int]:
 
 
 def crash_points() -> list:
-    """(backend, fail_after, halfway): before each change of the pass, and halfway through each move. On a bucket,
-    only before the first change of each kind and the last, and halfway through the first move: its operations keep
+    """(backend, fail_after): before each change of the pass (data set aside is copied, then deleted: a crash
+    between leaves both). On a bucket, only before the first change of each kind and the last: its operations keep
     the one contract with a folder's (tests/unit/storage/test_store.py), and there a pass is hundreds of requests."""
-    points = [("folder", n, False) for n in range(len(CHANGES))]
-    points += [("folder", n, True) for n, (name, _) in enumerate(CHANGES) if name == "move"]
-    bucket = [(n, False) for n in sorted(firsts([kind_of_change(change) for change in CHANGES]) | {len(CHANGES) - 1})]
-    bucket.append(([name for name, _ in CHANGES].index("move"), True))
-    return points + [pytest.param("bucket", n, halfway, marks=pytest.mark.bucket) for n, halfway in bucket]
+    points = [("folder", n) for n in range(len(CHANGES))]
+    bucket = sorted(firsts([kind_of_change(change) for change in CHANGES]) | {len(CHANGES) - 1})
+    return points + [pytest.param("bucket", n, marks=pytest.mark.bucket) for n in bucket]
 
 
 def test_the_scenario_has_every_kind_of_deletion(storage):
@@ -321,14 +316,14 @@ def test_the_scenario_has_every_kind_of_deletion(storage):
     assert [(r.image.repository, r.reason) for r in p.removals] == [
         ("multi", "age"), ("team/app", "age"), ("zeta", "size"), ("lib", "size")]
     assert set(p.repositories_removed) == {"lib", "zeta"} and p.deletions > 30
-    assert len(CHANGES) == p.deletions + len(p.blobs)  # each blob's data set aside, then deleted
+    assert len(CHANGES) == p.deletions + 2 * len(p.blobs)  # each blob: copied aside, its data deleted, then the copy
 
 
-@pytest.mark.parametrize("backend, fail_after, halfway", crash_points())
-def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(storage, fail_after, halfway):
+@pytest.mark.parametrize("backend, fail_after", crash_points())
+def test_a_crash_anywhere_leaves_valid_links_and_the_next_pass_finishes_the_job(storage, fail_after):
     times = scenario(storage)
     with pytest.raises(SimulatedCrash):
-        run(storage, times, CAP, store=CrashingStore(storage.store, fail_after, halfway))
+        run(storage, times, CAP, store=CrashingStore(storage.store, fail_after))
     assert storage.broken_links() == []
     later = time.time() + eviction.LEFTOVER_SECONDS  # a later pass: what the crash left aside is a leftover
     eviction.settle(storage.store, eviction.leftovers(storage.store, later))

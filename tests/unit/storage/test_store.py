@@ -67,12 +67,13 @@ def test_delete_folder_removes_every_file_under_it_and_counts_them(filled):
     assert filled.delete_folder("a") == 0 and filled.delete_folder("nowhere") == 0
 
 
-def test_move_replaces_the_target_and_is_false_without_a_source(filled):
-    assert filled.move("a/top", "a/b/c/deep") is True
-    assert filled.read("a/b/c/deep", 10) == b"top" and not filled.exists("a/top")
-    assert filled.move("a/b/c/deep", "new/folder/moved") is True  # a folder it lacks is made
-    assert filled.read("new/folder/moved", 10) == b"top"
-    assert filled.move("a/missing", "a/empty") is False and filled.read("a/empty", 10) == b""
+def test_copy_replaces_the_target_keeps_the_source_and_is_false_without_one(filled):
+    assert filled.copy("a/top", "a/b/c/deep") is True
+    assert filled.read("a/b/c/deep", 10) == b"top" and filled.read("a/top", 10) == b"top"
+    assert filled.copy("a/b/c/deep", "new/folder/copied") is True  # a folder it lacks is made
+    assert filled.read("new/folder/copied", 10) == b"top"
+    assert filled.copy("a/missing", "a/empty") is False and filled.read("a/empty", 10) == b""
+    assert not [path for path in listed(filled) if path.endswith(".tmp")]
 
 
 def test_put_back_never_overwrites_the_target_and_removes_the_source(filled):
@@ -88,7 +89,7 @@ def test_every_operation_is_counted_in_requests(filled):
     operations = [lambda: list(filled.files("a")), lambda: filled.read("a/top", 10),
                   lambda: filled.read_many(["a/top", "a/empty"], 10), lambda: filled.exists("a/top"),
                   lambda: filled.write("w", b"w"), lambda: filled.delete("w"), lambda: filled.delete("w"),
-                  lambda: filled.move("a/top", "moved"), lambda: filled.put_back("moved", "a/top"),
+                  lambda: filled.copy("a/top", "copied"), lambda: filled.put_back("copied", "a/top"),
                   lambda: filled.delete_folder("ab")]
     for operation in operations:
         before = filled.requests.total()
