@@ -125,7 +125,9 @@ def test_a_mirror_on_a_bucket_pulls_once_then_serves_from_it_even_restarted_with
     seed.push(upstream.registry_url, image)
     mirror = mirror_factory(credentials_of(upstream), dump=False, bucket=store)
     reach(mirror.cfg.mirror.s3)  # what `check` does
-    assert mirror.stats()["storage"] == {"bucket": store.bucket, "endpoint": store.endpoint, "uploads_aborted": 0}
+    assert mirror.stats()["storage"]["bucket"] == {"name": store.bucket, "endpoint": store.endpoint,
+                                                   "uploads_aborted": 0}
+    assert mirror.cfg.cache.prefetch  # on by default on a bucket: its writes are whole
     ref = f"{mirror.address}/{image.name}:{image.tag}"
     pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
     assert_pulled_identical(tmp_path / "cold", image)

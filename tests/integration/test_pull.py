@@ -19,10 +19,10 @@ from .conftest import assert_pulled_identical, blob_gets, credentials_of, raw_re
 @pytest.mark.mtu1500
 @pytest.mark.parametrize("blob_redirect", [True, False], ids=["blobs-redirected", "blobs-through-mitmproxy"])
 def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, mirror_factory, layer_cache, tmp_path,
-                                                                      blob_redirect):
+                                                                      blob_redirect, bucket):
     image = small_image(layer_cache)
     seed.push(upstream.registry_url, image)
-    mirror = mirror_factory(credentials_of(upstream), rewriter={"blob_redirect": blob_redirect})
+    mirror = mirror_factory(credentials_of(upstream), rewriter={"blob_redirect": blob_redirect}, bucket=bucket)
     ref = f"{mirror.address}/{image.name}:{image.tag}"
 
     pull(ref, tmp_path / "cold", cert_dir=mirror.trust)
@@ -48,6 +48,9 @@ def test_cold_then_warm_pull_is_byte_identical_and_warm_needs_no_blob(upstream, 
         flows = list(mitm_io.FlowReader(f).stream())
     pings = [fl for fl in flows if fl.request.path == "/v2/"]
     assert 1 <= len(pings) <= 2 and all(fl.response.headers["X-Mirror-Cache"] == "LOCAL" for fl in pings)
+    if bucket is not None:  # the store's secret reaches the registry's environment only, never a log or a flow
+        for where, data in {"logs": mirror.logs().encode(), "flows": open(mirror.mirror.dump, "rb").read()}.items():
+            assert bucket.secret_key.encode() not in data, f"the bucket's secret key leaked into the {where}"
     assert upstream.stats()["requests"] == [] or all(
         not r["path"].endswith("/v2/") for r in upstream.stats()["requests"])
 

@@ -208,8 +208,9 @@ class CacheConfig:
                             "kernel's dirty expiry (30 s) is never written to disk.", 10, bounds=(0, 3600))
     prefetch: bool = key(BOOL, "Once the registry asks for one blob of an image whose manifest it fetched, fetch the "
                          "image's other blobs one after another ahead of its requests (the WAN stays busy between "
-                         "layers). Off by default: the stock registry 2.8 writes a layer's link in place, and a pull "
-                         "arriving while a prefetched layer is committed can get a 500 (benchmarks).", False)
+                         "layers). Off by default on a folder: the stock registry 2.8 writes a layer's link there in "
+                         "place, and a pull arriving while a prefetched layer is committed can get a 500 "
+                         "(benchmarks); a bucket's writes are whole.", None, shown="on with `mirror.s3`, else off")
     stale_budget: float = key(SECONDS, "Seconds a tag refresh may take before the last known digest is answered "
                               "(the refresh goes on in the background).", 2, bounds=(0.05, 600))
     max_stale: float = key(SECONDS, "The oldest last known digest (seconds) still answered when the upstream "

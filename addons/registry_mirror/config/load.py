@@ -99,7 +99,8 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         routes=(*explicit, *_repository_path_routes(upstream, explicit)),
         mirror=mirror,
         webhooks=_webhooks(sections.get("webhooks", {}), resolve, taken),
-        cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve),
+        cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve,
+                     on_bucket=mirror.s3 is not None),
         source=source,
     )
 
@@ -118,11 +119,12 @@ def _s3(values: dict, resolve) -> S3Config:
     return s3
 
 
-def _cache(values: dict, storage: str, resolve) -> CacheConfig:
+def _cache(values: dict, storage: str, resolve, on_bucket: bool) -> CacheConfig:
     """Last known tags go next to the storage by default: its name as written (resolving it first would follow
-    a symlinked folder)."""
+    a symlinked folder). Prefetch is on by default where the storage's writes are whole: a bucket."""
     return CacheConfig(**{**values, "tag_state_file": values["tag_state_file"]
-                          or resolve(storage.rstrip("/") + ".tags.json")})
+                          or resolve(storage.rstrip("/") + ".tags.json"),
+                          "prefetch": on_bucket if values["prefetch"] is None else values["prefetch"]})
 
 
 def _check_routes(value: object, environ: dict[str, str]) -> list[dict]:

@@ -195,7 +195,17 @@ def test_a_section_left_out_is_its_dataclass_defaults(tmp_path):
     assert (cfg.rewriter, cfg.scale, cfg.routes) == (RewriterConfig(), ScaleConfig(), ())
     assert cfg.mirror == MirrorConfig(storage=f"{base}/data/registry", tls_cert=f"{base}/certs/mirror.crt",
                                       tls_key=f"{base}/certs/mirror.key")
-    assert cfg.cache == CacheConfig(tag_state_file=f"{base}/data/registry.tags.json")
+    assert cfg.cache == CacheConfig(tag_state_file=f"{base}/data/registry.tags.json", prefetch=False)
+
+
+@pytest.mark.parametrize("mirror, cache, prefetch", [
+    ({}, {}, False),  # a folder: registry 2.8 writes a layer's link in place there
+    ({"s3": {"bucket": "registry"}}, {}, True),  # a bucket's writes are whole
+    ({"s3": {"bucket": "registry"}}, {"prefetch": False}, False),
+    ({}, {"prefetch": True}, True),
+])
+def test_prefetch_is_on_by_default_only_on_a_bucket(tmp_path, mirror, cache, prefetch):
+    assert parse({**BASE, "mirror": mirror, "cache": cache}, base_dir=tmp_path).cache.prefetch is prefetch
 
 
 def test_every_key_is_documented_and_its_default_valid():
