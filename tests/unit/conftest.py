@@ -26,10 +26,6 @@ from tests.unit.support.storage import Storage
 BACKENDS = ["folder", pytest.param("bucket", marks=pytest.mark.bucket)]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "bucket: runs on a bucket of a real S3-compatible store (SeaweedFS)")
-
-
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory) -> Iterator[ObjectStore]:
     """One store for the session: each test keeps to a prefix of its own."""
