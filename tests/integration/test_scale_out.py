@@ -10,6 +10,7 @@ import pytest
 from devtools import seed
 from devtools.skopeo import PullError, pull
 from registry_mirror.storage.inventory import Image, inventory
+from registry_mirror.storage.store import FolderStore
 
 from .conftest import MIRROR_COMMAND, assert_pulled_identical, blob_gets, credentials_of, small_image, wait_for
 
@@ -133,7 +134,7 @@ def test_a_tag_forgotten_through_one_replica_is_not_served_by_the_other(upstream
         pull(f"{b.address}/{ref}", tmp_path / "gone", cert_dir=b.trust)
     with pytest.raises(PullError):
         pull(f"{b.address}/{image.name}@{image.manifest_digest}", tmp_path / "gone", cert_dir=b.trust)
-    assert Image(image.name, image.manifest_digest) not in inventory(b.storage).images  # not stored again
+    assert Image(image.name, image.manifest_digest) not in inventory(FolderStore(b.storage)).images  # not stored again
 
     redis_server.stop()
     again = subprocess.run(forget, capture_output=True, text=True)
