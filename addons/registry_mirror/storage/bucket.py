@@ -20,7 +20,7 @@ from registry_mirror.oci.digests import digest_hasher
 from registry_mirror.redact import error_text
 from registry_mirror.storage import quarantine
 from registry_mirror.storage.bucket_store import PARALLEL_READS, BucketStore
-from registry_mirror.storage.layout import V2, blob_data, is_digest
+from registry_mirror.storage.layout import BLOBS, V2, blob_data, stored_file
 from registry_mirror.storage.verify import CHUNK, Checked, checkable
 from registry_mirror.tls.certs import CertError, ca_bundle, system_ca_file
 
@@ -151,13 +151,10 @@ class Bucket:
 
     def blob_digests(self) -> Iterator[str]:
         """Every blob data object's digest the storage holds that the mirror can check, as listed."""
-        prefix = f"{self.root}/blobs/"
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
-            for entry in page.get("Contents", []):
-                parts = entry["Key"][len(prefix):].split("/")  # <alg>/<hex[:2]>/<hex>/data
-                if len(parts) == 4 and parts[3] == "data" and is_digest(digest := f"{parts[0]}:{parts[2]}") \
-                        and checkable(digest):
-                    yield digest
+        for entry in self.store().files(BLOBS):
+            found = stored_file(entry.path)
+            if found is not None and not found[1] and checkable(found[0]):
+                yield found[0]
 
     def verify_storage(self) -> Iterator[Checked]:
         """One pass over every blob data object (storage/verify.verify_storage's, on the bucket); objects removed

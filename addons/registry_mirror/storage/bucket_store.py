@@ -47,8 +47,6 @@ class BucketStore:
     def _get(self, path: str, limit: int) -> bytes | None:
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(path), Range=f"bytes=0-{limit - 1}")
-        except self._client.exceptions.NoSuchKey:
-            return None
         except Exception as e:
             if _missing(e):
                 return None
