@@ -31,9 +31,11 @@ What it observes:
 
 The bound at time t is `max_bytes` plus the distinct bytes (a blob shared counts once) of the images being pulled
 at t: the pulls started by t that have not ended, and those that ended at or after the start of the last pass
-seen finished by t (its `storage.last_pass_at`, the wall clock the pass read at its start). A pass can only evict
-what was stored, and order by last pull what was pulled, before it began: until a pass that began after a pull
-ended has finished, that pull's image may sit on top of the cap. A pull lasts from skopeo's start to its exit.
+seen finished by t (its `storage.last_pass_at`, the wall clock the pass read at its start) less COMMIT_GRACE. A
+pass can only evict what was stored, and order by last pull what was pulled, before it began, and it keeps the
+blobs answered within COMMIT_GRACE before it began (the registry may still be committing and linking them):
+until a pass that began that long after a pull ended has finished, that pull's image may sit on top of the cap.
+A pull lasts from skopeo's start to its exit.
 A sample's data set aside is held against the bound only at the pass's end: during its grace (seconds) a pull may
 store a blob anew while the old copy waits aside, so the disk briefly holds both.
 """
@@ -62,6 +64,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from devtools import seed
 from devtools.skopeo import PullError, pull
 from devtools.upstream_harness import UpstreamHarness
+from registry_mirror.blobs.server import COMMIT_GRACE
 
 if TYPE_CHECKING:
     from devtools.object_store import ObjectStore
@@ -740,7 +743,7 @@ class Workload:
             "samples_over_bound_worst": self._worst_samples(bound),
             "sample_max_uploads": max((s.uploads for s in samples), default=0),
             "sample_max_aside": max((s.aside for s in samples), default=0),
-            # the same with pulls that ended within GRACE_FIGURE seconds counted too (blob_server.COMMIT_GRACE)
+            # the same with pulls that ended within GRACE_FIGURE seconds counted too
             "sample_max_over_bound_grace": max((s.bytes - s.aside - graced[s.at] for s in samples), default=0),
             "samples_over_bound_grace": sum(1 for s in samples if s.bytes - s.aside > graced[s.at]),
             "passes": len(ends), "pass_end_bytes": end_bytes,
@@ -795,8 +798,8 @@ class Workload:
             while k < len(passes) and passes[k].seen <= t:
                 last_start = max(last_start, passes[k].start or float("-inf"))
                 k += 1
-            # ended before the start of the last finished pass (and, with a grace, before it)
-            while ending and ending[0][0] < min(last_start, t - grace):
+            # ended before what the last finished pass kept (and, with a grace, before it)
+            while ending and ending[0][0] < min(last_start - COMMIT_GRACE, t - grace):
                 _, j = heapq.heappop(ending)
                 for d in catalog.blobs(catalog.images[pulls[j].image]):
                     held[d] -= 1

@@ -5,9 +5,10 @@ pulls in 4 rounds at 3, 8, 1 and 6 at once. `./run.sh bench-storage` runs it at 
 What must hold whatever the machine's speed: every pull byte-identical; at the end of each round (pulls quiesced,
 then the due pass waited for) no link names missing data and no image in storage lacks a layer link; and the
 storage (blob data and partial uploads) within the bound at every sample and at the end of every pass: the cap,
-plus the images being pulled (in progress, or ended since the start of the last pass that has finished). Data a
-pass has set aside counts against the bound at its end, not during its seconds of grace, when a pull may store
-a blob anew while the old copy waits aside. No blob in storage fails its digest at the end.
+plus the images being pulled (in progress, or ended since the start of the last pass that has finished, less
+the seconds before it in which a pass keeps the blobs just answered). Data a pass has set aside counts against
+the bound at its end, not during its seconds of grace, when a pull may store a blob anew while the old copy
+waits aside. No blob in storage fails its digest at the end.
 
 On a folder. On a bucket the same workload runs in `./run.sh bench-storage --bucket` (watched through the store's
 own listing, `BucketView`), not here: a sample there can exceed the bound by up to 1 MiB just after a pass ends
