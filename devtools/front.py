@@ -30,7 +30,9 @@ MAX_RECORDS = 20000
 class ArtifactoryFront:
     def __init__(self) -> None:
         self.username = self.password = self.static_token = ""
-        self.tokens: dict[str, tuple[str, float]] = {}  # token -> (repository name it grants, expiry)
+        # other users, each reading only names under its prefixes (front_secrets' `users`; /_front/permissions)
+        self.users: dict[str, tuple[str, tuple[str, ...]]] = {}  # user -> (password, prefixes it may read)
+        self.tokens: dict[str, tuple[str, float, str]] = {}  # token -> (repository name it grants, expiry, user)
         self.token_uses: dict[str, int] = {}
         self.issued: list[str] = []  # for the tests' leak checks; this front is a test tool
         self.fault = Fault()
@@ -62,6 +64,8 @@ class ArtifactoryFront:
             self.username = str(data.get("username", ""))
             self.password = str(data.get("password", ""))
             self.static_token = str(data.get("static_token", ""))
+            self.users = {str(u["username"]): (str(u["password"]), tuple(u.get("read", ())))
+                          for u in data.get("users", ())}
 
     @property
     def prefix(self) -> str:
@@ -174,6 +178,13 @@ class ArtifactoryFront:
             except ValueError as e:
                 return _json(400, {"error": str(e)})
             return _json(200, {"fault": self.fault.mode})
+        if path.startswith("/_front/permissions") and method == "POST":  # ?user=U&read=a/,b/ (empty: nothing)
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query, keep_blank_values=True))
+            if query.get("user") not in self.users:
+                return _json(400, {"error": "unknown user"})
+            password, _ = self.users[query["user"]]
+            self.users[query["user"]] = (password, tuple(p for p in query.get("read", "").split(",") if p))
+            return _json(200, {"user": query["user"], "read": list(self.users[query["user"]][1])})
         if path == "/_front/revoke" and method == "POST":
             self.tokens.clear()
             return _json(200, {"revoked": True})
@@ -185,9 +196,10 @@ class ArtifactoryFront:
         if mode == "none":
             return None
         if mode == "basic":
-            if given == _basic(self.username, self.password):
-                return None
-            return _unauthorized('Basic realm="Artifactory Realm"')
+            user = self._basic_user(given)
+            if user is None:
+                return _unauthorized('Basic realm="Artifactory Realm"')
+            return self._permission(user, name)
         if mode == "bearer":
             if self.static_token and secrets.compare_digest(given, f"Bearer {self.static_token}"):
                 return None
@@ -197,22 +209,38 @@ class ArtifactoryFront:
         if granted and granted[1] > time.time() and (not name or granted[0] == name):
             self.token_uses[token] = self.token_uses.get(token, 0) + 1
             if not ctx.options.front_token_uses or self.token_uses[token] <= ctx.options.front_token_uses:
-                return None
+                return self._permission(granted[2], name)
             self.tokens.pop(token, None)  # used up: expired in the middle of whatever it was serving
         host, port = flow.client_conn.sockname[:2]  # the Host header is already rewritten in reverse mode
         realm = ctx.options.front_realm or f"http://{host}:{port}{self.prefix}/v2/token"
         scope = f',scope="repository:{name}:pull"' if name else ""
         return _unauthorized(f'Bearer realm="{realm}",service="{SERVICE}"{scope}')
 
+    def _basic_user(self, authorization: str) -> str | None:
+        """The user whose Basic credential this is, or None."""
+        if authorization == _basic(self.username, self.password):
+            return self.username
+        return next((user for user, (password, _) in self.users.items()
+                     if secrets.compare_digest(authorization, _basic(user, password))), None)
+
+    def _permission(self, user: str, name: str) -> http.Response | None:
+        """Artifactory's answer to a user without read permission on the repository path: 403."""
+        if user not in self.users or not name:
+            return None  # the front's own user reads everything
+        if any(name == p.rstrip("/") or name.startswith(p.rstrip("/") + "/") for p in self.users[user][1]):
+            return None
+        return _json(403, {"errors": [{"code": "DENIED", "message": f"user {user} may not read {name}"}]})
+
     def _issue_token(self, flow: http.HTTPFlow) -> http.Response:
-        if flow.request.headers.get("Authorization", "") != _basic(self.username, self.password):
+        user = self._basic_user(flow.request.headers.get("Authorization", ""))
+        if user is None:
             return _json(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
         scope = flow.request.query.get("scope", "")
         parts = scope.split(":")
         name = parts[1] if len(parts) == 3 and parts[0] == "repository" else ""
         token = secrets.token_urlsafe(24)
         ttl = ctx.options.front_token_ttl
-        self.tokens[token] = (name, time.time() + ttl)
+        self.tokens[token] = (name, time.time() + ttl, user)
         self.tokens_issued += 1
         self.issued.append(token)
         return _json(200, {"token": token, "access_token": token, "expires_in": ttl,

@@ -29,6 +29,8 @@ class UpstreamHarness:
     username: str = "deployer"
     password: str = "s3cret-Pa55word"
     static_token: str = "static-access-token-0123456789"
+    # other users, each reading only names under its prefixes: {"dev": ("password", ("tools/",))}
+    users: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     token_ttl: int = 300
     token_uses: int = 0
     repository: str = "docker-local"
@@ -70,8 +72,9 @@ class UpstreamHarness:
         self.procs.append(reg)
         launch.wait_for_port("127.0.0.1", self.registry_port, reg, what="upstream registry", log_path=log)
         secrets_file = self.workdir / "front-secrets.yml"
-        secrets_file.write_text(yaml.safe_dump({"username": self.username, "password": self.password,
-                                                "static_token": self.static_token}))
+        secrets_file.write_text(yaml.safe_dump({
+            "username": self.username, "password": self.password, "static_token": self.static_token,
+            "users": [{"username": u, "password": p, "read": list(read)} for u, (p, read) in self.users.items()]}))
         secrets_file.chmod(0o600)
         args = [processes.venv_tool("mitmdump"), "-s", str(FRONT_ADDON), "--mode",
                 f"reverse:http://127.0.0.1:{self.registry_port}@{bind if self.netns else self.host}:{self.front_port}",

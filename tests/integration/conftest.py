@@ -145,7 +145,8 @@ def mirror_factory(tmp_path):
     def make(upstream_keys: dict, dump: bool = True, cache: dict | None = None, rewriter: dict | None = None,
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
              mirror_keys: dict | None = None, webhooks: dict | None = None, workdir: Path | None = None,
-             log_dir: Path | None = None, bucket: ObjectStore | None = None) -> RunningMirror:
+             log_dir: Path | None = None, bucket: ObjectStore | None = None,
+             access: dict | None = None) -> RunningMirror:
         """`workdir`: where its configuration, storage, spool, logs and dump go (a filesystem of the test's);
         `bucket`: the registry's storage there instead (mirror.s3)."""
         if bucket is not None:
@@ -163,6 +164,7 @@ def mirror_factory(tmp_path):
             **({"routes": routes} if routes else {}),
             **({"scale": scale} if scale else {}),
             **({"webhooks": webhooks} if webhooks else {}),
+            **({"access": access} if access else {}),
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))

@@ -10,7 +10,8 @@ import base64
 import pytest
 
 from devtools import seed
-from devtools.skopeo import pull
+from devtools.skopeo import PullError, pull
+from registry_mirror.tls import certs
 
 from .conftest import RunningMirror, assert_pulled_identical, blob_gets, credentials_of, small_image
 
@@ -72,3 +73,19 @@ def test_second_data_center_is_served_from_the_regional_mirror(upstream, image, 
     assert_pulled_identical(tmp_path / "second", image)
     second.settle(upstream, image)
     assert blob_gets(upstream.stats()) == []
+
+
+def test_a_data_center_mirror_presents_its_certificate_to_a_regional_mirror_that_requires_one(
+        upstream, image, mirror_factory, tmp_path):
+    dc_cert, dc_key = str(tmp_path / "dc1-mirror.crt"), str(tmp_path / "dc1-mirror.key")
+    certs.ensure_own_pair(dc_cert, dc_key, "dc1-mirror", "the data center's pair")
+    regional = mirror_factory(credentials_of(upstream), dump=False, mirror_keys={"client_ca": dc_cert})
+    data_center = mirror_factory({**chained_to(regional), "client_cert": dc_cert, "client_key": dc_key}, dump=False)
+    pull(f"{data_center.address}/{image.name}:{image.tag}", tmp_path / "out", cert_dir=data_center.trust)
+    assert_pulled_identical(tmp_path / "out", image)
+
+    without = mirror_factory(chained_to(regional), dump=False)  # the same keys, no certificate
+    with pytest.raises(PullError):
+        pull(f"{without.address}/{image.name}:{image.tag}", tmp_path / "refused", cert_dir=without.trust)
+    # the regional registry's TLS alert, as the data center's addon logs it (Go sends one or the other)
+    assert "ALERT_BAD_CERTIFICATE" in without.logs() or "ALERT_CERTIFICATE_REQUIRED" in without.logs()

@@ -8,8 +8,8 @@ import registry_mirror
 
 PACKAGE = Path(registry_mirror.__file__).parent
 # lowest first; the root's modules (units, redact, outcomes, bodies, responses, free_space, background) sit below
-LAYERS = ["oci", "config", "tls", "stats", "upstream", "storage", "manifests", "routes", "blobs", "warming",
-          "expiry", "proxy", "cli", "script"]
+LAYERS = ["oci", "config", "tls", "stats", "upstream", "storage", "manifests", "routes", "access", "blobs",
+          "warming", "expiry", "proxy", "cli", "script"]
 
 
 def layer(module: str) -> int:

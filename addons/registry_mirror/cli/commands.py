@@ -250,8 +250,14 @@ def cmd_clients(args) -> int:
                                          cfg.upstream.repository_path_names)
     others = sorted({f"{route.match_prefix}/" for route in cfg.routes if route.origin != cfg.upstream.origin
                      and route.match_prefix})
-    found = clients.all_clients(mirror, upstream, str(trust), others)
-    print(clients.render(found, str(trust / "ca.crt")))
+    if bool(args.client_cert) != bool(args.client_key):
+        print(f"{PROG}: give --client-cert and --client-key together (the client's certificate and its key)",
+              file=sys.stderr)
+        return 2
+    access = clients.Access(client_cert=bool(cfg.mirror.client_ca), login=cfg.access.enabled)
+    found = clients.all_clients(mirror, upstream, str(trust), others, access)
+    pair = (args.client_cert, args.client_key) if args.client_cert else None
+    print(clients.render(found, str(trust / "ca.crt"), pair))
     return 0
 
 
@@ -340,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
                 "configuration for this mirror")
     c.add_argument("--address", help="HOST:PORT clients reach the mirror at (default: mirror.listen, or this "
                    "machine's name when it listens on every address); the certificate must name it")
+    c.add_argument("--client-cert", help="with mirror.client_ca: the client's certificate, copied where each client "
+                   "looks for it (default: a placeholder)")
+    c.add_argument("--client-key", help="the key of --client-cert")
     command("evictions", cmd_evictions, "what the next expiry pass would remove (changes nothing)")
     f = command("forget", cmd_forget, "remove an image from the mirror's storage and caches (deleted upstream)")
     f.add_argument("image", help="team/app (every image of it), team/app:1.0 or team/app@sha256:...")

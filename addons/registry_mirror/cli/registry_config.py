@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import secrets
 
+from registry_mirror.access.tokens import registry_auth
 from registry_mirror.config.load import Config, MirrorConfig
 from registry_mirror.proxy.notifications import NOTIFY_PATH, endpoint_config, notification_secret
 from registry_mirror.storage.uploads import PURGE_AGE_SECONDS
+from registry_mirror.tls.certs import own_client_pair
 
 
-def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None) -> dict:
-    """registry:2 in pull-through mode with its remote pointed at the addon; it holds no credentials."""
-    http = {
+def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None,
+                          realm: str | None = None) -> dict:
+    """registry:2 in pull-through mode with its remote pointed at the addon; it holds no credentials. `realm`:
+    where clients fetch tokens, with `access.users` on."""
+    http: dict = {
         "addr": str(cfg.mirror.listen),
         "secret": http_secret or secrets.token_hex(16),
         "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -18,7 +22,10 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
     if cfg.mirror.drain_timeout:  # SIGTERM closes the listener and lets the requests in flight finish
         http["draintimeout"] = f"{cfg.mirror.drain_timeout:g}s"
     if cfg.mirror.tls:
-        http["tls"] = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
+        tls: dict = {"certificate": cfg.mirror.tls_cert, "key": cfg.mirror.tls_key}
+        if cfg.mirror.client_ca:  # the mirror's own warms present a certificate of its own
+            tls["clientcas"] = [cfg.mirror.client_ca, own_client_pair(cfg.mirror.tls_cert)[0]]
+        http["tls"] = tls
         # HTTP/1.1 only: a pull is a few large streams, and Go's HTTP/2 frames them at a CPU cost the registry and
         # its clients both pay (docs/benchmarks.md)
         http["http2"] = {"disabled": True}
@@ -45,6 +52,10 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
         "notifications": endpoint_config(remote_url.rstrip("/") + NOTIFY_PATH,
                                          notification_secret(cfg.mirror.storage)),
     }
+    if cfg.access.enabled:
+        if realm is None or cfg.access.signing_cert is None:
+            raise ValueError("access.users is on: the registry needs the token realm and the signing certificate")
+        generated["auth"] = registry_auth(realm, cfg.access.signing_cert)
     return generated
 
 

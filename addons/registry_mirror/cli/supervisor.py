@@ -22,6 +22,7 @@ from typing import Protocol
 import argon2
 import yaml
 
+from registry_mirror.access.server import realm_url
 from registry_mirror.cli import processes
 from registry_mirror.cli.logfiles import LogFile
 from registry_mirror.cli.registry_config import proxy_registry_config
@@ -92,6 +93,7 @@ class Supervisor:
                 certs.write_trust_folder(cfg.mirror.trusted_ca, cfg.mirror.tls_cert)
             except certs.CertError as e:  # a convenience for clients: the mirror serves without it
                 print(f"artifactory-mirror: {e}", file=sys.stderr)
+        self.own_pairs()
         if self.dump:
             private_dump_file(self.dump)
         # the addon never logs the webhook secret; its log is redacted of it all the same
@@ -102,6 +104,26 @@ class Supervisor:
         self.start_registry()
         threading.Thread(target=self._report_dropped_lines, daemon=True).start()
 
+    def own_pairs(self) -> None:
+        """The pairs the mirror uses itself, generated when missing: the token signer (`access.users`), and the
+        client certificate of its own warms (`mirror.client_ca`)."""
+        cfg = self.cfg
+        if cfg.access.enabled and cfg.access.signing_cert and cfg.access.signing_key:
+            certs.ensure_own_pair(cfg.access.signing_cert, cfg.access.signing_key, "artifactory-mirror token signer",
+                                  "access.signing_cert / access.signing_key")
+        if cfg.mirror.client_ca:
+            cert, key = certs.own_client_pair(cfg.mirror.tls_cert)
+            certs.ensure_own_pair(cert, key, "artifactory-mirror", f"the mirror's client pair {cert} / {key}")
+
+    def realm(self) -> str | None:
+        access = self.cfg.access
+        if not access.enabled:
+            return None
+        try:
+            return realm_url(access.url, Path(self.cfg.mirror.tls_cert).read_bytes(), access.listen.port)
+        except OSError as e:
+            raise certs.CertError(f"cannot read mirror.tls_cert {self.cfg.mirror.tls_cert}: {e.strerror}") from e
+
     def start_registry(self) -> None:
         """The stock registry, with a configuration generated from mirror.yaml (again after a restart)."""
         cfg = self.cfg
@@ -110,7 +132,7 @@ class Supervisor:
         registry_yml.unlink(missing_ok=True)
         # created 0600: it may hold the redis password, and no one else may read it even for a moment
         with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}")))
+            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}", realm=self.realm())))
         log = self.logs["registry"]
         # the pair on disk as the registry reads it at its start: a renewal from now on is a change
         self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None

@@ -19,6 +19,7 @@ from registry_mirror.config.kinds import (
     ENDPOINT,
     HOSTS,
     IMAGE_PREFIX,
+    IMAGE_PREFIXES,
     KEY_PREFIX,
     PATH,
     PATH_PREFIX,
@@ -60,6 +61,11 @@ class UpstreamConfig:
     anonymous: bool = key(BOOL, "`true` for an upstream that needs no credential.", False, required=_ONE_CREDENTIAL)
     ca_file: str | None = key(CA_FILE, "PEM bundle for the upstream's TLS.", None, shown="system CAs")
     tls_verify: bool = key(BOOL, "Verify the upstream's certificate.", True)
+    client_cert: str | None = key(PATH, "A client certificate (PEM) presented to the upstream, for one that "
+                                  "requires mutual TLS (a regional mirror with `mirror.client_ca`).", None,
+                                  shown="none")
+    client_key: str | None = key(PATH, "The key of `client_cert`.", None, required="with `client_cert`",
+                                 shown="none")
     allowed_realm_hosts: tuple[str, ...] = key(HOSTS, "Hosts besides the upstream's own origin whose token realm "
                                                "may receive credentials.", [])
     connect_timeout: float = key(SECONDS, "Seconds to connect to the upstream.", 5, bounds=(0, 3600), above=True)
@@ -149,6 +155,9 @@ class MirrorConfig:
     tls_key: str = key(PATH, "The key of `tls_cert`.", "certs/mirror.key")
     tls_ca: str | None = key(PATH, "The CA certificate that issued `tls_cert`, which clients are told to trust "
                              "(`artifactory-mirror clients`).", None, shown="`tls_cert` itself (self-signed)")
+    client_ca: str | None = key(CA_FILE, "Mutual TLS: only clients presenting a certificate this CA issued reach "
+                                "the registry (read at the registry's start). Needs `tls`.", None,
+                                shown="none: any client")
     max_age: float = key(DURATION, "An image not pulled for this long is removed (at least a minute). Pulls "
                          "served from storage count: they come from the registry's notifications.", "7d",
                          check=_at_least_a_minute)
@@ -269,6 +278,38 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    """Who may pull: with `users: artifactory` the registry asks clients for a token, and the mirror issues one only
+    for what Artifactory lets the client's own user read."""
+    users: str = key(STRING, "`artifactory`: each pull is checked against the client's Artifactory user; `none`: "
+                     "anyone who reaches the mirror pulls what its own credential reads.", "none",
+                     choices=("none", "artifactory"))
+    listen: Address = key(ADDRESS, "Where the token endpoint listens (TLS with the mirror's certificate).",
+                          "0.0.0.0:5001")
+    url: str | None = key(URL, "The token endpoint's origin as clients reach it (the realm they are sent to).", None,
+                          shown="https://<the certificate's first DNS name>:<listen's port>")
+    decision_ttl: float = key(DURATION, "How long a decision (user, password, repository) is reused before "
+                              "Artifactory is asked again.", "5m", check=lambda s: "is negative" if s < 0 else None)
+    token_ttl: float = key(DURATION, "The lifetime of the tokens the mirror issues.", "5m",
+                           check=lambda s: "is under 10 seconds; clients fetch one per pull" if s < 10 else None)
+    stale_decisions: float = key(DURATION, "How long a cached \"allowed\" still holds while Artifactory is "
+                                 "unreachable.", "1h", check=lambda s: "is negative" if s < 0 else None)
+    anonymous: tuple[str, ...] = key(IMAGE_PREFIXES, "Image-name starts anyone may pull without logging in.", [])
+    failed_logins: int = key(WHOLE, "Refused credentials a client address may present per minute; more are "
+                             "answered 429 until the minute ends.", 10, bounds=(1, 100_000))
+    signing_cert: str | None = key(PATH, "The certificate the tokens are signed with (in the registry's "
+                                   "`rootcertbundle`); replicas share one pair. Generated when it and "
+                                   "`signing_key` are missing.", None,
+                                   shown="`token-signer.crt` beside `mirror.tls_cert`")
+    signing_key: str | None = key(PATH, "The key of `signing_cert` (0600).", None,
+                                  shown="`token-signer.key` beside `mirror.tls_cert`")
+
+    @property
+    def enabled(self) -> bool:
+        return self.users != "none"
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig  # the default route: every name no entry of `routes` serves
     mirror: MirrorConfig
@@ -278,10 +319,11 @@ class Config:
     routes: tuple[UpstreamConfig, ...] = ()
     scale: ScaleConfig = ScaleConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    access: AccessConfig = AccessConfig()
 
 
 # the sections of mirror.yaml, besides `routes` (a list of UpstreamConfig's keys and its routes_only ones)
 SECTIONS = {"upstream": UpstreamConfig, "mirror": MirrorConfig, "rewriter": RewriterConfig, "cache": CacheConfig,
-            "scale": ScaleConfig, "webhooks": WebhooksConfig}
+            "scale": ScaleConfig, "webhooks": WebhooksConfig, "access": AccessConfig}
 # mappings inside a section
 SUBSECTIONS = {"mirror.s3": S3Config}

@@ -169,6 +169,13 @@ def _hosts(what: str) -> Callable[[str, list], tuple[str, ...]]:
     return convert
 
 
+def _image_prefixes(name: str, values: list) -> tuple[str, ...]:
+    for value in values:
+        if not isinstance(value, str) or not value.strip("/"):
+            raise ConfigError(f"{name}: {value!r} is not the start of an image name; expected e.g. public/")
+    return tuple(_image_prefix(name, value) for value in values)
+
+
 _PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 
 
@@ -210,4 +217,5 @@ HOSTS = KeyKind("a list of host or host:port", (list,), _hosts("a host or host:p
 REGISTRY_HOSTS = KeyKind("a list of registry host names", (list,), _hosts(
     "a registry host name such as docker.io; ns values are matched against containerd's ?ns= parameter, "
     "never dialled"))
+IMAGE_PREFIXES = KeyKind("a list of image-name starts, e.g. [public/, tools/base]", (list,), _image_prefixes)
 PLATFORMS = KeyKind("a list of os/architecture[/variant], e.g. [linux/amd64]", (list,), _platforms)

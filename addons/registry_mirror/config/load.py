@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from registry_mirror.config.keys import (
     ARTIFACTORY_PREFIX,
     SECTIONS,
+    AccessConfig,
     CacheConfig,
     Config,
     MirrorConfig,
@@ -27,8 +29,9 @@ from registry_mirror.config.keys import (
 from registry_mirror.config.kinds import Address, ConfigError, Secret, any_address, parse_address
 from registry_mirror.config.schema import check_types, convert, declared, expand
 
-__all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "Address", "CacheConfig", "Config", "ConfigError",
-           "MirrorConfig", "RewriterConfig", "S3Config", "ScaleConfig", "Secret", "UpstreamConfig", "WebhooksConfig",
+__all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "AccessConfig", "Address", "CacheConfig", "Config",
+           "ConfigError", "MirrorConfig", "RewriterConfig", "S3Config", "ScaleConfig", "Secret", "UpstreamConfig",
+           "WebhooksConfig",
            "any_address", "config_path", "expand", "load", "parse", "parse_address"]
 
 DEFAULT_PATH = "mirror.yaml"
@@ -37,7 +40,8 @@ ENV_PATH = "MIRROR_CONFIG"
 # url it takes none of upstream's host, TLS or credential keys, so a credential only goes to its own host, nor
 # its repository or library handling (another host's repository is named, not guessed)
 _CREDENTIAL_KEYS = ("username", "password", "password_file", "token", "token_file", "anonymous")
-_NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "allowed_realm_hosts",
+_NOT_INHERITED_WITH_URL = ("url", *_CREDENTIAL_KEYS, "ca_file", "tls_verify", "client_cert", "client_key",
+                           "allowed_realm_hosts",
                            "repository", "library", "repository_path_names")
 
 
@@ -88,17 +92,23 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     upstream = _upstream(sections["upstream"], resolve)
     explicit = _routes(routes, sections["upstream"], resolve)
     mirror = MirrorConfig(**section("mirror"), s3=_s3(s3, resolve) if s3 is not None else None)
+    if mirror.client_ca and not mirror.tls:
+        raise ConfigError("mirror.client_ca: needs mirror.tls: true (mutual TLS is TLS); set tls: true, or remove "
+                          "client_ca and check client certificates at the TLS-terminating proxy")
     rewriter = RewriterConfig(**section("rewriter"))
     scale = _scale(sections.get("scale", {}), resolve)
     taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
              "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}
+    webhooks = _webhooks(sections.get("webhooks", {}), resolve, taken)
     return Config(
         upstream=upstream,
         rewriter=rewriter,
         scale=scale,
         routes=(*explicit, *_repository_path_routes(upstream, explicit)),
         mirror=mirror,
-        webhooks=_webhooks(sections.get("webhooks", {}), resolve, taken),
+        webhooks=webhooks,
+        access=_access(section("access"), mirror, {**taken, **({"webhooks.listen": webhooks.listen}
+                                                                 if webhooks.listen else {})}),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve,
                      on_bucket=mirror.s3 is not None),
         source=source,
@@ -203,6 +213,16 @@ def _upstream(v: dict, resolve, label: str = "upstream") -> UpstreamConfig:
                           "(an Artifactory password or identity token)")
     if password is not None and not username:
         raise ConfigError(f"{label}.username: missing; a password needs the user it belongs to")
+    if bool(values["client_cert"]) != bool(values["client_key"]):
+        raise ConfigError(f"{label}.client_cert: set client_cert and client_key together (the certificate presented "
+                          f"to the upstream and its key), or neither")
+    if values["client_cert"]:
+        try:
+            ssl.create_default_context().load_cert_chain(values["client_cert"], values["client_key"])
+        except OSError as e:  # ssl.SSLError too
+            raise ConfigError(f"{label}.client_cert: cannot load {values['client_cert']} with "
+                              f"{values['client_key']}: {e}; expected a PEM certificate and its unencrypted "
+                              f"key") from e
     if not (username or token or values["anonymous"]):
         raise ConfigError(f"{label}: no credential; set username + password (or password_file), or token "
                           "(or token_file), or anonymous: true for an upstream that needs none")
@@ -252,3 +272,22 @@ def _webhooks(v: dict, resolve, taken: dict[str, Address]) -> WebhooksConfig:
         raise ConfigError("webhooks.secret: missing for webhooks.listen; set secret or secret_file to the "
                           "webhook's secret in Artifactory (unsigned events would let anyone start warms)")
     return WebhooksConfig(**values)
+
+
+def _access(values: dict, mirror: MirrorConfig, taken: dict[str, Address]) -> AccessConfig:
+    access = AccessConfig(**values)
+    if not access.enabled:
+        return access
+    if not mirror.tls:
+        raise ConfigError("access.users: artifactory needs mirror.tls: true; clients send their Artifactory "
+                          "password to the token endpoint, which serves TLS only")
+    for name, address in taken.items():
+        if _same_socket(access.listen, address):
+            raise ConfigError(f"access.listen: {access.listen} is {name} ({address}); the token endpoint needs a "
+                              f"port of its own, e.g. {access.listen.host}:5001")
+    if bool(access.signing_cert) != bool(access.signing_key):
+        raise ConfigError("access.signing_cert: set signing_cert and signing_key together, or neither (a pair is "
+                          "generated beside mirror.tls_cert)")
+    beside = Path(mirror.tls_cert).parent
+    return replace(access, signing_cert=access.signing_cert or str(beside / "token-signer.crt"),
+                   signing_key=access.signing_key or str(beside / "token-signer.key"))

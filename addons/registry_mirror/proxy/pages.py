@@ -149,6 +149,8 @@ class StatusPages:
                                          "uploads_aborted": services.uploads.aborted if services.uploads else 0}
         if services.webhooks:
             snap["webhooks"] = services.webhooks.snapshot()
+        if services.tokens:
+            snap["access"] = services.tokens.snapshot()
         snap["stored_blobs"] = {**services.blobs.verifier.snapshot(), "scrub": asdict(services.scrub.state)}
         self._add_tls(snap)
         snap["disk"] = {**services.disk.snapshot(), "log_files": mirror.log_files,

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from registry_mirror.access.server import TokenServer
 from registry_mirror.blobs.peers import PeerCoordinator
 from registry_mirror.blobs.server import BlobServer
 from registry_mirror.config.load import Config, S3Config
@@ -46,6 +47,7 @@ class Services:
     uploads: UploadSweep | None = None  # mirror.s3: the bucket's incomplete uploads, aborted a day old
     replicas: ReplicaEvents | None = None  # scale-out: tells the others what this one forgot, and back
     webhooks: WebhookListener | None = None  # webhooks.enabled: Artifactory's events
+    tokens: TokenServer | None = None  # access.enabled: who may pull, by each client's Artifactory user
 
     async def forget(self, target: Target, dry_run: bool = False) -> dict:
         """Remove an image from the storage and every route's caches (expiry/forget.py), and tell the other replicas to
@@ -115,6 +117,10 @@ async def start_services(config: Config, stats: Stats, folders: dict[str, str | 
         stops.push_async_callback(services.uploads.stop)
         services.uploads.start()
     await _follow_changes(services, stops)
+    if config.access.enabled:  # its own listener: clients reach it, never rewriter.listen
+        services.tokens = TokenServer(config, router)
+        stops.push_async_callback(services.tokens.close)
+        await services.tokens.start()
     return services
 
 

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 EXPIRY_WARNING_DAYS = 14  # a renewal through a CA can take days of tickets: warn while there is time
+SERVER_DAYS = 825  # the longest validity clients accept for a server certificate
+OWN_DAYS = 3650  # the mirror's own pairs (token signer, its client certificate) never leave its hosts
 
 
 class CertError(Exception):
@@ -27,31 +29,56 @@ class CertError(Exception):
 def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ...] = ()) -> bool:
     """Create cert and key when both are missing; True when created. Names: localhost, 127.0.0.1, this host
     and `extra_names`. One without the other is an error: an operator's own certificate is never replaced."""
-    cert, key = Path(cert_path), Path(key_path)
-    if cert.exists() and key.exists():
+    if not _both_missing(cert_path, key_path, "mirror.tls_cert / mirror.tls_key"):
         return False
-    if cert.exists() or key.exists():
-        present, missing = (cert, key) if cert.exists() else (key, cert)
-        raise CertError(f"{present} exists but {missing} does not; fix mirror.tls_cert / mirror.tls_key (both "
-                        f"missing: a self-signed pair is generated; never one of them)")
     names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn(), *extra_names} - {"", "0.0.0.0", "::"}
-    private_key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname() or "artifactory-mirror")])
-    now = datetime.datetime.now(datetime.timezone.utc)
     alt_names: list[x509.GeneralName] = []
     for name in sorted(names):
         try:
             alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             alt_names.append(x509.DNSName(name))
-    certificate = (
+    _write_pair(cert_path, key_path, socket.gethostname() or "artifactory-mirror", SERVER_DAYS,
+                [(x509.SubjectAlternativeName(alt_names), False), (x509.BasicConstraints(ca=True, path_length=None),
+                                                                    True)])
+    return True
+
+
+def ensure_own_pair(cert_path: str, key_path: str, common_name: str, what: str) -> bool:
+    """A self-signed pair the mirror uses itself (signing tokens, or as a client of its own registry), created when
+    both are missing; True when created. `what` names the keys, for the error when only one exists."""
+    if not _both_missing(cert_path, key_path, what):
+        return False
+    _write_pair(cert_path, key_path, common_name, OWN_DAYS, [(x509.BasicConstraints(ca=True, path_length=None), True)])
+    return True
+
+
+def _both_missing(cert_path: str, key_path: str, what: str) -> bool:
+    cert, key = Path(cert_path), Path(key_path)
+    if cert.exists() and key.exists():
+        return False
+    if cert.exists() or key.exists():
+        present, missing = (cert, key) if cert.exists() else (key, cert)
+        raise CertError(f"{present} exists but {missing} does not; fix {what} (both missing: a self-signed pair is "
+                        f"generated; never one of them)")
+    return True
+
+
+def _write_pair(cert_path: str, key_path: str, common_name: str, days: int,
+                extensions: list[tuple[x509.ExtensionType, bool]]) -> None:
+    """A new EC P-256 key (0600, created exclusively) and its self-signed certificate."""
+    cert, key = Path(cert_path), Path(key_path)
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
         .public_key(private_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(private_key, hashes.SHA256())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    certificate = builder.sign(private_key, hashes.SHA256())
     try:
         cert.parent.mkdir(parents=True, exist_ok=True)
         key.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +90,13 @@ def ensure_self_signed(cert_path: str, key_path: str, extra_names: tuple[str, ..
         cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     except OSError as e:
         raise CertError(f"cannot write the self-signed pair {cert} / {key}: {e.strerror}") from e
-    return True
+
+
+def own_client_pair(tls_cert: str) -> tuple[str, str]:
+    """The certificate and key the mirror presents to its own registry under mutual TLS (its warms), beside its
+    server pair; the registry trusts it besides `mirror.client_ca`."""
+    folder = Path(tls_cert).parent
+    return str(folder / "mirror-client.crt"), str(folder / "mirror-client.key")
 
 
 def trust_folder(cert_path: str) -> Path:

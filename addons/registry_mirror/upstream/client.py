@@ -56,9 +56,11 @@ class Upstream:
         self._origin = urlsplit(cfg.origin)
 
     async def start(self) -> None:
-        ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=self.cfg.ca_file)
+        ssl_ctx = ssl.create_default_context(cafile=self.cfg.ca_file)
         if not self.cfg.tls_verify:
-            ssl_ctx = False
+            ssl_ctx.check_hostname, ssl_ctx.verify_mode = False, ssl.CERT_NONE
+        if self.cfg.client_cert and self.cfg.client_key:  # an upstream that requires mutual TLS
+            ssl_ctx.load_cert_chain(self.cfg.client_cert, self.cfg.client_key)
         # No pool limit: aiohttp's `connect` timeout includes the wait for a pooled connection, and a timeout is
         # taken for a hung upstream. Small exchanges (and the health probe) never queue; blob GETs wait for one
         # of the route's blob_slots, a wait of its own that is never an upstream failure.

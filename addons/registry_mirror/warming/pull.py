@@ -15,15 +15,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry_mirror.access.tokens import PULL, Scope, Signer, mint
 from registry_mirror.config.load import Config, any_address
 from registry_mirror.oci.manifest_body import IMAGE_TYPES, INDEX_TYPES
 from registry_mirror.oci.registry_requests import TAG_RE, valid_digest, valid_name
+from registry_mirror.tls.certs import own_client_pair
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 # the registry's notifications carry it: warm pulls are counted apart from the clients'
 USER_AGENT = "artifactory-mirror-warm"
+WARM_TOKEN_TTL = 300.0  # a token is checked when a request starts: a long blob read outlives it harmlessly
 
 
 class WarmError(Exception):
@@ -87,10 +90,24 @@ class LocalRegistryClient:
     it fetches."""
 
     def __init__(self, cfg: Config):
+        """With `mirror.client_ca` it presents the mirror's own client certificate; with `access.users` on, a
+        token it signs itself (the registry trusts the signer), for the warm's image only."""
         listen = cfg.mirror.listen
         self.host = "127.0.0.1" if any_address(listen.host) else listen.host
         self.port = listen.port
         self.context = pinned_context(cfg.mirror.trusted_ca) if cfg.mirror.tls else None
+        if self.context and cfg.mirror.client_ca:
+            self.context.load_cert_chain(*own_client_pair(cfg.mirror.tls_cert))
+        access = cfg.access
+        self.signer = Signer.load(access.signing_cert, access.signing_key) \
+            if access.enabled and access.signing_cert and access.signing_key else None
+
+    def _headers(self, name: str, **more: str) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, **more}
+        if self.signer:
+            token = mint(self.signer, USER_AGENT, [Scope("repository", name, (PULL,))], time.time(), WARM_TOKEN_TTL)
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.context:
@@ -101,7 +118,7 @@ class LocalRegistryClient:
         conn = self._conn()
         try:
             conn.request("GET", f"/v2/{name}/manifests/{reference}",
-                         headers={"Accept": ", ".join(INDEX_TYPES + IMAGE_TYPES), "User-Agent": USER_AGENT})
+                         headers=self._headers(name, Accept=", ".join(INDEX_TYPES + IMAGE_TYPES)))
             resp = conn.getresponse()
             body = resp.read(8 * 1024 * 1024)
             if resp.status != 200:
@@ -113,7 +130,7 @@ class LocalRegistryClient:
     def read_blob(self, name: str, digest: str, progress: Progress) -> None:
         conn = self._conn()
         try:
-            conn.request("GET", f"/v2/{name}/blobs/{digest}", headers={"User-Agent": USER_AGENT})
+            conn.request("GET", f"/v2/{name}/blobs/{digest}", headers=self._headers(name))
             resp = conn.getresponse()
             if resp.status != 200:
                 raise WarmError(f"blob {name}@{digest}: the mirror answered {resp.status}")

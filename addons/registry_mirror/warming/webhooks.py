@@ -6,14 +6,12 @@ under a 64 KiB cap, its `X-JFrog-Event-Auth` checked, then its JSON parsed (warm
 is answered 202 at once and its warm queued (warming/queue.py). A warm is a pull through the mirror's own stock
 registry (warming/pull.py, in a thread: it is synchronous), so the registry stores the image as for any client; the
 addon's cached tag is dropped first, so that the warm, and every pull after it, sees the new digest.
-A renewed certificate is served to new connections within CERT_POLL_SECONDS (tls/cert_watch.py), no restart.
+A renewed certificate is served to new connections within seconds (tls/served_cert.py), no restart.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,8 +21,7 @@ from aiohttp import web
 from registry_mirror.bodies import BodyCutShort, BodyTooLarge, read_body
 from registry_mirror.config.load import Config
 from registry_mirror.routes.routing import Router, mirror_names
-from registry_mirror.tls import certs
-from registry_mirror.tls.cert_watch import CertWatch
+from registry_mirror.tls.served_cert import POLL_SECONDS, ServedCert
 from registry_mirror.warming import pull as warm
 from registry_mirror.warming.events import (
     DELETED,
@@ -42,7 +39,6 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/_mirror/webhooks/artifactory"
 READ_SECONDS = 20.0  # for the whole body: a sender that trickles it is dropped
-CERT_POLL_SECONDS = 5.0  # how long a renewed certificate waits to be served: two small files read each time
 
 
 def answer(status: int, reason: str = "", **fields) -> web.Response:
@@ -51,7 +47,7 @@ def answer(status: int, reason: str = "", **fields) -> web.Response:
 
 class WebhookListener:
     def __init__(self, cfg: Config, router: Router, queue: WarmQueue | None = None,
-                 cert_poll: float = CERT_POLL_SECONDS, clock: Callable[[], float] = time.time,
+                 cert_poll: float = POLL_SECONDS, clock: Callable[[], float] = time.time,
                  drop_tag: Callable[[str, str, str], Awaitable[bool]] | None = None):
         """`drop_tag(name, tag, digest)`: removes a tag deleted upstream (Services.drop_tag)."""
         listen, secret = cfg.webhooks.listen, cfg.webhooks.secret
@@ -64,8 +60,7 @@ class WebhookListener:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._cert_poll, self._clock = cert_poll, clock  # clock: an epoch, for the expiry warning
-        self._context: ssl.SSLContext | None = None
-        self._cert_task: asyncio.Task | None = None
+        self.served_cert: ServedCert | None = None
 
     async def start(self) -> None:
         app = web.Application()
@@ -75,58 +70,25 @@ class WebhookListener:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=READ_SECONDS)
         await self._runner.setup()
         listen, mirror = self.listen, self.cfg.mirror
-        watch = CertWatch(mirror.tls_cert, mirror.tls_key) if mirror.tls else None  # before the load: no change lost
-        self._context = self._tls()
-        site = web.TCPSite(self._runner, listen.host, listen.port, ssl_context=self._context)
+        if mirror.tls:
+            self.served_cert = ServedCert(mirror.tls_cert, mirror.tls_key, "webhook listener", self._cert_poll,
+                                          self._clock)
+        site = web.TCPSite(self._runner, listen.host, listen.port,
+                           ssl_context=self.served_cert.context if self.served_cert else None)
         await site.start()
         self.port = self._runner.addresses[0][1]
         self.warmer.start()
-        if watch:
-            self._cert_task = asyncio.create_task(self._watch_cert(watch))
+        if self.served_cert:
+            self.served_cert.start()
         log.info("webhook listener on %s://%s%s", "https" if self.cfg.mirror.tls else "http", listen, WEBHOOK_PATH)
 
-    def _tls(self) -> ssl.SSLContext | None:
-        if not self.cfg.mirror.tls:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cfg.mirror.tls_cert, self.cfg.mirror.tls_key)
-        return context
-
-    async def _watch_cert(self, watch: CertWatch) -> None:
-        held = ""
-        while True:
-            await asyncio.sleep(self._cert_poll)
-            if watch.changed():
-                self.reload_cert()
-            elif watch.problem and watch.problem != held:  # once per problem, not every poll
-                log.warning("webhook listener: the TLS pair on disk is not served yet: %s", watch.problem)
-            held = watch.problem
-
     def reload_cert(self) -> bool:
-        """Load the pair on disk into the served context: new connections get it, open ones keep theirs. It is
-        tried on a scratch context first, for a load that fails half-way can leave a certificate without its key."""
-        cert, key = self.cfg.mirror.tls_cert, self.cfg.mirror.tls_key
-        if self._context is None:  # not started, or not serving TLS: nothing to reload
-            return False
-        try:
-            not_after = certs.certificate_expiry(cert)
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-            self._context.load_cert_chain(cert, key)
-        except (OSError, certs.CertError) as e:  # ssl.SSLError is an OSError
-            log.error("webhook listener: cannot load the new TLS pair %s / %s (%s); still serving the previous "
-                      "certificate", cert, key, e)
-            return False
-        log.info("webhook listener: reloaded its TLS certificate %s, valid until %s", cert, certs.date_text(not_after))
-        problem = certs.expiry_problem(cert, not_after, self._clock())
-        if problem:
-            log.log(logging.ERROR if problem[0] == "error" else logging.WARNING, "webhook listener: %s", problem[1])
-        return True
+        """The pair on disk, served to new connections (False: not started, not TLS, or it did not load)."""
+        return self.served_cert.reload() if self.served_cert else False
 
     async def close(self) -> None:
-        if self._cert_task:
-            self._cert_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cert_task
+        if self.served_cert:
+            await self.served_cert.stop()
         await self.warmer.stop()
         if self._runner:
             await self._runner.cleanup()

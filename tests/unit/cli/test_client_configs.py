@@ -48,3 +48,30 @@ def test_containerd_and_podman_mirror_upstreams_host_and_other_registries_are_pu
 def test_a_default_port_is_not_part_of_the_host_clients_name():
     assert clients.UpstreamRegistry.from_url("https://art.example.com:443", "r").host == "art.example.com"
     assert clients.UpstreamRegistry.from_url("https://art.example.com:8443", "r").host == "art.example.com:8443"
+
+
+def test_mutual_tls_puts_the_clients_pair_where_each_client_looks_for_it():
+    both = clients.Access(client_cert=True)
+    text = clients.render(clients.all_clients(MIRROR, ARTIFACTORY, "/srv/certs/trust", access=both),
+                          "/srv/certs/trust/ca.crt", ("/srv/node.crt", "/srv/node.key"))
+    for folder in (f"/etc/docker/certs.d/{MIRROR}", f"/etc/containers/certs.d/{MIRROR}",
+                   "/etc/containerd/certs.d/artifactory.example.com"):
+        assert f"$ install -D -m 0644 /srv/node.crt {folder}/client.cert" in text
+        assert f"$ install -D -m 0600 /srv/node.key {folder}/client.key" in text
+    hosts = clients.containerd(MIRROR, ARTIFACTORY, fallback=False, access=both).files[0].text
+    assert hosts.count('client = [["client.cert", "client.key"]]') == 2  # the server and the host table
+    assert f"skopeo copy --src-cert-dir /etc/containers/certs.d/{MIRROR} docker://" in text
+    assert "<this-client.crt>" in clients.render([clients.docker(MIRROR, ARTIFACTORY, access=both)], "/ca.crt")
+
+
+def test_per_user_access_logs_in_and_pulls_by_the_mirrors_name():
+    login = clients.Access(login=True)
+    found = {c.title: c for c in clients.all_clients(MIRROR, ARTIFACTORY, "/srv/certs/trust", access=login)}
+    assert found["docker"].commands[0] == f"docker login {MIRROR}"
+    by_name = found["containerd (by the mirror's name)"]
+    assert by_name.files[0].path == f"/etc/containerd/certs.d/{MIRROR}/hosts.toml"
+    assert f"--user <artifactory-user> {MIRROR}/team/app:1.0" in by_name.commands[0]
+    kubernetes = found["Kubernetes nodes (containerd's CRI plugin)"]
+    assert any(f"--docker-server={MIRROR}" in note for note in kubernetes.notes)
+    assert "--src-creds <artifactory-user>" in found["skopeo"].commands[0]
+    assert "containerd (by the mirror's name)" not in {c.title for c in clients.all_clients(MIRROR, ARTIFACTORY, "/t")}

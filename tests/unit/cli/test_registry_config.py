@@ -1,11 +1,13 @@
 """The stock registry's configuration generated from mirror.yaml: pull-through to the addon, no credentials, its
 notifications back to the addon, and TLS and draining as configured."""
+import pytest
 import yaml
 
 from registry_mirror.cli.registry_config import proxy_registry_config
 from registry_mirror.config.load import parse
 from registry_mirror.proxy.notifications import NOTIFY_PATH, SECRET_HEADER
 from registry_mirror.storage.layout import secret_file
+from registry_mirror.tls import certs
 
 REMOTE = "http://127.0.0.1:8081"
 
@@ -68,3 +70,21 @@ def test_on_a_bucket_without_keys_the_driver_takes_the_aws_chain_and_may_redirec
     assert storage["redirect"] == {"disable": False} and "filesystem" not in storage
     assert storage["delete"] == {"enabled": False}  # the mirror's expiry, never the proxy's own
     assert storage["maintenance"]["uploadpurging"]["enabled"] is False  # its walk of a bucket can panic
+
+
+def test_mutual_tls_trusts_the_clients_ca_and_the_mirrors_own_client_certificate(tmp_path):
+    certs.ensure_own_pair(str(tmp_path / "nodes-ca.crt"), str(tmp_path / "nodes-ca.key"), "nodes", "pair")
+    tls = proxy_registry_config(config(tmp_path, client_ca=str(tmp_path / "nodes-ca.crt")), REMOTE)["http"]["tls"]
+    assert tls["clientcas"] == [str(tmp_path / "nodes-ca.crt"), str(tmp_path / "certs/mirror-client.crt")]
+    assert "clientcas" not in proxy_registry_config(config(tmp_path), REMOTE)["http"]["tls"]
+
+
+def test_per_user_access_sends_clients_to_the_token_realm_and_trusts_the_signer(tmp_path):
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True},
+                 "access": {"users": "artifactory"}}, base_dir=tmp_path)
+    auth = proxy_registry_config(cfg, REMOTE, realm="https://m.dc1.test:5001/token")["auth"]["token"]
+    assert auth["realm"] == "https://m.dc1.test:5001/token" and auth["service"] == auth["issuer"]
+    assert auth["rootcertbundle"] == str(tmp_path / "certs/token-signer.crt")
+    assert "auth" not in proxy_registry_config(config(tmp_path), REMOTE)
+    with pytest.raises(ValueError, match="token realm"):
+        proxy_registry_config(cfg, REMOTE)

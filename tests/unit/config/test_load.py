@@ -15,6 +15,7 @@ from registry_mirror.config.load import (
     parse,
 )
 from registry_mirror.config.schema import declared
+from registry_mirror.tls import certs
 
 BASE = {"upstream": {"url": "https://art.example.com", "repository": "docker-local",
                      "username": "u", "password": "p"}}
@@ -263,3 +264,43 @@ def test_the_storage_in_a_bucket_with_its_defaults(tmp_path):
     assert parse(BASE).mirror.s3 is None
     assert parse({**BASE, "mirror": {"s3": {"bucket": "reg", "prefix": "/mirrors/dc1/"}}}).mirror.s3.prefix == \
         "mirrors/dc1"
+
+
+def test_access_is_open_by_default_and_its_signer_sits_beside_the_mirrors_certificate(tmp_path):
+    assert not parse(BASE).access.enabled
+    cfg = parse({**BASE, "mirror": {"tls_cert": "c/mirror.crt"},
+                 "access": {"users": "artifactory", "anonymous": ["public/", "tools/base"], "decision_ttl": "1m"}},
+                base_dir=tmp_path)
+    access = cfg.access
+    assert access.enabled and access.anonymous == ("public", "tools/base") and access.decision_ttl == 60
+    assert access.signing_cert == str(tmp_path / "c/token-signer.crt")
+    assert access.signing_key == str(tmp_path / "c/token-signer.key")
+    assert (access.token_ttl, access.stale_decisions, str(access.listen)) == (300, 3600, "0.0.0.0:5001")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"access": {"users": "ldap"}}, r"access\.users: 'ldap' is not one of none, artifactory"),
+    ({"access": {"users": "artifactory"}, "mirror": {"tls": False}},
+     r"access\.users: artifactory needs mirror\.tls: true"),
+    ({"access": {"users": "artifactory", "listen": "0.0.0.0:5000"}},
+     r"access\.listen: 0\.0\.0\.0:5000 is mirror\.listen"),
+    ({"access": {"users": "artifactory", "signing_cert": "s.crt"}}, r"set signing_cert and signing_key together"),
+    ({"access": {"users": "artifactory", "token_ttl": 5}}, r"access\.token_ttl: .*is under 10 seconds"),
+    ({"access": {"users": "artifactory", "anonymous": ["/"]}}, r"access\.anonymous: '/' is not the start of an image"),
+    ({"mirror": {"tls": False, "client_ca": "ca.pem"}}, r"mirror\.client_ca: needs mirror\.tls: true"),
+])
+def test_access_and_mutual_tls_errors_name_the_key(tmp_path, data, message):
+    certs.ensure_own_pair(str(tmp_path / "ca.pem"), str(tmp_path / "ca.key"), "clients' CA", "pair")
+    with pytest.raises(ConfigError, match=message):
+        parse({**BASE, **data}, base_dir=tmp_path)
+
+
+def test_an_upstream_client_certificate_comes_with_its_key_and_loads(tmp_path):
+    certs.ensure_own_pair(str(tmp_path / "dc1.crt"), str(tmp_path / "dc1.key"), "dc1", "pair")
+    cfg = parse(with_upstream(client_cert="dc1.crt", client_key="dc1.key"), base_dir=tmp_path)
+    assert cfg.upstream.client_cert == str(tmp_path / "dc1.crt")
+    with pytest.raises(ConfigError, match=r"upstream\.client_cert: set client_cert and client_key together"):
+        parse(with_upstream(client_cert="dc1.crt"), base_dir=tmp_path)
+    (tmp_path / "other.key").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"upstream\.client_cert: cannot load .*dc1\.crt with .*other\.key"):
+        parse(with_upstream(client_cert="dc1.crt", client_key="other.key"), base_dir=tmp_path)

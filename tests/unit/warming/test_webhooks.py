@@ -1,15 +1,11 @@
 """The webhook listener, on a real socket: what each request is answered, and that only a signed, valid event
 for a repository the mirror serves starts a warm (warm.warm_digest is replaced: nothing is dialled)."""
-import asyncio
 import json
-import logging
-import ssl
 import threading
 from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from cryptography import x509
 
 from devtools.ports import free_port
 from registry_mirror.config.load import parse
@@ -18,8 +14,7 @@ from registry_mirror.warming import pull as warm
 from registry_mirror.warming import webhooks
 from registry_mirror.warming.events import EVENT_AUTH_HEADER, signature
 from registry_mirror.warming.webhooks import WEBHOOK_PATH, WebhookListener
-from tests.unit.support.waits import BOUND, until
-from tests.unit.tls.test_certs import DAY, NOW, make_pair
+from tests.unit.support.waits import until
 from tests.unit.warming.test_events import SECRET, SHA, event
 
 DIGEST = f"sha256:{SHA}"
@@ -160,78 +155,6 @@ async def test_only_post():
 def config_for_get():
     return parse({"upstream": {"url": "https://a", "repository": "r", "anonymous": True},
                   "webhooks": {"listen": "127.0.0.1:8084", "secret": SECRET}})
-
-
-# --- a renewed certificate is served without a restart
-
-async def served_serial(port: int) -> int:
-    """The serial of the certificate a new TLS connection is shown."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    writer.close()
-    await writer.wait_closed()
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-async def serial_becomes(port: int, serial: int) -> None:
-    deadline = asyncio.get_running_loop().time() + BOUND
-    while (seen := await served_serial(port)) != serial:
-        assert asyncio.get_running_loop().time() < deadline, f"still serving serial {seen}, not {serial}"
-        await asyncio.sleep(0.01)
-
-
-async def tls_scenario(tmp_path, steps, cert_poll):
-    """Start a TLS listener on pair serial 1, run `steps(listener)`, stop it; the listener."""
-    make_pair(tmp_path, NOW + 400 * DAY, serial=1)
-    cfg = config(tmp_path, tls=True)
-
-    listener = WebhookListener(cfg, Recorder(), cert_poll=cert_poll, clock=lambda: NOW)
-    await listener.start()
-    try:
-        assert await served_serial(listener.port) == 1
-        await steps(listener)
-    finally:
-        await listener.close()
-    return listener
-
-
-async def test_a_renewed_pair_is_served_to_new_connections_and_a_half_written_one_is_not(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger=webhooks.__name__)
-    new_cert, new_key = make_pair(tmp_path, NOW + 800 * DAY, serial=2, cert_name="new.crt", key_name="new.key")
-
-    async def steps(listener):
-        (tmp_path / "mirror.crt").write_bytes(new_cert.read_bytes()[:300])  # the copy is under way
-        (tmp_path / "mirror.key").write_bytes(new_key.read_bytes())
-        await until(lambda: "not served yet" in caplog.text, "the half-written pair logged")
-        assert await served_serial(listener.port) == 1
-        (tmp_path / "mirror.crt").write_bytes(new_cert.read_bytes())
-        await serial_becomes(listener.port, 2)
-    listener = await tls_scenario(tmp_path, steps, cert_poll=0.01)
-    assert caplog.text.count("not served yet") == 1  # once, however many polls saw it
-    assert "reloaded its TLS certificate" in caplog.text and "valid until 2029-03-25 08:00 UTC" in caplog.text
-    assert listener._cert_task.cancelled()
-
-
-async def test_a_pair_that_fails_to_load_leaves_the_previous_certificate_served(tmp_path, caplog):
-    new_cert, _ = make_pair(tmp_path, NOW + 800 * DAY, serial=2, cert_name="new.crt", key_name="new.key")
-
-    async def steps(listener):
-        (tmp_path / "mirror.crt").write_bytes(new_cert.read_bytes())  # with the old key: no pair
-        assert not listener.reload_cert()
-        assert await served_serial(listener.port) == 1  # and the handshake still works
-    await tls_scenario(tmp_path, steps, cert_poll=3600)
-    assert "cannot load the new TLS pair" in caplog.text and "still serving the previous certificate" in caplog.text
-
-
-async def test_a_reloaded_certificate_near_its_end_is_warned_of(tmp_path, caplog):
-    async def steps(listener):
-        make_pair(tmp_path, NOW + 3 * DAY, serial=2)
-        assert listener.reload_cert()
-        assert await served_serial(listener.port) == 2
-    await tls_scenario(tmp_path, steps, cert_poll=3600)
-    assert "expires on 2027-01-18 08:00 UTC, in 3 days" in caplog.text
 
 
 async def test_a_deleted_tag_goes_under_every_name_of_the_image_while_it_names_the_deleted_digest(

@@ -1,0 +1,146 @@
+"""The token endpoint against a stand-in for Artifactory's answers: what each request gets, what is counted, and
+what is never granted (push, delete, catalog)."""
+import base64
+import json
+import logging
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+from registry_mirror.access.decisions import Verdict
+from registry_mirror.access.server import TOKEN_PATH, FailedLogins, TokenServer, basic_credential, realm_url
+from registry_mirror.config.load import Address, parse
+from registry_mirror.tls import certs
+
+READS = {"dev": ("pw", ("tools/lint",))}
+
+
+class FakeArtifactory:
+    """Artifactory's answer for (user, secret, name), or unreachable while `down`."""
+
+    def __init__(self):
+        self.down = False
+        self.questions = 0
+
+    async def can_pull(self, user, secret, name):
+        return self._answer(user, secret, name)
+
+    async def login(self, user, secret):
+        return self._answer(user, secret, "")
+
+    def _answer(self, user, secret, name):
+        self.questions += 1
+        if self.down:
+            return Verdict(False, "down", reachable=False)
+        if READS.get(user, ("",))[0] != secret:
+            return Verdict(False, "Artifactory did not accept the credential", bad_credential=True)
+        return Verdict(True, "") if not name or name in READS[user][1] else Verdict(False, "no read permission")
+
+
+@pytest.fixture
+async def endpoint(tmp_path):
+    certs.ensure_self_signed(str(tmp_path / "mirror.crt"), str(tmp_path / "mirror.key"))
+    cfg = parse({"upstream": {"url": "https://a.example", "repository": "r", "anonymous": True},
+                 "mirror": {"tls_cert": str(tmp_path / "mirror.crt"), "tls_key": str(tmp_path / "mirror.key")},
+                 "access": {"users": "artifactory", "listen": "127.0.0.1:5001", "anonymous": ["public"],
+                            "failed_logins": 3, "decision_ttl": "0s"}}, base_dir=tmp_path)
+    cfg = replace(cfg, access=replace(cfg.access, listen=Address("127.0.0.1", 0)))  # a free port
+    certs.ensure_own_pair(cfg.access.signing_cert, cfg.access.signing_key, "signer", "pair")
+    server = TokenServer(cfg, router=None, check=FakeArtifactory())
+    await server.start()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+        async def ask(*scopes, user=None, secret="pw", method="GET", headers=None):
+            headers = dict(headers or {})
+            if user:
+                headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+            async with session.request(method, f"https://127.0.0.1:{server.port}{TOKEN_PATH}",
+                                       params=[("scope", s) for s in scopes], headers=headers) as resp:
+                return resp.status, await resp.json(), resp.headers
+        yield server, ask
+    await server.close()
+
+
+def granted(body) -> list:
+    claims = body["token"].split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["access"]
+
+
+async def test_only_pull_is_granted_and_only_where_artifactory_allows(endpoint):
+    server, ask = endpoint
+    status, body, _ = await ask("repository:tools/lint:pull,push,delete", user="dev")
+    assert status == 200 and granted(body) == [{"type": "repository", "name": "tools/lint", "actions": ["pull"]}]
+    status, body, _ = await ask("registry:catalog:*", user="dev")
+    assert status == 200 and granted(body) == []  # a login's token: the catalog stays closed
+    status, body, _ = await ask("repository:team/app:pull", user="dev")
+    assert status == 403 and body["errors"][0]["message"] == "user dev may not pull team/app: no read permission"
+    assert server.snapshot()["decisions"] == {"allowed": 2, "refused": 1}
+
+
+async def test_no_credential_gets_a_basic_challenge_and_anonymous_prefixes_a_token(endpoint):
+    _, ask = endpoint
+    status, body, headers = await ask("repository:team/app:pull")
+    assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="artifactory-mirror"'
+    assert "pulling team/app needs a login" in body["errors"][0]["message"]
+    status, body, _ = await ask("repository:public/busybox:pull")
+    assert status == 200 and granted(body)[0]["name"] == "public/busybox"
+    status, _, _ = await ask("repository:publicity/x:pull")  # a prefix is whole path components
+    assert status == 401
+
+
+async def test_refused_credentials_from_one_address_are_limited_per_minute(endpoint, caplog):
+    server, ask = endpoint
+    caplog.set_level(logging.INFO, logger="registry_mirror.access.audit")
+    for _ in range(3):
+        status, _, _ = await ask("repository:tools/lint:pull", user="dev", secret="guess")
+        assert status == 401
+    status, body, _ = await ask("repository:tools/lint:pull", user="dev")  # even the right one, for the minute
+    assert status == 429 and "more than 3 refused logins from 127.0.0.1" in body["errors"][0]["message"]
+    assert "guess" not in caplog.text and "user=dev repository=tools/lint outcome=refused" in caplog.text
+
+
+async def test_an_unreachable_artifactory_refuses_what_no_recent_decision_allows(endpoint):
+    server, ask = endpoint
+    assert (await ask("repository:tools/lint:pull", user="dev"))[0] == 200
+    server.check.down = True
+    assert (await ask("repository:tools/lint:pull", user="dev"))[0] == 200  # the stale "allowed"
+    status, body, _ = await ask("repository:tools/lint:pull", user="dev", secret="other")
+    assert status == 503 and "no recent decision" in body["errors"][0]["message"]
+    assert server.snapshot()["decisions"]["stale-allowed"] == 1
+
+
+async def test_containerds_oauth_post_is_answered_404_and_bad_input_400(endpoint):
+    _, ask = endpoint
+    assert (await ask("repository:tools/lint:pull", method="POST"))[0] == 404
+    status, body, _ = await ask("repository:tools/lint", user="dev")
+    assert status == 400 and "type:name:actions" in body["errors"][0]["message"]
+    status, body, _ = await ask("repository:tools/lint:pull", headers={"Authorization": "Bearer abc"})
+    assert status == 400 and "Basic" in body["errors"][0]["message"]
+
+
+def test_basic_credentials_are_read_and_malformed_ones_named():
+    assert basic_credential("") is None
+    assert basic_credential("Basic " + base64.b64encode(b"dev:p:w").decode()) == ("dev", "p:w")
+    for bad, why in (("Basic !!!", "not base64"), ("Basic " + base64.b64encode(b"nocolon").decode(), "no user")):
+        with pytest.raises(ValueError, match=why):
+            basic_credential(bad)
+
+
+def test_failed_logins_age_out_of_the_minute():
+    now = [0.0]
+    failures = FailedLogins(2, clock=lambda: now[0])
+    failures.failed("a")
+    failures.failed("a")
+    assert failures.blocked("a") and not failures.blocked("b")
+    now[0] = 61.0
+    assert not failures.blocked("a")
+
+
+def test_the_realm_is_access_url_or_the_certificates_first_name(tmp_path):
+    certs.ensure_self_signed(str(tmp_path / "m.crt"), str(tmp_path / "m.key"), extra_names=("mirror.dc1.test",))
+    pem = (tmp_path / "m.crt").read_bytes()
+    assert realm_url("https://mirror.dc1.example.com:5001/", pem, 5001) == "https://mirror.dc1.example.com:5001/token"
+    host = realm_url(None, pem, 5001).removeprefix("https://").rpartition(":")[0]
+    assert host and host != "127.0.0.1"  # a DNS name first
+    with pytest.raises(ValueError, match="set access.url"):
+        realm_url(None, b"not a certificate", 5001)
