@@ -17,6 +17,7 @@
 #   ./run.sh bench-descriptors  warm blob requests/s without the registry's descriptor cache, and with it
 #   ./run.sh bench-clients  docker, containerd and podman: cold and warm through the mirror, and direct (root)
 #   ./run.sh bench-link-race  two replicas with cache.prefetch on, a bucket then a folder: 20 x 10 pulls, then 100 at once
+#   ./run.sh bench-access  per-user access: token answers cold and cached, warm pulls against an open mirror
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -135,7 +136,11 @@ case "$cmd" in
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" redis-server
     ensure_venv bench
     run_python -m bench.link_race "$@" ;;
+  bench-access)
+    ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
+    ensure_venv bench
+    run_python -m bench.access "$@" ;;
   *)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac

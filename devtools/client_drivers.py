@@ -70,9 +70,11 @@ class Containerd:
         _wait_for_socket(self.socket, self.proc, "containerd", log)
         return self
 
-    def pull(self, reference: str, hosts_dir: Path, platform: str | None = None) -> str:
+    def pull(self, reference: str, hosts_dir: Path, platform: str | None = None, user: str | None = None) -> str:
+        """`user`: USER:PASSWORD, sent to whichever host ctr pulls from."""
         args = [_needs("ctr"), "--address", str(self.socket), "-n", "test", "images", "pull",
-                "--hosts-dir", str(hosts_dir), *(["--platform", platform] if platform else []), reference]
+                "--hosts-dir", str(hosts_dir), *(["--platform", platform] if platform else []),
+                *(["--user", user] if user else []), reference]
         return _run(args, f"ctr images pull {reference}").stdout
 
     def remove_all(self) -> None:
@@ -97,17 +99,31 @@ class Podman:
     def start(self) -> "Podman":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.runroot = Path(tempfile.mkdtemp(prefix="podman-"))
+        (self.workdir / "auth.json").write_text('{"auths": {}}\n')  # its own, never the user's
         return self
 
     def _podman(self, *args: str) -> list[str]:
         return [_needs("podman"), "--root", str(self.workdir / "root"), "--runroot", str(self.runroot),
                 "--storage-driver", "vfs", *args]
 
-    def pull(self, reference: str, registries_conf: Path, cert_dir: Path, platform: str | None = None) -> str:
+    def pull(self, reference: str, registries_conf: Path, cert_dir: Path, platform: str | None = None,
+             creds: str | None = None) -> str:
         args = self._podman("pull", "--cert-dir", str(cert_dir), *(["--platform", platform] if platform else []),
-                            reference)
-        return _run(args, f"podman pull {reference}", env={**os.environ, "CONTAINERS_REGISTRIES_CONF":
-                                                           str(registries_conf)}).stdout
+                            *(["--creds", creds] if creds else []), reference)
+        return _run(args, f"podman pull {reference}", env=self._env(registries_conf)).stdout
+
+    def login(self, registry: str, creds: str, cert_dir: Path) -> str:
+        """`podman login`, the credential kept in this podman's own auth file."""
+        user, _, password = creds.partition(":")
+        args = self._podman("login", "--cert-dir", str(cert_dir), "--username", user, "--password", password,
+                            registry)
+        return _run(args, f"podman login {registry}", env=self._env()).stdout
+
+    def _env(self, registries_conf: Path | None = None) -> dict[str, str]:
+        env = {**os.environ, "REGISTRY_AUTH_FILE": str(self.workdir / "auth.json")}
+        if registries_conf:
+            env["CONTAINERS_REGISTRIES_CONF"] = str(registries_conf)
+        return env
 
     def remove_all(self) -> None:
         _run(self._podman("rmi", "--all", "--force"), "podman rmi --all")
@@ -162,7 +178,20 @@ class Dockerd:
     def pull(self, reference: str, platform: str | None = None) -> str:
         args = [_needs("docker"), "-H", f"unix://{self.socket}", "pull",
                 *(["--platform", platform] if platform else []), reference]
-        return _run(args, f"docker pull {reference}").stdout
+        return _run(args, f"docker pull {reference}", env=self._cli_env()).stdout
+
+    def login(self, registry: str, user: str, password: str) -> str:
+        """`docker login`, the credential kept in this daemon's own client config folder."""
+        args = [_needs("docker"), "-H", f"unix://{self.socket}", "login", "--username", user, "--password-stdin",
+                registry]
+        result = subprocess.run(args, input=password, capture_output=True, text=True, timeout=120,
+                                env=self._cli_env())
+        if result.returncode != 0:
+            raise ClientError(f"docker login {registry} failed: {result.stderr.strip()[-800:]}")
+        return result.stdout
+
+    def _cli_env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_CONFIG": str(self.workdir / "client-config")}
 
     def remove_all(self) -> None:
         docker = [_needs("docker"), "-H", f"unix://{self.socket}"]

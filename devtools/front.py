@@ -212,7 +212,8 @@ class ArtifactoryFront:
                 return self._permission(granted[2], name)
             self.tokens.pop(token, None)  # used up: expired in the middle of whatever it was serving
         host, port = flow.client_conn.sockname[:2]  # the Host header is already rewritten in reverse mode
-        realm = ctx.options.front_realm or f"http://{host}:{port}{self.prefix}/v2/token"
+        scheme = "https" if flow.client_conn.tls_established else "http"  # as Artifactory, on its own scheme
+        realm = ctx.options.front_realm or f"{scheme}://{host}:{port}{self.prefix}/v2/token"
         scope = f',scope="repository:{name}:pull"' if name else ""
         return _unauthorized(f'Bearer realm="{realm}",service="{SERVICE}"{scope}')
 

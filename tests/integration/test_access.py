@@ -101,6 +101,8 @@ def test_each_user_pulls_only_what_artifactory_lets_it_read(two_users, images, m
     pull_as(mirror, tools, tmp_path / "dev-again", "dev")  # the cached decision: Artifactory not asked again
     assert mirror.stats()["access"]["questions"] == access["questions"]
     assert mirror.stats()["access"]["decisions"]["cached-allowed"] >= 1
+    with urllib.request.urlopen(f"{mirror.rewriter}/metrics", timeout=10) as resp:
+        assert 'mirror_access_decisions_total{outcome="refused"} 3.0' in resp.read().decode()
 
     logs = mirror.logs()
     assert "access: user=dev repository=team/app outcome=refused" in logs

@@ -194,3 +194,89 @@ def test_what_clients_show_when_a_pull_fails_and_where_the_reason_is(upstream, i
         assert "Cannot connect to host" in last_error
     else:
         assert "token endpoint answered 401" in last_error and "check upstream.username" in last_error
+
+
+# --- per-user access (access.users: artifactory): each client logs in with its Artifactory user
+
+USERS = {"dev": ("dev-Pa55word", ("tools",))}  # dev reads tools/ only
+
+
+@pytest.fixture
+def per_user(upstream_factory, mirror_factory, docker_path):
+    """An upstream where dev reads tools/ only, and a mirror (with its token endpoint) on the veth address every
+    client here reaches, docker's namespace included."""
+    upstream = upstream_factory(users=USERS)
+    tools, team = tar_image("tools/lint", "1.0", 600), tar_image("team/app", "1.0", 610)
+    for image in (tools, team):
+        seed.push(upstream.registry_url, image)
+    port = free_port(HOST_SIDE)
+    mirror = mirror_factory(credentials_of(upstream), mirror_keys={"listen": f"{HOST_SIDE}:{free_port(HOST_SIDE)}"},
+                            access={"users": "artifactory", "listen": f"{HOST_SIDE}:{port}",
+                                    "url": f"https://{HOST_SIDE}:{port}"})
+    return upstream, mirror
+
+
+def dev_creds(password: str | None = None) -> str:
+    return f"dev:{password or USERS['dev'][0]}"
+
+
+def test_docker_logs_in_to_the_mirror_and_pulls_only_what_its_user_reads(per_user, docker_path, tmp_path):
+    upstream, mirror = per_user
+    dockerd = Dockerd(tmp_path / "docker", docker_path.netns)
+    try:
+        dockerd.start()
+        apply_printed(printed_clients(mirror), "docker", tmp_path / "root", reroot={"/etc/docker": dockerd.etc_docker})
+        with pytest.raises(ClientError, match="401|unauthorized|Unauthorized"):
+            dockerd.login(mirror.address, "dev", "wrong-password")
+        dockerd.login(mirror.address, "dev", USERS["dev"][0])
+        dockerd.pull(f"{mirror.address}/tools/lint:1.0")
+        with pytest.raises(ClientError) as refused:
+            dockerd.pull(f"{mirror.address}/team/app:1.0")
+    finally:
+        dockerd.stop()
+    print(f"docker shows a refusal as: {refused.value}")
+    assert mirror.stats()["access"]["decisions"].get("refused", 0) >= 2  # the wrong password, team/app
+
+
+def test_podman_pulls_by_the_mirrors_name_and_through_its_mirror_config_after_a_login(per_user, tmp_path):
+    upstream, mirror = per_user
+    host = upstream_host(upstream)
+    placed = apply_printed(printed_clients(mirror), f"podman and CRI-O (without the fallback to {host})",
+                           tmp_path / "root")
+    (conf,) = [where for path, where in placed.items() if path.endswith(".conf")]
+    cert_dir = tmp_path / f"root/etc/containers/certs.d/{mirror.address}"
+    podman = Podman(tmp_path / "podman").start()
+    try:
+        podman.pull(f"{mirror.address}/tools/lint:1.0", conf, cert_dir, creds=dev_creds())
+        with pytest.raises(ClientError, match="403|denied|Forbidden"):
+            podman.pull(f"{mirror.address}/team/app:1.0", conf, cert_dir, creds=dev_creds())
+        with pytest.raises(ClientError, match="401|unauthorized"):
+            podman.pull(f"{mirror.address}/tools/lint:1.0", conf, cert_dir)
+        podman.remove_all()
+        # the upstream host's name, rewritten to the mirror by registries.conf: --creds is the upstream host's
+        with pytest.raises(ClientError, match="needs a login"):
+            podman.pull(f"{host}/tools/lint:1.0", conf, cert_dir, creds=dev_creds())
+        # ...while a login to the mirror is found for the mirror's location
+        podman.login(mirror.address, dev_creds(), cert_dir)
+        podman.pull(f"{host}/tools/lint:1.0", conf, cert_dir)
+    finally:
+        podman.stop()
+    assert direct_requests(upstream) == []
+
+
+def test_containerd_pulls_by_the_mirrors_name_with_its_users_credential(per_user, containerd, tmp_path):
+    upstream, mirror = per_user
+    apply_printed(printed_clients(mirror), "containerd (by the mirror's name)", tmp_path / "root")
+    hosts_dir = tmp_path / "root/etc/containerd/certs.d"
+    containerd.pull(f"{mirror.address}/tools/lint:1.0", hosts_dir, user=dev_creds())
+    with pytest.raises(ClientError, match="403|denied|Forbidden"):
+        containerd.pull(f"{mirror.address}/team/app:1.0", hosts_dir, user=dev_creds())
+    with pytest.raises(ClientError, match="401|unauthorized"):
+        containerd.pull(f"{mirror.address}/tools/lint:1.0", hosts_dir, user=dev_creds("wrong-password"))
+    # ctr gives --user to every host it dials, a mirror of the upstream's name too (the CRI does not: it keys
+    # a pod's pull secret by the image's own host)
+    host = upstream_host(upstream)
+    apply_printed(printed_clients(mirror), f"containerd (without the fallback to {host})", tmp_path / "root")
+    containerd.remove_all()
+    containerd.pull(f"{host}/tools/lint:1.0", hosts_dir, user=dev_creds())
+    assert direct_requests(upstream) == []

@@ -25,7 +25,16 @@ from cryptography import x509
 
 from registry_mirror.access.artifactory import ArtifactoryCheck
 from registry_mirror.access.decisions import Decision, Decisions
-from registry_mirror.access.tokens import PULL, Scope, ScopeError, Signer, mint, parse_scopes, token_answer
+from registry_mirror.access.tokens import (
+    PULL,
+    Scope,
+    ScopeError,
+    Signer,
+    mint,
+    parse_scopes,
+    signer_problem,
+    token_answer,
+)
 from registry_mirror.config.load import Config
 from registry_mirror.routes.routing import Router
 from registry_mirror.tls.served_cert import ServedCert
@@ -141,6 +150,8 @@ class TokenServer:
         self.port = self._runner.addresses[0][1]
         self.served_cert.start()
         log.info("token endpoint on https://%s%s: pulls need the client's Artifactory user", listen, TOKEN_PATH)
+        if problem := signer_problem(self.signer, str(self.access.signing_cert), self._clock()):
+            log.log(logging.ERROR if problem[0] == "error" else logging.WARNING, "%s", problem[1])
 
     async def close(self) -> None:
         if self.served_cert:

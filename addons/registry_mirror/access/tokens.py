@@ -77,6 +77,18 @@ class Signer:
         return self.certificate.not_valid_after_utc.timestamp()
 
 
+def signer_problem(signer: Signer, cert_path: str, now: float, warn_days: float = 14) -> tuple[str, str] | None:
+    """("error", why) once the signing certificate has expired (the registry then refuses every token),
+    ("warning", why) within `warn_days` of it, else None."""
+    date = time.strftime("%Y-%m-%d", time.gmtime(signer.not_after))
+    renew = "replace the pair (both files missing: `up` generates one) and restart the mirror"
+    if signer.not_after <= now:
+        return "error", f"the token signing certificate {cert_path} expired on {date}: every pull is refused; {renew}"
+    if signer.not_after - now <= warn_days * 86400:
+        return "warning", f"the token signing certificate {cert_path} expires on {date}; {renew} before then"
+    return None
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 
+from registry_mirror.access import tokens
+from registry_mirror.access.server import TOKEN_PATH
 from registry_mirror.cli import client_configs as clients
 from registry_mirror.cli import processes
 from registry_mirror.cli.supervisor import Supervisor, preflight
@@ -59,6 +61,13 @@ def cmd_check(args, clock=time.time) -> int:
           f"{'https' if cfg.mirror.tls else 'http'}://{cfg.mirror.listen}, addon on {cfg.rewriter.listen}")
     if cfg.webhooks.enabled:
         print(f"  webhooks: {'https' if cfg.mirror.tls else 'http'}://{cfg.webhooks.listen}{WEBHOOK_PATH}")
+    if cfg.access.enabled:
+        if problem := _signer_problem(cfg, clock()):
+            print(f"{PROG}: {problem[0]}: {problem[1]}", file=sys.stderr)
+            if problem[0] == "error":
+                return 2
+        print(f"  access: each pull checked against the client's Artifactory user; tokens from "
+              f"https://{cfg.access.listen}{TOKEN_PATH}")
     if cfg.mirror.s3:
         s3 = cfg.mirror.s3
         try:
@@ -73,6 +82,17 @@ def cmd_check(args, clock=time.time) -> int:
         print(f"  {route.label}: {describe_match(route)}: /v2/{asked} -> "
               f"{route.origin}{route.prefix}/v2/{route.upstream_name(asked)}")
     return 0
+
+
+def _signer_problem(cfg: Config, now: float) -> tuple[str, str] | None:
+    """What is wrong with the token signer on disk (a missing pair is fine: `up` generates one)."""
+    cert, key = cfg.access.signing_cert, cfg.access.signing_key
+    if not (cert and key and Path(cert).exists() and Path(key).exists()):
+        return None
+    try:
+        return tokens.signer_problem(tokens.Signer.load(cert, key), cert, now)
+    except ValueError as e:
+        return "error", str(e)
 
 
 def describe_match(route) -> str:

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from registry_mirror.stats.blob_checks import stored_blob_metrics, stored_blobs_html, stored_blobs_summary
 from registry_mirror.stats.counters import CLASSES
+from registry_mirror.stats.decisions import access_html, access_metrics
 from registry_mirror.stats.warms import pull_metrics, pulls_html, warm_metrics, warming_html
 from registry_mirror.units import human_bytes
 
@@ -88,6 +89,7 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr></table>
 {pulls_html(snap.get("registry_pulls", {}))}
 {warming_html(snap.get("webhooks"))}
+{access_html(snap.get("access"))}
 {_storage_html(snap.get("storage"))}
 {_disk_html(snap.get("disk"))}
 {stored_blobs_html(snap.get("stored_blobs"))}
@@ -251,6 +253,8 @@ class _SnapshotCollector:
         yield from pull_metrics(snap.get("registry_pulls", {}))
         if webhooks := snap.get("webhooks"):
             yield from warm_metrics(webhooks)
+        if access := snap.get("access"):
+            yield from access_metrics(access)
         if disk := snap.get("disk"):
             yield from _disk_metrics(disk)
         if checks := snap.get("stored_blobs"):
@@ -345,6 +349,9 @@ def summary_text(snap: dict) -> str:
         w = webhooks["warms"]
         lines.append(f"warms: {w['queued']} queued, {w['running']} running, {w['done']} done, {w['failed']} failed, "
                      f"{human_bytes(w['bytes'])}")
+    if access := snap.get("access"):
+        decisions = ", ".join(f"{o} {n}" for o, n in sorted(access["decisions"].items())) or "none yet"
+        lines.append(f"access decisions: {decisions}")
     for kind, entry in snap["served"].items():
         parts = ", ".join(f"{o} {v['requests']}" for o, v in sorted(entry.items()))
         lines.append(f"  {kind:20} {parts}")

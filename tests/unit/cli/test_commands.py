@@ -21,6 +21,7 @@ from registry_mirror.tls import certs
 from tests.unit.stats.test_counters import filled, route
 from tests.unit.support.local_http import serve
 from tests.unit.support.storage import Storage
+from tests.unit.tls.test_certs import DAY, make_pair
 
 UPSTREAM = "upstream:\n  url: https://art.example.com\n  repository: docker-local\n  anonymous: true\n"
 SHA = "sha256:" + "a" * 64
@@ -76,6 +77,18 @@ def test_check_shows_where_each_route_sends_a_name_and_the_webhook_address(tmp_p
         "  routes[0]: names under team-a/: /v2/team-a/<name> -> "
         "https://art.example.com/artifactory/api/docker/docker-local/v2/<name>",
         "  routes[1]: ns docker.io: /v2/<name> -> https://hub.example.com/v2/library/<name>"]
+
+
+def test_check_refuses_an_expired_token_signer_and_names_the_token_endpoint(tmp_path, capsys):
+    config = write_config(tmp_path, "access:\n  users: artifactory\n")
+    assert commands.main(["--config", config, "check"]) == 0  # no pair yet: `up` generates one
+    assert "  access: each pull checked against the client's Artifactory user; tokens from " \
+           "https://0.0.0.0:5001/token" in capsys.readouterr().out
+    (tmp_path / "certs").mkdir()
+    cert, _ = make_pair(tmp_path / "certs", time.time() - DAY, cert_name="token-signer.crt",
+                        key_name="token-signer.key")
+    assert commands.main(["--config", config, "check"]) == 2
+    assert f"error: the token signing certificate {cert} expired on" in capsys.readouterr().err
 
 
 def test_a_route_is_described_by_its_prefix_and_its_ns():

@@ -30,6 +30,7 @@ def test_mirror_example_with_its_commented_sections(tmp_path):
     cfg = parse(with_secret_files(full, tmp_path), environ={"ARTIFACTORY_USER": "svc"})
     assert [r.match_prefix for r in cfg.routes] == ["team-a", "hub"] and cfg.scale.advertise == "10.0.0.11"
     assert cfg.webhooks.listen.port == 8084 and cfg.webhooks.platforms == ("linux/amd64",)
+    assert cfg.access.enabled and cfg.access.anonymous == ("public",)
 
 
 def yaml_blocks(*paths: str) -> list[str]:
