@@ -143,6 +143,9 @@ def test_anonymous_prefixes_need_no_login(two_users, images, mirror_factory, tmp
     pull_as(mirror, images["tools/lint"], tmp_path / "anon", None)
     assert_pulled_identical(tmp_path / "anon", images["tools/lint"])
     assert refusal(mirror, images["team/app"], tmp_path / "x", None).startswith("401 pulling team/app needs a login")
+    # the mirror's own warms sign their token themselves
+    _, manifest = LocalRegistryClient(mirror.cfg).manifest("team/app", "1.0")
+    assert manifest["config"]["digest"] == images["team/app"].config.digest
 
 
 def client_folder(mirror, tmp_path, with_cert: bool):

@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import aiohttp
+
 from registry_mirror.access.decisions import Verdict
 from registry_mirror.config.load import Secret, UpstreamConfig
 from registry_mirror.oci.registry_requests import Kind, RegistryRequest
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
 from registry_mirror.upstream.auth import AuthError
-from registry_mirror.upstream.client import Upstream
+from registry_mirror.upstream.client import Upstream, upstream_session
 from registry_mirror.upstream.retry import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,13 @@ class ArtifactoryCheck:
     def __init__(self, router: Router):
         self.router = router
         self.questions = 0  # asked of Artifactory, for the stats and the figures
+        # per route: connections kept between questions (each carries the asking user's Authorization only)
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
     async def can_pull(self, user: str, secret: str, name: str) -> Verdict:
         return await self._ask(user, secret, name, RegistryRequest(Kind.TAGS, name=name, query="n=1"))
@@ -40,9 +49,11 @@ class ArtifactoryCheck:
         route = self.router.for_name(name) if name else self.router.routes[self.router.config.upstream.label]
         if route.health.down:
             return Verdict(False, f"Artifactory ({route.cfg.origin}) is down", reachable=False)
-        upstream = Upstream(_as_user(route.cfg, user, secret), Stats())
+        session = self._sessions.get(route.cfg.label)
+        if session is None:
+            session = self._sessions[route.cfg.label] = upstream_session(route.cfg)
+        upstream = Upstream(_as_user(route.cfg, user, secret), Stats(), session=session)
         self.questions += 1
-        await upstream.start()
         try:
             answer = await upstream.fetch_small("GET", request, {})
         except AuthError as e:
@@ -51,8 +62,6 @@ class ArtifactoryCheck:
             return Verdict(False, REFUSED[401], bad_credential=True)
         except UpstreamError as e:
             return Verdict(False, f"Artifactory could not be asked: {e}", reachable=False)
-        finally:
-            await upstream.close()
         if answer.status == 200:
             return Verdict(True, "")
         if answer.status in REFUSED:

@@ -11,6 +11,7 @@ Every decision is one audit line (user, repository, outcome, address); the secre
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -24,7 +25,7 @@ from cachetools import TTLCache
 from cryptography import x509
 
 from registry_mirror.access.artifactory import ArtifactoryCheck
-from registry_mirror.access.decisions import Decision, Decisions
+from registry_mirror.access.decisions import Decision, Decisions, Key, Verdict
 from registry_mirror.access.tokens import (
     PULL,
     Scope,
@@ -130,6 +131,7 @@ class TokenServer:
         self.decisions = Decisions(access.decision_ttl, access.stale_decisions, monotonic)
         self.check = check or ArtifactoryCheck(router)
         self.failures = FailedLogins(access.failed_logins, monotonic)
+        self._asking: dict[Key, asyncio.Future[Verdict]] = {}  # questions to Artifactory under way
         self.outcomes: Counter = Counter()  # decisions by outcome
         self.answers: Counter = Counter()  # status -> token requests answered
         self.port = 0
@@ -158,6 +160,7 @@ class TokenServer:
             await self.served_cert.stop()
         if self._runner:
             await self._runner.cleanup()
+        await self.check.close()
 
     def snapshot(self) -> dict:
         return {"listen": str(self.access.listen), "decisions": dict(self.outcomes), "answers": dict(self.answers),
@@ -219,7 +222,7 @@ class TokenServer:
         if (cached := self.decisions.fresh(key)) is not None:
             asked = Asked(cached, "cached-allowed" if cached.allowed else "cached-refused")
         else:
-            verdict = await (self.check.can_pull(user, secret, name) if name else self.check.login(user, secret))
+            verdict = await self._ask(key, user, secret, name)
             if verdict.reachable:
                 decision = self.decisions.record(key, verdict)
                 asked = Asked(decision, "allowed" if decision.allowed else "refused")
@@ -231,6 +234,17 @@ class TokenServer:
         audit.info("access: user=%s repository=%s outcome=%s%s from %s", user, name or "<login>", asked.outcome,
                    f" ({asked.decision.reason})" if not asked.decision.allowed else "", address)
         return asked
+
+    async def _ask(self, key: Key, user: str, secret: str, name: str) -> Verdict:
+        """One question per (user, secret, repository) at a time: a deploy's hundred pulls with one pull secret
+        ask Artifactory once."""
+        pending = self._asking.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self.check.can_pull(user, secret, name) if name
+                                            else self.check.login(user, secret))
+            self._asking[key] = pending
+            pending.add_done_callback(lambda _done: self._asking.pop(key, None))
+        return await asyncio.shield(pending)  # a client that goes away leaves the question to the others
 
     def _refusal(self, asked: Asked, user: str, name: str, address: str) -> web.Response | None:
         decision = asked.decision

@@ -30,7 +30,7 @@ from registry_mirror.config.load import Config
 from registry_mirror.proxy.notifications import SECRET_HEADER, notification_secret
 from registry_mirror.stats.views import JSON_PATH, LOGS_PATH, READY_PATH
 from registry_mirror.tls import certs
-from registry_mirror.tls.cert_watch import CertWatch
+from registry_mirror.tls.cert_watch import CaWatch, CertWatch
 
 ADDON = Path(__file__).resolve().parents[1] / "script" / "mirror.py"
 STOP_MARGIN = 5.0  # seconds past the drain timeout before a registry that has not exited is killed
@@ -65,6 +65,7 @@ class Supervisor:
         self.logs = {name: LogFile(log_dir / f"{name}.log") for name in ("mitmproxy", "registry")}
         self.draining: list[subprocess.Popen] = []  # registries replaced by a restart, finishing their requests
         self.cert_watch: CertWatch | None = None
+        self.ca_watch: CaWatch | None = None
         self._stopping = threading.Event()
 
     def mitm_args(self) -> list[str]:
@@ -136,6 +137,7 @@ class Supervisor:
         log = self.logs["registry"]
         # the pair on disk as the registry reads it at its start: a renewal from now on is a change
         self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None
+        self.ca_watch = CaWatch(cfg.mirror.client_ca) if cfg.mirror.client_ca else None
         env, unset, redact = self.registry_environment()
         self.registry = self.launcher.start([processes.registry_binary(), "serve", str(registry_yml)], log,
                                             env=env, unset=unset, redact=(notification_secret(cfg.mirror.storage),
@@ -169,7 +171,8 @@ class Supervisor:
             self.draining = [proc for proc in self.draining if proc.poll() is None]
             if self.cert_watch and time.monotonic() >= next_check:
                 next_check = time.monotonic() + CERT_POLL_SECONDS
-                if self.cert_watch.changed():
+                # a renewed pair, or a new clients' CA: both are read by the registry at its start only
+                if self.cert_watch.changed() | bool(self.ca_watch and self.ca_watch.changed()):
                     self.restart_registry()
             time.sleep(0.2)
 

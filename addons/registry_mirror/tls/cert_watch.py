@@ -9,6 +9,7 @@ onto a certificate whose key has not been replaced yet.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from pathlib import Path
 
 from registry_mirror.tls import certs
@@ -53,3 +54,32 @@ class CertWatch:
 
 def _digest(cert_pem: bytes, key_pem: bytes) -> tuple[bytes, bytes]:
     return hashlib.sha256(cert_pem).digest(), hashlib.sha256(key_pem).digest()
+
+
+class CaWatch:
+    """The same for a CA bundle the registry reads at start (`mirror.client_ca`): a change that loads is reported
+    once; one that does not load waits, said in `problem`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problem = ""
+        self._taken = self._digest()
+
+    def changed(self) -> bool:
+        digest = self._digest()
+        if digest is None or digest == self._taken:
+            return False
+        try:
+            ssl.create_default_context(cafile=self.path)
+        except (OSError, ssl.SSLError) as e:  # half-written, say
+            self.problem = f"{self.path}: {e}"
+            return False
+        self.problem, self._taken = "", digest
+        return True
+
+    def _digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(Path(self.path).read_bytes()).digest()
+        except OSError as e:
+            self.problem = f"cannot read {e.filename}: {e.strerror}"
+            return None

@@ -47,32 +47,23 @@ class Upstream:
     """`sleep` and `clock`: for the retries' waits (upstream_retry.Retrying)."""
 
     def __init__(self, cfg: UpstreamConfig, stats: Stats | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.time):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.time,
+                 session: aiohttp.ClientSession | None = None):
+        """`session`: connections shared with others to the same origin (`upstream_session(cfg)`), left open by
+        `close`; by default its own."""
         self.cfg = cfg
         self.stats = stats or Stats()
         self._retrying = Retrying(cfg.retries, sleep, clock)
         self.auth = UpstreamAuth(cfg, self._fetch_token)
-        self._session: aiohttp.ClientSession | None = None
+        self._session, self._own_session = session, session is None
         self._origin = urlsplit(cfg.origin)
 
     async def start(self) -> None:
-        ssl_ctx = ssl.create_default_context(cafile=self.cfg.ca_file)
-        if not self.cfg.tls_verify:
-            ssl_ctx.check_hostname, ssl_ctx.verify_mode = False, ssl.CERT_NONE
-        if self.cfg.client_cert and self.cfg.client_key:  # an upstream that requires mutual TLS
-            ssl_ctx.load_cert_chain(self.cfg.client_cert, self.cfg.client_key)
-        # No pool limit: aiohttp's `connect` timeout includes the wait for a pooled connection, and a timeout is
-        # taken for a hung upstream. Small exchanges (and the health probe) never queue; blob GETs wait for one
-        # of the route's blob_slots, a wait of its own that is never an upstream failure.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout),
-            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": "artifactory-mirror"}, skip_auto_headers=("Accept-Encoding",),
-        )
+        if self._session is None:
+            self._session = upstream_session(self.cfg)
 
     async def close(self) -> None:
-        if self._session:
+        if self._session and self._own_session:
             await self._session.close()
 
     @property
@@ -187,6 +178,25 @@ class Upstream:
             self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
                                 "error")
             raise AuthError(f"token endpoint {url_for_logs(realm)}: {error_text(e)}", upstream_failure=True) from e
+
+
+def upstream_session(cfg: UpstreamConfig) -> aiohttp.ClientSession:
+    """An HTTP client for the upstream's origin: its TLS (CA, verification, client certificate), no cookies (nothing
+    carries from one request's credential to another's), bodies as sent."""
+    ssl_ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if not cfg.tls_verify:
+        ssl_ctx.check_hostname, ssl_ctx.verify_mode = False, ssl.CERT_NONE
+    if cfg.client_cert and cfg.client_key:  # an upstream that requires mutual TLS
+        ssl_ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+    # No pool limit: aiohttp's `connect` timeout includes the wait for a pooled connection, and a timeout is
+    # taken for a hung upstream. Small exchanges (and the health probe) never queue; blob GETs wait for one
+    # of the route's blob_slots, a wait of its own that is never an upstream failure.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout),
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": "artifactory-mirror"}, skip_auto_headers=("Accept-Encoding",),
+    )
 
 
 def _redirect_target(url: str, location: str) -> str:

@@ -16,11 +16,12 @@ from tests.unit.support.local_http import serve
 async def artifactory():
     """Answers tag lists by the user's Basic credential: dev reads tools/, anything else as `status` says."""
     seen: list[tuple[str, str]] = []
-    answers = {"status": None}
+    answers: dict = {"status": None, "connections": set()}
 
     async def handler(request: web.Request) -> web.Response:
         user = base64.b64decode(request.headers.get("Authorization", "Basic ")[6:]).decode()
         seen.append((request.path_qs, user))
+        answers["connections"].add(request.transport.get_extra_info("peername"))
         if answers["status"]:
             return web.json_response({"errors": []}, status=answers["status"])
         if user != "dev:pw":
@@ -33,13 +34,22 @@ async def artifactory():
     await runner.cleanup()
 
 
-def check_for(port: int, **upstream) -> ArtifactoryCheck:
-    cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "docker-local",
-                              "username": "mirror", "password": "mirror-pw", **upstream}})
-    return ArtifactoryCheck(Router(cfg, Stats()))
+@pytest.fixture
+async def check_for():
+    """ArtifactoryCheck of a route to 127.0.0.1:<port>, closed after the test."""
+    made: list[ArtifactoryCheck] = []
+
+    def make(port: int) -> ArtifactoryCheck:
+        cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "docker-local",
+                                  "username": "mirror", "password": "mirror-pw"}})
+        made.append(ArtifactoryCheck(Router(cfg, Stats())))
+        return made[-1]
+    yield make
+    for check in made:
+        await check.close()
 
 
-async def test_each_answer_is_a_verdict_asked_with_the_users_own_credential(artifactory):
+async def test_each_answer_is_a_verdict_asked_with_the_users_own_credential(artifactory, check_for):
     port, seen, _ = artifactory
     check = check_for(port)
     assert (await check.can_pull("dev", "pw", "tools/lint")).allowed
@@ -51,9 +61,10 @@ async def test_each_answer_is_a_verdict_asked_with_the_users_own_credential(arti
     assert (await check.login("dev", "pw")).allowed and seen[-1][0].endswith("/v2/")
     assert all(user != "mirror:mirror-pw" for _, user in seen)  # the mirror's own credential never asks
     assert check.questions == 4
+    assert len(artifactory[2]["connections"]) == 1  # one kept connection, each question with its own credential
 
 
-async def test_a_failing_or_unreachable_artifactory_is_no_decision(artifactory):
+async def test_a_failing_or_unreachable_artifactory_is_no_decision(artifactory, check_for):
     port, _, answers = artifactory
     answers["status"] = 503
     assert not (await check_for(port).can_pull("dev", "pw", "tools/lint")).reachable
@@ -64,7 +75,7 @@ async def test_a_failing_or_unreachable_artifactory_is_no_decision(artifactory):
     assert not (await closed.can_pull("dev", "pw", "tools/lint")).reachable
 
 
-async def test_a_route_known_down_is_not_asked(artifactory):
+async def test_a_route_known_down_is_not_asked(artifactory, check_for):
     port, seen, _ = artifactory
     check = check_for(port)
     health = check.router.routes["upstream"].health

@@ -1,5 +1,6 @@
 """The token endpoint against a stand-in for Artifactory's answers: what each request gets, what is counted, and
 what is never granted (push, delete, catalog)."""
+import asyncio
 import base64
 import json
 import logging
@@ -12,6 +13,7 @@ from registry_mirror.access.decisions import Verdict
 from registry_mirror.access.server import TOKEN_PATH, FailedLogins, TokenServer, basic_credential, realm_url
 from registry_mirror.config.load import Address, parse
 from registry_mirror.tls import certs
+from tests.unit.support.waits import until
 
 READS = {"dev": ("pw", ("tools/lint",))}
 
@@ -22,8 +24,14 @@ class FakeArtifactory:
     def __init__(self):
         self.down = False
         self.questions = 0
+        self.gate = asyncio.Event()  # cleared: questions wait for it
+        self.gate.set()
+
+    async def close(self):
+        pass
 
     async def can_pull(self, user, secret, name):
+        await self.gate.wait()
         return self._answer(user, secret, name)
 
     async def login(self, user, secret):
@@ -144,3 +152,15 @@ def test_the_realm_is_access_url_or_the_certificates_first_name(tmp_path):
     assert host and host != "127.0.0.1"  # a DNS name first
     with pytest.raises(ValueError, match="set access.url"):
         realm_url(None, b"not a certificate", 5001)
+
+
+async def test_concurrent_requests_with_one_credential_ask_artifactory_once(endpoint):
+    server, ask = endpoint
+    server.check.gate.clear()
+    looked_up, fresh = [], server.decisions.fresh
+    server.decisions.fresh = lambda key: looked_up.append(key) or fresh(key)  # each request looks first
+    requests = [asyncio.ensure_future(ask("repository:tools/lint:pull", user="dev")) for _ in range(10)]
+    await until(lambda: len(looked_up) == 10, "every request to find no decision and wait for the question")
+    server.check.gate.set()
+    assert [status for status, _, _ in await asyncio.gather(*requests)] == [200] * 10
+    assert server.check.questions == 1 and server._asking == {}

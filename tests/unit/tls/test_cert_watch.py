@@ -2,7 +2,7 @@
 half-replaced pair waits, so that nothing is restarted onto it."""
 import os
 
-from registry_mirror.tls.cert_watch import CertWatch
+from registry_mirror.tls.cert_watch import CaWatch, CertWatch
 from tests.unit.tls.test_certs import DAY, NOW, make_pair
 
 
@@ -79,3 +79,14 @@ def test_a_pair_missing_at_start_is_a_change_when_it_arrives(tmp_path):
     assert not watch.changed() and not watch.pair_ok()
     make_pair(tmp_path, NOW + 400 * DAY)
     assert watch.changed() and not watch.changed()
+
+
+def test_a_new_clients_ca_is_a_change_once_and_a_half_written_one_waits(tmp_path):
+    ca, _ = make_pair(tmp_path, NOW + 400 * DAY, serial=1, cert_name="nodes-ca.crt", key_name="nodes-ca.key")
+    watch = CaWatch(str(ca))
+    assert not watch.changed()
+    new, _ = make_pair(tmp_path, NOW + 800 * DAY, serial=2, cert_name="new-ca.crt", key_name="new-ca.key")
+    ca.write_bytes(new.read_bytes()[:200])  # the copy is under way
+    assert not watch.changed() and watch.problem.startswith(f"{ca}: ")
+    ca.write_bytes(new.read_bytes())
+    assert watch.changed() and not watch.changed() and watch.problem == ""
