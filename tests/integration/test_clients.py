@@ -7,6 +7,7 @@ the upstream's root, which only a direct client sends.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from devtools import seed
 from devtools.client_drivers import ClientError, Containerd, Dockerd, Podman, apply_printed
 from devtools.netpath import HOST_SIDE, MtuPath
 from devtools.ports import free_port
+from registry_mirror.tls import certs
 
 from .conftest import MIRROR_COMMAND, credentials_of, stored_digests
 
@@ -30,8 +32,8 @@ def blobs_of(*images: seed.Image) -> set[str]:
     return {blob.digest for image in images for blob in (*image.layers, image.config)}
 
 
-def printed_clients(mirror) -> str:
-    result = subprocess.run([MIRROR_COMMAND, "clients", "--config", mirror.cfg.source], capture_output=True,
+def printed_clients(mirror, *more: str) -> str:
+    result = subprocess.run([MIRROR_COMMAND, "clients", "--config", mirror.cfg.source, *more], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -279,4 +281,30 @@ def test_containerd_pulls_by_the_mirrors_name_with_its_users_credential(per_user
     apply_printed(printed_clients(mirror), f"containerd (without the fallback to {host})", tmp_path / "root")
     containerd.remove_all()
     containerd.pull(f"{host}/tools/lint:1.0", hosts_dir, user=dev_creds())
+    assert direct_requests(upstream) == []
+
+
+def test_containerd_and_podman_present_the_certificate_clients_prints_under_mutual_tls(upstream, images,
+                                                                                      mirror_factory, containerd,
+                                                                                      tmp_path):
+    node_cert, node_key = str(tmp_path / "node.crt"), str(tmp_path / "node.key")
+    certs.ensure_own_pair(node_cert, node_key, "node-1", "the node's pair")  # its own CA, for the test
+    mirror = mirror_factory(credentials_of(upstream), mirror_keys={"client_ca": node_cert})
+    host = upstream_host(upstream)
+    printed = printed_clients(mirror, "--client-cert", node_cert, "--client-key", node_key)
+    apply_printed(printed, f"containerd (without the fallback to {host})", tmp_path / "root")
+    containerd.pull(f"{host}/team/app:1.0", tmp_path / "root/etc/containerd/certs.d")
+    placed = apply_printed(printed, f"podman and CRI-O (without the fallback to {host})", tmp_path / "root")
+    (conf,) = [where for path, where in placed.items() if path.endswith(".conf")]
+    podman = Podman(tmp_path / "podman").start()
+    try:
+        podman.pull(f"{host}/team/app:1.0", conf, tmp_path / f"root/etc/containers/certs.d/{mirror.address}")
+        without = tmp_path / "ca-only"
+        without.mkdir()
+        shutil.copy(mirror.trust / "ca.crt", without / "ca.crt")
+        podman.remove_all()
+        with pytest.raises(ClientError, match="certificate|tls"):
+            podman.pull(f"{host}/team/app:1.0", conf, without)
+    finally:
+        podman.stop()
     assert direct_requests(upstream) == []
