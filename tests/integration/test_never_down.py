@@ -5,6 +5,7 @@ Before, mitmdump exited at the first log line or flow it could not write (the su
 registry: cached images refused too), and a SIGTERM ended every pull in flight at once."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -54,15 +55,22 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def fill(folder: Path, leave: int) -> Path:
-    """A file that takes all but `leave` bytes of the filesystem's free space."""
-    st = os.statvfs(folder)
+def fill(folder: Path, leave: int, tries: int = 20) -> Path:
+    """A file that takes all but `leave` bytes of the filesystem's free space. The mirror may write between the
+    measure and the allocation (its logs can share the filesystem): then it is measured again."""
     filler = folder / "filler"
-    free = st.f_bavail * st.f_frsize + (filler.stat().st_size if filler.exists() else 0)
-    with open(filler, "wb") as f:
-        if free > leave:
-            os.posix_fallocate(f.fileno(), 0, free - leave)
-    return filler
+    for _ in range(tries):
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize + (filler.stat().st_size if filler.exists() else 0)
+        try:
+            with open(filler, "wb") as f:  # truncated: its old size is free space again
+                if free > leave:
+                    os.posix_fallocate(f.fileno(), 0, free - leave)
+            return filler
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    raise AssertionError(f"could not fill {folder} to {leave} bytes free in {tries} tries: the mirror keeps writing")
 
 
 def alive(mirror) -> bool:
