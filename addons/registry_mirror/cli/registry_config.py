@@ -11,9 +11,10 @@ from registry_mirror.tls.certs import own_client_pair
 
 
 def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None = None,
-                          realm: str | None = None) -> dict:
-    """registry:2 in pull-through mode with its remote pointed at the addon; it holds no credentials. `realm`:
-    where clients fetch tokens, with `access.users` on."""
+                          realm: str | None = None, signer_bundle: str | None = None) -> dict:
+    """registry:2 in pull-through mode with its remote pointed at the addon; it holds no credentials. With
+    `access.users` on: `realm`, where clients fetch tokens, and `signer_bundle`, the certificates tokens are
+    verified against (by default the signing certificate alone)."""
     http: dict = {
         "addr": str(cfg.mirror.listen),
         "secret": http_secret or secrets.token_hex(16),
@@ -55,7 +56,7 @@ def proxy_registry_config(cfg: Config, remote_url: str, http_secret: str | None 
     if cfg.access.enabled:
         if realm is None or cfg.access.signing_cert is None:
             raise ValueError("access.users is on: the registry needs the token realm and the signing certificate")
-        generated["auth"] = registry_auth(realm, cfg.access.signing_cert)
+        generated["auth"] = registry_auth(realm, signer_bundle or cfg.access.signing_cert)
     return generated
 
 

@@ -22,6 +22,7 @@ from typing import Protocol
 import argon2
 import yaml
 
+from registry_mirror.access import signers
 from registry_mirror.access.server import realm_url
 from registry_mirror.cli import processes
 from registry_mirror.cli.logfiles import LogFile
@@ -66,6 +67,7 @@ class Supervisor:
         self.draining: list[subprocess.Popen] = []  # registries replaced by a restart, finishing their requests
         self.cert_watch: CertWatch | None = None
         self.ca_watch: CaWatch | None = None
+        self.signer_bundle: str | None = None  # what the registry verifies tokens against (access.users)
         self._stopping = threading.Event()
 
     def mitm_args(self) -> list[str]:
@@ -109,9 +111,10 @@ class Supervisor:
         """The pairs the mirror uses itself, generated when missing: the token signer (`access.users`), and the
         client certificate of its own warms (`mirror.client_ca`)."""
         cfg = self.cfg
-        if cfg.access.enabled and cfg.access.signing_cert and cfg.access.signing_key:
-            certs.ensure_own_pair(cfg.access.signing_cert, cfg.access.signing_key, "artifactory-mirror token signer",
-                                  "access.signing_cert / access.signing_key")
+        access = cfg.access
+        if access.enabled and access.signing_cert and access.signing_key:
+            self.signer_bundle = str(signers.prepare(access.signing_cert, access.signing_key, time.time(),
+                                                     access.signing_generated))
         if cfg.mirror.client_ca:
             cert, key = certs.own_client_pair(cfg.mirror.tls_cert)
             certs.ensure_own_pair(cert, key, "artifactory-mirror", f"the mirror's client pair {cert} / {key}")
@@ -133,7 +136,8 @@ class Supervisor:
         registry_yml.unlink(missing_ok=True)
         # created 0600: it may hold the redis password, and no one else may read it even for a moment
         with os.fdopen(os.open(registry_yml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}", realm=self.realm())))
+            f.write(yaml.safe_dump(proxy_registry_config(cfg, f"http://{cfg.rewriter.listen}", realm=self.realm(),
+                                                 signer_bundle=self.signer_bundle)))
         log = self.logs["registry"]
         # the pair on disk as the registry reads it at its start: a renewal from now on is a change
         self.cert_watch = CertWatch(cfg.mirror.tls_cert, cfg.mirror.tls_key) if cfg.mirror.tls else None

@@ -303,6 +303,7 @@ class AccessConfig:
                                    shown="`token-signer.crt` beside `mirror.tls_cert`")
     signing_key: str | None = key(PATH, "The key of `signing_cert` (0600).", None,
                                   shown="`token-signer.key` beside `mirror.tls_cert`")
+    signing_generated: bool = False  # the pair is the mirror's own (not configured): it rotates it
 
     @property
     def enabled(self) -> bool:

@@ -288,6 +288,8 @@ def _access(values: dict, mirror: MirrorConfig, taken: dict[str, Address]) -> Ac
     if bool(access.signing_cert) != bool(access.signing_key):
         raise ConfigError("access.signing_cert: set signing_cert and signing_key together, or neither (a pair is "
                           "generated beside mirror.tls_cert)")
+    if access.signing_cert:
+        return access
     beside = Path(mirror.tls_cert).parent
-    return replace(access, signing_cert=access.signing_cert or str(beside / "token-signer.crt"),
-                   signing_key=access.signing_key or str(beside / "token-signer.key"))
+    return replace(access, signing_cert=str(beside / "token-signer.crt"), signing_key=str(beside / "token-signer.key"),
+                   signing_generated=True)

@@ -276,6 +276,9 @@ def test_access_is_open_by_default_and_its_signer_sits_beside_the_mirrors_certif
     assert access.signing_cert == str(tmp_path / "c/token-signer.crt")
     assert access.signing_key == str(tmp_path / "c/token-signer.key")
     assert (access.token_ttl, access.stale_decisions, str(access.listen)) == (300, 3600, "0.0.0.0:5001")
+    assert access.signing_generated  # the mirror's own pair: it rotates it
+    own = parse({**BASE, "access": {"users": "artifactory", "signing_cert": "/s/t.crt", "signing_key": "/s/t.key"}})
+    assert own.access.signing_cert == "/s/t.crt" and not own.access.signing_generated
 
 
 @pytest.mark.parametrize("data, message", [
