@@ -166,10 +166,26 @@ def test_mutual_tls_keeps_out_clients_without_a_certificate(upstream, layer_cach
     mirror = mirror_factory(credentials_of(upstream), dump=False,
                             mirror_keys={"client_ca": str(tmp_path / "client.crt")})
     ref = f"{mirror.address}/{image.name}:{image.tag}"
-    with pytest.raises(PullError):
+    with pytest.raises(PullError, match="bad certificate|certificate required"):  # refused at the handshake
         pull(ref, tmp_path / "x", cert_dir=client_folder(mirror, tmp_path, with_cert=False))
     pull(ref, tmp_path / "out", cert_dir=client_folder(mirror, tmp_path, with_cert=True))
     assert_pulled_identical(tmp_path / "out", image)
     # the mirror's own warms present its own certificate
     media_type, manifest = LocalRegistryClient(mirror.cfg).manifest(image.name, image.tag)
     assert manifest["config"]["digest"] == image.config.digest
+
+
+def test_with_machine_certificates_the_token_endpoint_wants_one_too(two_users, images, mirror_factory, tmp_path):
+    certs.ensure_own_pair(str(tmp_path / "client.crt"), str(tmp_path / "client.key"), "node-1", "the test's pair")
+    mirror = mirror_factory(credentials_of(two_users), dump=False, access=access_keys(),
+                            mirror_keys={"client_ca": str(tmp_path / "client.crt")})
+    tools = images["tools/lint"]
+    pull(f"{mirror.address}/{tools.name}:{tools.tag}", tmp_path / "out", creds=creds("dev"),
+         cert_dir=client_folder(mirror, tmp_path, with_cert=True))
+    assert_pulled_identical(tmp_path / "out", tools)
+    context = ssl.create_default_context(cafile=str(mirror.trust / "ca.crt"))  # no certificate of its own
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        with urllib.request.urlopen(f"{mirror.cfg.access.url}/token?scope=repository:tools/lint:pull",
+                                    timeout=30, context=context) as resp:
+            resp.read()
+    assert mirror.stats()["access"]["questions"] == 1  # the machine without one tried no password

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from registry_mirror.access.tokens import (
     token_answer,
 )
 from registry_mirror.config.load import Config
+from registry_mirror.oci.registry_requests import valid_name
 from registry_mirror.routes.routing import Router
 from registry_mirror.tls.served_cert import ServedCert
 
@@ -50,8 +52,8 @@ CHALLENGE = 'Basic realm="artifactory-mirror"'
 
 
 def realm_url(url: str | None, cert_pem: bytes, port: int) -> str:
-    """Where clients fetch tokens: `access.url`, else the mirror certificate's first DNS name (then its first IP
-    address) with the token endpoint's port."""
+    """Where clients fetch tokens: `access.url`, else a name of the mirror's certificate that other machines can
+    reach (no loopback name or address) with the token endpoint's port."""
     if url:
         return url.rstrip("/") + TOKEN_PATH
     try:
@@ -59,9 +61,12 @@ def realm_url(url: str | None, cert_pem: bytes, port: int) -> str:
             x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         names = None
-    dns = names.get_values_for_type(x509.DNSName) if names else []
-    ips = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] if names else []
-    host = dns[0] if dns else f"[{ips[0]}]" if ips and ":" in ips[0] else ips[0] if ips else ""
+    dns = [n for n in (names.get_values_for_type(x509.DNSName) if names else [])
+           if n != "localhost" and not n.endswith(".localhost")]
+    ips = [ip for ip in (names.get_values_for_type(x509.IPAddress) if names else []) if not ip.is_loopback]
+    # a name other machines resolve: a dotted one first (an FQDN), then a bare one, then an address
+    dns.sort(key=lambda n: "." not in n)
+    host = dns[0] if dns else f"[{ips[0]}]" if ips and ips[0].version == 6 else str(ips[0]) if ips else ""
     if not host:
         raise ValueError("the mirror's certificate names no host for the token endpoint; set access.url, e.g. "
                          "https://mirror.dc1.example.com:5001")
@@ -73,9 +78,8 @@ def basic_credential(header: str) -> tuple[str, str] | None:
     scheme, _, value = header.partition(" ")
     if not header:
         return None
-    if scheme.lower() != "basic":
-        raise ValueError(f"{scheme or 'an'} authorization; log in with your Artifactory user and password "
-                         f"(Basic)")
+    if scheme.lower() != "basic":  # never said back: a bare secret may stand where the scheme should be
+        raise ValueError("an authorization other than Basic; log in with your Artifactory user and password")
     try:
         user, colon, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError) as e:
@@ -85,6 +89,11 @@ def basic_credential(header: str) -> tuple[str, str] | None:
     return user, secret
 
 
+def printable(text: str, limit: int = 128) -> str:
+    """Client input as a log line or a message may hold it: no control characters (no forged lines), bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def error(status: int, code: str, message: str, challenge: bool = False) -> web.Response:
     response = web.json_response({"errors": [{"code": code, "message": message}]}, status=status)
     if challenge:
@@ -92,25 +101,48 @@ def error(status: int, code: str, message: str, challenge: bool = False) -> web.
     return response
 
 
+def address_key(address: str) -> str:
+    """What refused logins are counted by: the address, an IPv6 one by its /64 (one host holds all of it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
+
+
 class FailedLogins:
-    """Refused credentials per client address over the last FAILURE_WINDOW seconds."""
+    """What a guesser spends, per client address over the last FAILURE_WINDOW seconds: each distinct secret
+    Artifactory refused (a pull secret gone stale, retried by every pod of a node, counts once), and the questions
+    under way for credentials not known good (guesses sent at once)."""
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic):
         self.limit, self._clock = limit, clock
-        self._seen: TTLCache[str, deque[float]] = TTLCache(MAX_ADDRESSES, ttl=FAILURE_WINDOW, timer=clock)
+        self._refused: TTLCache[str, dict[bytes, float]] = TTLCache(MAX_ADDRESSES, ttl=FAILURE_WINDOW, timer=clock)
+        self._asking: Counter = Counter()
 
     def blocked(self, address: str) -> bool:
-        times = self._seen.get(address)
-        if not times:
-            return False
-        while times and self._clock() - times[0] >= FAILURE_WINDOW:
-            times.popleft()
-        return len(times) >= self.limit
+        where = address_key(address)
+        now = self._clock()
+        recent = sum(1 for at in (self._refused.get(where) or {}).values() if now - at < FAILURE_WINDOW)
+        return recent + self._asking[where] >= self.limit
 
-    def failed(self, address: str) -> None:
-        times = self._seen.get(address) or deque(maxlen=self.limit)
-        times.append(self._clock())
-        self._seen[address] = times  # refreshes its expiry
+    def failed(self, address: str, secret: bytes) -> None:
+        where = address_key(address)
+        refused = self._refused.get(where) or {}
+        refused[secret] = self._clock()
+        if len(refused) > self.limit:  # only the newest matter to the count
+            del refused[min(refused, key=refused.__getitem__)]
+        self._refused[where] = refused  # refreshes its expiry
+
+    def asking(self, address: str) -> None:
+        """A question for a credential not known good is under way (until `answered`)."""
+        self._asking[address_key(address)] += 1
+
+    def answered(self, address: str) -> None:
+        where = address_key(address)
+        self._asking[where] -= 1
+        if not self._asking[where]:
+            del self._asking[where]
 
 
 @dataclass
@@ -146,7 +178,8 @@ class TokenServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=20)
         await self._runner.setup()
         mirror = self.cfg.mirror
-        self.served_cert = ServedCert(mirror.tls_cert, mirror.tls_key, "token endpoint")
+        # with machine certificates, only machines that reach the registry may try passwords here
+        self.served_cert = ServedCert(mirror.tls_cert, mirror.tls_key, "token endpoint", client_ca=mirror.client_ca)
         listen = self.access.listen
         await web.TCPSite(self._runner, listen.host, listen.port, ssl_context=self.served_cert.context).start()
         self.port = self._runner.addresses[0][1]
@@ -182,11 +215,10 @@ class TokenServer:
             credential = basic_credential(request.headers.get("Authorization", ""))
         except (ScopeError, ValueError) as e:
             return error(400, "UNSUPPORTED", str(e))
-        if self.failures.blocked(address):
-            self.outcomes["rate-limited"] += 1
-            return error(429, "TOOMANYREQUESTS", f"more than {self.access.failed_logins} refused logins from "
-                                                 f"{address} within a minute; wait, then log in again")
         pulls = list(dict.fromkeys(s.name for s in scopes if s.type == "repository" and PULL in s.actions))
+        if bad := next((name for name in pulls if not valid_name(name)), None):
+            return error(400, "NAME_INVALID", f"scope names {printable(bad)!r}, not a repository name (lowercase "
+                                              f"path components: letters, digits, . _ -)")
         if credential is None:
             return self._anonymous(pulls, address)
         user, secret = credential
@@ -195,8 +227,14 @@ class TokenServer:
             if name and self._anonymous_name(name):
                 granted.append(Scope("repository", name, (PULL,)))
                 continue
-            asked = await self._decide(user, secret, name, address)
-            refused = self._refusal(asked, user, name, address)
+            key = self.decisions.key(user, secret, name)
+            if self.decisions.fresh(key) is None and not self.decisions.credential_good(key) \
+                    and self.failures.blocked(address):  # a question with a credential not known good
+                self.outcomes["rate-limited"] += 1
+                return error(429, "TOOMANYREQUESTS", f"more than {self.access.failed_logins} refused logins from "
+                                                     f"{address} within a minute; wait, then log in again")
+            asked = await self._decide(key, user, secret, name, address)
+            refused = self._refusal(asked, key, user, name, address)
             if refused is not None:
                 return refused
             if name:
@@ -217,12 +255,11 @@ class TokenServer:
     def _anonymous_name(self, name: str) -> bool:
         return any(name == prefix or name.startswith(prefix + "/") for prefix in self.access.anonymous)
 
-    async def _decide(self, user: str, secret: str, name: str, address: str) -> Asked:
-        key = self.decisions.key(user, secret, name)
+    async def _decide(self, key: Key, user: str, secret: str, name: str, address: str) -> Asked:
         if (cached := self.decisions.fresh(key)) is not None:
             asked = Asked(cached, "cached-allowed" if cached.allowed else "cached-refused")
         else:
-            verdict = await self._ask(key, user, secret, name)
+            verdict = await self._ask(key, user, secret, name, address)
             if verdict.reachable:
                 decision = self.decisions.record(key, verdict)
                 asked = Asked(decision, "allowed" if decision.allowed else "refused")
@@ -231,30 +268,34 @@ class TokenServer:
             else:
                 asked = Asked(Decision(False, verdict.reason, 0.0), "unreachable")
         self.outcomes[asked.outcome] += 1
-        audit.info("access: user=%s repository=%s outcome=%s%s from %s", user, name or "<login>", asked.outcome,
-                   f" ({asked.decision.reason})" if not asked.decision.allowed else "", address)
+        audit.info("access: user=%s repository=%s outcome=%s%s from %s", printable(user), name or "<login>",
+                   asked.outcome, f" ({asked.decision.reason})" if not asked.decision.allowed else "", address)
         return asked
 
-    async def _ask(self, key: Key, user: str, secret: str, name: str) -> Verdict:
+    async def _ask(self, key: Key, user: str, secret: str, name: str, address: str) -> Verdict:
         """One question per (user, secret, repository) at a time: a deploy's hundred pulls with one pull secret
-        ask Artifactory once."""
+        ask Artifactory once. One for a credential not known good counts against `address` while asked."""
         pending = self._asking.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self.check.can_pull(user, secret, name) if name
                                             else self.check.login(user, secret))
             self._asking[key] = pending
             pending.add_done_callback(lambda _done: self._asking.pop(key, None))
+            if not self.decisions.credential_good(key):  # counted from now: the next request sees it
+                self.failures.asking(address)
+                pending.add_done_callback(lambda _done: self.failures.answered(address))
         return await asyncio.shield(pending)  # a client that goes away leaves the question to the others
 
-    def _refusal(self, asked: Asked, user: str, name: str, address: str) -> web.Response | None:
-        decision = asked.decision
+    def _refusal(self, asked: Asked, key: Key, user: str, name: str, address: str) -> web.Response | None:
+        decision, user = asked.decision, printable(user)
         if decision.allowed:
             return None
         if asked.outcome == "unreachable":
             return error(503, "UNAVAILABLE", f"cannot check whether {user} may pull {name or 'from this mirror'}: "
                                              f"{decision.reason}; no recent decision to go by")
         if decision.bad_credential:
-            self.failures.failed(address)
+            if asked.outcome == "refused":  # Artifactory's own answer, not the cache's
+                self.failures.failed(address, key[1])
             return error(401, "UNAUTHORIZED", f"{decision.reason} for user {user}; log in again with your "
                                               f"Artifactory user and password or identity token", challenge=True)
         return error(403, "DENIED", f"user {user} may not pull {name}: {decision.reason}")

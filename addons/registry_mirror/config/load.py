@@ -107,8 +107,8 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         routes=(*explicit, *_repository_path_routes(upstream, explicit)),
         mirror=mirror,
         webhooks=webhooks,
-        access=_access(section("access"), mirror, {**taken, **({"webhooks.listen": webhooks.listen}
-                                                                 if webhooks.listen else {})}),
+        access=_access(section("access"), mirror, upstream,
+                       {**taken, **({"webhooks.listen": webhooks.listen} if webhooks.listen else {})}),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve,
                      on_bucket=mirror.s3 is not None),
         source=source,
@@ -274,13 +274,16 @@ def _webhooks(v: dict, resolve, taken: dict[str, Address]) -> WebhooksConfig:
     return WebhooksConfig(**values)
 
 
-def _access(values: dict, mirror: MirrorConfig, taken: dict[str, Address]) -> AccessConfig:
+def _access(values: dict, mirror: MirrorConfig, upstream: UpstreamConfig, taken: dict[str, Address]) -> AccessConfig:
     access = AccessConfig(**values)
     if not access.enabled:
         return access
     if not mirror.tls:
         raise ConfigError("access.users: artifactory needs mirror.tls: true; clients send their Artifactory "
                           "password to the token endpoint, which serves TLS only")
+    if upstream.anonymous:
+        raise ConfigError("access.users: artifactory needs an upstream that checks users (Artifactory, with "
+                          "upstream.username or token); upstream.anonymous: true would allow any password")
     for name, address in taken.items():
         if _same_socket(access.listen, address):
             raise ConfigError(f"access.listen: {access.listen} is {name} ({address}); the token endpoint needs a "

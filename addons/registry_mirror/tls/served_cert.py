@@ -20,13 +20,17 @@ POLL_SECONDS = 5.0  # how long a renewed certificate waits to be served: two sma
 
 class ServedCert:
     def __init__(self, cert: str, key: str, label: str, poll: float = POLL_SECONDS,
-                 clock: Callable[[], float] = time.time):
-        """`label` names the listener in the log; `clock`: an epoch, for the expiry warning."""
+                 clock: Callable[[], float] = time.time, client_ca: str | None = None):
+        """`label` names the listener in the log; `clock`: an epoch, for the expiry warning; `client_ca`: clients
+        must present a certificate it issued (read at start)."""
         self.cert, self.key, self.label = cert, key, label
         self._poll, self._clock = poll, clock
         self._watch = CertWatch(cert, key)  # before the load: no change lost
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(cert, key)
+        if client_ca:
+            self.context.load_verify_locations(cafile=client_ca)
+            self.context.verify_mode = ssl.CERT_REQUIRED
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:

@@ -28,11 +28,12 @@ MAX_TOKEN_BYTES = 64 * 1024
 class AuthError(Exception):
     """The upstream's authentication cannot be satisfied; the message is safe to show (no secret).
 
-    `upstream_failure`: the token service was unreachable or answered 5xx (counts against upstream health)."""
+    `upstream_failure`: the token service was unreachable or answered 5xx (counts against upstream health);
+    `status`: the token service's answer, when it answered one."""
 
-    def __init__(self, message: str, upstream_failure: bool = False):
+    def __init__(self, message: str, upstream_failure: bool = False, status: int | None = None):
         super().__init__(message)
-        self.upstream_failure = upstream_failure
+        self.upstream_failure, self.status = upstream_failure, status
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ class UpstreamAuth:
         status, body = await self._fetch(self._bearer.realm, params, self._basic)
         if status != 200:
             hint = " (check upstream.username and upstream.password)" if status in (401, 403) else ""
-            raise AuthError(f"token endpoint answered {status} for scope {scope}{hint}", upstream_failure=status >= 500)
+            raise AuthError(f"token endpoint answered {status} for scope {scope}{hint}", upstream_failure=status >= 500,
+                            status=status)
         token = parse_token_response(body)
         self.token_refreshes += 1
         self._tokens[scope] = token

@@ -1,15 +1,19 @@
 """Whether a user may pull, asked of a stand-in Artifactory with the user's own credential through the route that
 serves the name: each answer's verdict, and the credential sent to the route's origin only."""
+import asyncio
 import base64
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
-from registry_mirror.access.artifactory import ArtifactoryCheck
+from registry_mirror.access.artifactory import DENIED, ArtifactoryCheck, _verdict
 from registry_mirror.config.load import parse
 from registry_mirror.routes.routing import Router
 from registry_mirror.stats.counters import Stats
+from registry_mirror.upstream.client import SmallResponse
 from tests.unit.support.local_http import serve
+from tests.unit.support.waits import until
 
 
 @pytest.fixture
@@ -22,6 +26,8 @@ async def artifactory():
         user = base64.b64decode(request.headers.get("Authorization", "Basic ")[6:]).decode()
         seen.append((request.path_qs, user))
         answers["connections"].add(request.transport.get_extra_info("peername"))
+        if answers.get("hold"):
+            await answers["hold"].wait()
         if answers["status"]:
             return web.json_response({"errors": []}, status=answers["status"])
         if user != "dev:pw":
@@ -39,10 +45,10 @@ async def check_for():
     """ArtifactoryCheck of a route to 127.0.0.1:<port>, closed after the test."""
     made: list[ArtifactoryCheck] = []
 
-    def make(port: int) -> ArtifactoryCheck:
+    def make(port: int, routes=(), **limits) -> ArtifactoryCheck:
         cfg = parse({"upstream": {"url": f"http://127.0.0.1:{port}", "repository": "docker-local",
-                                  "username": "mirror", "password": "mirror-pw"}})
-        made.append(ArtifactoryCheck(Router(cfg, Stats())))
+                                  "username": "mirror", "password": "mirror-pw"}, "routes": list(routes)})
+        made.append(ArtifactoryCheck(Router(cfg, Stats()), **limits))
         return made[-1]
     yield make
     for check in made:
@@ -83,3 +89,41 @@ async def test_a_route_known_down_is_not_asked(artifactory, check_for):
         health.failure("refused")
     verdict = await check.can_pull("dev", "pw", "tools/lint")
     assert not verdict.reachable and "is down" in verdict.reason and seen == []
+
+
+async def test_a_name_served_from_another_host_is_refused_without_sending_the_password(artifactory, check_for):
+    port, seen, _ = artifactory
+    check = check_for(port, routes=[{"prefix": "hub", "url": "http://127.0.0.1:1", "anonymous": True,
+                                     "path_prefix": ""},
+                                    {"prefix": "open", "anonymous": True}])
+    for name in ("hub/nginx", "open/tool"):  # another host; Artifactory's origin without a credential
+        verdict = await check.can_pull("dev", "pw", name)
+        assert not verdict.allowed and verdict.reachable and not verdict.lasting and "not Artifactory" in verdict.reason
+    assert seen == [] and check.questions == 0
+
+
+def test_a_401_to_a_token_artifactory_granted_is_no_read_permission_not_a_wrong_password():
+    denied = _verdict(SmallResponse(401, CIMultiDict(), b"", "Bearer"))
+    assert denied.reason == DENIED and not denied.bad_credential
+    assert _verdict(SmallResponse(401, CIMultiDict(), b"", "Basic")).bad_credential
+    assert not _verdict(SmallResponse(404, CIMultiDict(), b"", "Basic")).lasting  # maybe pushed in a moment
+
+
+async def test_questions_to_one_route_are_capped(artifactory, check_for):
+    port, seen, answers = artifactory
+    answers["hold"] = asyncio.Event()
+    check = check_for(port, max_questions=1)
+    first = asyncio.ensure_future(check.can_pull("dev", "pw", "tools/lint"))
+    await until(lambda: len(seen) == 1, "the first question to reach Artifactory")
+    crowded = await check.can_pull("dev", "pw", "tools/other")
+    assert not crowded.reachable and "1 questions to Artifactory are under way" in crowded.reason
+    answers["hold"].set()
+    assert (await first).allowed
+
+
+async def test_a_question_not_answered_within_the_timeout_is_no_decision(artifactory, check_for):
+    port, _, answers = artifactory
+    answers["hold"] = asyncio.Event()  # never set: Artifactory accepted the request and hangs
+    verdict = await check_for(port, timeout=0.2).can_pull("dev", "pw", "tools/lint")
+    assert not verdict.reachable and verdict.reason == "Artifactory did not answer within 0.2 s"
+    answers["hold"].set()

@@ -51,3 +51,16 @@ def test_an_unreachable_artifactory_is_not_a_decision_and_ttl_zero_asks_every_ti
     assert len(decisions) == 0
     decisions.record(key, ALLOWED)
     assert decisions.fresh(key) is None and decisions.stale_allowed(key).allowed
+
+
+def test_a_refusal_ends_an_earlier_allowed_and_one_that_may_change_soon_is_not_kept():
+    decisions = Decisions(ttl=300, stale=3600, clock=Clock())
+    key = decisions.key("dev", "pw", "tools/lint")
+    decisions.record(key, ALLOWED)
+    assert decisions.credential_good(decisions.key("dev", "pw", "team/app"))  # the secret, whatever repository
+    decisions.record(key, REFUSED)  # revoked
+    assert decisions.stale_allowed(key) is None and not decisions.fresh(key).allowed
+    missing = decisions.key("dev", "pw", "tools/new")
+    decisions.record(missing, Verdict(False, "no such image yet", lasting=False))
+    assert decisions.fresh(missing) is None
+    assert not decisions.credential_good(decisions.key("dev", "other", "tools/lint"))

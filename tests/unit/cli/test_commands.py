@@ -80,7 +80,11 @@ def test_check_shows_where_each_route_sends_a_name_and_the_webhook_address(tmp_p
 
 
 def test_check_refuses_an_expired_token_signer_and_names_the_token_endpoint(tmp_path, capsys):
-    config = write_config(tmp_path, "access:\n  users: artifactory\n")
+    config = tmp_path / "mirror.yaml"
+    config.write_text("upstream:\n  url: https://art.example.com\n  repository: docker-local\n  username: ci\n"
+                      f"  password: fake-password\nmirror:\n  storage: {tmp_path / 'storage'}\n"
+                      "access:\n  users: artifactory\n")
+    config = str(config)
     assert commands.main(["--config", config, "check"]) == 0  # no pair yet: `up` generates one
     assert "  access: each pull checked against the client's Artifactory user; tokens from " \
            "https://0.0.0.0:5001/token" in capsys.readouterr().out

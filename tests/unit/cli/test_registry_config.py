@@ -80,11 +80,14 @@ def test_mutual_tls_trusts_the_clients_ca_and_the_mirrors_own_client_certificate
 
 
 def test_per_user_access_sends_clients_to_the_token_realm_and_trusts_the_signer(tmp_path):
-    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True},
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "username": "ci",
+                              "password": "fake-upstream-password"},
                  "access": {"users": "artifactory"}}, base_dir=tmp_path)
     auth = proxy_registry_config(cfg, REMOTE, realm="https://m.dc1.test:5001/token")["auth"]["token"]
     assert auth["realm"] == "https://m.dc1.test:5001/token" and auth["service"] == auth["issuer"]
     assert auth["rootcertbundle"] == str(tmp_path / "certs/token-signer.crt")
+    bundle = proxy_registry_config(cfg, REMOTE, realm="https://m:5001/token", signer_bundle="/c/s.crt.bundle")
+    assert bundle["auth"]["token"]["rootcertbundle"] == "/c/s.crt.bundle"
     assert "auth" not in proxy_registry_config(config(tmp_path), REMOTE)
     with pytest.raises(ValueError, match="token realm"):
         proxy_registry_config(cfg, REMOTE)

@@ -291,6 +291,8 @@ def test_access_is_open_by_default_and_its_signer_sits_beside_the_mirrors_certif
     ({"access": {"users": "artifactory", "token_ttl": 5}}, r"access\.token_ttl: .*is under 10 seconds"),
     ({"access": {"users": "artifactory", "anonymous": ["/"]}}, r"access\.anonymous: '/' is not the start of an image"),
     ({"mirror": {"tls": False, "client_ca": "ca.pem"}}, r"mirror\.client_ca: needs mirror\.tls: true"),
+    ({"upstream": {"url": "https://regional:5000", "path_prefix": "", "anonymous": True},
+      "access": {"users": "artifactory"}}, r"access\.users: artifactory needs an upstream that checks users"),
 ])
 def test_access_and_mutual_tls_errors_name_the_key(tmp_path, data, message):
     certs.ensure_own_pair(str(tmp_path / "ca.pem"), str(tmp_path / "ca.key"), "clients' CA", "pair")
