@@ -39,10 +39,11 @@ from registry_mirror.warming.webhooks import WEBHOOK_PATH
 PROG = "artifactory-mirror"
 
 
-def _load_or_exit(path: str) -> Config:
+def _load_or_exit(path: str, read_secrets: bool = True) -> Config:
+    """`read_secrets` False for a command that uses no secret (config/load.py)."""
     p = config_path(path)
     try:
-        return load(p)
+        return load(p, read_secrets=read_secrets)
     except ConfigError as e:
         print(f"{PROG}: configuration error in {p}: {e}", file=sys.stderr)
         sys.exit(2)
@@ -103,7 +104,7 @@ def describe_match(route) -> str:
 
 def cmd_status(args) -> int:
     """A short terminal summary of the running mirror, from the addon's JSON stats."""
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args.config, read_secrets=False)
     url = cfg.rewriter.listen.local_url(JSON_PATH)
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -248,7 +249,7 @@ def cmd_warm(args) -> int:
 
 def cmd_clients(args) -> int:
     """Each client's configuration for this mirror, from its address and certificate."""
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args.config, read_secrets=False)
     if not cfg.mirror.tls:
         print(f"{PROG}: mirror.tls is off; clients need a TLS mirror (or each its own insecure setting)",
               file=sys.stderr)
@@ -264,6 +265,20 @@ def cmd_clients(args) -> int:
         return 2
     listen = cfg.mirror.listen
     mirror = args.address or f"{machine_name() if any_address(listen.host) else listen.host}:{listen.port}"
+    host = address_host(mirror)
+    try:
+        names = certs.certificate_names(cfg.mirror.tls_cert)
+    except certs.CertError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    if not certs.names_host(names, host):
+        print(f"{PROG}: the mirror's certificate {cfg.mirror.tls_cert} is not valid for {host} (it names "
+              f"{', '.join(names) or 'no host'}): clients would fail with `x509: certificate is valid for ...`. Use "
+              f"one of those names with --address, or get a certificate that carries {host}: from your CA, or for the "
+              f"generated self-signed pair delete {cfg.mirror.tls_cert} and {cfg.mirror.tls_key}, set mirror.listen "
+              f"to {host}:{listen.port} (or keep 0.0.0.0 on a machine named {host}) and start `up` again",
+              file=sys.stderr)
+        return 2
     # containerd and podman mirror one registry host: upstream's. The stock registry drops containerd's ns, so a
     # route with a url of its own is chosen by its image-name prefix: its clients pull by the mirror's name
     upstream = clients.UpstreamRegistry.from_url(cfg.upstream.origin, cfg.upstream.repository,
@@ -279,6 +294,13 @@ def cmd_clients(args) -> int:
     pair = (args.client_cert, args.client_key) if args.client_cert else None
     print(clients.render(found, str(trust / "ca.crt"), pair))
     return 0
+
+
+def address_host(address: str) -> str:
+    """The host of host[:port], [v6][:port] or a bare IPv6 address."""
+    if address.startswith("["):
+        return address[1:address.index("]")] if "]" in address else address
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
 
 
 def machine_name() -> str:

@@ -29,9 +29,9 @@ from registry_mirror.config.keys import (
 from registry_mirror.config.kinds import Address, ConfigError, Secret, any_address, parse_address
 from registry_mirror.config.schema import check_types, convert, declared, expand
 
-__all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "AccessConfig", "Address", "CacheConfig", "Config",
-           "ConfigError", "MirrorConfig", "RewriterConfig", "S3Config", "ScaleConfig", "Secret", "UpstreamConfig",
-           "WebhooksConfig",
+__all__ = ["ARTIFACTORY_PREFIX", "DEFAULT_PATH", "ENV_PATH", "UNREAD", "AccessConfig", "Address", "CacheConfig",
+           "Config", "ConfigError", "MirrorConfig", "RewriterConfig", "S3Config", "ScaleConfig", "Secret",
+           "UpstreamConfig", "WebhooksConfig",
            "any_address", "config_path", "expand", "load", "parse", "parse_address"]
 
 DEFAULT_PATH = "mirror.yaml"
@@ -50,7 +50,9 @@ def config_path(option_value: str = "") -> Path:
     return Path(option_value or os.environ.get(ENV_PATH) or DEFAULT_PATH)
 
 
-def load(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+def load(path: str | Path, environ: dict[str, str] | None = None, read_secrets: bool = True) -> Config:
+    """`read_secrets` False: for a command that uses none (`status`, `clients`), each secret stands as UNREAD,
+    neither expanded from the environment nor read from its file, so the command runs where they are absent."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -61,7 +63,38 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not read_secrets:
+        data = secrets_unread(data)
     return parse(data, base_dir=path.parent, environ=dict(os.environ) if environ is None else environ, source=str(path))
+
+
+UNREAD = "<not read: this command uses no secret>"
+
+
+def secrets_unread(data: object) -> object:
+    """`data` with every secret key (inline, `${VAR}` or `<key>_file`) standing as UNREAD; anything malformed is
+    left for parse to name."""
+    def section(values: object, cls: type, routes: bool = False) -> object:
+        if not isinstance(values, dict):
+            return values
+        secret_keys = {name for name, (_, key) in declared(cls, routes).items() if key.kind.secret}
+        out: dict = {}
+        for name, value in values.items():
+            base = name.removesuffix("_file")
+            if base in secret_keys:
+                out[base] = UNREAD
+            elif name == "s3" and cls is MirrorConfig:
+                out[name] = section(value, S3Config)
+            else:
+                out[name] = value
+        return out
+
+    if not isinstance(data, dict):
+        return data
+    unread = {name: section(value, SECTIONS[name]) if name in SECTIONS else value for name, value in data.items()}
+    if isinstance(routes := data.get("routes"), list):
+        unread["routes"] = [section(route, UpstreamConfig, routes=True) for route in routes]
+    return unread
 
 
 def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | None = None,

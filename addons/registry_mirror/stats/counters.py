@@ -101,7 +101,8 @@ class Stats:
         return {
             "uptime_s": round(self._clock() - self.started, 1),
             "upstream": {
-                **{k: default[k] for k in ("url", "state", "consecutive_failures", "last_error", "last_error_at")},
+                **{k: default[k] for k in ("url", "state", "consecutive_failures", "last_error", "last_error_at",
+                                           "last_error_resolved_at")},
                 "latency_ms": {"p50": _ms(percentile(latencies, 0.5)), "p99": _ms(percentile(latencies, 0.99))},
                 "requests": {f"{k}:{s}": n for (k, s), n in sorted(self.upstream_requests.items())},
                 "bytes": dict(self.upstream_bytes),
@@ -126,12 +127,14 @@ class Stats:
 def _route_state(route) -> dict:
     if route is None:
         return {"route": "upstream", "prefix": "", "ns": [], "url": "", "state": "up", "consecutive_failures": 0,
-                "last_error": "", "last_error_at": 0, "token_refreshes": 0,
+                "last_error": "", "last_error_at": 0, "last_error_resolved_at": 0, "token_refreshes": 0,
                 "blob_transfers": {"active": 0, "waiting": 0, "limit": 0, "queue_timeouts": 0}}
     health, cfg, slots = route.health, route.cfg, route.blob_slots
     return {"route": cfg.label, "prefix": cfg.match_prefix, "ns": list(cfg.match_ns), "url": route.url,
             "state": "down" if health.down else "up", "consecutive_failures": health.consecutive_failures,
             "last_error": health.last_error, "last_error_at": health.last_error_at,
+            # when the upstream answered again after that error; 0 while it is the latest word
+            "last_error_resolved_at": health.resolved_at,
             "token_refreshes": route.upstream.auth.token_refreshes,
             "blob_transfers": {"active": slots.active, "waiting": slots.waiting, "limit": slots.limit,
                                "queue_timeouts": slots.timed_out}}

@@ -45,7 +45,7 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
         f"<td>{e(', '.join(r['ns']))}</td><td><code>{e(r['url'])}</code></td>"
         f"<td class='{'down' if r['state'] == 'down' else 'up'}'>{e(r['state'])}</td>"
         f"<td>{_slots_text(r['blob_transfers'])}</td>"
-        f"<td>{e(r['last_error']) or 'none'}</td></tr>" for r in snap.get("routes", []))
+        f"<td>{e(last_error_text(r))}</td></tr>" for r in snap.get("routes", []))
     b = snap["bytes"]
     lat = up["latency_ms"]
     integrity = snap["integrity"]
@@ -63,9 +63,9 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 </style></head><body>
 <h1>artifactory-mirror</h1>
 <p>Upstream <code>{e(up['url'])}</code>: <span id="state" class="{state_class}">{e(up['state'])}</span>
- &middot; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms &middot; token refreshes {up['token_refreshes']}
+ &middot; {e(latency_text(lat))} &middot; token refreshes {up['token_refreshes']}
  &middot; up for {snap['uptime_s']:.0f} s</p>
-<p>Last error: <span id="last-error">{e(up['last_error']) or 'none'}</span></p>
+<p>Last error: <span id="last-error">{e(last_error_text(up))}</span></p>
 {_disk_warning(snap.get("disk"))}
 {_tls_html(snap.get("tls"))}
 <div class="cards">
@@ -335,11 +335,27 @@ def prometheus_text(snap: dict) -> bytes:
     return generate_latest(registry)
 
 
+def latency_text(latency_ms: dict) -> str:
+    if latency_ms["p50"] is None:
+        return "latency: no upstream answer yet"
+    return f"latency p50 {latency_ms['p50']} ms, p99 {latency_ms['p99']} ms"
+
+
+def last_error_text(up: dict) -> str:
+    """The last error with its time, and when the upstream answered again after it."""
+    if not up["last_error"]:
+        return "none"
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(up["last_error_at"]))
+    resolved = up.get("last_error_resolved_at") or 0
+    since = f"; resolved at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(resolved))}" if resolved else ""
+    return f"{up['last_error']} (at {at}{since})"
+
+
 def summary_text(snap: dict) -> str:
     up, b = snap["upstream"], snap["bytes"]
-    lines = [f"upstream {up['url']}: {up['state'].upper()}  latency p50 {up['latency_ms']['p50']} ms, "
-             f"p99 {up['latency_ms']['p99']} ms  token refreshes {up['token_refreshes']}",
-             f"last error: {up['last_error'] or 'none'}",
+    lines = [f"upstream {up['url']}: {up['state'].upper()}  {latency_text(up['latency_ms'])}  "
+             f"token refreshes {up['token_refreshes']}",
+             f"last error: {last_error_text(up)}",
              *(f"  route {r['route']} ({r['prefix'] or ','.join(r['ns'])}) -> {r['url']}: {r['state'].upper()}"
                for r in snap.get("routes", [])[:-1]),
              f"served to the registry {human_bytes(b['served_to_registry'])}, fetched from the upstream "

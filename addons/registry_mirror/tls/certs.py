@@ -174,6 +174,40 @@ def certificate_expiry(cert_path: str) -> float:
                         f"certificate there (-----BEGIN CERTIFICATE-----)") from e
 
 
+def certificate_names(cert_path: str) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for (its subjectAltName)."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    except (OSError, ValueError) as e:
+        raise CertError(f"cannot read the names of {cert_path}: {e}") from e
+    return [*names.get_values_for_type(x509.DNSName), *(str(ip) for ip in names.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(names: list[str], host: str) -> bool:
+    """Whether a certificate with `names` is valid for `host`, as clients check it: an IP address exactly, a DNS
+    name case-insensitively, a wildcard for one leftmost label."""
+    host = host.strip("[]").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for name in names:
+        name = name.lower()
+        if address is not None:
+            try:
+                if ipaddress.ip_address(name) == address:
+                    return True
+            except ValueError:
+                pass
+            continue
+        if name == host or (name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]):
+            return True
+    return False
+
+
 def date_text(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 

@@ -27,6 +27,7 @@ class UpstreamHealth:
         self.down_until = 0.0
         self.last_error = ""
         self.last_error_at = 0.0
+        self.resolved_at = 0.0  # the first success after the last error (wall clock); 0: not resolved yet
         self._back: asyncio.Event | None = None
 
     @property
@@ -37,6 +38,8 @@ class UpstreamHealth:
     def success(self) -> None:
         if self.down_until:
             log.info("upstream is back")
+        if self.last_error and not self.resolved_at:
+            self.resolved_at = self._wall_clock()
         self.consecutive_failures = 0
         self.down_until = 0.0
         if self._back is not None:
@@ -60,7 +63,7 @@ class UpstreamHealth:
         self.consecutive_failures += 1
         if hung:
             self.consecutive_failures = max(self.consecutive_failures, self.failures_to_down)
-        self.last_error, self.last_error_at = error, self._wall_clock()
+        self.last_error, self.last_error_at, self.resolved_at = error, self._wall_clock(), 0.0
         if self.consecutive_failures >= self.failures_to_down:
             if not self.down:
                 log.warning("upstream assumed down for %.0f s after %d consecutive failures; last: %s",
@@ -70,7 +73,7 @@ class UpstreamHealth:
     def refused(self, error: str) -> None:
         """The upstream answered but refused the mirror (its credential, its permissions): not down, yet the
         reason a client only sees as "not found" belongs on the stats page."""
-        self.last_error, self.last_error_at = error, self._wall_clock()
+        self.last_error, self.last_error_at, self.resolved_at = error, self._wall_clock(), 0.0
 
     def retry_in(self) -> float:
         return max(0.0, self.down_until - self._timer())

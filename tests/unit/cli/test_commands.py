@@ -110,6 +110,23 @@ def test_status_without_a_running_mirror_says_what_to_start(tmp_path, capsys):
     assert err.endswith("is `artifactory-mirror up` running with this configuration?\n")
 
 
+def test_status_and_clients_run_without_the_upstreams_secret(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ARTIFACTORY_PASSWORD", raising=False)
+    certs.ensure_self_signed(str(tmp_path / "certs/mirror.crt"), str(tmp_path / "certs/mirror.key"))
+    config = tmp_path / "mirror.yaml"
+    config.write_text("upstream:\n  url: https://art.example.com\n  repository: docker-local\n  username: ci\n"
+                      "  password: ${ARTIFACTORY_PASSWORD}\n"
+                      f"mirror:\n  storage: {tmp_path / 'storage'}\n  listen: 127.0.0.1:5000\n"
+                      f"rewriter:\n  listen: 127.0.0.1:{free_port()}\n")
+    with pytest.raises(SystemExit) as refused:  # check reads every secret
+        commands.main(["--config", str(config), "check"])
+    assert refused.value.code == 2 and "ARTIFACTORY_PASSWORD is not set" in capsys.readouterr().err
+    assert commands.main(["--config", str(config), "status"]) == 1  # no mirror running: not a configuration error
+    assert "no stats at" in capsys.readouterr().err
+    assert commands.main(["--config", str(config), "clients"]) == 0
+    assert "#### docker" in capsys.readouterr().out
+
+
 async def mirror_stand_in(answer):
     """The running addon on 127.0.0.1: `answer(request)` for every request; (runner, port)."""
     async def handler(request: web.Request) -> web.Response:
@@ -199,7 +216,7 @@ def test_clients_refuse_a_mirror_they_could_not_trust(tmp_path, capsys, mirror, 
 
 def test_clients_print_each_clients_configuration_with_the_mirrors_ca(tmp_path, capsys):
     cert = tmp_path / "certs" / "mirror.crt"
-    certs.ensure_self_signed(str(cert), str(tmp_path / "certs" / "mirror.key"))
+    certs.ensure_self_signed(str(cert), str(tmp_path / "certs" / "mirror.key"), extra_names=("mirror.dc1.example.com",))
     config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  tls_cert: {cert}\n"
                                     f"  tls_key: {tmp_path / 'certs' / 'mirror.key'}\n")
     assert commands.main(["--config", config, "clients", "--address", "mirror.dc1.example.com:5000"]) == 0
@@ -233,3 +250,25 @@ def test_the_commands_on_the_storage_act_on_the_bucket(tmp_path, capsys, object_
     out = capsys.readouterr().out
     assert f"would forget team/new@{new}" in out and f"bucket {s3.bucket}/{prefix}/" in out
     assert storage.tree() == before
+
+
+def test_clients_refuse_an_address_the_certificate_does_not_carry_and_say_how_to_get_one(tmp_path, capsys):
+    cert, key = tmp_path / "certs" / "mirror.crt", tmp_path / "certs" / "mirror.key"
+    certs.ensure_self_signed(str(cert), str(key), extra_names=("mirror.dc1.test",))
+    config = write_config(tmp_path, f"mirror:\n  storage: {tmp_path / 'storage'}\n  tls_cert: {cert}\n"
+                                    f"  tls_key: {key}\n")
+    assert commands.main(["--config", config, "clients", "--address", "mirror-other.dc1.test:5000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "is not valid for mirror-other.dc1.test (it names " in captured.err
+    assert "mirror.dc1.test" in captured.err and f"delete {cert} and {key}" in captured.err
+    assert commands.main(["--config", config, "clients", "--address", "[::1]:5000"]) == 2  # not in it either
+    assert commands.main(["--config", config, "clients", "--address", "127.0.0.1:5000"]) == 0
+
+
+def test_a_certificate_name_matches_as_clients_match_it():
+    names = ["*.dc1.example.com", "mirror.test", "10.0.0.5"]
+    assert certs.names_host(names, "mirror.dc1.example.com") and certs.names_host(names, "MIRROR.test")
+    assert not certs.names_host(names, "a.b.dc1.example.com") and not certs.names_host(names, "dc1.example.com")
+    assert certs.names_host(names, "10.0.0.5") and not certs.names_host(names, "10.0.0.6")
+    assert commands.address_host("[::1]:5000") == "::1" and commands.address_host("m.test:5000") == "m.test"
+    assert commands.address_host("::1") == "::1"

@@ -2,9 +2,11 @@ from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
+import yaml
 
 from registry_mirror.config.keys import SECTIONS
 from registry_mirror.config.load import (
+    UNREAD,
     CacheConfig,
     ConfigError,
     MirrorConfig,
@@ -309,3 +311,21 @@ def test_an_upstream_client_certificate_comes_with_its_key_and_loads(tmp_path):
     (tmp_path / "other.key").write_text("not a key")
     with pytest.raises(ConfigError, match=r"upstream\.client_cert: cannot load .*dc1\.crt with .*other\.key"):
         parse(with_upstream(client_cert="dc1.crt", client_key="other.key"), base_dir=tmp_path)
+
+
+def test_a_command_that_uses_no_secret_loads_without_any(tmp_path):
+    text = yaml.safe_dump({
+        "upstream": {"url": "https://art.example.com", "repository": "r", "username": "ci",
+                     "password": "${ARTIFACTORY_PASSWORD}"},
+        "routes": [{"prefix": "hub", "url": "https://hub.example.com", "path_prefix": "",
+                    "token_file": str(tmp_path / "missing")}],
+        "mirror": {"s3": {"bucket": "mirror", "access_key": "AK", "secret_key_file": "/run/secrets/none"}},
+        "rewriter": {"web_password": "${WEB_PASSWORD}"},
+        "webhooks": {"listen": "0.0.0.0:8084", "secret_file": "/run/secrets/none"}})
+    (tmp_path / "mirror.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="environment variable [A-Z_]* is not set"):
+        load(tmp_path / "mirror.yaml", environ={})
+    cfg = load(tmp_path / "mirror.yaml", environ={}, read_secrets=False)
+    assert cfg.upstream.password == UNREAD and cfg.routes[0].token == UNREAD
+    assert cfg.mirror.s3.secret_key == UNREAD and cfg.webhooks.secret == UNREAD
+    assert cfg.upstream.origin == "https://art.example.com"  # what the command does use, as written

@@ -29,7 +29,7 @@ def test_each_route_on_the_page_with_its_state_and_blob_transfers():
     page = render_html(routes_snapshot())
     assert ("<tr><th>routes[0]</th><td>team-a</td><td></td><td><code>https://art.example.com/team-a</code></td>"
             "<td class='down'>down</td><td>3 of 256, 2 waiting, 1 refused after waiting</td>"
-            "<td>GET team-a/app:1.0: timed out</td></tr>") in page
+            "<td>GET team-a/app:1.0: timed out (at 1970-01-01 00:00:00 UTC)</td></tr>") in page
     # the default route serves every other name; its transfers all run, none waits
     assert ("<tr><th>upstream</th><td>*</td><td></td><td><code>https://art.example.com/x</code></td>"
             "<td class='up'>up</td><td>0 of 256</td>") in page
@@ -130,3 +130,25 @@ def test_the_certificate_state_on_the_page_in_the_metrics_and_in_the_summary():
     assert "mirror_tls_certificate_expiry" not in prometheus_text(unreadable).decode()
     fine = {**Stats().snapshot(), "tls": {**expiring, "problem": ""}}
     assert "tls-problem" not in render_html(fine) and "certificate:" not in summary_text(fine)
+
+
+def test_before_any_upstream_answer_no_latency_is_shown_as_none():
+    snap = Stats(clock=Clock(1000.0)).snapshot([route(UpstreamHealth(), "https://art.example.com/x")])
+    for text in (summary_text(snap), render_html(snap)):
+        assert "None" not in text and "latency: no upstream answer yet" in text
+
+
+def test_a_last_error_keeps_its_time_and_shows_when_it_was_resolved():
+    wall = Clock(1_800_000_000.0)
+    health = UpstreamHealth(wall_clock=wall)
+    health.failure("GET team/app:1.0: timed out")
+    snap = Stats(clock=Clock(1000.0)).snapshot([route(health, "https://art.example.com/x")])
+    assert "last error: GET team/app:1.0: timed out (at 2027-01-15 08:00:00 UTC)\n" in summary_text(snap) + "\n"
+    wall.now += 90
+    health.success()
+    snap = Stats(clock=Clock(1000.0)).snapshot([route(health, "https://art.example.com/x")])
+    assert snap["upstream"]["last_error_resolved_at"] == 1_800_000_090.0
+    assert "(at 2027-01-15 08:00:00 UTC; resolved at 2027-01-15 08:01:30 UTC)" in summary_text(snap)
+    health.failure("GET team/app:1.0: timed out again")  # a new error is unresolved again
+    snap = Stats(clock=Clock(1000.0)).snapshot([route(health, "https://art.example.com/x")])
+    assert snap["upstream"]["last_error_resolved_at"] == 0 and "resolved" not in summary_text(snap)
