@@ -86,9 +86,11 @@ class Router:
     def __init__(self, config: Config, stats: Stats):
         self.config = config
         self.routes: dict[str, Route] = {}  # by label; the default (`upstream`) last
+        # routes to one origin (Artifactory's repositories) share its health: one is down when all are
+        healths: dict[str, UpstreamHealth] = {}
         for index, cfg in [*enumerate(config.routes), (None, config.upstream)]:
             upstream = Upstream(cfg, stats)
-            health = UpstreamHealth(cfg.failures_before_down, cfg.down_period)
+            health = healths.setdefault(cfg.origin, UpstreamHealth(cfg.failures_before_down, cfg.down_period))
             # a route of repository-path names is named by its repository: its index moves as routes are added
             suffix = f"repository-{cfg.repository}" if cfg.path_names_of else index
             known = TagState(tag_state_file(config.cache.tag_state_file, suffix))
@@ -104,9 +106,12 @@ class Router:
         return self.routes[choose(self.config.routes, self.config.upstream, name, ns).label]
 
     async def start(self) -> None:
+        probed: set[int] = set()
         for route in self.routes.values():
             await route.upstream.start()
-            route.prober = HealthProbe(route.upstream, route.health)
+            if id(route.health) not in probed:  # one probe per origin
+                probed.add(id(route.health))
+                route.prober = HealthProbe(route.upstream, route.health)
 
     async def close(self) -> None:
         for route in self.routes.values():

@@ -131,7 +131,7 @@ def _route_state(route) -> dict:
                 "blob_transfers": {"active": 0, "waiting": 0, "limit": 0, "queue_timeouts": 0}}
     health, cfg, slots = route.health, route.cfg, route.blob_slots
     return {"route": cfg.label, "prefix": cfg.match_prefix, "ns": list(cfg.match_ns), "url": route.url,
-            "state": "down" if health.down else "up", "consecutive_failures": health.consecutive_failures,
+            "state": health.state, "consecutive_failures": health.consecutive_failures,
             "last_error": health.last_error, "last_error_at": health.last_error_at,
             # when the upstream answered again after that error; 0 while it is the latest word
             "last_error_resolved_at": health.resolved_at,

@@ -22,7 +22,7 @@ FORGET_PATH = "/_mirror/forget"  # `artifactory-mirror forget` POSTs the image t
 def render_html(snap: dict, refresh_seconds: int = 5) -> str:
     up = snap["upstream"]
     e = html.escape
-    state_class = "down" if up["state"] == "down" else "up"
+    state_class = up["state"]  # down, up or unknown
     outcomes = sorted({o for entry in snap["served"].values() for o in entry})
     rows = []
     for kind in [k for k in CLASSES if k in snap["served"]] + [k for k in snap["served"] if k not in CLASSES]:
@@ -43,7 +43,7 @@ def render_html(snap: dict, refresh_seconds: int = 5) -> str:
     routes = "".join(
         f"<tr><th>{e(r['route'])}</th><td>{e(r['prefix'] or ('*' if not r['ns'] else ''))}</td>"
         f"<td>{e(', '.join(r['ns']))}</td><td><code>{e(r['url'])}</code></td>"
-        f"<td class='{'down' if r['state'] == 'down' else 'up'}'>{e(r['state'])}</td>"
+        f"<td class='{e(r['state'])}'>{e(r['state'])}</td>"
         f"<td>{_slots_text(r['blob_transfers'])}</td>"
         f"<td>{e(last_error_text(r))}</td></tr>" for r in snap.get("routes", []))
     b = snap["bytes"]

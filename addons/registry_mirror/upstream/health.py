@@ -28,6 +28,7 @@ class UpstreamHealth:
         self.last_error = ""
         self.last_error_at = 0.0
         self.resolved_at = 0.0  # the first success after the last error (wall clock); 0: not resolved yet
+        self.answered = False  # any exchange yet (a success, a failure or a refusal): before it, its state is unknown
         self._back: asyncio.Event | None = None
 
     @property
@@ -35,7 +36,13 @@ class UpstreamHealth:
         """Assumed down: the period after the last failure has not run out and no probe succeeded."""
         return self._timer() < self.down_until
 
+    @property
+    def state(self) -> str:
+        """down, up, or unknown before its first exchange (nothing asked it yet)."""
+        return "down" if self.down else "up" if self.answered else "unknown"
+
     def success(self) -> None:
+        self.answered = True
         if self.down_until:
             log.info("upstream is back")
         if self.last_error and not self.resolved_at:
@@ -60,6 +67,7 @@ class UpstreamHealth:
 
     def failure(self, error: str, hung: bool = False) -> None:
         """Count a failure; `hung` (accepted, no answer within the timeout) counts as enough to be down."""
+        self.answered = True
         self.consecutive_failures += 1
         if hung:
             self.consecutive_failures = max(self.consecutive_failures, self.failures_to_down)
@@ -73,6 +81,7 @@ class UpstreamHealth:
     def refused(self, error: str) -> None:
         """The upstream answered but refused the mirror (its credential, its permissions): not down, yet the
         reason a client only sees as "not found" belongs on the stats page."""
+        self.answered = True
         self.last_error, self.last_error_at, self.resolved_at = error, self._wall_clock(), 0.0
 
     def retry_in(self) -> float:

@@ -3,7 +3,8 @@ import pytest
 
 from registry_mirror.config.load import ConfigError, parse
 from registry_mirror.oci.registry_requests import Kind, RegistryRequest, classify
-from registry_mirror.routes.routing import choose, tag_state_file
+from registry_mirror.routes.routing import Router, choose, tag_state_file
+from registry_mirror.stats.counters import Stats
 
 UPSTREAM = {"url": "https://art.example.com", "repository": "docker-local", "username": "svc",
             "password": "default-secret"}
@@ -178,3 +179,18 @@ def test_mirror_names_of_an_artifactory_image(repository, image, names):
                  {"prefix": "hub/", "repository": "docker-hub-cache", "strip_prefix": True, "library": "add"},
                  {"ns": ["docker.io"], "repository": "docker-ns"}, repository_path_names=True)
     assert mirror_names(cfg, repository, image) == names
+
+
+def test_routes_to_one_origin_share_its_health_and_one_of_their_own_is_unknown_until_asked():
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True},
+                 "routes": [{"prefix": "team-a", "repository": "docker-team-a"},
+                            {"prefix": "hub", "url": "https://hub.example.com", "path_prefix": "", "anonymous": True}]})
+    router = Router(cfg, Stats())
+    team_a, hub, default = router.routes["routes[0]"], router.routes["routes[1]"], router.routes["upstream"]
+    assert team_a.health is default.health and hub.health is not default.health
+    assert hub.health.state == default.health.state == "unknown"
+    default.health.success()
+    assert team_a.health.state == "up" and hub.health.state == "unknown"
+    for _ in range(cfg.upstream.failures_before_down):
+        team_a.health.failure("GET team-a/app:1.0: 503")
+    assert default.health.state == "down" and hub.health.state == "unknown"  # Artifactory down, the hub not

@@ -59,7 +59,8 @@ def test_snapshot_lists_every_route_with_its_own_health():
     stats, health = filled()
     team_a = route(UpstreamHealth(), "https://art/team-a", "routes[0]", "team-a", refreshes=2)
     snap = stats.snapshot([team_a, route(health, "https://art/x")])
-    assert [(r["route"], r["prefix"], r["state"]) for r in snap["routes"]] == [("routes[0]", "team-a", "up"),
+    # team-a's health has seen no exchange yet: unknown, not up
+    assert [(r["route"], r["prefix"], r["state"]) for r in snap["routes"]] == [("routes[0]", "team-a", "unknown"),
                                                                              ("upstream", "", "up")]
     assert snap["routes"][1]["consecutive_failures"] == 1 and snap["routes"][0]["consecutive_failures"] == 0
     assert snap["routes"][1]["last_error_at"] == snap["upstream"]["last_error_at"] == 1000.0  # an epoch, shown as such
