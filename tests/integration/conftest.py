@@ -146,7 +146,7 @@ def mirror_factory(tmp_path):
              routes: list[dict] | None = None, scale: dict | None = None, storage: Path | None = None,
              mirror_keys: dict | None = None, webhooks: dict | None = None, workdir: Path | None = None,
              log_dir: Path | None = None, bucket: ObjectStore | None = None,
-             access: dict | None = None) -> RunningMirror:
+             access: dict | None = None, metrics: dict | None = None) -> RunningMirror:
         """`workdir`: where its configuration, storage, spool, logs and dump go (a filesystem of the test's);
         `bucket`: the registry's storage there instead (mirror.s3)."""
         if bucket is not None:
@@ -165,6 +165,7 @@ def mirror_factory(tmp_path):
             **({"scale": scale} if scale else {}),
             **({"webhooks": webhooks} if webhooks else {}),
             **({"access": access} if access else {}),
+            **({"metrics": metrics} if metrics else {}),
         }))
         cfg = load(cfg_path)
         certs.ensure_self_signed(cfg.mirror.tls_cert, cfg.mirror.tls_key, extra_names=(cfg.mirror.listen.host,))

@@ -5,12 +5,14 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from devtools import seed
+from devtools.ports import free_port
 from devtools.skopeo import pull
 
 from .conftest import MIRROR_COMMAND, credentials_of, small_image, wait_for
@@ -25,7 +27,8 @@ def get(url: str) -> bytes:
 def pulled(upstream, mirror_factory, layer_cache, tmp_path):
     image = small_image(layer_cache, name="team/stats")
     seed.push(upstream.registry_url, image)
-    mirror = mirror_factory(credentials_of(upstream), dump=False, rewriter={"log_format": "json"})
+    mirror = mirror_factory(credentials_of(upstream), dump=False, rewriter={"log_format": "json"},
+                            metrics={"listen": f"127.0.0.1:{free_port()}"})
     pull(f"{mirror.address}/{image.name}:{image.tag}", tmp_path / "cold", cert_dir=mirror.trust)
     mirror.settle(upstream, image)
     return upstream, mirror, image
@@ -71,6 +74,15 @@ def test_prometheus_text_and_json_log_lines(pulled):
     assert values['mirror_requests_total{class="blob",outcome="coalesced"}'] == len(image.layers) + 1
     assert values['mirror_upstream_bytes_total{class="blob"}'] == blob_bytes
     assert "mirror_upstream_up 1.0" in metrics and "mirror_token_refreshes_total 1.0" in metrics
+    # the same on the metrics listener a fleet's Prometheus scrapes, with a health path and nothing else
+    listener = f"http://{mirror.cfg.metrics.listen}"
+    fleet = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in get(f"{listener}/metrics").decode().splitlines() if line and not line.startswith("#")}
+    assert fleet['mirror_upstream_bytes_total{class="blob"}'] == blob_bytes
+    assert json.loads(get(f"{listener}/healthz")) == {"healthy": True, "reason": ""}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        get(f"{listener}/_mirror/stats.json")
+    assert refused.value.code == 404
     lines = [json.loads(line.split("] ", 1)[1]) for line in mirror.logs().splitlines()
              if '] {"class"' in line]
     assert {(line["class"], line["status"]) for line in lines} >= {("token", 200), ("manifest-by-tag", 200),

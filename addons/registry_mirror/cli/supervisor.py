@@ -285,6 +285,10 @@ def preflight(cfg: Config, web: bool) -> list[str]:
         listens.append(("rewriter.web_listen", cfg.rewriter.web_listen))
     if cfg.webhooks.listen is not None:  # webhooks enabled
         listens.append(("webhooks.listen", cfg.webhooks.listen))
+    if cfg.access.enabled:
+        listens.append(("access.listen", cfg.access.listen))
+    if cfg.metrics.listen is not None:
+        listens.append(("metrics.listen", cfg.metrics.listen))
     for key, addr in listens:
         if processes.port_in_use(addr.host, addr.port):
             problems.append(f"{key}: {addr} is already in use; stop what listens there or choose another port")

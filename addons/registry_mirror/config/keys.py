@@ -278,6 +278,19 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """A listener for a fleet's Prometheus and a load balancer: `/metrics` and a health path, nothing else."""
+    listen: Address | None = key(ADDRESS, "Where `/metrics` (Prometheus) and `/healthz` (a load balancer) are "
+                                 "served and nothing else; `/metrics` stays on `rewriter.listen` too.", None,
+                                 shown="none")
+    tls: bool = key(BOOL, "Serve it over TLS with the mirror's certificate (needs `mirror.tls`).", False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+
+@dataclass(frozen=True)
 class AccessConfig:
     """Who may pull: with `users: artifactory` the registry asks clients for a token, and the mirror issues one only
     for what Artifactory lets the client's own user read."""
@@ -321,10 +334,11 @@ class Config:
     scale: ScaleConfig = ScaleConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     access: AccessConfig = AccessConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # the sections of mirror.yaml, besides `routes` (a list of UpstreamConfig's keys and its routes_only ones)
 SECTIONS = {"upstream": UpstreamConfig, "mirror": MirrorConfig, "rewriter": RewriterConfig, "cache": CacheConfig,
-            "scale": ScaleConfig, "webhooks": WebhooksConfig, "access": AccessConfig}
+            "scale": ScaleConfig, "webhooks": WebhooksConfig, "access": AccessConfig, "metrics": MetricsConfig}
 # mappings inside a section
 SUBSECTIONS = {"mirror.s3": S3Config}

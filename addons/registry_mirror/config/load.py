@@ -19,6 +19,7 @@ from registry_mirror.config.keys import (
     AccessConfig,
     CacheConfig,
     Config,
+    MetricsConfig,
     MirrorConfig,
     RewriterConfig,
     S3Config,
@@ -133,6 +134,10 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
     taken = {"mirror.listen": mirror.listen, "rewriter.listen": rewriter.listen,
              "rewriter.web_listen": rewriter.web_listen, **({"scale.listen": scale.listen} if scale.enabled else {})}
     webhooks = _webhooks(sections.get("webhooks", {}), resolve, taken)
+    listeners = {"webhooks.listen": webhooks.listen} if webhooks.listen else {}
+    access = _access(section("access"), mirror, upstream, {**taken, **listeners})
+    if access.enabled:
+        listeners["access.listen"] = access.listen
     return Config(
         upstream=upstream,
         rewriter=rewriter,
@@ -140,8 +145,8 @@ def parse(data: object, base_dir: Path = Path("."), environ: dict[str, str] | No
         routes=(*explicit, *_repository_path_routes(upstream, explicit)),
         mirror=mirror,
         webhooks=webhooks,
-        access=_access(section("access"), mirror, upstream,
-                       {**taken, **({"webhooks.listen": webhooks.listen} if webhooks.listen else {})}),
+        access=access,
+        metrics=_metrics(section("metrics"), mirror, {**taken, **listeners}),
         cache=_cache(section("cache"), sections.get("mirror", {}).get("storage", MirrorConfig.storage), resolve,
                      on_bucket=mirror.s3 is not None),
         source=source,
@@ -329,3 +334,19 @@ def _access(values: dict, mirror: MirrorConfig, upstream: UpstreamConfig, taken:
     beside = Path(mirror.tls_cert).parent
     return replace(access, signing_cert=str(beside / "token-signer.crt"), signing_key=str(beside / "token-signer.key"),
                    signing_generated=True)
+
+
+def _metrics(values: dict, mirror: MirrorConfig, taken: dict[str, Address]) -> MetricsConfig:
+    metrics = MetricsConfig(**values)
+    if metrics.listen is None:
+        if metrics.tls:
+            raise ConfigError("metrics.tls: set metrics.listen too (where a fleet's Prometheus scrapes), e.g. "
+                              "0.0.0.0:9464")
+        return metrics
+    for name, address in taken.items():
+        if _same_socket(metrics.listen, address):
+            raise ConfigError(f"metrics.listen: {metrics.listen} is {name} ({address}); the metrics listener needs a "
+                              f"port of its own, e.g. {metrics.listen.host}:9464")
+    if metrics.tls and not mirror.tls:
+        raise ConfigError("metrics.tls: true needs mirror.tls: true (it serves the mirror's certificate)")
+    return metrics

@@ -21,6 +21,7 @@ from registry_mirror.expiry.last_pulls import served_pulls
 from registry_mirror.proxy import notifications
 from registry_mirror.proxy.addon import RegistryMirror
 from registry_mirror.proxy.flow_dump import FlowDump
+from registry_mirror.stats.metrics_listener import MetricsListener
 from registry_mirror.stats.views import (
     FORGET_PATH,
     JSON_PATH,
@@ -57,11 +58,25 @@ def json_response(status: int, data: object, indent: int | None = None) -> http.
 class StatusPages:
     def __init__(self, mirror: RegistryMirror, dump: FlowDump | None = None) -> None:
         self.mirror, self.dump = mirror, dump
+        self.listener: MetricsListener | None = None
         self.pages: dict[str, Page] = {
             STATS_PATH: self.stats_page, JSON_PATH: self.stats_json, METRICS_PATH: self.metrics,
             READY_PATH: self.ready, notifications.NOTIFY_PATH: self.notified, LOGS_PATH: self.log_report,
             FORGET_PATH: self.forget,
             FAVICON_PATH: lambda _flow: http.Response.make(204)}
+
+    async def running(self) -> None:
+        """The metrics listener, when configured: before the mirror's services (its health says 503 until
+        they run), so a scrape never waits on them."""
+        config = self.mirror.config
+        if config is None or not config.metrics.enabled:
+            return
+        self.listener = MetricsListener(config, self.snapshot, self.mirror.started.is_set)
+        await self.listener.start()
+
+    async def done(self) -> None:
+        if self.listener:
+            await self.listener.close()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:

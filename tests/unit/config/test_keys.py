@@ -86,7 +86,7 @@ def test_scale_out_and_webhooks_are_on_only_with_their_address():
 
 
 def test_every_section_declares_each_key_once_and_secrets_stay_out_of_reprs():
-    assert list(SECTIONS) == ["upstream", "mirror", "rewriter", "cache", "scale", "webhooks", "access"]
+    assert list(SECTIONS) == ["upstream", "mirror", "rewriter", "cache", "scale", "webhooks", "access", "metrics"]
     for section, cls in SECTIONS.items():
         names = list(declared(cls, routes=True))
         assert len(names) == len(set(names)), section

@@ -329,3 +329,21 @@ def test_a_command_that_uses_no_secret_loads_without_any(tmp_path):
     assert cfg.upstream.password == UNREAD and cfg.routes[0].token == UNREAD
     assert cfg.mirror.s3.secret_key == UNREAD and cfg.webhooks.secret == UNREAD
     assert cfg.upstream.origin == "https://art.example.com"  # what the command does use, as written
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"metrics": {"tls": True}}, r"metrics\.tls: set metrics\.listen too"),
+    ({"metrics": {"listen": "127.0.0.1:8081"}}, r"metrics\.listen: 127\.0\.0\.1:8081 is rewriter\.listen"),
+    ({"metrics": {"listen": "0.0.0.0:5001"}, "access": {"users": "artifactory"}},
+     r"metrics\.listen: 0\.0\.0\.0:5001 is access\.listen"),
+    ({"metrics": {"listen": "0.0.0.0:9464", "tls": True}, "mirror": {"tls": False}},
+     r"metrics\.tls: true needs mirror\.tls: true"),
+])
+def test_the_metrics_listener_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({**BASE, **data})
+
+
+def test_the_metrics_listener_is_off_by_default():
+    assert not parse(BASE).metrics.enabled
+    assert parse({**BASE, "metrics": {"listen": "0.0.0.0:9464"}}).metrics.listen.port == 9464
