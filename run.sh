@@ -47,7 +47,7 @@ ensure_debian_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # the docker-registry package enables a system service on :5000; the mirror runs its own
-    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry redis-server >/dev/null 2>&1 || true; fi
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now docker-registry redis-server prometheus >/dev/null 2>&1 || true; fi
   else
     die "missing Debian packages; run: sudo apt-get install -y ${missing[*]}"
   fi
@@ -98,9 +98,10 @@ case "$cmd" in
   test)
     # chromium: the stats page is checked in a real browser; redis-server: the scale-out tests;
     # iproute2 and ethtool: the MTU-1500 path to the upstream; docker-compose: validating the compose file;
-    # containerd, podman and docker.io: the clients that pull through the mirror
+    # containerd, podman and docker.io: the clients that pull through the mirror; prometheus: promtool checks
+    # the alert rules and the dashboard's queries (monitoring/)
     ensure_debian_packages "${DEBIAN_PACKAGES[@]}" chromium redis-server iproute2 ethtool docker-compose \
-      containerd podman docker.io
+      containerd podman docker.io prometheus
     ensure_venv test
     lint
     run_python -m pytest "$@" ;;
