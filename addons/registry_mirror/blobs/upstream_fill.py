@@ -79,14 +79,15 @@ class _UpstreamFill:
                     yield chunk
                 route.health.success()
                 self.stats.upstream("blob", "GET", self.exchange, 200, transfer.written - from_before,
-                                    time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes")
+                                    time.monotonic() - started, "miss" if not resumes else f"miss-{resumes}-resumes",
+                                    route=route.cfg.label)
                 return
             except (UpstreamError, aiohttp.ClientError, TimeoutError, OSError) as e:
                 error = str(e) if isinstance(e, UpstreamError) else error_text(e)
                 route.health.failure(f"GET {what}: {error}", hung=getattr(e, "timed_out", False))
                 if resumes >= route.cfg.blob_resumes or not transfer.head.done():
                     self.stats.upstream("blob", "GET", self.exchange, "error", transfer.written - from_before,
-                                        time.monotonic() - started, "error")
+                                        time.monotonic() - started, "error", route=route.cfg.label)
                     raise TransferFailed(f"upstream GET {what} failed after {transfer.written} bytes "
                                          f"and {resumes} resumes: {error}") from e
                 resumes += 1
@@ -123,7 +124,7 @@ class _UpstreamFill:
             body = b""
         headers = {k: v for k, v in passed_headers(up.headers).items() if k != "Content-Length"}
         self.transfer.head.set_result(UpstreamHead(up.status, headers, body))  # its length is the body's
-        self.stats.upstream("blob", "GET", self.exchange, up.status, len(body), 0.0)
+        self.stats.upstream("blob", "GET", self.exchange, up.status, len(body), 0.0, route=self.route.cfg.label)
         if up.status >= 500:
             self.route.health.failure(f"GET blob {self.req.name}: status {up.status}")
         raise TransferFailed(f"upstream answered {up.status} for blob {self.exchange}")

@@ -79,8 +79,10 @@ def manifest_answer(manifest: Manifest, outcome: Outcome, auth_scheme: str = "")
 
 class ManifestService:
     def __init__(self, upstream: Upstream, cfg: CacheConfig, health: UpstreamHealth, stats: Stats, known: TagState,
-                 blob_heads: BlobHeads, timer: Callable[[], float] = time.monotonic):
+                 blob_heads: BlobHeads, timer: Callable[[], float] = time.monotonic, route: str = "upstream"):
+        """`route`: the route's label, for the stats' histograms."""
         self.upstream, self.cfg, self.health, self.stats, self.known = upstream, cfg, health, stats, known
+        self.route = route
         self.blob_heads = blob_heads  # the route's
         self.manifests: LRUCache = LRUCache(maxsize=max(1, cfg.manifest_bytes), getsizeof=lambda m: len(m.body))
         self.tags: TTLCache | None = TTLCache(maxsize=65536, ttl=cfg.tag_ttl, timer=timer) if cfg.tag_ttl else None
@@ -211,12 +213,13 @@ class ManifestService:
         except UpstreamError as e:
             self.health.failure(str(e), hung=e.timed_out)
             self.stats.upstream(req.kind.value, method, what, "timeout" if e.timed_out else "error", 0,
-                                time.monotonic() - started, Outcome.ERROR)
+                                time.monotonic() - started, Outcome.ERROR, route=self.route)
             raise
         except AuthError as e:
             (self.health.failure if e.upstream_failure else self.health.refused)(str(e))
             raise
-        self.stats.upstream(req.kind.value, method, what, up.status, len(up.body), time.monotonic() - started)
+        self.stats.upstream(req.kind.value, method, what, up.status, len(up.body), time.monotonic() - started,
+                            route=self.route)
         if up.status >= 500:
             self.health.failure(f"{method} {req.kind.value} {req.name}: status {up.status}")
         else:  # a 429 too: a rate-limited upstream answers, so it is not down (the probe agrees: any status < 500)

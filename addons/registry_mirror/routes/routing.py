@@ -96,7 +96,8 @@ class Router:
             known = TagState(tag_state_file(config.cache.tag_state_file, suffix))
             heads = BlobHeads(config.cache.blob_head_ttl, time.monotonic)
             self.routes[cfg.label] = Route(cfg, upstream, health, heads,
-                                           ManifestService(upstream, config.cache, health, stats, known, heads),
+                                           ManifestService(upstream, config.cache, health, stats, known, heads,
+                                                           route=cfg.label),
                                            TransferSlots(cfg.max_blob_transfers, cfg.blob_queue_timeout))
 
     def for_request(self, req: RegistryRequest) -> Route:

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 
 from registry_mirror.outcomes import Outcome
+from registry_mirror.stats.histograms import ANSWER_BUCKETS, TRANSFER_BUCKETS, Histograms
 
 exchange_log = logging.getLogger("registry_mirror.exchanges")
 
@@ -36,6 +37,9 @@ class Stats:
         self.upstream_bytes: Counter = Counter()  # class -> body bytes received from the upstream
         self.peer_bytes = 0  # blob bytes read from another replica instead of the upstream (scale-out)
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)  # seconds to the upstream's answer (not blob GETs)
+        # the same as histograms by route and class, which add up across replicas; blob transfers by route
+        self.answer_seconds = Histograms(ANSWER_BUCKETS)
+        self.transfer_seconds = Histograms(TRANSFER_BUCKETS)
         self.bodies_cut_short = 0  # small upstream bodies over their cap or shorter than their Content-Length
         self.cache_dropped_inconsistent = 0  # cached answers dropped because verified bytes contradicted them
         # (who, class, method) -> pulls the registry served, from its notifications: from its storage too
@@ -65,7 +69,7 @@ class Stats:
         self.cache_dropped_inconsistent += count
 
     def upstream(self, kind: str, method: str, what: str, status: int | str, nbytes: int, seconds: float,
-                 outcome: Outcome | str = Outcome.MISS) -> None:
+                 outcome: Outcome | str = Outcome.MISS, route: str = "upstream") -> None:
         """An exchange with the upstream (status is a number, or a word when there was no answer); `outcome`
         is logged lower-case, a blob GET's with how often it resumed."""
         self.upstream_requests[(kind, str(status))] += 1
@@ -73,6 +77,9 @@ class Stats:
         if isinstance(status, int) and not (kind == "blob" and method == "GET"):
             # answers only: a blob GET's time is its transfer (seconds for a layer), not how fast the upstream answers
             self.latencies.append(seconds)
+            self.answer_seconds.observe((route, kind), seconds)
+        elif kind == "blob" and status == 200 and seconds:  # a whole transfer (its first answer is counted apart)
+            self.transfer_seconds.observe((route,), seconds)
         fields = {"class": kind, "method": method, "what": what, "outcome": (outcome or Outcome.MISS).lower(),
                   "status": status, "bytes": nbytes, "ms": round(seconds * 1000, 1)}
         if self.log_format == "json":
@@ -116,6 +123,8 @@ class Stats:
                       "served_to_warming": sum(e["bytes"] for e in pulls.get("warming", {}).values()),
                       "saved": max(0, to_clients - fetched), "from_other_replicas": self.peer_bytes},
             "registry_pulls": pulls,
+            "histograms": {"answer_seconds": self.answer_seconds.snapshot(),
+                           "transfer_seconds": self.transfer_seconds.snapshot()},
             "integrity": {"bodies_cut_short": self.bodies_cut_short,
                           "cache_dropped_inconsistent": self.cache_dropped_inconsistent},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,

@@ -5,7 +5,7 @@ import html
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from registry_mirror.stats.blob_checks import stored_blob_metrics, stored_blobs_html, stored_blobs_summary
 from registry_mirror.stats.counters import CLASSES
@@ -289,6 +289,8 @@ class _SnapshotCollector:
             if up["latency_ms"][q] is not None:
                 latency.add_metric([quantile], up["latency_ms"][q] / 1000)
         yield latency
+        if histograms := snap.get("histograms"):
+            yield from _histograms(histograms)
         yield GaugeMetricFamily("mirror_transfers_in_flight", "Blob transfers from the upstream in flight.",
                                 value=len(snap["transfers"]))
 
@@ -333,6 +335,18 @@ def prometheus_text(snap: dict) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))
     return generate_latest(registry)
+
+
+def _histograms(histograms: dict):
+    answers = HistogramMetricFamily("mirror_upstream_answer_seconds", "Time to the upstream's answer (manifests, "
+                                    "tags, blob HEADs, tokens), by route and class.", labels=["route", "class"])
+    for h in histograms["answer_seconds"]:
+        answers.add_metric(h["labels"], h["buckets"], h["sum"])
+    transfers = HistogramMetricFamily("mirror_blob_transfer_seconds", "Time of a whole blob transfer from the "
+                                      "upstream, by route.", labels=["route"])
+    for h in histograms["transfer_seconds"]:
+        transfers.add_metric(h["labels"], h["buckets"], h["sum"])
+    yield from (answers, transfers)
 
 
 def latency_text(latency_ms: dict) -> str:

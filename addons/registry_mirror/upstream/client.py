@@ -172,11 +172,11 @@ class Upstream:
                                          allow_redirects=False) as resp:
                 body = await self._read_small(resp, MAX_TOKEN_BODY)
                 self.stats.upstream("token", "GET", params.get("scope", ""), resp.status, len(body),
-                                    time.monotonic() - started)
+                                    time.monotonic() - started, route=self.cfg.label)
                 return resp.status, body
         except (aiohttp.ClientError, TimeoutError, OSError, BodyError) as e:
             self.stats.upstream("token", "GET", params.get("scope", ""), "error", 0, time.monotonic() - started,
-                                "error")
+                                "error", route=self.cfg.label)
             raise AuthError(f"token endpoint {url_for_logs(realm)}: {error_text(e)}", upstream_failure=True) from e
 
 
