@@ -148,9 +148,10 @@ class StatusPages:
     def snapshot(self) -> dict:
         """The stats, with the scale-out and storage state once the mirror runs them."""
         mirror, services = self.mirror, self.mirror.services
-        if services is None:
-            return self._add_tls(mirror.stats.snapshot((), ()))
+        if services is None:  # no routes yet: nothing says the upstream is up
+            return {**self._add_tls(mirror.stats.snapshot((), ())), "started": False}
         snap = mirror.stats.snapshot(services.router.routes.values(), services.blobs.coalescer.transfers.values())
+        snap["started"] = True
         if peers := services.blobs.peers:
             snap["scale"] = {"redis": str(peers.scale.redis), "this_replica": peers.me.url,
                              "redis_errors": peers.redis_errors, "last_redis_error": peers.last_error}

@@ -1,9 +1,12 @@
 """Which upstream serves an image name, and the per-route machinery behind each.
 
 `routes` in mirror.yaml map image-name prefixes (and containerd `ns` values) to an upstream, a repository
-and credentials; every other name goes to `upstream`. Each route has its own HTTP client, token cache,
-health and probe, so one route's credentials, tokens and outages never touch another's. Caches stay keyed by
-the names the registry asked for, which a route decides, so routes cannot answer for each other either.
+and credentials; every other name goes to `upstream`. Each route has its own HTTP client and token cache, so
+one route's credentials and tokens never touch another's. Routes to one origin (Artifactory's repositories)
+share one health and one probe: Artifactory down is every such route down, and a route to another host keeps
+its own (its `failures_before_down` and `down_period` are the first such route's). A repository answering 5xx
+alone counts against the origin too. Caches stay keyed by the names the registry asked for, which a route
+decides, so routes cannot answer for each other either.
 """
 from __future__ import annotations
 

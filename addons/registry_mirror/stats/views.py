@@ -264,8 +264,12 @@ class _SnapshotCollector:
         if (tls := snap.get("tls")) and tls["not_after"] is not None:
             yield GaugeMetricFamily("mirror_tls_certificate_expiry_timestamp_seconds",
                                     "When mirror.tls_cert expires (Unix time).", value=tls["not_after"])
-        yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
-                                value=0 if up["state"] == "down" else 1)
+        if "started" in snap:
+            yield GaugeMetricFamily("mirror_started", "1 once the mirror's services run (its routes, blob endpoint, "
+                                    "expiry); 0 while it starts, or if it never does.", value=int(snap["started"]))
+        if snap.get("routes"):  # before the routes exist, no state to say
+            yield GaugeMetricFamily("mirror_upstream_up", "1 when the upstream is not assumed down.",
+                                    value=0 if up["state"] == "down" else 1)
         route_up = GaugeMetricFamily("mirror_route_up", "1 when the route's upstream is not assumed down.",
                                      labels=["route", "prefix"])
         active = GaugeMetricFamily("mirror_blob_transfers", "Blob transfers from the route's upstream holding a "

@@ -78,6 +78,11 @@ class UpstreamHealth:
                             self.down_seconds, self.consecutive_failures, error)
             self.down_until = self._timer() + self.down_seconds
 
+    def still_down(self) -> None:
+        """The probe found it still failing once the period ran out: another period, the last error kept (a
+        quiet mirror would otherwise show up again while Artifactory is still down)."""
+        self.down_until = self._timer() + self.down_seconds
+
     def refused(self, error: str) -> None:
         """The upstream answered but refused the mirror (its credential, its permissions): not down, yet the
         reason a client only sees as "not found" belongs on the stats page."""
@@ -89,7 +94,8 @@ class UpstreamHealth:
 
 
 class HealthProbe:
-    """While the upstream is assumed down, ask its /v2/ every second; any answer below 500 means it is back."""
+    """While the upstream is assumed down, ask its /v2/ every second; any answer below 500 means it is back, and
+    none once the down period has run out keeps it down for another."""
 
     def __init__(self, upstream, health: UpstreamHealth, interval: float = 1.0):
         self.upstream, self.health, self.interval = upstream, health, interval
@@ -103,6 +109,8 @@ class HealthProbe:
             status = await self.upstream.probe()
             if status is not None and status < 500:
                 self.health.success()
+            elif not self.health.down:  # the period ran out and it still does not answer: down for another one
+                self.health.still_down()
 
     def stop(self) -> None:
         self._task.cancel()

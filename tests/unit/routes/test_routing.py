@@ -194,3 +194,17 @@ def test_routes_to_one_origin_share_its_health_and_one_of_their_own_is_unknown_u
     for _ in range(cfg.upstream.failures_before_down):
         team_a.health.failure("GET team-a/app:1.0: 503")
     assert default.health.state == "down" and hub.health.state == "unknown"  # Artifactory down, the hub not
+
+
+async def test_one_probe_per_origin(tmp_path):
+    cfg = parse({"upstream": {"url": "https://art.example.com", "repository": "docker-local", "anonymous": True},
+                 "routes": [{"prefix": "team-a", "repository": "docker-team-a"},
+                            {"prefix": "hub", "url": "https://hub.example.com", "path_prefix": "", "anonymous": True}],
+                 "cache": {"tag_state_file": str(tmp_path / "tags.json")}})  # what close() saves goes there
+    router = Router(cfg, Stats())
+    await router.start()
+    try:
+        probed = [label for label, route in router.routes.items() if route.prober is not None]
+        assert probed == ["routes[0]", "routes[1]"]  # team-a's probe serves the default route too
+    finally:
+        await router.close()

@@ -4,7 +4,7 @@ import pytest
 
 from registry_mirror.upstream.health import HealthProbe, UpstreamHealth
 from tests.unit.support.clocks import Clock
-from tests.unit.support.waits import BOUND
+from tests.unit.support.waits import BOUND, until
 
 
 def health(failures_to_down: int = 3, down_seconds: float = 30.0):
@@ -84,3 +84,17 @@ async def test_the_probe_ends_the_down_period_at_its_first_answer_below_500(answ
         probe.stop()
     assert upstream.asked == len(answers)  # no earlier answer (unreachable, a 5xx) ended it
     assert not h.down and h.consecutive_failures == 0
+
+
+async def test_a_probe_that_still_gets_no_answer_keeps_it_down_past_the_period_with_its_last_error():
+    h, timer, _ = health(failures_to_down=1, down_seconds=30)
+    h.failure("GET team/app:1.0: connection refused")
+    upstream = ProbedUpstream(None)  # Artifactory stays unreachable
+    probe = HealthProbe(upstream, h, interval=0)
+    try:
+        timer.now += 31  # the period ran out, with no request from a client to try again (a quiet mirror)
+        await until(lambda: h.down, "the probe to find it still down")
+    finally:
+        probe.stop()
+    assert h.retry_in() == 30.0 and h.last_error == "GET team/app:1.0: connection refused"
+    assert h.state == "down"
