@@ -13,7 +13,7 @@ import pytest
 
 from devtools import seed
 from devtools.ports import free_port
-from devtools.skopeo import pull
+from devtools.skopeo import PullError, pull
 
 from .conftest import MIRROR_COMMAND, credentials_of, small_image, wait_for
 
@@ -116,3 +116,17 @@ def test_run_sh_status_summarises_the_running_mirror(pulled):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "UP" in result.stdout and "WAN saved" in result.stdout and "blob" in result.stdout
+
+
+def test_a_missing_digest_shows_clients_500_and_the_page_says_why(pulled, tmp_path):
+    upstream, mirror, image = pulled
+    missing = "sha256:" + "0" * 64
+    with pytest.raises(PullError):  # the stock registry answers 500 whatever the addon says
+        pull(f"{mirror.address}/{image.name}@{missing}", tmp_path / "missing", cert_dir=mirror.trust)
+    snap = mirror.stats()
+    assert snap["missing_digests"]["upstream"] >= 1
+    assert f"{image.name}@{missing}: the upstream has no such manifest (404)" in snap["upstream"]["last_error"]
+    assert snap["upstream"]["state"] == "up"  # an answer, not an outage
+    result = subprocess.run([MIRROR_COMMAND, "--config", mirror.cfg.source, "status"],
+                            capture_output=True, text=True, timeout=60)
+    assert "manifests by digest the upstream does not have:" in result.stdout

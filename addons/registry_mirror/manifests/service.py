@@ -227,6 +227,11 @@ class ManifestService:
         if up.status in (401, 403):
             self.health.refused(f"{method} {req.kind.value} {req.name}: status {up.status}: the upstream refused "
                                 "the mirror's credential or its permissions")
+        if req.kind is Kind.MANIFEST_BY_DIGEST and up.status == 404:
+            # the stock registry answers clients a bare 500 for it whatever is said here: the page says why
+            self.stats.missing_digest(self.route)
+            self.health.noted(f"{method} {req.kind.value} {req.name}@{req.reference}: the upstream has no such "
+                              f"manifest (404); clients see 500 from the stock registry")
         if req.kind is Kind.MANIFEST_BY_TAG and up.status == 404 and self.on_tag_gone is not None:
             # before anyone hears the 404 (the registry then has no tag of its own to fall back to), a refresh
             # in the background too

@@ -42,6 +42,8 @@ class Stats:
         self.transfer_seconds = Histograms(TRANSFER_BUCKETS)
         self.bodies_cut_short = 0  # small upstream bodies over their cap or shorter than their Content-Length
         self.cache_dropped_inconsistent = 0  # cached answers dropped because verified bytes contradicted them
+        # route -> manifests by digest the upstream has not: the stock registry answers clients a bare 500 for them
+        self.missing_digests: Counter = Counter()
         # (who, class, method) -> pulls the registry served, from its notifications: from its storage too
         self.registry_pulls: Counter = Counter()
         self.registry_pull_bytes: Counter = Counter()
@@ -63,6 +65,11 @@ class Stats:
     def body_cut_short(self) -> None:
         """A small body (manifest, tag list, token, error) from the upstream was over its cap or cut short."""
         self.bodies_cut_short += 1
+
+    def missing_digest(self, route: str) -> None:
+        """The upstream answered 404 for a manifest by digest (clients see 500: registry 2.8 maps only its own
+        errors to 404)."""
+        self.missing_digests[route] += 1
 
     def dropped_inconsistent(self, count: int = 1) -> None:
         """Cached answers (blob HEADs) dropped because a verified transfer contradicted them."""
@@ -125,6 +132,7 @@ class Stats:
             "registry_pulls": pulls,
             "histograms": {"answer_seconds": self.answer_seconds.snapshot(),
                            "transfer_seconds": self.transfer_seconds.snapshot()},
+            "missing_digests": dict(self.missing_digests),
             "integrity": {"bodies_cut_short": self.bodies_cut_short,
                           "cache_dropped_inconsistent": self.cache_dropped_inconsistent},
             "transfers": [{"digest": t.digest, "repository": t.name, "received": t.written, "size": t.size,

@@ -86,7 +86,9 @@ th {{ background: #f4f4f4; }} small {{ display: block; color: #777; }}
 <table id="integrity"><tr><th>upstream bodies cut short or over their cap</th>
 <td id="bodies-cut-short">{integrity['bodies_cut_short']}</td></tr>
 <tr><th>cached answers dropped as inconsistent</th>
-<td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr></table>
+<td id="cache-dropped-inconsistent">{integrity['cache_dropped_inconsistent']}</td></tr>
+<tr><th>manifests by digest the upstream does not have (clients see 500)</th>
+<td id="missing-digests">{sum(snap.get('missing_digests', {}).values())}</td></tr></table>
 {pulls_html(snap.get("registry_pulls", {}))}
 {warming_html(snap.get("webhooks"))}
 {access_html(snap.get("access"))}
@@ -248,6 +250,11 @@ class _SnapshotCollector:
         yield CounterMetricFamily("mirror_cache_dropped_inconsistent",
                                   "Cached answers dropped because verified bytes contradicted them.",
                                   value=integrity["cache_dropped_inconsistent"])
+        missing = CounterMetricFamily("mirror_upstream_missing_digests", "Manifests by digest the upstream answered "
+                                      "404 for (clients see the stock registry's 500), by route.", labels=["route"])
+        for route_label, n in snap.get("missing_digests", {}).items():
+            missing.add_metric([route_label], n)
+        yield missing
         if storage := snap.get("storage"):
             yield from _storage_metrics(storage)
         yield from pull_metrics(snap.get("registry_pulls", {}))
@@ -392,6 +399,8 @@ def summary_text(snap: dict) -> str:
     if any(snap["integrity"].values()):
         lines.append(f"integrity: {snap['integrity']['bodies_cut_short']} upstream bodies cut short, "
                      f"{snap['integrity']['cache_dropped_inconsistent']} cached answers dropped as inconsistent")
+    if missing := sum(snap.get("missing_digests", {}).values()):
+        lines.append(f"manifests by digest the upstream does not have: {missing} (clients saw 500)")
     lines += [f"disk: {w}" for w in disk_warnings(snap.get("disk"))]
     if summary := stored_blobs_summary(snap.get("stored_blobs")):
         lines.append(summary)

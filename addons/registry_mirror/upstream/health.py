@@ -86,6 +86,11 @@ class UpstreamHealth:
     def refused(self, error: str) -> None:
         """The upstream answered but refused the mirror (its credential, its permissions): not down, yet the
         reason a client only sees as "not found" belongs on the stats page."""
+        self.noted(error)
+
+    def noted(self, error: str) -> None:
+        """An answer that is no failure of the upstream but that a client sees only as a bare error: the last
+        error, with its time."""
         self.answered = True
         self.last_error, self.last_error_at, self.resolved_at = error, self._wall_clock(), 0.0
 

@@ -271,3 +271,26 @@ async def test_a_tag_the_upstream_answers_404_for_is_told_before_the_404_is_answ
                for tag in ("gone", "broken")]
     assert [a.status for a in answers] == [404, 503]
     assert told == [("team/app", "gone", ("GET", "manifest-by-tag", "gone"))]
+
+
+class MissingDigests(FakeUpstream):
+    """Has no manifest by digest: 404, as Artifactory answers one never pushed."""
+
+    async def fetch_small(self, method, req, headers):
+        if req.kind.value == "manifest-by-digest":
+            return SmallResponse(404, CIMultiDict({"Content-Type": "application/json"}),
+                                 b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', "Bearer")
+        return await super().fetch_small(method, req, headers)
+
+
+async def test_a_missing_digest_is_counted_and_said_as_the_last_error():
+    stats, clock = Stats(), Clock()
+    health = UpstreamHealth(timer=clock, wall_clock=Clock(1_800_000_000.0))
+    svc = manifest_service(MissingDigests(), CacheConfig(tag_ttl=30), clock, health=health, stats=stats)
+    ref = "sha256:" + "0" * 64
+    answer = await svc.answer(classify("GET", f"/v2/team/app/manifests/{ref}"), headers(IMAGE), "GET")
+    assert answer.status == 404
+    assert stats.snapshot()["missing_digests"] == {"upstream": 1}
+    assert health.last_error == (f"GET manifest-by-digest team/app@{ref}: the upstream has no such manifest (404); "
+                                 "clients see 500 from the stock registry")
+    assert not health.down and health.last_error_at == 1_800_000_000.0
