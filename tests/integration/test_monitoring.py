@@ -57,6 +57,13 @@ def test_the_alert_rules_pass_promtools_check_and_their_unit_tests():
     assert "SUCCESS" in promtool("test", "rules", str(MONITORING / "alerts-test.yml"))
 
 
+def test_the_compose_profiles_prometheus_configuration_scrapes_the_mirror_with_the_rules():
+    assert "SUCCESS" in promtool("check", "config", str(MONITORING / "prometheus.yml"))
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert config["scrape_configs"][0]["job_name"] == "artifactory-mirror"  # the job ArtifactoryMirrorDown names
+
+
 def test_every_panel_expression_is_valid_promql(tmp_path):
     dashboard = json.loads((MONITORING / "dashboard.json").read_text())
     assert dashboard["uid"] and dashboard["schemaVersion"] >= 30

@@ -109,3 +109,15 @@ def test_the_compose_file_validates(tmp_path):
     service = yaml.safe_load(checked.stdout)["services"]["mirror"]
     assert service["build"]["context"] == str(tmp_path) and service["ports"][0]["target"] == 5000
     assert {v.split(":")[1] for v in service["volumes"]} == {"/config/mirror.yaml", "/config/data", "/config/certs"}
+    # the optional monitoring profile: Prometheus with the rules, Grafana with the dashboard, both on loopback
+    profiled = subprocess.run([compose, "--profile", "monitoring", "config"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+    assert profiled.returncode == 0, profiled.stderr
+    services = yaml.safe_load(profiled.stdout)["services"]
+    mounted = {name: {v.split(":")[0].removeprefix(str(tmp_path) + "/") for v in services[name]["volumes"]}
+               for name in ("prometheus", "grafana")}
+    assert mounted == {"prometheus": {"monitoring/prometheus.yml", "monitoring/alerts.yml"},
+                       "grafana": {"monitoring/grafana", "monitoring/dashboard.json"}}
+    for name, mounts in mounted.items():
+        assert all((ROOT / mount).exists() for mount in mounts), f"{name} mounts a file the checkout lacks"
+        assert all(str(port).startswith("127.0.0.1:") for port in services[name]["ports"])
