@@ -309,13 +309,18 @@ def broken_references(root: Path) -> list[str]:
             current = _read_text(tags / tag / "current" / "link")
             if current and current not in revisions:
                 problems.append(f"{name}:{tag} names {current}, which the repository lacks")
-        problems += unlinked_layers(name, revisions, layers, lambda target: _read_json(v2 / _data(target)))
+        problems += unlinked_layers(name, revisions, layers, lambda target: _read_json(v2 / _data(target)),
+                                    stored=lambda digest: (v2 / _data(digest)).exists())
     return problems
 
 
-def unlinked_layers(name: str, revisions: dict, layers, manifest_of) -> list[str]:
+STORED_UNLINKED = "(its data stored)"
+
+
+def unlinked_layers(name: str, revisions: dict, layers, manifest_of, stored=None) -> list[str]:
     """The repository's revisions whose manifest (`manifest_of(target digest)`, None when unreadable) names a config
-    or layer the repository has no link for."""
+    or layer the repository has no link for; with `stored(digest)`, each whose data the storage holds is marked
+    STORED_UNLINKED (its next pull is served from storage, not the WAN)."""
     problems = []
     for digest, target in sorted(revisions.items()):
         manifest = manifest_of(target) if target else None
@@ -324,8 +329,9 @@ def unlinked_layers(name: str, revisions: dict, layers, manifest_of) -> list[str
         needed = [entry.get("digest") for entry in [manifest.get("config"), *(manifest.get("layers") or [])]
                   if isinstance(entry, dict)]
         missing = [d for d in needed if isinstance(d, str) and d not in layers]
-        if missing:
-            problems.append(f"{name}@{digest}: no layer link for {', '.join(missing)}")
+        for d in missing:
+            problems.append(f"{name}@{digest}: no layer link for {d}"
+                            + (f" {STORED_UNLINKED}" if stored is not None and stored(d) else ""))
     return problems
 
 
